@@ -1,0 +1,428 @@
+"""Importing accounts and devices (streamed, validated, all or nothing) and selecting the audience.
+
+An import goes through a staging table inside one write transaction: the file is streamed in batches
+into the stage, checks that need the whole file (duplicate ids, unknown accounts) run as SQL, and the
+upsert is one set-based statement per table. Memory stays flat whatever the file size; any problem
+rolls everything back.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, bindparam, text
+
+from campaign import audit, db
+from campaign.errors import MAX_SHOWN, InputError, Problem
+from campaign.readers import RecordReader
+from campaign.validation import check_email, check_timezone, has_crlf, normalize_country, normalize_locale
+
+BATCH = 5000
+ACCOUNT_COLUMNS = ("account_id", "email", "name", "locale", "timezone", "country")
+DEVICE_COLUMNS = ("device_id", "account_id", "name", "model")
+SETTING_KEY_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+ID_RE = re.compile(r"^[^\s\x00-\x1f\x7f]{1,128}$")
+
+Progress = Callable[[int, int, int], None]  # (records, bytes read, bytes total)
+
+
+@dataclass
+class ImportResult:
+    path: str
+    records: int = 0
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    settings_changed: int = 0
+    dry_run: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class _Problems:
+    first: list[Problem] = field(default_factory=list)
+    total: int = 0
+
+    def add(self, line: int, message: str) -> None:
+        self.total += 1
+        if len(self.first) < MAX_SHOWN:
+            self.first.append(Problem(line, message))
+
+    def merge(self, problems: Iterable[Problem], count: int) -> None:
+        self.first = sorted([*self.first, *problems])[:MAX_SHOWN]
+        self.total += count
+
+
+def _text_field(values: dict[str, str], key: str, limit: int, problems: list[str]) -> str:
+    value = values.get(key, "")
+    if not value.strip():
+        problems.append(f"{key}: must not be empty")
+    elif has_crlf(value):
+        problems.append(f"{key}: must be a single line (contains a line break)")
+    elif len(value) > limit:
+        problems.append(f"{key}: longer than {limit} characters")
+    return value.strip()
+
+
+def _id_field(values: dict[str, str], key: str, problems: list[str]) -> str:
+    value = values.get(key, "").strip()
+    if not ID_RE.match(value):
+        problems.append(f"{key}: {value!r} is not an id (1 to 128 characters, no spaces or control characters)"
+                        if value else f"{key}: must not be empty")
+    return value
+
+
+def _check_columns(path: str, columns: Iterable[str], required: tuple[str, ...],
+                   extra_ok: Callable[[str], bool], line: int = 1) -> list[Problem]:
+    cols = list(columns)
+    problems = []
+    missing = [c for c in required if c not in cols]
+    if missing:
+        problems.append(Problem(line, f"missing column{'s' if len(missing) > 1 else ''}: {', '.join(missing)}"))
+    unknown = [c for c in cols if c not in required and not extra_ok(c)]
+    if unknown:
+        problems.append(Problem(line, f"unknown column{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)} "
+                                      f"(expected {', '.join(required)})"))
+    dup = sorted({c for c in cols if cols.count(c) > 1})
+    if dup:
+        problems.append(Problem(line, f"repeated column: {', '.join(dup)}"))
+    return problems
+
+
+def _stage(conn: Connection, name: str, columns: str) -> None:
+    conn.exec_driver_sql(f"DROP TABLE IF EXISTS {name}")
+    conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {name} ({columns})")
+
+
+def _duplicates(conn: Connection, table: str, key: str, what: str) -> tuple[list[Problem], int]:
+    sql = (f"SELECT s.line, s.{key}, f.first FROM {table} s JOIN "
+           f"(SELECT {key}, MIN(line) AS first FROM {table} GROUP BY {key} HAVING COUNT(*) > 1) f "
+           f"ON f.{key} = s.{key} WHERE s.line > f.first")
+    count = conn.exec_driver_sql(f"SELECT COUNT(*) FROM ({sql}) d").scalar_one()
+    rows = conn.exec_driver_sql(f"{sql} ORDER BY s.line LIMIT {MAX_SHOWN}").all()
+    return [Problem(line, f"{what} {ident!r} appears again (first at line {first})")
+            for line, ident, first in rows], count
+
+
+def import_accounts(engine: Engine, path: Path | str, actor: str, dry_run: bool = False,
+                    progress: Progress | None = None) -> ImportResult:
+    """Upsert the accounts of a CSV or JSON Lines file; all or nothing."""
+    path = Path(path)
+    result = _Import(engine, path, actor, dry_run, progress)
+    return result.run_accounts()
+
+
+def import_devices(engine: Engine, path: Path | str, actor: str, dry_run: bool = False,
+                   progress: Progress | None = None) -> ImportResult:
+    """Upsert devices and their settings; a changed setting value is recorded as the person's own."""
+    path = Path(path)
+    result = _Import(engine, path, actor, dry_run, progress)
+    return result.run_devices()
+
+
+class _Import:
+    def __init__(self, engine: Engine, path: Path, actor: str, dry_run: bool,
+                 progress: Progress | None) -> None:
+        self.engine, self.path, self.actor, self.dry_run = engine, path, actor, dry_run
+        self.progress = progress
+        self.problems = _Problems()
+        self.result = ImportResult(str(path), dry_run=dry_run)
+
+    def _fail_if_problems(self) -> None:
+        if self.problems.total:
+            raise InputError(str(self.path), self.problems.first, self.problems.total)
+
+    def _tick(self, reader: RecordReader) -> None:
+        if self.progress is not None:
+            self.progress(self.result.records, reader.bytes_read, reader.bytes_total)
+
+    # -- accounts ---------------------------------------------------------------------------------
+
+    def run_accounts(self) -> ImportResult:
+        with RecordReader(self.path) as reader, db.write(self.engine) as conn:
+            header = reader.header()
+            if header:
+                self.problems.merge(_check_columns(str(self.path), header, ACCOUNT_COLUMNS, lambda c: False),
+                                    0)
+                self.problems.total = len(self.problems.first)
+                self._fail_if_problems()
+            _stage(conn, "stage_account", "line INTEGER, id TEXT, email TEXT, name TEXT, locale TEXT, "
+                                          "timezone TEXT, country TEXT")
+            cols = ["line", "id", "email", "name", "locale", "timezone", "country"]
+            batch: list[tuple[Any, ...]] = []
+            jsonl = reader.format == "jsonl"
+            for rec in reader:
+                self.result.records += 1
+                if rec.problem:
+                    self.problems.add(rec.line, rec.problem)
+                    continue
+                values = rec.values
+                errs: list[str] = []
+                if jsonl:
+                    for p in _check_columns(str(self.path), values, ACCOUNT_COLUMNS, lambda c: False,
+                                            rec.line):
+                        errs.append(p.message)
+                    if errs:
+                        self.problems.add(rec.line, "; ".join(errs))
+                        continue
+                row = self._account_row(rec.line, values, errs)
+                if errs:
+                    self.problems.add(rec.line, "; ".join(errs))
+                    continue
+                if not self.problems.total:
+                    batch.append(row)
+                    if len(batch) >= BATCH:
+                        db.bulk_insert(conn, "stage_account", cols, batch)
+                        batch.clear()
+                        self._tick(reader)
+            if not self.problems.total:
+                db.bulk_insert(conn, "stage_account", cols, batch)
+            self._fail_if_problems()  # row problems first: stop before the whole-file checks
+            self.problems.merge(*_duplicates(conn, "stage_account", "id", "account_id"))
+            self._fail_if_problems()
+            self._upsert_accounts(conn)
+            audit.record(conn, self.actor, "import.accounts", file=str(self.path), **self._counts())
+            conn.exec_driver_sql("DROP TABLE stage_account")
+            if self.dry_run:
+                conn.rollback()
+        self._tick(reader)
+        return self.result
+
+    def _account_row(self, line: int, values: dict[str, str], errs: list[str]) -> tuple[Any, ...]:
+        ident = _id_field(values, "account_id", errs)
+        try:
+            email = check_email(values.get("email", "").strip())
+        except ValueError as exc:
+            email = ""
+            errs.append(f"email: {exc}")
+        name = _text_field(values, "name", 256, errs)
+        try:
+            locale = normalize_locale(values.get("locale", "").strip())
+        except ValueError as exc:
+            locale = ""
+            errs.append(f"locale: {exc}")
+        try:
+            tz = check_timezone(values.get("timezone", "").strip())
+        except ValueError as exc:
+            tz = ""
+            errs.append(f"timezone: {exc}")
+        try:
+            country = normalize_country(values.get("country", ""))
+        except ValueError as exc:
+            country = ""
+            errs.append(f"country: {exc}")
+        return (line, ident, email, name, locale, tz, country)
+
+    def _upsert_accounts(self, conn: Connection) -> None:
+        changed = ("a.email <> s.email OR a.name <> s.name OR a.locale <> s.locale "
+                   "OR a.timezone <> s.timezone OR a.country <> s.country")
+        counts = conn.exec_driver_sql(
+            "SELECT COUNT(*), COALESCE(SUM(CASE WHEN a.id IS NULL THEN 1 ELSE 0 END), 0), "
+            f"COALESCE(SUM(CASE WHEN a.id IS NOT NULL AND ({changed}) THEN 1 ELSE 0 END), 0) "
+            "FROM stage_account s LEFT JOIN account a ON a.id = s.id").one()
+        total, inserted, updated = (int(x) for x in counts)
+        self.result.inserted, self.result.updated = inserted, updated
+        self.result.unchanged = total - inserted - updated
+        upsert = text(
+            "INSERT INTO account (id, email, name, locale, timezone, country, created_at, updated_at) "
+            "SELECT id, email, name, locale, timezone, country, :now, :now FROM stage_account WHERE true "
+            "ON CONFLICT (id) DO UPDATE SET email = excluded.email, name = excluded.name, "
+            "locale = excluded.locale, timezone = excluded.timezone, country = excluded.country, "
+            "updated_at = excluded.updated_at "
+            "WHERE account.email <> excluded.email OR account.name <> excluded.name "
+            "OR account.locale <> excluded.locale OR account.timezone <> excluded.timezone "
+            "OR account.country <> excluded.country"
+        ).bindparams(bindparam("now", type_=db.UTCDateTime()))
+        conn.execute(upsert, {"now": db.utcnow()})
+
+    def _counts(self) -> dict[str, int]:
+        r = self.result
+        return {"records": r.records, "inserted": r.inserted, "updated": r.updated,
+                "unchanged": r.unchanged, "settings_changed": r.settings_changed}
+
+    # -- devices ----------------------------------------------------------------------------------
+
+    def run_devices(self) -> ImportResult:
+        with RecordReader(self.path) as reader, db.write(self.engine) as conn:
+            header = reader.header()
+            if header:
+                self.problems.merge(_check_columns(str(self.path), header, DEVICE_COLUMNS,
+                                                   lambda c: bool(SETTING_KEY_RE.match(c))), 0)
+                self.problems.total = len(self.problems.first)
+                if self.problems.total:
+                    self.problems.first = [Problem(p.line, p.message.replace(
+                        "(expected", "(setting columns are lower-case names [a-z][a-z0-9_]*; expected"))
+                        for p in self.problems.first]
+                self._fail_if_problems()
+            _stage(conn, "stage_device", "line INTEGER, id TEXT, account_id TEXT, name TEXT, model TEXT")
+            _stage(conn, "stage_setting", "device_id TEXT, key TEXT, value TEXT")
+            dcols = ["line", "id", "account_id", "name", "model"]
+            scols = ["device_id", "key", "value"]
+            devices: list[tuple[Any, ...]] = []
+            settings: list[tuple[Any, ...]] = []
+            jsonl = reader.format == "jsonl"
+            setting_keys = [c for c in header if c not in DEVICE_COLUMNS]
+            for rec in reader:
+                self.result.records += 1
+                if rec.problem:
+                    self.problems.add(rec.line, rec.problem)
+                    continue
+                values = rec.values
+                errs: list[str] = []
+                keys = setting_keys
+                if jsonl:
+                    keys = [k for k in values if k not in DEVICE_COLUMNS]
+                    bad = [k for k in keys if not SETTING_KEY_RE.match(k)]
+                    missing = [c for c in DEVICE_COLUMNS if c not in values]
+                    if missing:
+                        errs.append(f"missing {', '.join(missing)}")
+                    if bad:
+                        errs.append(f"not a setting name: {', '.join(bad)} (use [a-z][a-z0-9_]*)")
+                ident = _id_field(values, "device_id", errs)
+                account_id = _id_field(values, "account_id", errs)
+                name = _text_field(values, "name", 256, errs)
+                model = _text_field(values, "model", 256, errs)
+                row_settings = []
+                for key in keys:
+                    value = values.get(key, "").strip()
+                    if not value:
+                        continue  # an empty cell leaves the setting as it is
+                    if has_crlf(value) or len(value) > 128:
+                        errs.append(f"{key}: must be one line of at most 128 characters")
+                        continue
+                    row_settings.append((ident, key, value))
+                if errs:
+                    self.problems.add(rec.line, "; ".join(errs))
+                    continue
+                if not self.problems.total:
+                    devices.append((rec.line, ident, account_id, name, model))
+                    settings.extend(row_settings)
+                    if len(devices) >= BATCH:
+                        db.bulk_insert(conn, "stage_device", dcols, devices)
+                        db.bulk_insert(conn, "stage_setting", scols, settings)
+                        devices.clear()
+                        settings.clear()
+                        self._tick(reader)
+            if not self.problems.total:
+                db.bulk_insert(conn, "stage_device", dcols, devices)
+                db.bulk_insert(conn, "stage_setting", scols, settings)
+            self._fail_if_problems()
+            self.problems.merge(*_duplicates(conn, "stage_device", "id", "device_id"))
+            unknown_sql = ("SELECT s.line, s.account_id FROM stage_device s "
+                           "WHERE NOT EXISTS (SELECT 1 FROM account a WHERE a.id = s.account_id)")
+            count = conn.exec_driver_sql(f"SELECT COUNT(*) FROM ({unknown_sql}) u").scalar_one()
+            rows = conn.exec_driver_sql(f"{unknown_sql} ORDER BY s.line LIMIT {MAX_SHOWN}").all()
+            self.problems.merge([Problem(line, f"account_id: no account {acc!r} (import accounts first)")
+                                 for line, acc in rows], count)
+            self._fail_if_problems()
+            self._upsert_devices(conn)
+            audit.record(conn, self.actor, "import.devices", file=str(self.path), **self._counts())
+            conn.exec_driver_sql("DROP TABLE stage_device")
+            conn.exec_driver_sql("DROP TABLE stage_setting")
+            if self.dry_run:
+                conn.rollback()
+        self._tick(reader)
+        return self.result
+
+    def _upsert_devices(self, conn: Connection) -> None:
+        total, inserted = (int(x) for x in conn.exec_driver_sql(
+            "SELECT COUNT(*), COALESCE(SUM(CASE WHEN d.id IS NULL THEN 1 ELSE 0 END), 0) "
+            "FROM stage_device s LEFT JOIN device d ON d.id = s.id").one())
+        setting_differs = ("FROM stage_setting ss JOIN device d ON d.id = ss.device_id "
+                           "LEFT JOIN device_setting ds ON ds.device_id = ss.device_id AND ds.key = ss.key "
+                           "WHERE ds.value IS NULL OR ds.value <> ss.value")
+        # A known device counts as updated when its own row or any of its settings changes.
+        updated = int(conn.exec_driver_sql(
+            "SELECT COUNT(*) FROM (SELECT s.id FROM stage_device s JOIN device d ON d.id = s.id "
+            "WHERE d.account_id <> s.account_id OR d.name <> s.name OR d.model <> s.model "
+            f"UNION SELECT ss.device_id {setting_differs}) u").scalar_one())
+        self.result.settings_changed = int(conn.exec_driver_sql(
+            f"SELECT COUNT(*) {setting_differs} AND ds.value IS NOT NULL").scalar_one())
+        self.result.inserted, self.result.updated = inserted, updated
+        self.result.unchanged = total - inserted - updated
+        now = {"now": db.utcnow()}
+        ts = db.UTCDateTime()
+        conn.execute(text(
+            "INSERT INTO device (id, account_id, name, model, created_at, updated_at) "
+            "SELECT id, account_id, name, model, :now, :now FROM stage_device WHERE true "
+            "ON CONFLICT (id) DO UPDATE SET account_id = excluded.account_id, name = excluded.name, "
+            "model = excluded.model, updated_at = excluded.updated_at "
+            "WHERE device.account_id <> excluded.account_id OR device.name <> excluded.name "
+            "OR device.model <> excluded.model").bindparams(bindparam("now", type_=ts)), now)
+        # A value that differs from the stored one is the person's own change: stamp it, and forget
+        # which campaign change (if any) wrote the old value, so a rollback leaves it alone.
+        conn.execute(text(
+            "INSERT INTO device_setting (device_id, key, value, changed_at, change_id) "
+            "SELECT device_id, key, value, :now, NULL FROM stage_setting WHERE true "
+            "ON CONFLICT (device_id, key) DO UPDATE SET value = excluded.value, "
+            "changed_at = excluded.changed_at, change_id = NULL "
+            "WHERE device_setting.value <> excluded.value").bindparams(bindparam("now", type_=ts)), now)
+
+
+# -- audience ---------------------------------------------------------------------------------------
+
+BY_COLUMNS = {"locale": "a.locale", "country": "a.country", "model": "d.model"}
+
+
+def _audience_where(setting: str, from_value: str, countries: Iterable[str],
+                    models: Iterable[str]) -> tuple[str, dict[str, Any]]:
+    params: dict[str, Any] = {"setting": setting, "from_value": from_value}
+    where = ["s.key = :setting", "s.value = :from_value"]
+    countries, models = list(countries), list(models)
+    if countries:
+        where.append("a.country IN :countries")
+        params["countries"] = countries
+    if models:
+        where.append("d.model IN :models")
+        params["models"] = models
+    return " AND ".join(where), params
+
+
+AFFECTED_FROM = ("FROM device_setting s JOIN device d ON d.id = s.device_id "
+                 "JOIN account a ON a.id = d.account_id")
+
+
+def _expanding(sql: str, params: dict[str, Any]) -> Any:
+    stmt = text(sql)
+    for key in ("countries", "models"):
+        if key in params:
+            stmt = stmt.bindparams(bindparam(key, expanding=True))
+    return stmt
+
+
+@dataclass
+class AudienceSummary:
+    accounts: int
+    devices: int
+    by: dict[str, dict[str, int]] | None
+    sample: list[dict[str, Any]]
+
+
+def audience_summary(conn: Connection, setting: str, from_value: str, countries: Iterable[str] = (),
+                     models: Iterable[str] = (), by: str | None = None, sample: int = 0) -> AudienceSummary:
+    """Who is affected now: accounts owning a device whose `setting` still equals `from_value`."""
+    where, params = _audience_where(setting, from_value, countries, models)
+    accounts, devices = conn.execute(_expanding(
+        f"SELECT COUNT(DISTINCT a.id), COUNT(*) {AFFECTED_FROM} WHERE {where}", params), params).one()
+    groups = None
+    if by is not None:
+        col = BY_COLUMNS[by]
+        rows = conn.execute(_expanding(
+            f"SELECT {col}, COUNT(DISTINCT a.id), COUNT(*) {AFFECTED_FROM} WHERE {where} "
+            f"GROUP BY {col} ORDER BY {col}", params), params).all()
+        groups = {key: {"accounts": int(n_acc), "devices": int(n_dev)} for key, n_acc, n_dev in rows}
+    picked: list[dict[str, Any]] = []
+    if sample > 0:
+        rows = conn.execute(_expanding(
+            f"SELECT a.id, a.email, a.locale, a.timezone, a.country, COUNT(*) {AFFECTED_FROM} "
+            f"WHERE {where} GROUP BY a.id, a.email, a.locale, a.timezone, a.country "
+            f"ORDER BY a.id LIMIT :sample", params), {**params, "sample": sample}).all()
+        picked = [{"account_id": r[0], "email": r[1], "locale": r[2], "timezone": r[3], "country": r[4],
+                   "devices": int(r[5])} for r in rows]
+    return AudienceSummary(int(accounts), int(devices), groups, picked)

@@ -1,0 +1,336 @@
+"""The `campaign` command line: parses options, calls one function of the core, prints the result."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from campaign import accounts, campaigns, db, migrate, suppressions
+from campaign.config import Config, load_config, redact_url
+from campaign.definition import load_definition
+from campaign.errors import CampaignError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+@dataclass
+class App:
+    """What every command shares: options, then the config and the engine, built on first use."""
+
+    options: dict[str, Any]
+    _config: Config | None = None
+    _engine: Engine | None = None
+    _checked: bool = field(default=False)
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            self._config = load_config(self.options)
+        return self._config
+
+    def engine(self, check_schema: bool = True) -> Engine:
+        if self._engine is None:
+            self._engine = db.make_engine(self.config.database_url)
+        if check_schema and not self._checked:
+            migrate.require_current(self._engine)
+            self._checked = True
+        return self._engine
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+
+
+class Group(click.Group):
+    """Turns the core's expected failures into one message on stderr and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CampaignError as exc:
+            _fail(str(exc), exc.exit_code)
+        except OperationalError as exc:
+            _fail(f"database error: {_db_message(exc)}", 1)
+        except DBAPIError as exc:
+            _fail(f"database error: {_db_message(exc)}", 1)
+        except OSError as exc:
+            _fail(f"{exc.filename or ''}{': ' if exc.filename else ''}{exc.strerror or exc}", 1)
+
+
+def _db_message(exc: DBAPIError) -> str:
+    orig = exc.orig if exc.orig is not None else exc
+    return redact_url(str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(f"campaign: {message}" if "\n" not in message else message, err=True)
+    sys.exit(code)
+
+
+def _json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
+
+
+pass_app = click.make_pass_decorator(App)
+dry_run_option = click.option("--dry-run", is_flag=True,
+                              help="Show what would happen; change no row and send nothing.")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+
+
+@click.group(cls=Group, context_settings=CONTEXT)
+@click.option("--database-url", metavar="URL", help="SQLAlchemy URL [env CAMPAIGN_DATABASE_URL; "
+              "default sqlite:///campaign.db].")
+@click.option("--templates", metavar="DIR", help="The templates directory [env CAMPAIGN_TEMPLATES; "
+              "default ./templates].")
+@click.option("--actor", metavar="NAME", help="Who is acting, for the audit log [env CAMPAIGN_ACTOR; "
+              "default your login name].")
+@click.version_option(package_name="campaign")
+@click.pass_context
+def cli(ctx: click.Context, database_url: str | None, templates: str | None, actor: str | None) -> None:
+    """Retire a user-facing setting honestly and safely: find who is affected, tell them in their
+    language, switch the setting at the cutoff with an audit trail, prove it, undo it if needed.
+
+    Configuration, strongest first: options, environment variables, campaign.toml in the working
+    directory. Start with `campaign db upgrade`, then import accounts and devices, then
+    `campaign create FILE`.
+    """
+    app = App({"database_url": database_url, "templates": templates, "actor": actor})
+    ctx.obj = app
+    ctx.call_on_close(app.close)
+
+
+# -- db ---------------------------------------------------------------------------------------------
+
+@cli.group(cls=Group)
+def db_group() -> None:
+    """The database schema."""
+
+
+cli.add_command(db_group, "db")
+
+
+@db_group.command("upgrade")
+@pass_app
+def db_upgrade(app: App) -> None:
+    """Create the schema, or upgrade it to the latest version (safe to run again)."""
+    before, after = migrate.upgrade(app.engine(check_schema=False))
+    where = redact_url(app.config.database_url)
+    if before == after:
+        click.echo(f"{where}: schema already at {after}")
+    else:
+        click.echo(f"{where}: schema {before or 'empty'} -> {after}")
+
+
+# -- import -----------------------------------------------------------------------------------------
+
+@cli.group("import", cls=Group)
+def import_group() -> None:
+    """Import accounts and devices from CSV or JSON Lines (all or nothing)."""
+
+
+def _progress_printer() -> Any:
+    if not sys.stderr.isatty():
+        return None
+
+    def show(records: int, done: int, total: int) -> None:
+        pct = f" ({100 * done // total}%)" if total else ""
+        click.echo(f"\r  {records:,} records read{pct}", err=True, nl=False)
+    return show
+
+
+def _print_import(result: accounts.ImportResult, what: str, as_json: bool) -> None:
+    if sys.stderr.isatty():
+        click.echo("", err=True)
+    if as_json:
+        _json(result.as_dict())
+        return
+    verb = "would import" if result.dry_run else "imported"
+    extra = f", {result.settings_changed} setting value(s) changed by their owners" \
+        if result.settings_changed else ""
+    click.echo(f"{result.path}: {verb} {result.records} {what}: {result.inserted} new, {result.updated} "
+               f"updated, {result.unchanged} unchanged{extra}")
+
+
+@import_group.command("accounts")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@dry_run_option
+@json_option
+@pass_app
+def import_accounts(app: App, file: Path, dry_run: bool, as_json: bool) -> None:
+    """Upsert accounts from FILE (CSV or JSON Lines).
+
+    \b
+    Columns: account_id,email,name,locale,timezone,country
+      locale    BCP 47, e.g. de-AT     timezone  IANA, e.g. Europe/Vienna
+      country   ISO 3166-1 alpha-2, e.g. AT
+    Rows in the file are inserted or updated; other accounts are not touched. Any problem is
+    reported as FILE:LINE: what is wrong, and nothing is written.
+    """
+    result = accounts.import_accounts(app.engine(), file, app.config.actor, dry_run=dry_run,
+                                      progress=_progress_printer())
+    _print_import(result, "accounts", as_json)
+
+
+@import_group.command("devices")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@dry_run_option
+@json_option
+@pass_app
+def import_devices(app: App, file: Path, dry_run: bool, as_json: bool) -> None:
+    """Upsert devices and their settings from FILE (CSV or JSON Lines).
+
+    \b
+    Columns: device_id,account_id,name,model, then one column per setting key,
+    e.g. voice_recordings. An empty cell leaves that setting as it is. A value that
+    differs from the stored one is the person's own change: it is stored with its time,
+    and a later rollback will not overwrite it. Every account must exist already.
+    """
+    result = accounts.import_devices(app.engine(), file, app.config.actor, dry_run=dry_run,
+                                     progress=_progress_printer())
+    _print_import(result, "devices", as_json)
+
+
+# -- suppress ---------------------------------------------------------------------------------------
+
+@cli.group("suppress", cls=Group)
+def suppress_group() -> None:
+    """Addresses that must never be mailed."""
+
+
+@suppress_group.command("add")
+@click.argument("email")
+@click.option("--reason", required=True, help="Why (kept as evidence).")
+@dry_run_option
+@pass_app
+def suppress_add(app: App, email: str, reason: str, dry_run: bool) -> None:
+    """Suppress one address."""
+    new = suppressions.add_one(app.engine(), email, reason, app.config.actor, dry_run=dry_run)
+    state = ("would be suppressed" if dry_run else "suppressed") if new else "was already suppressed"
+    click.echo(f"{email}: {state}")
+
+
+@suppress_group.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--reason", default="imported", show_default=True,
+              help="Reason for rows that have no reason column.")
+@dry_run_option
+@json_option
+@pass_app
+def suppress_import(app: App, file: Path, reason: str, dry_run: bool, as_json: bool) -> None:
+    """Suppress every address in FILE (CSV or JSON Lines: email[,reason]); all or nothing."""
+    result = suppressions.import_file(app.engine(), file, app.config.actor, dry_run=dry_run,
+                                      default_reason=reason)
+    if as_json:
+        _json(result.__dict__)
+    else:
+        verb = "would add" if dry_run else "added"
+        click.echo(f"{file}: {result.records} addresses, {verb} {result.added}, "
+                   f"{result.already} already suppressed")
+
+
+@suppress_group.command("list")
+@json_option
+@pass_app
+def suppress_list(app: App, as_json: bool) -> None:
+    """Every suppressed address, oldest first."""
+    with db.read(app.engine()) as conn:
+        rows = suppressions.list_all(conn)
+    if as_json:
+        _json(rows)
+        return
+    for r in rows:
+        click.echo(f"{r['email']}\t{r['source']}\t{r['created_at']}\t{r['reason']}")
+    if not rows:
+        click.echo("no suppressed addresses", err=True)
+
+
+# -- campaigns --------------------------------------------------------------------------------------
+
+@cli.command("create")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--replace", is_flag=True, help="Replace the definition of a campaign not yet scheduled.")
+@dry_run_option
+@json_option
+@pass_app
+def create(app: App, file: Path, replace: bool, dry_run: bool, as_json: bool) -> None:
+    """Register a campaign from its definition FILE (TOML, see data/voice-local-processing.toml).
+
+    Refuses, with the file, line and key, on any problem in the definition.
+    """
+    definition = load_definition(file, app.config.templates)
+    result = campaigns.create(app.engine(), definition, app.config.actor, replace=replace, dry_run=dry_run)
+    if as_json:
+        _json(result)
+        return
+    verb = "would create" if dry_run else ("replaced" if result["replaced"] else "created")
+    click.echo(f"{verb} campaign {definition.slug!r}: cutoff {result['cutoff']}")
+    for w in result["waves"]:
+        click.echo(f"  wave {w['name']:<14} at {w['at']}  audience {w['audience']:<9} expires {w['expires']}")
+
+
+@cli.command("list")
+@json_option
+@pass_app
+def list_cmd(app: App, as_json: bool) -> None:
+    """Campaigns with their state, cutoff and progress."""
+    with db.read(app.engine()) as conn:
+        rows = campaigns.list_campaigns(conn)
+    if as_json:
+        _json(rows)
+        return
+    if not rows:
+        click.echo("no campaigns yet: `campaign create FILE`", err=True)
+        return
+    click.echo(f"{'CAMPAIGN':<28} {'STATE':<10} {'CUTOFF':<26} {'SENT':>8} {'SETTLED':>15} {'CHANGED':>8}")
+    for r in rows:
+        settled = f"{r['settled']}/{r['deliveries']}"
+        click.echo(f"{r['campaign']:<28} {r['state']:<10} {r['cutoff']:<26} {r['sent']:>8} {settled:>15} "
+                   f"{r['devices_changed']:>8}")
+
+
+@cli.command("audience")
+@click.argument("slug")
+@click.option("--by", type=click.Choice(sorted(accounts.BY_COLUMNS)), help="Break the counts down.")
+@click.option("--sample", type=click.IntRange(min=0), default=0, help="Also list N affected accounts.")
+@json_option
+@pass_app
+def audience(app: App, slug: str, by: str | None, sample: int, as_json: bool) -> None:
+    """Who is affected now: accounts owning a device whose setting still has the `from` value."""
+    with db.read(app.engine()) as conn:
+        c = campaigns.get(conn, slug)
+        d = c.definition
+        summary = accounts.audience_summary(conn, d.setting, d.from_value, d.countries, d.device_models,
+                                            by=by, sample=sample)
+    if as_json:
+        out: dict[str, Any] = {"campaign": slug, "accounts": summary.accounts, "devices": summary.devices}
+        if by is not None:
+            out["by"] = summary.by
+        if sample:
+            out["sample"] = summary.sample
+        _json(out)
+        return
+    click.echo(f"{slug}: {summary.accounts} accounts with {summary.devices} devices set to "
+               f"{d.setting} = {d.from_value}")
+    if summary.by is not None:
+        width = max([len(k) for k in summary.by] + [len(by or "")])
+        click.echo(f"  {(by or '').upper():<{width}} {'ACCOUNTS':>9} {'DEVICES':>9}")
+        for key, n in summary.by.items():
+            click.echo(f"  {key:<{width}} {n['accounts']:>9} {n['devices']:>9}")
+    for s in summary.sample:
+        click.echo(f"  {s['account_id']}  {s['email']}  {s['locale']}  {s['timezone']}  {s['country']}  "
+                   f"{s['devices']} device(s)")
+
+
+def main() -> None:
+    cli(prog_name="campaign")
+
+
+if __name__ == "__main__":
+    main()

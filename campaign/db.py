@@ -1,0 +1,138 @@
+"""Engines and transactions for SQLite and PostgreSQL; nothing is created at import time."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import DateTime, Engine, TypeDecorator, create_engine, event
+from sqlalchemy.engine import Connection, Dialect, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+from campaign.config import redact_url
+from campaign.errors import ConfigError
+
+UTC = dt.UTC
+SQLITE_BUSY_TIMEOUT_S = 30.0
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """An aware UTC datetime: stored as naive UTC on SQLite, as timestamptz on PostgreSQL."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: timestamps must be aware")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):  # raw SQL on SQLite can hand back the stored text
+            value = dt.datetime.fromisoformat(value)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+def sqlite_text(value: dt.datetime) -> str:
+    """The text SQLite stores for an aware datetime, for comparisons in hand-written SQL."""
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """An engine for `url`, with SQLite set up for several processes (WAL, busy timeout, real BEGIN)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError(f"not a database URL: {redact_url(url)!r} "
+                          "(expected sqlite:///PATH or postgresql+psycopg://USER@HOST/DB)") from None
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S}, **kwargs)
+        _setup_sqlite(engine)
+    elif backend == "postgresql":
+        if parsed.drivername == "postgresql":
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        try:
+            engine = create_engine(parsed, pool_pre_ping=True, **kwargs)
+        except (NoSuchModuleError, ModuleNotFoundError):
+            raise ConfigError("PostgreSQL needs psycopg 3: pip install 'campaign[postgres]'") from None
+    else:
+        raise ConfigError(f"unsupported database {backend!r}: use sqlite:///PATH or postgresql+psycopg://…")
+    return engine
+
+
+def _setup_sqlite(engine: Engine) -> None:
+    # pysqlite's own transaction handling begins late and never BEGIN IMMEDIATE; take it over
+    # (SQLAlchemy's documented recipe), so that a read-then-write transaction holds the write
+    # lock from its start instead of failing with SQLITE_BUSY half-way.
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cur = dbapi_connection.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        if conn.get_execution_options().get("campaign_write"):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            conn.exec_driver_sql("BEGIN")
+
+
+@contextmanager
+def write(engine: Engine) -> Iterator[Connection]:
+    """A transaction that will write: BEGIN IMMEDIATE on SQLite; commits on success."""
+    with engine.connect().execution_options(campaign_write=True) as conn, conn.begin():
+        yield conn
+
+
+@contextmanager
+def read(engine: Engine) -> Iterator[Connection]:
+    """A read-only transaction (a consistent snapshot); never commits anything."""
+    with engine.connect() as conn:
+        tx = conn.begin()
+        try:
+            yield conn
+        finally:
+            tx.rollback()
+
+
+def is_sqlite(conn_or_engine: Connection | Engine) -> bool:
+    return conn_or_engine.dialect.name == "sqlite"
+
+
+def bulk_insert(conn: Connection, table: str, columns: list[str], rows: list[tuple[Any, ...]]) -> None:
+    """Insert many rows into `table` as fast as the driver allows (COPY on PostgreSQL)."""
+    if not rows:
+        return
+    dbapi = conn.connection.dbapi_connection
+    assert dbapi is not None
+    cols = ", ".join(columns)
+    if conn.dialect.name == "postgresql":
+        with dbapi.cursor() as cur, cur.copy(f"COPY {table} ({cols}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+    else:
+        marks = ", ".join("?" for _ in columns)
+        cur = dbapi.cursor()
+        try:
+            cur.executemany(f"INSERT INTO {table} ({cols}) VALUES ({marks})", rows)
+        finally:
+            cur.close()

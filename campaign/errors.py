@@ -1,0 +1,63 @@
+"""The one exception family of the core; the CLI turns each into a message and an exit code."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+MAX_SHOWN = 20
+
+
+class CampaignError(Exception):
+    """An expected failure: its message tells the user what happened and what to do."""
+
+    exit_code = 1
+
+
+class UsageError(CampaignError):
+    """Bad usage or bad input (exit 2)."""
+
+    exit_code = 2
+
+
+class ConfigError(UsageError):
+    """The configuration (options, environment, campaign.toml) is wrong."""
+
+
+class NotFound(UsageError):
+    """A campaign, wave or account named on the command line does not exist."""
+
+
+class StateError(CampaignError):
+    """The operation is not allowed in the campaign's present state."""
+
+
+@dataclass(frozen=True, order=True)
+class Problem:
+    """One problem in an input file, located by line (1-based; a header is line 1)."""
+
+    line: int
+    message: str
+
+
+class InputError(UsageError):
+    """An input file has problems; none of it was written."""
+
+    def __init__(self, path: str, problems: Sequence[Problem], total: int | None = None) -> None:
+        self.path = path
+        self.problems = sorted(problems)[:MAX_SHOWN]
+        self.total = max(total if total is not None else len(problems), len(self.problems))
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        lines = [f"{self.path}:{p.line}: {p.message}" if p.line else f"{self.path}: {p.message}"
+                 for p in self.problems]
+        rest = self.total - len(self.problems)
+        if rest > 0:
+            lines.append(f"... and {rest} more problem{'s' if rest != 1 else ''} in {self.path}")
+        lines.append("Nothing was written.")
+        return "\n".join(lines)
+
+
+class TemplateProblem(UsageError):
+    """A template does not render; names the template file and line."""

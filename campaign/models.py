@@ -1,0 +1,240 @@
+"""The tables. Every timestamp is an aware UTC datetime (`UTCDateTime`).
+
+The schema covers the whole product (SPEC §3, §6–§8): people and their devices, campaigns and
+their waves, the send ledger, suppressions, the setting changes made by a flip (the audit trail,
+never deleted), audit events, scheduler steps claimed exactly once, leases and live workers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import BigInteger, Column, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from campaign.db import UTCDateTime
+
+metadata = SQLModel.metadata
+# Stable constraint names, so that migrations name the same things on SQLite and PostgreSQL.
+metadata.naming_convention = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# Delivery states (SPEC §6).
+PENDING, SENDING, SENT, FAILED, BOUNCED, SUPPRESSED, SKIPPED, EXPIRED = (
+    "pending", "sending", "sent", "failed", "bounced", "suppressed", "skipped", "expired")
+DELIVERY_STATES = (PENDING, SENDING, SENT, FAILED, BOUNCED, SUPPRESSED, SKIPPED, EXPIRED)
+SETTLED_STATES = (SENT, FAILED, BOUNCED, SUPPRESSED, SKIPPED, EXPIRED)
+
+# Campaign states.
+DRAFT, SCHEDULED, PAUSED, CANCELLED, DONE = "draft", "scheduled", "paused", "cancelled", "done"
+CAMPAIGN_STATES = (DRAFT, SCHEDULED, PAUSED, CANCELLED, DONE)
+
+# Setting change states (the flip and its rollback).
+CHANGED, HELD_BACK, ROLLED_BACK, LEFT = "changed", "held_back", "rolled_back", "left"
+CHANGE_STATES = (CHANGED, HELD_BACK, ROLLED_BACK, LEFT)
+
+
+def _ts(nullable: bool = False, index: bool = False) -> Any:
+    return Field(default=None, sa_column=Column(UTCDateTime(), nullable=nullable, index=index))
+
+
+def _fk(target: str, nullable: bool = False, index: bool = True, type_: Any = None) -> Any:
+    return Field(default=None, sa_column=Column(type_ or Integer, ForeignKey(target), nullable=nullable,
+                                                index=index))
+
+
+class Account(SQLModel, table=True):
+    __tablename__ = "account"
+
+    id: str = Field(primary_key=True, max_length=128)
+    email: str = Field(max_length=254, index=True)
+    name: str = Field(max_length=256)
+    locale: str = Field(max_length=35)
+    timezone: str = Field(max_length=64)
+    country: str = Field(max_length=2)
+    created_at: dt.datetime = _ts()
+    updated_at: dt.datetime = _ts()
+
+
+class Device(SQLModel, table=True):
+    __tablename__ = "device"
+
+    id: str = Field(primary_key=True, max_length=128)
+    account_id: str = Field(sa_column=Column(String(128), ForeignKey("account.id"), nullable=False,
+                                             index=True))
+    name: str = Field(max_length=256)
+    model: str = Field(max_length=256)
+    created_at: dt.datetime = _ts()
+    updated_at: dt.datetime = _ts()
+
+
+class DeviceSetting(SQLModel, table=True):
+    """One setting of one device. `change_id` is set when a campaign wrote this value, and cleared
+    when the person set it themselves (an import with a different value): rollback relies on it."""
+
+    __tablename__ = "device_setting"
+    __table_args__ = (Index("ix_device_setting_key_value", "key", "value"),)
+
+    device_id: str = Field(sa_column=Column(String(128), ForeignKey("device.id"), primary_key=True))
+    key: str = Field(primary_key=True, max_length=64)
+    value: str = Field(max_length=128)
+    changed_at: dt.datetime = _ts()
+    change_id: int | None = _fk("setting_change.id", nullable=True, index=False)
+
+
+class Campaign(SQLModel, table=True):
+    __tablename__ = "campaign"
+
+    id: int | None = Field(default=None, primary_key=True)
+    slug: str = Field(max_length=64, unique=True)
+    name: str = Field(max_length=256)
+    definition: str = Field(sa_column=Column(Text, nullable=False))  # the TOML as given, frozen
+    source: str = Field(max_length=1024)  # where the definition was read from
+    template: str = Field(max_length=128)
+    setting: str = Field(max_length=64)
+    from_value: str = Field(max_length=128)
+    to_value: str = Field(max_length=128)
+    cutoff: dt.datetime = _ts()
+    state: str = Field(default=DRAFT, max_length=16)
+    state_reason: str | None = Field(default=None, max_length=1024)
+    created_at: dt.datetime = _ts()
+    created_by: str = Field(max_length=128)
+    scheduled_at: dt.datetime | None = _ts(nullable=True)
+    rolled_back_at: dt.datetime | None = _ts(nullable=True)
+
+
+class Wave(SQLModel, table=True):
+    __tablename__ = "wave"
+    __table_args__ = (UniqueConstraint("campaign_id", "name"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    campaign_id: int = _fk("campaign.id")
+    name: str = Field(max_length=64)
+    position: int
+    at: dt.datetime = _ts()
+    audience: str = Field(max_length=16)  # affected | changed | all
+    expires: dt.datetime = _ts()
+    state: str = Field(default="waiting", max_length=16)  # waiting | sending | paused | done | cancelled
+    paused_reason: str | None = Field(default=None, max_length=1024)
+    materialized_at: dt.datetime | None = _ts(nullable=True)
+    finished_at: dt.datetime | None = _ts(nullable=True)
+
+
+class Delivery(SQLModel, table=True):
+    """The send ledger: exactly one row per (campaign, wave, account)."""
+
+    __tablename__ = "delivery"
+    __table_args__ = (
+        UniqueConstraint("campaign_id", "wave_id", "account_id"),
+        Index("ix_delivery_claim", "wave_id", "state", "next_attempt_at"),
+        Index("ix_delivery_account", "account_id"),
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(BigInteger().with_variant(Integer, "sqlite"),
+                                                          primary_key=True, autoincrement=True))
+    campaign_id: int = _fk("campaign.id", index=False)
+    wave_id: int = _fk("wave.id", index=False)
+    account_id: str = Field(sa_column=Column(String(128), ForeignKey("account.id"), nullable=False))
+    state: str = Field(default=PENDING, max_length=12)
+    email: str | None = Field(default=None, max_length=254)  # the address it went to, kept as evidence
+    locale: str | None = Field(default=None, max_length=35)  # the template locale it was rendered in
+    attempts: int = Field(default=0)
+    not_before: dt.datetime | None = _ts(nullable=True)  # opening of the recipient's send window
+    next_attempt_at: dt.datetime | None = _ts(nullable=True)
+    expires_at: dt.datetime = _ts()
+    lease_owner: str | None = Field(default=None, max_length=128)
+    lease_expires_at: dt.datetime | None = _ts(nullable=True)
+    message_id: str | None = Field(default=None, max_length=255)
+    sent_at: dt.datetime | None = _ts(nullable=True)
+    last_error: str | None = Field(default=None, max_length=1024)
+    updated_at: dt.datetime = _ts()
+
+
+class Suppression(SQLModel, table=True):
+    __tablename__ = "suppression"
+
+    email: str = Field(primary_key=True, max_length=254)  # normalized: domain lower-cased
+    reason: str = Field(max_length=1024)
+    source: str = Field(max_length=16)  # manual | import | bounce | complaint
+    campaign_id: int | None = _fk("campaign.id", nullable=True, index=False)
+    created_at: dt.datetime = _ts()
+    created_by: str = Field(max_length=128)
+
+
+class SettingChange(SQLModel, table=True):
+    """One device's setting switched (or held back) by a campaign: the audit trail, kept forever."""
+
+    __tablename__ = "setting_change"
+    __table_args__ = (UniqueConstraint("campaign_id", "device_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    campaign_id: int = _fk("campaign.id", index=False)
+    device_id: str = Field(sa_column=Column(String(128), ForeignKey("device.id"), nullable=False))
+    account_id: str = Field(sa_column=Column(String(128), ForeignKey("account.id"), nullable=False,
+                                             index=True))
+    setting: str = Field(max_length=64)
+    from_value: str = Field(max_length=128)
+    to_value: str = Field(max_length=128)
+    state: str = Field(max_length=12)  # changed | held_back | rolled_back | left
+    decided_at: dt.datetime = _ts()  # when the flip looked at this device
+    flipped_at: dt.datetime | None = _ts(nullable=True)
+    rolled_back_at: dt.datetime | None = _ts(nullable=True)
+    note: str | None = Field(default=None, max_length=1024)  # why held back, or why rollback left it
+
+
+class AuditEvent(SQLModel, table=True):
+    __tablename__ = "audit_event"
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: dt.datetime = _ts(index=True)
+    actor: str = Field(max_length=128)
+    campaign_id: int | None = _fk("campaign.id", nullable=True)
+    action: str = Field(max_length=64)
+    detail: str = Field(default="{}", sa_column=Column(Text, nullable=False))  # JSON
+
+
+class Step(SQLModel, table=True):
+    """A scheduled step of a campaign (a wave, the flip), claimed exactly once before it runs."""
+
+    __tablename__ = "step"
+    __table_args__ = (UniqueConstraint("campaign_id", "name"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    campaign_id: int = _fk("campaign.id", index=False)
+    name: str = Field(max_length=64)  # wave:<name> | flip
+    due_at: dt.datetime = _ts()
+    state: str = Field(default="pending", max_length=12)  # pending | running | done | failed | cancelled
+    owner: str | None = Field(default=None, max_length=128)
+    started_at: dt.datetime | None = _ts(nullable=True)
+    finished_at: dt.datetime | None = _ts(nullable=True)
+    error: str | None = Field(default=None, max_length=1024)
+
+
+class Lease(SQLModel, table=True):
+    """A named lease (scheduler leadership on SQLite); expires unless renewed."""
+
+    __tablename__ = "lease"
+
+    name: str = Field(primary_key=True, max_length=64)
+    holder: str = Field(max_length=128)
+    expires_at: dt.datetime = _ts()
+
+
+class Worker(SQLModel, table=True):
+    """A live sending process; its heartbeat lets others reclaim its deliveries when it dies."""
+
+    __tablename__ = "worker"
+
+    id: str = Field(primary_key=True, max_length=128)  # host:pid:nonce
+    host: str = Field(max_length=255)
+    pid: int
+    campaign_id: int | None = _fk("campaign.id", nullable=True, index=False)
+    wave_id: int | None = _fk("wave.id", nullable=True, index=False)
+    started_at: dt.datetime = _ts()
+    heartbeat_at: dt.datetime = _ts()

@@ -1,0 +1,123 @@
+"""The suppression list: addresses that must never be mailed (hard bounce, complaint, manual)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, bindparam, select, text
+
+from campaign import audit, db
+from campaign.errors import InputError, Problem, UsageError
+from campaign.models import Suppression
+from campaign.readers import RecordReader
+from campaign.validation import check_email, has_crlf
+
+SOURCES = ("manual", "import", "bounce", "complaint")
+_T = Suppression.__table__
+
+
+def _upsert(conn: Connection, rows: list[dict[str, Any]]) -> int:
+    """Insert the addresses not yet suppressed; returns how many were new. Existing entries keep their
+    first reason (the evidence of why an address was first suppressed)."""
+    if not rows:
+        return 0
+    before = conn.execute(text("SELECT COUNT(*) FROM suppression")).scalar_one()
+    stmt = text(
+        "INSERT INTO suppression (email, reason, source, campaign_id, created_at, created_by) "
+        "VALUES (:email, :reason, :source, :campaign_id, :created_at, :created_by) "
+        "ON CONFLICT (email) DO NOTHING").bindparams(bindparam("created_at", type_=db.UTCDateTime()))
+    conn.execute(stmt, rows)
+    return int(conn.execute(text("SELECT COUNT(*) FROM suppression")).scalar_one() - before)
+
+
+def add(conn: Connection, email: str, reason: str, actor: str, source: str = "manual",
+        campaign_id: int | None = None) -> bool:
+    """Suppress one address; True when it was not suppressed before."""
+    try:
+        address = check_email(email.strip())
+    except ValueError as exc:
+        raise UsageError(f"cannot suppress {email!r}: {exc}") from None
+    reason = " ".join(reason.split())  # one line, whatever the SMTP reply looked like
+    if not reason:
+        raise UsageError("a reason is needed (--reason)")
+    new = _upsert(conn, [{"email": address, "reason": reason[:1024], "source": source,
+                          "campaign_id": campaign_id, "created_at": db.utcnow(), "created_by": actor}])
+    return new == 1
+
+
+def add_one(engine: Engine, email: str, reason: str, actor: str, dry_run: bool = False) -> bool:
+    with db.write(engine) as conn:
+        new = add(conn, email, reason, actor)
+        audit.record(conn, actor, "suppress.add", email=check_email(email.strip()), reason=reason, new=new)
+        if dry_run:
+            conn.rollback()
+    return new
+
+
+@dataclass
+class SuppressImport:
+    records: int
+    added: int
+    already: int
+    dry_run: bool
+
+
+def import_file(engine: Engine, path: Path | str, actor: str, dry_run: bool = False,
+                default_reason: str = "imported") -> SuppressImport:
+    """CSV or JSON Lines with a column `email` and optionally `reason`; all or nothing."""
+    path = Path(path)
+    problems: list[Problem] = []
+    total_problems = 0
+    records = added = 0
+    with RecordReader(path) as reader, db.write(engine) as conn:
+        header = reader.header()
+        if header and ("email" not in header or set(header) - {"email", "reason"}):
+            raise InputError(str(path), [Problem(1, "expected the columns email and (optionally) reason, "
+                                                    f"found {', '.join(header)}")])
+        batch: list[dict[str, Any]] = []
+        now = db.utcnow()
+        for rec in reader:
+            records += 1
+            msg = rec.problem
+            if msg is None:
+                unknown = set(rec.values) - {"email", "reason"}
+                if unknown:
+                    msg = f"unknown field {', '.join(sorted(unknown))} (expected email, reason)"
+            if msg is None:
+                try:
+                    email = check_email(rec.values.get("email", "").strip())
+                except ValueError as exc:
+                    msg = f"email: {exc}"
+            reason = rec.values.get("reason", "").strip() or default_reason
+            if msg is None and has_crlf(reason):
+                msg = "reason: must be a single line"
+            if msg is not None:
+                total_problems += 1
+                if len(problems) < 20:
+                    problems.append(Problem(rec.line, msg))
+                continue
+            batch.append({"email": email, "reason": reason[:1024], "source": "import", "campaign_id": None,
+                          "created_at": now, "created_by": actor})
+            if len(batch) >= 5000 and not total_problems:
+                added += _upsert(conn, batch)
+                batch.clear()
+        if total_problems:
+            raise InputError(str(path), problems, total_problems)
+        added += _upsert(conn, batch)
+        audit.record(conn, actor, "suppress.import", file=str(path), records=records, added=added)
+        if dry_run:
+            conn.rollback()
+    return SuppressImport(records, added, records - added, dry_run)
+
+
+def list_all(conn: Connection) -> list[dict[str, Any]]:
+    rows = conn.execute(select(_T.c.email, _T.c.reason, _T.c.source, _T.c.created_at, _T.c.created_by)
+                        .order_by(_T.c.created_at, _T.c.email)).all()
+    return [{"email": r.email, "reason": r.reason, "source": r.source,
+             "created_at": r.created_at.isoformat(), "created_by": r.created_by} for r in rows]
+
+
+def is_suppressed(conn: Connection, email: str) -> bool:
+    return conn.execute(select(_T.c.email).where(_T.c.email == email)).first() is not None

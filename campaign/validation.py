@@ -1,0 +1,86 @@
+"""Checks and normalizations of single values: addresses, locales, time zones, countries."""
+
+from __future__ import annotations
+
+import functools
+import re
+import zoneinfo
+
+from babel import Locale, UnknownLocaleError
+
+# A practical address check (RFC 5322 dot-atom local part, LDH domain with a dot); no quoted local
+# parts, no IP literals: those are not what a customer database should hold.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+EMAIL_RE = re.compile(rf"^{_ATOM}(?:\.{_ATOM})*@{_LABEL}(?:\.{_LABEL})+$")
+
+
+def has_crlf(value: str) -> bool:
+    return "\r" in value or "\n" in value
+
+
+def check_email(value: str) -> str:
+    """Return the address normalized (domain lower-cased); raise ValueError naming the problem."""
+    if not value:
+        raise ValueError("empty email address")
+    if has_crlf(value):
+        raise ValueError("email address contains a line break")
+    if len(value) > 254:
+        raise ValueError("email address longer than 254 characters")
+    if not EMAIL_RE.match(value):
+        raise ValueError(f"{value!r} is not a valid email address")
+    local, _, domain = value.rpartition("@")
+    if len(local) > 64:
+        raise ValueError(f"{value!r}: the part before @ is longer than 64 characters")
+    return f"{local}@{domain.lower()}"
+
+
+normalize_email = check_email
+
+
+_LOCALE_RE = re.compile(r"^([A-Za-z]{2,3})(?:[-_]([A-Za-z]{4}))?(?:[-_]([A-Za-z]{2}|\d{3}))?$")
+
+
+@functools.lru_cache(maxsize=4096)
+def normalize_locale(value: str) -> str:
+    """A BCP 47 tag (language, optional script and region) that Babel knows: `de-de` → `de-DE`."""
+    m = _LOCALE_RE.match(value) if isinstance(value, str) else None
+    if not m:
+        raise ValueError(f"{value!r} is not a BCP 47 locale such as en-US or de-AT")
+    language, script, region = m.group(1).lower(), m.group(2), m.group(3)
+    script = script.title() if script else None
+    region = region.upper() if region else None
+    tag = "-".join(p for p in (language, script, region) if p)
+    try:
+        loc = Locale.parse(tag, sep="-")
+    except (UnknownLocaleError, ValueError):
+        raise ValueError(f"unknown locale {value!r} (expected a BCP 47 tag such as en-US or de-AT)") from None
+    # Babel fills in likely subtags (en-ZZ would become en_US): insist on what was asked for.
+    if loc.language != language or (region and loc.territory != region):
+        raise ValueError(f"unknown locale {value!r} (expected a BCP 47 tag such as en-US or de-AT)")
+    return tag
+
+
+@functools.cache
+def _zones() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())
+
+
+@functools.lru_cache(maxsize=4096)
+def check_timezone(value: str) -> str:
+    if value not in _zones():
+        raise ValueError(f"unknown time zone {value!r} (expected an IANA name such as Europe/Berlin)")
+    return value
+
+
+@functools.cache
+def _countries() -> frozenset[str]:
+    return frozenset(code for code in Locale("en").territories if len(code) == 2 and code.isalpha())
+
+
+@functools.lru_cache(maxsize=1024)
+def normalize_country(value: str) -> str:
+    code = value.strip().upper() if isinstance(value, str) else ""
+    if len(code) != 2 or code not in _countries():
+        raise ValueError(f"unknown country {value!r} (expected an ISO 3166-1 alpha-2 code such as DE)")
+    return code
