@@ -12,9 +12,9 @@ from sqlalchemy import Connection, Engine, case, delete, func, insert, select, u
 from campaign import audit, db
 from campaign.definition import Definition, parse_definition
 from campaign.errors import NotFound, StateError
-from campaign.models import CHANGED, DRAFT, SENT, SETTLED_STATES, Campaign, Delivery, SettingChange, Step, Wave
+from campaign.models import CAMPAIGN, CHANGED, DELIVERY, DRAFT, SENT, SETTING_CHANGE, SETTLED_STATES, STEP, WAVE
 
-C, W, D = Campaign.__table__, Wave.__table__, Delivery.__table__
+C, W, D, S = CAMPAIGN, WAVE, DELIVERY, SETTING_CHANGE
 
 
 @dataclass(frozen=True)
@@ -63,19 +63,19 @@ def create(engine: Engine, definition: Definition, actor: str, *, replace: bool 
                 raise StateError(f"campaign {definition.slug!r} is {existing.state}: its definition is frozen")
             used = conn.execute(select(func.count()).select_from(D).where(D.c.campaign_id == existing.id)
                                 ).scalar_one()
-            used += conn.execute(select(func.count()).select_from(SettingChange.__table__)
-                                 .where(SettingChange.__table__.c.campaign_id == existing.id)).scalar_one()
+            used += conn.execute(select(func.count()).select_from(S)
+                                 .where(S.c.campaign_id == existing.id)).scalar_one()
             if used:
                 raise StateError(f"campaign {definition.slug!r} has already sent or changed something: "
                                  "its definition is frozen; create a new campaign instead")
-            conn.execute(delete(Step.__table__).where(Step.__table__.c.campaign_id == existing.id))
+            conn.execute(delete(STEP).where(STEP.c.campaign_id == existing.id))
             conn.execute(delete(W).where(W.c.campaign_id == existing.id))
             conn.execute(update(C).where(C.c.id == existing.id).values(**_campaign_values(definition)))
             campaign_id = existing.id
         else:
             campaign_id = conn.execute(insert(C).values(
                 slug=definition.slug, state=DRAFT, created_at=db.utcnow(), created_by=actor,
-                **_campaign_values(definition))).inserted_primary_key[0]
+                **_campaign_values(definition))).inserted_primary_key[0]  # type: ignore[index]
         for position, wave in enumerate(definition.waves):
             conn.execute(insert(W).values(campaign_id=campaign_id, name=wave.name, position=position,
                                           at=wave.at, audience=wave.audience, expires=wave.expires,
@@ -105,7 +105,6 @@ def list_campaigns(conn: Connection) -> list[dict[str, Any]]:
     progress = {r.campaign_id: (int(r.total), int(r.settled or 0), int(r.sent or 0)) for r in conn.execute(
         select(D.c.campaign_id, func.count().label("total"), settled.label("settled"), sent.label("sent"))
         .group_by(D.c.campaign_id)).all()}
-    S = SettingChange.__table__
     changes = {r.campaign_id: int(r.n) for r in conn.execute(
         select(S.c.campaign_id, func.count().label("n")).where(S.c.state == CHANGED)
         .group_by(S.c.campaign_id)).all()}

@@ -126,7 +126,8 @@ def bulk_insert(conn: Connection, table: str, columns: list[str], rows: list[tup
     assert dbapi is not None
     cols = ", ".join(columns)
     if conn.dialect.name == "postgresql":
-        with dbapi.cursor() as cur, cur.copy(f"COPY {table} ({cols}) FROM STDIN") as copy:
+        pg_cursor: Any = dbapi.cursor()
+        with pg_cursor, pg_cursor.copy(f"COPY {table} ({cols}) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row(row)
     else:

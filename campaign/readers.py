@@ -11,6 +11,7 @@ import csv
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from io import BufferedReader
 from pathlib import Path
 from typing import IO, Any
 
@@ -55,10 +56,10 @@ class RecordReader:
     def __init__(self, path: Path | str, fmt: str | None = None) -> None:
         self.path = Path(path)
         try:
-            self._fh: IO[bytes] = self.path.open("rb")
+            self._fh: BufferedReader = self.path.open("rb")
         except OSError as exc:
             raise InputError(str(self.path), [Problem(0, f"cannot read: {exc.strerror or exc}")]) from None
-        self.format = fmt or detect_format(self.path, self._fh.peek(64)[:64])  # type: ignore[attr-defined]
+        self.format = fmt or detect_format(self.path, self._fh.peek(64)[:64])
         self.columns: list[str] | None = None
         self.bytes_total = self.path.stat().st_size
 

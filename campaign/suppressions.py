@@ -6,16 +6,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, select, text
+from sqlalchemy import Connection, Engine, bindparam, func, select, text
 
 from campaign import audit, db
 from campaign.errors import InputError, Problem, UsageError
-from campaign.models import Suppression
+from campaign.models import SUPPRESSION
 from campaign.readers import RecordReader
 from campaign.validation import check_email, has_crlf
 
 SOURCES = ("manual", "import", "bounce", "complaint")
-_T = Suppression.__table__
+_T = SUPPRESSION
 
 
 def _upsert(conn: Connection, rows: list[dict[str, Any]]) -> int:
@@ -26,9 +26,10 @@ def _upsert(conn: Connection, rows: list[dict[str, Any]]) -> int:
     before = conn.execute(text("SELECT COUNT(*) FROM suppression")).scalar_one()
     stmt = text(
         "INSERT INTO suppression (email, reason, source, campaign_id, created_at, created_by) "
-        "VALUES (:email, :reason, :source, :campaign_id, :created_at, :created_by) "
-        "ON CONFLICT (email) DO NOTHING").bindparams(bindparam("created_at", type_=db.UTCDateTime()))
-    conn.execute(stmt, rows)
+        "SELECT :email, :reason, :source, :campaign_id, :created_at, :created_by WHERE NOT EXISTS "
+        "(SELECT 1 FROM suppression WHERE lower(email) = :email_lower)"
+    ).bindparams(bindparam("created_at", type_=db.UTCDateTime()))
+    conn.execute(stmt, [{**row, "email_lower": row["email"].lower()} for row in rows])
     return int(conn.execute(text("SELECT COUNT(*) FROM suppression")).scalar_one() - before)
 
 
@@ -120,4 +121,4 @@ def list_all(conn: Connection) -> list[dict[str, Any]]:
 
 
 def is_suppressed(conn: Connection, email: str) -> bool:
-    return conn.execute(select(_T.c.email).where(_T.c.email == email)).first() is not None
+    return conn.execute(select(_T.c.email).where(func.lower(_T.c.email) == email.lower())).first() is not None

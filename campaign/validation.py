@@ -75,7 +75,10 @@ def check_timezone(value: str) -> str:
 
 @functools.cache
 def _countries() -> frozenset[str]:
-    return frozenset(code for code in Locale("en").territories if len(code) == 2 and code.isalpha())
+    # Babel also names regions that are not ISO 3166-1 countries (ZZ "Unknown Region", EU, UN, …).
+    not_countries = {"ZZ", "EU", "EZ", "UN", "QO", "XA", "XB"}
+    return frozenset(str(code) for code in Locale("en").territories
+                     if isinstance(code, str) and len(code) == 2 and code.isalpha() and code not in not_countries)
 
 
 @functools.lru_cache(maxsize=1024)

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-26 11:56:53.395450
+Create Date: 2026-11-26 12:03:36.234297
 """
 from __future__ import annotations
 
@@ -113,6 +113,8 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['campaign_id'], ['campaign.id'], name=op.f('fk_suppression_campaign_id_campaign')),
     sa.PrimaryKeyConstraint('email', name=op.f('pk_suppression'))
     )
+    # Autogenerate does not see expression indexes: written by hand.
+    op.create_index('ix_suppression_email_lower', 'suppression', [sa.text('lower(email)')], unique=True)
     op.create_table('wave',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('campaign_id', sa.Integer(), nullable=False),
@@ -228,6 +230,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_wave_campaign_id'))
 
     op.drop_table('wave')
+    op.drop_index('ix_suppression_email_lower', table_name='suppression')
     op.drop_table('suppression')
     op.drop_table('step')
     with op.batch_alter_table('device', schema=None) as batch_op:

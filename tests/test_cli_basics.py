@@ -1,0 +1,82 @@
+"""The command line's front: help without a database, schema checks, configuration precedence."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from campaign.cli import cli
+from campaign.config import load_config
+
+
+def test_help_needs_no_database(tmp_path: Path) -> None:
+    # A URL that cannot be opened: --help must not touch it.
+    env = {"CAMPAIGN_DATABASE_URL": "postgresql+psycopg://nobody@127.0.0.1:1/none"}
+    for args in (["--help"], ["import", "accounts", "--help"], ["create", "--help"], ["db", "--help"]):
+        result = CliRunner().invoke(cli, args, env=env)
+        assert result.exit_code == 0, result.output
+        assert "Usage:" in result.output
+
+
+def test_python_dash_m_entry_point(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "campaign", "--help"], capture_output=True, text=True,
+                         cwd=tmp_path, check=True)
+    assert "Retire a user-facing setting" in out.stdout
+
+
+def test_command_on_database_without_schema_says_what_to_do(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    result = CliRunner().invoke(cli, ["list"], env={"CAMPAIGN_DATABASE_URL": url})
+    assert result.exit_code == 1
+    assert "campaign db upgrade" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_db_upgrade_then_again(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    first = CliRunner().invoke(cli, ["db", "upgrade"], env={"CAMPAIGN_DATABASE_URL": url})
+    assert first.exit_code == 0, first.output
+    assert "empty ->" in first.stdout
+    second = CliRunner().invoke(cli, ["db", "upgrade"], env={"CAMPAIGN_DATABASE_URL": url})
+    assert second.exit_code == 0
+    assert "already at" in second.stdout
+
+
+def test_bad_database_url_is_a_usage_error(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["list"], env={"CAMPAIGN_DATABASE_URL": "mysql://x@127.0.0.1/db"})
+    assert result.exit_code == 2
+    assert "unsupported database" in result.stderr
+
+
+def test_config_precedence(tmp_path: Path) -> None:
+    (tmp_path / "campaign.toml").write_text('database_url = "sqlite:///from-file.db"\n'
+                                            'templates = "file-templates"\nactor = "file-actor"\n')
+    cfg = load_config({}, {}, tmp_path)
+    assert cfg.database_url == "sqlite:///from-file.db" and cfg.actor == "file-actor"
+    cfg = load_config({}, {"CAMPAIGN_DATABASE_URL": "sqlite:///env.db"}, tmp_path)
+    assert cfg.database_url == "sqlite:///env.db" and str(cfg.templates) == "file-templates"
+    cfg = load_config({"database_url": "sqlite:///opt.db"}, {"CAMPAIGN_DATABASE_URL": "sqlite:///env.db"},
+                      tmp_path)
+    assert cfg.database_url == "sqlite:///opt.db"
+
+
+def test_config_file_refuses_password_and_unknown_keys(tmp_path: Path) -> None:
+    import pytest
+
+    from campaign.errors import ConfigError
+    (tmp_path / "campaign.toml").write_text('smtp_password = "hunter2"\n')
+    with pytest.raises(ConfigError, match="CAMPAIGN_SMTP_PASSWORD"):
+        load_config({}, {}, tmp_path)
+    (tmp_path / "campaign.toml").write_text('databse_url = "x"\n')
+    with pytest.raises(ConfigError, match="unknown key 'databse_url'"):
+        load_config({}, {}, tmp_path)
+
+
+def test_password_never_in_repr() -> None:
+    cfg = load_config({}, {"CAMPAIGN_SMTP_PASSWORD": "s3cret-pw", "CAMPAIGN_DATABASE_URL":
+                           "postgresql+psycopg://u:dbpass@127.0.0.1/x"}, Path("/nonexistent"))
+    assert cfg.smtp_password == "s3cret-pw"
+    assert "s3cret-pw" not in repr(cfg) and "dbpass" not in repr(cfg)
