@@ -19,7 +19,7 @@ from sqlalchemy import Connection, Engine, bindparam, text
 from campaign import audit, db
 from campaign.errors import MAX_SHOWN, InputError, Problem
 from campaign.readers import RecordReader
-from campaign.validation import check_email, check_timezone, has_crlf, normalize_country, normalize_locale
+from campaign.validation import check_email, check_timezone, normalize_country, normalize_locale
 
 BATCH = 5000
 ACCOUNT_COLUMNS = ("account_id", "email", "name", "locale", "timezone", "country")
@@ -59,23 +59,42 @@ class _Problems:
         self.total += count
 
 
-def _text_field(values: dict[str, str], key: str, limit: int, problems: list[str]) -> str:
-    value = values.get(key, "")
-    if not value.strip():
-        problems.append(f"{key}: must not be empty")
-    elif has_crlf(value):
-        problems.append(f"{key}: must be a single line (contains a line break)")
-    elif len(value) > limit:
-        problems.append(f"{key}: longer than {limit} characters")
-    return value.strip()
+class _Lookup:
+    """Memoized check of a value that repeats across rows (locale, time zone, country):
+    maps the raw text to its normalized form, or to the message of why it is refused."""
+
+    def __init__(self, check: Callable[[str], str]) -> None:
+        self.check = check
+        self.known: dict[str, tuple[str, str | None]] = {}
+
+    def __call__(self, raw: str) -> tuple[str, str | None]:
+        hit = self.known.get(raw)
+        if hit is None:
+            try:
+                hit = (self.check(raw.strip()), None)
+            except ValueError as exc:
+                hit = ("", str(exc))
+            if len(self.known) < 100_000:
+                self.known[raw] = hit
+        return hit
 
 
-def _id_field(values: dict[str, str], key: str, problems: list[str]) -> str:
-    value = values.get(key, "").strip()
-    if not ID_RE.match(value):
-        problems.append(f"{key}: {value!r} is not an id (1 to 128 characters, no spaces or control characters)"
-                        if value else f"{key}: must not be empty")
-    return value
+def _text_problem(key: str, value: str, limit: int) -> str | None:
+    if not value or value.isspace():
+        return f"{key}: must not be empty"
+    if "\n" in value or "\r" in value:
+        return f"{key}: must be a single line (contains a line break)"
+    if len(value) > limit:
+        return f"{key}: longer than {limit} characters"
+    return None
+
+
+def _id_problem(key: str, value: str) -> str | None:
+    if ID_RE.match(value):
+        return None
+    if not value:
+        return f"{key}: must not be empty"
+    return f"{key}: {value!r} is not an id (1 to 128 characters, no spaces or control characters)"
 
 
 def _check_columns(path: str, columns: Iterable[str], required: tuple[str, ...],
@@ -93,6 +112,12 @@ def _check_columns(path: str, columns: Iterable[str], required: tuple[str, ...],
     if dup:
         problems.append(Problem(line, f"repeated column: {', '.join(dup)}"))
     return problems
+
+
+def _prepare(conn: Connection) -> None:
+    if db.is_sqlite(conn):
+        # A larger page cache for this connection: a bulk upsert touches many index pages (bounded: 64 MiB).
+        conn.exec_driver_sql("PRAGMA cache_size = -65536")
 
 
 def _stage(conn: Connection, name: str, columns: str) -> None:
@@ -145,38 +170,61 @@ class _Import:
     # -- accounts ---------------------------------------------------------------------------------
 
     def run_accounts(self) -> ImportResult:
+        locales, zones, countries = _Lookup(normalize_locale), _Lookup(check_timezone), _Lookup(normalize_country)
+        cols = ["line", "id", "email", "name", "locale", "timezone", "country"]
         with RecordReader(self.path) as reader, db.write(self.engine) as conn:
             header = reader.header()
             if header:
-                self.problems.merge(_check_columns(str(self.path), header, ACCOUNT_COLUMNS, lambda c: False),
-                                    0)
-                self.problems.total = len(self.problems.first)
-                self._fail_if_problems()
+                self._header_problems(_check_columns(str(self.path), header, ACCOUNT_COLUMNS, lambda c: False))
+                order = [header.index(c) for c in ACCOUNT_COLUMNS]
+            _prepare(conn)
             _stage(conn, "stage_account", "line INTEGER, id TEXT, email TEXT, name TEXT, locale TEXT, "
                                           "timezone TEXT, country TEXT")
-            cols = ["line", "id", "email", "name", "locale", "timezone", "country"]
             batch: list[tuple[Any, ...]] = []
-            jsonl = reader.format == "jsonl"
+            add_problem = self.problems.add
             for rec in reader:
                 self.result.records += 1
+                line = rec.line
                 if rec.problem:
-                    self.problems.add(rec.line, rec.problem)
+                    add_problem(line, rec.problem)
                     continue
-                values = rec.values
-                errs: list[str] = []
-                if jsonl:
-                    for p in _check_columns(str(self.path), values, ACCOUNT_COLUMNS, lambda c: False,
-                                            rec.line):
-                        errs.append(p.message)
-                    if errs:
-                        self.problems.add(rec.line, "; ".join(errs))
+                if rec.values is not None:  # JSON Lines
+                    col_problems = _check_columns(str(self.path), rec.values, ACCOUNT_COLUMNS, lambda c: False,
+                                                  line)
+                    if col_problems:
+                        add_problem(line, "; ".join(p.message for p in col_problems))
                         continue
-                row = self._account_row(rec.line, values, errs)
+                    ident, email, name, locale, tz, country = (rec.values[c] for c in ACCOUNT_COLUMNS)
+                else:
+                    f = rec.fields
+                    ident, email, name, locale, tz, country = (f[i] for i in order)
+                errs = []
+                ident = ident.strip()
+                msg = _id_problem("account_id", ident)
+                if msg:
+                    errs.append(msg)
+                email = email.strip()
+                try:
+                    email = check_email(email)
+                except ValueError as exc:
+                    errs.append(f"email: {exc}")
+                msg = _text_problem("name", name, 256)
+                if msg:
+                    errs.append(msg)
+                locale, msg = locales(locale)
+                if msg:
+                    errs.append(f"locale: {msg}")
+                tz, msg = zones(tz)
+                if msg:
+                    errs.append(f"timezone: {msg}")
+                country, msg = countries(country)
+                if msg:
+                    errs.append(f"country: {msg}")
                 if errs:
-                    self.problems.add(rec.line, "; ".join(errs))
+                    add_problem(line, "; ".join(errs))
                     continue
                 if not self.problems.total:
-                    batch.append(row)
+                    batch.append((line, ident, email, name.strip(), locale, tz, country))
                     if len(batch) >= BATCH:
                         db.bulk_insert(conn, "stage_account", cols, batch)
                         batch.clear()
@@ -194,30 +242,9 @@ class _Import:
         self._tick(reader)
         return self.result
 
-    def _account_row(self, line: int, values: dict[str, str], errs: list[str]) -> tuple[Any, ...]:
-        ident = _id_field(values, "account_id", errs)
-        try:
-            email = check_email(values.get("email", "").strip())
-        except ValueError as exc:
-            email = ""
-            errs.append(f"email: {exc}")
-        name = _text_field(values, "name", 256, errs)
-        try:
-            locale = normalize_locale(values.get("locale", "").strip())
-        except ValueError as exc:
-            locale = ""
-            errs.append(f"locale: {exc}")
-        try:
-            tz = check_timezone(values.get("timezone", "").strip())
-        except ValueError as exc:
-            tz = ""
-            errs.append(f"timezone: {exc}")
-        try:
-            country = normalize_country(values.get("country", ""))
-        except ValueError as exc:
-            country = ""
-            errs.append(f"country: {exc}")
-        return (line, ident, email, name, locale, tz, country)
+    def _header_problems(self, problems: list[Problem]) -> None:
+        if problems:
+            raise InputError(str(self.path), problems)
 
     def _upsert_accounts(self, conn: Connection) -> None:
         changed = ("a.email <> s.email OR a.name <> s.name OR a.locale <> s.locale "
@@ -249,59 +276,66 @@ class _Import:
     # -- devices ----------------------------------------------------------------------------------
 
     def run_devices(self) -> ImportResult:
+        dcols = ["line", "id", "account_id", "name", "model"]
+        scols = ["device_id", "key", "value"]
         with RecordReader(self.path) as reader, db.write(self.engine) as conn:
             header = reader.header()
+            setting_keys: list[str] = []
             if header:
-                self.problems.merge(_check_columns(str(self.path), header, DEVICE_COLUMNS,
-                                                   lambda c: bool(SETTING_KEY_RE.match(c))), 0)
-                self.problems.total = len(self.problems.first)
-                if self.problems.total:
-                    self.problems.first = [Problem(p.line, p.message.replace(
-                        "(expected", "(setting columns are lower-case names [a-z][a-z0-9_]*; expected"))
-                        for p in self.problems.first]
-                self._fail_if_problems()
+                problems = _check_columns(str(self.path), header, DEVICE_COLUMNS,
+                                          lambda c: bool(SETTING_KEY_RE.match(c)))
+                self._header_problems([Problem(p.line, p.message.replace(
+                    "(expected", "(setting columns are lower-case names [a-z][a-z0-9_]*; expected"))
+                    for p in problems])
+                order = [header.index(c) for c in DEVICE_COLUMNS]
+                setting_keys = [c for c in header if c not in DEVICE_COLUMNS]
+                setting_index = [(k, header.index(k)) for k in setting_keys]
+            _prepare(conn)
             _stage(conn, "stage_device", "line INTEGER, id TEXT, account_id TEXT, name TEXT, model TEXT")
             _stage(conn, "stage_setting", "device_id TEXT, key TEXT, value TEXT")
-            dcols = ["line", "id", "account_id", "name", "model"]
-            scols = ["device_id", "key", "value"]
             devices: list[tuple[Any, ...]] = []
             settings: list[tuple[Any, ...]] = []
-            jsonl = reader.format == "jsonl"
-            setting_keys = [c for c in header if c not in DEVICE_COLUMNS]
+            add_problem = self.problems.add
             for rec in reader:
                 self.result.records += 1
+                line = rec.line
                 if rec.problem:
-                    self.problems.add(rec.line, rec.problem)
+                    add_problem(line, rec.problem)
                     continue
-                values = rec.values
                 errs: list[str] = []
-                keys = setting_keys
-                if jsonl:
-                    keys = [k for k in values if k not in DEVICE_COLUMNS]
-                    bad = [k for k in keys if not SETTING_KEY_RE.match(k)]
+                if rec.values is not None:  # JSON Lines: settings are the keys beyond the device's own
+                    values = rec.values
                     missing = [c for c in DEVICE_COLUMNS if c not in values]
                     if missing:
                         errs.append(f"missing {', '.join(missing)}")
+                    bad = [k for k in values if k not in DEVICE_COLUMNS and not SETTING_KEY_RE.match(k)]
                     if bad:
                         errs.append(f"not a setting name: {', '.join(bad)} (use [a-z][a-z0-9_]*)")
-                ident = _id_field(values, "device_id", errs)
-                account_id = _id_field(values, "account_id", errs)
-                name = _text_field(values, "name", 256, errs)
-                model = _text_field(values, "model", 256, errs)
+                    ident, account_id, name, model = (values.get(c, "") for c in DEVICE_COLUMNS)
+                    pairs = [(k, v) for k, v in values.items() if k not in DEVICE_COLUMNS]
+                else:
+                    f = rec.fields
+                    ident, account_id, name, model = (f[i] for i in order)
+                    pairs = [(k, f[i]) for k, i in setting_index]
+                ident, account_id = ident.strip(), account_id.strip()
+                for msg in (_id_problem("device_id", ident), _id_problem("account_id", account_id),
+                            _text_problem("name", name, 256), _text_problem("model", model, 256)):
+                    if msg:
+                        errs.append(msg)
                 row_settings = []
-                for key in keys:
-                    value = values.get(key, "").strip()
+                for key, value in pairs:
+                    value = value.strip()
                     if not value:
                         continue  # an empty cell leaves the setting as it is
-                    if has_crlf(value) or len(value) > 128:
+                    if "\n" in value or "\r" in value or len(value) > 128:
                         errs.append(f"{key}: must be one line of at most 128 characters")
                         continue
                     row_settings.append((ident, key, value))
                 if errs:
-                    self.problems.add(rec.line, "; ".join(errs))
+                    add_problem(line, "; ".join(errs))
                     continue
                 if not self.problems.total:
-                    devices.append((rec.line, ident, account_id, name, model))
+                    devices.append((line, ident, account_id, name.strip(), model.strip()))
                     settings.extend(row_settings)
                     if len(devices) >= BATCH:
                         db.bulk_insert(conn, "stage_device", dcols, devices)

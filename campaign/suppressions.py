@@ -82,16 +82,17 @@ def import_file(engine: Engine, path: Path | str, actor: str, dry_run: bool = Fa
         for rec in reader:
             records += 1
             msg = rec.problem
+            values = rec.as_dict(header)
             if msg is None:
-                unknown = set(rec.values) - {"email", "reason"}
+                unknown = set(values) - {"email", "reason"}
                 if unknown:
                     msg = f"unknown field {', '.join(sorted(unknown))} (expected email, reason)"
             if msg is None:
                 try:
-                    email = check_email(rec.values.get("email", "").strip())
+                    email = check_email(values.get("email", "").strip())
                 except ValueError as exc:
                     msg = f"email: {exc}"
-            reason = rec.values.get("reason", "").strip() or default_reason
+            reason = values.get("reason", "").strip() or default_reason
             if msg is None and has_crlf(reason):
                 msg = "reason: must be a single line"
             if msg is not None:

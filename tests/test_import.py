@@ -264,8 +264,8 @@ def test_reader_keeps_quoted_line_breaks_and_counts_lines(write_file: Callable[.
     path = write_file("r.csv", 'a,b\n"x\ny",1\n"p,""q""",2\n\nz,3\n', newline="\r\n")
     with RecordReader(path) as reader:
         assert reader.header() == ["a", "b"]
-        got = [(r.line, r.values) for r in reader]
-    assert got == [(2, {"a": "x\r\ny", "b": "1"}), (4, {"a": 'p,"q"', "b": "2"}), (6, {"a": "z", "b": "3"})]
+        got = [(r.line, r.fields) for r in reader]
+    assert got == [(2, ["x\r\ny", "1"]), (4, ['p,"q"', "2"]), (6, ["z", "3"])]
 
 
 def test_error_after_multiline_record_names_its_own_line(run_cli: CliRun, write_file: Callable[..., Path]) -> None:

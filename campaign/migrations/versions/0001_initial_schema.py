@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-26 12:03:36.234297
+Create Date: 2026-11-26 12:08:53.397294
 """
 from __future__ import annotations
 
@@ -31,11 +31,9 @@ def upgrade() -> None:
     sa.Column('country', sqlmodel.sql.sqltypes.AutoString(length=2), nullable=False),
     sa.Column('created_at', campaign.db.UTCDateTime(timezone=True), nullable=False),
     sa.Column('updated_at', campaign.db.UTCDateTime(timezone=True), nullable=False),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_account'))
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_account')),
+    sqlite_with_rowid=False
     )
-    with op.batch_alter_table('account', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_account_email'), ['email'], unique=False)
-
     op.create_table('campaign',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('slug', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
@@ -84,7 +82,8 @@ def upgrade() -> None:
     sa.Column('created_at', campaign.db.UTCDateTime(timezone=True), nullable=False),
     sa.Column('updated_at', campaign.db.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['account_id'], ['account.id'], name=op.f('fk_device_account_id_account')),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_device'))
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_device')),
+    sqlite_with_rowid=False
     )
     with op.batch_alter_table('device', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_device_account_id'), ['account_id'], unique=False)
@@ -204,7 +203,8 @@ def upgrade() -> None:
     sa.Column('change_id', sa.Integer(), nullable=True),
     sa.ForeignKeyConstraint(['change_id'], ['setting_change.id'], name=op.f('fk_device_setting_change_id_setting_change')),
     sa.ForeignKeyConstraint(['device_id'], ['device.id'], name=op.f('fk_device_setting_device_id_device')),
-    sa.PrimaryKeyConstraint('device_id', 'key', name=op.f('pk_device_setting'))
+    sa.PrimaryKeyConstraint('device_id', 'key', name=op.f('pk_device_setting')),
+    sqlite_with_rowid=False
     )
     with op.batch_alter_table('device_setting', schema=None) as batch_op:
         batch_op.create_index('ix_device_setting_key_value', ['key', 'value'], unique=False)
@@ -244,7 +244,4 @@ def downgrade() -> None:
     op.drop_table('audit_event')
     op.drop_table('lease')
     op.drop_table('campaign')
-    with op.batch_alter_table('account', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_account_email'))
-
     op.drop_table('account')
