@@ -130,7 +130,7 @@ def _duplicates(conn: Connection, table: str, key: str, what: str) -> tuple[list
            f"(SELECT {key}, MIN(line) AS first FROM {table} GROUP BY {key} HAVING COUNT(*) > 1) f "
            f"ON f.{key} = s.{key} WHERE s.line > f.first")
     count = conn.exec_driver_sql(f"SELECT COUNT(*) FROM ({sql}) d").scalar_one()
-    rows = conn.exec_driver_sql(f"{sql} ORDER BY s.line LIMIT {MAX_SHOWN}").all()
+    rows = conn.exec_driver_sql(f"{sql} ORDER BY s.line LIMIT {MAX_SHOWN}").all() if count else []
     return [Problem(line, f"{what} {ident!r} appears again (first at line {first})")
             for line, ident, first in rows], count
 
@@ -276,11 +276,12 @@ class _Import:
     # -- devices ----------------------------------------------------------------------------------
 
     def run_devices(self) -> ImportResult:
-        dcols = ["line", "id", "account_id", "name", "model"]
-        scols = ["device_id", "key", "value"]
+        # One staging row per device, its settings as extra columns s0, s1, … (keys in `keys`); a JSON
+        # Lines file may bring a new key on any line, which adds a column.
+        keys: list[str] = []
         with RecordReader(self.path) as reader, db.write(self.engine) as conn:
             header = reader.header()
-            setting_keys: list[str] = []
+            setting_index: list[int] = []
             if header:
                 problems = _check_columns(str(self.path), header, DEVICE_COLUMNS,
                                           lambda c: bool(SETTING_KEY_RE.match(c)))
@@ -288,14 +289,20 @@ class _Import:
                     "(expected", "(setting columns are lower-case names [a-z][a-z0-9_]*; expected"))
                     for p in problems])
                 order = [header.index(c) for c in DEVICE_COLUMNS]
-                setting_keys = [c for c in header if c not in DEVICE_COLUMNS]
-                setting_index = [(k, header.index(k)) for k in setting_keys]
+                keys = [c for c in header if c not in DEVICE_COLUMNS]
+                setting_index = [header.index(k) for k in keys]
             _prepare(conn)
-            _stage(conn, "stage_device", "line INTEGER, id TEXT, account_id TEXT, name TEXT, model TEXT")
-            _stage(conn, "stage_setting", "device_id TEXT, key TEXT, value TEXT")
+            _stage(conn, "stage_device", "line INTEGER, id TEXT, account_id TEXT, name TEXT, model TEXT"
+                   + "".join(f", s{i} TEXT" for i in range(len(keys))))
             devices: list[tuple[Any, ...]] = []
-            settings: list[tuple[Any, ...]] = []
             add_problem = self.problems.add
+            id_match = ID_RE.match
+
+            def flush() -> None:
+                cols = ["line", "id", "account_id", "name", "model"] + [f"s{i}" for i in range(len(keys))]
+                db.bulk_insert(conn, "stage_device", cols, devices)
+                devices.clear()
+
             for rec in reader:
                 self.result.records += 1
                 line = rec.line
@@ -312,72 +319,82 @@ class _Import:
                     if bad:
                         errs.append(f"not a setting name: {', '.join(bad)} (use [a-z][a-z0-9_]*)")
                     ident, account_id, name, model = (values.get(c, "") for c in DEVICE_COLUMNS)
-                    pairs = [(k, v) for k, v in values.items() if k not in DEVICE_COLUMNS]
+                    new_keys = [k for k in values if k not in DEVICE_COLUMNS and k not in keys
+                                and SETTING_KEY_RE.match(k)]
+                    if new_keys and not errs:
+                        flush()
+                        for k in new_keys:
+                            conn.exec_driver_sql(f"ALTER TABLE stage_device ADD COLUMN s{len(keys)} TEXT")
+                            keys.append(k)
+                    raw = [values.get(k, "") for k in keys]
                 else:
                     f = rec.fields
-                    ident, account_id, name, model = (f[i] for i in order)
-                    pairs = [(k, f[i]) for k, i in setting_index]
-                ident, account_id = ident.strip(), account_id.strip()
-                for msg in (_id_problem("device_id", ident), _id_problem("account_id", account_id),
-                            _text_problem("name", name, 256), _text_problem("model", model, 256)):
-                    if msg:
-                        errs.append(msg)
-                row_settings = []
-                for key, value in pairs:
+                    ident, account_id, name, model = f[order[0]], f[order[1]], f[order[2]], f[order[3]]
+                    raw = [f[i] for i in setting_index]
+                ident, account_id, name, model = ident.strip(), account_id.strip(), name.strip(), model.strip()
+                if not (id_match(ident) and id_match(account_id)):
+                    errs.extend(m for m in (_id_problem("device_id", ident), _id_problem("account_id", account_id))
+                                if m)
+                if not name or not model or len(name) > 256 or len(model) > 256 or "\n" in name + model \
+                        or "\r" in name + model:
+                    errs.extend(m for m in (_text_problem("name", name, 256), _text_problem("model", model, 256))
+                                if m)
+                setting_values: list[str | None] = []
+                for key, value in zip(keys, raw, strict=True):
                     value = value.strip()
                     if not value:
-                        continue  # an empty cell leaves the setting as it is
-                    if "\n" in value or "\r" in value or len(value) > 128:
+                        setting_values.append(None)  # an empty cell leaves the setting as it is
+                    elif "\n" in value or "\r" in value or len(value) > 128:
                         errs.append(f"{key}: must be one line of at most 128 characters")
-                        continue
-                    row_settings.append((ident, key, value))
+                    else:
+                        setting_values.append(value)
                 if errs:
                     add_problem(line, "; ".join(errs))
                     continue
                 if not self.problems.total:
-                    devices.append((line, ident, account_id, name.strip(), model.strip()))
-                    settings.extend(row_settings)
+                    devices.append((line, ident, account_id, name, model, *setting_values))
                     if len(devices) >= BATCH:
-                        db.bulk_insert(conn, "stage_device", dcols, devices)
-                        db.bulk_insert(conn, "stage_setting", scols, settings)
-                        devices.clear()
-                        settings.clear()
+                        flush()
                         self._tick(reader)
             if not self.problems.total:
-                db.bulk_insert(conn, "stage_device", dcols, devices)
-                db.bulk_insert(conn, "stage_setting", scols, settings)
+                flush()
             self._fail_if_problems()
             self.problems.merge(*_duplicates(conn, "stage_device", "id", "device_id"))
             unknown_sql = ("SELECT s.line, s.account_id FROM stage_device s "
                            "WHERE NOT EXISTS (SELECT 1 FROM account a WHERE a.id = s.account_id)")
             count = conn.exec_driver_sql(f"SELECT COUNT(*) FROM ({unknown_sql}) u").scalar_one()
-            rows = conn.exec_driver_sql(f"{unknown_sql} ORDER BY s.line LIMIT {MAX_SHOWN}").all()
+            rows = conn.exec_driver_sql(f"{unknown_sql} ORDER BY s.line LIMIT {MAX_SHOWN}").all() if count else []
             self.problems.merge([Problem(line, f"account_id: no account {acc!r} (import accounts first)")
                                  for line, acc in rows], count)
             self._fail_if_problems()
-            self._upsert_devices(conn)
+            self._upsert_devices(conn, keys)
             audit.record(conn, self.actor, "import.devices", file=str(self.path), **self._counts())
             conn.exec_driver_sql("DROP TABLE stage_device")
-            conn.exec_driver_sql("DROP TABLE stage_setting")
             if self.dry_run:
                 conn.rollback()
         self._tick(reader)
         return self.result
 
-    def _upsert_devices(self, conn: Connection) -> None:
+    def _upsert_devices(self, conn: Connection, keys: list[str]) -> None:
+        params: dict[str, Any] = {f"k{i}": k for i, k in enumerate(keys)}
         total, inserted = (int(x) for x in conn.exec_driver_sql(
             "SELECT COUNT(*), COALESCE(SUM(CASE WHEN d.id IS NULL THEN 1 ELSE 0 END), 0) "
             "FROM stage_device s LEFT JOIN device d ON d.id = s.id").one())
-        setting_differs = ("FROM stage_setting ss JOIN device d ON d.id = ss.device_id "
-                           "LEFT JOIN device_setting ds ON ds.device_id = ss.device_id AND ds.key = ss.key "
-                           "WHERE ds.value IS NULL OR ds.value <> ss.value")
-        # A known device counts as updated when its own row or any of its settings changes.
-        updated = int(conn.exec_driver_sql(
-            "SELECT COUNT(*) FROM (SELECT s.id FROM stage_device s JOIN device d ON d.id = s.id "
-            "WHERE d.account_id <> s.account_id OR d.name <> s.name OR d.model <> s.model "
-            f"UNION SELECT ss.device_id {setting_differs}) u").scalar_one())
-        self.result.settings_changed = int(conn.exec_driver_sql(
-            f"SELECT COUNT(*) {setting_differs} AND ds.value IS NOT NULL").scalar_one())
+        if total > inserted:  # some devices are known: count what changes, row or setting
+            differs = [f"(s.s{i} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM device_setting ds WHERE "
+                       f"ds.device_id = s.id AND ds.key = :k{i} AND ds.value = s.s{i}))" for i in range(len(keys))]
+            updated = int(conn.execute(text(
+                "SELECT COUNT(*) FROM stage_device s JOIN device d ON d.id = s.id "
+                "WHERE d.account_id <> s.account_id OR d.name <> s.name OR d.model <> s.model"
+                + "".join(f" OR {d}" for d in differs)), params).scalar_one())
+            changed = 0
+            for i in range(len(keys)):
+                changed += int(conn.execute(text(
+                    f"SELECT COUNT(*) FROM stage_device s JOIN device_setting ds ON ds.device_id = s.id "
+                    f"AND ds.key = :k{i} WHERE ds.value <> s.s{i}"), params).scalar_one())
+            self.result.settings_changed = changed
+        else:
+            updated = 0
         self.result.inserted, self.result.updated = inserted, updated
         self.result.unchanged = total - inserted - updated
         now = {"now": db.utcnow()}
@@ -391,12 +408,14 @@ class _Import:
             "OR device.model <> excluded.model").bindparams(bindparam("now", type_=ts)), now)
         # A value that differs from the stored one is the person's own change: stamp it, and forget
         # which campaign change (if any) wrote the old value, so a rollback leaves it alone.
-        conn.execute(text(
-            "INSERT INTO device_setting (device_id, key, value, changed_at, change_id) "
-            "SELECT device_id, key, value, :now, NULL FROM stage_setting WHERE true "
-            "ON CONFLICT (device_id, key) DO UPDATE SET value = excluded.value, "
-            "changed_at = excluded.changed_at, change_id = NULL "
-            "WHERE device_setting.value <> excluded.value").bindparams(bindparam("now", type_=ts)), now)
+        for i, key in enumerate(keys):
+            conn.execute(text(
+                "INSERT INTO device_setting (device_id, key, value, changed_at, change_id) "
+                f"SELECT id, :key, s{i}, :now, NULL FROM stage_device WHERE s{i} IS NOT NULL "
+                "ON CONFLICT (device_id, key) DO UPDATE SET value = excluded.value, "
+                "changed_at = excluded.changed_at, change_id = NULL "
+                "WHERE device_setting.value <> excluded.value").bindparams(bindparam("now", type_=ts)),
+                {**now, "key": key})
 
 
 # -- audience ---------------------------------------------------------------------------------------

@@ -83,7 +83,9 @@ class DeviceSetting(SQLModel, table=True):
     when the person set it themselves (an import with a different value): rollback relies on it."""
 
     __tablename__ = "device_setting"
-    __table_args__ = (Index("ix_device_setting_key_value", "key", "value"), {"sqlite_with_rowid": False})
+    # No index on (key, value): the audience is selected a few times per campaign by one scan, while
+    # such an index would cost every import as much again as the table itself.
+    __table_args__ = {"sqlite_with_rowid": False}
 
     device_id: str = Field(sa_column=Column(String(128), ForeignKey("device.id"), primary_key=True))
     key: str = Field(primary_key=True, max_length=64)

@@ -206,15 +206,9 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('device_id', 'key', name=op.f('pk_device_setting')),
     sqlite_with_rowid=False
     )
-    with op.batch_alter_table('device_setting', schema=None) as batch_op:
-        batch_op.create_index('ix_device_setting_key_value', ['key', 'value'], unique=False)
-
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('device_setting', schema=None) as batch_op:
-        batch_op.drop_index('ix_device_setting_key_value')
-
     op.drop_table('device_setting')
     op.drop_table('worker')
     with op.batch_alter_table('setting_change', schema=None) as batch_op:
