@@ -9,7 +9,7 @@ rolls everything back.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,6 +87,10 @@ def _text_problem(key: str, value: str, limit: int) -> str | None:
     if len(value) > limit:
         return f"{key}: longer than {limit} characters"
     return None
+
+
+def _strip_all(fields: list[str], order: list[int]) -> list[str]:
+    return [fields[i].strip() for i in order]
 
 
 def _id_problem(key: str, value: str) -> str | None:
@@ -182,22 +186,26 @@ class _Import:
                                           "timezone TEXT, country TEXT")
             batch: list[tuple[Any, ...]] = []
             add_problem = self.problems.add
-            for rec in reader:
+            records: Iterator[Any] = reader.csv_rows() if header else iter(reader)
+            for item in records:
                 self.result.records += 1
-                line = rec.line
-                if rec.problem:
-                    add_problem(line, rec.problem)
-                    continue
-                if rec.values is not None:  # JSON Lines
-                    col_problems = _check_columns(str(self.path), rec.values, ACCOUNT_COLUMNS, lambda c: False,
+                if header:
+                    line, f = item
+                    if isinstance(f, str):
+                        add_problem(line, f)
+                        continue
+                    ident, email, name, locale, tz, country = (f[i] for i in order)
+                else:
+                    line = item.line
+                    if item.problem:
+                        add_problem(line, item.problem)
+                        continue
+                    col_problems = _check_columns(str(self.path), item.values, ACCOUNT_COLUMNS, lambda c: False,
                                                   line)
                     if col_problems:
                         add_problem(line, "; ".join(p.message for p in col_problems))
                         continue
-                    ident, email, name, locale, tz, country = (rec.values[c] for c in ACCOUNT_COLUMNS)
-                else:
-                    f = rec.fields
-                    ident, email, name, locale, tz, country = (f[i] for i in order)
+                    ident, email, name, locale, tz, country = (item.values[c] for c in ACCOUNT_COLUMNS)
                 errs = []
                 ident = ident.strip()
                 msg = _id_problem("account_id", ident)
@@ -294,7 +302,7 @@ class _Import:
             _prepare(conn)
             _stage(conn, "stage_device", "line INTEGER, id TEXT, account_id TEXT, name TEXT, model TEXT"
                    + "".join(f", s{i} TEXT" for i in range(len(keys))))
-            devices: list[tuple[Any, ...]] = []
+            devices: list[Any] = []
             add_problem = self.problems.add
             id_match = ID_RE.match
 
@@ -303,56 +311,63 @@ class _Import:
                 db.bulk_insert(conn, "stage_device", cols, devices)
                 devices.clear()
 
-            for rec in reader:
+            records: Iterator[Any] = reader.csv_rows() if header else iter(reader)
+            strip_all = _strip_all
+            for item in records:
                 self.result.records += 1
-                line = rec.line
-                if rec.problem:
-                    add_problem(line, rec.problem)
-                    continue
-                errs: list[str] = []
-                if rec.values is not None:  # JSON Lines: settings are the keys beyond the device's own
-                    values = rec.values
+                if header:
+                    line, f = item
+                    if isinstance(f, str):
+                        add_problem(line, f)
+                        continue
+                    ident, account_id, name, model = strip_all(f, order)
+                    raw = [f[i] for i in setting_index]
+                else:
+                    line = item.line
+                    if item.problem:
+                        add_problem(line, item.problem)
+                        continue
+                    # JSON Lines: the settings are the keys beyond the device's own.
+                    values = item.values
+                    row_errs = []
                     missing = [c for c in DEVICE_COLUMNS if c not in values]
                     if missing:
-                        errs.append(f"missing {', '.join(missing)}")
+                        row_errs.append(f"missing {', '.join(missing)}")
                     bad = [k for k in values if k not in DEVICE_COLUMNS and not SETTING_KEY_RE.match(k)]
                     if bad:
-                        errs.append(f"not a setting name: {', '.join(bad)} (use [a-z][a-z0-9_]*)")
-                    ident, account_id, name, model = (values.get(c, "") for c in DEVICE_COLUMNS)
-                    new_keys = [k for k in values if k not in DEVICE_COLUMNS and k not in keys
-                                and SETTING_KEY_RE.match(k)]
-                    if new_keys and not errs:
+                        row_errs.append(f"not a setting name: {', '.join(bad)} (use [a-z][a-z0-9_]*)")
+                    if row_errs:
+                        add_problem(line, "; ".join(row_errs))
+                        continue
+                    ident, account_id, name, model = (values[c].strip() for c in DEVICE_COLUMNS)
+                    new_keys = [k for k in values if k not in DEVICE_COLUMNS and k not in keys]
+                    if new_keys:
                         flush()
                         for k in new_keys:
                             conn.exec_driver_sql(f"ALTER TABLE stage_device ADD COLUMN s{len(keys)} TEXT")
                             keys.append(k)
                     raw = [values.get(k, "") for k in keys]
-                else:
-                    f = rec.fields
-                    ident, account_id, name, model = f[order[0]], f[order[1]], f[order[2]], f[order[3]]
-                    raw = [f[i] for i in setting_index]
-                ident, account_id, name, model = ident.strip(), account_id.strip(), name.strip(), model.strip()
+                errs = None
                 if not (id_match(ident) and id_match(account_id)):
-                    errs.extend(m for m in (_id_problem("device_id", ident), _id_problem("account_id", account_id))
-                                if m)
-                if not name or not model or len(name) > 256 or len(model) > 256 or "\n" in name + model \
-                        or "\r" in name + model:
-                    errs.extend(m for m in (_text_problem("name", name, 256), _text_problem("model", model, 256))
-                                if m)
-                setting_values: list[str | None] = []
+                    errs = [m for m in (_id_problem("device_id", ident), _id_problem("account_id", account_id)) if m]
+                nm = name + model
+                if not name or not model or len(name) > 256 or len(model) > 256 or "\n" in nm or "\r" in nm:
+                    errs = (errs or []) + [m for m in (_text_problem("name", name, 256),
+                                                       _text_problem("model", model, 256)) if m]
+                row = [line, ident, account_id, name, model]
                 for key, value in zip(keys, raw, strict=True):
                     value = value.strip()
                     if not value:
-                        setting_values.append(None)  # an empty cell leaves the setting as it is
+                        row.append(None)  # an empty cell leaves the setting as it is
                     elif "\n" in value or "\r" in value or len(value) > 128:
-                        errs.append(f"{key}: must be one line of at most 128 characters")
+                        errs = (errs or []) + [f"{key}: must be one line of at most 128 characters"]
                     else:
-                        setting_values.append(value)
+                        row.append(value)
                 if errs:
                     add_problem(line, "; ".join(errs))
                     continue
                 if not self.problems.total:
-                    devices.append((line, ident, account_id, name, model, *setting_values))
+                    devices.append(row)
                     if len(devices) >= BATCH:
                         flush()
                         self._tick(reader)

@@ -114,28 +114,36 @@ class RecordReader:
             raise self._bad_bytes() from None
 
     def _csv_records(self) -> Iterator[Record]:
+        for line, row in self.csv_rows():
+            yield Record(line, problem=row) if isinstance(row, str) else Record(line, row)
+
+    def csv_rows(self) -> Iterator[tuple[int, list[str] | str]]:
+        """CSV records as (line, fields), or (line, problem) for one that cannot be read: the fast path."""
         if self._csv is None:
             self.header()
         width = len(self.columns)
         reader = self._csv
         last = reader.line_num
-        while True:
-            start = last + 1
-            try:
-                row = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as exc:
-                # The reader cannot resynchronize after broken quoting: report and stop here.
-                yield Record(start, problem=f"malformed CSV: {exc}")
-                return
-            last = reader.line_num
-            if len(row) != width:
-                if not row:  # a blank line
+        try:
+            while True:
+                start = last + 1
+                try:
+                    row = next(reader)
+                except StopIteration:
+                    return
+                except csv.Error as exc:
+                    # The reader cannot resynchronize after broken quoting: report and stop here.
+                    yield start, f"malformed CSV: {exc}"
+                    return
+                last = reader.line_num
+                if len(row) != width:
+                    if not row:  # a blank line
+                        continue
+                    yield start, f"expected {width} fields as in the header, found {len(row)}"
                     continue
-                yield Record(start, problem=f"expected {width} fields as in the header, found {len(row)}")
-                continue
-            yield Record(start, row)
+                yield start, row
+        except UnicodeDecodeError:
+            raise self._bad_bytes() from None
 
     def _jsonl_records(self) -> Iterator[Record]:
         for n, text in enumerate(self._text, start=1):
