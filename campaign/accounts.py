@@ -176,7 +176,7 @@ class _Import:
     def run_accounts(self) -> ImportResult:
         locales, zones, countries = _Lookup(normalize_locale), _Lookup(check_timezone), _Lookup(normalize_country)
         cols = ["line", "id", "email", "name", "locale", "timezone", "country"]
-        with RecordReader(self.path) as reader, db.write(self.engine) as conn:
+        with RecordReader(self.path) as reader, db.write(self.engine, bulk=True) as conn:
             header = reader.header()
             if header:
                 self._header_problems(_check_columns(str(self.path), header, ACCOUNT_COLUMNS, lambda c: False))
@@ -287,7 +287,7 @@ class _Import:
         # One staging row per device, its settings as extra columns s0, s1, … (keys in `keys`); a JSON
         # Lines file may bring a new key on any line, which adds a column.
         keys: list[str] = []
-        with RecordReader(self.path) as reader, db.write(self.engine) as conn:
+        with RecordReader(self.path) as reader, db.write(self.engine, bulk=True) as conn:
             header = reader.header()
             setting_index: list[int] = []
             if header:

@@ -90,16 +90,18 @@ def _setup_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:
-        if conn.get_execution_options().get("campaign_write"):
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-        else:
-            conn.exec_driver_sql("BEGIN")
+        options = conn.get_execution_options()
+        # Bulk imports check references themselves, set-based, before they write (see accounts.py);
+        # the pragma only takes effect outside a transaction, so it is set here, before BEGIN.
+        conn.exec_driver_sql(f"PRAGMA foreign_keys={'OFF' if options.get('campaign_bulk') else 'ON'}")
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get("campaign_write") else "BEGIN")
 
 
 @contextmanager
-def write(engine: Engine) -> Iterator[Connection]:
-    """A transaction that will write: BEGIN IMMEDIATE on SQLite; commits on success."""
-    with engine.connect().execution_options(campaign_write=True) as conn, conn.begin():
+def write(engine: Engine, bulk: bool = False) -> Iterator[Connection]:
+    """A transaction that will write: BEGIN IMMEDIATE on SQLite; commits on success. `bulk`: the caller
+    has checked every foreign key itself, so SQLite need not look each one up again."""
+    with engine.connect().execution_options(campaign_write=True, campaign_bulk=bulk) as conn, conn.begin():
         yield conn
 
 
