@@ -19,13 +19,12 @@ from sqlalchemy import Connection, Engine, bindparam, text
 from campaign import audit, db
 from campaign.errors import MAX_SHOWN, InputError, Problem
 from campaign.readers import RecordReader
-from campaign.validation import check_email, check_timezone, normalize_country, normalize_locale
+from campaign.validation import EMAIL_RE, check_email, check_timezone, normalize_country, normalize_locale
 
 BATCH = 5000
 ACCOUNT_COLUMNS = ("account_id", "email", "name", "locale", "timezone", "country")
 DEVICE_COLUMNS = ("device_id", "account_id", "name", "model")
 SETTING_KEY_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-ID_RE = re.compile(r"^[^\s\x00-\x1f\x7f]{1,128}$")
 
 Progress = Callable[[int, int, int], None]  # (records, bytes read, bytes total)
 
@@ -89,12 +88,13 @@ def _text_problem(key: str, value: str, limit: int) -> str | None:
     return None
 
 
-def _strip_all(fields: list[str], order: list[int]) -> list[str]:
-    return [fields[i].strip() for i in order]
+def _valid_id(value: str) -> bool:
+    """1 to 128 printable characters without spaces (the import loops inline this check)."""
+    return 0 < len(value) <= 128 and value.isprintable() and " " not in value
 
 
 def _id_problem(key: str, value: str) -> str | None:
-    if ID_RE.match(value):
+    if _valid_id(value):
         return None
     if not value:
         return f"{key}: must not be empty"
@@ -130,11 +130,15 @@ def _stage(conn: Connection, name: str, columns: str) -> None:
 
 
 def _duplicates(conn: Connection, table: str, key: str, what: str) -> tuple[list[Problem], int]:
+    """Every record whose id appeared on an earlier line; the cheap count runs first."""
+    dup_ids = f"SELECT {key} FROM {table} GROUP BY {key} HAVING COUNT(*) > 1"
+    if conn.exec_driver_sql(f"SELECT COUNT(*) FROM ({dup_ids}) d").scalar_one() == 0:
+        return [], 0
     sql = (f"SELECT s.line, s.{key}, f.first FROM {table} s JOIN "
            f"(SELECT {key}, MIN(line) AS first FROM {table} GROUP BY {key} HAVING COUNT(*) > 1) f "
            f"ON f.{key} = s.{key} WHERE s.line > f.first")
     count = conn.exec_driver_sql(f"SELECT COUNT(*) FROM ({sql}) d").scalar_one()
-    rows = conn.exec_driver_sql(f"{sql} ORDER BY s.line LIMIT {MAX_SHOWN}").all() if count else []
+    rows = conn.exec_driver_sql(f"{sql} ORDER BY s.line LIMIT {MAX_SHOWN}").all()
     return [Problem(line, f"{what} {ident!r} appears again (first at line {first})")
             for line, ident, first in rows], count
 
@@ -175,6 +179,8 @@ class _Import:
 
     def run_accounts(self) -> ImportResult:
         locales, zones, countries = _Lookup(normalize_locale), _Lookup(check_timezone), _Lookup(normalize_country)
+        known_locales, known_zones, known_countries = locales.known, zones.known, countries.known
+        email_ok = EMAIL_RE.fullmatch
         cols = ["line", "id", "email", "name", "locale", "timezone", "country"]
         with RecordReader(self.path) as reader, db.write(self.engine, bulk=True) as conn:
             header = reader.header()
@@ -206,33 +212,36 @@ class _Import:
                         add_problem(line, "; ".join(p.message for p in col_problems))
                         continue
                     ident, email, name, locale, tz, country = (item.values[c] for c in ACCOUNT_COLUMNS)
-                errs = []
-                ident = ident.strip()
-                msg = _id_problem("account_id", ident)
-                if msg:
-                    errs.append(msg)
-                email = email.strip()
-                try:
-                    email = check_email(email)
-                except ValueError as exc:
-                    errs.append(f"email: {exc}")
-                msg = _text_problem("name", name, 256)
-                if msg:
-                    errs.append(msg)
-                locale, msg = locales(locale)
+                errs: list[str | None] = []
+                ident, email, name = ident.strip(), email.strip(), name.strip()
+                if not (0 < len(ident) <= 128 and ident.isprintable() and " " not in ident):
+                    errs.append(_id_problem("account_id", ident))
+                # The fast path for a well-formed address; check_email words the problem otherwise.
+                local, _, domain = email.rpartition("@")
+                if email_ok(email) and len(email) <= 254 and len(local) <= 64:
+                    if not domain.islower():
+                        email = f"{local}@{domain.lower()}"
+                else:
+                    try:
+                        email = check_email(email)
+                    except ValueError as exc:
+                        errs.append(f"email: {exc}")
+                if not name or len(name) > 256 or "\n" in name or "\r" in name:
+                    errs.append(_text_problem("name", name, 256))
+                locale, msg = known_locales.get(locale) or locales(locale)
                 if msg:
                     errs.append(f"locale: {msg}")
-                tz, msg = zones(tz)
+                tz, msg = known_zones.get(tz) or zones(tz)
                 if msg:
                     errs.append(f"timezone: {msg}")
-                country, msg = countries(country)
+                country, msg = known_countries.get(country) or countries(country)
                 if msg:
                     errs.append(f"country: {msg}")
                 if errs:
-                    add_problem(line, "; ".join(errs))
+                    add_problem(line, "; ".join(e for e in errs if e))
                     continue
                 if not self.problems.total:
-                    batch.append((line, ident, email, name.strip(), locale, tz, country))
+                    batch.append((line, ident, email, name, locale, tz, country))
                     if len(batch) >= BATCH:
                         db.bulk_insert(conn, "stage_account", cols, batch)
                         batch.clear()
@@ -304,7 +313,6 @@ class _Import:
                    + "".join(f", s{i} TEXT" for i in range(len(keys))))
             devices: list[Any] = []
             add_problem = self.problems.add
-            id_match = ID_RE.match
 
             def flush() -> None:
                 cols = ["line", "id", "account_id", "name", "model"] + [f"s{i}" for i in range(len(keys))]
@@ -312,7 +320,8 @@ class _Import:
                 devices.clear()
 
             records: Iterator[Any] = reader.csv_rows() if header else iter(reader)
-            strip_all = _strip_all
+            o0, o1, o2, o3 = order if header else (0, 1, 2, 3)
+            n_keys = len(keys)
             for item in records:
                 self.result.records += 1
                 if header:
@@ -320,8 +329,8 @@ class _Import:
                     if isinstance(f, str):
                         add_problem(line, f)
                         continue
-                    ident, account_id, name, model = strip_all(f, order)
-                    raw = [f[i] for i in setting_index]
+                    ident, account_id, name, model = f[o0].strip(), f[o1].strip(), f[o2].strip(), f[o3].strip()
+                    raw = [f[i] for i in setting_index] if n_keys else []
                 else:
                     line = item.line
                     if item.problem:
@@ -347,20 +356,22 @@ class _Import:
                             conn.exec_driver_sql(f"ALTER TABLE stage_device ADD COLUMN s{len(keys)} TEXT")
                             keys.append(k)
                     raw = [values.get(k, "") for k in keys]
+                    n_keys = len(keys)
                 errs = None
-                if not (id_match(ident) and id_match(account_id)):
+                if not (0 < len(ident) <= 128 and 0 < len(account_id) <= 128 and ident.isprintable()
+                        and account_id.isprintable() and " " not in ident and " " not in account_id):
                     errs = [m for m in (_id_problem("device_id", ident), _id_problem("account_id", account_id)) if m]
                 nm = name + model
                 if not name or not model or len(name) > 256 or len(model) > 256 or "\n" in nm or "\r" in nm:
                     errs = (errs or []) + [m for m in (_text_problem("name", name, 256),
                                                        _text_problem("model", model, 256)) if m]
                 row = [line, ident, account_id, name, model]
-                for key, value in zip(keys, raw, strict=True):
-                    value = value.strip()
+                for j in range(n_keys):
+                    value = raw[j].strip()
                     if not value:
                         row.append(None)  # an empty cell leaves the setting as it is
                     elif "\n" in value or "\r" in value or len(value) > 128:
-                        errs = (errs or []) + [f"{key}: must be one line of at most 128 characters"]
+                        errs = (errs or []) + [f"{keys[j]}: must be one line of at most 128 characters"]
                     else:
                         row.append(value)
                 if errs:

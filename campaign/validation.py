@@ -27,7 +27,7 @@ def check_email(value: str) -> str:
         raise ValueError("email address contains a line break")
     if len(value) > 254:
         raise ValueError("email address longer than 254 characters")
-    if not EMAIL_RE.match(value):
+    if not EMAIL_RE.fullmatch(value):
         raise ValueError(f"{value!r} is not a valid email address")
     local, _, domain = value.rpartition("@")
     if len(local) > 64:
