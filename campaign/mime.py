@@ -1,0 +1,201 @@
+"""Message bytes: a fast builder for sending, and the plain `EmailMessage` builder it is proven against.
+
+Building with `email.message.EmailMessage` costs about 0.9 ms of CPU per message, six times the cost of
+sending it. `MessageBuilder` encodes what every message of one (campaign, wave) shares once, and per
+message only encodes what differs: the recipient, subject, date, Message-ID and the two bodies (with
+C-speed quoted-printable). Tests prove both builders parse to the same headers and parts (G10).
+
+Header safety: this Python (3.11.7) predates the standard library's own guard against CR/LF in header
+values (CVE-2024-6923), so every header value is checked here and a line break is refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import hashlib
+import re
+from dataclasses import dataclass
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import format_datetime, formataddr, parseaddr
+
+from campaign.errors import CampaignError
+
+MAX_ENCODED_WORD_BYTES = 45  # UTF-8 bytes per encoded-word: 60 base64 chars + 12 of wrapping, under 78
+_SPECIALS = re.compile(r'[()<>\[\]:;@\\,."]')
+
+
+class HeaderInjection(CampaignError):
+    """A header value holds a line break: the message is not built."""
+
+
+@dataclass(frozen=True)
+class Parts:
+    """What differs from one message of a wave to the next."""
+
+    to_name: str
+    to_address: str
+    subject: str
+    text: str
+    html: str
+    message_id: str
+    date: dt.datetime
+
+
+# CR and LF, and every other character that some reader takes for a line break.
+_LINE_BREAKS = re.compile("[\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+
+
+def check_header(name: str, value: str) -> str:
+    if _LINE_BREAKS.search(value):
+        raise HeaderInjection(f"{name}: a line break in a header value is refused: {value[:80]!r}")
+    return value
+
+
+def message_id(campaign: str, wave: str, account_id: str, domain: str) -> str:
+    """Deterministic per delivery: the same (campaign, wave, account) always gets the same Message-ID."""
+    digest = hashlib.sha256(f"{campaign}\0{wave}\0{account_id}".encode()).hexdigest()[:32]
+    return f"<{digest}.{wave}.{campaign}@{domain}>"
+
+
+def _encoded_words(value: str) -> str:
+    """RFC 2047 base64 encoded-words, folded, never splitting a UTF-8 character."""
+    words = []
+    chunk = bytearray()
+    for ch in value:
+        b = ch.encode("utf-8")
+        if len(chunk) + len(b) > MAX_ENCODED_WORD_BYTES:
+            words.append(chunk)
+            chunk = bytearray()
+        chunk += b
+    if chunk:
+        words.append(chunk)
+    return "\r\n ".join(f"=?utf-8?b?{base64.b64encode(bytes(w)).decode('ascii')}?=" for w in words)
+
+
+def _plain_ascii(value: str) -> bool:
+    """Text that can stand in a header as it is: printable ASCII, single spaces, nothing that a reader
+    could take for an encoded-word."""
+    return (value.isascii() and value.isprintable() and "=?" not in value and value == value.strip()
+            and "  " not in value and len(value) <= 900)
+
+
+def encode_unstructured(value: str) -> str:
+    """A header value such as Subject: as is when plain ASCII, else RFC 2047 encoded-words."""
+    return _fold_ascii(value) if _plain_ascii(value) else _encoded_words(value)
+
+
+def _fold_ascii(value: str, width: int = 76) -> str:
+    if len(value) <= width:
+        return value
+    lines, current = [], ""
+    for word in value.split(" "):
+        if current and len(current) + 1 + len(word) > width:
+            lines.append(current)
+            current = word
+        else:
+            current = f"{current} {word}" if current else word
+    lines.append(current)
+    return "\r\n ".join(lines)
+
+
+def encode_address(name: str, address: str) -> str:
+    """`Name <address>`: the name quoted when it holds specials, RFC 2047-encoded when not ASCII."""
+    check_header("address", address)
+    check_header("display name", name)
+    if not address.isascii():
+        raise HeaderInjection(f"address {address!r}: only ASCII addresses are supported")
+    if not name:
+        return address
+    if _plain_ascii(name):
+        if _SPECIALS.search(name):
+            escaped = name.replace("\\", "\\\\").replace('"', '\\"')
+            return _fold_ascii(f'"{escaped}" <{address}>')
+        return _fold_ascii(f"{name} <{address}>")
+    return f"{_encoded_words(name)} <{address}>"
+
+
+def _qp(text: str) -> bytes:
+    """Quoted-printable with CRLF line ends, ending with a line break (as EmailMessage does); a
+    line-leading dot is encoded too (b2a_qp does that)."""
+    if not text.endswith("\n"):
+        text += "\n"
+    data = text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "\r\n").encode("utf-8")
+    return binascii.b2a_qp(data, quotetabs=False, istext=True, header=False)
+
+
+class MessageBuilder:
+    """Builds the bytes of one (campaign, wave)'s messages; the shared headers are encoded once."""
+
+    def __init__(self, sender: str, reply_to: str | None = None, extra_headers: dict[str, str] | None = None,
+                 boundary_seed: str = "campaign") -> None:
+        check_header("From", sender)
+        sender_name, sender_address = parseaddr(sender)
+        if not sender_address:
+            raise HeaderInjection(f"From: {sender!r} is not an address")
+        self.sender_name, self.sender_address = sender_name, sender_address
+        self.reply_to = reply_to
+        self.extra = dict(extra_headers or {})
+        head = [f"From: {encode_address(sender_name, sender_address)}"]
+        if reply_to:
+            check_header("Reply-To", reply_to)
+            rname, raddr = parseaddr(reply_to)
+            head.append(f"Reply-To: {encode_address(rname, raddr)}")
+        for key, value in self.extra.items():
+            head.append(f"{check_header(key, key)}: {encode_unstructured(check_header(key, value))}")
+        head.append("Auto-Submitted: auto-generated")
+        head.append("MIME-Version: 1.0")
+        self.boundary = "=_" + hashlib.sha256(boundary_seed.encode()).hexdigest()[:28]
+        self._head = ("\r\n".join(head) + "\r\n").encode("ascii")
+        self._content_type = (f'Content-Type: multipart/alternative; boundary="{self.boundary}"\r\n\r\n'
+                              ).encode("ascii")
+        b = self.boundary
+        self._text_head = (f"--{b}\r\nContent-Type: text/plain; charset=\"utf-8\"\r\n"
+                           "Content-Transfer-Encoding: quoted-printable\r\n\r\n").encode("ascii")
+        self._html_head = (f"\r\n--{b}\r\nContent-Type: text/html; charset=\"utf-8\"\r\n"
+                           "Content-Transfer-Encoding: quoted-printable\r\n\r\n").encode("ascii")
+        self._tail = f"\r\n--{b}--\r\n".encode("ascii")
+
+    def build(self, p: Parts) -> bytes:
+        subject = check_header("Subject", p.subject)
+        check_header("Message-ID", p.message_id)
+        text, html = _qp(p.text), _qp(p.html)
+        boundary = self.boundary.encode("ascii")
+        if boundary in text or boundary in html:  # quoted-printable cannot produce "=_" + hex, but be sure
+            raise HeaderInjection("a body contains the MIME boundary")
+        per_message = (f"To: {encode_address(p.to_name, p.to_address)}\r\n"
+                       f"Subject: {encode_unstructured(subject)}\r\n"
+                       f"Date: {format_datetime(p.date)}\r\n"
+                       f"Message-ID: {p.message_id}\r\n").encode("ascii")
+        return b"".join((self._head, per_message, self._content_type, self._text_head, text,
+                         self._html_head, html, self._tail))
+
+
+def build_plain(sender: str, reply_to: str | None, p: Parts, extra_headers: dict[str, str] | None = None) -> bytes:
+    """The same message through `email.message.EmailMessage`: the obviously-right reference."""
+    for name, value in (("From", sender), ("Reply-To", reply_to or ""), ("Subject", p.subject),
+                        ("To", p.to_name), ("To", p.to_address), ("Message-ID", p.message_id)):
+        check_header(name, value)
+    msg = EmailMessage(policy=SMTP)
+    sender_name, sender_address = parseaddr(sender)
+    msg["From"] = Address(display_name=sender_name, addr_spec=sender_address)
+    msg["To"] = Address(display_name=p.to_name, addr_spec=p.to_address)
+    msg["Subject"] = p.subject
+    msg["Date"] = format_datetime(p.date)
+    msg["Message-ID"] = p.message_id
+    if reply_to:
+        rname, raddr = parseaddr(reply_to)
+        msg["Reply-To"] = Address(display_name=rname, addr_spec=raddr)
+    for key, value in (extra_headers or {}).items():
+        msg[key] = value
+    msg["Auto-Submitted"] = "auto-generated"
+    msg.set_content(p.text)
+    msg.add_alternative(p.html, subtype="html")
+    return msg.as_bytes()
+
+
+__all__ = ["HeaderInjection", "MessageBuilder", "Parts", "build_plain", "check_header", "encode_address",
+           "encode_unstructured", "message_id", "formataddr"]

@@ -1,0 +1,193 @@
+"""Sandboxed, strict, localized rendering of a campaign's templates (SPEC §5, G5).
+
+Templates live in `<templates>/<template>/<locale>/<wave>.subject.j2|.txt.j2|.html.j2`; a locale
+falls back `de-AT` → `de` → the campaign's `default_locale`. Rendering is sandboxed
+(`ImmutableSandboxedEnvironment`), undefined names are errors, HTML is autoescaped and text is not.
+Every template error is raised as `TemplateProblem` naming the template file and line.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import traceback
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import jinja2
+from babel import Locale
+from babel.dates import format_date as babel_format_date
+from babel.dates import format_datetime as babel_format_datetime
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+
+from campaign.definition import Definition, WaveDef
+from campaign.errors import TemplateProblem
+
+PARTS = ("subject", "txt", "html")
+
+
+@dataclass(frozen=True)
+class Recipient:
+    account_id: str
+    email: str
+    name: str
+    locale: str
+    timezone: str
+
+
+@dataclass(frozen=True)
+class DeviceView:
+    device_id: str
+    name: str
+    model: str
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """One recipient's message, rendered: what the message builder needs."""
+
+    template_locale: str  # the template folder used, after fallback
+    subject: str
+    text: str
+    html: str
+
+
+@functools.cache
+def _locale(tag: str) -> Locale:
+    return Locale.parse(tag, sep="-")
+
+
+class Renderer:
+    """Renders one campaign's waves. Build once per campaign and process; templates are compiled once."""
+
+    def __init__(self, definition: Definition, templates: Path) -> None:
+        self.definition = definition
+        self.root = templates / definition.template
+        if not self.root.is_dir():
+            raise TemplateProblem(f"{self.root}: no such template folder")
+        self.env = ImmutableSandboxedEnvironment(
+            loader=jinja2.FileSystemLoader(str(self.root)),
+            undefined=jinja2.StrictUndefined,
+            autoescape=lambda name: name is not None and name.endswith(".html.j2"),
+            auto_reload=False,
+            trim_blocks=True,
+            lstrip_blocks=True,
+            keep_trailing_newline=False,
+            cache_size=-1,  # keep every compiled template: a campaign has few
+        )
+        self.env.filters["format_date"] = _format_date
+        self.env.filters["format_datetime"] = _format_datetime
+        self.campaign_view = MappingProxyType({
+            "name": definition.name, "slug": definition.slug, "sender": definition.sender,
+            "reply_to": definition.reply_to, "context": MappingProxyType(dict(definition.context)),
+        })
+
+    # -- locales ----------------------------------------------------------------------------------
+
+    @functools.cache  # noqa: B019 - one Renderer per campaign, few locales
+    def template_locale(self, wave: str, locale: str) -> str:
+        """The template folder for `locale`: itself, its language, or the default locale."""
+        language = locale.split("-")[0]
+        for candidate in (locale, language, self.definition.default_locale):
+            if (self.root / candidate / f"{wave}.subject.j2").is_file():
+                return candidate
+        raise TemplateProblem(
+            f"{self.root / self.definition.default_locale / (wave + '.subject.j2')}: missing — the default "
+            f"locale {self.definition.default_locale} needs templates for wave {wave!r}")
+
+    def available_locales(self) -> list[str]:
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
+
+    # -- rendering --------------------------------------------------------------------------------
+
+    def context(self, wave: WaveDef, recipient: Recipient, devices: Sequence[DeviceView],
+                format_locale: str) -> dict[str, Any]:
+        zone = ZoneInfo(recipient.timezone)
+        return {
+            "account": MappingProxyType({"name": recipient.name, "email": recipient.email,
+                                         "locale": recipient.locale, "timezone": recipient.timezone}),
+            "devices": tuple(MappingProxyType({"name": d.name, "model": d.model}) for d in devices),
+            "cutoff": self.definition.cutoff.astimezone(zone),
+            "campaign": self.campaign_view,
+            "wave": MappingProxyType({"name": wave.name, "at": wave.at.astimezone(zone),
+                                      "audience": wave.audience}),
+            "_format": (format_locale, zone),
+        }
+
+    def render(self, wave: WaveDef, recipient: Recipient, devices: Sequence[DeviceView]) -> Rendered:
+        """Render the three parts of `wave` for one recipient; raises TemplateProblem."""
+        folder = self.template_locale(wave.name, recipient.locale)
+        # Dates in the recipient's own locale when the template speaks their language (de-AT reads
+        # "Jänner" in the de template), otherwise in the template's: no French dates in English text.
+        format_locale = recipient.locale if recipient.locale.split("-")[0] == folder.split("-")[0] else folder
+        ctx = self.context(wave, recipient, devices, format_locale)
+        out = []
+        for part in PARTS:
+            name = f"{folder}/{wave.name}.{part}.j2"
+            out.append(self._render_one(name, ctx))
+        subject = " ".join(out[0].split())  # one line, whatever the template's layout
+        if not subject:
+            raise TemplateProblem(f"{self.root / folder / (wave.name + '.subject.j2')}: renders an empty subject")
+        text = out[1].strip("\n") + "\n"
+        html = out[2].strip("\n") + "\n"
+        return Rendered(folder, subject, text, html)
+
+    def _render_one(self, name: str, ctx: Mapping[str, Any]) -> str:
+        try:
+            return self.env.get_template(name).render(ctx)
+        except jinja2.TemplateSyntaxError as exc:
+            where = exc.filename or str(self.root / (exc.name or name))
+            raise TemplateProblem(f"{where}:{exc.lineno}: syntax error: {exc.message}") from None
+        except jinja2.TemplateNotFound as exc:
+            raise TemplateProblem(f"{self.root / name}: includes a template that does not exist: {exc.name}") \
+                from None
+        except (jinja2.UndefinedError, SecurityError, TypeError, ValueError, LookupError, AttributeError,
+                ArithmeticError) as exc:
+            where = _template_frame(exc) or f"{self.root / name}"
+            kind = "not allowed in a template" if isinstance(exc, SecurityError) else type(exc).__name__
+            raise TemplateProblem(f"{where}: {kind}: {exc}") from None
+
+
+def _template_frame(exc: BaseException) -> str | None:
+    """`path:line` of the innermost template frame in the traceback (Jinja rewrites them to the .j2)."""
+    found = None
+    for frame, lineno in traceback.walk_tb(exc.__traceback__):
+        filename = frame.f_code.co_filename
+        if filename.endswith(".j2"):
+            found = f"{filename}:{lineno}"
+    return found
+
+
+def _format_args(ctx: Any) -> tuple[str, ZoneInfo]:
+    locale, zone = ctx["_format"]
+    return locale, zone
+
+
+# Formatting is memoized: a wave's messages format the same few instants (the cutoff, the wave's time)
+# in the same few (locale, zone) pairs, and Babel takes tens of microseconds a call.
+@functools.lru_cache(maxsize=65536)
+def _cached_date(value: dt.date, format: str, locale: str) -> str:
+    return str(babel_format_date(value, format=format, locale=_locale(locale)))
+
+
+@functools.lru_cache(maxsize=65536)
+def _cached_datetime(value: dt.datetime, format: str, locale: str, zone: ZoneInfo) -> str:
+    return str(babel_format_datetime(value, format=format, tzinfo=zone, locale=_locale(locale)))
+
+
+@jinja2.pass_context
+def _format_date(ctx: Any, value: dt.datetime | dt.date, format: str = "long") -> str:
+    locale, zone = _format_args(ctx)
+    if isinstance(value, dt.datetime):
+        value = value.astimezone(zone).date()
+    return _cached_date(value, format, locale)
+
+
+@jinja2.pass_context
+def _format_datetime(ctx: Any, value: dt.datetime, format: str = "long") -> str:
+    locale, zone = _format_args(ctx)
+    return _cached_datetime(value, format, locale, zone)

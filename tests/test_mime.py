@@ -1,0 +1,162 @@
+"""The fast message builder agrees with the plain EmailMessage build (G10), on hostile input too."""
+
+from __future__ import annotations
+
+import datetime as dt
+import email
+from email.message import EmailMessage
+from email.policy import default
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from campaign.mime import HeaderInjection, MessageBuilder, Parts, build_plain, message_id
+
+SENDER = "Device Privacy <privacy@example.com>"
+REPLY_TO = "privacy-help@example.com"
+WHEN = dt.datetime(2025, 3, 14, 16, 0, tzinfo=dt.UTC)
+HEADERS = ("From", "To", "Subject", "Date", "Message-ID", "Reply-To", "Auto-Submitted", "MIME-Version")
+
+
+def parsed(raw: bytes) -> EmailMessage:
+    msg = email.message_from_bytes(raw, policy=default)
+    assert isinstance(msg, EmailMessage)
+    return msg
+
+
+def summary(raw: bytes) -> dict[str, object]:
+    """What a mail reader sees: decoded headers, part types, decoded contents (line breaks normalized)."""
+    msg = parsed(raw)
+    assert msg.get_content_type() == "multipart/alternative"
+    parts = list(msg.iter_parts())
+    return {
+        "headers": {h: str(msg[h]) for h in HEADERS},
+        "to": [(a.display_name, a.addr_spec) for a in msg["To"].addresses],
+        "parts": [(p.get_content_type(), p.get_content_charset(), p.get_content().splitlines()) for p in parts],
+        "defects": [type(d).__name__ for d in msg.defects],
+    }
+
+
+def squash(name: str) -> str:
+    # Python's address parser puts a space between adjacent encoded-words of a display name, which
+    # RFC 2047 says to drop; names are compared without white space, and exactly in the test below.
+    return "".join(name.split())
+
+
+def _lines(body: str) -> list[str]:
+    return (body if body.endswith("\n") else body + "\n").splitlines()
+
+
+def expected(p: Parts) -> dict[str, object]:
+    return {"to": [(squash(p.to_name), p.to_address)], "subject": p.subject.strip(),
+            "parts": [("text/plain", "utf-8", _lines(p.text)), ("text/html", "utf-8", _lines(p.html))],
+            "message_id": p.message_id, "defects": []}
+
+
+def seen(raw: bytes) -> dict[str, object]:
+    s = summary(raw)
+    headers = s["headers"]
+    assert isinstance(headers, dict)
+    to = s["to"]
+    assert isinstance(to, list)
+    return {"to": [(squash(n), a) for n, a in to], "subject": str(headers["Subject"]).strip(), "parts": s["parts"], "message_id": headers["Message-ID"],
+            "defects": s["defects"]}
+
+
+def assert_same(p: Parts, reply_to: str | None = REPLY_TO) -> bytes:
+    """Both builders give a reader exactly what was put in, and the same headers."""
+    fast = MessageBuilder(SENDER, reply_to).build(p)
+    plain = build_plain(SENDER, reply_to, p)
+    assert seen(fast) == expected(p)
+    if "=?" not in p.to_name + p.subject:
+        # (EmailMessage writes text that looks like an encoded-word as it is, so readers decode it:
+        # there the plain build is the wrong one, and only ours is held to what was put in.)
+        assert seen(plain) == expected(p)
+        fast_headers, plain_headers = summary(fast)["headers"], summary(plain)["headers"]
+        assert isinstance(fast_headers, dict) and isinstance(plain_headers, dict)
+        for h in ("From", "Date", "Reply-To", "Auto-Submitted", "MIME-Version"):
+            assert fast_headers[h] == plain_headers[h]
+    # Transport-level sanity of our own bytes: CRLF only, no line over 998 octets, ASCII only.
+    assert b"\n" not in fast.replace(b"\r\n", b"")
+    assert all(len(line) <= 998 for line in fast.split(b"\r\n"))
+    assert fast.isascii()
+    return fast
+
+
+def parts(name: str = "Anna Schmidt", subject: str = "Your setting changes", text: str = "Hello\n",
+          html: str = "<p>Hello</p>\n", address: str = "anna@example.com") -> Parts:
+    return Parts(name, address, subject, text, html, message_id("voice", "notice", "a1", "example.com"), WHEN)
+
+
+def test_structure_and_headers() -> None:
+    raw = assert_same(parts())
+    msg = parsed(raw)
+    assert msg["Auto-Submitted"] == "auto-generated"
+    assert msg["Date"].datetime == WHEN
+    assert [p.get_content_type() for p in msg.iter_parts()] == ["text/plain", "text/html"]  # text first
+
+
+@pytest.mark.parametrize("name", [
+    "Jürgen Müller", "山田 太郎", 'Bob "The Builder" O\'Brien', "Smith, Jr.", "=?utf-8?q?fake?=",
+    "<script>alert(1)</script>", "back\\slash", "x" * 300, "José Núñez-Ñandú " * 12, "tab\there", "émoji 🎉",
+])
+def test_hostile_names(name: str) -> None:
+    assert_same(parts(name=name))
+
+
+@pytest.mark.parametrize("name", ["José Núñez-Ñandú " * 12, "山田 太郎" * 30, " spaced  name "])
+def test_long_encoded_names_decode_exactly(name: str) -> None:
+    from email.header import decode_header, make_header
+    raw = MessageBuilder(SENDER, REPLY_TO).build(parts(name=name))
+    to = email.message_from_bytes(raw)["To"]  # the raw header, as a reader's RFC 2047 decoder gets it
+    words, _, address = to.rpartition(" <")
+    assert str(make_header(decode_header(words))) == name
+    assert address == "anna@example.com>"
+
+
+@pytest.mark.parametrize("subject", ["Plain ASCII", "Ändert sich — am 28. März", "設定が変更されます" * 10,
+                                     "a" * 500, "=?utf-8?b?Zm9v?=", "  leading and  double  spaces "])
+def test_subjects(subject: str) -> None:
+    assert_same(parts(subject=subject))
+
+
+@pytest.mark.parametrize("field", ["name", "subject"])
+@pytest.mark.parametrize("bad", ["x\r\nBcc: victim@example.net", "x\nBcc: v@example.net", "x\rY", "x\x0bY",
+                                 "x\u2028Bcc: v@example.net", "x\x85Y"])
+def test_line_breaks_in_headers_are_refused(field: str, bad: str) -> None:
+    p = parts(**{field: bad})
+    with pytest.raises(HeaderInjection):
+        MessageBuilder(SENDER, REPLY_TO).build(p)
+    with pytest.raises(HeaderInjection):
+        build_plain(SENDER, REPLY_TO, p)
+
+
+def test_sender_with_line_break_is_refused() -> None:
+    with pytest.raises(HeaderInjection):
+        MessageBuilder("Privacy <privacy@example.com>\r\nBcc: x@example.net")
+
+
+def test_message_id_is_deterministic_per_delivery() -> None:
+    a = message_id("voice-local-processing", "notice", "acc-1", "example.com")
+    assert a == message_id("voice-local-processing", "notice", "acc-1", "example.com")
+    assert a != message_id("voice-local-processing", "reminder", "acc-1", "example.com")
+    assert a != message_id("voice-local-processing", "notice", "acc-2", "example.com")
+    assert a.startswith("<") and a.endswith("@example.com>")
+    assert str(parsed(assert_same(parts()))["Message-ID"]) == parts().message_id
+
+
+def test_bodies_with_dots_long_lines_and_crlf() -> None:
+    text = "Line one\r\n.\r\n..two dots\nFrom the start\n" + "w" * 2000 + "\n\ttab and trailing space \n"
+    assert_same(parts(text=text, html="<p>" + "é" * 1500 + "</p>\n"))
+
+
+names = st.text(st.characters(blacklist_categories=["Cs"],
+                               blacklist_characters="\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"), max_size=120)
+bodies = st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\r"), max_size=600)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(name=names, subject=names.filter(lambda s: s.strip() != ""), text=bodies, html=bodies)
+def test_fast_equals_plain_on_anything(name: str, subject: str, text: str, html: str) -> None:
+    assert_same(parts(name=name, subject=subject, text=text, html=html))
