@@ -197,5 +197,14 @@ def build_plain(sender: str, reply_to: str | None, p: Parts, extra_headers: dict
     return msg.as_bytes()
 
 
-__all__ = ["HeaderInjection", "MessageBuilder", "Parts", "build_plain", "check_header", "encode_address",
-           "encode_unstructured", "message_id", "formataddr"]
+__all__ = [
+    "HeaderInjection",
+    "MessageBuilder",
+    "Parts",
+    "build_plain",
+    "check_header",
+    "encode_address",
+    "encode_unstructured",
+    "formataddr",
+    "message_id",
+]

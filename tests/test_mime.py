@@ -60,7 +60,8 @@ def seen(raw: bytes) -> dict[str, object]:
     assert isinstance(headers, dict)
     to = s["to"]
     assert isinstance(to, list)
-    return {"to": [(squash(n), a) for n, a in to], "subject": str(headers["Subject"]).strip(), "parts": s["parts"], "message_id": headers["Message-ID"],
+    return {"to": [(squash(n), a) for n, a in to], "subject": str(headers["Subject"]).strip(),
+            "parts": s["parts"], "message_id": headers["Message-ID"],
             "defects": s["defects"]}
 
 
