@@ -19,6 +19,7 @@ from sqlalchemy import Connection, Engine, bindparam, text
 from campaign import audit, db
 from campaign.errors import MAX_SHOWN, InputError, Problem
 from campaign.readers import RecordReader
+from campaign.rendering import DeviceView, Recipient
 from campaign.validation import EMAIL_RE, check_email, check_timezone, normalize_country, normalize_locale
 
 BATCH = 5000
@@ -505,3 +506,56 @@ def audience_summary(conn: Connection, setting: str, from_value: str, countries:
         picked = [{"account_id": r[0], "email": r[1], "locale": r[2], "timezone": r[3], "country": r[4],
                    "devices": int(r[5])} for r in rows]
     return AudienceSummary(int(accounts), int(devices), groups, picked)
+
+
+# -- recipients, for rendering ----------------------------------------------------------------------
+
+def _recipients_sql(where: str, extra: str = "") -> str:
+    return ("SELECT a.id, a.email, a.name, a.locale, a.timezone, d.id, d.name, d.model "
+            f"{AFFECTED_FROM} WHERE {where}{extra} ORDER BY a.id, d.id")
+
+
+def iter_affected(conn: Connection, setting: str, from_value: str, countries: Iterable[str] = (),
+                  models: Iterable[str] = (), account_ids: Iterable[str] | None = None,
+                  locale: str | None = None) -> Iterator[tuple[Recipient, list[DeviceView]]]:
+    """Each affected account with its affected devices, in account order, streamed from the database."""
+    where, params = _audience_where(setting, from_value, countries, models)
+    extra = ""
+    if account_ids is not None:
+        extra += " AND a.id IN :account_ids"
+        params["account_ids"] = list(account_ids)
+    if locale is not None:
+        extra += " AND a.locale = :locale"
+        params["locale"] = locale
+    stmt = _expanding(_recipients_sql(where, extra), params)
+    if account_ids is not None:
+        stmt = stmt.bindparams(bindparam("account_ids", expanding=True))
+    # Options on the statement, not the connection: they would stick to the connection for what follows.
+    result = conn.execute(stmt.execution_options(stream_results=True, yield_per=2000), params)
+    current: Recipient | None = None
+    devices: list[DeviceView] = []
+    for row in result:
+        if current is None or row[0] != current.account_id:
+            if current is not None:
+                yield current, devices
+            current = Recipient(row[0], row[1], row[2], row[3], row[4])
+            devices = []
+        devices.append(DeviceView(row[5], row[6], row[7]))
+    if current is not None:
+        yield current, devices
+
+
+def affected_locales(conn: Connection, setting: str, from_value: str, countries: Iterable[str] = (),
+                     models: Iterable[str] = ()) -> list[tuple[str, int, str]]:
+    """(locale, accounts, first account id) for each locale in the audience now."""
+    where, params = _audience_where(setting, from_value, countries, models)
+    rows = conn.execute(_expanding(
+        f"SELECT a.locale, COUNT(DISTINCT a.id), MIN(a.id) {AFFECTED_FROM} WHERE {where} "
+        "GROUP BY a.locale ORDER BY a.locale", params), params).all()
+    return [(r[0], int(r[1]), r[2]) for r in rows]
+
+
+def account_recipient(conn: Connection, account_id: str) -> Recipient | None:
+    row = conn.execute(text("SELECT id, email, name, locale, timezone FROM account WHERE id = :id"),
+                       {"id": account_id}).first()
+    return Recipient(row[0], row[1], row[2], row[3], row[4]) if row else None

@@ -12,10 +12,12 @@ import click
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from campaign import accounts, campaigns, db, migrate, suppressions
+from campaign import accounts, campaigns, db, migrate, previews, suppressions
 from campaign.config import Config, load_config, redact_url
 from campaign.definition import load_definition
-from campaign.errors import CampaignError
+from campaign.errors import CampaignError, UsageError
+from campaign.rendering import Renderer
+from campaign.validation import normalize_locale
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -265,12 +267,22 @@ def create(app: App, file: Path, replace: bool, dry_run: bool, as_json: bool) ->
     Refuses, with the file, line and key, on any problem in the definition.
     """
     definition = load_definition(file, app.config.templates)
-    result = campaigns.create(app.engine(), definition, app.config.actor, replace=replace, dry_run=dry_run)
+    renderer = Renderer(definition, app.config.templates)
+    rendered = 0
+
+    def check(conn: Any, d: Any) -> None:
+        nonlocal rendered
+        rendered = previews.check_campaign(conn, d, renderer)
+
+    result = campaigns.create(app.engine(), definition, app.config.actor, replace=replace, dry_run=dry_run,
+                              check=check)
+    result["rendered"] = rendered
     if as_json:
         _json(result)
         return
     verb = "would create" if dry_run else ("replaced" if result["replaced"] else "created")
-    click.echo(f"{verb} campaign {definition.slug!r}: cutoff {result['cutoff']}")
+    click.echo(f"{verb} campaign {definition.slug!r}: cutoff {result['cutoff']}; {rendered} sample messages "
+               "rendered without error (every wave × locale of the audience)")
     for w in result["waves"]:
         click.echo(f"  wave {w['name']:<14} at {w['at']}  audience {w['audience']:<9} expires {w['expires']}")
 
@@ -326,6 +338,59 @@ def audience(app: App, slug: str, by: str | None, sample: int, as_json: bool) ->
     for s in summary.sample:
         click.echo(f"  {s['account_id']}  {s['email']}  {s['locale']}  {s['timezone']}  {s['country']}  "
                    f"{s['devices']} device(s)")
+
+
+def _campaign_and_renderer(app: App, conn: Any, slug: str) -> tuple[Any, Renderer]:
+    c = campaigns.get(conn, slug)
+    return c, Renderer(c.definition, app.config.templates)
+
+
+def _waves(d: Any, wave: str | None) -> list[Any]:
+    if wave is None:
+        return list(d.waves)
+    try:
+        return [d.wave(wave)]
+    except KeyError:
+        raise UsageError(f"no wave {wave!r} in {d.slug} (waves: {', '.join(w.name for w in d.waves)})") from None
+
+
+@cli.command("preview")
+@click.argument("slug")
+@click.option("--wave", help="The wave [default: the first].")
+@click.option("--locale", help="Render for the first account of this locale (a stand-in if there is none).")
+@click.option("--account", "account_id", metavar="ID", help="Render for this account.")
+@click.option("--html", "show_html", is_flag=True, help="Show the HTML part instead of the text part.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Write every wave × locale as .eml and .html, with an index.html gallery, into DIR.")
+@pass_app
+def preview(app: App, slug: str, wave: str | None, locale: str | None, account_id: str | None, show_html: bool,
+            out: Path | None) -> None:
+    """Show one message as it would be sent: its raw headers, then its text (or HTML) part.
+
+    \b
+    With --out DIR, write one .eml and one .html per wave × locale of the audience, and an
+    index.html gallery to open in a browser (subject, HTML, text and recipients of each).
+    """
+    if locale and account_id:
+        raise UsageError("give --locale or --account, not both")
+    if locale:
+        try:
+            locale = normalize_locale(locale)
+        except ValueError as exc:
+            raise UsageError(f"--locale: {exc}") from None
+    with db.read(app.engine()) as conn:
+        c, renderer = _campaign_and_renderer(app, conn, slug)
+        d = c.definition
+        if out is not None:
+            items = list(previews.samples(conn, d, renderer, waves=_waves(d, wave), locale=locale))
+            index = previews.write_gallery(items, out, d)
+            click.echo(f"wrote {len(items)} messages (.eml and .html) and {index}")
+            return
+        sample = previews.preview_one(conn, d, renderer, _waves(d, wave)[0], locale, account_id)
+    head, _, _ = sample.message.partition(b"\r\n\r\n")
+    click.echo(head.decode("ascii").replace("\r\n", "\n"))
+    click.echo("")
+    click.echo(sample.rendered.html if show_html else sample.rendered.text, nl=False)
 
 
 def main() -> None:

@@ -59,12 +59,19 @@ def test_create_twice_refuses_and_replace_works(run_cli: CliRun, engine: Engine,
     setup(run_cli, write_file)
     again = run_cli("create", str(EXAMPLE))
     assert again.exit_code == 1 and "exists already" in again.stderr and "--replace" in again.stderr
-    changed = write_file("def.toml", EXAMPLE.read_text().replace('name = "reminder"', 'name = "last-call"'))
+    changed = write_file("def.toml", EXAMPLE.read_text().replace('at = "cutoff - 3d"', 'at = "cutoff - 4d"'))
     result = run_cli("create", str(changed), "--replace")
     assert result.exit_code == 0, result.output
     with engine.connect() as conn:
-        names = conn.execute(text("SELECT name FROM wave ORDER BY position")).scalars().all()
-    assert names == ["notice", "last-call", "confirmation"]
+        waves = conn.execute(text("SELECT name, at FROM wave ORDER BY position")).all()
+    assert [w.name for w in waves] == ["notice", "reminder", "confirmation"]
+    assert "2025-03-24" in str(waves[1].at)
+    # A wave without templates is refused, and the campaign keeps its definition.
+    renamed = write_file("def2.toml", EXAMPLE.read_text().replace('name = "reminder"', 'name = "last-call"'))
+    refused = run_cli("create", str(renamed), "--replace")
+    assert refused.exit_code == 2 and "last-call.subject.j2: missing" in refused.stderr
+    with engine.connect() as conn:
+        assert "reminder" in conn.execute(text("SELECT name FROM wave")).scalars().all()
 
 
 def test_create_bad_definition_exit_2_nothing_written(run_cli: CliRun, engine: Engine,

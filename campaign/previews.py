@@ -1,0 +1,165 @@
+"""What a campaign's messages will look like: the render check at `create`, previews, the gallery,
+and the render-everyone pass that `schedule` runs. No ledger row is written here."""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import Connection
+
+from campaign import accounts, db
+from campaign.definition import Definition, WaveDef
+from campaign.errors import NotFound, TemplateProblem, UsageError
+from campaign.mime import MessageBuilder, Parts, message_id
+from campaign.rendering import DeviceView, Recipient, Rendered, Renderer
+
+TEST_PREFIX = "[TEST] "
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One message of a wave as it would be sent to one recipient."""
+
+    wave: str
+    locale: str  # the recipient's locale
+    recipients: int  # how many accounts of the audience have this locale (0 for a stand-in)
+    recipient: Recipient
+    devices: tuple[DeviceView, ...]
+    rendered: Rendered
+    message: bytes
+
+
+def builder_for(definition: Definition, wave: WaveDef, test: bool = False) -> MessageBuilder:
+    extra = {"X-Campaign": definition.slug, "X-Campaign-Wave": wave.name}
+    if test:
+        extra["X-Campaign-Test"] = "yes"
+    return MessageBuilder(definition.sender, definition.reply_to, extra_headers=extra,
+                          boundary_seed=f"{definition.slug}/{wave.name}")
+
+
+def _stand_in(definition: Definition, locale: str) -> tuple[Recipient, list[DeviceView]]:
+    model = definition.device_models[0] if definition.device_models else "Smart speaker"
+    return (Recipient("preview", "preview@example.com", "Alex Example", locale, "UTC"),
+            [DeviceView("preview-1", "Kitchen", model)])
+
+
+def _affected(conn: Connection, d: Definition, account_ids: list[str] | None = None
+              ) -> Iterator[tuple[Recipient, list[DeviceView]]]:
+    return accounts.iter_affected(conn, d.setting, d.from_value, d.countries, d.device_models,
+                                  account_ids=account_ids)
+
+
+def _build(renderer: Renderer, d: Definition, wave: WaveDef, recipient: Recipient, devices: list[DeviceView],
+           recipients: int, test: bool = False, to: str | None = None) -> Sample:
+    rendered = renderer.render(wave, recipient, devices)
+    subject = TEST_PREFIX + rendered.subject if test else rendered.subject
+    address = to or recipient.email
+    mid = message_id(d.slug, wave.name, recipient.account_id, d.sender_domain) if not test else \
+        message_id(d.slug, f"{wave.name}-test", f"{recipient.locale}/{address}/{db.utcnow().isoformat()}",
+                   d.sender_domain)
+    parts = Parts(recipient.name, address, subject, rendered.text, rendered.html, mid, db.utcnow())
+    return Sample(wave.name, recipient.locale, recipients, recipient, tuple(devices), rendered,
+                  builder_for(d, wave, test).build(parts))
+
+
+def samples(conn: Connection, d: Definition, renderer: Renderer, waves: list[WaveDef] | None = None,
+            locale: str | None = None, test: bool = False, to: str | None = None) -> Iterator[Sample]:
+    """One message per wave × locale of the audience now, each for a real account of that locale (the
+    first by id). With `locale` given and nobody of it in the audience, a stand-in account is used."""
+    found = accounts.affected_locales(conn, d.setting, d.from_value, d.countries, d.device_models)
+    if locale is not None:
+        found = [f for f in found if f[0] == locale] or [(locale, 0, "")]
+    for wave in waves if waves is not None else list(d.waves):
+        for loc, count, first in found:
+            if count:
+                recipient, devices = next(_affected(conn, d, account_ids=[first]))
+            else:
+                recipient, devices = _stand_in(d, loc)
+            yield _build(renderer, d, wave, recipient, devices, count, test=test, to=to)
+
+
+def check_campaign(conn: Connection, d: Definition, renderer: Renderer) -> int:
+    """Render every wave × locale present in the audience (and the default locale): raises
+    TemplateProblem naming the template file and line. Returns how many messages were rendered."""
+    n = 0
+    for wave in d.waves:
+        renderer.template_locale(wave.name, d.default_locale)  # the fallback must exist for every wave
+    for _ in samples(conn, d, renderer):
+        n += 1
+    for _ in samples(conn, d, renderer, locale=d.default_locale):
+        n += 1
+    return n
+
+
+def preview_one(conn: Connection, d: Definition, renderer: Renderer, wave: WaveDef, locale: str | None,
+                account_id: str | None) -> Sample:
+    if account_id is not None:
+        recipient = accounts.account_recipient(conn, account_id)
+        if recipient is None:
+            raise NotFound(f"no account {account_id!r}")
+        found = list(_affected(conn, d, account_ids=[account_id]))
+        if not found:
+            raise UsageError(f"account {account_id!r} has no device with {d.setting} = {d.from_value} "
+                             "in this campaign's audience")
+        recipient, devices = found[0]
+        return _build(renderer, d, wave, recipient, devices, 1)
+    locale = locale or d.default_locale
+    return next(samples(conn, d, renderer, waves=[wave], locale=locale))
+
+
+def render_all(conn: Connection, d: Definition, renderer: Renderer, wave: WaveDef,
+               limit_errors: int = 20) -> tuple[int, list[str]]:
+    """Render `wave` for every recipient in the audience now, streamed (for `schedule`): returns how many
+    rendered and the first problems (`account: problem`)."""
+    builder = builder_for(d, wave)
+    ok, problems = 0, list[str]()
+    now = db.utcnow()
+    for recipient, devices in _affected(conn, d):
+        try:
+            rendered = renderer.render(wave, recipient, devices)
+            builder.build(Parts(recipient.name, recipient.email, rendered.subject, rendered.text,
+                                rendered.html, message_id(d.slug, wave.name, recipient.account_id,
+                                                          d.sender_domain), now))
+            ok += 1
+        except (TemplateProblem, ValueError) as exc:
+            if len(problems) < limit_errors:
+                problems.append(f"account {recipient.account_id}: {exc}")
+    return ok, problems
+
+
+def write_gallery(items: list[Sample], out: Path, d: Definition) -> Path:
+    """Per wave × locale an .eml and an .html, and an index.html that shows them all."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for s in items:
+        stem = f"{s.wave}.{s.locale}"
+        (out / f"{stem}.eml").write_bytes(s.message)
+        (out / f"{stem}.html").write_text(s.rendered.html, encoding="utf-8")
+        who = (f"{s.recipients} recipient{'s' if s.recipients != 1 else ''}" if s.recipients
+               else "no recipient (stand-in account)")
+        rows.append(
+            f'<section id="{html.escape(stem)}">\n<h2>{html.escape(s.wave)} · {html.escape(s.locale)} '
+            f'<small>({html.escape(who)}; template {html.escape(s.rendered.template_locale)})</small></h2>\n'
+            f'<p><strong>Subject:</strong> {html.escape(s.rendered.subject)}</p>\n'
+            f'<p><a href="{html.escape(stem)}.html">HTML</a> · <a href="{html.escape(stem)}.eml">.eml</a></p>\n'
+            f'<div class="pair"><iframe title="HTML of {html.escape(stem)}" src="{html.escape(stem)}.html">'
+            f'</iframe>\n<pre>{html.escape(s.rendered.text)}</pre></div>\n</section>')
+    index = out / "index.html"
+    index.write_text(
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        f"<title>Preview: {html.escape(d.name)}</title>\n<style>\n"
+        "body{font-family:system-ui,sans-serif;margin:24px;color:#111827;background:#f9fafb}\n"
+        "section{background:#fff;border:1px solid #d1d5db;border-radius:8px;padding:16px;margin:0 0 24px}\n"
+        ".pair{display:grid;grid-template-columns:1fr 1fr;gap:16px}\n"
+        "iframe{width:100%;height:640px;border:1px solid #e5e7eb}\n"
+        "pre{white-space:pre-wrap;font-size:13px;background:#f3f4f6;padding:12px;margin:0;overflow:auto;"
+        "height:616px}\nsmall{font-weight:normal;color:#4b5563}\n</style>\n</head>\n<body>\n"
+        f"<h1>{html.escape(d.name)}</h1>\n<p>Campaign <code>{html.escape(d.slug)}</code>, cutoff "
+        f"{html.escape(d.cutoff.isoformat())}. Generated {html.escape(dt.datetime.now(dt.UTC).isoformat())}. "
+        "Each wave × locale of the audience, rendered for a real account of that locale.</p>\n"
+        + "\n".join(rows) + "\n</body>\n</html>\n", encoding="utf-8")
+    return index

@@ -1,0 +1,200 @@
+"""Templates: strict, sandboxed, localized; every problem found at `create` or `preview`, with the
+template's file and line (G5); previews and the gallery."""
+
+from __future__ import annotations
+
+import email
+import json
+import shutil
+from email.policy import default
+from pathlib import Path
+
+import pytest
+from click.testing import Result
+
+from campaign.definition import load_definition
+from campaign.errors import TemplateProblem
+from campaign.rendering import DeviceView, Recipient, Renderer
+from tests.conftest import ROOT, CliRun
+
+EXAMPLE = ROOT / "data" / "voice-local-processing.toml"
+TEMPLATE = "voice-local-processing"
+DEVICES = [DeviceView("d1", 'Küche & "Bad"', "Echo Show 10"), DeviceView("d2", "<script>alert(1)</script>",
+                                                                          "Echo Dot (4th Gen)")]
+
+
+@pytest.fixture
+def templates(tmp_path: Path) -> Path:
+    """A private copy of the shipped templates, to break on purpose."""
+    root = tmp_path / "templates"
+    shutil.copytree(ROOT / "templates", root)
+    return root
+
+
+def renderer(templates: Path) -> Renderer:
+    return Renderer(load_definition(EXAMPLE, templates), templates)
+
+
+def recipient(locale: str = "en-US", tz: str = "America/Los_Angeles", name: str = "Ann <b>Lee</b>") -> Recipient:
+    return Recipient("a1", "ann@example.com", name, locale, tz)
+
+
+def test_every_shipped_wave_and_locale_renders(templates: Path) -> None:
+    r = renderer(templates)
+    d = r.definition
+    for locale in ("en-US", "es-US", "de-DE", "ja-JP"):
+        for wave in d.waves:
+            out = r.render(wave, recipient(locale), DEVICES)
+            assert out.template_locale == locale
+            assert "\n" not in out.subject and out.subject
+            # Devices by name and model, in both parts; escaped in HTML only.
+            assert 'Küche & "Bad"' in out.text and "<script>alert(1)</script>" in out.text
+            assert "Küche &amp; &#34;Bad&#34;" in out.html
+            assert "&lt;script&gt;alert(1)&lt;/script&gt;" in out.html and "<script>" not in out.html
+            assert "Ann &lt;b&gt;Lee&lt;/b&gt;" in out.html
+            assert d.context["settings_url"] in out.text and d.context["settings_url"] in out.html
+            assert out.html.lstrip().startswith("<!DOCTYPE html>")
+
+
+def test_cutoff_in_the_recipients_zone_and_language(templates: Path) -> None:
+    r = renderer(templates)
+    notice = r.definition.waves[0]
+    # 2025-03-28T07:00Z is 00:00 in Los Angeles, 08:00 in Vienna (before the switch to summer time),
+    # 16:00 in Tokyo.
+    assert "12:00 AM" in r.render(notice, recipient("en-US"), DEVICES).text.replace("\u202f", " ")
+    de_at = r.render(notice, recipient("de-AT", "Europe/Vienna"), DEVICES)
+    assert "8:00" in de_at.text and "28. März 2025" in de_at.text
+    ja = r.render(notice, recipient("ja-JP", "Asia/Tokyo"), DEVICES)
+    assert "2025年3月28日" in ja.text and "16:00" in ja.text
+
+
+def test_locale_falls_back_to_language_then_default(templates: Path) -> None:
+    r = renderer(templates)
+    notice = r.definition.waves[0]
+    assert r.render(notice, recipient("de-AT", "Europe/Vienna"), DEVICES).template_locale == "de"
+    shutil.rmtree(templates / TEMPLATE / "de")
+    r = renderer(templates)
+    fallback = r.render(notice, recipient("de-AT", "Europe/Vienna"), DEVICES)
+    assert fallback.template_locale == "en-US"
+    assert "March 28, 2025" in fallback.text  # an English text gets English dates
+    assert r.render(notice, recipient("fr-FR", "Europe/Paris"), DEVICES).template_locale == "en-US"
+
+
+def break_template(templates: Path, name: str, old: str, new: str) -> Path:
+    path = templates / TEMPLATE / name
+    text = path.read_text(encoding="utf-8")
+    assert old in text
+    path.write_text(text.replace(old, new, 1), encoding="utf-8")
+    return path
+
+
+def line_of(path: Path, needle: str) -> int:
+    return next(n for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if needle in line)
+
+
+def test_undefined_name_names_file_and_line(templates: Path) -> None:
+    path = break_template(templates, "en-US/notice.txt.j2", "Hello {{ account.name }}",
+                          "Hello {{ account.nickname }}")
+    with pytest.raises(TemplateProblem) as info:
+        renderer(templates).render(renderer(templates).definition.waves[0], recipient(), DEVICES)
+    assert f"{path}:{line_of(path, 'nickname')}: UndefinedError" in str(info.value)
+    assert "nickname" in str(info.value)
+
+
+def test_syntax_error_names_file_and_line(templates: Path) -> None:
+    path = break_template(templates, "de-DE/reminder.html.j2", "{% endblock %}", "{% endblok %}")
+    r = renderer(templates)
+    with pytest.raises(TemplateProblem) as info:
+        r.render(r.definition.wave("reminder"), recipient("de-DE", "Europe/Berlin"), DEVICES)
+    assert f"{path}:{line_of(path, 'endblok')}: syntax error" in str(info.value)
+
+
+@pytest.mark.parametrize("attack", [
+    "{{ account.__class__.__mro__ }}",
+    "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+    "{{ cycler.__init__.__globals__.os }}",
+    "{% set x = devices.append(1) %}",
+])
+def test_sandbox_escapes_are_refused(templates: Path, attack: str) -> None:
+    path = break_template(templates, "en-US/notice.txt.j2", "Hello {{ account.name }}", f"Hello {attack}")
+    r = renderer(templates)
+    with pytest.raises(TemplateProblem) as info:
+        r.render(r.definition.waves[0], recipient(), DEVICES)
+    assert str(path) in str(info.value)
+
+
+def create(run_cli: CliRun, templates: Path) -> Result:
+    return run_cli("create", str(EXAMPLE), env={"CAMPAIGN_TEMPLATES": str(templates)})
+
+
+def import_example(run_cli: CliRun) -> None:
+    assert run_cli("import", "accounts", str(ROOT / "data" / "accounts.csv")).exit_code == 0
+    assert run_cli("import", "devices", str(ROOT / "data" / "devices.csv")).exit_code == 0
+
+
+def test_create_renders_every_wave_and_locale(run_cli: CliRun, templates: Path) -> None:
+    import_example(run_cli)
+    result = create(run_cli, templates)
+    assert result.exit_code == 0, result.output
+    # 3 waves × 8 locales of the audience, and the default locale once more.
+    assert "27 sample messages rendered without error" in result.stdout
+
+
+def test_create_refuses_a_broken_template_of_one_locale(run_cli: CliRun, templates: Path) -> None:
+    import_example(run_cli)
+    path = break_template(templates, "ja-JP/confirmation.txt.j2", "{{", "{{ campaign.missing_key }}{{")
+    result = create(run_cli, templates)
+    assert result.exit_code == 2
+    assert f"{path}:" in result.stderr and "missing_key" in result.stderr
+    assert "Traceback" not in result.output
+    assert json.loads(run_cli("list", "--json").stdout) == []
+
+
+def test_create_refuses_a_missing_default_template(run_cli: CliRun, templates: Path) -> None:
+    (templates / TEMPLATE / "en-US" / "reminder.subject.j2").unlink()
+    result = create(run_cli, templates)
+    assert result.exit_code == 2
+    assert "en-US/reminder.subject.j2: missing" in result.stderr
+
+
+def test_preview_shows_headers_and_text(run_cli: CliRun) -> None:
+    import_example(run_cli)
+    assert run_cli("create", str(EXAMPLE)).exit_code == 0
+    result = run_cli("preview", "voice-local-processing", "--wave", "reminder", "--locale", "ja-JP")
+    assert result.exit_code == 0, result.output
+    head, _, body = result.stdout.partition("\n\n")
+    assert "Auto-Submitted: auto-generated" in head and "Message-ID: <" in head
+    assert "Subject: =?utf-8?b?" in head
+    assert "様" in body  # the Japanese text part, decoded
+    html = run_cli("preview", "voice-local-processing", "--locale", "de-DE", "--html").stdout
+    assert '<html lang="de-DE">' in html
+
+
+def test_preview_of_one_account(run_cli: CliRun) -> None:
+    import_example(run_cli)
+    assert run_cli("create", str(EXAMPLE)).exit_code == 0
+    audience = json.loads(run_cli("audience", "voice-local-processing", "--sample", "1", "--json").stdout)
+    account = audience["sample"][0]
+    result = run_cli("preview", "voice-local-processing", "--account", account["account_id"])
+    assert result.exit_code == 0
+    msg = email.message_from_string(result.stdout.partition("\n\n")[0] + "\n\n", policy=default)
+    assert msg["To"].addresses[0].addr_spec == account["email"]
+    missing = run_cli("preview", "voice-local-processing", "--account", "nobody")
+    assert missing.exit_code == 2 and "no account 'nobody'" in missing.stderr
+
+
+def test_preview_gallery(run_cli: CliRun, tmp_path: Path) -> None:
+    import_example(run_cli)
+    assert run_cli("create", str(EXAMPLE)).exit_code == 0
+    out = tmp_path / "gallery"
+    result = run_cli("preview", "voice-local-processing", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    emls = sorted(out.glob("*.eml"))
+    assert len(emls) == 24 and (out / "notice.ja-JP.html").is_file()
+    index = (out / "index.html").read_text(encoding="utf-8")
+    for eml in emls:
+        assert f'href="{eml.name}"' in index
+        msg = email.message_from_bytes(eml.read_bytes(), policy=default)
+        assert msg.get_content_type() == "multipart/alternative"
+    by_locale = json.loads(run_cli("audience", "voice-local-processing", "--by", "locale", "--json").stdout)["by"]
+    assert f"({by_locale['es-US']['accounts']} recipients; template es-US)" in index
