@@ -12,12 +12,13 @@ import click
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from campaign import accounts, campaigns, db, migrate, previews, suppressions
+from campaign import accounts, audit, campaigns, db, migrate, previews, suppressions
 from campaign.config import Config, load_config, redact_url
 from campaign.definition import load_definition
 from campaign.errors import CampaignError, UsageError
 from campaign.rendering import Renderer
-from campaign.validation import normalize_locale
+from campaign.transport import RecordingTransport, Transport, make_transport
+from campaign.validation import check_email, normalize_locale
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -391,6 +392,46 @@ def preview(app: App, slug: str, wave: str | None, locale: str | None, account_i
     click.echo(head.decode("ascii").replace("\r\n", "\n"))
     click.echo("")
     click.echo(sample.rendered.html if show_html else sample.rendered.text, nl=False)
+
+
+@cli.command("test-send")
+@click.argument("slug")
+@click.option("--to", "to", required=True, metavar="ADDR[,ADDR...]", help="Internal addresses to send to.")
+@click.option("--wave", help="Only this wave [default: every wave].")
+@dry_run_option
+@json_option
+@pass_app
+def test_send(app: App, slug: str, to: str, wave: str | None, dry_run: bool, as_json: bool) -> None:
+    """Send one message per wave × locale of the audience to internal addresses, marked as a test
+    ("[TEST]" in the subject, X-Campaign-Test: yes). The send ledger is not touched.
+
+    Uses CAMPAIGN_SMTP_URL (default: a Maildir in ./outbox).
+    """
+    addresses = []
+    for raw in to.split(","):
+        try:
+            addresses.append(check_email(raw.strip()))
+        except ValueError as exc:
+            raise UsageError(f"--to: {exc}") from None
+    transport: Transport = RecordingTransport() if dry_run else make_transport(app.config)
+    engine = app.engine()
+    with db.read(engine) as conn:
+        c, renderer = _campaign_and_renderer(app, conn, slug)
+        results = previews.test_send(conn, c.definition, renderer, transport, addresses,
+                                     _waves(c.definition, wave))
+    if not dry_run:
+        with db.write(engine) as conn:
+            audit.record(conn, app.config.actor, "campaign.test_send", c.id, to=addresses,
+                         messages=len(results), sent=sum(r.status == "sent" for r in results))
+    if as_json:
+        _json([r.__dict__ for r in results])
+    else:
+        for r in results:
+            verb = "would send" if dry_run else r.status
+            click.echo(f"{r.wave:<14} {r.locale:<8} -> {r.to}: {verb}{' (' + r.detail + ')' if r.detail else ''}")
+    failed = [r for r in results if r.status != "sent"]
+    if failed:
+        raise CampaignError(f"{len(failed)} of {len(results)} test messages were not accepted")
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ from campaign.definition import Definition, WaveDef
 from campaign.errors import NotFound, TemplateProblem, UsageError
 from campaign.mime import MessageBuilder, Parts, message_id
 from campaign.rendering import DeviceView, Recipient, Rendered, Renderer
+from campaign.transport import Envelope, Transport, send_all_sync
 
 TEST_PREFIX = "[TEST] "
 
@@ -163,3 +164,25 @@ def write_gallery(items: list[Sample], out: Path, d: Definition) -> Path:
         "Each wave × locale of the audience, rendered for a real account of that locale.</p>\n"
         + "\n".join(rows) + "\n</body>\n</html>\n", encoding="utf-8")
     return index
+
+
+@dataclass(frozen=True)
+class TestSent:
+    wave: str
+    locale: str
+    to: str
+    status: str
+    detail: str
+
+
+def test_send(conn: Connection, d: Definition, renderer: Renderer, transport: Transport, to: list[str],
+              waves: list[WaveDef]) -> list[TestSent]:
+    """One message per wave × locale of the audience to each internal address, subject prefixed [TEST] and
+    marked `X-Campaign-Test: yes`; each rendered for a real account of its locale. No ledger row."""
+    envelopes, labels = [], []
+    for address in to:
+        for s in samples(conn, d, renderer, waves=waves, test=True, to=address):
+            envelopes.append(Envelope(d.sender_address, (address,), s.message, message_id=""))
+            labels.append((s.wave, s.locale, address))
+    outcomes = send_all_sync(transport, envelopes)
+    return [TestSent(w, loc, a, o.status, o.detail) for (w, loc, a), o in zip(labels, outcomes, strict=True)]

@@ -22,6 +22,7 @@ import jinja2
 from babel import Locale
 from babel.dates import format_date as babel_format_date
 from babel.dates import format_datetime as babel_format_datetime
+from jinja2.environment import TemplateModule
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 from campaign.definition import Definition, WaveDef
@@ -57,6 +58,27 @@ class Rendered:
 
 
 @functools.cache
+class _Sandbox(ImmutableSandboxedEnvironment):
+    """The immutable sandbox, with a fast path for the two kinds of object that templates read most and
+    that hold nothing but data: our read-only context mappings, and the variables an imported template
+    exports. Everything else (strings, dates, anything unexpected) goes through the full checks."""
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        kind = type(obj)
+        if kind is MappingProxyType:
+            value = obj.get(attribute, _MISSING)
+            if value is not _MISSING:
+                return value
+        elif kind is TemplateModule and not attribute.startswith("_"):
+            value = obj.__dict__.get(attribute, _MISSING)
+            if value is not _MISSING:
+                return value
+        return super().getattr(obj, attribute)
+
+
+_MISSING = object()
+
+
 def _locale(tag: str) -> Locale:
     return Locale.parse(tag, sep="-")
 
@@ -69,7 +91,7 @@ class Renderer:
         self.root = templates / definition.template
         if not self.root.is_dir():
             raise TemplateProblem(f"{self.root}: no such template folder")
-        self.env = ImmutableSandboxedEnvironment(
+        self.env = _Sandbox(
             loader=jinja2.FileSystemLoader(str(self.root)),
             undefined=jinja2.StrictUndefined,
             autoescape=lambda name: name is not None and name.endswith(".html.j2"),

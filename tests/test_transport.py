@@ -1,0 +1,479 @@
+"""The transports against a real SMTP server on loopback (aiosmtpd), a real Maildir, and the URL rules."""
+# ruff: noqa: F811  -- the imported fixtures smtpd and smtpd_factory are, by design, parameters of the tests
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from campaign.config import Config
+from campaign.errors import CampaignError, ConfigError
+from campaign.transport import (
+    Envelope,
+    MaildirTransport,
+    Outcome,
+    RecordingTransport,
+    SmtpTransport,
+    Transport,
+    TransportError,
+    TransportURL,
+    make_transport,
+    parse_url,
+    send_all,
+    send_all_sync,
+)
+from tests.smtpd import (  # noqa: F401  (smtpd, smtpd_factory are fixtures)
+    CLOSING,
+    HANGUP,
+    NO_SUCH_USER,
+    STALL,
+    TEMPFAIL,
+    SmtpServer,
+    smtpd,
+    smtpd_factory,
+)
+
+SENDER = "notices@example.com"
+PASSWORD = "correct-horse-battery-staple"
+
+
+def message(n: int = 0) -> bytes:
+    return (f"From: <{SENDER}>\r\nTo: <someone@example.com>\r\nSubject: notice {n}\r\n"
+            f"Message-ID: <{n}@example.com>\r\n\r\nHello {n}.\r\n.leading dot survives\r\n").encode()
+
+
+def envelope(*to: str, n: int = 0) -> Envelope:
+    return Envelope(SENDER, tuple(to or ("alice@example.com",)), message(n), f"<{n}@example.com>")
+
+
+def smtp(server: SmtpServer, concurrency: int = 1, timeout: float = 5.0, query: str = "",
+         user: str | None = None, password: str | None = None) -> SmtpTransport:
+    return SmtpTransport(parse_url(server.url + query), user, password, concurrency=concurrency, timeout=timeout)
+
+
+def send_each(transport: Transport, *envelopes: Envelope) -> list[Outcome]:
+    """Send one after the other within one opening of the transport."""
+
+    async def run() -> list[Outcome]:
+        async with transport:
+            return [await transport.send(e) for e in envelopes]
+
+    return asyncio.run(run())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --- the URL -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("url", "expected"), [
+    ("smtp://mail.example.com", TransportURL("smtp", "mail.example.com", 25, "require")),
+    ("smtp://mail.example.com:587", TransportURL("smtp", "mail.example.com", 587, "require")),
+    ("SMTP://Mail.Example.COM:587/", TransportURL("smtp", "mail.example.com", 587, "require")),
+    ("smtp://mail.example.com?starttls=opportunistic", TransportURL("smtp", "mail.example.com", 25, "opportunistic")),
+    ("smtp://mail.example.com?verify=off", TransportURL("smtp", "mail.example.com", 25, "require", verify=False)),
+    ("smtp://bob@mail.example.com:587", TransportURL("smtp", "mail.example.com", 587, "require", user="bob")),
+    ("smtp://bob%40corp@mail.example.com", TransportURL("smtp", "mail.example.com", 25, "require", user="bob@corp")),
+    ("smtp://127.0.0.1:2525", TransportURL("smtp", "127.0.0.1", 2525, "opportunistic")),
+    ("smtp://127.8.9.10", TransportURL("smtp", "127.8.9.10", 25, "opportunistic")),
+    ("smtp://localhost?starttls=off", TransportURL("smtp", "localhost", 25, "off")),
+    ("smtp://[::1]:1025?starttls=require", TransportURL("smtp", "::1", 1025, "require")),
+    ("smtps://mail.example.com", TransportURL("smtps", "mail.example.com", 465)),
+    ("smtps://mail.example.com:2465?verify=off", TransportURL("smtps", "mail.example.com", 2465, verify=False)),
+    ("maildir:./outbox", TransportURL("maildir", path=Path("outbox"))),
+    ("maildir:/var/mail/campaign", TransportURL("maildir", path=Path("/var/mail/campaign"))),
+])
+def test_parse_url_accepts(url: str, expected: TransportURL) -> None:
+    parsed = parse_url(url)
+    assert parsed == expected
+    assert parse_url(str(parsed)) == parsed  # str() is a canonical, parseable form
+
+
+@pytest.mark.parametrize(("url", "says"), [
+    ("", "not a mail URL"),
+    ("mail.example.com", "not a mail URL"),
+    ("http://mail.example.com", "unknown scheme 'http'"),
+    ("lmtp://mail.example.com", "unknown scheme"),
+    (f"smtp://bob:{PASSWORD}@mail.example.com", "CAMPAIGN_SMTP_PASSWORD"),
+    ("smtp://bob:@mail.example.com", "CAMPAIGN_SMTP_PASSWORD"),
+    ("smtp://mail.example.com?starttls=off", "plaintext"),
+    ("smtp://10.0.0.1?starttls=off", "plaintext"),
+    ("smtp://localhost.example.com?starttls=off", "plaintext"),
+    ("smtp://mail.example.com?starttls=maybe", "starttls must be"),
+    ("smtp://mail.example.com?verify=no", "verify must be on or off"),
+    ("smtp://mail.example.com?timeout=3", "unknown parameter 'timeout'"),
+    (f"smtp://mail.example.com?password={PASSWORD}", "unknown parameter 'password'"),
+    ("smtp://mail.example.com?starttls=require&starttls=off", "given twice"),
+    ("smtps://mail.example.com?starttls=require", "smtps:// is TLS from the start"),
+    ("smtp://", "no host"),
+    ("smtp://:25", "no host"),
+    ("smtp://mail.example.com:99999", "port"),
+    ("smtp://mail.example.com:smtp", "port"),
+    ("smtp://mail.example.com/relay", "unexpected path"),
+    ("smtp://mail.example.com#x", "fragment"),
+    ("maildir:", "needs a directory"),
+])
+def test_parse_url_refuses(url: str, says: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_url(url)
+    assert says in str(info.value)
+    assert PASSWORD not in str(info.value)
+
+
+def test_make_transport_from_config(tmp_path: Path) -> None:
+    maildir = make_transport(Config(smtp_url=f"maildir:{tmp_path / 'box'}"))
+    assert isinstance(maildir, MaildirTransport) and maildir.path == tmp_path / "box"
+
+    t = make_transport(Config(smtp_url="smtp://mail.example.com:587", smtp_user="bob", smtp_password=PASSWORD),
+                       concurrency=3)
+    assert isinstance(t, SmtpTransport)
+    assert (t.url.port, t.user, t.concurrency) == (587, "bob", 3)
+
+    with pytest.raises(ConfigError, match="CAMPAIGN_SMTP_USER"):
+        make_transport(Config(smtp_url="smtp://mail.example.com", smtp_password=PASSWORD))
+
+
+def test_envelope_and_outcome_values() -> None:
+    with pytest.raises(ValueError, match="recipient"):
+        Envelope(SENDER, (), b"x", "<1@x>")
+    assert "data" not in repr(envelope())  # a repr never dumps a whole message
+    long = Outcome("transient", 451, "line one\r\nline two " + "x" * 1000)
+    assert "\n" not in long.detail and "\r" not in long.detail
+    assert len(long.detail) <= 500 and long.detail.startswith("line one line two")
+
+
+# --- SMTP: what the server answers, and how it is classified -------------------------------------------
+
+
+def test_sent_byte_for_byte(smtpd: SmtpServer) -> None:
+    [outcome] = send_each(smtp(smtpd), envelope("alice@example.com", "bob@example.com"))
+    assert (outcome.status, outcome.code) == ("sent", 250)
+    [got] = smtpd.messages
+    assert got.sender == SENDER
+    assert got.recipients == ("alice@example.com", "bob@example.com")
+    assert got.data == message(0)
+
+
+def test_tempfail_then_accepted_on_the_same_connection(smtpd: SmtpServer) -> None:
+    smtpd.script("alice@example.com", [TEMPFAIL])
+    first, second = send_each(smtp(smtpd), envelope(), envelope())
+    assert (first.status, first.code) == ("transient", 451)
+    assert "try later" in first.detail
+    assert second.status == "sent"
+    assert len(smtpd.messages) == 1
+    assert smtpd.connections == 1  # a 4xx reply does not cost the connection
+
+
+def test_no_such_user_is_permanent(smtpd: SmtpServer) -> None:
+    smtpd.script("nobody@example.com", [NO_SUCH_USER])
+    bounced, after = send_each(smtp(smtpd), envelope("nobody@example.com"), envelope("alice@example.com"))
+    assert (bounced.status, bounced.code) == ("permanent", 550)
+    assert bounced.detail == "550 5.1.1 no such user"
+    assert after.status == "sent"
+    assert smtpd.connections == 1
+
+
+def test_partial_refusal_is_permanent(smtpd: SmtpServer) -> None:
+    # aiosmtplib raises nothing when only some recipients are refused: the transport reads its dict.
+    smtpd.script("nobody@example.com", [NO_SUCH_USER])
+    [outcome] = send_each(smtp(smtpd), envelope("alice@example.com", "nobody@example.com"))
+    assert (outcome.status, outcome.code) == ("permanent", 550)
+    assert "nobody@example.com" in outcome.detail and "1 of 2" in outcome.detail
+    assert [m.recipients for m in smtpd.messages] == [("alice@example.com",)]
+
+
+def test_every_recipient_refused_any_5xx_is_permanent(smtpd: SmtpServer) -> None:
+    smtpd.script("a@example.com", [TEMPFAIL])
+    smtpd.script("b@example.com", [NO_SUCH_USER])
+    [outcome] = send_each(smtp(smtpd), envelope("a@example.com", "b@example.com"))
+    assert (outcome.status, outcome.code) == ("permanent", 550)
+    assert smtpd.messages == []
+
+
+@pytest.mark.parametrize(("at", "reply", "status"), [
+    ("MAIL", "553 5.1.8 sender rejected", "permanent"),
+    ("MAIL", "452 4.3.1 insufficient storage", "transient"),
+    ("DATA", "554 5.6.0 message rejected", "permanent"),
+    ("DATA", "451 4.7.1 greylisted", "transient"),
+])
+def test_replies_to_mail_and_data(smtpd: SmtpServer, at: str, reply: str, status: str) -> None:
+    smtpd.script(None if at == "DATA" else SENDER, [reply], at=at)  # type: ignore[arg-type]
+    outcome, after = send_each(smtp(smtpd), envelope(), envelope())
+    assert (outcome.status, outcome.code, outcome.detail) == (status, int(reply[:3]), reply)
+    assert after.status == "sent"
+    assert smtpd.connections == 1
+
+
+def test_auth_required_stops_the_run(smtpd: SmtpServer) -> None:
+    # A 530 would otherwise bounce (and suppress) every address for what is a configuration mistake.
+    smtpd.script(SENDER, ["530 5.7.0 Authentication required"], at="MAIL")
+    with pytest.raises(TransportError, match="CAMPAIGN_SMTP_USER"):
+        send_each(smtp(smtpd), envelope())
+
+
+@pytest.mark.parametrize("at", ["RCPT", "DATA"])
+def test_421_is_transient_and_the_next_send_reconnects(smtpd: SmtpServer, at: str) -> None:
+    smtpd.script(None, [CLOSING], at=at)  # type: ignore[arg-type]
+    closed, after = send_each(smtp(smtpd), envelope(), envelope())
+    assert (closed.status, closed.code) == ("transient", 421)
+    assert "closing" in closed.detail
+    assert after.status == "sent"
+    assert smtpd.connections == 2
+    assert len(smtpd.messages) == 1
+
+
+@pytest.mark.parametrize("at", ["RCPT", "DATA"])
+def test_hang_up_is_transient_and_the_next_send_works(smtpd: SmtpServer, at: str) -> None:
+    smtpd.script(None, [HANGUP], at=at)  # type: ignore[arg-type]
+    dropped, after = send_each(smtp(smtpd), envelope(), envelope())
+    assert (dropped.status, dropped.code) == ("transient", None)
+    assert "dropped" in dropped.detail
+    assert after.status == "sent"
+    assert smtpd.connections == 2
+
+
+def test_idle_connection_dropped_by_the_server_is_retried_once(smtpd: SmtpServer) -> None:
+    # The server dropped a pooled connection before MAIL: nothing was accepted, so going again is safe.
+    transport = smtp(smtpd)
+
+    async def run() -> list[Outcome]:
+        async with transport:
+            first = await transport.send(envelope(n=1))
+            smtpd.script(None, [HANGUP], at="MAIL")
+            return [first, await transport.send(envelope(n=2))]
+
+    assert [o.status for o in asyncio.run(run())] == ["sent", "sent"]
+    assert smtpd.connections == 2
+    assert [m.data for m in smtpd.messages] == [message(1), message(2)]
+
+
+def test_hang_up_after_data_on_a_reused_connection_is_not_retried(smtpd: SmtpServer) -> None:
+    # Once DATA has gone out the server may have kept the message: sending again could deliver it twice.
+    transport = smtp(smtpd)
+
+    async def run() -> Outcome:
+        async with transport:
+            await transport.send(envelope(n=1))
+            smtpd.script(None, [HANGUP], at="DATA")
+            return await transport.send(envelope(n=2))
+
+    assert asyncio.run(run()).status == "transient"
+    assert smtpd.connections == 1
+
+
+def test_stall_times_out_as_transient(smtpd: SmtpServer) -> None:
+    smtpd.script(None, [STALL])
+    started = time.monotonic()
+    stalled, after = send_each(smtp(smtpd, timeout=0.5), envelope(), envelope())
+    assert (stalled.status, stalled.code) == ("transient", None)
+    assert "within 0.5 s" in stalled.detail
+    assert time.monotonic() - started < 3
+    assert after.status == "sent"
+    assert smtpd.connections == 2
+
+
+def test_connection_refused_is_transient() -> None:
+    url = parse_url(f"smtp://127.0.0.1:{free_port()}")
+    [outcome] = send_each(SmtpTransport(url, timeout=2), envelope())
+    assert (outcome.status, outcome.code) == ("transient", None)
+    assert "could not connect" in outcome.detail
+
+
+@pytest.mark.parametrize("bad", [
+    "alice@example.com> NOTIFY=NEVER",  # aiosmtplib would quietly send to alice@example.com
+    "alice@example.com, mallory@example.com",  # ... to alice only
+    "alice\r\nRSET@example.com",  # ... to aliceRSET@example.com
+    "Alice <alice@example.com>",
+    "alice smith@example.com",  # aiosmtplib refuses this one itself
+])
+def test_invalid_address_is_permanent_and_never_rewritten(smtpd: SmtpServer, bad: str) -> None:
+    refused, good = send_each(smtp(smtpd), envelope(bad), envelope("bob@example.com"))
+    assert (refused.status, refused.code) == ("permanent", None)
+    assert "invalid address" in refused.detail and "\n" not in refused.detail
+    assert good.status == "sent"
+    assert [m.recipients for m in smtpd.messages] == [("bob@example.com",)]
+
+
+def test_connections_are_reused_within_the_pool(smtpd: SmtpServer) -> None:
+    smtpd.script("r7@example.com", [NO_SUCH_USER])
+    envelopes = [envelope(f"r{i}@example.com", n=i) for i in range(30)]
+    outcomes = send_all_sync(smtp(smtpd, concurrency=2), envelopes)
+    assert [o.status for o in outcomes] == ["permanent" if i == 7 else "sent" for i in range(30)]
+    assert smtpd.connections == 2  # two at once, each reused for about 15 messages
+    assert sorted(m.data for m in smtpd.messages) == sorted(message(i) for i in range(30) if i != 7)
+
+
+def test_one_after_another_uses_one_connection_of_the_pool(smtpd: SmtpServer) -> None:
+    send_each(smtp(smtpd, concurrency=4), *(envelope(n=i) for i in range(5)))
+    assert smtpd.connections == 1
+    assert len(smtpd.messages) == 5
+
+
+def test_connections_are_closed_on_exit(smtpd: SmtpServer) -> None:
+    send_all_sync(smtp(smtpd, concurrency=3), [envelope(n=i) for i in range(9)])
+    deadline = time.monotonic() + 2
+    while smtpd.active and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert smtpd.active == 0
+
+
+# --- login and secrets -------------------------------------------------------------------------------
+
+
+def test_login(smtpd_factory: Callable[..., SmtpServer]) -> None:
+    server = smtpd_factory(users={"bob": PASSWORD})
+    [outcome] = send_each(smtp(server, user="bob", password=PASSWORD), envelope())
+    assert outcome.status == "sent"
+    assert server.messages[0].login == "bob"
+
+
+def test_login_refused_raises_once_without_the_password(smtpd_factory: Callable[..., SmtpServer]) -> None:
+    server = smtpd_factory(users={"bob": "another-password"})
+    transport = smtp(server, concurrency=2, user="bob", password=PASSWORD)
+    errors: list[TransportError] = []
+
+    async def run() -> None:
+        async with transport:
+            for _ in range(3):
+                try:
+                    await transport.send(envelope())
+                except TransportError as exc:
+                    errors.append(exc)
+
+    asyncio.run(run())
+    assert len(errors) == 3 and isinstance(errors[0], CampaignError)
+    assert "login" in str(errors[0]) and "535" in str(errors[0]) and "CAMPAIGN_SMTP_PASSWORD" in str(errors[0])
+    assert server.connections == 1  # not hammering the server with a wrong password
+    assert server.messages == []
+    for text in (str(errors[0]), repr(errors[0]), repr(transport), str(transport)):
+        assert PASSWORD not in text
+
+
+def test_login_refused_through_send_all(smtpd_factory: Callable[..., SmtpServer]) -> None:
+    server = smtpd_factory(users={"bob": "another-password"})
+    with pytest.raises(TransportError) as info:
+        send_all_sync(smtp(server, concurrency=2, user="bob", password=PASSWORD), [envelope(n=i) for i in range(4)])
+    assert PASSWORD not in str(info.value)
+
+
+def test_no_password_in_repr_or_outcomes(smtpd_factory: Callable[..., SmtpServer]) -> None:
+    server = smtpd_factory(users={"bob": PASSWORD})
+    # A server that echoes the password back must not make it appear in an outcome.
+    server.script(None, [f"550 5.7.1 {PASSWORD} is not welcome here"])
+    transport = smtp(server, user="bob", password=PASSWORD)
+    refused, sent = send_each(transport, envelope(), envelope())
+    assert (refused.status, refused.code, sent.status) == ("permanent", 550, "sent")
+    assert PASSWORD not in refused.detail and "***" in refused.detail
+    for text in (repr(transport), str(transport), repr(refused), repr(sent)):
+        assert PASSWORD not in text
+    assert "password='***'" in repr(transport)
+
+
+# --- TLS ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and localhost (made with the openssl command)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is not installed")
+    where = tmp_path_factory.mktemp("tls")
+    cert, key = where / "cert.pem", where / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+def server_tls(certificate: tuple[Path, Path]) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(*certificate)
+    return context
+
+
+def test_starttls_required_and_verified(smtpd_factory: Callable[..., SmtpServer], certificate: tuple[Path, Path],
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificate[0]))  # trust our test certificate only
+    server = smtpd_factory(tls=server_tls(certificate), users={"bob": PASSWORD})
+    [outcome] = send_each(smtp(server, query="?starttls=require", user="bob", password=PASSWORD), envelope())
+    assert outcome.status == "sent"
+    assert server.messages[0].tls and server.messages[0].login == "bob"
+
+
+def test_opportunistic_starttls_on_loopback_by_default(smtpd_factory: Callable[..., SmtpServer],
+                                                       certificate: tuple[Path, Path]) -> None:
+    server = smtpd_factory(tls=server_tls(certificate))
+    [outcome] = send_each(smtp(server, query="?verify=off"), envelope())
+    assert outcome.status == "sent" and server.messages[0].tls
+
+
+def test_starttls_off_on_loopback(smtpd_factory: Callable[..., SmtpServer], certificate: tuple[Path, Path]) -> None:
+    server = smtpd_factory(tls=server_tls(certificate))
+    [outcome] = send_each(smtp(server, query="?starttls=off"), envelope())
+    assert outcome.status == "sent" and not server.messages[0].tls
+
+
+def test_unverifiable_certificate_stops_the_run(smtpd_factory: Callable[..., SmtpServer],
+                                                certificate: tuple[Path, Path]) -> None:
+    server = smtpd_factory(tls=server_tls(certificate))
+    with pytest.raises(TransportError, match="verify=off"):
+        send_each(smtp(server, query="?starttls=require"), envelope())
+    assert server.messages == []
+    deadline = time.monotonic() + 2
+    while not server.errors and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [type(e).__name__ for e in server.errors] == ["TLSSetupException"]  # the server saw us hang up
+
+
+def test_starttls_required_but_not_offered_stops_the_run(smtpd: SmtpServer) -> None:
+    transport = smtp(smtpd, concurrency=2, query="?starttls=require")
+    with pytest.raises(TransportError, match="STARTTLS") as info:
+        send_each(transport, envelope())
+    assert "cannot use smtp://127.0.0.1" in str(info.value)
+    assert smtpd.messages == []
+
+
+def test_implicit_tls(smtpd_factory: Callable[..., SmtpServer], certificate: tuple[Path, Path]) -> None:
+    server = smtpd_factory(tls=server_tls(certificate), implicit_tls=True)
+    transport = SmtpTransport(parse_url(f"smtps://127.0.0.1:{server.port}?verify=off"), timeout=5)
+    [outcome] = send_each(transport, envelope())
+    assert outcome.status == "sent" and server.messages[0].tls
+
+
+# --- Maildir and recording ---------------------------------------------------------------------------
+
+
+def test_maildir_writes_each_message_into_new(tmp_path: Path) -> None:
+    box = tmp_path / "outbox"
+    envelopes = [envelope(n=i) for i in range(25)]
+    outcomes = send_all_sync(MaildirTransport(box), envelopes)
+    assert {o.status for o in outcomes} == {"sent"}
+    files = sorted((box / "new").iterdir())
+    assert len(files) == 25 and len({f.name for f in files}) == 25
+    assert list((box / "tmp").iterdir()) == [] and (box / "cur").is_dir()
+    assert sorted(f.read_bytes() for f in files) == sorted(e.data for e in envelopes)
+    assert {o.detail for o in outcomes} == {f"new/{f.name}" for f in files}
+
+
+def test_recording_transport_keeps_envelopes_and_order() -> None:
+    transport = RecordingTransport(
+        respond=lambda e: Outcome("permanent", 550, "no") if "x@" in e.recipients[0] else Outcome("sent"),
+        concurrency=3)
+    envelopes = [envelope("x@example.com" if i == 2 else f"r{i}@example.com", n=i) for i in range(6)]
+    outcomes = asyncio.run(send_all(transport, envelopes))
+    assert [o.status for o in outcomes] == ["sent", "sent", "permanent", "sent", "sent", "sent"]
+    assert sorted(transport.envelopes, key=lambda e: e.message_id) == sorted(envelopes, key=lambda e: e.message_id)
+    assert transport.opened == 1
