@@ -198,3 +198,21 @@ def test_preview_gallery(run_cli: CliRun, tmp_path: Path) -> None:
         assert msg.get_content_type() == "multipart/alternative"
     by_locale = json.loads(run_cli("audience", "voice-local-processing", "--by", "locale", "--json").stdout)["by"]
     assert f"({by_locale['es-US']['accounts']} recipients; template es-US)" in index
+
+
+def test_render_all_streams_every_recipient(run_cli: CliRun, engine: object, templates: Path) -> None:
+    from campaign import campaigns, db, previews
+    import_example(run_cli)
+    assert create(run_cli, templates).exit_code == 0
+    audience = json.loads(run_cli("audience", "voice-local-processing", "--by", "locale", "--json").stdout)
+    with db.read(engine) as conn:  # type: ignore[arg-type]
+        c = campaigns.get(conn, "voice-local-processing")
+        r = Renderer(c.definition, templates)
+        ok, problems = previews.render_all(conn, c.definition, r, c.definition.waves[0])
+        assert (ok, problems) == (audience["accounts"], [])
+        # A template that breaks only for some data: found for every account it breaks for.
+        break_template(templates, "ja-JP/notice.txt.j2", "{{", "{{ 1 // (devices | length - 1) }}{{")
+        r = Renderer(c.definition, templates)
+        ok, problems = previews.render_all(conn, c.definition, r, c.definition.waves[0])
+    assert problems and all("ZeroDivisionError" in p for p in problems)
+    assert ok < audience["accounts"]
