@@ -12,7 +12,20 @@ from sqlalchemy import Connection, Engine, case, delete, func, insert, select, u
 from campaign import audit, db
 from campaign.definition import Definition, parse_definition
 from campaign.errors import NotFound, StateError
-from campaign.models import CAMPAIGN, CHANGED, DELIVERY, DRAFT, SENT, SETTING_CHANGE, SETTLED_STATES, STEP, WAVE
+from campaign.models import (
+    CAMPAIGN,
+    CANCELLED,
+    CHANGED,
+    DELIVERY,
+    DRAFT,
+    PAUSED,
+    SCHEDULED,
+    SENT,
+    SETTING_CHANGE,
+    SETTLED_STATES,
+    STEP,
+    WAVE,
+)
 
 C, W, D, S = CAMPAIGN, WAVE, DELIVERY, SETTING_CHANGE
 
@@ -115,3 +128,32 @@ def list_campaigns(conn: Connection) -> list[dict[str, Any]]:
                     "cutoff": row["cutoff"].isoformat(), "deliveries": total, "settled": done, "sent": n_sent,
                     "devices_changed": changes.get(row["id"], 0)})
     return out
+
+
+def set_state(conn: Connection, slug: str, action: str, actor: str) -> str:
+    """pause | resume | cancel, with an audit event; returns what happened, in words."""
+    c = get(conn, slug)
+    if c.state == CANCELLED:
+        raise StateError(f"campaign {slug!r} is cancelled: it cannot be {action}d")
+    if action == "pause":
+        if c.state == PAUSED:
+            return f"{slug} is already paused"
+        conn.execute(update(C).where(C.c.id == c.id).values(state=PAUSED, state_reason=f"paused by {actor}"))
+        message = f"{slug} paused: sending stops after the batches in flight"
+    elif action == "resume":
+        paused_waves = conn.execute(update(W).where(W.c.campaign_id == c.id, W.c.state == "paused")
+                                    .values(state="waiting", paused_reason=None)).rowcount
+        if c.state != PAUSED and not paused_waves:
+            return f"{slug} is not paused"
+        back = SCHEDULED if c.scheduled_at is not None else DRAFT
+        conn.execute(update(C).where(C.c.id == c.id).values(state=back, state_reason=None))
+        message = f"{slug} resumed ({back})"
+    elif action == "cancel":
+        conn.execute(update(C).where(C.c.id == c.id).values(state=CANCELLED, state_reason=f"cancelled by {actor}"))
+        conn.execute(update(STEP).where(STEP.c.campaign_id == c.id, STEP.c.state == "pending")
+                     .values(state="cancelled"))
+        message = f"{slug} cancelled: nothing more is sent, and the scheduled flip is removed"
+    else:
+        raise ValueError(action)
+    audit.record(conn, actor, f"campaign.{action}", c.id)
+    return message

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -12,7 +14,7 @@ import click
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from campaign import accounts, audit, campaigns, db, migrate, previews, suppressions
+from campaign import accounts, audit, campaigns, db, migrate, previews, reports, sending, suppressions
 from campaign.config import Config, load_config, redact_url
 from campaign.definition import load_definition
 from campaign.errors import CampaignError, UsageError
@@ -432,6 +434,139 @@ def test_send(app: App, slug: str, to: str, wave: str | None, dry_run: bool, as_
     failed = [r for r in results if r.status != "sent"]
     if failed:
         raise CampaignError(f"{len(failed)} of {len(results)} test messages were not accepted")
+
+
+def _print_counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts.items() if v) or "nothing"
+
+
+@cli.command("send")
+@click.argument("slug")
+@click.option("--wave", "wave", required=True, help="The wave to send (e.g. notice).")
+@click.option("--ignore-window", is_flag=True, help="Send now even to recipients outside their send window.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Worker processes, each with its own connections [default: the number of CPUs].")
+@dry_run_option
+@json_option
+@pass_app
+def send(app: App, slug: str, wave: str, ignore_window: bool, workers: int | None, dry_run: bool,
+         as_json: bool) -> None:
+    """Send a wave now (a manual trigger, ahead of its time if need be, never after it expired).
+
+    Waits out retries until every delivery is settled, except those waiting for their recipient's
+    send window, which are counted and left for the scheduler or a later `send` (--ignore-window sends
+    them now). Resumable: run it again after an interruption; nobody gets the wave twice.
+    """
+    workers = workers or os.cpu_count() or 1
+    options = sending.SendOptions(ignore_window=ignore_window, workers=workers, dry_run=dry_run)
+    engine = app.engine()
+    bar = _Progress(enabled=sys.stderr.isatty() and not as_json and not dry_run)
+    summary = sending.send_wave(engine, app.config, slug, wave, options, progress=bar.update)
+    bar.close()
+    if as_json:
+        _json(summary.__dict__)
+    elif dry_run:
+        p = summary.preview
+        click.echo(f"{slug} / {wave}: would send {p['due_now']} messages now"
+                   + (f", {p['waiting_window']} later in their send window" if p["waiting_window"] else ""))
+        for loc, n in p["by_locale"].items():
+            click.echo(f"  {loc:<8} {n:>8}")
+        for r in p["first"]:
+            click.echo(f"  {r['account_id']}  {r['email']}  {r['locale']}")
+        click.echo("dry run: nothing was written or sent")
+    else:
+        rate = summary.attempted / summary.elapsed if summary.elapsed else 0
+        click.echo(f"{slug} / {wave}: {_print_counts(summary.counts)}")
+        click.echo(f"{summary.attempted} attempts in {summary.elapsed:.1f} s ({rate:.0f}/s); "
+                   f"db time: {summary.db_seconds:.2f} s of {summary.elapsed:.2f} s")
+        if summary.waiting_window:
+            click.echo(f"{summary.waiting_window} deliveries wait for their recipient's send window: the "
+                       "scheduler or a later `send` will send them (or use --ignore-window)")
+    if summary.paused:
+        raise CampaignError(f"the wave paused: {summary.paused}")
+
+
+class _Progress:
+    """A one-line progress display on a terminal: count, rate and ETA."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.start = time.monotonic()
+        self.first: int | None = None
+
+    def update(self, counts: dict[str, int]) -> None:
+        if not self.enabled:
+            return
+        settled = sum(v for k, v in counts.items() if k not in ("pending", "sending"))
+        total = sum(counts.values())
+        if self.first is None:
+            self.first = settled
+        elapsed = time.monotonic() - self.start
+        rate = (settled - self.first) / elapsed if elapsed > 0 else 0.0
+        left = total - settled
+        eta = f"{left / rate:,.0f} s" if rate > 0 else "?"
+        click.echo(f"\r  {settled:,}/{total:,} settled  {rate:,.0f}/s  ETA {eta}   ", err=True, nl=False)
+
+    def close(self) -> None:
+        if self.enabled:
+            click.echo("", err=True)
+
+
+@cli.command("status")
+@click.argument("slug")
+@json_option
+@pass_app
+def status_cmd(app: App, slug: str, as_json: bool) -> None:
+    """Per wave: deliveries by state, rate and ETA; the flip: changed, held back, rolled back, left."""
+    with db.read(app.engine()) as conn:
+        st = reports.status(conn, slug)
+    if as_json:
+        _json(st)
+        return
+    click.echo(f"{st['campaign']}: {st['state']}, cutoff {st['cutoff']}")
+    for name, counts in st["waves"].items():
+        det = st["wave_detail"][name]
+        extra = f"  {det['rate_per_second']}/s, ETA {det['eta_seconds']} s" if det["rate_per_second"] else ""
+        click.echo(f"  {name:<14} {det['state']:<8} {_print_counts(counts)}{extra}")
+        if det["paused_reason"]:
+            click.echo(f"  {'':<14} paused: {det['paused_reason']}")
+    click.echo(f"  flip           {_print_counts(st['flip'])}")
+
+
+def _set_state(app: App, slug: str, action: str, dry_run: bool) -> None:
+    with db.write(app.engine()) as conn:
+        message = campaigns.set_state(conn, slug, action, app.config.actor)
+        if dry_run:
+            conn.rollback()
+            message = f"would: {message}"
+    click.echo(message)
+
+
+@cli.command("pause")
+@click.argument("slug")
+@dry_run_option
+@pass_app
+def pause(app: App, slug: str, dry_run: bool) -> None:
+    """Stop sending: every worker stops after its current batch; `resume` restarts."""
+    _set_state(app, slug, "pause", dry_run)
+
+
+@cli.command("resume")
+@click.argument("slug")
+@dry_run_option
+@pass_app
+def resume(app: App, slug: str, dry_run: bool) -> None:
+    """Restart sending after `pause`, or after a wave paused itself (fix the cause first)."""
+    _set_state(app, slug, "resume", dry_run)
+
+
+@cli.command("cancel")
+@click.argument("slug")
+@dry_run_option
+@pass_app
+def cancel(app: App, slug: str, dry_run: bool) -> None:
+    """Stop the campaign for good: nothing more is sent, and the scheduled flip is removed."""
+    _set_state(app, slug, "cancel", dry_run)
 
 
 def main() -> None:
