@@ -179,6 +179,11 @@ class Worker:
         self.paused: str | None = None
         self._rng = random.Random()
         self._last_beat = 0.0
+        # Group commit: a message the server accepted is recorded before its sender takes the next one,
+        # and at most `concurrency` are between the two, so a crash resends at most that many (G2).
+        self._slots = asyncio.Semaphore(self.d.limits.concurrency)
+        self._queue: list[tuple[ledger.Result, str | None, asyncio.Future[None]]] = []
+        self._queued = asyncio.Event()
 
     # database steps, each one short transaction
 
@@ -259,6 +264,23 @@ class Worker:
                                           {"e": emails}).scalars().all()) if emails else set()
         return people, devices, suppressed
 
+    async def _committer(self) -> None:
+        while True:
+            await self._queued.wait()
+            await asyncio.sleep(0)  # let the other sends that completed meanwhile join this commit
+            batch, self._queue = self._queue, []
+            self._queued.clear()
+            try:
+                self._record([r for r, _, _ in batch], [(e, r.error or "") for r, e, _ in batch if e])
+            except BaseException as exc:
+                for _, _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                raise
+            for _, _, fut in batch:
+                if not fut.done():
+                    fut.set_result(None)
+
     def _record(self, results: list[ledger.Result], bounces: list[tuple[str, str]]) -> None:
         with self.clock, db.write(self.engine) as conn:
             ledger.record(conn, self.id, results)
@@ -278,6 +300,7 @@ class Worker:
 
     async def run(self) -> None:
         self._beat(force=True)
+        committer = asyncio.create_task(self._committer())
         try:
             async with self.transport:
                 while self.paused is None:
@@ -301,14 +324,14 @@ class Worker:
                     if self.on_batch is not None:
                         self.on_batch()
         finally:
+            committer.cancel()
             self._leave()
 
     async def _batch(self, claimed: list[ledger.Claimed]) -> None:
         people, devices, suppressed = self._load(claimed)
         now = db.utcnow()
         results: list[ledger.Result] = []
-        bounces: list[tuple[str, str]] = []
-        tasks: list[asyncio.Task[ledger.Result]] = []
+        tasks: list[asyncio.Task[None]] = []
         broken: str | None = None
         for n, c in enumerate(claimed):
             if broken is not None:  # hand back, untried, what comes after a message that would not build
@@ -340,14 +363,11 @@ class Worker:
                 broken = f"account {person.account_id}: {exc}"
                 continue
             envelope = Envelope(self.d.sender_address, (person.email,), data, mid)
-            tasks.append(asyncio.create_task(self._send(c, envelope, rendered.template_locale)))
+            tasks.append(asyncio.create_task(self._send(c, envelope, rendered.template_locale, person.email)))
             if n % 8 == 7:
                 await asyncio.sleep(0)  # let the connections move while the next messages are built
-        for result in await asyncio.gather(*tasks):
-            results.append(result)
-            if result.state == "bounced":
-                bounces.append((people[self._account_of(claimed, result.id)].email, result.error or ""))
-        self._record(results, bounces)
+        self._record(results, [])  # what needed no SMTP: suppressed, expired, window, skipped, handed back
+        await asyncio.gather(*tasks)
         if broken is not None:
             self._pause(broken)
             return
@@ -355,15 +375,19 @@ class Worker:
             self._pause(f"{self.failures.failures} of the last {self.failures.seen} attempts failed "
                         f"(limit {self.d.limits.pause_on_failure_rate:.0%}); last error: {self._last_error}")
 
-    @staticmethod
-    def _account_of(claimed: list[ledger.Claimed], delivery_id: int) -> str:
-        return next(c.account_id for c in claimed if c.id == delivery_id)
-
     _last_error = ""
 
-    async def _send(self, c: ledger.Claimed, envelope: Envelope, locale: str) -> ledger.Result:
-        await self.limiter.acquire()
-        outcome: Outcome = await self.transport.send(envelope)
+    async def _send(self, c: ledger.Claimed, envelope: Envelope, locale: str, address: str) -> None:
+        async with self._slots:
+            await self.limiter.acquire()
+            outcome: Outcome = await self.transport.send(envelope)
+            result = self._outcome(c, envelope, locale, outcome)
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._queue.append((result, address if result.state == "bounced" else None, done))
+            self._queued.set()
+            await done
+
+    def _outcome(self, c: ledger.Claimed, envelope: Envelope, locale: str, outcome: Outcome) -> ledger.Result:
         self.attempted += 1
         now = db.utcnow()
         self.failures.record(outcome.status != "sent")

@@ -22,6 +22,7 @@ from sqlalchemy.engine import make_url
 from campaign import migrate
 from campaign.cli import cli
 from campaign.db import make_engine
+from tests.smtpd import smtpd, smtpd_factory  # noqa: F401  (fixtures for every test module)
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN_URL = os.environ.get("CAMPAIGN_TEST_POSTGRES_URL", "")
