@@ -1,0 +1,542 @@
+"""Send benchmark: `campaign send SLUG --wave notice --ignore-window` of about N recipients (default 20,000),
+as a whole process, into Postfix's `smtp-sink` on 127.0.0.1, against two references measured in the same
+run, alternating, median of several runs:
+
+  (a) aiosmtplib: N pre-built messages (the same multipart messages, built once with MessageBuilder and
+      not timed) sent over 16 persistent connections, one asyncio task each — the ceiling of the stack;
+  (b) the mailmerge CLI (PyPI `mailmerge`) on 2,000 rows of a text + HTML template, one connection per
+      message — what people use today.
+
+Prints messages/s for each, the ratios ours/aiosmtplib (goal >= 0.40) and ours/mailmerge (goal >= 4x),
+and the database-time share that `campaign send` reports in its summary as `db time: X s of Y s`
+(goal <= 10 %; "n/a" when it prints none), and its peak RSS. Messages are counted by smtp-sink, not
+taken on trust. The database is SQLite, prepared once in a temporary directory and copied for each run.
+
+    ./run bench send [--recipients N] [--runs K] [--workers W] [--mailmerge-rows R] [--connections C]
+                     [--rate R] [--concurrency C] [--timeout S] [--keep]
+
+Needs `/usr/sbin/smtp-sink` (Debian package `postfix`): installed on the spot when run as root, without
+starting a mail daemon; otherwise the command to run is printed. `mailmerge` is pip-installed into this
+venv if missing (a benchmark-only dependency, not in pyproject.toml).
+
+The shipped campaign's cutoff has passed and its rate limit is 50 messages/s, so the harness creates a
+copy of data/voice-local-processing.toml with the cutoff 30 days ahead and `rate_per_second` set by
+`--rate` (default: high enough not to limit); everything else is the shipped definition.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import csv
+import datetime as dt
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFINITION = ROOT / "data" / "voice-local-processing.toml"
+TEMPLATES = ROOT / "templates"
+SLUG, WAVE = "voice-local-processing", "notice"
+CAMPAIGN = [sys.executable, "-m", "campaign"]
+SMTP_SINK = Path("/usr/sbin/smtp-sink")
+MAILMERGE = Path(sys.executable).parent / "mailmerge"  # its console script: `python -m mailmerge` is broken
+POLICY_RC = Path("/usr/sbin/policy-rc.d")
+DB_TIME = re.compile(r"db time:\s*([0-9]+(?:\.[0-9]+)?)\s*s\s+of\s+([0-9]+(?:\.[0-9]+)?)\s*s", re.IGNORECASE)
+AUDIENCE_SHARE = 0.45  # the shipped campaign selects about this share of sample accounts (measured)
+INSTALL_HINT = """\
+  echo 'postfix postfix/main_mailer_type select No configuration' | sudo debconf-set-selections
+  # only if /usr/sbin/policy-rc.d does not exist yet (it keeps apt from starting the mail daemon):
+  printf '#!/bin/sh\\nexit 101\\n' | sudo tee /usr/sbin/policy-rc.d && sudo chmod +x /usr/sbin/policy-rc.d
+  sudo apt-get update -q
+  sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postfix
+  sudo rm /usr/sbin/policy-rc.d   # only if you created it above"""
+
+
+# -- smtp-sink ----------------------------------------------------------------------------------------
+
+def ensure_smtp_sink() -> None:
+    """Install Debian's postfix for its smtp-sink if missing, with no mail daemon started (root only)."""
+    if SMTP_SINK.exists():
+        return
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        raise SystemExit(f"{SMTP_SINK} is missing: it comes with the Debian package postfix. Install it with\n"
+                         f"{INSTALL_HINT}")
+    print(f"{SMTP_SINK} is missing: installing the Debian package postfix (no mail daemon is started) ...",
+          flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    created_policy = not POLICY_RC.exists()
+    if created_policy:  # policy-rc.d answering 101 tells invoke-rc.d not to start services
+        POLICY_RC.write_text("#!/bin/sh\nexit 101\n")
+        POLICY_RC.chmod(0o755)
+    try:
+        subprocess.run(["debconf-set-selections"], input=b"postfix postfix/main_mailer_type select No configuration\n",
+                       check=True)
+        subprocess.run(["apt-get", "update", "-q"], env=env, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "postfix"], env=env, check=True,
+                       stdout=subprocess.DEVNULL)
+    finally:
+        if created_policy:
+            POLICY_RC.unlink(missing_ok=True)
+    if not SMTP_SINK.exists():
+        raise SystemExit(f"installing postfix did not give {SMTP_SINK}")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Sink:
+    """smtp-sink on a free loopback port: accepts everything, discards it, counts messages (-c)."""
+
+    def __init__(self, work: Path) -> None:
+        self.port = free_port()
+        self.counter_file = work / "smtp-sink.out"
+        argv = [str(SMTP_SINK), "-c", "-4"]
+        if os.geteuid() == 0:
+            argv += ["-u", "nobody"]  # required as root: drops privileges once the socket is open
+        argv += [f"127.0.0.1:{self.port}", "1024"]  # backlog: connection bursts (mailmerge) are not refused
+        self._out = self.counter_file.open("wb")
+        self.proc = subprocess.Popen(argv, stdout=self._out, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                    self.stop()
+                    raise SystemExit(f"smtp-sink did not start on 127.0.0.1:{self.port}: {err.strip()}") from None
+                time.sleep(0.02)
+
+    def messages(self) -> int:
+        """Messages received so far: the last `mesg=N` of the counters smtp-sink writes as it goes."""
+        with self.counter_file.open("rb") as fh:
+            fh.seek(max(0, self.counter_file.stat().st_size - 256))
+            found = re.findall(rb"mesg=(\d+)", fh.read())
+        return int(found[-1]) if found else 0
+
+    def settle(self, before: int, expected: int | None = None) -> int:
+        """Messages received since `before`, once the counter stops moving (sessions close asynchronously)."""
+        last, stable_since = -1, time.monotonic()
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            now = self.messages() - before
+            if now == expected:
+                return now
+            if now != last:
+                last, stable_since = now, time.monotonic()
+            elif time.monotonic() - stable_since > 0.3:
+                break
+            time.sleep(0.02)
+        return last
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._out.close()
+
+
+# -- the definition and the messages ------------------------------------------------------------------
+
+def bench_definition(work: Path, rate: float, concurrency: int | None) -> Path:
+    """The shipped definition with a cutoff 30 days ahead (else the notice wave has expired) and a rate
+    limit that does not cap the benchmark."""
+    text = DEFINITION.read_text(encoding="utf-8")
+    cutoff = (dt.datetime.now(dt.UTC) + dt.timedelta(days=30)).replace(hour=0, minute=0, second=0, microsecond=0)
+    text, n = re.subn(r'(?m)^cutoff\s*=\s*"[^"]*"', f'cutoff = "{cutoff.isoformat()}"', text)
+    text, m = re.subn(r"(?m)^rate_per_second\s*=.*$", f"rate_per_second = {rate:g}", text)
+    if concurrency is not None:
+        text, _ = re.subn(r"(?m)^concurrency\s*=.*$", f"concurrency = {concurrency}", text)
+    if n != 1 or m != 1:
+        raise SystemExit(f"{DEFINITION}: cannot find its `cutoff` and `rate_per_second` lines to adjust")
+    out = work / DEFINITION.name
+    out.write_text(text, encoding="utf-8")
+    return out
+
+
+@dataclass(frozen=True)
+class Prebuilt:
+    sender: str
+    recipient: str
+    data: bytes
+
+
+def build_messages(definition_path: Path, n: int) -> list[Prebuilt]:
+    """N notices for sample recipients, rendered and built with MessageBuilder: the bytes we would send."""
+    from campaign.definition import load_definition
+    from campaign.mime import MessageBuilder, Parts, message_id
+    from campaign.rendering import DeviceView, Recipient, Renderer
+    from campaign.sample import rows
+
+    definition = load_definition(definition_path, TEMPLATES)
+    renderer = Renderer(definition, TEMPLATES)
+    wave = next(w for w in definition.waves if w.name == WAVE)
+    builder = MessageBuilder(definition.sender, definition.reply_to, boundary_seed=wave.name)
+    now = dt.datetime.now(dt.UTC)
+    sender, domain = definition.sender_address, definition.sender_domain  # properties that parse each time
+    out = []
+    for account, devices in rows(n, seed=11):
+        recipient = Recipient(account[0], account[1], account[2], account[3], account[4])
+        rendered = renderer.render(wave, recipient, [DeviceView(d[0], d[2], d[3]) for d in devices])
+        parts = Parts(recipient.name, recipient.email, rendered.subject, rendered.text, rendered.html,
+                      message_id(definition.slug, wave.name, recipient.account_id, domain), now)
+        out.append(Prebuilt(sender, recipient.email, builder.build(parts)))
+    return out
+
+
+# -- reference (a): aiosmtplib -----------------------------------------------------------------------
+
+async def _blast(port: int, messages: list[Prebuilt], connections: int) -> None:
+    import aiosmtplib
+
+    queue = iter(messages)  # shared: each task takes the next message when its connection is free
+
+    async def worker() -> None:
+        smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False, use_tls=False)
+        await smtp.connect()
+        try:
+            for m in queue:
+                await smtp.sendmail(m.sender, [m.recipient], m.data)
+        finally:
+            await smtp.quit()
+
+    await asyncio.gather(*(worker() for _ in range(connections)))
+
+
+def run_aiosmtplib(port: int, messages: list[Prebuilt], connections: int) -> float:
+    start = time.perf_counter()
+    asyncio.run(_blast(port, messages, connections))
+    return time.perf_counter() - start
+
+
+# -- reference (b): mailmerge ------------------------------------------------------------------------
+
+def ensure_mailmerge() -> None:
+    if not MAILMERGE.exists():
+        print("mailmerge is missing: pip install mailmerge (benchmark only, not a project dependency) ...",
+              flush=True)
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                        "mailmerge"], check=True)
+
+
+def _raw(text: str) -> str:
+    """Text that Jinja2 (mailmerge's template engine) leaves exactly as it is."""
+    return "{% raw %}" + text.replace("{% endraw %}", "{% endraw %}{{ '{% endraw %}' }}{% raw %}") + "{% endraw %}"
+
+
+def prepare_mailmerge(work: Path, definition_path: Path, port: int, rows: int) -> list[str]:
+    """mailmerge's three inputs: a text + HTML template of our English notice with the recipient's name as a
+    field, a CSV of sample recipients, a plaintext server config for smtp-sink. Returns its command line."""
+    from campaign.definition import load_definition
+    from campaign.rendering import DeviceView, Recipient, Renderer
+    from campaign.sample import rows as sample_rows
+
+    definition = load_definition(definition_path, TEMPLATES)
+    renderer = Renderer(definition, TEMPLATES)
+    wave = next(w for w in definition.waves if w.name == WAVE)
+    name = "Pat Example"  # rendered, then turned into the template field {{name}}
+    rendered = renderer.render(wave, Recipient("acc-0", "pat@example.com", name, "en-US", "America/New_York"),
+                               [DeviceView("dev-0", "Kitchen", "Echo Dot (4th Gen)")])
+
+    def field(text: str) -> str:
+        return "{{name}}".join(_raw(piece) for piece in text.split(name))
+
+    mm = work / "mailmerge"
+    mm.mkdir(exist_ok=True)
+    template = mm / "mailmerge_template.txt"
+    template.write_text(
+        f"TO: {{{{name}}}} <{{{{email}}}}>\n"
+        f"FROM: {definition.sender}\n"
+        f"REPLY-TO: {definition.reply_to}\n"
+        f"SUBJECT: {_raw(rendered.subject)}\n"
+        "MIME-Version: 1.0\n"
+        'Content-Type: multipart/alternative; boundary="bench-boundary"\n'
+        "\n"
+        "--bench-boundary\n"
+        "Content-Type: text/plain; charset=utf-8\n"
+        "\n"
+        f"{field(rendered.text)}\n"
+        "--bench-boundary\n"
+        "Content-Type: text/html; charset=utf-8\n"
+        "\n"
+        f"{field(rendered.html)}\n"
+        "--bench-boundary--\n", encoding="utf-8")
+    database = mm / "mailmerge_database.csv"
+    with database.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["email", "name"])
+        for account, _devices in sample_rows(rows, seed=13):
+            # getaddresses() in mailmerge would split a TO: name at a comma or choke on quotes
+            writer.writerow([account[1], re.sub(r'[,"<>;:@\\()]', "", account[2])])
+    config = mm / "mailmerge_server.conf"
+    config.write_text(f"[smtp_server]\nhost = 127.0.0.1\nport = {port}\nsecurity = Never\nratelimit = 0\n")
+    return [str(MAILMERGE), "--no-dry-run", "--no-limit", "--output-format", "raw",
+            "--template", str(template), "--database", str(database), "--config", str(config)]
+
+
+def run_mailmerge(argv: list[str], cwd: Path) -> float:
+    start = time.perf_counter()
+    proc = subprocess.run(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"mailmerge failed:\n{proc.stderr.decode(errors='replace')}")
+    return elapsed
+
+
+# -- ours ----------------------------------------------------------------------------------------------
+
+def send_available() -> str | None:
+    """None when `campaign send --help` works, else why not."""
+    proc = subprocess.run([*CAMPAIGN, "send", "--help"], capture_output=True, cwd=tempfile.gettempdir())
+    if proc.returncode == 0:
+        return None
+    lines = (proc.stderr or proc.stdout).decode(errors="replace").strip().splitlines()
+    return lines[-1] if lines else f"exit status {proc.returncode}"
+
+
+def _campaign(args: list[str], env: dict[str, str], cwd: Path) -> str:
+    proc = subprocess.run([*CAMPAIGN, *args], env=env, cwd=cwd, capture_output=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"campaign {' '.join(args)} failed:\n{proc.stdout.decode()}{proc.stderr.decode()}")
+    return proc.stdout.decode()
+
+
+def _env(db: Path, port: int) -> dict[str, str]:
+    return {**os.environ, "CAMPAIGN_DATABASE_URL": f"sqlite:///{db}", "CAMPAIGN_SMTP_URL": f"smtp://127.0.0.1:{port}",
+            "CAMPAIGN_TEMPLATES": str(TEMPLATES), "CAMPAIGN_ACTOR": "bench"}
+
+
+def _remove_db(db: Path) -> None:
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+
+
+def prepare_ours(work: Path, definition_path: Path, port: int, recipients: int) -> tuple[Path, int, int]:
+    """A database with the campaign created and at least `recipients` accounts in its audience, scaling the
+    sample up until there are. Returns the database (copy it before each run), audience and sample sizes."""
+    db = work / "prepared.db"
+    accounts = math.ceil(recipients / AUDIENCE_SHARE * 1.01)
+    for _ in range(6):
+        data = work / f"sample-{accounts}"
+        if not data.exists():
+            subprocess.run([sys.executable, "-m", "campaign.sample", "--accounts", str(accounts), "--out", str(data)],
+                           check=True, capture_output=True)
+        _remove_db(db)
+        env = _env(db, port)
+        _campaign(["db", "upgrade"], env, work)
+        _campaign(["import", "accounts", str(data / "accounts.csv")], env, work)
+        _campaign(["import", "devices", str(data / "devices.csv")], env, work)
+        _campaign(["create", str(definition_path)], env, work)
+        audience = int(json.loads(_campaign(["audience", SLUG, "--json"], env, work))["accounts"])
+        print(f"  {accounts:,} sample accounts: {audience:,} in the audience", flush=True)
+        if audience >= recipients:
+            return db, audience, accounts
+        accounts = math.ceil(accounts * recipients / max(audience, 1) * 1.005)
+    raise SystemExit(f"could not reach {recipients:,} recipients in the audience")
+
+
+def _process_tree(pid: int) -> list[int]:
+    """The process and its descendants (the send's worker processes)."""
+    pids, i = [pid], 0
+    while i < len(pids):
+        for task in Path(f"/proc/{pids[i]}/task").glob("*"):
+            with contextlib.suppress(OSError):  # the task or the process has just ended
+                pids += [int(c) for c in (task / "children").read_text().split()]
+        i += 1
+    return pids
+
+
+def _sample_rss(pid: int, peaks: dict[int, int]) -> None:
+    """Each process's peak RSS so far (VmHWM). Not wait4's ru_maxrss: Linux carries the parent's high-water
+    mark over fork and exec, and this parent holds the reference's 20,000 pre-built messages."""
+    for p in _process_tree(pid):
+        with contextlib.suppress(OSError, ValueError), open(f"/proc/{p}/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    peaks[p] = max(peaks.get(p, 0), int(line.split()[1]))
+
+
+@dataclass(frozen=True)
+class OurRun:
+    seconds: float
+    db_seconds: float | None
+    db_of: float | None
+    peak_kib: int  # the largest process
+    total_peak_kib: int  # the sum of every process's peak (an upper bound of the whole)
+    processes: int
+
+
+def run_ours(prepared: Path, work: Path, port: int, workers: int | None, timeout: float) -> OurRun:
+    """One `campaign send` as a whole process on a fresh copy of the prepared database."""
+    db = work / "run.db"
+    _remove_db(db)
+    for suffix in ("", "-wal"):
+        if Path(f"{prepared}{suffix}").exists():
+            shutil.copyfile(f"{prepared}{suffix}", f"{db}{suffix}")
+    argv = [*CAMPAIGN, "send", SLUG, "--wave", WAVE, "--ignore-window"]
+    if workers is not None:
+        argv += ["--workers", str(workers)]
+    out_path, err_path = work / "send.out", work / "send.err"
+    with out_path.open("wb") as out, err_path.open("wb") as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(argv, env=_env(db, port), cwd=work, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        ended: list[float] = []
+
+        def reap() -> None:  # a thread, so that the end is timed exactly while the main thread samples memory
+            proc.wait()
+            ended.append(time.perf_counter())
+
+        reaper = threading.Thread(target=reap, daemon=True)
+        reaper.start()
+        peaks: dict[int, int] = {}
+        deadline = start + timeout
+        try:
+            while reaper.is_alive() and time.perf_counter() < deadline:
+                _sample_rss(proc.pid, peaks)
+                reaper.join(0.05)
+        finally:  # on a timeout, and when the bench itself is interrupted
+            timed_out = reaper.is_alive()
+            if timed_out:
+                proc.kill()
+                reaper.join()
+    text = out_path.read_text(errors="replace") + err_path.read_text(errors="replace")
+    if timed_out:
+        raise SystemExit(f"campaign send did not finish within {timeout:.0f} s (--timeout); its output:\n{text}")
+    if proc.returncode != 0:
+        raise SystemExit(f"campaign send failed (exit {proc.returncode}):\n{text}")
+    found = DB_TIME.findall(text)
+    db_s, of_s = (float(found[-1][0]), float(found[-1][1])) if found else (None, None)
+    return OurRun(ended[0] - start, db_s, of_s, max(peaks.values(), default=0), sum(peaks.values()), len(peaks))
+
+
+# -- main ----------------------------------------------------------------------------------------------
+
+def _terminate(signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)  # unwinds through the finally blocks: smtp-sink is stopped
+
+
+def _checked(what: str, got: int, expected: int) -> None:
+    if got != expected:
+        print(f"  warning: smtp-sink counted {got:,} messages from {what}, expected {expected:,}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipients", type=int, default=20_000, help="about this many (default 20,000)")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--workers", type=int, help="passed to `campaign send --workers` (default: its own)")
+    parser.add_argument("--mailmerge-rows", type=int, default=2000)
+    parser.add_argument("--connections", type=int, default=16, help="aiosmtplib reference (default 16)")
+    parser.add_argument("--rate", type=float, default=1_000_000,
+                        help="rate_per_second written into the benchmark's copy of the definition")
+    parser.add_argument("--concurrency", type=int, help="concurrency written into it (default: the shipped one)")
+    parser.add_argument("--timeout", type=float, default=900, help="for one `campaign send` (seconds)")
+    parser.add_argument("--keep", action="store_true", help="keep the working directory")
+    args = parser.parse_args()
+    signal.signal(signal.SIGTERM, _terminate)
+
+    ensure_smtp_sink()
+    ensure_mailmerge()
+    work = Path(tempfile.mkdtemp(prefix="campaign-bench-send-"))
+    sink: Sink | None = None
+    try:
+        sink = Sink(work)
+        print(f"smtp-sink on 127.0.0.1:{sink.port}; working directory {work}", flush=True)
+        definition = bench_definition(work, args.rate, args.concurrency)
+        missing = send_available()
+        prepared, audience = None, 0
+        if missing is not None:
+            print(f"campaign send: not measured — `campaign send --help` fails ({missing}); references only",
+                  flush=True)
+        else:
+            print(f"preparing a SQLite database with about {args.recipients:,} recipients ...", flush=True)
+            prepared, audience, _ = prepare_ours(work, definition, sink.port, args.recipients)
+
+        print(f"building {args.recipients:,} messages for the aiosmtplib reference ...", flush=True)
+        messages = build_messages(definition, args.recipients)
+        size = sum(len(m.data) for m in messages) / len(messages)
+        mailmerge_argv = prepare_mailmerge(work, definition, sink.port, args.mailmerge_rows)
+        print(f"{len(messages):,} messages of {size / 1024:.1f} KiB on average; mailmerge {args.mailmerge_rows:,} "
+              f"rows; campaign {audience:,} recipients; {args.runs} runs, alternating\n", flush=True)
+
+        ref_a: list[float] = []
+        ref_b: list[float] = []
+        ours: list[float] = []
+        shares: list[float] = []
+        peaks: list[tuple[int, int, int]] = []
+        for i in range(args.runs):
+            before = sink.messages()
+            t = run_aiosmtplib(sink.port, messages, args.connections)
+            _checked("aiosmtplib", sink.settle(before, len(messages)), len(messages))
+            ref_a.append(len(messages) / t)
+            line = f"run {i + 1}: aiosmtplib {t:6.2f} s {ref_a[-1]:7,.0f}/s"
+
+            before = sink.messages()
+            t = run_mailmerge(mailmerge_argv, work)
+            _checked("mailmerge", sink.settle(before, args.mailmerge_rows), args.mailmerge_rows)
+            ref_b.append(args.mailmerge_rows / t)
+            line += f"   mailmerge {t:6.2f} s {ref_b[-1]:5,.0f}/s"
+
+            if prepared is not None:
+                before = sink.messages()
+                run = run_ours(prepared, work, sink.port, args.workers, args.timeout)
+                sent = sink.settle(before, audience)
+                _checked("campaign send", sent, audience)
+                ours.append(sent / run.seconds)
+                peaks.append((run.peak_kib, run.total_peak_kib, run.processes))
+                line += f"   campaign {run.seconds:6.2f} s {ours[-1]:7,.0f}/s"
+                if run.db_seconds is not None and run.db_of:
+                    shares.append(run.db_seconds / run.db_of)
+                    line += f"  db {run.db_seconds:.2f} s of {run.db_of:.2f} s"
+            print(line, flush=True)
+
+        a, b = statistics.median(ref_a), statistics.median(ref_b)
+        print(f"\nmedians of {args.runs} runs")
+        print(f"aiosmtplib, {args.connections} connections, pre-built  {a:10,.0f} messages/s")
+        print(f"mailmerge CLI, a connection per message  {b:10,.0f} messages/s")
+        if not ours:
+            print("campaign send                                   n/a (not available yet)")
+            return
+        o = statistics.median(ours)
+        print(f"campaign send                            {o:10,.0f} messages/s")
+        largest, total, processes = max(peaks)
+        print(f"peak RSS of campaign send: {largest / 1024:.0f} MiB in its largest process; {total / 1024:.0f} MiB "
+              f"summed over its {processes} processes")
+        print(f"ours/aiosmtplib  {o / a:5.2f}   (goal >= 0.40)")
+        print(f"ours/mailmerge   {o / b:5.1f}x  (goal >= 4x)")
+        share = f"{statistics.median(shares) * 100:.1f} %" if shares else "n/a"
+        print(f"db time share    {share}  (goal <= 10 %)")
+    finally:
+        if sink is not None:
+            sink.stop()
+        if args.keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
