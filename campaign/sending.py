@@ -109,8 +109,8 @@ def prepare(conn: Connection, slug: str, wave_name: str, actor: str, ignore_wind
                          f"`campaign resume {slug}`")
     if now >= wave.expires:
         n = ledger.expire(conn, row.id, now)
-        conn.execute(text("UPDATE wave SET state = 'done', finished_at = :t WHERE id = :w"),
-                     {"t": db.sqlite_text(now) if db.is_sqlite(conn) else now, "w": row.id})
+        conn.execute(ledger._t("UPDATE wave SET state = 'done', finished_at = :t WHERE id = :w", "t"),
+                     {"t": now, "w": row.id})
         raise StateError(f"wave {wave_name!r} expired at {wave.expires.isoformat()}: it is never sent after "
                          f"that ({n} pending deliveries marked expired)")
     added = ledger.materialize(conn, d, c.id, row.id, wave.audience, wave.expires, now)
