@@ -36,6 +36,12 @@ def main(argv: list[str] | None = None) -> int:
         ("Who is affected now, by locale", ["audience", "voice-local-processing", "--by", "locale"]),
         ("... by device model", ["audience", "voice-local-processing", "--by", "model"]),
         ("A few of them", ["audience", "voice-local-processing", "--sample", "5"]),
+        ("The reminder as a Japanese customer gets it", ["preview", "voice-local-processing", "--wave", "reminder",
+                                                         "--locale", "ja-JP"]),
+        ("Every wave × locale as .eml and .html, with a gallery to open in a browser",
+         ["preview", "voice-local-processing", "--out", str(work / "gallery")]),
+        ("Test messages to the team (into the Maildir outbox: nothing leaves this machine)",
+         ["test-send", "voice-local-processing", "--to", "qa@example.com", "--wave", "notice"]),
         ("The campaigns", ["list"]),
     ]
     print(f"Working in {work}\n")
@@ -46,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"step failed with exit code {done.returncode}", file=sys.stderr)
             return done.returncode
         print()
+    print(f"Gallery: {work / 'gallery' / 'index.html'}   Test messages: {work / 'outbox' / 'new'}")
     print(f"Done. The database is {db_file}; look around with:\n  CAMPAIGN_DATABASE_URL=sqlite:///{db_file} "
           ".venv/bin/campaign audience voice-local-processing --by country")
     return 0
