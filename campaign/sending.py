@@ -40,7 +40,7 @@ from campaign.transport import Envelope, Outcome, Transport, make_transport
 HEARTBEAT = 5.0
 HEARTBEAT_STALE = dt.timedelta(seconds=20)
 IDLE_POLL_MAX = 1.0
-COMMIT_GATHER = 0.003  # seconds a commit waits for company: fewer, larger transactions
+COMMIT_GATHER = 0.010  # seconds a commit waits for company: fewer, larger transactions
 
 
 @dataclass(frozen=True)
@@ -283,6 +283,8 @@ class Worker:
                     fut.set_result(None)
 
     def _record(self, results: list[ledger.Result], bounces: list[tuple[str, str]]) -> None:
+        if not results:
+            return
         with self.clock, db.write(self.engine) as conn:
             ledger.record(conn, self.id, results)
             for email, reason in bounces:
