@@ -92,8 +92,13 @@ def _setup_sqlite(engine: Engine) -> None:
     def _begin(conn: Connection) -> None:
         options = conn.get_execution_options()
         # Bulk imports check references themselves, set-based, before they write (see accounts.py);
-        # the pragma only takes effect outside a transaction, so it is set here, before BEGIN.
-        conn.exec_driver_sql(f"PRAGMA foreign_keys={'OFF' if options.get('campaign_bulk') else 'ON'}")
+        # the pragma only takes effect outside a transaction, so it is set here, before BEGIN, and only
+        # when it changes (the connection remembers).
+        keys_on = not options.get("campaign_bulk")
+        info = conn.connection.info
+        if info.get("foreign_keys") is not keys_on:
+            conn.exec_driver_sql(f"PRAGMA foreign_keys={'ON' if keys_on else 'OFF'}")
+            info["foreign_keys"] = keys_on
         conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get("campaign_write") else "BEGIN")
 
 

@@ -164,22 +164,24 @@ class Result:
     attempts_back: int = 0  # 1 when the attempt did not happen (window, a lease lost): not counted
 
 
+_RECORD = _t(
+    "UPDATE delivery SET state = :state, sent_at = COALESCE(:sent_at, sent_at), "
+    "message_id = COALESCE(:message_id, message_id), locale = COALESCE(:locale, locale), last_error = :error, "
+    "next_attempt_at = :next_attempt_at, not_before = COALESCE(:not_before, not_before), "
+    "attempts = attempts - :back, lease_owner = NULL, lease_expires_at = NULL, updated_at = :at "
+    "WHERE id = :id AND lease_owner = :owner AND state = 'sending'",
+    "sent_at", "next_attempt_at", "not_before", "at")
+
+
 def record(conn: Connection, owner: str, results: Sequence[Result]) -> int:
     """Write outcomes, each only while `owner` still holds the lease; returns how many rows it wrote."""
     if not results:
         return 0
-    stmt = _t(
-        "UPDATE delivery SET state = :state, sent_at = COALESCE(:sent_at, sent_at), "
-        "message_id = COALESCE(:message_id, message_id), locale = COALESCE(:locale, locale), last_error = :error, "
-        "next_attempt_at = :next_attempt_at, not_before = COALESCE(:not_before, not_before), "
-        "attempts = attempts - :back, lease_owner = NULL, lease_expires_at = NULL, updated_at = :at "
-        "WHERE id = :id AND lease_owner = :owner AND state = 'sending'",
-        "sent_at", "next_attempt_at", "not_before", "at")
     rows = [{"state": r.state, "sent_at": r.at if r.state == SENT else None, "message_id": r.message_id,
              "locale": r.locale, "error": (r.error or None) and r.error[:1024], "next_attempt_at": r.next_attempt_at,
              "not_before": r.not_before, "back": r.attempts_back, "at": r.at, "id": r.id, "owner": owner}
             for r in results]
-    result = conn.execute(stmt, rows)
+    result = conn.execute(_RECORD, rows)
     return int(result.rowcount or 0)
 
 

@@ -113,10 +113,15 @@ def test_suppressed_never_mailed(run_cli: CliRun, engine: Engine, smtpd: SmtpSer
     assert rows(engine, "SELECT attempts FROM delivery WHERE email = 'user3@example.com'") == [(0,)]
 
 
-def test_retries_bounces_and_drops(run_cli: CliRun, engine: Engine, smtpd: SmtpServer, ready: object) -> None:
-    smtpd.script("user1@example.com", [TEMPFAIL, TEMPFAIL])          # then accepted on the third try
+def test_retries_bounces_and_drops(run_cli: CliRun, engine: Engine, smtpd: SmtpServer,
+                                   ready: Callable[..., None]) -> None:
+    # max_attempts 5: user1 may also meet the 421 and the hang-up below (they hit whoever comes next),
+    # and still get through on its last try.
+    ready(limits="[limits]\nrate_per_second = 2000\nconcurrency = 4\nmax_attempts = 5\nretry_base_seconds = 0.01\n"
+                 "retry_max_seconds = 0.02\npause_on_failure_rate = 0.9\n")
+    smtpd.script("user1@example.com", [TEMPFAIL, TEMPFAIL])          # then accepted
     smtpd.script("user2@example.com", [NO_SUCH_USER])                # permanent: bounced and suppressed
-    smtpd.script("user4@example.com", [TEMPFAIL] * 10)               # never: failed after max_attempts (3)
+    smtpd.script("user4@example.com", [TEMPFAIL] * 10)               # never: failed after max_attempts (5)
     smtpd.script(None, [CLOSING], at="DATA")                         # a 421 closes one connection
     smtpd.script(None, [HANGUP], at="MAIL")                          # and one hangs up
     result = send(run_cli, smtpd)
@@ -124,12 +129,12 @@ def test_retries_bounces_and_drops(run_cli: CliRun, engine: Engine, smtpd: SmtpS
     counts = notice(run_cli)
     assert (counts["sent"], counts["bounced"], counts["failed"], counts["pending"]) == (38, 1, 1, 0)
     (attempts,) = rows(engine, "SELECT attempts FROM delivery WHERE email = 'user1@example.com'")[0]
-    assert attempts == 3
+    assert 3 <= attempts <= 5
     state, error = rows(engine, "SELECT state, last_error FROM delivery WHERE email = 'user2@example.com'")[0]
     assert state == "bounced" and "550" in str(error)
     reason, source = rows(engine, "SELECT reason, source FROM suppression WHERE email = 'user2@example.com'")[0]
     assert source == "bounce" and "550" in str(reason)
-    assert rows(engine, "SELECT state, attempts FROM delivery WHERE email = 'user4@example.com'") == [("failed", 3)]
+    assert rows(engine, "SELECT state, attempts FROM delivery WHERE email = 'user4@example.com'") == [("failed", 5)]
     delivered = Counter(m.recipients[0] for m in smtpd.messages)
     assert max(delivered.values()) == 1 and len(delivered) == 38
 
@@ -257,14 +262,14 @@ SLOW = ("[limits]\nrate_per_second = 40\nconcurrency = 4\nmax_attempts = 3\nretr
 
 def test_kill_9_midway_then_resume(run_cli: CliRun, engine: Engine, smtpd: SmtpServer, ready: Callable[..., None],
                                    db_url: str, tmp_path: Path) -> None:
-    ready(limits=SLOW)
+    ready(limits=SLOW.replace("rate_per_second = 40", "rate_per_second = 10"))  # 4 s for all 40: time to kill
     proc = _spawn_send(db_url, smtpd, tmp_path)
-    deadline = time.monotonic() + 30
-    while len(smtpd.messages) < 10 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    deadline = time.monotonic() + 60
+    while len(smtpd.messages) < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate()
-    assert 10 <= len(smtpd.messages) < 40
+    assert 5 <= len(smtpd.messages) < 40
     assert rows(engine, "SELECT COUNT(*) FROM delivery WHERE state = 'sending'")[0][0] > 0  # its leases
     result = send(run_cli, smtpd)  # resumes at once: the dead worker's leases are given back
     assert result.exit_code == 0, result.output  # type: ignore[attr-defined]
