@@ -182,6 +182,7 @@ class Worker:
         self.paused: str | None = None
         self._rng = random.Random()
         self._last_beat = 0.0
+        self._in_flight: set[int] = set()  # claimed, not yet recorded: their leases are renewed
         # Group commit: a message the server accepted is recorded before its sender takes the next one,
         # and at most `concurrency` are between the two, so a crash resends at most that many (G2).
         self._slots = asyncio.Semaphore(self.d.limits.concurrency)
@@ -211,6 +212,8 @@ class Worker:
                 conn.execute(text("DELETE FROM worker WHERE id IN :ids").bindparams(
                     ledger.bindparam("ids", expanding=True)), {"ids": dead})
             ledger.reclaim(conn, self.job.wave_id, now, dead)
+            if self._in_flight:
+                ledger.renew(conn, self.id, sorted(self._in_flight), now)
         self.limiter.set_rate(share(self.d.limits.rate_per_second, max(1, len(live))))
 
     def _leave(self) -> None:
@@ -233,8 +236,10 @@ class Worker:
             if stop:
                 self.paused = stop
                 return []
-            return ledger.claim(conn, self.job.wave_id, self.id, self.job.options.batch, now,
-                                self.job.options.ignore_window)
+            claimed = ledger.claim(conn, self.job.wave_id, self.id, self.job.options.batch, now,
+                                   self.job.options.ignore_window)
+        self._in_flight.update(c.id for c in claimed)
+        return claimed
 
     def _load(self, claimed: list[ledger.Claimed]) -> tuple[dict[str, Recipient], dict[str, list[DeviceView]],
                                                            set[str]]:
@@ -287,6 +292,7 @@ class Worker:
     def _record(self, results: list[ledger.Result], bounces: list[tuple[str, str]]) -> None:
         if not results:
             return
+        self._in_flight.difference_update(r.id for r in results)
         with self.clock, db.write(self.engine) as conn:
             ledger.record(conn, self.id, results)
             for email, reason in bounces:
@@ -303,9 +309,17 @@ class Worker:
 
     # the loop
 
+    async def _heartbeat(self) -> None:
+        # Also during a long batch (a slow relay, a low rate): the leases of what is in flight must not
+        # run out, or another worker would take those deliveries and send them again.
+        while True:
+            await asyncio.sleep(HEARTBEAT)
+            self._beat()
+
     async def run(self) -> None:
         self._beat(force=True)
         committer = asyncio.create_task(self._committer())
+        heart = asyncio.create_task(self._heartbeat())
         try:
             async with self.transport:
                 while self.paused is None:
@@ -330,6 +344,7 @@ class Worker:
                         self.on_batch()
         finally:
             committer.cancel()
+            heart.cancel()
             self._leave()
 
     async def _batch(self, claimed: list[ledger.Claimed]) -> None:

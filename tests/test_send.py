@@ -296,3 +296,54 @@ def test_two_senders_at_once_send_each_message_once(run_cli: CliRun, smtpd: Smtp
     delivered = Counter(m.recipients[0] for m in smtpd.messages)
     assert len(delivered) == 40 and set(delivered.values()) == {1}
     assert notice(run_cli)["sent"] == 40
+
+
+class _SlowTransport:
+    """Accepts everything, each message taking `seconds`: a slow relay."""
+
+    concurrency = 4
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.sent: list[str] = []
+
+    async def __aenter__(self) -> _SlowTransport:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    async def send(self, envelope: object) -> object:
+        import asyncio
+
+        from campaign.transport import Outcome
+        await asyncio.sleep(self.seconds)
+        self.sent.append(envelope.recipients[0])  # type: ignore[attr-defined]
+        return Outcome("sent")
+
+
+def test_leases_are_renewed_while_a_slow_batch_is_in_flight(run_cli: CliRun, engine: Engine, smtpd: SmtpServer,
+                                                           ready: object, db_url: str,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from campaign import db, ledger, sending
+    from campaign.config import load_config
+    monkeypatch.setattr(ledger, "LEASE", dt.timedelta(seconds=0.6))
+    monkeypatch.setattr(sending, "HEARTBEAT", 0.1)
+    config = load_config({"database_url": db_url, "templates": str(ROOT / "templates"), "actor": "tester"})
+    slow = _SlowTransport(0.25)  # 40 messages, 4 at a time: about 2.5 s, four leases long
+    done: list[object] = []
+    thread = threading.Thread(target=lambda: done.append(sending.send_wave(
+        engine, config, SLUG, "notice", sending.SendOptions(ignore_window=True, workers=1), transport=slow)))
+    thread.start()
+    taken = 0
+    wave_id = rows(engine, "SELECT id FROM wave WHERE name = 'notice'")[0][0]
+    while thread.is_alive():  # another worker looking for leases that ran out
+        with db.write(engine) as conn:
+            taken += ledger.reclaim(conn, int(wave_id), db.utcnow())  # type: ignore[call-overload]
+        time.sleep(0.05)
+    thread.join()
+    assert taken == 0
+    assert sorted(slow.sent) == sorted(f"user{i}@example.com" for i in range(40))
+    assert notice(run_cli)["sent"] == 40
