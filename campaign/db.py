@@ -46,11 +46,6 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         return value.astimezone(UTC)
 
 
-def sqlite_text(value: dt.datetime) -> str:
-    """The text SQLite stores for an aware datetime, for comparisons in hand-written SQL."""
-    return value.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
-
-
 def make_engine(url: str, **kwargs: Any) -> Engine:
     """An engine for `url`, with SQLite set up for several processes (WAL, busy timeout, real BEGIN)."""
     try:

@@ -35,7 +35,7 @@ LEASE = dt.timedelta(seconds=60)
 TS = db.UTCDateTime()
 
 
-def _t(sql: str, *times: str) -> Any:
+def timed_text(sql: str, *times: str) -> Any:
     """A text statement whose named parameters `times` are UTC timestamps."""
     return text(sql).bindparams(*(bindparam(name, type_=TS) for name in times))
 
@@ -59,7 +59,7 @@ def audience_sql(d: Definition, rule: str) -> tuple[str, dict[str, Any]]:
     return sql, params
 
 
-def _expanding(stmt: Any, params: dict[str, Any]) -> Any:
+def expanding(stmt: Any, params: dict[str, Any]) -> Any:
     for key in ("models", "countries"):
         if key in params:
             stmt = stmt.bindparams(bindparam(key, expanding=True))
@@ -71,7 +71,7 @@ def materialize(conn: Connection, d: Definition, campaign_id: int, wave_id: int,
     """Add a row for every account of the wave's audience that has none yet (idempotent); a suppressed
     address is recorded as `suppressed` and never attempted. Returns how many rows were added."""
     who, params = audience_sql(d, rule)
-    stmt = _expanding(_t(
+    stmt = expanding(timed_text(
         "INSERT INTO delivery (campaign_id, wave_id, account_id, state, email, attempts, expires_at, updated_at) "
         "SELECT :campaign_id, :wave_id, a.id, CASE WHEN EXISTS (SELECT 1 FROM suppression su "
         "WHERE lower(su.email) = lower(a.email)) THEN 'suppressed' ELSE 'pending' END, a.email, 0, :expires, :now "
@@ -91,7 +91,7 @@ def plan_windows(conn: Connection, wave_id: int, window: SendWindow, earliest: d
         "SELECT DISTINCT a.timezone FROM delivery dl JOIN account a ON a.id = dl.account_id "
         "WHERE dl.wave_id = :w AND dl.state = 'pending' AND dl.not_before IS NULL"), {"w": wave_id}).scalars().all()
     cache = WindowCache(window)
-    stmt = _t("UPDATE delivery SET not_before = :nb WHERE wave_id = :w AND state = 'pending' "
+    stmt = timed_text("UPDATE delivery SET not_before = :nb WHERE wave_id = :w AND state = 'pending' "
               "AND not_before IS NULL AND account_id IN (SELECT id FROM account WHERE timezone = :tz)", "nb")
     for zone in zones:
         conn.execute(stmt, {"nb": cache.next_opening(zone, earliest), "w": wave_id, "tz": zone})
@@ -116,7 +116,7 @@ def claim(conn: Connection, wave_id: int, owner: str, limit: int, now: dt.dateti
     """Move up to `limit` due deliveries of the wave into `sending`, leased to `owner`."""
     window = "" if ignore_window else " AND (not_before IS NULL OR not_before <= :now)"
     lock = " FOR UPDATE SKIP LOCKED" if conn.dialect.name == "postgresql" else ""
-    stmt = _t(
+    stmt = timed_text(
         "UPDATE delivery SET state = 'sending', lease_owner = :owner, lease_expires_at = :lease, "
         "attempts = attempts + 1, updated_at = :now WHERE id IN (SELECT id FROM delivery "
         "WHERE wave_id = :w AND state = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= :now)"
@@ -129,7 +129,7 @@ def claim(conn: Connection, wave_id: int, owner: str, limit: int, now: dt.dateti
 
 
 def renew(conn: Connection, owner: str, ids: Sequence[int], now: dt.datetime) -> None:
-    conn.execute(_t("UPDATE delivery SET lease_expires_at = :lease WHERE lease_owner = :owner "
+    conn.execute(timed_text("UPDATE delivery SET lease_expires_at = :lease WHERE lease_owner = :owner "
                     "AND state = 'sending' AND id IN :ids", "lease").bindparams(bindparam("ids", expanding=True)),
                  {"lease": now + LEASE, "owner": owner, "ids": list(ids)})
 
@@ -138,7 +138,7 @@ def reclaim(conn: Connection, wave_id: int, now: dt.datetime, dead_owners: Itera
     """Give back to `pending` the deliveries whose lease ran out or whose worker is known dead."""
     dead = list(dead_owners)
     clause = " OR lease_owner IN :dead" if dead else ""
-    stmt = _t("UPDATE delivery SET state = 'pending', lease_owner = NULL, lease_expires_at = NULL, "
+    stmt = timed_text("UPDATE delivery SET state = 'pending', lease_owner = NULL, lease_expires_at = NULL, "
               "updated_at = :now WHERE wave_id = :w AND state = 'sending' "
               f"AND (lease_expires_at < :now{clause})", "now")
     if dead:
@@ -164,7 +164,7 @@ class Result:
     attempts_back: int = 0  # 1 when the attempt did not happen (window, a lease lost): not counted
 
 
-_RECORD = _t(
+_RECORD = timed_text(
     "UPDATE delivery SET state = :state, sent_at = COALESCE(:sent_at, sent_at), "
     "message_id = COALESCE(:message_id, message_id), locale = COALESCE(:locale, locale), last_error = :error, "
     "next_attempt_at = :next_attempt_at, not_before = COALESCE(:not_before, not_before), "
@@ -187,7 +187,7 @@ def record(conn: Connection, owner: str, results: Sequence[Result]) -> int:
 
 def expire(conn: Connection, wave_id: int, now: dt.datetime) -> int:
     """Pending deliveries whose wave expired become `expired`."""
-    result = conn.execute(_t("UPDATE delivery SET state = 'expired', updated_at = :now, "
+    result = conn.execute(timed_text("UPDATE delivery SET state = 'expired', updated_at = :now, "
                              "last_error = 'the wave expired before it could be sent' "
                              "WHERE wave_id = :w AND state = 'pending' AND expires_at <= :now", "now"),
                           {"now": now, "w": wave_id})
@@ -217,7 +217,7 @@ class Outlook:
 
 
 def outlook(conn: Connection, wave_id: int, now: dt.datetime, ignore_window: bool) -> Outlook:
-    row = conn.execute(_t(
+    row = conn.execute(timed_text(
         "SELECT "
         "SUM(CASE WHEN state = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= :now) "
         "AND (:iw OR not_before IS NULL OR not_before <= :now) THEN 1 ELSE 0 END), "
@@ -238,4 +238,4 @@ def outlook(conn: Connection, wave_id: int, now: dt.datetime, ignore_window: boo
 
 __all__ = ["BOUNCED", "EXPIRED", "FAILED", "PENDING", "SENDING", "SENT", "SKIPPED", "SUPPRESSED", "Claimed",
            "Outlook", "Result", "claim", "counts", "expire", "materialize", "outlook", "plan_windows", "reclaim",
-           "record", "renew", "worker_id"]
+           "record", "renew", "worker_id", "timed_text", "expanding"]

@@ -24,7 +24,7 @@ def status(conn: Connection, slug: str, now: dt.datetime | None = None) -> dict[
                                "ORDER BY position"), {"c": c.id}).all():
         counts = ledger.counts(conn, w.id)
         waves[w.name] = counts
-        recent = conn.execute(ledger._t("SELECT COUNT(*) FROM delivery WHERE wave_id = :w AND state = 'sent' "
+        recent = conn.execute(ledger.timed_text("SELECT COUNT(*) FROM delivery WHERE wave_id = :w AND state = 'sent' "
                                         "AND sent_at >= :since", "since"),
                               {"w": w.id, "since": now - RATE_WINDOW}).scalar_one()
         rate = recent / RATE_WINDOW.total_seconds()

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, bindparam, text
 
 from campaign import audit, campaigns, db, ledger, suppressions
 from campaign.config import Config
@@ -109,7 +109,7 @@ def prepare(conn: Connection, slug: str, wave_name: str, actor: str, ignore_wind
                          f"`campaign resume {slug}`")
     if now >= wave.expires:
         n = ledger.expire(conn, row.id, now)
-        conn.execute(ledger._t("UPDATE wave SET state = 'done', finished_at = :t WHERE id = :w", "t"),
+        conn.execute(ledger.timed_text("UPDATE wave SET state = 'done', finished_at = :t WHERE id = :w", "t"),
                      {"t": now, "w": row.id})
         raise StateError(f"wave {wave_name!r} expired at {wave.expires.isoformat()}: it is never sent after "
                          f"that ({n} pending deliveries marked expired)")
@@ -118,7 +118,7 @@ def prepare(conn: Connection, slug: str, wave_name: str, actor: str, ignore_wind
         # (Rows left without a time are checked against the window when claimed: this only spares
         # a sender the claims of people who are asleep.)
         ledger.plan_windows(conn, row.id, d.send_window, now)
-    conn.execute(ledger._t("UPDATE wave SET state = 'sending', materialized_at = COALESCE(materialized_at, :t) "
+    conn.execute(ledger.timed_text("UPDATE wave SET state = 'sending', materialized_at = COALESCE(materialized_at, :t) "
                            "WHERE id = :w", "t"), {"t": now, "w": row.id})
     audit.record(conn, actor, "wave.send", c.id, wave=wave_name, added=added, ignore_window=ignore_window)
     return c, wave, int(row.id), added
@@ -183,6 +183,7 @@ class Worker:
         self._rng = random.Random()
         self._last_beat = 0.0
         self._in_flight: set[int] = set()  # claimed, not yet recorded: their leases are renewed
+        self._last_error = ""  # the last failure's detail, for the pause reason
         # Group commit: a message the server accepted is recorded before its sender takes the next one,
         # and at most `concurrency` are between the two, so a crash resends at most that many (G2).
         self._slots = asyncio.Semaphore(self.d.limits.concurrency)
@@ -197,7 +198,7 @@ class Worker:
         self._last_beat = time.monotonic()
         now = db.utcnow()
         with self.clock, db.write(self.engine) as conn:
-            conn.execute(ledger._t(
+            conn.execute(ledger.timed_text(
                 "INSERT INTO worker (id, host, pid, campaign_id, wave_id, started_at, heartbeat_at) "
                 "VALUES (:id, :host, :pid, :c, :w, :now, :now) ON CONFLICT (id) DO UPDATE SET heartbeat_at = :now",
                 "now"), {"id": self.id, "host": self.host, "pid": os.getpid(), "c": self.job.campaign_id,
@@ -210,7 +211,7 @@ class Worker:
                     db.UTCDateTime().process_result_value(w.heartbeat_at, conn.dialect) >= stale_before]  # type: ignore[operator]
             if dead:
                 conn.execute(text("DELETE FROM worker WHERE id IN :ids").bindparams(
-                    ledger.bindparam("ids", expanding=True)), {"ids": dead})
+                    bindparam("ids", expanding=True)), {"ids": dead})
             ledger.reclaim(conn, self.job.wave_id, now, dead)
             if self._in_flight:
                 ledger.renew(conn, self.id, sorted(self._in_flight), now)
@@ -247,19 +248,19 @@ class Worker:
         with self.clock, db.read(self.engine) as conn:
             people = {r[0]: Recipient(r[0], r[1], r[2], r[3], r[4]) for r in conn.execute(
                 text("SELECT id, email, name, locale, timezone FROM account WHERE id IN :ids").bindparams(
-                    ledger.bindparam("ids", expanding=True)), {"ids": ids}).all()}
+                    bindparam("ids", expanding=True)), {"ids": ids}).all()}
             if self.wave.audience == "changed":
                 rows = conn.execute(text(
                     "SELECT sc.account_id, d.id, d.name, d.model FROM setting_change sc JOIN device d ON d.id = "
                     "sc.device_id WHERE sc.campaign_id = :c AND sc.state = 'changed' AND sc.account_id IN :ids "
-                    "ORDER BY sc.account_id, d.id").bindparams(ledger.bindparam("ids", expanding=True)),
+                    "ORDER BY sc.account_id, d.id").bindparams(bindparam("ids", expanding=True)),
                     {"c": self.job.campaign_id, "ids": ids}).all()
             else:
-                rows = conn.execute(ledger._expanding(text(
+                rows = conn.execute(ledger.expanding(text(
                     "SELECT d.account_id, d.id, d.name, d.model FROM device d JOIN device_setting s "
                     "ON s.device_id = d.id AND s.key = :setting AND s.value = :from_value "
                     "WHERE d.account_id IN :ids" + (" AND d.model IN :models" if self.d.device_models else "")
-                    + " ORDER BY d.account_id, d.id").bindparams(ledger.bindparam("ids", expanding=True)),
+                    + " ORDER BY d.account_id, d.id").bindparams(bindparam("ids", expanding=True)),
                     {"models": list(self.d.device_models)} if self.d.device_models else {}),
                     {"setting": self.d.setting, "from_value": self.d.from_value, "ids": ids,
                      **({"models": list(self.d.device_models)} if self.d.device_models else {})}).all()
@@ -268,7 +269,7 @@ class Worker:
                 devices[r[0]].append(DeviceView(r[1], r[2], r[3]))
             emails = [p.email.lower() for p in people.values()]
             suppressed = set(conn.execute(text("SELECT lower(email) FROM suppression WHERE lower(email) IN :e")
-                                          .bindparams(ledger.bindparam("e", expanding=True)),
+                                          .bindparams(bindparam("e", expanding=True)),
                                           {"e": emails}).scalars().all()) if emails else set()
         return people, devices, suppressed
 
@@ -402,8 +403,6 @@ class Worker:
             self._pause(f"{self.failures.failures} of the last {self.failures.seen} attempts failed "
                         f"(limit {self.d.limits.pause_on_failure_rate:.0%}); last error: {self._last_error}")
 
-    _last_error = ""
-
     async def _send(self, c: ledger.Claimed, envelope: Envelope, locale: str, address: str) -> None:
         async with self._slots:
             await self.limiter.acquire()
@@ -485,7 +484,7 @@ def send_wave(engine: Engine, config: Config, slug: str, wave_name: str, options
         row = _wave_row(conn, c.id, wave_name)
         paused = row.paused_reason if row.state == "paused" else None
         if not paused and not look.waiting_window and not counts["pending"] and not counts["sending"]:
-            conn.execute(ledger._t("UPDATE wave SET state = 'done', finished_at = :t WHERE id = :w", "t"),
+            conn.execute(ledger.timed_text("UPDATE wave SET state = 'done', finished_at = :t WHERE id = :w", "t"),
                          {"t": db.utcnow(), "w": wave_id})
         audit.record(conn, config.actor, "wave.sent", c.id, wave=wave_name, counts=counts, attempted=attempted)
     if progress is not None:
