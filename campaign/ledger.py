@@ -236,6 +236,28 @@ def outlook(conn: Connection, wave_id: int, now: dt.datetime, ignore_window: boo
                    min(nexts) if nexts else None)
 
 
-__all__ = ["BOUNCED", "EXPIRED", "FAILED", "PENDING", "SENDING", "SENT", "SKIPPED", "SUPPRESSED", "Claimed",
-           "Outlook", "Result", "claim", "counts", "expire", "materialize", "outlook", "plan_windows", "reclaim",
-           "record", "renew", "worker_id", "timed_text", "expanding"]
+__all__ = [
+    "BOUNCED",
+    "EXPIRED",
+    "FAILED",
+    "PENDING",
+    "SENDING",
+    "SENT",
+    "SKIPPED",
+    "SUPPRESSED",
+    "Claimed",
+    "Outlook",
+    "Result",
+    "claim",
+    "counts",
+    "expanding",
+    "expire",
+    "materialize",
+    "outlook",
+    "plan_windows",
+    "reclaim",
+    "record",
+    "renew",
+    "timed_text",
+    "worker_id",
+]
