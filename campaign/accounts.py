@@ -102,7 +102,7 @@ def _id_problem(key: str, value: str) -> str | None:
     return f"{key}: {value!r} is not an id (1 to 128 characters, no spaces or control characters)"
 
 
-def _check_columns(path: str, columns: Iterable[str], required: tuple[str, ...],
+def _check_columns(columns: Iterable[str], required: tuple[str, ...],
                    extra_ok: Callable[[str], bool], line: int = 1) -> list[Problem]:
     cols = list(columns)
     problems = []
@@ -186,7 +186,7 @@ class _Import:
         with RecordReader(self.path) as reader, db.write(self.engine, bulk=True) as conn:
             header = reader.header()
             if header:
-                self._header_problems(_check_columns(str(self.path), header, ACCOUNT_COLUMNS, lambda c: False))
+                self._header_problems(_check_columns(header, ACCOUNT_COLUMNS, lambda c: False))
                 order = [header.index(c) for c in ACCOUNT_COLUMNS]
             _prepare(conn)
             _stage(conn, "stage_account", "line INTEGER, id TEXT, email TEXT, name TEXT, locale TEXT, "
@@ -207,7 +207,7 @@ class _Import:
                     if item.problem:
                         add_problem(line, item.problem)
                         continue
-                    col_problems = _check_columns(str(self.path), item.values, ACCOUNT_COLUMNS, lambda c: False,
+                    col_problems = _check_columns(item.values, ACCOUNT_COLUMNS, lambda c: False,
                                                   line)
                     if col_problems:
                         add_problem(line, "; ".join(p.message for p in col_problems))
@@ -301,7 +301,7 @@ class _Import:
             header = reader.header()
             setting_index: list[int] = []
             if header:
-                problems = _check_columns(str(self.path), header, DEVICE_COLUMNS,
+                problems = _check_columns(header, DEVICE_COLUMNS,
                                           lambda c: bool(SETTING_KEY_RE.match(c)))
                 self._header_problems([Problem(p.line, p.message.replace(
                     "(expected", "(setting columns are lower-case names [a-z][a-z0-9_]*; expected"))
@@ -450,8 +450,10 @@ class _Import:
 BY_COLUMNS = {"locale": "a.locale", "country": "a.country", "model": "d.model"}
 
 
-def _audience_where(setting: str, from_value: str, countries: Iterable[str],
-                    models: Iterable[str]) -> tuple[str, dict[str, Any]]:
+def audience_where(setting: str, from_value: str, countries: Iterable[str],
+                   models: Iterable[str]) -> tuple[str, dict[str, Any]]:
+    """The WHERE clause (over AFFECTED_FROM) of "owns a device whose setting still equals `from`", with
+    the audience filters, and its parameters: the one definition of who is affected."""
     params: dict[str, Any] = {"setting": setting, "from_value": from_value}
     where = ["s.key = :setting", "s.value = :from_value"]
     countries, models = list(countries), list(models)
@@ -487,7 +489,7 @@ class AudienceSummary:
 def audience_summary(conn: Connection, setting: str, from_value: str, countries: Iterable[str] = (),
                      models: Iterable[str] = (), by: str | None = None, sample: int = 0) -> AudienceSummary:
     """Who is affected now: accounts owning a device whose `setting` still equals `from_value`."""
-    where, params = _audience_where(setting, from_value, countries, models)
+    where, params = audience_where(setting, from_value, countries, models)
     accounts, devices = conn.execute(_expanding(
         f"SELECT COUNT(DISTINCT a.id), COUNT(*) {AFFECTED_FROM} WHERE {where}", params), params).one()
     groups = None
@@ -519,7 +521,7 @@ def iter_affected(conn: Connection, setting: str, from_value: str, countries: It
                   models: Iterable[str] = (), account_ids: Iterable[str] | None = None,
                   locale: str | None = None) -> Iterator[tuple[Recipient, list[DeviceView]]]:
     """Each affected account with its affected devices, in account order, streamed from the database."""
-    where, params = _audience_where(setting, from_value, countries, models)
+    where, params = audience_where(setting, from_value, countries, models)
     extra = ""
     if account_ids is not None:
         extra += " AND a.id IN :account_ids"
@@ -548,7 +550,7 @@ def iter_affected(conn: Connection, setting: str, from_value: str, countries: It
 def affected_locales(conn: Connection, setting: str, from_value: str, countries: Iterable[str] = (),
                      models: Iterable[str] = ()) -> list[tuple[str, int, str]]:
     """(locale, accounts, first account id) for each locale in the audience now."""
-    where, params = _audience_where(setting, from_value, countries, models)
+    where, params = audience_where(setting, from_value, countries, models)
     rows = conn.execute(_expanding(
         f"SELECT a.locale, COUNT(DISTINCT a.id), MIN(a.id) {AFFECTED_FROM} WHERE {where} "
         "GROUP BY a.locale ORDER BY a.locale", params), params).all()

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import Boolean, Connection, bindparam, text
 
 from campaign import db
+from campaign.accounts import AFFECTED_FROM, audience_where
 from campaign.definition import Definition, SendWindow
 from campaign.models import (
     BOUNCED,
@@ -44,16 +45,8 @@ def timed_text(sql: str, *times: str) -> Any:
 
 def audience_sql(d: Definition, rule: str) -> tuple[str, dict[str, Any]]:
     """SQL selecting the account ids of a wave's audience rule, and its parameters."""
-    params: dict[str, Any] = {"setting": d.setting, "from_value": d.from_value}
-    affected = ("SELECT d.account_id FROM device_setting s JOIN device d ON d.id = s.device_id "
-                "JOIN account fa ON fa.id = d.account_id "
-                "WHERE s.key = :setting AND s.value = :from_value")
-    if d.device_models:
-        affected += " AND d.model IN :models"
-        params["models"] = list(d.device_models)
-    if d.countries:
-        affected += " AND fa.country IN :countries"
-        params["countries"] = list(d.countries)
+    where, params = audience_where(d.setting, d.from_value, d.countries, d.device_models)
+    affected = f"SELECT a.id {AFFECTED_FROM} WHERE {where}"
     changed = "SELECT sc.account_id FROM setting_change sc WHERE sc.campaign_id = :campaign_id AND sc.state = 'changed'"
     sql = {"affected": affected, "changed": changed, "all": f"{affected} UNION {changed}"}[rule]
     return sql, params

@@ -20,13 +20,13 @@ import random
 import socket
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, text
 
-from campaign import audit, campaigns, db, ledger, suppressions
+from campaign import accounts, audit, campaigns, db, ledger, suppressions
 from campaign.config import Config
 from campaign.definition import Definition, WaveDef
 from campaign.errors import CampaignError, StateError, UsageError
@@ -249,21 +249,19 @@ class Worker:
             people = {r[0]: Recipient(r[0], r[1], r[2], r[3], r[4]) for r in conn.execute(
                 text("SELECT id, email, name, locale, timezone FROM account WHERE id IN :ids").bindparams(
                     bindparam("ids", expanding=True)), {"ids": ids}).all()}
+            rows: Sequence[Any]
             if self.wave.audience == "changed":
                 rows = conn.execute(text(
                     "SELECT sc.account_id, d.id, d.name, d.model FROM setting_change sc JOIN device d ON d.id = "
                     "sc.device_id WHERE sc.campaign_id = :c AND sc.state = 'changed' AND sc.account_id IN :ids "
                     "ORDER BY sc.account_id, d.id").bindparams(bindparam("ids", expanding=True)),
                     {"c": self.job.campaign_id, "ids": ids}).all()
-            else:
-                rows = conn.execute(ledger.expanding(text(
-                    "SELECT d.account_id, d.id, d.name, d.model FROM device d JOIN device_setting s "
-                    "ON s.device_id = d.id AND s.key = :setting AND s.value = :from_value "
-                    "WHERE d.account_id IN :ids" + (" AND d.model IN :models" if self.d.device_models else "")
-                    + " ORDER BY d.account_id, d.id").bindparams(bindparam("ids", expanding=True)),
-                    {"models": list(self.d.device_models)} if self.d.device_models else {}),
-                    {"setting": self.d.setting, "from_value": self.d.from_value, "ids": ids,
-                     **({"models": list(self.d.device_models)} if self.d.device_models else {})}).all()
+            else:  # the affected devices, by the audience's own definition
+                rows = [(person.account_id, v.device_id, v.name, v.model)
+                        for person, views in accounts.iter_affected(conn, self.d.setting, self.d.from_value,
+                                                                    self.d.countries, self.d.device_models,
+                                                                    account_ids=ids)
+                        for v in views]
             devices: dict[str, list[DeviceView]] = defaultdict(list)
             for r in rows:
                 devices[r[0]].append(DeviceView(r[1], r[2], r[3]))
