@@ -418,6 +418,8 @@ class Worker:
         if outcome.status == "sent":
             return ledger.Result(c.id, "sent", now, message_id=envelope.message_id, locale=locale)
         self._last_error = outcome.detail
+        if outcome.status == "failed":  # the relay cannot take it; the address is not at fault: no suppression
+            return ledger.Result(c.id, "failed", now, locale=locale, error=outcome.detail)
         if outcome.status == "permanent":
             return ledger.Result(c.id, "bounced", now, message_id=envelope.message_id, locale=locale,
                                  error=outcome.detail)

@@ -66,7 +66,9 @@ __all__ = [
     "send_all_sync",
 ]
 
-Status = Literal["sent", "transient", "permanent"]
+# "failed": this relay cannot take this message (e.g. an RFC 6531 address without SMTPUTF8); the address is
+# not at fault, so it is not suppressed, and retrying the same relay would not help.
+Status = Literal["sent", "transient", "permanent", "failed"]
 StartTLS = Literal["require", "opportunistic", "off"]
 Scheme = Literal["smtp", "smtps", "maildir"]
 
