@@ -5,29 +5,19 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, case, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine
 
-from campaign import audit, db
-from campaign.definition import Definition, parse_definition
+from campaign import db
+from campaign.definition import Definition, load_definition, parse_definition
 from campaign.errors import NotFound, StateError
-from campaign.models import (
-    CAMPAIGN,
-    CANCELLED,
-    CHANGED,
-    DELIVERY,
-    DRAFT,
-    PAUSED,
-    SCHEDULED,
-    SENT,
-    SETTING_CHANGE,
-    SETTLED_STATES,
-    STEP,
-    WAVE,
-)
-
-C, W, D, S = CAMPAIGN, WAVE, DELIVERY, SETTING_CHANGE
+from campaign.models import CANCELLED, DRAFT, PAUSED, SCHEDULED
+from campaign.previews import check_campaign
+from campaign.rendering import Renderer
+from campaign.store import audience
+from campaign.store import campaigns as store
 
 
 @dataclass(frozen=True)
@@ -47,9 +37,9 @@ class CampaignRow:
 
 def get(conn: Connection, slug: str) -> CampaignRow:
     """The campaign named `slug`, its definition parsed from the frozen text."""
-    row = conn.execute(select(C).where(C.c.slug == slug)).mappings().first()
+    row = store.row(conn, slug)
     if row is None:
-        known = conn.execute(select(C.c.slug).order_by(C.c.slug)).scalars().all()
+        known = store.slugs(conn)
         hint = f" (known: {', '.join(known)})" if known else " (no campaign has been created yet)"
         raise NotFound(f"no campaign {slug!r}{hint}")
     definition = parse_definition(row["definition"], row["source"])
@@ -59,49 +49,41 @@ def get(conn: Connection, slug: str) -> CampaignRow:
                        scheduled_at=row["scheduled_at"], rolled_back_at=row["rolled_back_at"])
 
 
-Check = Callable[[Connection, Definition], None]
+Check = Callable[[Connection, Definition], Any]
 
 
 def create(engine: Engine, definition: Definition, actor: str, *, replace: bool = False,
            dry_run: bool = False, check: Check | None = None) -> dict[str, Any]:
     """Register the campaign. `check` runs inside the transaction (rendering every wave × locale);
     any error it raises leaves nothing written. `replace` swaps the definition of a draft."""
-    with db.write(engine) as conn:
-        existing = conn.execute(select(C.c.id, C.c.state).where(C.c.slug == definition.slug)).first()
+    with db.transaction(engine, actor, dry_run=dry_run) as tx:
+        conn = tx.conn
+        existing = store.row(conn, definition.slug)
         if existing is not None:
             if not replace:
-                raise StateError(f"campaign {definition.slug!r} exists already (state {existing.state}); "
+                raise StateError(f"campaign {definition.slug!r} exists already (state {existing['state']}); "
                                  "use --replace to change a campaign that is not scheduled yet")
-            if existing.state != DRAFT:
-                raise StateError(f"campaign {definition.slug!r} is {existing.state}: its definition is frozen")
-            used = conn.execute(select(func.count()).select_from(D).where(D.c.campaign_id == existing.id)
-                                ).scalar_one()
-            used += conn.execute(select(func.count()).select_from(S)
-                                 .where(S.c.campaign_id == existing.id)).scalar_one()
-            if used:
+            if existing["state"] != DRAFT:
+                raise StateError(f"campaign {definition.slug!r} is {existing['state']}: its definition is frozen")
+            if store.has_activity(conn, existing["id"]):
                 raise StateError(f"campaign {definition.slug!r} has already sent or changed something: "
                                  "its definition is frozen; create a new campaign instead")
-            conn.execute(delete(STEP).where(STEP.c.campaign_id == existing.id))
-            conn.execute(delete(W).where(W.c.campaign_id == existing.id))
-            conn.execute(update(C).where(C.c.id == existing.id).values(**_campaign_values(definition)))
-            campaign_id = existing.id
+            campaign_id = int(existing["id"])
+            store.update_campaign(conn, campaign_id, **_campaign_values(definition))
         else:
-            campaign_id = conn.execute(insert(C).values(
-                slug=definition.slug, state=DRAFT, created_at=db.utcnow(), created_by=actor,
-                **_campaign_values(definition))).inserted_primary_key[0]  # type: ignore[index]
-        for position, wave in enumerate(definition.waves):
-            conn.execute(insert(W).values(campaign_id=campaign_id, name=wave.name, position=position,
-                                          at=wave.at, audience=wave.audience, expires=wave.expires,
-                                          state="waiting"))
-        if check is not None:
-            check(conn, definition)
-        audit.record(conn, actor, "campaign.replace" if existing else "campaign.create", campaign_id,
-                     source=definition.source, cutoff=definition.cutoff.isoformat(),
-                     waves=[w.name for w in definition.waves])
-        if dry_run:
-            conn.rollback()
+            campaign_id = store.insert_campaign(conn, {"slug": definition.slug, "state": DRAFT,
+                                                       "created_at": db.utcnow(), "created_by": actor,
+                                                       **_campaign_values(definition)})
+        store.replace_waves(conn, campaign_id, [
+            {"name": w.name, "position": i, "at": w.at, "audience": w.audience, "expires": w.expires}
+            for i, w in enumerate(definition.waves)])
+        checked = check(conn, definition) if check is not None else None
+        tx.action = "campaign.replace" if existing else "campaign.create"
+        tx.campaign_id = campaign_id
+        tx.note(source=definition.source, cutoff=definition.cutoff.isoformat(),
+                waves=[w.name for w in definition.waves])
     return {"campaign": definition.slug, "id": campaign_id, "replaced": existing is not None,
-            "dry_run": dry_run, "cutoff": definition.cutoff.isoformat(),
+            "dry_run": dry_run, "cutoff": definition.cutoff.isoformat(), "checked": checked,
             "waves": [{"name": w.name, "at": w.at.isoformat(), "expires": w.expires.isoformat(),
                        "audience": w.audience} for w in definition.waves]}
 
@@ -113,47 +95,86 @@ def _campaign_values(d: Definition) -> dict[str, Any]:
 
 def list_campaigns(conn: Connection) -> list[dict[str, Any]]:
     """Every campaign with its state, cutoff and progress (deliveries settled of all, changes made)."""
-    settled = func.sum(case((D.c.state.in_(SETTLED_STATES), 1), else_=0))
-    sent = func.sum(case((D.c.state == SENT, 1), else_=0))
-    progress = {r.campaign_id: (int(r.total), int(r.settled or 0), int(r.sent or 0)) for r in conn.execute(
-        select(D.c.campaign_id, func.count().label("total"), settled.label("settled"), sent.label("sent"))
-        .group_by(D.c.campaign_id)).all()}
-    changes = {r.campaign_id: int(r.n) for r in conn.execute(
-        select(S.c.campaign_id, func.count().label("n")).where(S.c.state == CHANGED)
-        .group_by(S.c.campaign_id)).all()}
+    progress = store.progress(conn)
     out = []
-    for row in conn.execute(select(C).order_by(C.c.cutoff, C.c.slug)).mappings():
-        total, done, n_sent = progress.get(row["id"], (0, 0, 0))
+    for row in store.all_rows(conn):
+        p = progress.get(row["id"], store.Progress())
         out.append({"campaign": row["slug"], "name": row["name"], "state": row["state"],
-                    "cutoff": row["cutoff"].isoformat(), "deliveries": total, "settled": done, "sent": n_sent,
-                    "devices_changed": changes.get(row["id"], 0)})
+                    "cutoff": row["cutoff"].isoformat(), "deliveries": p.deliveries, "settled": p.settled,
+                    "sent": p.sent, "devices_changed": p.devices_changed})
     return out
 
 
-def set_state(conn: Connection, slug: str, action: str, actor: str) -> str:
+def set_state(engine: Engine, slug: str, action: str, actor: str, dry_run: bool = False) -> str:
     """pause | resume | cancel, with an audit event; returns what happened, in words."""
-    c = get(conn, slug)
-    if c.state == CANCELLED:
-        raise StateError(f"campaign {slug!r} is cancelled: it cannot be {action}d")
-    if action == "pause":
-        if c.state == PAUSED:
-            return f"{slug} is already paused"
-        conn.execute(update(C).where(C.c.id == c.id).values(state=PAUSED, state_reason=f"paused by {actor}"))
-        message = f"{slug} paused: sending stops after the batches in flight"
-    elif action == "resume":
-        paused_waves = conn.execute(update(W).where(W.c.campaign_id == c.id, W.c.state == "paused")
-                                    .values(state="waiting", paused_reason=None)).rowcount
-        if c.state != PAUSED and not paused_waves:
-            return f"{slug} is not paused"
-        back = SCHEDULED if c.scheduled_at is not None else DRAFT
-        conn.execute(update(C).where(C.c.id == c.id).values(state=back, state_reason=None))
-        message = f"{slug} resumed ({back})"
-    elif action == "cancel":
-        conn.execute(update(C).where(C.c.id == c.id).values(state=CANCELLED, state_reason=f"cancelled by {actor}"))
-        conn.execute(update(STEP).where(STEP.c.campaign_id == c.id, STEP.c.state == "pending")
-                     .values(state="cancelled"))
-        message = f"{slug} cancelled: nothing more is sent, and the scheduled flip is removed"
-    else:
-        raise ValueError(action)
-    audit.record(conn, actor, f"campaign.{action}", c.id)
-    return message
+    with db.transaction(engine, actor, f"campaign.{action}", dry_run=dry_run) as tx:
+        conn = tx.conn
+        c = get(conn, slug)
+        tx.campaign_id = c.id
+        if c.state == CANCELLED:
+            raise StateError(f"campaign {slug!r} is cancelled: it cannot be {action}d")
+        if action == "pause":
+            if c.state == PAUSED:
+                tx.action = None
+                return f"{slug} is already paused"
+            store.update_campaign(conn, c.id, state=PAUSED, state_reason=f"paused by {actor}")
+            message = f"{slug} paused: sending stops after the batches in flight"
+        elif action == "resume":
+            paused_waves = store.resume_waves(conn, c.id)
+            if c.state != PAUSED and not paused_waves:
+                tx.action = None
+                return f"{slug} is not paused"
+            back = SCHEDULED if c.scheduled_at is not None else DRAFT
+            store.update_campaign(conn, c.id, state=back, state_reason=None)
+            message = f"{slug} resumed ({back})"
+        elif action == "cancel":
+            store.update_campaign(conn, c.id, state=CANCELLED, state_reason=f"cancelled by {actor}")
+            steps = store.cancel_steps(conn, c.id)
+            tx.note(steps_cancelled=steps)
+            message = f"{slug} cancelled: nothing more is sent, and the scheduled flip is removed"
+        else:
+            raise ValueError(action)
+    return f"would: {message}" if dry_run else message
+
+
+def create_from_file(engine: Engine, path: Path, templates: Path, actor: str, *, replace: bool = False,
+                     dry_run: bool = False) -> dict[str, Any]:
+    """`campaign create`: load and check the definition, render every wave × locale of the audience (refusing on
+    any template or data error, with its file and line), and register it."""
+    definition = load_definition(path, templates)
+    renderer = Renderer(definition, templates)
+    result = create(engine, definition, actor, replace=replace, dry_run=dry_run,
+                    check=lambda conn, d: check_campaign(conn, d, renderer))
+    result["rendered"] = result.pop("checked")
+    return result
+
+
+def listing(engine: Engine) -> list[dict[str, Any]]:
+    """`campaign list`."""
+    with db.read(engine) as conn:
+        return list_campaigns(conn)
+
+
+@dataclass(frozen=True)
+class AudienceReport:
+    campaign: str
+    setting: str
+    from_value: str
+    summary: audience.Summary
+
+    def as_json(self) -> dict[str, Any]:
+        """SPEC's `audience --json` object (`by` only when asked; `sample` beside it when asked)."""
+        out: dict[str, Any] = {"campaign": self.campaign, "accounts": self.summary.accounts,
+                               "devices": self.summary.devices}
+        if self.summary.by is not None:
+            out["by"] = self.summary.by
+        if self.summary.sample:
+            out["sample"] = self.summary.sample
+        return out
+
+
+def audience_of(engine: Engine, slug: str, by: str | None = None, sample: int = 0) -> AudienceReport:
+    """`campaign audience`: who is affected now."""
+    with db.read(engine) as conn:
+        d = get(conn, slug).definition
+        return AudienceReport(slug, d.setting, d.from_value, audience.summary(conn, d, by=by, sample=sample))

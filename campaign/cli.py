@@ -14,13 +14,10 @@ import click
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from campaign import accounts, audit, campaigns, db, migrate, previews, reports, sending, suppressions
+from campaign import accounts, campaigns, db, migrate, previews, reports, sending, suppressions
 from campaign.config import Config, load_config, redact_url
-from campaign.definition import load_definition
-from campaign.errors import CampaignError, UsageError
-from campaign.rendering import Renderer
-from campaign.transport import RecordingTransport, Transport, make_transport
-from campaign.validation import check_email, normalize_locale
+from campaign.errors import CampaignError
+from campaign.store import audience as audience_store
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -269,23 +266,14 @@ def create(app: App, file: Path, replace: bool, dry_run: bool, as_json: bool) ->
 
     Refuses, with the file, line and key, on any problem in the definition.
     """
-    definition = load_definition(file, app.config.templates)
-    renderer = Renderer(definition, app.config.templates)
-    rendered = 0
-
-    def check(conn: Any, d: Any) -> None:
-        nonlocal rendered
-        rendered = previews.check_campaign(conn, d, renderer)
-
-    result = campaigns.create(app.engine(), definition, app.config.actor, replace=replace, dry_run=dry_run,
-                              check=check)
-    result["rendered"] = rendered
+    result = campaigns.create_from_file(app.engine(), file, app.config.templates, app.config.actor,
+                                        replace=replace, dry_run=dry_run)
     if as_json:
         _json(result)
         return
     verb = "would create" if dry_run else ("replaced" if result["replaced"] else "created")
-    click.echo(f"{verb} campaign {definition.slug!r}: cutoff {result['cutoff']}; {rendered} sample messages "
-               "rendered without error (every wave × locale of the audience)")
+    click.echo(f"{verb} campaign {result['campaign']!r}: cutoff {result['cutoff']}; {result['rendered']} sample "
+               "messages rendered without error (every wave × locale of the audience)")
     for w in result["waves"]:
         click.echo(f"  wave {w['name']:<14} at {w['at']}  audience {w['audience']:<9} expires {w['expires']}")
 
@@ -295,8 +283,7 @@ def create(app: App, file: Path, replace: bool, dry_run: bool, as_json: bool) ->
 @pass_app
 def list_cmd(app: App, as_json: bool) -> None:
     """Campaigns with their state, cutoff and progress."""
-    with db.read(app.engine()) as conn:
-        rows = campaigns.list_campaigns(conn)
+    rows = campaigns.listing(app.engine())
     if as_json:
         _json(rows)
         return
@@ -312,27 +299,19 @@ def list_cmd(app: App, as_json: bool) -> None:
 
 @cli.command("audience")
 @click.argument("slug")
-@click.option("--by", type=click.Choice(sorted(accounts.BY_COLUMNS)), help="Break the counts down.")
+@click.option("--by", type=click.Choice(sorted(audience_store.BY_COLUMNS)), help="Break the counts down.")
 @click.option("--sample", type=click.IntRange(min=0), default=0, help="Also list N affected accounts.")
 @json_option
 @pass_app
 def audience(app: App, slug: str, by: str | None, sample: int, as_json: bool) -> None:
     """Who is affected now: accounts owning a device whose setting still has the `from` value."""
-    with db.read(app.engine()) as conn:
-        c = campaigns.get(conn, slug)
-        d = c.definition
-        summary = accounts.audience_summary(conn, d.setting, d.from_value, d.countries, d.device_models,
-                                            by=by, sample=sample)
+    report = campaigns.audience_of(app.engine(), slug, by=by, sample=sample)
     if as_json:
-        out: dict[str, Any] = {"campaign": slug, "accounts": summary.accounts, "devices": summary.devices}
-        if by is not None:
-            out["by"] = summary.by
-        if sample:
-            out["sample"] = summary.sample
-        _json(out)
+        _json(report.as_json())
         return
+    summary = report.summary
     click.echo(f"{slug}: {summary.accounts} accounts with {summary.devices} devices set to "
-               f"{d.setting} = {d.from_value}")
+               f"{report.setting} = {report.from_value}")
     if summary.by is not None:
         width = max([len(k) for k in summary.by] + [len(by or "")])
         click.echo(f"  {(by or '').upper():<{width}} {'ACCOUNTS':>9} {'DEVICES':>9}")
@@ -341,20 +320,6 @@ def audience(app: App, slug: str, by: str | None, sample: int, as_json: bool) ->
     for s in summary.sample:
         click.echo(f"  {s['account_id']}  {s['email']}  {s['locale']}  {s['timezone']}  {s['country']}  "
                    f"{s['devices']} device(s)")
-
-
-def _campaign_and_renderer(app: App, conn: Any, slug: str) -> tuple[Any, Renderer]:
-    c = campaigns.get(conn, slug)
-    return c, Renderer(c.definition, app.config.templates)
-
-
-def _waves(d: Any, wave: str | None) -> list[Any]:
-    if wave is None:
-        return list(d.waves)
-    try:
-        return [d.wave(wave)]
-    except KeyError:
-        raise UsageError(f"no wave {wave!r} in {d.slug} (waves: {', '.join(w.name for w in d.waves)})") from None
 
 
 @cli.command("preview")
@@ -374,22 +339,12 @@ def preview(app: App, slug: str, wave: str | None, locale: str | None, account_i
     With --out DIR, write one .eml and one .html per wave × locale of the audience, and an
     index.html gallery to open in a browser (subject, HTML, text and recipients of each).
     """
-    if locale and account_id:
-        raise UsageError("give --locale or --account, not both")
-    if locale:
-        try:
-            locale = normalize_locale(locale)
-        except ValueError as exc:
-            raise UsageError(f"--locale: {exc}") from None
-    with db.read(app.engine()) as conn:
-        c, renderer = _campaign_and_renderer(app, conn, slug)
-        d = c.definition
-        if out is not None:
-            items = list(previews.samples(conn, d, renderer, waves=_waves(d, wave), locale=locale))
-            index = previews.write_gallery(items, out, d)
-            click.echo(f"wrote {len(items)} messages (.eml and .html) and {index}")
-            return
-        sample = previews.preview_one(conn, d, renderer, _waves(d, wave)[0], locale, account_id)
+    if out is not None:
+        written, index = previews.gallery(app.engine(), app.config.templates, slug, out, wave=wave, locale=locale)
+        click.echo(f"wrote {written} messages (.eml and .html) and {index}")
+        return
+    sample = previews.preview(app.engine(), app.config.templates, slug, wave=wave, locale=locale,
+                              account_id=account_id)
     head, _, _ = sample.message.partition(b"\r\n\r\n")
     click.echo(head.decode("ascii").replace("\r\n", "\n"))
     click.echo("")
@@ -409,22 +364,7 @@ def test_send(app: App, slug: str, to: str, wave: str | None, dry_run: bool, as_
 
     Uses CAMPAIGN_SMTP_URL (default: a Maildir in ./outbox).
     """
-    addresses = []
-    for raw in to.split(","):
-        try:
-            addresses.append(check_email(raw.strip()))
-        except ValueError as exc:
-            raise UsageError(f"--to: {exc}") from None
-    transport: Transport = RecordingTransport() if dry_run else make_transport(app.config)
-    engine = app.engine()
-    with db.read(engine) as conn:
-        c, renderer = _campaign_and_renderer(app, conn, slug)
-        results = previews.test_send(conn, c.definition, renderer, transport, addresses,
-                                     _waves(c.definition, wave))
-    if not dry_run:
-        with db.write(engine) as conn:
-            audit.record(conn, app.config.actor, "campaign.test_send", c.id, to=addresses,
-                         messages=len(results), sent=sum(r.status == "sent" for r in results))
+    results = previews.test_send_command(app.engine(), app.config, slug, to.split(","), wave=wave, dry_run=dry_run)
     if as_json:
         _json([r.__dict__ for r in results])
     else:
@@ -518,8 +458,7 @@ class _Progress:
 @pass_app
 def status_cmd(app: App, slug: str, as_json: bool) -> None:
     """Per wave: deliveries by state, rate and ETA; the flip: changed, held back, rolled back, left."""
-    with db.read(app.engine()) as conn:
-        st = reports.status(conn, slug)
+    st = reports.status_of(app.engine(), slug)
     if as_json:
         _json(st)
         return
@@ -534,12 +473,7 @@ def status_cmd(app: App, slug: str, as_json: bool) -> None:
 
 
 def _set_state(app: App, slug: str, action: str, dry_run: bool) -> None:
-    with db.write(app.engine()) as conn:
-        message = campaigns.set_state(conn, slug, action, app.config.actor)
-        if dry_run:
-            conn.rollback()
-            message = f"would: {message}"
-    click.echo(message)
+    click.echo(campaigns.set_state(app.engine(), slug, action, app.config.actor, dry_run=dry_run))
 
 
 @cli.command("pause")

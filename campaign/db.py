@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import DateTime, Engine, TypeDecorator, create_engine, event
@@ -103,6 +104,39 @@ def write(engine: Engine, bulk: bool = False) -> Iterator[Connection]:
     has checked every foreign key itself, so SQLite need not look each one up again."""
     with engine.connect().execution_options(campaign_write=True, campaign_bulk=bulk) as conn, conn.begin():
         yield conn
+
+
+@dataclass
+class Tx:
+    """A command's transaction: its connection, and the audit event it will record on success."""
+
+    conn: Connection
+    actor: str
+    action: str | None
+    campaign_id: int | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+    dry_run: bool = False
+
+    def note(self, **detail: Any) -> None:
+        """Add to what the audit event says (counts, files, reasons)."""
+        self.detail.update(detail)
+
+
+@contextmanager
+def transaction(engine: Engine, actor: str, action: str | None = None, *, campaign_id: int | None = None,
+                dry_run: bool = False, bulk: bool = False) -> Iterator[Tx]:
+    """The one way a command changes something: begins the transaction (BEGIN IMMEDIATE on SQLite), records
+    the audit event `action` with what the body noted, and commits — or, under `dry_run`, rolls it all back,
+    the audit event included, so that a dry run changes no row. An exception rolls back too."""
+    from campaign.store import audit  # the store imports this module: import it when first used
+
+    with write(engine, bulk=bulk) as conn:
+        tx = Tx(conn, actor, action, campaign_id, dry_run=dry_run)
+        yield tx
+        if tx.action is not None:  # the body may name or drop the event once it knows what it did
+            audit.record(conn, actor, tx.action, tx.campaign_id, **tx.detail)
+        if dry_run:
+            conn.rollback()
 
 
 @contextmanager

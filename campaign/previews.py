@@ -9,14 +9,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Engine
 
-from campaign import accounts, db
+from campaign import db
+from campaign.config import Config
 from campaign.definition import Definition, WaveDef
 from campaign.errors import NotFound, TemplateProblem, UsageError
 from campaign.mime import MessageBuilder, Parts, message_id
 from campaign.rendering import DeviceView, Recipient, Rendered, Renderer
-from campaign.transport import Envelope, Transport, send_all_sync
+from campaign.store import audience
+from campaign.transport import Envelope, RecordingTransport, Transport, make_transport, send_all_sync
+from campaign.validation import normalize_email, normalize_locale
 
 TEST_PREFIX = "[TEST] "
 
@@ -50,8 +53,7 @@ def _stand_in(definition: Definition, locale: str) -> tuple[Recipient, list[Devi
 
 def _affected(conn: Connection, d: Definition, account_ids: list[str] | None = None
               ) -> Iterator[tuple[Recipient, list[DeviceView]]]:
-    return accounts.iter_affected(conn, d.setting, d.from_value, d.countries, d.device_models,
-                                  account_ids=account_ids)
+    return audience.iter_affected(conn, d, account_ids=account_ids)
 
 
 def _build(renderer: Renderer, d: Definition, wave: WaveDef, recipient: Recipient, devices: list[DeviceView],
@@ -71,7 +73,7 @@ def samples(conn: Connection, d: Definition, renderer: Renderer, waves: list[Wav
             locale: str | None = None, test: bool = False, to: str | None = None) -> Iterator[Sample]:
     """One message per wave × locale of the audience now, each for a real account of that locale (the
     first by id). With `locale` given and nobody of it in the audience, a stand-in account is used."""
-    found = accounts.affected_locales(conn, d.setting, d.from_value, d.countries, d.device_models)
+    found = audience.locales(conn, d)
     if locale is not None:
         found = [f for f in found if f[0] == locale] or [(locale, 0, "")]
     for wave in waves if waves is not None else list(d.waves):
@@ -99,7 +101,7 @@ def check_campaign(conn: Connection, d: Definition, renderer: Renderer) -> int:
 def preview_one(conn: Connection, d: Definition, renderer: Renderer, wave: WaveDef, locale: str | None,
                 account_id: str | None) -> Sample:
     if account_id is not None:
-        recipient = accounts.account_recipient(conn, account_id)
+        recipient = audience.recipient(conn, account_id)
         if recipient is None:
             raise NotFound(f"no account {account_id!r}")
         found = list(_affected(conn, d, account_ids=[account_id]))
@@ -186,3 +188,69 @@ def test_send(conn: Connection, d: Definition, renderer: Renderer, transport: Tr
             labels.append((s.wave, s.locale, address))
     outcomes = send_all_sync(transport, envelopes)
     return [TestSent(w, loc, a, o.status, o.detail) for (w, loc, a), o in zip(labels, outcomes, strict=True)]
+
+
+def _waves(d: Definition, wave: str | None) -> list[WaveDef]:
+    if wave is None:
+        return list(d.waves)
+    try:
+        return [d.wave(wave)]
+    except KeyError:
+        raise UsageError(f"no wave {wave!r} in {d.slug} (waves: {', '.join(w.name for w in d.waves)})") from None
+
+
+def _campaign(conn: Connection, slug: str, templates: Path) -> tuple[int, Definition, Renderer]:
+    from campaign.campaigns import get  # campaigns registers through check_campaign above
+
+    c = get(conn, slug)
+    return c.id, c.definition, Renderer(c.definition, templates)
+
+
+def preview(engine: Engine, templates: Path, slug: str, wave: str | None = None, locale: str | None = None,
+            account_id: str | None = None) -> Sample:
+    """`campaign preview`: one message of `wave` (default the first) for an account of `locale`, or for
+    `account_id`, as it would be sent."""
+    if locale and account_id:
+        raise UsageError("give --locale or --account, not both")
+    if locale:
+        try:
+            locale = normalize_locale(locale)
+        except ValueError as exc:
+            raise UsageError(f"--locale: {exc}") from None
+    with db.read(engine) as conn:
+        _, d, renderer = _campaign(conn, slug, templates)
+        return preview_one(conn, d, renderer, _waves(d, wave)[0], locale, account_id)
+
+
+def gallery(engine: Engine, templates: Path, slug: str, out: Path, wave: str | None = None,
+            locale: str | None = None) -> tuple[int, Path]:
+    """`campaign preview --out DIR`: every wave × locale as .eml and .html, and an index.html; returns
+    (messages written, the index)."""
+    if locale:
+        try:
+            locale = normalize_locale(locale)
+        except ValueError as exc:
+            raise UsageError(f"--locale: {exc}") from None
+    with db.read(engine) as conn:
+        _, d, renderer = _campaign(conn, slug, templates)
+        items = list(samples(conn, d, renderer, waves=_waves(d, wave), locale=locale))
+    return len(items), write_gallery(items, out, d)
+
+
+def test_send_command(engine: Engine, config: Config, slug: str, to: list[str], wave: str | None = None,
+                      dry_run: bool = False) -> list[TestSent]:
+    """`campaign test-send`: one message per wave × locale to each internal address (checked first), with an
+    audit event. Under `dry_run` the messages are built, recorded in memory, and nothing is sent."""
+    addresses = []
+    for raw in to:
+        try:
+            addresses.append(normalize_email(raw.strip()))
+        except ValueError as exc:
+            raise UsageError(f"--to: {exc}") from None
+    transport: Transport = RecordingTransport() if dry_run else make_transport(config)
+    with db.read(engine) as conn:
+        campaign_id, d, renderer = _campaign(conn, slug, config.templates)
+        results = test_send(conn, d, renderer, transport, addresses, _waves(d, wave))
+    with db.transaction(engine, config.actor, "campaign.test_send", campaign_id=campaign_id, dry_run=dry_run) as tx:
+        tx.note(to=addresses, messages=len(results), sent=sum(r.status == "sent" for r in results))
+    return results

@@ -1,0 +1,16 @@
+"""Every SQL statement of the product, in SQLAlchemy Core over the model tables.
+
+The verbs (import, create, send, status, flip, …) say what happens; the modules here say how it is kept:
+
+- `audience`     who is affected (owns a device still at `from`), who was changed, counts by group
+- `people`       accounts, devices and settings: staged, set-based imports
+- `campaigns`    campaign and wave rows: register, replace, list, states
+- `deliveries`   the send ledger: materialize, claim under lease, record, reclaim, counts
+- `workers`      live sending processes and their heartbeats
+- `suppressions` addresses never to be mailed
+- `audit`        audit events
+
+Every function takes the caller's `Connection` and never commits: the caller owns the transaction
+(`campaign.db.transaction` for commands). Raw SQL appears only where Core cannot say it (a pragma, COPY,
+temporary-table DDL), each with a comment.
+"""
