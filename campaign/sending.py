@@ -1,46 +1,75 @@
-"""The send loop: claim → render → send → record, at the campaign's rate, with retries, until every
-delivery of the wave is settled (SPEC §6 `send`, G2–G5, §8).
+"""The send loop: claim → triage → compose → send → record, at the campaign's rate, with retries, until
+every delivery of the wave is settled (SPEC §6 `send`, G2–G5, §8).
 
-One `Worker` per process: it claims batches of deliveries under a lease, renders and builds each message
-(CPU), sends them over its own transport connections (I/O, concurrently), and records the outcomes in one
-transaction per batch. `send_wave` prepares the wave (the ledger rows, their send windows), runs one worker
-in-process or N worker processes, reports progress, and returns a summary.
+Three parts, each testable alone:
 
-The campaign's rate is shared: each live worker (heartbeat within `HEARTBEAT_STALE`) sends at
-`rate_per_second / live workers`, recounted at every heartbeat (see `campaign.policies`).
+- **triage** (`Triage`, `after_send`): what becomes of a claimed delivery — suppressed, expired, outside its
+  window, skipped, handed back, or composed and sent; and what an SMTP outcome makes of it. Pure: the claimed
+  row, the loaded data and the clock in, a `Result` out.
+- **the composer** (`Composer`): render and build one message → an `Envelope`, or a `ComposeError`.
+- **the loop** (`Worker`): claims batches under a lease and sends them over its own transport connections.
+  The event loop never waits on the database: every statement runs in the worker's one database thread
+  (`Database`), which retries a lost connection with a bounded backoff. Outcomes are group-committed: a
+  message the server accepted is recorded before its connection takes the next one, so a crash resends at
+  most `concurrency` messages per worker, with the same Message-ID (G2); while one commit is in flight the
+  other connections go on sending, and their outcomes join the next commit.
+
+`send_wave` prepares the wave (the ledger rows, their send windows), runs one worker in-process or N worker
+processes, reports progress, and returns a summary. The campaign's rate is shared: each live worker
+(heartbeat within `HEARTBEAT_STALE`) sends at `rate_per_second / live workers`, recounted at every heartbeat
+(see `campaign.policies`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
+import logging
 import multiprocessing
 import os
 import random
 import socket
 import time
-from collections import defaultdict
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, bindparam, text
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
 
-from campaign import accounts, audit, campaigns, db, ledger, suppressions
+from campaign import accounts, audit, campaigns, db, suppressions
 from campaign.config import Config
 from campaign.definition import Definition, WaveDef
 from campaign.errors import CampaignError, StateError, UsageError
 from campaign.mime import HeaderInjection, Parts, message_id
-from campaign.models import CANCELLED, PAUSED
+from campaign.models import BOUNCED, CANCELLED, EXPIRED, FAILED, PAUSED, PENDING, SENT, SKIPPED, SUPPRESSED
 from campaign.policies import FailureTracker, RateLimiter, RetryPolicy, WindowCache, share
 from campaign.previews import builder_for
 from campaign.rendering import DeviceView, Recipient, Renderer
+from campaign.store import deliveries
+from campaign.store import workers as worker_rows
+from campaign.store.deliveries import Claimed, Result
 from campaign.transport import Envelope, Outcome, Transport, make_transport
+
+log = logging.getLogger(__name__)
 
 HEARTBEAT = 5.0
 HEARTBEAT_STALE = dt.timedelta(seconds=20)
 IDLE_POLL_MAX = 1.0
+PROGRESS_EVERY = 0.5  # seconds between progress reports of an in-process worker
 COMMIT_GATHER = 0.003  # seconds a commit waits for company: fewer, larger transactions
+RECONNECT_FOR = 60.0  # seconds a lost database is retried before the send stops
+RECONNECT_MAX_DELAY = 5.0
+
+T = TypeVar("T")
+
+
+class DatabaseLost(CampaignError):
+    """The database stayed unreachable: the send stopped. What was accepted is recorded or goes again
+    with the same Message-ID; run `send` again once the database is back."""
 
 
 @dataclass(frozen=True)
@@ -65,27 +94,158 @@ class SendSummary:
     preview: dict[str, Any] = field(default_factory=dict)
 
 
-class _DbClock:
-    """Adds up the time spent waiting on the database, for the summary (goal: a small share)."""
+# -- triage: what becomes of each claimed delivery (pure) --------------------------------------------------
 
-    def __init__(self) -> None:
-        self.seconds = 0.0
+@dataclass(frozen=True)
+class Compose:
+    """Triage's answer for a delivery to be composed and sent."""
 
-    def __enter__(self) -> _DbClock:
-        self._start = time.perf_counter()
-        return self
+    claimed: Claimed
+    person: Recipient
+    devices: tuple[DeviceView, ...]
 
-    def __exit__(self, *exc: object) -> None:
-        self.seconds += time.perf_counter() - self._start
+
+EXPIRED_ERROR = deliveries.EXPIRED_ERROR
+
+
+@dataclass
+class Triage:
+    """Decides, from the claimed row, the data loaded for it and the clock, whether a delivery is sent.
+
+    `windows` is None under --ignore-window. The only state is `WindowCache`'s memo of zone openings."""
+
+    expires: dt.datetime
+    windows: WindowCache | None
+
+    def __call__(self, c: Claimed, person: Recipient | None, devices: list[DeviceView] | tuple[DeviceView, ...],
+                 suppressed: bool, now: dt.datetime) -> Result | Compose:
+        if person is None or suppressed:
+            return Result(c.id, SUPPRESSED, now, error="the address is suppressed")
+        if now >= self.expires:
+            return Result(c.id, EXPIRED, now, error=EXPIRED_ERROR)
+        if self.windows is not None and not self.windows.is_open(person.timezone, now):
+            return Result(c.id, PENDING, now, attempts_back=1,
+                          not_before=self.windows.next_opening(person.timezone, now))
+        if not devices:
+            return Result(c.id, SKIPPED, now, error="no longer in the wave's audience")
+        return Compose(c, person, tuple(devices))
+
+
+def handed_back(c: Claimed, now: dt.datetime, error: str | None = None) -> Result:
+    """Back to `pending`, the attempt not counted: not tried (after a message that would not build, or
+    when the send stops), or tried and not built (`error`, G5)."""
+    return Result(c.id, PENDING, now, attempts_back=1, error=error)
+
+
+def after_send(c: Claimed, outcome: Outcome, message_id: str, locale: str, retry: RetryPolicy,
+               rng: random.Random, now: dt.datetime) -> Result:
+    """What an SMTP outcome makes of the delivery."""
+    if outcome.status == "sent":
+        return Result(c.id, SENT, now, message_id=message_id, locale=locale)
+    if outcome.status == "failed":  # the relay cannot take it; the address is not at fault: no suppression
+        return Result(c.id, FAILED, now, locale=locale, error=outcome.detail)
+    if outcome.status == "permanent":
+        return Result(c.id, BOUNCED, now, message_id=message_id, locale=locale, error=outcome.detail)
+    decision = retry.decide(c.attempts, now, rng)
+    if decision.retry:
+        return Result(c.id, PENDING, now, locale=locale, error=outcome.detail, next_attempt_at=decision.at)
+    return Result(c.id, FAILED, now, locale=locale, error=outcome.detail)
+
+
+# -- the composer ---------------------------------------------------------------------------------------
+
+class ComposeError(Exception):
+    """A message that cannot be built (a template or data error): it is not sent, the wave pauses (G5)."""
+
+
+@dataclass(frozen=True)
+class Composed:
+    envelope: Envelope
+    locale: str  # the template locale it was rendered in
+
+
+class Composer:
+    """Renders and builds one wave's messages."""
+
+    def __init__(self, definition: Definition, wave: WaveDef, renderer: Renderer) -> None:
+        self.d, self.wave, self.renderer = definition, wave, renderer
+        self.builder = builder_for(definition, wave)
+        self.sender, self.domain = definition.sender_address, definition.sender_domain  # parsed once
+
+    def __call__(self, person: Recipient, devices: tuple[DeviceView, ...], now: dt.datetime) -> Composed:
+        try:
+            rendered = self.renderer.render(self.wave, person, devices)
+            mid = message_id(self.d.slug, self.wave.name, person.account_id, self.domain)
+            data = self.builder.build(Parts(person.name, person.email, rendered.subject, rendered.text,
+                                            rendered.html, mid, now))
+        except (CampaignError, HeaderInjection, ValueError) as exc:
+            raise ComposeError(str(exc)) from exc
+        return Composed(Envelope(self.sender, (person.email,), data, mid), rendered.template_locale)
+
+
+# -- the database, off the event loop ----------------------------------------------------------------------
+
+def _connection_lost(exc: BaseException, dialect: str) -> bool:
+    """A failure that a new connection (or a moment's wait, on SQLite) may cure."""
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    if isinstance(exc, OperationalError):
+        # PostgreSQL: refused, reset, terminated by an administrator. SQLite: only a lock held too long;
+        # its other OperationalErrors (no such table, …) would not be cured by waiting.
+        return dialect != "sqlite" or "locked" in str(exc.orig)
+    return False
+
+
+def call(engine: Engine, fn: Callable[..., T], *args: Any, write: bool = True,
+         retry_for: float | None = None) -> T:
+    """`fn(conn, *args)` in one transaction (committed when `write`), retried on a new connection with a
+    bounded backoff while the database is unreachable; `DatabaseLost` after `retry_for` seconds."""
+    deadline = time.monotonic() + (RECONNECT_FOR if retry_for is None else retry_for)
+    delay = 0.05
+    while True:
+        try:
+            with (db.write(engine) if write else db.read(engine)) as conn:
+                return fn(conn, *args)
+        except (OperationalError, DBAPIError) as exc:
+            if not _connection_lost(exc, engine.dialect.name):
+                raise
+            if time.monotonic() + delay > deadline:
+                raise DatabaseLost(f"the database is unreachable ({' '.join(str(exc.orig).split())[:200]}); the "
+                                   "send stopped. Run it again once the database is back: nobody gets the wave "
+                                   "twice, except at most the messages in flight, with the same Message-ID") from exc
+            log.warning("database connection lost (%s); trying again in %.2f s", str(exc.orig).strip()[:200], delay)
+            time.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX_DELAY)
+
+
+class Database:
+    """The worker's one database thread: every statement of the send loop runs there, in order, while the
+    event loop goes on with SMTP. Adds up the time the thread was busy (`busy`)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.busy = 0.0
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="campaign-db")
+
+    def _timed(self, fn: Callable[..., T], args: tuple[Any, ...], write: bool, retry_for: float | None) -> T:
+        start = time.perf_counter()
+        try:
+            return call(self.engine, fn, *args, write=write, retry_for=retry_for)
+        finally:
+            self.busy += time.perf_counter() - start
+
+    async def write(self, fn: Callable[..., T], *args: Any, retry_for: float | None = None) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, self._timed, fn, args, True,
+                                                                retry_for)
+
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, self._timed, fn, args, False, None)
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=True)
 
 
 # -- preparing a wave ------------------------------------------------------------------------------------
-
-def _wave_row(conn: Connection, campaign_id: int, name: str) -> Any:
-    row = conn.execute(text("SELECT id, name, state, paused_reason, at, expires, audience FROM wave "
-                            "WHERE campaign_id = :c AND name = :n"), {"c": campaign_id, "n": name}).first()
-    return row
-
 
 def prepare(conn: Connection, slug: str, wave_name: str, actor: str, ignore_window: bool,
             now: dt.datetime) -> tuple[campaigns.CampaignRow, WaveDef, int, int]:
@@ -98,7 +258,8 @@ def prepare(conn: Connection, slug: str, wave_name: str, actor: str, ignore_wind
     except KeyError:
         raise UsageError(f"no wave {wave_name!r} in {slug} (waves: {', '.join(w.name for w in d.waves)})") \
             from None
-    row = _wave_row(conn, c.id, wave_name)
+    row = deliveries.wave_state(conn, c.id, wave_name)
+    assert row is not None, f"campaign {slug} has no wave row {wave_name!r}"
     if c.state == CANCELLED:
         raise StateError(f"campaign {slug!r} is cancelled: nothing more is sent")
     if c.state == PAUSED:
@@ -108,31 +269,26 @@ def prepare(conn: Connection, slug: str, wave_name: str, actor: str, ignore_wind
         raise StateError(f"wave {wave_name!r} paused itself: {row.paused_reason}. Fix the cause, then "
                          f"`campaign resume {slug}`")
     if now >= wave.expires:
-        n = ledger.expire(conn, row.id, now)
-        conn.execute(ledger.timed_text("UPDATE wave SET state = 'done', finished_at = :t WHERE id = :w", "t"),
-                     {"t": now, "w": row.id})
+        n = deliveries.expire(conn, row.id, now)
+        deliveries.set_wave(conn, row.id, state="done", finished_at=now)
         raise StateError(f"wave {wave_name!r} expired at {wave.expires.isoformat()}: it is never sent after "
                          f"that ({n} pending deliveries marked expired)")
-    added = ledger.materialize(conn, d, c.id, row.id, wave.audience, wave.expires, now)
+    who = deliveries.audience_ids(d.setting, d.from_value, list(d.countries), list(d.device_models), c.id,
+                                  wave.audience)
+    added = deliveries.materialize(conn, c.id, row.id, who, wave.expires, now)
     if not d.send_window.always_open and not ignore_window:
         # (Rows left without a time are checked against the window when claimed: this only spares
         # a sender the claims of people who are asleep.)
-        ledger.plan_windows(conn, row.id, d.send_window, now)
-    conn.execute(ledger.timed_text("UPDATE wave SET state = 'sending', materialized_at = COALESCE(materialized_at, :t) "
-                           "WHERE id = :w", "t"), {"t": now, "w": row.id})
+        deliveries.plan_windows(conn, row.id, d.send_window, now)
+    deliveries.wave_sending(conn, row.id, now)
     audit.record(conn, actor, "wave.send", c.id, wave=wave_name, added=added, ignore_window=ignore_window)
-    return c, wave, int(row.id), added
+    return c, wave, row.id, added
 
 
 def _dry_run_preview(conn: Connection, wave_id: int, ignore_window: bool, now: dt.datetime) -> dict[str, Any]:
-    by_locale = {loc: int(n) for loc, n in conn.execute(text(
-        "SELECT a.locale, COUNT(*) FROM delivery dl JOIN account a ON a.id = dl.account_id "
-        "WHERE dl.wave_id = :w AND dl.state = 'pending' GROUP BY a.locale ORDER BY a.locale"), {"w": wave_id}).all()}
-    first = [{"account_id": r[0], "email": r[1], "locale": r[2]} for r in conn.execute(text(
-        "SELECT a.id, a.email, a.locale FROM delivery dl JOIN account a ON a.id = dl.account_id "
-        "WHERE dl.wave_id = :w AND dl.state = 'pending' ORDER BY dl.id LIMIT 10"), {"w": wave_id}).all()]
-    look = ledger.outlook(conn, wave_id, now, ignore_window)
-    return {"by_locale": by_locale, "first": first, "due_now": look.due_now, "waiting_window": look.waiting_window}
+    look = deliveries.outlook(conn, wave_id, now, ignore_window)
+    return {"by_locale": deliveries.pending_by_locale(conn, wave_id), "first": deliveries.first_pending(conn, wave_id),
+            "due_now": look.due_now, "waiting_window": look.waiting_window}
 
 
 # -- the worker -----------------------------------------------------------------------------------------
@@ -147,6 +303,10 @@ class _Job:
     options: SendOptions
 
 
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -157,277 +317,294 @@ def _alive(pid: int) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class _Batch:
+    """A claimed batch and what triage needs of it, read in the claim's transaction."""
+
+    claimed: list[Claimed]
+    people: dict[str, Recipient]
+    devices: dict[str, list[DeviceView]]
+    suppressed: set[str]
+    stop: str | None = None
+
+
 class Worker:
     """Sends one wave from one process until nothing is left that it can send."""
 
     def __init__(self, engine: Engine, job: _Job, transport: Transport | None = None,
-                 on_batch: Callable[[], None] | None = None) -> None:
+                 progress: Callable[[dict[str, int]], None] | None = None) -> None:
         self.engine, self.job = engine, job
-        self.id = ledger.worker_id()
+        self.id = worker_id()
         self.host = socket.gethostname()
-        with db.read(engine) as conn:
-            self.campaign = campaigns.get(conn, job.slug)
+        self.campaign = call(engine, campaigns.get, job.slug, write=False)
         self.d: Definition = self.campaign.definition
         self.wave = self.d.wave(job.wave)
-        self.renderer = Renderer(self.d, job.config.templates)
-        self.builder = builder_for(self.d, self.wave)
+        self.compose = Composer(self.d, self.wave, Renderer(self.d, job.config.templates))
+        self.triage = Triage(self.wave.expires, None if job.options.ignore_window else WindowCache(self.d.send_window))
         self.retry = RetryPolicy.from_limits(self.d.limits)
         self.failures = FailureTracker(200)
-        self.windows = WindowCache(self.d.send_window)
         self.limiter = RateLimiter(self.d.limits.rate_per_second, burst=max(1.0, self.d.limits.rate_per_second / 10))
         self.transport = transport or make_transport(job.config, concurrency=self.d.limits.concurrency)
-        self.on_batch = on_batch
-        self.clock = _DbClock()
+        self.progress = progress
         self.attempted = 0
         self.paused: str | None = None
+        self.db_wait = 0.0  # the time sending was held up by the database (see `db_seconds`)
+        self._commit_wait = 0.0  # summed over connections
         self._rng = random.Random()
-        self._last_beat = 0.0
         self._in_flight: set[int] = set()  # claimed, not yet recorded: their leases are renewed
         self._last_error = ""  # the last failure's detail, for the pause reason
+        self._last_progress = 0.0
+        self._concurrency = self.d.limits.concurrency
         # Group commit: a message the server accepted is recorded before its sender takes the next one,
         # and at most `concurrency` are between the two, so a crash resends at most that many (G2).
-        self._slots = asyncio.Semaphore(self.d.limits.concurrency)
-        self._queue: list[tuple[ledger.Result, str | None, asyncio.Future[None]]] = []
+        self._slots = asyncio.Semaphore(self._concurrency)
+        self._queue: list[tuple[list[Result], list[tuple[str, str]], asyncio.Future[None]]] = []
         self._queued = asyncio.Event()
+        self._db_gone: BaseException | None = None
+        self._sends: set[asyncio.Task[None]] = set()
+        self._records: list[asyncio.Future[None]] = []  # commits nobody waits for (triage's results)
+        self.db = Database(engine)
 
-    # database steps, each one short transaction
+    @property
+    def db_seconds(self) -> float:
+        """How long the send was held up by the database: the loop waiting for a claim, plus the time each
+        connection waited for its outcome to be committed, averaged over the connections."""
+        return self.db_wait + self._commit_wait / self._concurrency
 
-    def _beat(self, force: bool = False) -> None:
-        if not force and time.monotonic() - self._last_beat < HEARTBEAT:
-            return
-        self._last_beat = time.monotonic()
-        now = db.utcnow()
-        with self.clock, db.write(self.engine) as conn:
-            conn.execute(ledger.timed_text(
-                "INSERT INTO worker (id, host, pid, campaign_id, wave_id, started_at, heartbeat_at) "
-                "VALUES (:id, :host, :pid, :c, :w, :now, :now) ON CONFLICT (id) DO UPDATE SET heartbeat_at = :now",
-                "now"), {"id": self.id, "host": self.host, "pid": os.getpid(), "c": self.job.campaign_id,
-                         "w": self.job.wave_id, "now": now})
-            workers = conn.execute(text("SELECT id, host, pid, heartbeat_at FROM worker WHERE campaign_id = :c"),
-                                   {"c": self.job.campaign_id}).all()
-            dead = [w.id for w in workers if w.host == self.host and w.id != self.id and not _alive(w.pid)]
-            stale_before = now - HEARTBEAT_STALE
-            live = [w for w in workers if w.id not in dead and
-                    db.UTCDateTime().process_result_value(w.heartbeat_at, conn.dialect) >= stale_before]  # type: ignore[operator]
-            if dead:
-                conn.execute(text("DELETE FROM worker WHERE id IN :ids").bindparams(
-                    bindparam("ids", expanding=True)), {"ids": dead})
-            ledger.reclaim(conn, self.job.wave_id, now, dead)
-            if self._in_flight:
-                ledger.renew(conn, self.id, sorted(self._in_flight), now)
-        self.limiter.set_rate(share(self.d.limits.rate_per_second, max(1, len(live))))
+    # database transactions (each runs in the database thread)
 
-    def _leave(self) -> None:
-        with self.clock, db.write(self.engine) as conn:
-            conn.execute(text("DELETE FROM worker WHERE id = :id"), {"id": self.id})
+    def _beat_tx(self, conn: Connection, in_flight: list[int], now: dt.datetime) -> int:
+        job = self.job
+        worker_rows.beat(conn, self.id, self.host, os.getpid(), job.campaign_id, job.wave_id, now)
+        rows = worker_rows.of_campaign(conn, job.campaign_id)
+        dead = [w.id for w in rows if w.host == self.host and w.id != self.id and not _alive(w.pid)]
+        live = [w for w in rows if w.id not in dead and w.heartbeat_at >= now - HEARTBEAT_STALE]
+        worker_rows.remove(conn, dead)
+        deliveries.reclaim(conn, job.wave_id, now, dead)
+        deliveries.renew(conn, self.id, in_flight, now)
+        return len(live)
 
-    def _stopped(self, conn: Connection) -> str | None:
-        row = conn.execute(text("SELECT c.state, c.state_reason, w.state, w.paused_reason FROM campaign c "
-                                "JOIN wave w ON w.campaign_id = c.id WHERE w.id = :w"), {"w": self.job.wave_id}).one()
-        if row[0] in (PAUSED, CANCELLED):
-            return f"campaign {row[0]}" + (f": {row[1]}" if row[1] else "")
-        if row[2] == "paused":
-            return f"wave paused: {row[3]}"
-        return None
-
-    def _claim(self) -> list[ledger.Claimed]:
-        now = db.utcnow()
-        with self.clock, db.write(self.engine) as conn:
-            stop = self._stopped(conn)
-            if stop:
-                self.paused = stop
-                return []
-            claimed = ledger.claim(conn, self.job.wave_id, self.id, self.job.options.batch, now,
+    def _claim_tx(self, conn: Connection, now: dt.datetime) -> _Batch:
+        stop = deliveries.stop_reason(conn, self.job.wave_id)
+        if stop:
+            return _Batch([], {}, {}, set(), stop)
+        claimed = deliveries.claim(conn, self.job.wave_id, self.id, self.job.options.batch, now,
                                    self.job.options.ignore_window)
-        self._in_flight.update(c.id for c in claimed)
-        return claimed
-
-    def _load(self, claimed: list[ledger.Claimed]) -> tuple[dict[str, Recipient], dict[str, list[DeviceView]],
-                                                           set[str]]:
+        if not claimed:
+            return _Batch([], {}, {}, set())
         ids = [c.account_id for c in claimed]
-        with self.clock, db.read(self.engine) as conn:
-            people = {r[0]: Recipient(r[0], r[1], r[2], r[3], r[4]) for r in conn.execute(
-                text("SELECT id, email, name, locale, timezone FROM account WHERE id IN :ids").bindparams(
-                    bindparam("ids", expanding=True)), {"ids": ids}).all()}
-            rows: Sequence[Any]
-            if self.wave.audience == "changed":
-                rows = conn.execute(text(
-                    "SELECT sc.account_id, d.id, d.name, d.model FROM setting_change sc JOIN device d ON d.id = "
-                    "sc.device_id WHERE sc.campaign_id = :c AND sc.state = 'changed' AND sc.account_id IN :ids "
-                    "ORDER BY sc.account_id, d.id").bindparams(bindparam("ids", expanding=True)),
-                    {"c": self.job.campaign_id, "ids": ids}).all()
-            else:  # the affected devices, by the audience's own definition
-                rows = [(person.account_id, v.device_id, v.name, v.model)
-                        for person, views in accounts.iter_affected(conn, self.d.setting, self.d.from_value,
-                                                                    self.d.countries, self.d.device_models,
-                                                                    account_ids=ids)
-                        for v in views]
-            devices: dict[str, list[DeviceView]] = defaultdict(list)
-            for r in rows:
-                devices[r[0]].append(DeviceView(r[1], r[2], r[3]))
-            emails = [p.email.lower() for p in people.values()]
-            suppressed = set(conn.execute(text("SELECT lower(email) FROM suppression WHERE lower(email) IN :e")
-                                          .bindparams(bindparam("e", expanding=True)),
-                                          {"e": emails}).scalars().all()) if emails else set()
-        return people, devices, suppressed
+        people = deliveries.recipients(conn, ids)
+        if self.wave.audience == "changed":
+            devices = deliveries.changed_devices(conn, self.job.campaign_id, ids)
+        else:  # the affected devices, by the audience's own definition
+            devices = {person.account_id: views for person, views in accounts.iter_affected(
+                conn, self.d.setting, self.d.from_value, self.d.countries, self.d.device_models, account_ids=ids)}
+        return _Batch(claimed, people, devices, deliveries.suppressed_among(conn, (p.email for p in people.values())))
 
-    async def _committer(self) -> None:
-        while True:
-            await self._queued.wait()
-            await asyncio.sleep(COMMIT_GATHER)  # let other sends that complete meanwhile join this commit
-            batch, self._queue = self._queue, []
-            self._queued.clear()
-            try:
-                self._record([r for r, _, _ in batch], [(e, r.error or "") for r, e, _ in batch if e])
-            except BaseException as exc:
-                for _, _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(exc)
-                raise
-            for _, _, fut in batch:
-                if not fut.done():
-                    fut.set_result(None)
+    def _record_tx(self, conn: Connection, results: list[Result], bounces: list[tuple[str, str]]) -> None:
+        deliveries.record(conn, self.id, results)
+        for address, reason in bounces:
+            suppressions.add(conn, address, f"bounced: {reason}", f"campaign:{self.job.slug}", source="bounce",
+                             campaign_id=self.job.campaign_id)
 
-    def _record(self, results: list[ledger.Result], bounces: list[tuple[str, str]]) -> None:
-        if not results:
-            return
-        self._in_flight.difference_update(r.id for r in results)
-        with self.clock, db.write(self.engine) as conn:
-            ledger.record(conn, self.id, results)
-            for email, reason in bounces:
-                suppressions.add(conn, email, f"bounced: {reason}", f"campaign:{self.job.slug}", source="bounce",
-                                 campaign_id=self.job.campaign_id)
+    def _pause_tx(self, conn: Connection, reason: str) -> None:
+        deliveries.set_wave(conn, self.job.wave_id, state="paused", paused_reason=reason[:1024])
+        audit.record(conn, f"campaign:{self.job.slug}", "wave.pause", self.job.campaign_id, wave=self.job.wave,
+                     reason=reason)
 
-    def _pause(self, reason: str) -> None:
-        with self.clock, db.write(self.engine) as conn:
-            conn.execute(text("UPDATE wave SET state = 'paused', paused_reason = :r WHERE id = :w"),
-                         {"r": reason[:1024], "w": self.job.wave_id})
-            audit.record(conn, f"campaign:{self.job.slug}", "wave.pause", self.job.campaign_id,
-                         wave=self.job.wave, reason=reason)
-        self.paused = f"wave paused: {reason}"
+    def _leave_tx(self, conn: Connection) -> None:
+        worker_rows.remove(conn, [self.id])
 
-    # the loop
+    # the tasks beside the loop
+
+    async def _beat(self) -> None:
+        live = await self.db.write(self._beat_tx, sorted(self._in_flight), db.utcnow())
+        self.limiter.set_rate(share(self.d.limits.rate_per_second, max(1, live)))
 
     async def _heartbeat(self) -> None:
         # Also during a long batch (a slow relay, a low rate): the leases of what is in flight must not
         # run out, or another worker would take those deliveries and send them again.
         while True:
             await asyncio.sleep(HEARTBEAT)
-            self._beat()
+            await self._beat()
+
+    async def _committer(self) -> None:
+        """Writes what the connections queued, all of it in one transaction, while they go on sending."""
+        while True:
+            await self._queued.wait()
+            if COMMIT_GATHER:
+                await asyncio.sleep(COMMIT_GATHER)  # let other sends that complete meanwhile join this commit
+            batch, self._queue = self._queue, []
+            self._queued.clear()
+            results = [r for rs, _, _ in batch for r in rs]
+            try:
+                await self.db.write(self._record_tx, results, [b for _, bs, _ in batch for b in bs])
+            except BaseException as exc:  # the database is gone for good (after `call`'s retries), or a bug
+                self._db_gone = exc
+                for _, _, fut in [*batch, *self._queue]:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                self._queue = []
+                raise
+            self._in_flight.difference_update(r.id for r in results)
+            for _, _, fut in batch:
+                if not fut.done():
+                    fut.set_result(None)
+
+    def _commit(self, results: list[Result], bounces: list[tuple[str, str]] | None = None) -> asyncio.Future[None]:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._db_gone is not None:
+            done.set_exception(self._db_gone)
+            return done
+        self._queue.append((results, bounces or [], done))
+        self._queued.set()
+        return done
+
+    # the loop
 
     async def run(self) -> None:
-        self._beat(force=True)
         committer = asyncio.create_task(self._committer())
-        heart = asyncio.create_task(self._heartbeat())
+        heart: asyncio.Task[None] | None = None
+        fetch: asyncio.Task[_Batch] | None = None
         try:
+            await self._beat()
+            heart = asyncio.create_task(self._heartbeat())
             async with self.transport:
+                fetch = asyncio.create_task(self._fetch())
                 while self.paused is None:
-                    self._beat()
-                    claimed = self._claim()
-                    if self.paused is not None:
+                    batch = await self._waited(fetch)
+                    fetch = None
+                    if batch.stop:
+                        self.paused = batch.stop
                         break
-                    if not claimed:
-                        with self.clock, db.read(self.engine) as conn:
-                            look = ledger.outlook(conn, self.job.wave_id, db.utcnow(), self.job.options.ignore_window)
-                        if look.due_now:
-                            continue
-                        if not look.waiting_retry and not look.in_flight:
-                            break  # settled, but for deliveries waiting for their send window
-                        wait = IDLE_POLL_MAX
-                        if look.next_due is not None:
-                            wait = min(wait, max(0.05, (look.next_due - db.utcnow()).total_seconds()))
-                        await asyncio.sleep(wait)
+                    if not batch.claimed:
+                        await self._drain()  # our own retries come due only once recorded
+                        look = await self._waited(self.db.read(deliveries.outlook, self.job.wave_id, db.utcnow(),
+                                                               self.job.options.ignore_window))
+                        if not look.due_now:
+                            if not look.waiting_retry and not look.in_flight:
+                                break  # settled, but for deliveries waiting for their send window
+                            wait = IDLE_POLL_MAX
+                            if look.next_due is not None:
+                                wait = min(wait, max(0.05, (look.next_due - db.utcnow()).total_seconds()))
+                            await asyncio.sleep(wait)
+                            if self._in_flight:  # nothing of ours left unrecorded: lost leases come back now
+                                await self._beat()
+                        fetch = asyncio.create_task(self._fetch())
                         continue
-                    await self._batch(claimed)
-                    if self.on_batch is not None:
-                        self.on_batch()
+                    # Claim the next batch while this one is composed and sent.
+                    fetch = asyncio.create_task(self._fetch())
+                    await self._feed(batch)
+                    await self._report()
+                await self._drain()
         finally:
-            committer.cancel()
-            heart.cancel()
-            self._leave()
+            await self._stop(committer, heart, fetch)
 
-    async def _batch(self, claimed: list[ledger.Claimed]) -> None:
-        people, devices, suppressed = self._load(claimed)
+    async def _waited(self, aw: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return await aw
+        finally:
+            self.db_wait += time.perf_counter() - start
+
+    async def _fetch(self) -> _Batch:
+        batch: _Batch = await self.db.write(self._claim_tx, db.utcnow())
+        self._in_flight.update(c.id for c in batch.claimed)
+        return batch
+
+    async def _report(self) -> None:
+        if self.progress is not None and time.monotonic() - self._last_progress >= PROGRESS_EVERY:
+            self._last_progress = time.monotonic()
+            self.progress(await self.db.read(deliveries.counts, self.job.wave_id))
+
+    async def _feed(self, batch: _Batch) -> None:
+        """Triage, compose and start sending each delivery of the batch; returns when all are under way."""
         now = db.utcnow()
-        results: list[ledger.Result] = []
-        tasks: list[asyncio.Task[None]] = []
-        active: set[asyncio.Task[None]] = set()
-        ahead = 2 * self.d.limits.concurrency
+        settled: list[Result] = []
+        ahead = 2 * self._concurrency
         broken: str | None = None
-        for n, c in enumerate(claimed):
+        for n, c in enumerate(batch.claimed):
             if broken is not None:  # hand back, untried, what comes after a message that would not build
-                results.append(ledger.Result(c.id, "pending", now, attempts_back=1))
+                settled.append(handed_back(c, now))
                 continue
-            person = people.get(c.account_id)
-            if person is None or person.email.lower() in suppressed:
-                results.append(ledger.Result(c.id, "suppressed", now, error="the address is suppressed"))
-                continue
-            if now >= self.wave.expires:
-                results.append(ledger.Result(c.id, "expired", now, error="the wave expired before it could be sent"))
-                continue
-            if not self.job.options.ignore_window and not self.windows.is_open(person.timezone, now):
-                results.append(ledger.Result(c.id, "pending", now, attempts_back=1,
-                                             not_before=self.windows.next_opening(person.timezone, now)))
-                continue
-            views = devices.get(c.account_id, [])
-            if not views:
-                results.append(ledger.Result(c.id, "skipped", now, error="no longer in the wave's audience"))
+            person = batch.people.get(c.account_id)
+            verdict = self.triage(c, person, batch.devices.get(c.account_id, ()),
+                                  person is not None and person.email.lower() in batch.suppressed, now)
+            if isinstance(verdict, Result):
+                settled.append(verdict)
                 continue
             try:
-                rendered = self.renderer.render(self.wave, person, views)
-                mid = message_id(self.d.slug, self.wave.name, person.account_id, self.d.sender_domain)
-                data = self.builder.build(Parts(person.name, person.email, rendered.subject, rendered.text,
-                                                rendered.html, mid, now))
-            except (CampaignError, HeaderInjection, ValueError) as exc:
+                composed = self.compose(verdict.person, verdict.devices, now)
+            except ComposeError as exc:
                 # G5: this message is not sent, and the wave pauses with the error for a person to fix.
-                results.append(ledger.Result(c.id, "pending", now, attempts_back=1, error=str(exc)))
-                broken = f"account {person.account_id}: {exc}"
+                settled.append(handed_back(c, now, error=str(exc)))
+                broken = f"account {verdict.person.account_id}: {exc}"
                 continue
-            envelope = Envelope(self.d.sender_address, (person.email,), data, mid)
-            task = asyncio.create_task(self._send(c, envelope, rendered.template_locale, person.email))
-            tasks.append(task)
-            active.add(task)
-            if len(active) >= ahead:
+            task = asyncio.create_task(self._send(c, composed, verdict.person.email))
+            self._sends.add(task)
+            if len(self._sends) >= ahead:
                 # Build only a little ahead of the connections: CPU and network then take turns evenly.
-                _done, active = await asyncio.wait(active, return_when=asyncio.FIRST_COMPLETED)
+                done, self._sends = await asyncio.wait(self._sends, return_when=asyncio.FIRST_COMPLETED)
+                for t in done:
+                    t.result()  # a database that stayed away stops the send here
             elif n % 4 == 3:
                 await asyncio.sleep(0)
-        self._record(results, [])  # what needed no SMTP: suppressed, expired, window, skipped, handed back
-        await asyncio.gather(*tasks)
+        if settled:  # what needed no SMTP: suppressed, expired, window, skipped, handed back
+            self._records.append(self._commit(settled))
         if broken is not None:
-            self._pause(broken)
-            return
-        if self.failures.tripped(self.d.limits.pause_on_failure_rate):
-            self._pause(f"{self.failures.failures} of the last {self.failures.seen} attempts failed "
-                        f"(limit {self.d.limits.pause_on_failure_rate:.0%}); last error: {self._last_error}")
+            await self._drain()
+            await self._pause(broken)
+        elif self.failures.tripped(self.d.limits.pause_on_failure_rate):
+            await self._drain()
+            await self._pause(f"{self.failures.failures} of the last {self.failures.seen} attempts failed "
+                              f"(limit {self.d.limits.pause_on_failure_rate:.0%}); last error: {self._last_error}")
 
-    async def _send(self, c: ledger.Claimed, envelope: Envelope, locale: str, address: str) -> None:
+    async def _drain(self) -> None:
+        """Wait until every message under way is sent and every outcome recorded."""
+        sends, self._sends = self._sends, set()
+        records, self._records = self._records, []
+        await asyncio.gather(*sends, *records)
+
+    async def _pause(self, reason: str) -> None:
+        await self.db.write(self._pause_tx, reason)
+        self.paused = f"wave paused: {reason}"
+
+    async def _send(self, c: Claimed, composed: Composed, address: str) -> None:
         async with self._slots:
             await self.limiter.acquire()
-            outcome: Outcome = await self.transport.send(envelope)
-            result = self._outcome(c, envelope, locale, outcome)
-            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._queue.append((result, address if result.state == "bounced" else None, done))
-            self._queued.set()
-            await done
+            outcome = await self.transport.send(composed.envelope)
+            self.attempted += 1
+            self.failures.record(outcome.status != "sent")
+            if outcome.status != "sent":
+                self._last_error = outcome.detail
+            result = after_send(c, outcome, composed.envelope.message_id, composed.locale, self.retry, self._rng,
+                                db.utcnow())
+            bounces = [(address, result.error or "")] if result.state == BOUNCED else []
+            start = time.perf_counter()
+            try:
+                await self._commit([result], bounces)
+            finally:
+                self._commit_wait += time.perf_counter() - start
 
-    def _outcome(self, c: ledger.Claimed, envelope: Envelope, locale: str, outcome: Outcome) -> ledger.Result:
-        self.attempted += 1
-        now = db.utcnow()
-        self.failures.record(outcome.status != "sent")
-        if outcome.status == "sent":
-            return ledger.Result(c.id, "sent", now, message_id=envelope.message_id, locale=locale)
-        self._last_error = outcome.detail
-        if outcome.status == "failed":  # the relay cannot take it; the address is not at fault: no suppression
-            return ledger.Result(c.id, "failed", now, locale=locale, error=outcome.detail)
-        if outcome.status == "permanent":
-            return ledger.Result(c.id, "bounced", now, message_id=envelope.message_id, locale=locale,
-                                 error=outcome.detail)
-        decision = self.retry.decide(c.attempts, now, self._rng)
-        if decision.retry:
-            return ledger.Result(c.id, "pending", now, locale=locale, error=outcome.detail,
-                                 next_attempt_at=decision.at)
-        return ledger.Result(c.id, "failed", now, locale=locale, error=outcome.detail)
+    async def _stop(self, committer: asyncio.Task[None], heart: asyncio.Task[None] | None,
+                    fetch: asyncio.Task[_Batch] | None) -> None:
+        """Whatever ended the loop: hand back a claimed batch not yet fed, let what is under way finish
+        (unless the database is gone), stop the helpers, leave the worker table."""
+        try:
+            if self._db_gone is None:
+                if fetch is not None:
+                    with_claims = await fetch
+                    if with_claims.claimed:
+                        now = db.utcnow()
+                        self._records.append(self._commit([handed_back(c, now) for c in with_claims.claimed]))
+                await self._drain()
+                await self.db.write(self._leave_tx, retry_for=5.0)
+        finally:
+            for task in (*self._sends, committer, *((heart,) if heart else ()), *((fetch,) if fetch else ())):
+                task.cancel()
+            await asyncio.gather(*self._sends, committer, *((heart,) if heart else ()),
+                                 *((fetch,) if fetch else ()), return_exceptions=True)
+            self.db.close()
 
 
 def _worker_process(job: _Job) -> tuple[int, float]:
@@ -435,7 +612,7 @@ def _worker_process(job: _Job) -> tuple[int, float]:
     try:
         worker = Worker(engine, job)
         asyncio.run(worker.run())
-        return worker.attempted, worker.clock.seconds
+        return worker.attempted, worker.db_seconds
     finally:
         engine.dispose()
 
@@ -448,46 +625,54 @@ def send_wave(engine: Engine, config: Config, slug: str, wave_name: str, options
     """Send a wave now and wait until every delivery is settled (but those waiting for their window)."""
     start = time.perf_counter()
     now = db.utcnow()
-    clock = _DbClock()
-    with clock, db.write(engine) as conn:
+    with db.write(engine) as conn:
         c, _wave, wave_id, _added = prepare(conn, slug, wave_name, config.actor, options.ignore_window, now)
         if options.dry_run:
             preview = _dry_run_preview(conn, wave_id, options.ignore_window, now)
-            counts = ledger.counts(conn, wave_id)
+            counts = deliveries.counts(conn, wave_id)
             conn.rollback()
             return SendSummary(slug, wave_name, counts, dry_run=True, preview=preview)
+    db_seconds = time.perf_counter() - start
     job = _Job(config, c.id, slug, wave_name, wave_id, options)
-
-    def report() -> None:
-        if progress is not None:
-            with db.read(engine) as conn:
-                progress(ledger.counts(conn, wave_id))
 
     attempted = 0
     if options.workers <= 1:
-        worker = Worker(engine, job, transport=transport, on_batch=report)
+        worker = Worker(engine, job, transport=transport, progress=progress)
         asyncio.run(worker.run())
-        attempted, clock.seconds = worker.attempted, clock.seconds + worker.clock.seconds
+        attempted, db_seconds = worker.attempted, db_seconds + worker.db_seconds
     else:
         ctx = multiprocessing.get_context("spawn")
         with ctx.Pool(options.workers) as pool:
             pending = pool.map_async(_worker_process, [job] * options.workers)
             while not pending.ready():
-                report()
+                if progress is not None:
+                    # A lost database: the workers retry on their own; the progress shows again when it is back.
+                    with contextlib.suppress(DatabaseLost):
+                        progress(call(engine, deliveries.counts, wave_id, write=False, retry_for=0))
                 pending.wait(0.5)
             for n, secs in pending.get():
                 attempted += n
-                clock.seconds += secs / options.workers  # the workers' database waits overlap
-    with clock, db.write(engine) as conn:
-        counts = ledger.counts(conn, wave_id)
-        look = ledger.outlook(conn, wave_id, db.utcnow(), options.ignore_window)
-        row = _wave_row(conn, c.id, wave_name)
-        paused = row.paused_reason if row.state == "paused" else None
-        if not paused and not look.waiting_window and not counts["pending"] and not counts["sending"]:
-            conn.execute(ledger.timed_text("UPDATE wave SET state = 'done', finished_at = :t WHERE id = :w", "t"),
-                         {"t": db.utcnow(), "w": wave_id})
-        audit.record(conn, config.actor, "wave.sent", c.id, wave=wave_name, counts=counts, attempted=attempted)
+                db_seconds += secs / options.workers  # the workers' database waits overlap
+    end = time.perf_counter()
+    counts, look, paused = call(engine, _finish, c.id, wave_id, wave_name, config.actor, options.ignore_window,
+                                attempted)
+    db_seconds += time.perf_counter() - end
     if progress is not None:
         progress(counts)
     return SendSummary(slug, wave_name, counts, attempted=attempted, elapsed=time.perf_counter() - start,
-                       db_seconds=clock.seconds, waiting_window=look.waiting_window, paused=paused)
+                       db_seconds=db_seconds, waiting_window=look.waiting_window, paused=paused)
+
+
+def _finish(conn: Connection, campaign_id: int, wave_id: int, wave_name: str, actor: str, ignore_window: bool,
+            attempted: int) -> tuple[dict[str, int], deliveries.Outlook, str | None]:
+    """The wave's counts at the end; the wave is done when nothing is left to send (not even later)."""
+    now = db.utcnow()
+    counts = deliveries.counts(conn, wave_id)
+    look = deliveries.outlook(conn, wave_id, now, ignore_window)
+    row = deliveries.wave_state(conn, campaign_id, wave_name)
+    assert row is not None
+    paused = row.paused_reason if row.state == "paused" else None
+    if not paused and not look.waiting_window and not counts["pending"] and not counts["sending"]:
+        deliveries.set_wave(conn, wave_id, state="done", finished_at=now)
+    audit.record(conn, actor, "wave.sent", campaign_id, wave=wave_name, counts=counts, attempted=attempted)
+    return counts, look, paused

@@ -197,13 +197,15 @@ def test_left_the_audience_is_skipped(run_cli: CliRun, engine: Engine, smtpd: Sm
                                       write_file: Callable[..., Path]) -> None:
     assert send(run_cli, smtpd, "--dry-run").exit_code == 0  # type: ignore[attr-defined]
     # Materialize, then a person changes the setting before their message goes out.
-    from campaign import db, ledger
+    from campaign import db
     from campaign.campaigns import get
+    from campaign.store import deliveries
     with db.write(engine) as conn:
         c = get(conn, SLUG)
+        d = c.definition
         wave_id = conn.execute(text("SELECT id FROM wave WHERE name = 'notice'")).scalar_one()
-        ledger.materialize(conn, c.definition, c.id, wave_id, "affected", c.definition.waves[0].expires,
-                           db.utcnow())
+        who = deliveries.audience_ids(d.setting, d.from_value, d.countries, d.device_models, c.id, "affected")
+        deliveries.materialize(conn, c.id, wave_id, who, d.waves[0].expires, db.utcnow())
     changed = DEVICES.replace("d005,a005,Room 5,Echo Show 10,do_not_send", "d005,a005,Room 5,Echo Show 10,save")
     assert run_cli("import", "devices", str(write_file("d2.csv", changed))).exit_code == 0
     assert send(run_cli, smtpd).exit_code == 0  # type: ignore[attr-defined]
@@ -327,9 +329,10 @@ def test_leases_are_renewed_while_a_slow_batch_is_in_flight(run_cli: CliRun, eng
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     import threading
 
-    from campaign import db, ledger, sending
+    from campaign import db, sending
     from campaign.config import load_config
-    monkeypatch.setattr(ledger, "LEASE", dt.timedelta(seconds=0.6))
+    from campaign.store import deliveries
+    monkeypatch.setattr(deliveries, "LEASE", dt.timedelta(seconds=0.6))
     monkeypatch.setattr(sending, "HEARTBEAT", 0.1)
     config = load_config({"database_url": db_url, "templates": str(ROOT / "templates"), "actor": "tester"})
     slow = _SlowTransport(0.25)  # 40 messages, 4 at a time: about 2.5 s, four leases long
@@ -341,7 +344,7 @@ def test_leases_are_renewed_while_a_slow_batch_is_in_flight(run_cli: CliRun, eng
     wave_id = rows(engine, "SELECT id FROM wave WHERE name = 'notice'")[0][0]
     while thread.is_alive():  # another worker looking for leases that ran out
         with db.write(engine) as conn:
-            taken += ledger.reclaim(conn, int(wave_id), db.utcnow())  # type: ignore[call-overload]
+            taken += deliveries.reclaim(conn, int(wave_id), db.utcnow())  # type: ignore[call-overload]
         time.sleep(0.05)
     thread.join()
     assert taken == 0

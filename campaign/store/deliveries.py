@@ -1,0 +1,382 @@
+"""The send ledger: one row per (campaign, wave, account), written and moved set-based.
+
+Materialize with `INSERT … SELECT`; claim batches atomically into `sending` under a lease (`UPDATE …
+RETURNING` over a `SELECT … FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite drops the lock clause and
+relies on `BEGIN IMMEDIATE`); record outcomes in one executemany, each only while its lease holds; give
+back the deliveries of a worker that died or whose lease ran out. The caller owns each transaction.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    Select,
+    and_,
+    bindparam,
+    case,
+    func,
+    literal,
+    or_,
+    select,
+    union,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.sql.elements import ColumnElement
+
+from campaign.db import UTCDateTime
+from campaign.definition import SendWindow
+from campaign.models import (
+    ACCOUNT,
+    CAMPAIGN,
+    CANCELLED,
+    CHANGED,
+    DELIVERY,
+    DELIVERY_STATES,
+    DEVICE,
+    DEVICE_SETTING,
+    EXPIRED,
+    PAUSED,
+    PENDING,
+    SENDING,
+    SENT,
+    SETTING_CHANGE,
+    SUPPRESSED,
+    SUPPRESSION,
+    WAVE,
+)
+from campaign.policies import WindowCache
+from campaign.rendering import DeviceView, Recipient
+
+LEASE = dt.timedelta(seconds=60)
+D, A = DELIVERY, ACCOUNT
+EXPIRED_ERROR = "the wave expired before it could be sent"
+
+
+# -- creating a wave's rows -----------------------------------------------------------------------------
+
+def materialize(conn: Connection, campaign_id: int, wave_id: int, who: Select[Any], expires: dt.datetime,
+                now: dt.datetime) -> int:
+    """Add a row for every account selected by `who` (a select of account ids) that has none yet
+    (idempotent); a suppressed address is recorded `suppressed` and never attempted. Returns the rows added."""
+    suppressed = select(SUPPRESSION.c.email).where(func.lower(SUPPRESSION.c.email) == func.lower(A.c.email)).exists()
+    rows = select(
+        literal(campaign_id), literal(wave_id), A.c.id,
+        case((suppressed, literal(SUPPRESSED)), else_=literal(PENDING)),
+        A.c.email, literal(0), literal(expires, UTCDateTime()), literal(now, UTCDateTime()),
+    ).where(A.c.id.in_(who))
+    # ON CONFLICT DO NOTHING: each dialect's own insert() says it (same SQL on both).
+    dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    stmt = dialect_insert(D).from_select(
+        ["campaign_id", "wave_id", "account_id", "state", "email", "attempts", "expires_at", "updated_at"],
+        rows).on_conflict_do_nothing(index_elements=["campaign_id", "wave_id", "account_id"])
+    return int(conn.execute(stmt).rowcount or 0)
+
+
+def plan_windows(conn: Connection, wave_id: int, window: SendWindow, earliest: dt.datetime) -> int:
+    """Give every pending delivery without one a `not_before`: the opening of its recipient's send window
+    at or after `earliest`, in the recipient's own zone — one UPDATE per time zone. Returns the zones."""
+    waiting = and_(D.c.wave_id == wave_id, D.c.state == PENDING, D.c.not_before.is_(None))
+    zones = conn.execute(select(A.c.timezone).distinct().select_from(D.join(A, A.c.id == D.c.account_id))
+                         .where(waiting)).scalars().all()
+    cache = WindowCache(window)
+    stmt = (update(D).where(waiting, D.c.account_id.in_(select(A.c.id).where(A.c.timezone == bindparam("tz"))))
+            .values(not_before=bindparam("nb", type_=UTCDateTime())))
+    for zone in zones:
+        conn.execute(stmt, {"nb": cache.next_opening(zone, earliest), "tz": zone})
+    return len(zones)
+
+
+def expire(conn: Connection, wave_id: int, now: dt.datetime) -> int:
+    """Pending deliveries whose wave expired become `expired`."""
+    result = conn.execute(update(D).where(D.c.wave_id == wave_id, D.c.state == PENDING, D.c.expires_at <= now)
+                          .values(state=EXPIRED, updated_at=now, last_error=EXPIRED_ERROR))
+    return int(result.rowcount or 0)
+
+
+# -- claims and leases ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Claimed:
+    id: int
+    account_id: str
+    attempts: int  # including this one
+
+
+def _due(now: dt.datetime, ignore_window: bool) -> ColumnElement[bool]:
+    due = or_(D.c.next_attempt_at.is_(None), D.c.next_attempt_at <= now)
+    if not ignore_window:
+        due = and_(due, or_(D.c.not_before.is_(None), D.c.not_before <= now))
+    return due
+
+
+def claim(conn: Connection, wave_id: int, owner: str, limit: int, now: dt.datetime,
+          ignore_window: bool = False) -> list[Claimed]:
+    """Move up to `limit` due deliveries of the wave into `sending`, leased to `owner`; in id order."""
+    # No ORDER BY: the claim index hands rows out in its own order; sorting a wave's pending rows on
+    # every claim would cost more than the claim.
+    pick = (select(D.c.id).where(D.c.wave_id == wave_id, D.c.state == PENDING, _due(now, ignore_window))
+            .limit(limit).with_for_update(skip_locked=True))
+    stmt = (update(D).where(D.c.id.in_(pick))
+            .values(state=SENDING, lease_owner=owner, lease_expires_at=now + LEASE, attempts=D.c.attempts + 1,
+                    updated_at=now)
+            .returning(D.c.id, D.c.account_id, D.c.attempts))
+    rows = conn.execute(stmt).all()
+    return sorted((Claimed(r.id, r.account_id, r.attempts) for r in rows), key=lambda c: c.id)
+
+
+def renew(conn: Connection, owner: str, ids: Sequence[int], now: dt.datetime) -> int:
+    """Extend `owner`'s leases on `ids` (those it still holds); returns how many."""
+    if not ids:
+        return 0
+    result = conn.execute(update(D).where(D.c.lease_owner == owner, D.c.state == SENDING, D.c.id.in_(list(ids)))
+                          .values(lease_expires_at=now + LEASE))
+    return int(result.rowcount or 0)
+
+
+def reclaim(conn: Connection, wave_id: int, now: dt.datetime, dead_owners: Iterable[str] = ()) -> int:
+    """Give back to `pending` the deliveries whose lease ran out or whose worker is known dead."""
+    dead = list(dead_owners)
+    lost = D.c.lease_expires_at < now
+    if dead:
+        lost = or_(lost, D.c.lease_owner.in_(dead))
+    result = conn.execute(update(D).where(D.c.wave_id == wave_id, D.c.state == SENDING, lost)
+                          .values(state=PENDING, lease_owner=None, lease_expires_at=None, updated_at=now))
+    return int(result.rowcount or 0)
+
+
+# -- outcomes -----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Result:
+    """What became of one claimed delivery."""
+
+    id: int
+    state: str  # sent | pending (retry) | failed | bounced | suppressed | skipped | expired
+    at: dt.datetime
+    message_id: str | None = None
+    locale: str | None = None
+    error: str | None = None
+    next_attempt_at: dt.datetime | None = None
+    not_before: dt.datetime | None = None  # a delivery handed back to wait for its send window
+    attempts_back: int = 0  # 1 when the attempt did not happen (window, handed back): not counted
+
+
+def _param(name: str) -> Any:
+    return bindparam(name, type_=UTCDateTime())
+
+
+# One compiled statement, run as an executemany: each row written only while `owner` holds its lease.
+_RECORD = (update(D)
+           .where(D.c.id == bindparam("r_id"), D.c.lease_owner == bindparam("r_owner"), D.c.state == SENDING)
+           .values(state=bindparam("r_state"),
+                   sent_at=func.coalesce(_param("r_sent_at"), D.c.sent_at),
+                   message_id=func.coalesce(bindparam("r_message_id", type_=D.c.message_id.type), D.c.message_id),
+                   locale=func.coalesce(bindparam("r_locale", type_=D.c.locale.type), D.c.locale),
+                   last_error=bindparam("r_error"),
+                   next_attempt_at=_param("r_next_attempt_at"),
+                   not_before=func.coalesce(_param("r_not_before"), D.c.not_before),
+                   attempts=D.c.attempts - bindparam("r_back", type_=D.c.attempts.type),
+                   lease_owner=None, lease_expires_at=None,
+                   updated_at=_param("r_at")))
+
+
+def record(conn: Connection, owner: str, results: Sequence[Result]) -> int:
+    """Write outcomes, each only while `owner` still holds the lease; returns how many rows it wrote
+    (idempotent: a row already recorded is no longer `sending` and is left alone)."""
+    if not results:
+        return 0
+    rows = [{"r_state": r.state, "r_sent_at": r.at if r.state == SENT else None, "r_message_id": r.message_id,
+             "r_locale": r.locale, "r_error": (r.error or None) and r.error[:1024],
+             "r_next_attempt_at": r.next_attempt_at, "r_not_before": r.not_before, "r_back": r.attempts_back,
+             "r_at": r.at, "r_id": r.id, "r_owner": owner}
+            for r in results]
+    result = conn.execute(_RECORD, rows)
+    return int(result.rowcount or 0)
+
+
+# -- looking ----------------------------------------------------------------------------------------------
+
+def counts(conn: Connection, wave_id: int) -> dict[str, int]:
+    """Deliveries of a wave by state, every state present (zero included)."""
+    out = dict.fromkeys(DELIVERY_STATES, 0)
+    for state, n in conn.execute(select(D.c.state, func.count()).where(D.c.wave_id == wave_id)
+                                 .group_by(D.c.state)).all():
+        out[state] = int(n)
+    return out
+
+
+def sent_since(conn: Connection, wave_id: int, since: dt.datetime) -> int:
+    """Deliveries of a wave sent at or after `since` (the recent rate)."""
+    return int(conn.execute(select(func.count()).where(D.c.wave_id == wave_id, D.c.state == SENT,
+                                                       D.c.sent_at >= since)).scalar_one())
+
+
+@dataclass(frozen=True)
+class Outlook:
+    """Whether a wave has work left for a sender, and when the next piece comes due."""
+
+    due_now: int
+    waiting_retry: int
+    waiting_window: int
+    in_flight: int
+    next_due: dt.datetime | None
+
+
+def outlook(conn: Connection, wave_id: int, now: dt.datetime, ignore_window: bool) -> Outlook:
+    pending = D.c.state == PENDING
+    retry_later = and_(pending, D.c.next_attempt_at > now)
+    no_retry_wait = or_(D.c.next_attempt_at.is_(None), D.c.next_attempt_at <= now)
+    window_later = and_(pending, D.c.not_before > now, no_retry_wait) if not ignore_window else literal(False)
+    sending = D.c.state == SENDING
+
+    def n(cond: ColumnElement[bool]) -> Any:
+        return func.coalesce(func.sum(case((cond, 1), else_=0)), 0)
+
+    row = conn.execute(select(
+        n(and_(pending, _due(now, ignore_window))).label("due"),
+        n(retry_later).label("retry"),
+        n(window_later).label("window"),
+        n(sending).label("sending"),
+        func.min(case((retry_later, D.c.next_attempt_at))).label("retry_at"),
+        func.min(case((sending, D.c.lease_expires_at))).label("lease_at"),
+    ).where(D.c.wave_id == wave_id)).one()
+    nexts = [t for t in (row.retry_at, row.lease_at) if t is not None]
+    return Outlook(int(row.due), int(row.retry), int(row.window), int(row.sending), min(nexts) if nexts else None)
+
+
+def pending_by_locale(conn: Connection, wave_id: int) -> dict[str, int]:
+    """Pending deliveries of a wave by their recipient's locale (a dry run's preview)."""
+    rows = conn.execute(select(A.c.locale, func.count()).select_from(D.join(A, A.c.id == D.c.account_id))
+                        .where(D.c.wave_id == wave_id, D.c.state == PENDING)
+                        .group_by(A.c.locale).order_by(A.c.locale)).all()
+    return {loc: int(n) for loc, n in rows}
+
+
+def first_pending(conn: Connection, wave_id: int, limit: int = 10) -> list[dict[str, str]]:
+    """The first pending deliveries of a wave: account id, address and locale (a dry run's preview)."""
+    rows = conn.execute(select(A.c.id, A.c.email, A.c.locale).select_from(D.join(A, A.c.id == D.c.account_id))
+                        .where(D.c.wave_id == wave_id, D.c.state == PENDING).order_by(D.c.id).limit(limit)).all()
+    return [{"account_id": r.id, "email": r.email, "locale": r.locale} for r in rows]
+
+
+# -- what a claimed batch needs (until the people and suppression stores offer them) ----------------------
+
+def recipients(conn: Connection, account_ids: Sequence[str]) -> dict[str, Recipient]:
+    """The accounts of a claimed batch, by id."""
+    rows = conn.execute(select(A.c.id, A.c.email, A.c.name, A.c.locale, A.c.timezone)
+                        .where(A.c.id.in_(list(account_ids)))).all()
+    return {r.id: Recipient(r.id, r.email, r.name, r.locale, r.timezone) for r in rows}
+
+
+def suppressed_among(conn: Connection, emails: Iterable[str]) -> set[str]:
+    """Which of `emails` are suppressed, lower-cased (suppression ignores case)."""
+    lowered = sorted({e.lower() for e in emails})
+    if not lowered:
+        return set()
+    low = func.lower(SUPPRESSION.c.email)
+    return set(conn.execute(select(low).where(low.in_(lowered))).scalars().all())
+
+
+def changed_devices(conn: Connection, campaign_id: int, account_ids: Sequence[str]) -> dict[str, list[DeviceView]]:
+    """The devices this campaign changed, of the accounts of a claimed batch (a "changed" wave's devices)."""
+    sc, dv = SETTING_CHANGE, DEVICE
+    rows = conn.execute(select(sc.c.account_id, dv.c.id, dv.c.name, dv.c.model)
+                        .select_from(sc.join(dv, dv.c.id == sc.c.device_id))
+                        .where(sc.c.campaign_id == campaign_id, sc.c.state == CHANGED,
+                               sc.c.account_id.in_(list(account_ids)))
+                        .order_by(sc.c.account_id, dv.c.id)).all()
+    out: dict[str, list[DeviceView]] = {}
+    for r in rows:
+        out.setdefault(r.account_id, []).append(DeviceView(r.id, r.name, r.model))
+    return out
+
+
+def audience_ids(setting: str, from_value: str, countries: Sequence[str], models: Sequence[str],
+                 campaign_id: int, rule: str) -> Select[Any]:
+    """The account ids of a wave's audience rule: `affected`, `changed` or `all` (both)."""
+    dv, ds, sc = DEVICE, DEVICE_SETTING, SETTING_CHANGE
+    affected = (select(A.c.id).select_from(ds.join(dv, dv.c.id == ds.c.device_id).join(A, A.c.id == dv.c.account_id))
+                .where(ds.c.key == setting, ds.c.value == from_value))
+    if countries:
+        affected = affected.where(A.c.country.in_(list(countries)))
+    if models:
+        affected = affected.where(dv.c.model.in_(list(models)))
+    changed = select(sc.c.account_id).where(sc.c.campaign_id == campaign_id, sc.c.state == CHANGED)
+    if rule == "affected":
+        return affected
+    if rule == "changed":
+        return changed
+    return select(union(affected, changed).subquery().c[0])
+
+
+# -- the wave's own row (until the campaigns store offers these) -------------------------------------------
+
+def stop_reason(conn: Connection, wave_id: int) -> str | None:
+    """Why sending this wave must stop now (its campaign paused or cancelled, the wave paused), or None."""
+    c, w = CAMPAIGN, WAVE
+    row = conn.execute(select(c.c.state, c.c.state_reason, w.c.state.label("wave_state"), w.c.paused_reason)
+                       .select_from(w.join(c, c.c.id == w.c.campaign_id)).where(w.c.id == wave_id)).one()
+    if row.state in (PAUSED, CANCELLED):
+        return f"campaign {row.state}" + (f": {row.state_reason}" if row.state_reason else "")
+    if row.wave_state == "paused":
+        return f"wave paused: {row.paused_reason}"
+    return None
+
+
+@dataclass(frozen=True)
+class WaveState:
+    id: int
+    state: str
+    paused_reason: str | None
+
+
+def wave_state(conn: Connection, campaign_id: int, name: str) -> WaveState | None:
+    row = conn.execute(select(WAVE.c.id, WAVE.c.state, WAVE.c.paused_reason)
+                       .where(WAVE.c.campaign_id == campaign_id, WAVE.c.name == name)).first()
+    return WaveState(row.id, row.state, row.paused_reason) if row else None
+
+
+def set_wave(conn: Connection, wave_id: int, **values: Any) -> None:
+    """Update the wave row (state, paused_reason, materialized_at, finished_at)."""
+    conn.execute(update(WAVE).where(WAVE.c.id == wave_id).values(**values))
+
+
+def wave_sending(conn: Connection, wave_id: int, now: dt.datetime) -> None:
+    """The wave is sending; materialized now unless it was before."""
+    set_wave(conn, wave_id, state="sending", materialized_at=func.coalesce(WAVE.c.materialized_at, now))
+
+
+__all__ = [
+    "LEASE",
+    "Claimed",
+    "Outlook",
+    "Result",
+    "WaveState",
+    "audience_ids",
+    "changed_devices",
+    "claim",
+    "counts",
+    "expire",
+    "first_pending",
+    "materialize",
+    "outlook",
+    "pending_by_locale",
+    "plan_windows",
+    "recipients",
+    "reclaim",
+    "record",
+    "renew",
+    "sent_since",
+    "set_wave",
+    "stop_reason",
+    "suppressed_among",
+    "wave_sending",
+    "wave_state",
+]
