@@ -16,11 +16,13 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, text
 
-from campaign import audit, db
+from campaign import db
+from campaign.addresses import normalize as normalize_address
 from campaign.errors import MAX_SHOWN, InputError, Problem
 from campaign.readers import RecordReader
 from campaign.rendering import DeviceView, Recipient
-from campaign.validation import EMAIL_RE, check_email, check_timezone, normalize_country, normalize_locale
+from campaign.store import people
+from campaign.validation import check_timezone, normalize_country, normalize_locale
 
 BATCH = 5000
 ACCOUNT_COLUMNS = ("account_id", "email", "name", "locale", "timezone", "country")
@@ -119,27 +121,8 @@ def _check_columns(columns: Iterable[str], required: tuple[str, ...],
     return problems
 
 
-def _prepare(conn: Connection) -> None:
-    if db.is_sqlite(conn):
-        # A larger page cache for this connection: a bulk upsert touches many index pages (bounded: 64 MiB).
-        conn.exec_driver_sql("PRAGMA cache_size = -65536")
-
-
-def _stage(conn: Connection, name: str, columns: str) -> None:
-    conn.exec_driver_sql(f"DROP TABLE IF EXISTS {name}")
-    conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {name} ({columns})")
-
-
-def _duplicates(conn: Connection, table: str, key: str, what: str) -> tuple[list[Problem], int]:
-    """Every record whose id appeared on an earlier line; the cheap count runs first."""
-    dup_ids = f"SELECT {key} FROM {table} GROUP BY {key} HAVING COUNT(*) > 1"
-    if conn.exec_driver_sql(f"SELECT COUNT(*) FROM ({dup_ids}) d").scalar_one() == 0:
-        return [], 0
-    sql = (f"SELECT s.line, s.{key}, f.first FROM {table} s JOIN "
-           f"(SELECT {key}, MIN(line) AS first FROM {table} GROUP BY {key} HAVING COUNT(*) > 1) f "
-           f"ON f.{key} = s.{key} WHERE s.line > f.first")
-    count = conn.exec_driver_sql(f"SELECT COUNT(*) FROM ({sql}) d").scalar_one()
-    rows = conn.exec_driver_sql(f"{sql} ORDER BY s.line LIMIT {MAX_SHOWN}").all()
+def _duplicates(conn: Connection, stage_table: Any, what: str) -> tuple[list[Problem], int]:
+    rows, count = people.duplicates(conn, stage_table, MAX_SHOWN)
     return [Problem(line, f"{what} {ident!r} appears again (first at line {first})")
             for line, ident, first in rows], count
 
@@ -181,16 +164,15 @@ class _Import:
     def run_accounts(self) -> ImportResult:
         locales, zones, countries = _Lookup(normalize_locale), _Lookup(check_timezone), _Lookup(normalize_country)
         known_locales, known_zones, known_countries = locales.known, zones.known, countries.known
-        email_ok = EMAIL_RE.fullmatch
-        cols = ["line", "id", "email", "name", "locale", "timezone", "country"]
-        with RecordReader(self.path) as reader, db.write(self.engine, bulk=True) as conn:
+        with RecordReader(self.path) as reader, self._transaction("import.accounts") as tx:
+            conn = tx.conn
             header = reader.header()
             if header:
                 self._header_problems(_check_columns(header, ACCOUNT_COLUMNS, lambda c: False))
                 order = [header.index(c) for c in ACCOUNT_COLUMNS]
-            _prepare(conn)
-            _stage(conn, "stage_account", "line INTEGER, id TEXT, email TEXT, name TEXT, locale TEXT, "
-                                          "timezone TEXT, country TEXT")
+            people.prepare(conn)
+            stage = people.account_stage()
+            people.create_stage(conn, stage)
             batch: list[tuple[Any, ...]] = []
             add_problem = self.problems.add
             records: Iterator[Any] = reader.csv_rows() if header else iter(reader)
@@ -217,16 +199,10 @@ class _Import:
                 ident, email, name = ident.strip(), email.strip(), name.strip()
                 if not (0 < len(ident) <= 128 and ident.isprintable() and " " not in ident):
                     errs.append(_id_problem("account_id", ident))
-                # The fast path for a well-formed address; check_email words the problem otherwise.
-                local, _, domain = email.rpartition("@")
-                if email_ok(email) and len(email) <= 254 and len(local) <= 64:
-                    if not domain.islower():
-                        email = f"{local}@{domain.lower()}"
-                else:
-                    try:
-                        email = check_email(email)
-                    except ValueError as exc:
-                        errs.append(f"email: {exc}")
+                try:  # the stored (normalized) form; campaign.addresses has the fast path
+                    email = normalize_address(email)
+                except ValueError as exc:
+                    errs.append(f"email: {exc}")
                 if not name or len(name) > 256 or "\n" in name or "\r" in name:
                     errs.append(_text_problem("name", name, 256))
                 locale, msg = known_locales.get(locale) or locales(locale)
@@ -244,19 +220,20 @@ class _Import:
                 if not self.problems.total:
                     batch.append((line, ident, email, name, locale, tz, country))
                     if len(batch) >= BATCH:
-                        db.bulk_insert(conn, "stage_account", cols, batch)
+                        people.stage(conn, stage, batch)
                         batch.clear()
                         self._tick(reader)
             if not self.problems.total:
-                db.bulk_insert(conn, "stage_account", cols, batch)
+                people.stage(conn, stage, batch)
             self._fail_if_problems()  # row problems first: stop before the whole-file checks
-            self.problems.merge(*_duplicates(conn, "stage_account", "id", "account_id"))
+            self.problems.merge(*_duplicates(conn, stage, "account_id"))
             self._fail_if_problems()
-            self._upsert_accounts(conn)
-            audit.record(conn, self.actor, "import.accounts", file=str(self.path), **self._counts())
-            conn.exec_driver_sql("DROP TABLE stage_account")
-            if self.dry_run:
-                conn.rollback()
+            total, inserted, updated = people.account_counts(conn, stage)
+            self.result.inserted, self.result.updated = inserted, updated
+            self.result.unchanged = total - inserted - updated
+            people.upsert_accounts(conn, stage, db.utcnow())
+            people.drop_stage(conn, stage)
+            tx.note(file=str(self.path), **self._counts())
         self._tick(reader)
         return self.result
 
@@ -264,27 +241,8 @@ class _Import:
         if problems:
             raise InputError(str(self.path), problems)
 
-    def _upsert_accounts(self, conn: Connection) -> None:
-        changed = ("a.email <> s.email OR a.name <> s.name OR a.locale <> s.locale "
-                   "OR a.timezone <> s.timezone OR a.country <> s.country")
-        counts = conn.exec_driver_sql(
-            "SELECT COUNT(*), COALESCE(SUM(CASE WHEN a.id IS NULL THEN 1 ELSE 0 END), 0), "
-            f"COALESCE(SUM(CASE WHEN a.id IS NOT NULL AND ({changed}) THEN 1 ELSE 0 END), 0) "
-            "FROM stage_account s LEFT JOIN account a ON a.id = s.id").one()
-        total, inserted, updated = (int(x) for x in counts)
-        self.result.inserted, self.result.updated = inserted, updated
-        self.result.unchanged = total - inserted - updated
-        upsert = text(
-            "INSERT INTO account (id, email, name, locale, timezone, country, created_at, updated_at) "
-            "SELECT id, email, name, locale, timezone, country, :now, :now FROM stage_account WHERE true "
-            "ON CONFLICT (id) DO UPDATE SET email = excluded.email, name = excluded.name, "
-            "locale = excluded.locale, timezone = excluded.timezone, country = excluded.country, "
-            "updated_at = excluded.updated_at "
-            "WHERE account.email <> excluded.email OR account.name <> excluded.name "
-            "OR account.locale <> excluded.locale OR account.timezone <> excluded.timezone "
-            "OR account.country <> excluded.country"
-        ).bindparams(bindparam("now", type_=db.UTCDateTime()))
-        conn.execute(upsert, {"now": db.utcnow()})
+    def _transaction(self, action: str) -> Any:
+        return db.transaction(self.engine, self.actor, action, dry_run=self.dry_run, bulk=True)
 
     def _counts(self) -> dict[str, int]:
         r = self.result
@@ -297,7 +255,8 @@ class _Import:
         # One staging row per device, its settings as extra columns s0, s1, … (keys in `keys`); a JSON
         # Lines file may bring a new key on any line, which adds a column.
         keys: list[str] = []
-        with RecordReader(self.path) as reader, db.write(self.engine, bulk=True) as conn:
+        with RecordReader(self.path) as reader, self._transaction("import.devices") as tx:
+            conn = tx.conn
             header = reader.header()
             setting_index: list[int] = []
             if header:
@@ -309,15 +268,14 @@ class _Import:
                 order = [header.index(c) for c in DEVICE_COLUMNS]
                 keys = [c for c in header if c not in DEVICE_COLUMNS]
                 setting_index = [header.index(k) for k in keys]
-            _prepare(conn)
-            _stage(conn, "stage_device", "line INTEGER, id TEXT, account_id TEXT, name TEXT, model TEXT"
-                   + "".join(f", s{i} TEXT" for i in range(len(keys))))
+            people.prepare(conn)
+            stage = people.device_stage(len(keys))
+            people.create_stage(conn, stage)
             devices: list[Any] = []
             add_problem = self.problems.add
 
             def flush() -> None:
-                cols = ["line", "id", "account_id", "name", "model"] + [f"s{i}" for i in range(len(keys))]
-                db.bulk_insert(conn, "stage_device", cols, devices)
+                people.stage(conn, stage, devices)
                 devices.clear()
 
             records: Iterator[Any] = reader.csv_rows() if header else iter(reader)
@@ -354,7 +312,7 @@ class _Import:
                     if new_keys:
                         flush()
                         for k in new_keys:
-                            conn.exec_driver_sql(f"ALTER TABLE stage_device ADD COLUMN s{len(keys)} TEXT")
+                            stage = people.widen_device_stage(conn, len(keys))
                             keys.append(k)
                     raw = [values.get(k, "") for k in keys]
                     n_keys = len(keys)
@@ -386,63 +344,19 @@ class _Import:
             if not self.problems.total:
                 flush()
             self._fail_if_problems()
-            self.problems.merge(*_duplicates(conn, "stage_device", "id", "device_id"))
-            unknown_sql = ("SELECT s.line, s.account_id FROM stage_device s "
-                           "WHERE NOT EXISTS (SELECT 1 FROM account a WHERE a.id = s.account_id)")
-            count = conn.exec_driver_sql(f"SELECT COUNT(*) FROM ({unknown_sql}) u").scalar_one()
-            rows = conn.exec_driver_sql(f"{unknown_sql} ORDER BY s.line LIMIT {MAX_SHOWN}").all() if count else []
+            self.problems.merge(*_duplicates(conn, stage, "device_id"))
+            rows, count = people.unknown_accounts(conn, stage, MAX_SHOWN)
             self.problems.merge([Problem(line, f"account_id: no account {acc!r} (import accounts first)")
                                  for line, acc in rows], count)
             self._fail_if_problems()
-            self._upsert_devices(conn, keys)
-            audit.record(conn, self.actor, "import.devices", file=str(self.path), **self._counts())
-            conn.exec_driver_sql("DROP TABLE stage_device")
-            if self.dry_run:
-                conn.rollback()
+            total, inserted, updated, changed = people.device_counts(conn, stage, keys)
+            self.result.inserted, self.result.updated, self.result.settings_changed = inserted, updated, changed
+            self.result.unchanged = total - inserted - updated
+            people.upsert_devices(conn, stage, keys, db.utcnow())
+            people.drop_stage(conn, stage)
+            tx.note(file=str(self.path), **self._counts())
         self._tick(reader)
         return self.result
-
-    def _upsert_devices(self, conn: Connection, keys: list[str]) -> None:
-        params: dict[str, Any] = {f"k{i}": k for i, k in enumerate(keys)}
-        total, inserted = (int(x) for x in conn.exec_driver_sql(
-            "SELECT COUNT(*), COALESCE(SUM(CASE WHEN d.id IS NULL THEN 1 ELSE 0 END), 0) "
-            "FROM stage_device s LEFT JOIN device d ON d.id = s.id").one())
-        if total > inserted:  # some devices are known: count what changes, row or setting
-            differs = [f"(s.s{i} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM device_setting ds WHERE "
-                       f"ds.device_id = s.id AND ds.key = :k{i} AND ds.value = s.s{i}))" for i in range(len(keys))]
-            updated = int(conn.execute(text(
-                "SELECT COUNT(*) FROM stage_device s JOIN device d ON d.id = s.id "
-                "WHERE d.account_id <> s.account_id OR d.name <> s.name OR d.model <> s.model"
-                + "".join(f" OR {d}" for d in differs)), params).scalar_one())
-            changed = 0
-            for i in range(len(keys)):
-                changed += int(conn.execute(text(
-                    f"SELECT COUNT(*) FROM stage_device s JOIN device_setting ds ON ds.device_id = s.id "
-                    f"AND ds.key = :k{i} WHERE ds.value <> s.s{i}"), params).scalar_one())
-            self.result.settings_changed = changed
-        else:
-            updated = 0
-        self.result.inserted, self.result.updated = inserted, updated
-        self.result.unchanged = total - inserted - updated
-        now = {"now": db.utcnow()}
-        ts = db.UTCDateTime()
-        conn.execute(text(
-            "INSERT INTO device (id, account_id, name, model, created_at, updated_at) "
-            "SELECT id, account_id, name, model, :now, :now FROM stage_device WHERE true "
-            "ON CONFLICT (id) DO UPDATE SET account_id = excluded.account_id, name = excluded.name, "
-            "model = excluded.model, updated_at = excluded.updated_at "
-            "WHERE device.account_id <> excluded.account_id OR device.name <> excluded.name "
-            "OR device.model <> excluded.model").bindparams(bindparam("now", type_=ts)), now)
-        # A value that differs from the stored one is the person's own change: stamp it, and forget
-        # which campaign change (if any) wrote the old value, so a rollback leaves it alone.
-        for i, key in enumerate(keys):
-            conn.execute(text(
-                "INSERT INTO device_setting (device_id, key, value, changed_at, change_id) "
-                f"SELECT id, :key, s{i}, :now, NULL FROM stage_device WHERE s{i} IS NOT NULL "
-                "ON CONFLICT (device_id, key) DO UPDATE SET value = excluded.value, "
-                "changed_at = excluded.changed_at, change_id = NULL "
-                "WHERE device_setting.value <> excluded.value").bindparams(bindparam("now", type_=ts)),
-                {**now, "key": key})
 
 
 # -- audience ---------------------------------------------------------------------------------------

@@ -242,8 +242,7 @@ def suppress_import(app: App, file: Path, reason: str, dry_run: bool, as_json: b
 @pass_app
 def suppress_list(app: App, as_json: bool) -> None:
     """Every suppressed address, oldest first."""
-    with db.read(app.engine()) as conn:
-        rows = suppressions.list_all(conn)
+    rows = suppressions.list_all(app.engine())
     if as_json:
         _json(rows)
         return

@@ -148,28 +148,3 @@ def read(engine: Engine) -> Iterator[Connection]:
             yield conn
         finally:
             tx.rollback()
-
-
-def is_sqlite(conn_or_engine: Connection | Engine) -> bool:
-    return conn_or_engine.dialect.name == "sqlite"
-
-
-def bulk_insert(conn: Connection, table: str, columns: list[str], rows: list[tuple[Any, ...]]) -> None:
-    """Insert many rows into `table` as fast as the driver allows (COPY on PostgreSQL)."""
-    if not rows:
-        return
-    dbapi = conn.connection.dbapi_connection
-    assert dbapi is not None
-    cols = ", ".join(columns)
-    if conn.dialect.name == "postgresql":
-        pg_cursor: Any = dbapi.cursor()
-        with pg_cursor, pg_cursor.copy(f"COPY {table} ({cols}) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row(row)
-    else:
-        marks = ", ".join("?" for _ in columns)
-        cur = dbapi.cursor()
-        try:
-            cur.executemany(f"INSERT INTO {table} ({cols}) VALUES ({marks})", rows)
-        finally:
-            cur.close()

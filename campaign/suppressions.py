@@ -6,54 +6,39 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, func, select, text
+from sqlalchemy import Connection, Engine
 
-from campaign import audit, db
+from campaign import db
+from campaign.addresses import normalize as normalize_address
 from campaign.errors import InputError, Problem, UsageError
 from campaign.models import SUPPRESSION
 from campaign.readers import RecordReader
-from campaign.validation import check_email, has_crlf
+from campaign.store import suppressions as store
+from campaign.validation import has_crlf
 
 SOURCES = ("manual", "import", "bounce", "complaint")
 _T = SUPPRESSION
-
-
-def _upsert(conn: Connection, rows: list[dict[str, Any]]) -> int:
-    """Insert the addresses not yet suppressed; returns how many were new. Existing entries keep their
-    first reason (the evidence of why an address was first suppressed)."""
-    if not rows:
-        return 0
-    before = conn.execute(text("SELECT COUNT(*) FROM suppression")).scalar_one()
-    stmt = text(
-        "INSERT INTO suppression (email, reason, source, campaign_id, created_at, created_by) "
-        "SELECT :email, :reason, :source, :campaign_id, :created_at, :created_by WHERE NOT EXISTS "
-        "(SELECT 1 FROM suppression WHERE lower(email) = :email_lower)"
-    ).bindparams(bindparam("created_at", type_=db.UTCDateTime()))
-    conn.execute(stmt, [{**row, "email_lower": row["email"].lower()} for row in rows])
-    return int(conn.execute(text("SELECT COUNT(*) FROM suppression")).scalar_one() - before)
 
 
 def add(conn: Connection, email: str, reason: str, actor: str, source: str = "manual",
         campaign_id: int | None = None) -> bool:
     """Suppress one address; True when it was not suppressed before."""
     try:
-        address = check_email(email.strip())
+        address = normalize_address(email.strip())
     except ValueError as exc:
         raise UsageError(f"cannot suppress {email!r}: {exc}") from None
     reason = " ".join(reason.split())  # one line, whatever the SMTP reply looked like
     if not reason:
         raise UsageError("a reason is needed (--reason)")
-    new = _upsert(conn, [{"email": address, "reason": reason[:1024], "source": source,
-                          "campaign_id": campaign_id, "created_at": db.utcnow(), "created_by": actor}])
+    new = store.add(conn, [{"email": address, "reason": reason[:1024], "source": source,
+                            "campaign_id": campaign_id, "created_at": db.utcnow(), "created_by": actor}])
     return new == 1
 
 
 def add_one(engine: Engine, email: str, reason: str, actor: str, dry_run: bool = False) -> bool:
-    with db.write(engine) as conn:
-        new = add(conn, email, reason, actor)
-        audit.record(conn, actor, "suppress.add", email=check_email(email.strip()), reason=reason, new=new)
-        if dry_run:
-            conn.rollback()
+    with db.transaction(engine, actor, "suppress.add", dry_run=dry_run) as tx:
+        new = add(tx.conn, email, reason, actor)
+        tx.note(email=normalize_address(email.strip()), reason=reason, new=new)
     return new
 
 
@@ -72,7 +57,8 @@ def import_file(engine: Engine, path: Path | str, actor: str, dry_run: bool = Fa
     problems: list[Problem] = []
     total_problems = 0
     records = added = 0
-    with RecordReader(path) as reader, db.write(engine) as conn:
+    with RecordReader(path) as reader, db.transaction(engine, actor, "suppress.import", dry_run=dry_run) as tx:
+        conn = tx.conn
         header = reader.header()
         if header and ("email" not in header or set(header) - {"email", "reason"}):
             raise InputError(str(path), [Problem(1, "expected the columns email and (optionally) reason, "
@@ -89,7 +75,7 @@ def import_file(engine: Engine, path: Path | str, actor: str, dry_run: bool = Fa
                     msg = f"unknown field {', '.join(sorted(unknown))} (expected email, reason)"
             if msg is None:
                 try:
-                    email = check_email(values.get("email", "").strip())
+                    email = normalize_address(values.get("email", "").strip())
                 except ValueError as exc:
                     msg = f"email: {exc}"
             reason = values.get("reason", "").strip() or default_reason
@@ -103,23 +89,17 @@ def import_file(engine: Engine, path: Path | str, actor: str, dry_run: bool = Fa
             batch.append({"email": email, "reason": reason[:1024], "source": "import", "campaign_id": None,
                           "created_at": now, "created_by": actor})
             if len(batch) >= 5000 and not total_problems:
-                added += _upsert(conn, batch)
+                added += store.add(conn, batch)
                 batch.clear()
         if total_problems:
             raise InputError(str(path), problems, total_problems)
-        added += _upsert(conn, batch)
-        audit.record(conn, actor, "suppress.import", file=str(path), records=records, added=added)
-        if dry_run:
-            conn.rollback()
+        added += store.add(conn, batch)
+        tx.note(file=str(path), records=records, added=added)
     return SuppressImport(records, added, records - added, dry_run)
 
 
-def list_all(conn: Connection) -> list[dict[str, Any]]:
-    rows = conn.execute(select(_T.c.email, _T.c.reason, _T.c.source, _T.c.created_at, _T.c.created_by)
-                        .order_by(_T.c.created_at, _T.c.email)).all()
-    return [{"email": r.email, "reason": r.reason, "source": r.source,
-             "created_at": r.created_at.isoformat(), "created_by": r.created_by} for r in rows]
-
-
-def is_suppressed(conn: Connection, email: str) -> bool:
-    return conn.execute(select(_T.c.email).where(func.lower(_T.c.email) == email.lower())).first() is not None
+def list_all(engine: Engine) -> list[dict[str, Any]]:
+    """`campaign suppress list`: every suppressed address, oldest first."""
+    with db.read(engine) as conn:
+        return [{"email": r.email, "reason": r.reason, "source": r.source, "created_at": r.created_at.isoformat(),
+                 "created_by": r.created_by} for r in store.entries(conn)]
