@@ -137,19 +137,50 @@ def import_group() -> None:
     """Import accounts and devices from CSV or JSON Lines (all or nothing)."""
 
 
-def _progress_printer() -> Any:
-    if not sys.stderr.isatty():
-        return None
+class Progress:
+    """Progress of long work on stderr: click's progress bar on a terminal; otherwise one plain line every
+    `interval` seconds (logs stay readable), and nothing at all for work that ends sooner."""
 
-    def show(records: int, done: int, total: int) -> None:
-        pct = f" ({100 * done // total}%)" if total else ""
-        click.echo(f"\r  {records:,} records read{pct}", err=True, nl=False)
-    return show
+    def __init__(self, label: str, unit: str, enabled: bool = True, interval: float = 10.0) -> None:
+        self.label, self.unit, self.enabled, self.interval = label, unit, enabled, interval
+        self.tty = enabled and sys.stderr.isatty()
+        self._bar: Any = None
+        self._shown = 0
+        self._start = self._last = time.monotonic()
+
+    def update(self, done: int, total: int, items: int | None = None) -> None:
+        """`done` of `total` (bytes of a file, deliveries of a wave); `items`: records read, when it differs."""
+        if not self.enabled or total <= 0:
+            return
+        if self.tty:
+            if self._bar is None:
+                self._bar = click.progressbar(length=total, label=self.label, file=sys.stderr, show_pos=items is None,
+                                              show_percent=True, show_eta=True, width=30)
+                self._bar.__enter__()
+            self._bar.length = total
+            step = max(0, min(done, total) - self._shown)
+            if step:
+                self._bar.update(step)
+                self._shown += step
+            return
+        now = time.monotonic()
+        if now - self._last >= self.interval:
+            self._last = now
+            count = f"{items:,} {self.unit}" if items is not None else f"{done:,}/{total:,} {self.unit}"
+            rate = (items if items is not None else done) / max(now - self._start, 1e-9)
+            click.echo(f"{self.label}: {count} ({100 * done // total}%, {rate:,.0f}/s)", err=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+            self._bar = None
+
+
+def _import_progress(file: Path) -> Progress:
+    return Progress(f"importing {file.name}", "records")
 
 
 def _print_import(result: accounts.ImportResult, what: str, as_json: bool) -> None:
-    if sys.stderr.isatty():
-        click.echo("", err=True)
     if as_json:
         _json(result.as_dict())
         return
@@ -175,8 +206,12 @@ def import_accounts(app: App, file: Path, dry_run: bool, as_json: bool) -> None:
     Rows in the file are inserted or updated; other accounts are not touched. Any problem is
     reported as FILE:LINE: what is wrong, and nothing is written.
     """
-    result = accounts.import_accounts(app.engine(), file, app.config.actor, dry_run=dry_run,
-                                      progress=_progress_printer())
+    bar = _import_progress(file)
+    try:
+        result = accounts.import_accounts(app.engine(), file, app.config.actor, dry_run=dry_run,
+                                     progress=lambda records, done, total: bar.update(done, total, records))
+    finally:
+        bar.close()
     _print_import(result, "accounts", as_json)
 
 
@@ -194,8 +229,12 @@ def import_devices(app: App, file: Path, dry_run: bool, as_json: bool) -> None:
     differs from the stored one is the person's own change: it is stored with its time,
     and a later rollback will not overwrite it. Every account must exist already.
     """
-    result = accounts.import_devices(app.engine(), file, app.config.actor, dry_run=dry_run,
-                                     progress=_progress_printer())
+    bar = _import_progress(file)
+    try:
+        result = accounts.import_devices(app.engine(), file, app.config.actor, dry_run=dry_run,
+                                     progress=lambda records, done, total: bar.update(done, total, records))
+    finally:
+        bar.close()
     _print_import(result, "devices", as_json)
 
 
@@ -399,9 +438,15 @@ def send(app: App, slug: str, wave: str, ignore_window: bool, workers: int | Non
     workers = workers or os.cpu_count() or 1
     options = sending.SendOptions(ignore_window=ignore_window, workers=workers, dry_run=dry_run)
     engine = app.engine()
-    bar = _Progress(enabled=sys.stderr.isatty() and not as_json and not dry_run)
-    summary = sending.send_wave(engine, app.config, slug, wave, options, progress=bar.update)
-    bar.close()
+    bar = Progress(f"{slug} / {wave}", "deliveries settled", enabled=not as_json and not dry_run)
+
+    def progress(counts: dict[str, int]) -> None:
+        bar.update(sum(v for k, v in counts.items() if k not in ("pending", "sending")), sum(counts.values()))
+
+    try:
+        summary = sending.send_wave(engine, app.config, slug, wave, options, progress=progress)
+    finally:
+        bar.close()
     if as_json:
         _json(summary.__dict__)
     elif dry_run:
@@ -423,32 +468,6 @@ def send(app: App, slug: str, wave: str, ignore_window: bool, workers: int | Non
                        "scheduler or a later `send` will send them (or use --ignore-window)")
     if summary.paused:
         raise CampaignError(f"the wave paused: {summary.paused}")
-
-
-class _Progress:
-    """A one-line progress display on a terminal: count, rate and ETA."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.start = time.monotonic()
-        self.first: int | None = None
-
-    def update(self, counts: dict[str, int]) -> None:
-        if not self.enabled:
-            return
-        settled = sum(v for k, v in counts.items() if k not in ("pending", "sending"))
-        total = sum(counts.values())
-        if self.first is None:
-            self.first = settled
-        elapsed = time.monotonic() - self.start
-        rate = (settled - self.first) / elapsed if elapsed > 0 else 0.0
-        left = total - settled
-        eta = f"{left / rate:,.0f} s" if rate > 0 else "?"
-        click.echo(f"\r  {settled:,}/{total:,} settled  {rate:,.0f}/s  ETA {eta}   ", err=True, nl=False)
-
-    def close(self) -> None:
-        if self.enabled:
-            click.echo("", err=True)
 
 
 @cli.command("status")
