@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,8 +21,29 @@ UTC = dt.UTC
 SQLITE_BUSY_TIMEOUT_S = 30.0
 
 
+CLOCK_ENV = "CAMPAIGN_CLOCK"
+
+
+@functools.cache
+def _clock_offset() -> dt.timedelta:
+    """How far this process's clock is set from the real one: `CAMPAIGN_CLOCK=INSTANT` (ISO 8601 with an offset)
+    starts it at INSTANT, running at normal speed from there. For rehearsals and the demo, which replays a
+    campaign whose dates have passed; unset, the clock is the real one."""
+    value = os.environ.get(CLOCK_ENV)
+    if not value:
+        return dt.timedelta(0)
+    try:
+        start = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(f"{CLOCK_ENV}={value!r} is not an ISO 8601 instant (e.g. 2025-03-14T09:00:00Z)") from None
+    if start.tzinfo is None:
+        raise ConfigError(f"{CLOCK_ENV}={value!r} needs an offset (e.g. Z or -07:00)")
+    return start - dt.datetime.now(UTC)
+
+
 def utcnow() -> dt.datetime:
-    return dt.datetime.now(UTC)
+    """Now, as an aware UTC datetime (see `_clock_offset` for the simulated clock of the demo)."""
+    return dt.datetime.now(UTC) + _clock_offset()
 
 
 class UTCDateTime(TypeDecorator[dt.datetime]):

@@ -35,9 +35,9 @@ SETTLED_STATES = (SENT, FAILED, BOUNCED, SUPPRESSED, SKIPPED, EXPIRED)
 DRAFT, SCHEDULED, PAUSED, CANCELLED, DONE = "draft", "scheduled", "paused", "cancelled", "done"
 CAMPAIGN_STATES = (DRAFT, SCHEDULED, PAUSED, CANCELLED, DONE)
 
-# Setting change states (the flip and its rollback).
-CHANGED, HELD_BACK, ROLLED_BACK, LEFT = "changed", "held_back", "rolled_back", "left"
-CHANGE_STATES = (CHANGED, HELD_BACK, ROLLED_BACK, LEFT)
+# Setting change states (the flip and its rollback). `waiting`: fair notice — the device is flipped at `due_at`.
+CHANGED, HELD_BACK, WAITING, ROLLED_BACK, LEFT = "changed", "held_back", "waiting", "rolled_back", "left"
+CHANGE_STATES = (CHANGED, HELD_BACK, WAITING, ROLLED_BACK, LEFT)
 
 
 def _ts(nullable: bool = False, index: bool = False) -> Any:
@@ -191,8 +191,11 @@ class SettingChange(SQLModel, table=True):
     setting: str = Field(max_length=64)
     from_value: str = Field(max_length=128)
     to_value: str = Field(max_length=128)
-    state: str = Field(max_length=12)  # changed | held_back | rolled_back | left
+    state: str = Field(max_length=12)  # changed | held_back | waiting | rolled_back | left
+    actor: str = Field(default="", sa_column=Column(String(128), nullable=False, server_default=""))
     decided_at: dt.datetime = _ts()  # when the flip looked at this device
+    notice_at: dt.datetime | None = _ts(nullable=True)  # the account's first delivered notice, as the flip saw it
+    due_at: dt.datetime | None = _ts(nullable=True)  # waiting: the instant fair notice allows the flip
     flipped_at: dt.datetime | None = _ts(nullable=True)
     rolled_back_at: dt.datetime | None = _ts(nullable=True)
     note: str | None = Field(default=None, max_length=1024)  # why held back, or why rollback left it

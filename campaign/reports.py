@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 
 from campaign import campaigns, db, ledger
+from campaign.models import WAITING
 from campaign.store import campaigns as campaign_store
 from campaign.store import reports as store
 
@@ -29,8 +30,10 @@ def status(conn: Connection, slug: str, now: dt.datetime | None = None) -> dict[
         detail[w.name] = {"state": w.state, "paused_reason": w.paused_reason, "at": w.at.isoformat(),
                           "rate_per_second": round(rate, 2),
                           "eta_seconds": round(left / rate) if rate > 0 and left else None}
+    changes = store.change_counts(conn, c.id)
+    waiting = changes.pop(WAITING)
     return {"campaign": slug, "state": c.state, "cutoff": c.cutoff.isoformat(), "waves": waves,
-            "flip": store.change_counts(conn, c.id), "wave_detail": detail}
+            "flip": changes, "wave_detail": detail, "flip_detail": {"waiting": waiting}}
 
 
 def status_of(engine: Engine, slug: str) -> dict[str, Any]:
