@@ -40,7 +40,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from campaign import accounts, audit, campaigns, db, suppressions
+from campaign import campaigns, db, suppressions
 from campaign.config import Config
 from campaign.definition import Definition, WaveDef
 from campaign.errors import CampaignError, StateError, UsageError
@@ -49,7 +49,9 @@ from campaign.models import BOUNCED, CANCELLED, EXPIRED, FAILED, PAUSED, PENDING
 from campaign.policies import FailureTracker, RateLimiter, RetryPolicy, WindowCache, share
 from campaign.previews import builder_for
 from campaign.rendering import DeviceView, Recipient, Renderer
-from campaign.store import deliveries
+from campaign.store import audience, audit, deliveries
+from campaign.store import campaigns as campaign_rows
+from campaign.store import suppressions as suppression_rows
 from campaign.store import workers as worker_rows
 from campaign.store.deliveries import Claimed, Result
 from campaign.transport import Envelope, Outcome, Transport, make_transport
@@ -247,7 +249,7 @@ class Database:
 
 # -- preparing a wave ------------------------------------------------------------------------------------
 
-def prepare(conn: Connection, slug: str, wave_name: str, actor: str, ignore_window: bool,
+def prepare(conn: Connection, slug: str, wave_name: str, ignore_window: bool,
             now: dt.datetime) -> tuple[campaigns.CampaignRow, WaveDef, int, int]:
     """Check the campaign may send this wave now, add the wave's missing ledger rows and their send
     windows. Returns (campaign, wave, wave id, rows added). Raises StateError when it may not."""
@@ -258,30 +260,28 @@ def prepare(conn: Connection, slug: str, wave_name: str, actor: str, ignore_wind
     except KeyError:
         raise UsageError(f"no wave {wave_name!r} in {slug} (waves: {', '.join(w.name for w in d.waves)})") \
             from None
-    row = deliveries.wave_state(conn, c.id, wave_name)
+    row = campaign_rows.wave(conn, c.id, wave_name)
     assert row is not None, f"campaign {slug} has no wave row {wave_name!r}"
     if c.state == CANCELLED:
         raise StateError(f"campaign {slug!r} is cancelled: nothing more is sent")
     if c.state == PAUSED:
         raise StateError(f"campaign {slug!r} is paused ({c.state_reason or 'no reason given'}): "
                          f"`campaign resume {slug}` first")
-    if row.state == "paused":
+    if row.state == campaign_rows.PAUSED:
         raise StateError(f"wave {wave_name!r} paused itself: {row.paused_reason}. Fix the cause, then "
                          f"`campaign resume {slug}`")
     if now >= wave.expires:
         n = deliveries.expire(conn, row.id, now)
-        deliveries.set_wave(conn, row.id, state="done", finished_at=now)
+        campaign_rows.wave_done(conn, row.id, now)
         raise StateError(f"wave {wave_name!r} expired at {wave.expires.isoformat()}: it is never sent after "
                          f"that ({n} pending deliveries marked expired)")
-    who = deliveries.audience_ids(d.setting, d.from_value, list(d.countries), list(d.device_models), c.id,
-                                  wave.audience)
-    added = deliveries.materialize(conn, c.id, row.id, who, wave.expires, now)
+    added = deliveries.materialize(conn, c.id, row.id, audience.accounts(d, c.id, wave.audience), wave.expires,
+                                   now)
     if not d.send_window.always_open and not ignore_window:
         # (Rows left without a time are checked against the window when claimed: this only spares
         # a sender the claims of people who are asleep.)
         deliveries.plan_windows(conn, row.id, d.send_window, now)
-    deliveries.wave_sending(conn, row.id, now)
-    audit.record(conn, actor, "wave.send", c.id, wave=wave_name, added=added, ignore_window=ignore_window)
+    campaign_rows.wave_sending(conn, row.id, now)
     return c, wave, row.id, added
 
 
@@ -301,6 +301,16 @@ class _Job:
     wave: str
     wave_id: int
     options: SendOptions
+
+
+def _stop_reason(campaign_state: str, campaign_reason: str | None, wave_state: str,
+                 wave_reason: str | None) -> str | None:
+    """Why sending must stop now (its campaign paused or cancelled, the wave paused), or None."""
+    if campaign_state in (PAUSED, CANCELLED):
+        return f"campaign {campaign_state}" + (f": {campaign_reason}" if campaign_reason else "")
+    if wave_state == campaign_rows.PAUSED:
+        return f"wave paused: {wave_reason}"
+    return None
 
 
 def worker_id() -> str:
@@ -385,7 +395,7 @@ class Worker:
         return len(live)
 
     def _claim_tx(self, conn: Connection, now: dt.datetime) -> _Batch:
-        stop = deliveries.stop_reason(conn, self.job.wave_id)
+        stop = _stop_reason(*campaign_rows.stopped(conn, self.job.wave_id))
         if stop:
             return _Batch([], {}, {}, set(), stop)
         claimed = deliveries.claim(conn, self.job.wave_id, self.id, self.job.options.batch, now,
@@ -393,13 +403,15 @@ class Worker:
         if not claimed:
             return _Batch([], {}, {}, set())
         ids = [c.account_id for c in claimed]
-        people = deliveries.recipients(conn, ids)
+        people = audience.recipients(conn, ids)
+        devices: dict[str, list[DeviceView]] = {}
         if self.wave.audience == "changed":
-            devices = deliveries.changed_devices(conn, self.job.campaign_id, ids)
+            for account_id, view in audience.changed_devices(conn, self.job.campaign_id, ids):
+                devices.setdefault(account_id, []).append(view)
         else:  # the affected devices, by the audience's own definition
-            devices = {person.account_id: views for person, views in accounts.iter_affected(
-                conn, self.d.setting, self.d.from_value, self.d.countries, self.d.device_models, account_ids=ids)}
-        return _Batch(claimed, people, devices, deliveries.suppressed_among(conn, (p.email for p in people.values())))
+            devices = {person.account_id: views
+                       for person, views in audience.iter_affected(conn, self.d, account_ids=ids)}
+        return _Batch(claimed, people, devices, suppression_rows.suppressed(conn, (p.email for p in people.values())))
 
     def _record_tx(self, conn: Connection, results: list[Result], bounces: list[tuple[str, str]]) -> None:
         deliveries.record(conn, self.id, results)
@@ -408,7 +420,7 @@ class Worker:
                              campaign_id=self.job.campaign_id)
 
     def _pause_tx(self, conn: Connection, reason: str) -> None:
-        deliveries.set_wave(conn, self.job.wave_id, state="paused", paused_reason=reason[:1024])
+        campaign_rows.pause_wave(conn, self.job.wave_id, reason)
         audit.record(conn, f"campaign:{self.job.slug}", "wave.pause", self.job.campaign_id, wave=self.job.wave,
                      reason=reason)
 
@@ -625,13 +637,15 @@ def send_wave(engine: Engine, config: Config, slug: str, wave_name: str, options
     """Send a wave now and wait until every delivery is settled (but those waiting for their window)."""
     start = time.perf_counter()
     now = db.utcnow()
-    with db.write(engine) as conn:
-        c, _wave, wave_id, _added = prepare(conn, slug, wave_name, config.actor, options.ignore_window, now)
+    with db.transaction(engine, config.actor, "wave.send", dry_run=options.dry_run) as tx:
+        c, _wave, wave_id, added = prepare(tx.conn, slug, wave_name, options.ignore_window, now)
+        tx.campaign_id = c.id
+        tx.note(wave=wave_name, added=added, ignore_window=options.ignore_window)
         if options.dry_run:
-            preview = _dry_run_preview(conn, wave_id, options.ignore_window, now)
-            counts = deliveries.counts(conn, wave_id)
-            conn.rollback()
-            return SendSummary(slug, wave_name, counts, dry_run=True, preview=preview)
+            preview = _dry_run_preview(tx.conn, wave_id, options.ignore_window, now)
+            counts = deliveries.counts(tx.conn, wave_id)
+    if options.dry_run:
+        return SendSummary(slug, wave_name, counts, dry_run=True, preview=preview)
     db_seconds = time.perf_counter() - start
     job = _Job(config, c.id, slug, wave_name, wave_id, options)
 
@@ -669,10 +683,10 @@ def _finish(conn: Connection, campaign_id: int, wave_id: int, wave_name: str, ac
     now = db.utcnow()
     counts = deliveries.counts(conn, wave_id)
     look = deliveries.outlook(conn, wave_id, now, ignore_window)
-    row = deliveries.wave_state(conn, campaign_id, wave_name)
+    row = campaign_rows.wave(conn, campaign_id, wave_name)
     assert row is not None
-    paused = row.paused_reason if row.state == "paused" else None
+    paused = row.paused_reason if row.state == campaign_rows.PAUSED else None
     if not paused and not look.waiting_window and not counts["pending"] and not counts["sending"]:
-        deliveries.set_wave(conn, wave_id, state="done", finished_at=now)
+        campaign_rows.wave_done(conn, wave_id, now)
     audit.record(conn, actor, "wave.sent", campaign_id, wave=wave_name, counts=counts, attempted=attempted)
     return counts, look, paused

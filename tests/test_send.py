@@ -199,13 +199,13 @@ def test_left_the_audience_is_skipped(run_cli: CliRun, engine: Engine, smtpd: Sm
     # Materialize, then a person changes the setting before their message goes out.
     from campaign import db
     from campaign.campaigns import get
-    from campaign.store import deliveries
+    from campaign.store import audience, deliveries
     with db.write(engine) as conn:
         c = get(conn, SLUG)
         d = c.definition
         wave_id = conn.execute(text("SELECT id FROM wave WHERE name = 'notice'")).scalar_one()
-        who = deliveries.audience_ids(d.setting, d.from_value, d.countries, d.device_models, c.id, "affected")
-        deliveries.materialize(conn, c.id, wave_id, who, d.waves[0].expires, db.utcnow())
+        deliveries.materialize(conn, c.id, wave_id, audience.accounts(d, c.id, "affected"), d.waves[0].expires,
+                               db.utcnow())
     changed = DEVICES.replace("d005,a005,Room 5,Echo Show 10,do_not_send", "d005,a005,Room 5,Echo Show 10,save")
     assert run_cli("import", "devices", str(write_file("d2.csv", changed))).exit_code == 0
     assert send(run_cli, smtpd).exit_code == 0  # type: ignore[attr-defined]

@@ -23,7 +23,6 @@ from sqlalchemy import (
     literal,
     or_,
     select,
-    union,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -34,25 +33,16 @@ from campaign.db import UTCDateTime
 from campaign.definition import SendWindow
 from campaign.models import (
     ACCOUNT,
-    CAMPAIGN,
-    CANCELLED,
-    CHANGED,
     DELIVERY,
     DELIVERY_STATES,
-    DEVICE,
-    DEVICE_SETTING,
     EXPIRED,
-    PAUSED,
     PENDING,
     SENDING,
     SENT,
-    SETTING_CHANGE,
     SUPPRESSED,
-    SUPPRESSION,
-    WAVE,
 )
 from campaign.policies import WindowCache
-from campaign.rendering import DeviceView, Recipient
+from campaign.store import suppressions
 
 LEASE = dt.timedelta(seconds=60)
 D, A = DELIVERY, ACCOUNT
@@ -65,10 +55,9 @@ def materialize(conn: Connection, campaign_id: int, wave_id: int, who: Select[An
                 now: dt.datetime) -> int:
     """Add a row for every account selected by `who` (a select of account ids) that has none yet
     (idempotent); a suppressed address is recorded `suppressed` and never attempted. Returns the rows added."""
-    suppressed = select(SUPPRESSION.c.email).where(func.lower(SUPPRESSION.c.email) == func.lower(A.c.email)).exists()
     rows = select(
         literal(campaign_id), literal(wave_id), A.c.id,
-        case((suppressed, literal(SUPPRESSED)), else_=literal(PENDING)),
+        case((suppressions.matches(A.c.email), literal(SUPPRESSED)), else_=literal(PENDING)),
         A.c.email, literal(0), literal(expires, UTCDateTime()), literal(now, UTCDateTime()),
     ).where(A.c.id.in_(who))
     # ON CONFLICT DO NOTHING: each dialect's own insert() says it (same SQL on both).
@@ -266,101 +255,11 @@ def first_pending(conn: Connection, wave_id: int, limit: int = 10) -> list[dict[
     return [{"account_id": r.id, "email": r.email, "locale": r.locale} for r in rows]
 
 
-# -- what a claimed batch needs (until the people and suppression stores offer them) ----------------------
-
-def recipients(conn: Connection, account_ids: Sequence[str]) -> dict[str, Recipient]:
-    """The accounts of a claimed batch, by id."""
-    rows = conn.execute(select(A.c.id, A.c.email, A.c.name, A.c.locale, A.c.timezone)
-                        .where(A.c.id.in_(list(account_ids)))).all()
-    return {r.id: Recipient(r.id, r.email, r.name, r.locale, r.timezone) for r in rows}
-
-
-def suppressed_among(conn: Connection, emails: Iterable[str]) -> set[str]:
-    """Which of `emails` are suppressed, lower-cased (suppression ignores case)."""
-    lowered = sorted({e.lower() for e in emails})
-    if not lowered:
-        return set()
-    low = func.lower(SUPPRESSION.c.email)
-    return set(conn.execute(select(low).where(low.in_(lowered))).scalars().all())
-
-
-def changed_devices(conn: Connection, campaign_id: int, account_ids: Sequence[str]) -> dict[str, list[DeviceView]]:
-    """The devices this campaign changed, of the accounts of a claimed batch (a "changed" wave's devices)."""
-    sc, dv = SETTING_CHANGE, DEVICE
-    rows = conn.execute(select(sc.c.account_id, dv.c.id, dv.c.name, dv.c.model)
-                        .select_from(sc.join(dv, dv.c.id == sc.c.device_id))
-                        .where(sc.c.campaign_id == campaign_id, sc.c.state == CHANGED,
-                               sc.c.account_id.in_(list(account_ids)))
-                        .order_by(sc.c.account_id, dv.c.id)).all()
-    out: dict[str, list[DeviceView]] = {}
-    for r in rows:
-        out.setdefault(r.account_id, []).append(DeviceView(r.id, r.name, r.model))
-    return out
-
-
-def audience_ids(setting: str, from_value: str, countries: Sequence[str], models: Sequence[str],
-                 campaign_id: int, rule: str) -> Select[Any]:
-    """The account ids of a wave's audience rule: `affected`, `changed` or `all` (both)."""
-    dv, ds, sc = DEVICE, DEVICE_SETTING, SETTING_CHANGE
-    affected = (select(A.c.id).select_from(ds.join(dv, dv.c.id == ds.c.device_id).join(A, A.c.id == dv.c.account_id))
-                .where(ds.c.key == setting, ds.c.value == from_value))
-    if countries:
-        affected = affected.where(A.c.country.in_(list(countries)))
-    if models:
-        affected = affected.where(dv.c.model.in_(list(models)))
-    changed = select(sc.c.account_id).where(sc.c.campaign_id == campaign_id, sc.c.state == CHANGED)
-    if rule == "affected":
-        return affected
-    if rule == "changed":
-        return changed
-    return select(union(affected, changed).subquery().c[0])
-
-
-# -- the wave's own row (until the campaigns store offers these) -------------------------------------------
-
-def stop_reason(conn: Connection, wave_id: int) -> str | None:
-    """Why sending this wave must stop now (its campaign paused or cancelled, the wave paused), or None."""
-    c, w = CAMPAIGN, WAVE
-    row = conn.execute(select(c.c.state, c.c.state_reason, w.c.state.label("wave_state"), w.c.paused_reason)
-                       .select_from(w.join(c, c.c.id == w.c.campaign_id)).where(w.c.id == wave_id)).one()
-    if row.state in (PAUSED, CANCELLED):
-        return f"campaign {row.state}" + (f": {row.state_reason}" if row.state_reason else "")
-    if row.wave_state == "paused":
-        return f"wave paused: {row.paused_reason}"
-    return None
-
-
-@dataclass(frozen=True)
-class WaveState:
-    id: int
-    state: str
-    paused_reason: str | None
-
-
-def wave_state(conn: Connection, campaign_id: int, name: str) -> WaveState | None:
-    row = conn.execute(select(WAVE.c.id, WAVE.c.state, WAVE.c.paused_reason)
-                       .where(WAVE.c.campaign_id == campaign_id, WAVE.c.name == name)).first()
-    return WaveState(row.id, row.state, row.paused_reason) if row else None
-
-
-def set_wave(conn: Connection, wave_id: int, **values: Any) -> None:
-    """Update the wave row (state, paused_reason, materialized_at, finished_at)."""
-    conn.execute(update(WAVE).where(WAVE.c.id == wave_id).values(**values))
-
-
-def wave_sending(conn: Connection, wave_id: int, now: dt.datetime) -> None:
-    """The wave is sending; materialized now unless it was before."""
-    set_wave(conn, wave_id, state="sending", materialized_at=func.coalesce(WAVE.c.materialized_at, now))
-
-
 __all__ = [
     "LEASE",
     "Claimed",
     "Outlook",
     "Result",
-    "WaveState",
-    "audience_ids",
-    "changed_devices",
     "claim",
     "counts",
     "expire",
@@ -369,14 +268,8 @@ __all__ = [
     "outlook",
     "pending_by_locale",
     "plan_windows",
-    "recipients",
     "reclaim",
     "record",
     "renew",
     "sent_since",
-    "set_wave",
-    "stop_reason",
-    "suppressed_among",
-    "wave_sending",
-    "wave_state",
 ]
