@@ -45,6 +45,7 @@ class DeviceView:
     device_id: str
     name: str
     model: str
+    changed_at: dt.datetime | None = None  # when the campaign switched it (for `changed` waves)
 
 
 @dataclass(frozen=True)
@@ -129,11 +130,15 @@ class Renderer:
     def context(self, wave: WaveDef, recipient: Recipient, devices: Sequence[DeviceView],
                 format_locale: str) -> dict[str, Any]:
         zone = ZoneInfo(recipient.timezone)
+        cutoff = self.definition.cutoff
         return {
             "account": MappingProxyType({"name": recipient.name, "email": recipient.email,
                                          "locale": recipient.locale, "timezone": recipient.timezone}),
-            "devices": tuple(MappingProxyType({"name": d.name, "model": d.model}) for d in devices),
-            "cutoff": self.definition.cutoff.astimezone(zone),
+            # `changed_at`: when the device was switched — before the flip (previews, `create`), the cutoff.
+            "devices": tuple(MappingProxyType({"name": d.name, "model": d.model,
+                                               "changed_at": (d.changed_at or cutoff).astimezone(zone)})
+                             for d in devices),
+            "cutoff": cutoff.astimezone(zone),
             "campaign": self.campaign_view,
             "wave": MappingProxyType({"name": wave.name, "at": wave.at.astimezone(zone),
                                       "audience": wave.audience}),

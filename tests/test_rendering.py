@@ -216,3 +216,25 @@ def test_render_all_streams_every_recipient(run_cli: CliRun, engine: object, tem
         ok, problems = previews.render_all(conn, c.definition, r, c.definition.waves[0])
     assert problems and all("ZeroDivisionError" in p for p in problems)
     assert ok < audience["accounts"]
+
+
+def test_confirmation_names_each_switched_device_and_when_in_the_readers_zone_and_language(templates: Path) -> None:
+    import datetime as dt
+
+    r = renderer(templates)
+    wave = r.definition.wave("confirmation")
+    cutoff = r.definition.cutoff  # 2025-03-28T07:00Z
+    late = cutoff + dt.timedelta(days=4, hours=3)  # a device flipped later, after fair notice
+    devices = [DeviceView("d1", "Kitchen", "Echo Show 10", cutoff), DeviceView("d2", "Den", "Echo Dot (4th Gen)", late)]
+    en = r.render(wave, recipient("en-US", "America/Los_Angeles"), devices)
+    assert "Kitchen (Echo Show 10) — switched March 28, 2025, 12:00 AM PDT" in en.text
+    assert "Den (Echo Dot (4th Gen)) — switched April 1, 2025, 3:00 AM PDT" in en.text
+    assert "switched March 28, 2025, 12:00 AM PDT" in en.html and "April 1, 2025, 3:00 AM PDT" in en.html
+    de = r.render(wave, recipient("de-DE", "Europe/Berlin"), devices)
+    assert "Kitchen (Echo Show 10) – umgestellt am 28. März 2025 um 08:00 MEZ" in de.text
+    assert "Den (Echo Dot (4th Gen)) – umgestellt am 1. April 2025 um 12:00 MESZ" in de.text
+    ja = r.render(wave, recipient("ja-JP", "Asia/Tokyo"), devices)
+    assert "Kitchen（Echo Show 10）：2025年3月28日 16:00 JSTに切り替え" in ja.text
+    # Before the flip (preview, create) a device has no switch time yet: the cutoff stands in.
+    preview = r.render(wave, recipient("en-US", "America/Los_Angeles"), [DeviceView("d1", "Kitchen", "Echo Show 10")])
+    assert "switched March 28, 2025, 12:00 AM PDT" in preview.text

@@ -101,13 +101,14 @@ def iter_affected(conn: Connection, d: Definition, account_ids: Iterable[str] | 
 
 
 def changed_devices(conn: Connection, campaign_id: int, account_ids: Iterable[str]) -> list[tuple[str, DeviceView]]:
-    """(account id, device) for each device the campaign flipped (and did not roll back) of these accounts."""
-    rows = conn.execute(select(SC.c.account_id, D.c.id, D.c.name, D.c.model)
+    """(account id, device with its switch time) for each device the campaign flipped (and did not roll back) of
+    these accounts."""
+    rows = conn.execute(select(SC.c.account_id, D.c.id, D.c.name, D.c.model, SC.c.flipped_at)
                         .select_from(SC.join(D, D.c.id == SC.c.device_id))
                         .where(SC.c.campaign_id == campaign_id, SC.c.state == CHANGED,
                                SC.c.account_id.in_(list(account_ids)))
                         .order_by(SC.c.account_id, D.c.id)).all()
-    return [(r[0], DeviceView(r[1], r[2], r[3])) for r in rows]
+    return [(r[0], DeviceView(r[1], r[2], r[3], r[4])) for r in rows]
 
 
 def locales(conn: Connection, d: Definition) -> list[tuple[str, int, str]]:
