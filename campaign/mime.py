@@ -5,6 +5,11 @@ sending it. `MessageBuilder` encodes what every message of one (campaign, wave) 
 message only encodes what differs: the recipient, subject, date, Message-ID and the two bodies (with
 C-speed quoted-printable). Tests prove both builders parse to the same headers and parts (G10).
 
+Addresses go out in `campaign.addresses.wire_form`: an IDN domain as its A-label when the local part is
+ASCII (any server and reader takes that), and an address with a UTF-8 local part as it is, in an RFC 6532
+header (only that address is raw UTF-8; names and subjects stay RFC 2047 encoded-words, which RFC 6532
+keeps valid). Such a message can only travel over SMTPUTF8; the transport sees to that.
+
 Header safety: this Python (3.11.7) predates the standard library's own guard against CR/LF in header
 values (CVE-2024-6923), so every header value is checked here and a line break is refused.
 """
@@ -19,9 +24,10 @@ import re
 from dataclasses import dataclass
 from email.headerregistry import Address
 from email.message import EmailMessage
-from email.policy import SMTP
+from email.policy import SMTP, SMTPUTF8
 from email.utils import format_datetime, formataddr, parseaddr
 
+from campaign.addresses import needs_smtputf8, wire_form
 from campaign.errors import CampaignError
 
 MAX_ENCODED_WORD_BYTES = 45  # UTF-8 bytes per encoded-word: 60 base64 chars + 12 of wrapping, under 78
@@ -103,11 +109,11 @@ def _fold_ascii(value: str, width: int = 76) -> str:
 
 
 def encode_address(name: str, address: str) -> str:
-    """`Name <address>`: the name quoted when it holds specials, RFC 2047-encoded when not ASCII."""
+    """`Name <address>`: the name quoted when it holds specials, RFC 2047-encoded when not ASCII; the address
+    in its wire form (A-label domain; a UTF-8 local part raw, RFC 6532)."""
     check_header("address", address)
     check_header("display name", name)
-    if not address.isascii():
-        raise HeaderInjection(f"address {address!r}: only ASCII addresses are supported")
+    address = wire_form(address)
     if not name:
         return address
     if _plain_ascii(name):
@@ -149,7 +155,7 @@ class MessageBuilder:
         head.append("Auto-Submitted: auto-generated")
         head.append("MIME-Version: 1.0")
         self.boundary = "=_" + hashlib.sha256(boundary_seed.encode()).hexdigest()[:28]
-        self._head = ("\r\n".join(head) + "\r\n").encode("ascii")
+        self._head = ("\r\n".join(head) + "\r\n").encode()  # UTF-8 only in an RFC 6532 address
         self._content_type = (f'Content-Type: multipart/alternative; boundary="{self.boundary}"\r\n\r\n'
                               ).encode("ascii")
         b = self.boundary
@@ -169,32 +175,43 @@ class MessageBuilder:
         per_message = (f"To: {encode_address(p.to_name, p.to_address)}\r\n"
                        f"Subject: {encode_unstructured(subject)}\r\n"
                        f"Date: {format_datetime(p.date)}\r\n"
-                       f"Message-ID: {p.message_id}\r\n").encode("ascii")
+                       f"Message-ID: {p.message_id}\r\n").encode()  # UTF-8 only in an RFC 6532 address
         return b"".join((self._head, per_message, self._content_type, self._text_head, text,
                          self._html_head, html, self._tail))
 
 
 def build_plain(sender: str, reply_to: str | None, p: Parts, extra_headers: dict[str, str] | None = None) -> bytes:
-    """The same message through `email.message.EmailMessage`: the obviously-right reference."""
+    """The same message through `email.message.EmailMessage`: the obviously-right reference. An address with
+    a UTF-8 local part makes it an RFC 6532 message (policy SMTPUTF8: every header may then be raw UTF-8)."""
     for name, value in (("From", sender), ("Reply-To", reply_to or ""), ("Subject", p.subject),
                         ("To", p.to_name), ("To", p.to_address), ("Message-ID", p.message_id)):
         check_header(name, value)
-    msg = EmailMessage(policy=SMTP)
     sender_name, sender_address = parseaddr(sender)
-    msg["From"] = Address(display_name=sender_name, addr_spec=sender_address)
-    msg["To"] = Address(display_name=p.to_name, addr_spec=p.to_address)
+    utf8 = any(needs_smtputf8(a) for a in (sender_address, p.to_address, parseaddr(reply_to or "")[1]))
+    msg = EmailMessage(policy=SMTPUTF8 if utf8 else SMTP)
+    msg["From"] = _address(sender_name, sender_address)
+    msg["To"] = _address(p.to_name, p.to_address)
     msg["Subject"] = p.subject
     msg["Date"] = format_datetime(p.date)
     msg["Message-ID"] = p.message_id
     if reply_to:
         rname, raddr = parseaddr(reply_to)
-        msg["Reply-To"] = Address(display_name=rname, addr_spec=raddr)
+        msg["Reply-To"] = _address(rname, raddr)
     for key, value in (extra_headers or {}).items():
         msg[key] = value
     msg["Auto-Submitted"] = "auto-generated"
     msg.set_content(p.text)
     msg.add_alternative(p.html, subtype="html")
     return msg.as_bytes()
+
+
+def _address(name: str, address: str) -> Address:
+    address = wire_form(address)
+    if not needs_smtputf8(address):
+        return Address(display_name=name, addr_spec=address)
+    # Python's addr_spec parser refuses a UTF-8 local part (RFC 6532 allows it): give the parts instead.
+    local, _, domain = address.rpartition("@")
+    return Address(display_name=name, username=local, domain=domain)
 
 
 __all__ = [

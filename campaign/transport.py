@@ -44,9 +44,9 @@ from aiosmtplib import (
 from aiosmtplib.email import parse_address
 from aiosmtplib.typing import Default
 
+from campaign.addresses import is_plain_ascii, needs_smtputf8, wire_form
 from campaign.config import Config, redact_url
 from campaign.errors import CampaignError, ConfigError
-from campaign.validation import EMAIL_RE
 
 __all__ = [
     "Envelope",
@@ -257,8 +257,8 @@ class Transport(Protocol):
 class _Client(aiosmtplib.SMTP):
     """One connection; knows whether the current transaction got as far as DATA.
 
-    MAIL and RCPT skip aiosmtplib's `email.utils.parseaddr` round trip for a plain address (one our own
-    address pattern accepts, which parseaddr returns unchanged): it cost more CPU than the send itself."""
+    MAIL and RCPT skip aiosmtplib's `email.utils.parseaddr` round trip for a plain address (ASCII dot-atom
+    on LDH labels, which parseaddr returns unchanged): it cost more CPU than the send itself."""
 
     data_started = False
 
@@ -287,8 +287,7 @@ class _Client(aiosmtplib.SMTP):
         return await super().data(message, **kwargs)
 
 
-def _plain_address(address: str) -> bool:
-    return len(address) <= 254 and EMAIL_RE.fullmatch(address) is not None
+_plain_address = is_plain_ascii
 
 
 def bad_address(envelope: Envelope) -> str | None:
@@ -299,6 +298,7 @@ def bad_address(envelope: Envelope) -> str | None:
         try:
             if parse_address(address) != address:
                 return address
+            wire_form(address)  # an IDN domain must have an A-label form
         except ValueError:
             return address
     return None
@@ -476,11 +476,12 @@ class SmtpTransport:
     async def _transaction(self, client: _Client, env: Envelope, reused: bool) -> tuple[Outcome, bool]:
         """One MAIL/RCPT/DATA transaction; returns the outcome and whether a stale connection should be retried."""
         client.data_started = False
-        recipients = list(env.recipients)
-        non_ascii = not (env.sender + "".join(recipients)).isascii()
-        options = ["SMTPUTF8"] if non_ascii else None
+        # An IDN domain goes out as A-labels (any server takes that); only a UTF-8 local part needs SMTPUTF8.
+        sender, recipients = wire_form(env.sender), [wire_form(r) for r in env.recipients]
+        utf8 = [a for a in (sender, *recipients) if needs_smtputf8(a)]
+        options = ["SMTPUTF8"] if utf8 else None
         try:
-            refused, reply = await client.sendmail(env.sender, recipients, env.data, mail_options=options)
+            refused, reply = await client.sendmail(sender, recipients, env.data, mail_options=options)
         except SMTPRecipientsRefused as exc:
             pairs = [(r.recipient, r.code, r.message) for r in exc.recipients]
             return self._refused(client, pairs, len(recipients)), False
@@ -500,8 +501,10 @@ class SmtpTransport:
         except (SMTPTimeoutError, TimeoutError):
             client.close()
             return self._transient(f"no reply from {self.url.hostport} within {self.timeout:g} s"), False
-        except SMTPNotSupported as exc:  # an internationalized address and a server without SMTPUTF8
-            return Outcome("permanent", None, self._scrub(exc.message)), False
+        except SMTPNotSupported:  # a UTF-8 local part and a relay without SMTPUTF8: not the address's fault
+            return Outcome("failed", None, self._scrub(
+                f"{', '.join(utf8)}: an address with a UTF-8 local part (RFC 6531) needs SMTPUTF8, which "
+                f"{self.url.hostport} does not offer")), False
         except SMTPException as exc:
             client.close()
             return self._transient(f"SMTP error with {self.url.hostport}: {exc.message}"), False

@@ -8,9 +8,10 @@ from email.message import EmailMessage
 from email.policy import default
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from campaign.addresses import needs_smtputf8, normalize, wire_form
 from campaign.mime import HeaderInjection, MessageBuilder, Parts, build_plain, message_id
 
 SENDER = "Device Privacy <privacy@example.com>"
@@ -20,7 +21,9 @@ HEADERS = ("From", "To", "Subject", "Date", "Message-ID", "Reply-To", "Auto-Subm
 
 
 def parsed(raw: bytes) -> EmailMessage:
-    msg = email.message_from_bytes(raw, policy=default)
+    # An RFC 6532 message (raw UTF-8 in a header) is read as UTF-8, as a reader that speaks SMTPUTF8 does.
+    msg = (email.message_from_bytes(raw, policy=default) if raw.partition(b"\r\n\r\n")[0].isascii()
+           else email.message_from_string(raw.decode("utf-8"), policy=default))
     assert isinstance(msg, EmailMessage)
     return msg
 
@@ -49,7 +52,7 @@ def _lines(body: str) -> list[str]:
 
 
 def expected(p: Parts) -> dict[str, object]:
-    return {"to": [(squash(p.to_name), p.to_address)], "subject": p.subject.strip(),
+    return {"to": [(squash(p.to_name), wire_form(p.to_address))], "subject": p.subject.strip(),
             "parts": [("text/plain", "utf-8", _lines(p.text)), ("text/html", "utf-8", _lines(p.html))],
             "message_id": p.message_id, "defects": []}
 
@@ -78,10 +81,15 @@ def assert_same(p: Parts, reply_to: str | None = REPLY_TO) -> bytes:
         assert isinstance(fast_headers, dict) and isinstance(plain_headers, dict)
         for h in ("From", "Date", "Reply-To", "Auto-Submitted", "MIME-Version"):
             assert fast_headers[h] == plain_headers[h]
-    # Transport-level sanity of our own bytes: CRLF only, no line over 998 octets, ASCII only.
+    # Transport-level sanity of our own bytes: CRLF only, no line over 998 octets, ASCII only but for an
+    # address with a UTF-8 local part (RFC 6532), which stands raw in To: and nowhere else.
     assert b"\n" not in fast.replace(b"\r\n", b"")
     assert all(len(line) <= 998 for line in fast.split(b"\r\n"))
-    assert fast.isascii()
+    if needs_smtputf8(p.to_address):
+        assert fast.count(f"<{p.to_address}>".encode()) == 1 or f"To: {p.to_address}\r\n".encode() in fast
+        assert fast.replace(p.to_address.encode(), b"").isascii()
+    else:
+        assert fast.isascii()
     return fast
 
 
@@ -161,6 +169,45 @@ bodies = st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters
 @given(name=names, subject=names.filter(lambda s: s.strip() != ""), text=bodies, html=bodies)
 def test_fast_equals_plain_on_anything(name: str, subject: str, text: str, html: str) -> None:
     assert_same(parts(name=name, subject=subject, text=text, html=html))
+
+
+@pytest.mark.parametrize(("address", "on_the_wire"), [
+    ("pat@bücher.example", "pat@xn--bcher-kva.example"),  # an IDN domain: its A-label, works everywhere
+    ("用户@例子.example", "用户@例子.example"),  # a UTF-8 local part: RFC 6532, the address raw
+    ("josé@example.com", "josé@example.com"),
+])
+@pytest.mark.parametrize("name", ["Pat Müller", "山田 太郎", 'Bob "The Builder" O\'Brien', ""])
+def test_international_addresses(address: str, on_the_wire: str, name: str) -> None:
+    raw = assert_same(parts(name=name, address=address))
+    assert [a.addr_spec for a in parsed(raw)["To"].addresses] == [on_the_wire]
+    to_line = next(line for line in raw.split(b"\r\n") if line.startswith(b"To:"))
+    assert to_line.endswith(on_the_wire.encode() + (b">" if name else b""))
+    assert raw.isascii() == on_the_wire.isascii()
+
+
+def test_address_in_its_wire_form_from_the_sender_too() -> None:
+    raw = MessageBuilder("Büro <buero@bücher.example>", "hilfe@bücher.example").build(parts())
+    assert parsed(raw)["From"].addresses[0].addr_spec == "buero@xn--bcher-kva.example"
+    assert parsed(raw)["Reply-To"].addresses[0].addr_spec == "hilfe@xn--bcher-kva.example"
+    assert raw.isascii()
+
+
+_local = st.text(st.sampled_from("abzAZ09.+_-'üéß用户名"), min_size=1, max_size=20)
+_domain = st.lists(st.text(st.sampled_from("abz09-üßé例子ドメイン"), min_size=1, max_size=12),
+                   min_size=1, max_size=3).map(".".join)
+_tld = st.sampled_from(["com", "example", "jp", "рф", "xn--p1ai", "COM"])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(name=names, subject=names.filter(lambda s: s.strip() != ""), local=_local, domain=_domain, tld=_tld)
+def test_fast_equals_plain_for_international_addresses(name: str, subject: str, local: str, domain: str,
+                                                       tld: str) -> None:
+    try:
+        address = normalize(f"{local}@{domain}.{tld}")
+    except ValueError:
+        assume(False)
+        raise
+    assert_same(parts(name=name, subject=subject, address=address))
 
 
 def test_whole_shipped_example_fast_equals_plain() -> None:
