@@ -14,8 +14,9 @@ from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
 
+from campaign.addresses import normalize as normalize_address
 from campaign.errors import InputError, Problem
-from campaign.validation import check_email, has_crlf, normalize_country, normalize_locale
+from campaign.validation import has_crlf, normalize_country, normalize_locale
 
 SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
@@ -413,7 +414,7 @@ def _address_problem(value: str) -> str | None:
     if not address:
         return f"{value!r} is not an address such as 'Device Privacy <privacy@example.com>'"
     try:
-        check_email(address)
+        normalize_address(address)
     except ValueError as exc:
         return str(exc)
     return None

@@ -12,6 +12,7 @@ from pathlib import Path
 from sqlalchemy import Connection, Engine
 
 from campaign import db
+from campaign.addresses import normalize as normalize_address
 from campaign.config import Config
 from campaign.definition import Definition, WaveDef
 from campaign.errors import NotFound, TemplateProblem, UsageError
@@ -19,7 +20,7 @@ from campaign.mime import MessageBuilder, Parts, message_id
 from campaign.rendering import DeviceView, Recipient, Rendered, Renderer
 from campaign.store import audience
 from campaign.transport import Envelope, RecordingTransport, Transport, make_transport, send_all_sync
-from campaign.validation import normalize_email, normalize_locale
+from campaign.validation import normalize_locale
 
 TEST_PREFIX = "[TEST] "
 
@@ -244,7 +245,7 @@ def test_send_command(engine: Engine, config: Config, slug: str, to: list[str], 
     addresses = []
     for raw in to:
         try:
-            addresses.append(normalize_email(raw.strip()))
+            addresses.append(normalize_address(raw.strip()))
         except ValueError as exc:
             raise UsageError(f"--to: {exc}") from None
     transport: Transport = RecordingTransport() if dry_run else make_transport(config)

@@ -1,4 +1,4 @@
-"""Checks and normalizations of single values: addresses, locales, time zones, countries."""
+"""Checks and normalizations of single values: locales, time zones, countries (addresses: `campaign.addresses`)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,7 @@ import zoneinfo
 
 from babel import Locale, UnknownLocaleError
 
-# A practical address check (RFC 5322 dot-atom local part, LDH domain with a dot); no quoted local
-# parts, no IP literals: those are not what a customer database should hold.
-_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-EMAIL_RE = re.compile(rf"^{_ATOM}(?:\.{_ATOM})*@{_LABEL}(?:\.{_LABEL})+$")
+from campaign import addresses
 
 
 def has_crlf(value: str) -> bool:
@@ -20,19 +16,8 @@ def has_crlf(value: str) -> bool:
 
 
 def check_email(value: str) -> str:
-    """Return the address normalized (domain lower-cased); raise ValueError naming the problem."""
-    if not value:
-        raise ValueError("empty email address")
-    if has_crlf(value):
-        raise ValueError("email address contains a line break")
-    if len(value) > 254:
-        raise ValueError("email address longer than 254 characters")
-    if not EMAIL_RE.fullmatch(value):
-        raise ValueError(f"{value!r} is not a valid email address")
-    local, _, domain = value.rpartition("@")
-    if len(local) > 64:
-        raise ValueError(f"{value!r}: the part before @ is longer than 64 characters")
-    return f"{local}@{domain.lower()}"
+    """The stored form of an address; ValueError naming the problem. The rule is `campaign.addresses`."""
+    return addresses.normalize(value)
 
 
 normalize_email = check_email
