@@ -23,6 +23,8 @@ NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 SETTING_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 OFFSET_RE = re.compile(r"^\s*cutoff\s*(?:([+-])\s*((?:\d+\s*[dhm]\s*)+))?$")
 PART_RE = re.compile(r"(\d+)\s*([dhm])")
+DURATION_RE = re.compile(r"^\s*(?:\d+\s*[smhd]\s*)+$")
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 HHMM_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 AUDIENCES = ("affected", "changed", "all")
 WAVE_AUDIENCE_HELP = ("affected (owns a device still set to `from` when the message goes out), "
@@ -72,6 +74,7 @@ class Definition:
     waves: tuple[WaveDef, ...]
     reply_to: str | None = None
     require_notice: bool = True
+    min_notice: dt.timedelta | None = None  # fair notice: flip no device sooner than this after its first notice
     countries: tuple[str, ...] = ()
     device_models: tuple[str, ...] = ()
     send_window: SendWindow = field(default_factory=SendWindow)
@@ -201,6 +204,16 @@ def parse_moment(value: Any, cutoff: dt.datetime) -> dt.datetime:
     return parse_instant(value)
 
 
+def parse_duration(value: str) -> dt.timedelta:
+    """`7d`, `36h`, `1d 12h`, `90m`, `30s`: a positive duration."""
+    if not DURATION_RE.match(value):
+        raise ValueError(f"{value!r} is not a duration such as 7d, 36h, 1d 12h, 90m or 30s")
+    seconds = sum(int(n) * DURATION_UNITS[unit] for n, unit in re.findall(r"(\d+)\s*([smhd])", value))
+    if seconds <= 0:
+        raise ValueError(f"{value!r} must be longer than zero")
+    return dt.timedelta(seconds=seconds)
+
+
 def _time(value: str) -> dt.time:
     m = HHMM_RE.match(value)
     if not m:
@@ -282,7 +295,7 @@ def parse_definition(text: str, source: str = "<definition>", templates: Path | 
             c.fail("", "cutoff", str(exc))
 
     mig = c.take(top.get("migration", {}), "migration",
-                 {"setting": str, "from": str, "to": str, "require_notice": bool},
+                 {"setting": str, "from": str, "to": str, "require_notice": bool, "min_notice": str},
                  required=("setting", "from", "to")) if "migration" in top else {}
     for key in ("setting",):
         if key in mig and not SETTING_RE.match(mig[key]):
@@ -292,6 +305,12 @@ def parse_definition(text: str, source: str = "<definition>", templates: Path | 
             c.fail("migration", key, "must be a non-empty single-line value of at most 128 characters")
     if mig.get("from") is not None and mig.get("from") == mig.get("to"):
         c.fail("migration", "to", "must differ from `from`")
+    min_notice = None
+    if "min_notice" in mig:
+        try:
+            min_notice = parse_duration(mig["min_notice"])
+        except ValueError as exc:
+            c.fail("migration", "min_notice", str(exc))
 
     aud = c.take(top.get("audience", {}), "audience", {"countries": list, "device_models": list})
     countries: list[str] = []
@@ -397,7 +416,8 @@ def parse_definition(text: str, source: str = "<definition>", templates: Path | 
     return Definition(
         slug=slug, name=name, sender=sender, reply_to=reply_to, template=template,
         default_locale=default_locale, cutoff=cutoff, setting=mig["setting"], from_value=mig["from"],
-        to_value=mig["to"], require_notice=mig.get("require_notice", True), countries=tuple(countries),
+        to_value=mig["to"], require_notice=mig.get("require_notice", True), min_notice=min_notice,
+        countries=tuple(countries),
         device_models=tuple(models), send_window=window, limits=limits, context=context,
         waves=tuple(sorted(waves, key=lambda w: w.at)), source=source, text=text,
     )

@@ -144,3 +144,17 @@ def test_header_injection_in_sender_is_refused() -> None:
     text = example_text().replace('sender = "Device Privacy <privacy@example.com>"',
                                   'sender = "Device Privacy <privacy@example.com>\\nBcc: x@evil.example"')
     assert "sender: must be a single line" in problems(text)
+
+
+def test_min_notice_is_a_duration() -> None:
+    base = example_text()
+    assert parse_definition(base, "def.toml").min_notice is None
+    with_it = base.replace("require_notice = true", 'require_notice = true\nmin_notice = "7d"')
+    assert parse_definition(with_it, "def.toml").min_notice == dt.timedelta(days=7)
+    compound = base.replace("require_notice = true", 'require_notice = true\nmin_notice = "1d 12h 30m 15s"')
+    assert parse_definition(compound, "def.toml").min_notice == dt.timedelta(days=1, hours=12, minutes=30, seconds=15)
+    for bad, expected in (('"7 days"', "is not a duration"), ('"0d"', "must be longer than zero"),
+                          ("7", "must be a string")):
+        text = base.replace("require_notice = true", f"require_notice = true\nmin_notice = {bad}")
+        msg = problems(text)
+        assert f"def.toml:{line_of(text, 'min_notice =')}: migration.min_notice: " in msg and expected in msg, msg
