@@ -52,6 +52,7 @@ class Received:
     data: bytes
     tls: bool = False
     login: str | None = None
+    mail_options: tuple[str, ...] = ()  # e.g. ("SMTPUTF8",)
 
 
 class _Session(SMTP):
@@ -125,7 +126,8 @@ class _Handler:
         self.owner._record(Received(
             sender=envelope.mail_from, recipients=tuple(envelope.rcpt_tos), data=bytes(envelope.original_content),
             tls=server.transport is not None and server.transport.get_extra_info("sslcontext") is not None,
-            login=login.decode() if isinstance(login, bytes) else None))
+            login=login.decode() if isinstance(login, bytes) else None,
+            mail_options=tuple(o for o in envelope.mail_options if not o.upper().startswith("SIZE="))))
         return "250 OK"
 
 
@@ -134,10 +136,11 @@ class SmtpServer:
 
     users: logins it accepts (AUTH PLAIN/LOGIN, offered without TLS since this is loopback).
     tls: an SSLContext for the server: offered as STARTTLS, or from the first byte with implicit_tls=True.
+    smtputf8: offer SMTPUTF8 (RFC 6531); without it an address with a UTF-8 local part cannot be sent here.
     """
 
     def __init__(self, *, users: Mapping[str, str] | None = None, tls: ssl.SSLContext | None = None,
-                 implicit_tls: bool = False, stall_seconds: float = 30.0) -> None:
+                 implicit_tls: bool = False, stall_seconds: float = 30.0, smtputf8: bool = False) -> None:
         self.host = HOST
         self.port = 0
         self.users = dict(users or {})
@@ -148,7 +151,8 @@ class SmtpServer:
         self._scripts: dict[tuple[Stage, str | None], deque[str]] = {}
         self._live: set[_Session] = set()
         self._connections = 0
-        kwargs: dict[str, Any] = {"server_hostname": "smtpd.test", "ready_timeout": 10.0}
+        kwargs: dict[str, Any] = {"server_hostname": "smtpd.test", "ready_timeout": 10.0,
+                                  "enable_SMTPUTF8": smtputf8}
         if self.users:
             # Without TLS aiosmtpd would not offer AUTH; auth_required stays False (True would warn).
             kwargs.update(auth_require_tls=False, authenticator=self._authenticate)
@@ -290,7 +294,8 @@ class SmtpServer:
 
 @pytest.fixture
 def smtpd_factory() -> Iterator[Callable[..., SmtpServer]]:
-    """Make started SMTP servers with options (users=, tls=, implicit_tls=, stall_seconds=); all stop at teardown."""
+    """Make started SMTP servers with options (users=, tls=, implicit_tls=, stall_seconds=, smtputf8=); all stop
+    at teardown."""
     servers: list[SmtpServer] = []
 
     def make(**options: Any) -> SmtpServer:
