@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
@@ -14,7 +15,7 @@ import click
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from campaign import accounts, campaigns, db, migrate, previews, reports, sending, suppressions
+from campaign import accounts, campaigns, db, migrate, previews, reports, scheduling, sending, suppressions
 from campaign.config import Config, load_config, redact_url
 from campaign.errors import CampaignError
 from campaign.store import audience as audience_store
@@ -488,6 +489,93 @@ def status_cmd(app: App, slug: str, as_json: bool) -> None:
         if det["paused_reason"]:
             click.echo(f"  {'':<14} paused: {det['paused_reason']}")
     click.echo(f"  flip           {_print_counts(st['flip'])}")
+    if st["flip_detail"].get("waiting"):
+        click.echo(f"  {'':<14} {st['flip_detail']['waiting']} device(s) wait for fair notice")
+    nxt = st.get("next_step")
+    if nxt:
+        click.echo(f"  next step      {nxt['step']} at {nxt['due_at']} ({nxt['state']})")
+
+
+@cli.command("schedule")
+@click.argument("slug")
+@dry_run_option
+@json_option
+@pass_app
+def schedule(app: App, slug: str, dry_run: bool, as_json: bool) -> None:
+    """Freeze a campaign and register its waves and its flip with the scheduler.
+
+    \b
+    First renders every wave for every recipient in the audience now, and refuses
+    (naming the template file and line, and the account) if any message fails. Refuses a
+    cutoff in the past. --dry-run prints the timeline: each wave in UTC and in the
+    cutoff's own offset, its audience now, how long it takes at the rate limit, when it
+    expires; the flip with the devices it would change and hold back.
+    Then run `campaign scheduler run` (it sends each wave when due and flips at the cutoff).
+    """
+    timeline = scheduling.schedule(app.engine(), app.config, slug, dry_run=dry_run)
+    if as_json:
+        _json(timeline.as_json())
+        return
+    verb = "would schedule" if dry_run else "scheduled"
+    click.echo(f"{verb} {slug}: cutoff {timeline.cutoff.isoformat()}; {timeline.rendered} messages rendered "
+               "without error")
+    for item in timeline.items:
+        head = f"  {item['at']}  ({item['at_cutoff_offset']})  {item['step']:<18}"
+        if item["step"] == scheduling.FLIP:
+            held = f", held back if not notified by then: {item['held_back_if_unnotified']}" \
+                if item["require_notice"] else ""
+            wait = f", fair notice {item['min_notice_seconds'] // 3600} h" if item["min_notice_seconds"] else ""
+            click.echo(f"{head} {item['devices_now']} devices affected now{held}{wait}")
+        else:
+            est = f", about {_duration(item['estimated_seconds'])} at the rate limit" \
+                if item["estimated_seconds"] is not None else ""
+            click.echo(f"{head} {item['recipients_now']} recipients now ({item['audience']}){est}; "
+                       f"expires {item['expires']}")
+    if dry_run:
+        click.echo("dry run: nothing was written")
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+@cli.group("scheduler", cls=Group)
+def scheduler_group() -> None:
+    """The long-running process that sends each wave when due and flips at the cutoff."""
+
+
+@scheduler_group.command("run")
+@click.option("--once", is_flag=True, help="Do what is due now (overdue steps included), then exit.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Worker processes for each wave it sends.")
+@click.option("-v", "--verbose", is_flag=True, help="Log more (one line per step is always logged).")
+@pass_app
+def scheduler_run(app: App, once: bool, workers: int, verbose: bool) -> None:
+    """Run every due wave and flip of every scheduled campaign, now and as they come due.
+
+    \b
+    Catches up what came due while it was down: an overdue step runs at start, except an
+    `affected` wave past its expiry (the cutoff), which expires instead. Several schedulers
+    may run: one leads (a PostgreSQL advisory lock, or a lease row on SQLite), the others
+    wait and take over within a minute if it dies; every step runs once either way.
+    Picks up deliveries waiting for their recipient's send window as windows open, and
+    flips devices waiting for fair notice when it has run. SIGTERM or Ctrl-C stops it
+    cleanly: a step in progress is handed back and resumes at the next start.
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(scheduling.LogFormat())
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
+    if not verbose:
+        for noisy in ("apscheduler", "alembic"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+    performed = scheduling.run(app.engine(), app.config, once=once, workers=workers)
+    if once:
+        click.echo(f"did {len(performed)} step(s)" + (f": {', '.join(performed)}" if performed else ""))
 
 
 def _set_state(app: App, slug: str, action: str, dry_run: bool) -> None:

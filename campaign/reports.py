@@ -11,6 +11,7 @@ from campaign import campaigns, db, ledger
 from campaign.models import WAITING
 from campaign.store import campaigns as campaign_store
 from campaign.store import reports as store
+from campaign.store import steps
 
 RATE_WINDOW = dt.timedelta(seconds=60)
 
@@ -33,7 +34,13 @@ def status(conn: Connection, slug: str, now: dt.datetime | None = None) -> dict[
     changes = store.change_counts(conn, c.id)
     waiting = changes.pop(WAITING)
     return {"campaign": slug, "state": c.state, "cutoff": c.cutoff.isoformat(), "waves": waves,
-            "flip": changes, "wave_detail": detail, "flip_detail": {"waiting": waiting}}
+            "flip": changes, "wave_detail": detail, "flip_detail": {"waiting": waiting},
+            "next_step": _next_step(conn, c.id)}
+
+
+def _next_step(conn: Connection, campaign_id: int) -> dict[str, Any] | None:
+    s = steps.next_step(conn, campaign_id)
+    return None if s is None else {"step": s.name, "due_at": s.due_at.isoformat(), "state": s.state}
 
 
 def status_of(engine: Engine, slug: str) -> dict[str, Any]:

@@ -127,3 +127,10 @@ def recipients(conn: Connection, account_ids: Iterable[str]) -> dict[str, Recipi
 
 def recipient(conn: Connection, account_id: str) -> Recipient | None:
     return recipients(conn, [account_id]).get(account_id)
+
+
+def suppressed_devices(conn: Connection, d: Definition) -> int:
+    """Affected devices whose owner's address is suppressed: never notified, so held back by `require_notice`."""
+    from campaign.store.suppressions import matches  # one rule for a suppressed address
+
+    return int(conn.execute(affected(d, func.count()).where(matches(A.c.email))).scalar_one())

@@ -1,0 +1,427 @@
+"""Scheduling: `campaign schedule` registers a campaign's steps (each wave, the flip); `campaign scheduler run`
+performs them when due — once each, even after downtime and with several schedulers running.
+
+APScheduler (3.x, AsyncIOScheduler) is only the alarm clock. The truth is the `step` table: a step is claimed
+(`pending` → `running`, one row, one winner) before it runs, and finished after. One scheduler at a time leads
+(a PostgreSQL advisory lock, or a lease row on SQLite); the others wait and take over within a minute when the
+leader dies. At start the leader reconciles: it hands back steps left `running` by a dead leader and runs
+every overdue step — an `affected` wave past its expiry (the cutoff, by default) expires instead of going out.
+
+Each step runs as a `campaign` subprocess (`send`, `flip`): the scheduler stays responsive, memory stays flat,
+and what a killed step leaves behind is what a killed `send` or `flip` leaves, which both resume from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import tomllib
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, Engine
+
+from campaign import campaigns, db, previews
+from campaign.config import ENV, Config
+from campaign.definition import Definition
+from campaign.errors import StateError, TemplateProblem, UsageError
+from campaign.models import CANCELLED, DRAFT, PAUSED, SCHEDULED
+from campaign.rendering import Renderer
+from campaign.store import audience, deliveries, steps
+from campaign.store import campaigns as campaign_rows
+
+log = logging.getLogger("campaign.scheduler")
+
+LEADER = "scheduler"
+ADVISORY_KEY = 0x63616D70  # "camp": the advisory lock of the leading scheduler on PostgreSQL
+LEASE_TTL = dt.timedelta(seconds=45)  # a dead leader is replaced within a minute
+TICK_SECONDS = 15.0  # how often the leader looks for work beyond its alarms (send windows, retries, fair notice)
+RETRY_STEP = dt.timedelta(seconds=60)  # a step that failed for a passing reason is tried again after this
+FLIP = "flip"
+
+
+def wave_step(name: str) -> str:
+    return f"wave:{name}"
+
+
+class LogFormat(logging.Formatter):
+    """One line per event, stamped with the campaign clock (simulated in the demo), in UTC."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{db.utcnow().isoformat(timespec='seconds')} {record.getMessage()}"
+
+
+# -- campaign schedule ---------------------------------------------------------------------------------
+
+@dataclass
+class Timeline:
+    campaign: str
+    cutoff: dt.datetime
+    scheduled: bool
+    dry_run: bool
+    rendered: int
+    items: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"campaign": self.campaign, "cutoff": self.cutoff.isoformat(), "scheduled": self.scheduled,
+                "dry_run": self.dry_run, "rendered": self.rendered, "timeline": self.items}
+
+
+def schedule(engine: Engine, config: Config, slug: str, dry_run: bool = False) -> Timeline:
+    """`campaign schedule`: render every recipient's messages (refusing on any failure), freeze the campaign and
+    register its steps; under `dry_run`, the timeline only."""
+    now = db.utcnow()
+    with db.transaction(engine, config.actor, "campaign.schedule", dry_run=dry_run) as tx:
+        conn = tx.conn
+        c = campaigns.get(conn, slug)
+        tx.campaign_id = c.id
+        d = c.definition
+        if c.state in (SCHEDULED, PAUSED) and c.scheduled_at is not None:
+            raise StateError(f"campaign {slug!r} is scheduled already (since {c.scheduled_at.isoformat()})")
+        if c.state == CANCELLED:
+            raise StateError(f"campaign {slug!r} is cancelled")
+        if c.state != DRAFT:
+            raise StateError(f"campaign {slug!r} is {c.state}: only a draft can be scheduled")
+        if d.cutoff <= now:
+            raise UsageError(f"the cutoff {d.cutoff.isoformat()} has passed: a campaign is scheduled before its "
+                             "cutoff (to replay one whose date has passed, see `campaign demo`)")
+        rendered = _render_everyone(conn, d, Renderer(d, config.templates))
+        items = _timeline(conn, c.id, d)
+        if not dry_run:
+            campaign_rows.update_campaign(conn, c.id, state=SCHEDULED, scheduled_at=now)
+            steps.register(conn, c.id, [(wave_step(w.name), w.at) for w in d.waves] + [(FLIP, d.cutoff)])
+        tx.note(cutoff=d.cutoff.isoformat(), rendered=rendered,
+                steps=[f"{i['step']} at {i['at']}" for i in items])
+    return Timeline(slug, d.cutoff, not dry_run, dry_run, rendered, items)
+
+
+def _render_everyone(conn: Connection, d: Definition, renderer: Renderer) -> int:
+    """Every wave for every recipient in the audience now (a `changed` wave with their affected devices as
+    stand-ins): G5, errors found here and not by a customer."""
+    total, problems = 0, []
+    for wave in d.waves:
+        ok, found = previews.render_all(conn, d, renderer, wave)
+        total += ok
+        problems += [f"wave {wave.name}, {p}" for p in found]
+    if problems:
+        shown = "\n".join(f"  {p}" for p in problems[:20])
+        raise TemplateProblem(f"{len(problems)} message(s) do not render; nothing was scheduled:\n{shown}")
+    return total
+
+
+def _timeline(conn: Connection, campaign_id: int, d: Definition) -> list[dict[str, Any]]:
+    summary = audience.summary(conn, d)
+    zone = _cutoff_zone(d)
+
+    def when(t: dt.datetime) -> dict[str, str]:
+        return {"at": t.astimezone(dt.UTC).isoformat(), "at_cutoff_offset": t.astimezone(zone).isoformat()}
+
+    items: list[dict[str, Any]] = []
+    for w in d.waves:
+        # `changed` waves go to those the flip will switch: at most everyone affected now.
+        n = summary.accounts
+        items.append({"step": wave_step(w.name), **when(w.at), "audience": w.audience, "recipients_now": n,
+                      "estimated_seconds": round(n / d.limits.rate_per_second) if d.limits.rate_per_second else None,
+                      "expires": w.expires.astimezone(dt.UTC).isoformat()})
+    held = audience.suppressed_devices(conn, d) if d.require_notice else 0
+    items.append({"step": FLIP, **when(d.cutoff), "devices_now": summary.devices,
+                  "held_back_if_unnotified": held, "require_notice": d.require_notice,
+                  "min_notice_seconds": _min_notice_seconds(d)})
+    items.sort(key=lambda i: i["at"])
+    return items
+
+
+def _cutoff_zone(d: Definition) -> dt.tzinfo:
+    """The offset the definition wrote its cutoff with (the parsed instant is in UTC)."""
+    raw = tomllib.loads(d.text).get("cutoff") if d.text else None
+    with contextlib.suppress(ValueError, TypeError):
+        value = raw if isinstance(raw, dt.datetime) else dt.datetime.fromisoformat(str(raw).strip())
+        if value.tzinfo is not None:
+            return value.tzinfo
+    return dt.UTC
+
+
+def _min_notice_seconds(d: Definition) -> int | None:
+    value = getattr(d, "min_notice", None)
+    return int(value.total_seconds()) if value else None
+
+
+# -- leadership ------------------------------------------------------------------------------------------
+
+class Leadership:
+    """Who leads: a lease row (both databases; renewed on every tick) and, on PostgreSQL, a session advisory lock
+    held on a connection of its own, which the server releases the moment the leader's process dies."""
+
+    def __init__(self, engine: Engine, holder: str) -> None:
+        self.engine, self.holder = engine, holder
+        self._lock_conn: Connection | None = None
+
+    def try_lead(self, now: dt.datetime) -> bool:
+        if self.engine.dialect.name == "postgresql" and self._lock_conn is None:
+            conn = self.engine.connect()
+            try:
+                got = steps.try_advisory_lock(conn, ADVISORY_KEY)
+                conn.commit()
+            except Exception:
+                conn.close()
+                raise
+            if not got:
+                conn.close()
+                return False
+            self._lock_conn = conn
+            with db.write(self.engine) as w:  # the lock is ours: a stale lease row of a dead leader is not
+                steps.drop_lease(w, LEADER, steps.lease_holder(w, LEADER, dt.datetime.max.replace(tzinfo=dt.UTC))
+                                 or self.holder)
+        with db.write(self.engine) as conn:
+            return steps.take_lease(conn, LEADER, self.holder, now, LEASE_TTL)
+
+    def holder_now(self, now: dt.datetime) -> str | None:
+        with db.read(self.engine) as conn:
+            return steps.lease_holder(conn, LEADER, now)
+
+    def release(self) -> None:
+        with contextlib.suppress(Exception), db.write(self.engine) as conn:
+            steps.drop_lease(conn, LEADER, self.holder)
+        if self._lock_conn is not None:
+            with contextlib.suppress(Exception):
+                steps.advisory_unlock(self._lock_conn, ADVISORY_KEY)
+                self._lock_conn.commit()
+            with contextlib.suppress(Exception):
+                self._lock_conn.close()
+            self._lock_conn = None
+
+
+# -- the scheduler -----------------------------------------------------------------------------------------
+
+Runner = Callable[[list[str]], "asyncio.Future[tuple[int, str, str]]"]
+
+
+class Scheduler:
+    """`campaign scheduler run`: lead, reconcile, then perform each step when it comes due."""
+
+    def __init__(self, engine: Engine, config: Config, workers: int = 1, tick: float = TICK_SECONDS) -> None:
+        self.engine, self.config, self.workers, self.tick_seconds = engine, config, workers, tick
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.leadership = Leadership(engine, self.id)
+        self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._child: asyncio.subprocess.Process | None = None
+        self.performed: list[str] = []
+
+    # steps
+
+    def _env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in ENV.values()}
+        for key, var in ENV.items():
+            value = getattr(self.config, key)
+            if value is not None:
+                env[var] = str(value)
+        env[ENV["actor"]] = "scheduler"
+        if os.environ.get(db.CLOCK_ENV):  # a simulated clock carries on in the child from where it is now
+            env[db.CLOCK_ENV] = db.utcnow().isoformat()
+        return env
+
+    async def _campaign(self, *args: str) -> tuple[int, str, str]:
+        """Run one `campaign` command as a child process; returns (exit code, stdout, stderr)."""
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "campaign", *args, env=self._env(), stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        self._child = proc
+        try:
+            out, err = await proc.communicate()
+        finally:
+            self._child = None
+        return proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
+
+    async def _run_step(self, step: steps.StepRow) -> None:
+        now = db.utcnow()
+        with db.write(self.engine) as conn:
+            if not steps.claim(conn, step.id, self.id, now):
+                return  # someone else took it
+        log.info("%s: %s due %s: starting", step.slug, step.name, step.due_at.isoformat())
+        state, error, retry = steps.DONE, None, False
+        try:
+            if step.name.startswith("wave:"):
+                state, error, retry = await self._wave(step, step.name.removeprefix("wave:"))
+            elif step.name == FLIP:
+                code, _out, err = await self._campaign("flip", step.slug)
+                if code != 0:
+                    state, error, retry = steps.FAILED, _last_line(err), True
+            else:
+                state, error = steps.FAILED, f"unknown step {step.name!r}"
+        except asyncio.CancelledError:
+            with db.write(self.engine) as conn:
+                steps.hand_back(conn, self.id)
+            raise
+        with db.write(self.engine) as conn:
+            if retry and not self._stop.is_set():
+                steps.hand_back(conn, self.id)
+                steps.register(conn, step.campaign_id, [(step.name, db.utcnow() + RETRY_STEP)])
+            elif retry:
+                steps.hand_back(conn, self.id)
+            else:
+                steps.finish(conn, step.id, self.id, state, db.utcnow(), error)
+        self.performed.append(f"{step.slug}:{step.name}")
+        log.info("%s: %s %s%s", step.slug, step.name, "retried later" if retry else state,
+                 f": {error}" if error else "")
+
+    async def _wave(self, step: steps.StepRow, wave: str) -> tuple[str, str | None, bool]:
+        code, out, err = await self._campaign("send", step.slug, "--wave", wave, "--workers", str(self.workers),
+                                              "--json")
+        if code == 0:
+            return steps.DONE, None, False
+        summary = _json_or_none(out)
+        if summary is not None and summary.get("paused"):
+            # The wave paused itself (a broken relay, a template error): a person resumes it; the tick goes on.
+            return steps.DONE, f"paused: {summary['paused']}", False
+        message = _last_line(err)
+        if "expired" in message:
+            return steps.EXPIRED, message, False
+        if "paused" in message or "cancelled" in message:
+            return steps.DONE, message, False
+        return steps.FAILED, message, True
+
+    # the loop
+
+    async def _tick(self) -> None:
+        """Everything that is due now: overdue steps first, then waves with deliveries due again (a send window
+        that opened, a retry), then devices whose fair notice has run."""
+        now = db.utcnow()
+        for step in [s for s in await self._db(steps.pending) if s.due_at <= now]:
+            if self._stop.is_set():
+                return
+            await self._run_step(step)
+        for slug, wave in await self._db(_waves_with_work, db.utcnow()):
+            if self._stop.is_set():
+                return
+            log.info("%s: wave %s has deliveries due again (send window, retry): sending", slug, wave)
+            code, _out, err = await self._campaign("send", slug, "--wave", wave, "--workers", str(self.workers))
+            if code != 0:
+                log.warning("%s: wave %s: %s", slug, wave, _last_line(err))
+        for slug in await self._db(steps.campaigns_with_due_changes, db.utcnow()):
+            if self._stop.is_set():
+                return
+            log.info("%s: fair notice has run for waiting devices: flipping them", slug)
+            code, _out, err = await self._campaign("flip", slug)
+            if code != 0:
+                log.warning("%s: flip: %s", slug, _last_line(err))
+
+    async def _db(self, fn: Callable[..., Any], *args: Any) -> Any:
+        def work() -> Any:
+            with db.read(self.engine) as conn:
+                return fn(conn, *args)
+        return await asyncio.to_thread(work)
+
+    def _alarms(self, scheduler: Any) -> None:
+        """An APScheduler job per future step (the alarm clock; the step table stays the truth)."""
+        from apscheduler.triggers.date import DateTrigger
+
+        with db.read(self.engine) as conn:
+            future = [s for s in steps.pending(conn) if s.due_at > db.utcnow()]
+        # The alarm fires at the real instant the simulated clock reaches the step (CAMPAIGN_CLOCK).
+        skew = db.utcnow() - dt.datetime.now(dt.UTC)
+        for s in future:
+            scheduler.add_job(self._wake.set, DateTrigger(run_date=s.due_at - skew, timezone=dt.UTC),
+                              id=f"step:{s.id}", replace_existing=True)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._child is not None and self._child.returncode is None:
+            # The step's process stops as a killed `send` or `flip` does; the step is handed back.
+            with contextlib.suppress(ProcessLookupError):
+                self._child.send_signal(signal.SIGTERM)
+
+    async def run(self, once: bool = False) -> list[str]:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.stop)
+        try:
+            if not await self._lead(once):
+                return self.performed
+            with db.write(self.engine) as conn:
+                handed = steps.hand_back(conn)
+            if handed:
+                log.info("took over %d step(s) left running by a scheduler that is gone", handed)
+            if once:
+                await self._tick()
+                return self.performed
+            await self._serve()
+        finally:
+            self.leadership.release()
+        return self.performed
+
+    async def _lead(self, once: bool) -> bool:
+        while not self._stop.is_set():
+            if await asyncio.to_thread(self.leadership.try_lead, db.utcnow()):
+                log.info("scheduler %s leads", self.id)
+                return True
+            holder = self.leadership.holder_now(db.utcnow())
+            if once:
+                raise StateError(f"another scheduler leads ({holder or 'unknown'}); nothing was done")
+            log.info("another scheduler leads (%s); waiting to take over", holder or "unknown")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=min(self.tick_seconds, 10.0))
+        return False
+
+    async def _serve(self) -> None:
+        from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+        scheduler = AsyncIOScheduler(timezone=dt.UTC, job_defaults={
+            "misfire_grace_time": None, "coalesce": True, "max_instances": 1})
+        scheduler.add_job(self._wake.set, "interval", seconds=self.tick_seconds, id="tick", replace_existing=True)
+        scheduler.start()
+        try:
+            while not self._stop.is_set():
+                if not await asyncio.to_thread(self.leadership.try_lead, db.utcnow()):
+                    log.warning("lost the lead; waiting to take it back")
+                    if not await self._lead(once=False):
+                        break
+                self._alarms(scheduler)
+                await self._tick()
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=self.tick_seconds)
+        finally:
+            scheduler.shutdown(wait=False)
+
+
+def _waves_with_work(conn: Connection, now: dt.datetime) -> list[tuple[str, str]]:
+    """(campaign, wave) of started waves of scheduled campaigns with deliveries due now."""
+    out = []
+    for step in steps.done_wave_steps(conn):
+        wave = campaign_rows.wave(conn, step.campaign_id, step.name.removeprefix("wave:"))
+        if wave is None or wave.state not in (campaign_rows.SENDING, campaign_rows.WAITING) or now >= wave.expires:
+            continue
+        if deliveries.outlook(conn, wave.id, now, False).due_now:
+            out.append((step.slug, wave.name))
+    return out
+
+
+def run(engine: Engine, config: Config, once: bool = False, workers: int = 1) -> list[str]:
+    """`campaign scheduler run`."""
+    return asyncio.run(Scheduler(engine, config, workers=workers).run(once=once))
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1].removeprefix("campaign: ") if lines else "failed without a message"
+
+
+def _json_or_none(text: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
