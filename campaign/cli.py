@@ -609,6 +609,89 @@ def cancel(app: App, slug: str, dry_run: bool) -> None:
     _set_state(app, slug, "cancel", dry_run)
 
 
+# -- flip and rollback ------------------------------------------------------------------------------
+
+batch_size_option = click.option("--batch-size", type=click.IntRange(min=1), default=5000, show_default=True,
+                                 help="Devices per transaction.")
+
+
+def _print_flip(result: Any) -> None:
+    would = "would " if result.dry_run else ""
+    click.echo(f"{result.campaign}: {would}switch {result.changed} device(s) in {result.batches} batch(es); "
+               f"{result.total_changed} switched in all")
+    if result.held_back:
+        click.echo(f"held back: {result.held_back} device(s) of accounts without a delivered notice "
+                   "(`flip --include-unnotified` switches them too)")
+        for h in result.held_back_devices:
+            click.echo(f"  {h['device_id']}  account {h['account_id']}")
+        if result.held_back > len(result.held_back_devices):
+            click.echo(f"  ... and {result.held_back - len(result.held_back_devices)} more (see --json)")
+    if result.waiting:
+        click.echo(f"waiting for fair notice: {result.waiting} device(s), due from {result.next_due.isoformat()} "
+                   f"until {result.last_due.isoformat()} (the scheduler or a later `flip` switches them)")
+        for w in result.waiting_devices:
+            click.echo(f"  {w['device_id']}  account {w['account_id']}  notified {w['notice_at']}  due {w['due_at']}")
+        if result.waiting > len(result.waiting_devices):
+            click.echo(f"  ... and {result.waiting - len(result.waiting_devices)} more")
+    if result.dry_run:
+        click.echo("dry run: nothing was written")
+
+
+@cli.command("flip")
+@click.argument("slug")
+@click.option("--before-cutoff", is_flag=True, help="Flip now, although the cutoff has not come yet.")
+@click.option("--include-unnotified", is_flag=True,
+              help="Also flip the devices of accounts without a delivered notice (require_notice).")
+@batch_size_option
+@dry_run_option
+@json_option
+@pass_app
+def flip_cmd(app: App, slug: str, before_cutoff: bool, include_unnotified: bool, batch_size: int, dry_run: bool,
+             as_json: bool) -> None:
+    """Switch the setting on every device still at `from`, with a change row per device.
+
+    Devices of accounts without a delivered notice are held back (require_notice) and listed; with
+    min_notice, a device whose account was notified late waits until its notice is that old. Safe to
+    run again: a second run changes nothing, an interrupted one goes on where it stopped.
+    """
+    from campaign import flip as flipping
+
+    result = flipping.flip(app.engine(), slug, app.config.actor, before_cutoff=before_cutoff,
+                           include_unnotified=include_unnotified, dry_run=dry_run, batch_size=batch_size)
+    if as_json:
+        _json(result.as_json())
+    else:
+        _print_flip(result)
+
+
+@cli.command("rollback")
+@click.argument("slug")
+@batch_size_option
+@dry_run_option
+@json_option
+@pass_app
+def rollback_cmd(app: App, slug: str, batch_size: int, dry_run: bool, as_json: bool) -> None:
+    """Undo the flip where the device still holds `to` and nobody changed it since; list the others.
+
+    Change rows are marked rolled back or left, never deleted. Afterwards `flip` refuses for this campaign.
+    """
+    from campaign import flip as flipping
+
+    result = flipping.rollback(app.engine(), slug, app.config.actor, dry_run=dry_run, batch_size=batch_size)
+    if as_json:
+        _json(result.as_json())
+        return
+    would = "would " if result.dry_run else ""
+    click.echo(f"{result.campaign}: {would}roll back {result.rolled_back} change(s); {would}leave {result.left} "
+               "whose device its owner changed since")
+    for r in result.left_devices:
+        click.echo(f"  {r['device_id']}  account {r['account_id']}  {r['note']}")
+    if result.left > len(result.left_devices):
+        click.echo(f"  ... and {result.left - len(result.left_devices)} more (see --json)")
+    if result.dry_run:
+        click.echo("dry run: nothing was written")
+
+
 def main() -> None:
     cli(prog_name="campaign")
 

@@ -10,6 +10,7 @@ from sqlalchemy import Connection, Engine
 from campaign import campaigns, db, ledger
 from campaign.models import WAITING
 from campaign.store import campaigns as campaign_store
+from campaign.store import changes as change_store
 from campaign.store import reports as store
 from campaign.store import steps
 
@@ -33,8 +34,12 @@ def status(conn: Connection, slug: str, now: dt.datetime | None = None) -> dict[
                           "eta_seconds": round(left / rate) if rate > 0 and left else None}
     changes = store.change_counts(conn, c.id)
     waiting = changes.pop(WAITING)
+    outlook = change_store.outlook(conn, c.id)
+    flip_detail = {"waiting": waiting, "next_due": outlook.next_due.isoformat() if outlook.next_due else None,
+                   "held_back": changes["held_back"], "held_back_why": outlook.held_back_why,
+                   "rolled_back_at": c.rolled_back_at.isoformat() if c.rolled_back_at else None}
     return {"campaign": slug, "state": c.state, "cutoff": c.cutoff.isoformat(), "waves": waves,
-            "flip": changes, "wave_detail": detail, "flip_detail": {"waiting": waiting},
+            "flip": changes, "wave_detail": detail, "flip_detail": flip_detail,
             "next_step": _next_step(conn, c.id)}
 
 

@@ -1,0 +1,240 @@
+"""The flip (SPEC G6), fair notice (G13) and the rollback (G7), with their change rows.
+
+`flip` switches every still-affected device from `from` to `to` in keyset batches, each batch one
+transaction that writes the change rows and the settings together; a run killed midway and started again
+ends with exactly one change row per device. `require_notice` holds back the devices of accounts without a
+delivered notice; `min_notice` makes a device wait until its account's first delivered notice is that old
+(`flip_due`, for the scheduler, flips those that came due). `rollback` puts `from` back only where the
+device still holds `to` and still carries the change's id; it leaves the others, and marks every change
+rolled back or left, never deleting one. After a rollback the campaign's flip refuses.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, Engine
+
+from campaign import campaigns, db
+from campaign.errors import StateError
+from campaign.models import CANCELLED, CHANGED, HELD_BACK, WAITING
+from campaign.store import changes as store
+
+BATCH = 5000
+LISTED = 1000  # devices listed by name in a result (held back, waiting, left); the counts are always whole
+
+
+def _iso(t: dt.datetime | None) -> str | None:
+    return t.isoformat() if t is not None else None
+
+
+@dataclass
+class FlipResult:
+    """What a flip did (or, under `dry_run`, would do)."""
+
+    campaign: str
+    dry_run: bool
+    changed: int  # devices switched by this run
+    held_back: int  # the campaign's devices held back now (no delivered notice)
+    waiting: int  # the campaign's devices waiting for fair notice now
+    next_due: dt.datetime | None  # when the first of them comes due
+    last_due: dt.datetime | None
+    held_back_why: dict[str, int]
+    held_back_devices: list[dict[str, Any]] = field(default_factory=list)  # the first LISTED, by device id
+    waiting_devices: list[dict[str, Any]] = field(default_factory=list)
+    total_changed: int = 0  # the campaign's devices changed, by this run and earlier ones
+    batches: int = 0
+    at: dt.datetime | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        out = dict(self.__dict__)
+        for key in ("next_due", "last_due", "at"):
+            out[key] = _iso(out[key])
+        return out
+
+
+@dataclass
+class RollbackResult:
+    """What a rollback did (or would do)."""
+
+    campaign: str
+    dry_run: bool
+    rolled_back: int  # changes undone by this run
+    left: int  # changes left by this run: the person changed the setting since
+    left_devices: list[dict[str, Any]] = field(default_factory=list)  # the first LISTED
+    total_rolled_back: int = 0
+    total_left: int = 0
+    batches: int = 0
+    at: dt.datetime | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {**self.__dict__, "at": _iso(self.at)}
+
+
+Batches = Callable[[], AbstractContextManager[Connection]]
+
+
+def _batches(engine: Engine, dry_conn: Connection | None) -> Batches:
+    """Each batch's transaction: its own write transaction; under a dry run, the dry run's one transaction
+    (rolled back at the end, so the dry run is exactly the real run, undone)."""
+    if dry_conn is None:
+        return lambda: db.write(engine)
+
+    @contextmanager
+    def same() -> Iterator[Connection]:
+        yield dry_conn
+    return same
+
+
+def _refuse(slug: str, state: str, rolled_back_at: dt.datetime | None) -> None:
+    if rolled_back_at is not None:
+        raise StateError(f"campaign {slug!r} was rolled back at {rolled_back_at.isoformat()}: its flip refuses "
+                         "(create a new campaign to retire the setting again)")
+    if state == CANCELLED:
+        raise StateError(f"campaign {slug!r} is cancelled: it flips nothing")
+
+
+def flip(engine: Engine, slug: str, actor: str, *, now: dt.datetime | None = None, before_cutoff: bool = False,
+         include_unnotified: bool = False, dry_run: bool = False, batch_size: int = BATCH,
+         audit_empty: bool = True) -> FlipResult:
+    """`campaign flip`: switch every still-affected device whose time has come; hold back the devices of
+    accounts without a delivered notice (unless `include_unnotified`), let wait those whose account was
+    notified later than `min_notice` ago. Refuses before the cutoff unless `before_cutoff`, and after a
+    rollback. `now` (default: the clock) is for the scheduler and tests. `audit_empty`: record the audit
+    event even when nothing changed."""
+    clock: Callable[[], dt.datetime] = (lambda: now) if now is not None else db.utcnow
+    with db.read(engine) as conn:
+        c = campaigns.get(conn, slug)
+        _refuse(slug, c.state, c.rolled_back_at)
+        started = clock()
+        if started < c.cutoff and not before_cutoff:
+            raise StateError(f"the cutoff of {slug!r} ({c.cutoff.isoformat()}) has not come yet: "
+                             "`flip --before-cutoff` flips now")
+        plan = store.Plan(c.id, c.definition, actor, c.definition.require_notice and not include_unnotified,
+                          tuple(store.notice_waves(conn, c.id)))
+    options = {"before_cutoff": before_cutoff, "include_unnotified": include_unnotified}
+    if dry_run:
+        with db.transaction(engine, actor, "flip", campaign_id=c.id, dry_run=True) as tx:
+            changed, batches = _flip_batches(_batches(engine, tx.conn), slug, plan, clock, batch_size)
+            result = _flip_result(tx.conn, slug, plan.campaign_id, changed, batches, started, dry_run=True)
+            tx.note(**options, **_flip_counts(result))
+        return result
+    changed, batches = _flip_batches(_batches(engine, None), slug, plan, clock, batch_size)
+    with db.transaction(engine, actor, "flip", campaign_id=c.id) as tx:
+        result = _flip_result(tx.conn, slug, plan.campaign_id, changed, batches, started, dry_run=False)
+        if changed or audit_empty:
+            tx.note(**options, **_flip_counts(result))
+        else:
+            tx.action = None
+    return result
+
+
+def flip_due(engine: Engine, slug: str, actor: str, now: dt.datetime | None = None) -> FlipResult:
+    """For the scheduler, at the cutoff and after: flip what has come due — every still-affected device,
+    the ones that waited for fair notice once their time has passed. Records an audit event only when it
+    changed something."""
+    return flip(engine, slug, actor, now=now, audit_empty=False)
+
+
+def _flip_batches(batches: Batches, slug: str, plan: store.Plan, clock: Callable[[], dt.datetime],
+                  size: int) -> tuple[int, int]:
+    """Run the flip's batches; returns (devices changed, batches)."""
+    after: str | None = None
+    changed = count = 0
+    min_notice = plan.definition.min_notice
+    while True:
+        with batches() as conn:
+            _refuse(slug, *store.campaign_state(conn, plan.campaign_id))  # a rollback may have begun meanwhile
+            ids = store.candidates(conn, plan, after, size)
+            if not ids:
+                break
+            now = clock()
+            rows = store.decide(conn, plan, ids, now)
+            flipped = [r.device_id for r in rows if r.state == CHANGED]
+            done = store.apply(conn, plan, flipped, now)
+            if done != len(flipped):  # cannot happen while the batch's rows are locked: never commit it
+                raise RuntimeError(f"flip batch after {after!r}: {len(flipped)} change rows, {done} devices switched")
+            if min_notice is not None:
+                store.set_due(conn, [(r.id, r.notice_at + min_notice) for r in rows if r.state == WAITING])
+        changed += done
+        count += 1
+        after = ids[-1]
+    return changed, count
+
+
+def _flip_result(conn: Connection, slug: str, campaign_id: int, changed: int, batches: int, at: dt.datetime,
+                 dry_run: bool) -> FlipResult:
+    o = store.outlook(conn, campaign_id)
+    return FlipResult(
+        campaign=slug, dry_run=dry_run, changed=changed, held_back=o.counts[HELD_BACK],
+        waiting=o.counts[WAITING], next_due=o.next_due, last_due=o.last_due, held_back_why=o.held_back_why,
+        held_back_devices=[{"device_id": r.device_id, "account_id": r.account_id, "note": r.note}
+                           for r in store.listing(conn, campaign_id, HELD_BACK, LISTED)],
+        waiting_devices=[{"device_id": r.device_id, "account_id": r.account_id, "notice_at": _iso(r.notice_at),
+                          "due_at": _iso(r.due_at)} for r in store.listing(conn, campaign_id, WAITING, LISTED)],
+        total_changed=o.counts[CHANGED], batches=batches, at=at)
+
+
+def _flip_counts(r: FlipResult) -> dict[str, Any]:
+    return {"changed": r.changed, "held_back": r.held_back, "waiting": r.waiting, "next_due": _iso(r.next_due),
+            "batches": r.batches}
+
+
+def rollback(engine: Engine, slug: str, actor: str, *, now: dt.datetime | None = None, dry_run: bool = False,
+             batch_size: int = BATCH) -> RollbackResult:
+    """`campaign rollback`: undo every change whose device still holds `to` and still carries the change's
+    id; mark the others `left` with what the device holds now; from then on the campaign's flip refuses.
+    Resumable: a rollback killed midway and started again goes on with the changes not yet decided."""
+    clock: Callable[[], dt.datetime] = (lambda: now) if now is not None else db.utcnow
+    with db.read(engine) as conn:
+        c = campaigns.get(conn, slug)
+    started = clock()
+    if dry_run:
+        with db.transaction(engine, actor, "rollback", campaign_id=c.id, dry_run=True) as tx:
+            result = _rollback_batches(_batches(engine, tx.conn), slug, c, clock, batch_size, started)
+            result.dry_run = True
+            _rollback_totals(tx.conn, c.id, result)
+            tx.note(rolled_back=result.rolled_back, left=result.left, batches=result.batches)
+        return result
+    result = _rollback_batches(_batches(engine, None), slug, c, clock, batch_size, started)
+    with db.transaction(engine, actor, "rollback", campaign_id=c.id) as tx:
+        _rollback_totals(tx.conn, c.id, result)
+        tx.note(rolled_back=result.rolled_back, left=result.left, batches=result.batches)
+    return result
+
+
+def _rollback_batches(batches: Batches, slug: str, c: campaigns.CampaignRow, clock: Callable[[], dt.datetime],
+                      size: int, started: dt.datetime) -> RollbackResult:
+    result = RollbackResult(campaign=slug, dry_run=False, rolled_back=0, left=0, at=started)
+    d = c.definition
+    after: int | None = None
+    first = True
+    while True:
+        with batches() as conn:
+            if first:  # from this commit on, the campaign's flip refuses
+                store.mark_campaign_rolled_back(conn, c.id, started)
+                first = False
+            ids = store.changed_ids(conn, c.id, after, size)
+            if not ids:
+                break
+            now = clock()
+            undone = store.undo(conn, c.id, d, ids[0], ids[-1], now)
+            store.mark_rolled_back(conn, undone, now)
+            left = store.mark_left(conn, c.id, d, ids[0], ids[-1], now)
+        result.rolled_back += len(undone)
+        result.left += len(left)
+        room = LISTED - len(result.left_devices)
+        result.left_devices.extend({"device_id": r.device_id, "account_id": r.account_id, "note": r.note}
+                                   for r in left[:max(room, 0)])
+        result.batches += 1
+        after = ids[-1]
+    return result
+
+
+def _rollback_totals(conn: Connection, campaign_id: int, result: RollbackResult) -> None:
+    o = store.outlook(conn, campaign_id)
+    result.total_rolled_back, result.total_left = o.counts["rolled_back"], o.counts["left"]

@@ -1,0 +1,267 @@
+"""The flip and its rollback: setting changes (the audit trail, never deleted) written together with the
+device settings they change, one keyset batch at a time.
+
+A flip batch: `candidates` (the next affected devices in id order; on PostgreSQL their setting rows are
+locked, so that an import racing with the flip cannot leave a change row without its change), `decide`
+(one `INSERT … SELECT … ON CONFLICT` of their change rows: changed, held back or waiting for fair notice),
+`apply` (one `UPDATE … FROM` that switches the devices decided `changed` and points each at its change).
+A rollback batch: `undo` (one `UPDATE … FROM … RETURNING` that puts `from` back where the device still
+holds `to` and still carries the change's id), then `mark_rolled_back` and `mark_left`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    ARRAY,
+    BigInteger,
+    ColumnElement,
+    Connection,
+    Row,
+    String,
+    and_,
+    any_,
+    bindparam,
+    case,
+    exists,
+    func,
+    literal,
+    null,
+    or_,
+    select,
+    true,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+
+from campaign.definition import Definition
+from campaign.models import (
+    CAMPAIGN,
+    CHANGED,
+    DELIVERY,
+    DEVICE,
+    DEVICE_SETTING,
+    HELD_BACK,
+    LEFT,
+    ROLLED_BACK,
+    SENT,
+    SETTING_CHANGE,
+    WAITING,
+    WAVE,
+)
+from campaign.store.audience import affected
+from campaign.store.reports import change_counts
+
+C, D, S, SC, DL, W = CAMPAIGN, DEVICE, DEVICE_SETTING, SETTING_CHANGE, DELIVERY, WAVE
+DECIDED = (CHANGED, ROLLED_BACK, LEFT)  # a device with one of these is never looked at again by a flip
+OPEN = (HELD_BACK, WAITING)  # decided again by every flip run
+HELD_NOTE = "no delivered notice (require_notice): `flip --include-unnotified` flips it anyway"
+WAITING_NOTE = "fair notice: first delivered notice came less than min_notice before the flip"
+
+
+def _in(conn: Connection, column: Any, values: Sequence[Any], type_: Any) -> ColumnElement[bool]:
+    """`column IN values` with one parameter whatever the count: `= ANY(array)` on PostgreSQL, a JSON
+    array unpacked by `json_each` on SQLite (5,000 placeholders would cost more to compile than to run)."""
+    if conn.dialect.name == "postgresql":
+        return column == any_(bindparam(None, list(values), type_=ARRAY(type_)))
+    each = func.json_each(bindparam(None, json.dumps(list(values)), type_=String)).table_valued("value")
+    return column.in_(select(each.c.value))
+
+
+def _insert(conn: Connection) -> Any:
+    return (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(SC)
+
+
+# -- the campaign ------------------------------------------------------------------------------------
+
+def campaign_state(conn: Connection, campaign_id: int) -> tuple[str, dt.datetime | None]:
+    """(state, rolled_back_at): what a flip checks before each batch."""
+    r = conn.execute(select(C.c.state, C.c.rolled_back_at).where(C.c.id == campaign_id)).one()
+    return r[0], r[1]
+
+
+def mark_campaign_rolled_back(conn: Connection, campaign_id: int, now: dt.datetime) -> None:
+    """Record that the campaign was rolled back (from then on its flip refuses); the first instant stays."""
+    conn.execute(update(C).where(C.c.id == campaign_id, C.c.rolled_back_at.is_(None)).values(rolled_back_at=now))
+
+
+def notice_waves(conn: Connection, campaign_id: int) -> list[int]:
+    """The ids of the campaign's `affected` waves: a `sent` delivery of one of them is a delivered notice."""
+    return list(conn.execute(select(W.c.id).where(W.c.campaign_id == campaign_id, W.c.audience == "affected")
+                             .order_by(W.c.id)).scalars())
+
+
+# -- the flip ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Plan:
+    """What one flip run decides with: the same for each of its batches."""
+
+    campaign_id: int
+    definition: Definition
+    actor: str
+    require_notice: bool  # the definition's, unless --include-unnotified
+    notice_waves: tuple[int, ...]
+
+
+def _not_decided(campaign_id: int) -> ColumnElement[bool]:
+    return ~exists().where(SC.c.campaign_id == campaign_id, SC.c.device_id == S.c.device_id,
+                           SC.c.state.in_(DECIDED))
+
+
+def candidates(conn: Connection, plan: Plan, after: str | None, limit: int) -> list[str]:
+    """The ids of the next `limit` affected devices after `after` that no flip has decided for good.
+    On PostgreSQL their setting rows stay locked until the batch commits."""
+    stmt = affected(plan.definition, S.c.device_id).where(_not_decided(plan.campaign_id))
+    if after is not None:
+        stmt = stmt.where(S.c.device_id > after)
+    stmt = stmt.order_by(S.c.device_id).limit(limit)
+    if conn.dialect.name == "postgresql":
+        stmt = stmt.with_for_update(of=S)
+    return list(conn.execute(stmt).scalars())
+
+
+def _notice_at(plan: Plan) -> Any:
+    """The account's first delivered notice: a delivery of an `affected` wave still `sent` (a bounce
+    reported later makes it `bounced`, and then it does not count)."""
+    if not plan.notice_waves:
+        return null()
+    return (select(func.min(DL.c.sent_at))
+            .where(DL.c.account_id == D.c.account_id, DL.c.campaign_id == plan.campaign_id, DL.c.state == SENT,
+                   DL.c.wave_id.in_(list(plan.notice_waves)))
+            .scalar_subquery())
+
+
+def decide(conn: Connection, plan: Plan, ids: Sequence[str], now: dt.datetime) -> list[Row[Any]]:
+    """Write the change rows of the batch `ids` (a list from `candidates`): `changed`, `held_back` (no
+    delivered notice, when required) or `waiting` (fair notice: the first notice came later than
+    `now - min_notice`). A row held back or waiting from an earlier run is decided again; one decided for
+    good is not touched. Returns (id, device_id, account_id, state, notice_at) of each row written."""
+    d = plan.definition
+    inner = (affected(d, S.c.device_id, D.c.account_id, _notice_at(plan).label("notice_at"))
+             .where(S.c.device_id >= ids[0], S.c.device_id <= ids[-1], _not_decided(plan.campaign_id)))
+    if conn.dialect.name == "postgresql":
+        inner = inner.where(_in(conn, S.c.device_id, ids, String))  # only the rows this batch has locked
+    sub = inner.subquery()
+    ts = SC.c.decided_at.type
+    whens: list[tuple[ColumnElement[bool], str]] = []
+    if plan.require_notice:
+        whens.append((sub.c.notice_at.is_(None), HELD_BACK))
+    if d.min_notice is not None:
+        whens.append((and_(sub.c.notice_at.is_not(None), sub.c.notice_at > literal(now - d.min_notice, ts)),
+                      WAITING))
+    state: Any = case(*whens, else_=literal(CHANGED)) if whens else literal(CHANGED)
+    notes: list[tuple[ColumnElement[bool], str]] = [(state == HELD_BACK, HELD_NOTE), (state == WAITING, WAITING_NOTE)]
+    src = select(
+        literal(plan.campaign_id), sub.c.device_id, sub.c.account_id, literal(d.setting), literal(d.from_value),
+        literal(d.to_value), state, literal(plan.actor), literal(now, ts), sub.c.notice_at,
+        case((state == CHANGED, literal(now, ts)), else_=null()),
+        case(*notes, else_=null()) if whens else null(),
+    ).where(true())  # SQLite needs a WHERE to parse INSERT … SELECT … ON CONFLICT
+    ins = _insert(conn).from_select(
+        ["campaign_id", "device_id", "account_id", "setting", "from_value", "to_value", "state", "actor",
+         "decided_at", "notice_at", "flipped_at", "note"], src)
+    x = ins.excluded
+    stmt = ins.on_conflict_do_update(
+        index_elements=[SC.c.campaign_id, SC.c.device_id],
+        set_={"state": x.state, "actor": x.actor, "decided_at": x.decided_at, "notice_at": x.notice_at,
+              "due_at": null(), "flipped_at": x.flipped_at, "note": x.note},
+        # decided again only when the decision differs (a second run changes nothing)
+        where=and_(SC.c.state.in_(OPEN), or_(SC.c.state != x.state, SC.c.notice_at.is_distinct_from(x.notice_at))))
+    return list(conn.execute(stmt.returning(SC.c.id, SC.c.device_id, SC.c.account_id, SC.c.state, SC.c.notice_at)))
+
+
+def set_due(conn: Connection, due: Sequence[tuple[int, dt.datetime]]) -> None:
+    """Give waiting change rows their fair-notice instant: [(change id, due_at)]."""
+    if due:
+        conn.execute(update(SC).where(SC.c.id == bindparam("cid")).values(due_at=bindparam("due")),
+                     [{"cid": i, "due": at} for i, at in due])
+
+
+def apply(conn: Connection, plan: Plan, device_ids: Sequence[str], now: dt.datetime) -> int:
+    """Switch the devices `device_ids` (decided `changed` in this batch) from `from` to `to`, each pointing at
+    its change row; returns how many were switched."""
+    if not device_ids:
+        return 0
+    d = plan.definition
+    stmt = (update(S)
+            .where(_in(conn, S.c.device_id, device_ids, String), S.c.key == d.setting, S.c.value == d.from_value,
+                   SC.c.campaign_id == plan.campaign_id, SC.c.device_id == S.c.device_id, SC.c.state == CHANGED)
+            .values(value=d.to_value, changed_at=now, change_id=SC.c.id))
+    return int(conn.execute(stmt).rowcount or 0)
+
+
+# -- the rollback ------------------------------------------------------------------------------------
+
+def changed_ids(conn: Connection, campaign_id: int, after: int | None, limit: int) -> list[int]:
+    """The ids of the next `limit` change rows still `changed`, after `after`."""
+    stmt = select(SC.c.id).where(SC.c.campaign_id == campaign_id, SC.c.state == CHANGED)
+    if after is not None:
+        stmt = stmt.where(SC.c.id > after)
+    return list(conn.execute(stmt.order_by(SC.c.id).limit(limit)).scalars())
+
+
+def undo(conn: Connection, campaign_id: int, d: Definition, lo: int, hi: int, now: dt.datetime) -> list[int]:
+    """Put `from` back on each device of the changes `lo`..`hi` that still holds `to` and still carries that
+    change's id (a person who set the value since, even back to `to`, cleared it); returns the change ids
+    undone. The device keeps the change's id: the value it holds again came from this change's rollback."""
+    stmt = (update(S)
+            .where(SC.c.campaign_id == campaign_id, SC.c.state == CHANGED, SC.c.id >= lo, SC.c.id <= hi,
+                   S.c.device_id == SC.c.device_id, S.c.key == d.setting, S.c.value == d.to_value,
+                   S.c.change_id == SC.c.id)
+            .values(value=d.from_value, changed_at=now)
+            .returning(S.c.change_id))
+    return [int(i) for i in conn.execute(stmt).scalars()]
+
+
+def mark_rolled_back(conn: Connection, change_ids: Sequence[int], now: dt.datetime) -> None:
+    if change_ids:
+        conn.execute(update(SC).where(_in(conn, SC.c.id, change_ids, BigInteger))
+                     .values(state=ROLLED_BACK, rolled_back_at=now))
+
+
+def mark_left(conn: Connection, campaign_id: int, d: Definition, lo: int, hi: int,
+              now: dt.datetime) -> list[Row[Any]]:
+    """Mark `left` the changes `lo`..`hi` still `changed` (those `undo` did not put back), each with a note of
+    what the device holds now; returns (device_id, account_id, note) of each."""
+    current = select(S.c.value).where(S.c.device_id == SC.c.device_id, S.c.key == d.setting).scalar_subquery()
+    note = case(
+        (current.is_(None), literal("left: the device no longer has this setting")),
+        (current == d.to_value, literal(f"left: its owner set {d.to_value!r} themselves since the flip")),
+        else_=literal("left: its owner changed it since the flip (now '") + current + literal("')"))
+    stmt = (update(SC).where(SC.c.campaign_id == campaign_id, SC.c.state == CHANGED, SC.c.id >= lo, SC.c.id <= hi)
+            .values(state=LEFT, note=note).returning(SC.c.device_id, SC.c.account_id, SC.c.note))
+    return list(conn.execute(stmt))
+
+
+# -- what a flip or rollback reports -----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Outlook:
+    counts: dict[str, int]
+    next_due: dt.datetime | None
+    last_due: dt.datetime | None
+    held_back_why: dict[str, int]
+
+
+def outlook(conn: Connection, campaign_id: int) -> Outlook:
+    """The campaign's change rows by state, when the waiting ones come due, why the held-back ones wait."""
+    counts = change_counts(conn, campaign_id)
+    first, last = conn.execute(select(func.min(SC.c.due_at), func.max(SC.c.due_at))
+                               .where(SC.c.campaign_id == campaign_id, SC.c.state == WAITING)).one()
+    why = {str(note or ""): int(n) for note, n in conn.execute(
+        select(SC.c.note, func.count()).where(SC.c.campaign_id == campaign_id, SC.c.state == HELD_BACK)
+        .group_by(SC.c.note).order_by(SC.c.note))}
+    return Outlook(counts, first, last, why)
+
+
+def listing(conn: Connection, campaign_id: int, state: str, limit: int) -> list[Row[Any]]:
+    """(device_id, account_id, notice_at, due_at, note) of the campaign's changes in `state`, by device."""
+    return list(conn.execute(
+        select(SC.c.device_id, SC.c.account_id, SC.c.notice_at, SC.c.due_at, SC.c.note)
+        .where(SC.c.campaign_id == campaign_id, SC.c.state == state).order_by(SC.c.device_id).limit(limit)))
