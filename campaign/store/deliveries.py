@@ -65,7 +65,8 @@ def materialize(conn: Connection, campaign_id: int, wave_id: int, who: Select[An
     stmt = dialect_insert(D).from_select(
         ["campaign_id", "wave_id", "account_id", "state", "email", "attempts", "expires_at", "updated_at"],
         rows).on_conflict_do_nothing(index_elements=["campaign_id", "wave_id", "account_id"])
-    return int(conn.execute(stmt).rowcount or 0)
+    # An INSERT's cursor is closed at once: keep its row count (SQLAlchemy drops it otherwise on SQLite).
+    return int(conn.execute(stmt.execution_options(preserve_rowcount=True)).rowcount or 0)
 
 
 def plan_windows(conn: Connection, wave_id: int, window: SendWindow, earliest: dt.datetime) -> int:

@@ -1,0 +1,180 @@
+"""The send ledger's store, directly, on a real SQLite file and a real PostgreSQL: materialize, claim under a
+lease, record, a lease lost and reclaimed, attempts counted, a record refused once the lease moved on."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import Engine, insert, select, update
+
+from campaign import db
+from campaign.definition import SendWindow
+from campaign.models import ACCOUNT, CAMPAIGN, DELIVERY, SUPPRESSION, WAVE
+from campaign.store import deliveries as store
+from campaign.store import workers
+from campaign.store.deliveries import LEASE, Result
+
+T0 = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
+EXPIRES = T0 + dt.timedelta(days=10)
+N = 6
+
+
+@pytest.fixture
+def wave(engine: Engine) -> Iterator[tuple[int, int]]:
+    """A campaign with one wave and N accounts (one of them suppressed); yields (campaign id, wave id)."""
+    with db.write(engine) as conn:
+        conn.execute(insert(ACCOUNT), [
+            {"id": f"a{i}", "email": f"user{i}@example.com", "name": f"User {i}", "locale": "en-US",
+             "timezone": "Asia/Tokyo" if i == 0 else "UTC", "country": "US", "created_at": T0, "updated_at": T0}
+            for i in range(N)])
+        conn.execute(insert(SUPPRESSION).values(email="USER5@example.com", reason="asked", source="manual",
+                                                created_at=T0, created_by="tester"))
+        campaign_id = conn.execute(insert(CAMPAIGN).values(
+            slug="c", name="C", definition="", source="c.toml", template="t", setting="s", from_value="a",
+            to_value="b", cutoff=EXPIRES, state="draft", created_at=T0, created_by="tester")).inserted_primary_key[0]
+        wave_id = conn.execute(insert(WAVE).values(campaign_id=campaign_id, name="notice", position=0, at=T0,
+                                                   audience="affected", expires=EXPIRES)).inserted_primary_key[0]
+        added = store.materialize(conn, campaign_id, wave_id, select(ACCOUNT.c.id), EXPIRES, T0)
+        assert added == N
+        assert store.materialize(conn, campaign_id, wave_id, select(ACCOUNT.c.id), EXPIRES, T0) == 0  # idempotent
+    yield campaign_id, wave_id
+
+
+def state(engine: Engine) -> dict[str, tuple[str, int, str | None]]:
+    with engine.connect() as conn:
+        rows = conn.execute(select(DELIVERY.c.account_id, DELIVERY.c.state, DELIVERY.c.attempts,
+                                   DELIVERY.c.lease_owner)).all()
+    return {r.account_id: (r.state, r.attempts, r.lease_owner) for r in rows}
+
+
+def test_materialize_records_the_suppressed(engine: Engine, wave: tuple[int, int]) -> None:
+    rows = state(engine)
+    assert rows["a5"] == ("suppressed", 0, None)  # matched without regard to case
+    assert {k: v for k, v in rows.items() if k != "a5"} == {f"a{i}": ("pending", 0, None) for i in range(5)}
+    with db.read(engine) as conn:
+        assert store.counts(conn, wave[1]) == {"pending": 5, "sending": 0, "sent": 0, "failed": 0, "bounced": 0,
+                                               "suppressed": 1, "skipped": 0, "expired": 0}
+
+
+def test_claim_then_record(engine: Engine, wave: tuple[int, int]) -> None:
+    _, wave_id = wave
+    with db.write(engine) as conn:
+        first = store.claim(conn, wave_id, "w1", 3, T0)
+        rest = store.claim(conn, wave_id, "w1", 10, T0)
+        none = store.claim(conn, wave_id, "w1", 10, T0)
+    assert len(first) == 3 and len(rest) == 2 and none == []
+    assert [c.id for c in first] == sorted(c.id for c in first)
+    assert {c.attempts for c in first + rest} == {1}
+    assert {c.account_id for c in first + rest} == {f"a{i}" for i in range(5)}
+    assert all(v == ("sending", 1, "w1") for k, v in state(engine).items() if k != "a5")
+    sent, retry, back = first
+    later = T0 + dt.timedelta(minutes=5)
+    with db.write(engine) as conn:
+        written = store.record(conn, "w1", [
+            Result(sent.id, "sent", T0, message_id="<m@x>", locale="en-US"),
+            Result(retry.id, "pending", T0, error="421 busy", next_attempt_at=later),
+            Result(back.id, "pending", T0, attempts_back=1, not_before=later),  # never tried: not counted
+        ])
+        assert written == 3
+        assert store.record(conn, "w1", [Result(sent.id, "sent", T0)]) == 0  # recorded once: idempotent
+    with engine.connect() as conn:
+        row = conn.execute(select(DELIVERY).where(DELIVERY.c.id == sent.id)).one()
+    assert (row.state, row.message_id, row.locale, row.lease_owner, row.lease_expires_at) == \
+        ("sent", "<m@x>", "en-US", None, None)
+    assert row.sent_at == T0 and row.sent_at.tzinfo is not None  # typed: an aware UTC datetime
+    rows = state(engine)
+    assert rows[retry.account_id] == ("pending", 1, None)
+    assert rows[back.account_id] == ("pending", 0, None)
+    with db.read(engine) as conn:
+        look = store.outlook(conn, wave_id, T0, ignore_window=False)
+        assert (look.due_now, look.waiting_retry, look.waiting_window, look.in_flight) == (0, 1, 1, 2)
+        assert look.next_due is not None and look.next_due <= later
+        assert store.outlook(conn, wave_id, T0, ignore_window=True).due_now == 1  # the window ignored
+    with db.write(engine) as conn:
+        assert store.claim(conn, wave_id, "w1", 10, T0) == []  # neither the retry nor the window is due
+        again = store.claim(conn, wave_id, "w1", 10, later)
+    assert {c.id: c.attempts for c in again} == {retry.id: 2, back.id: 1}  # attempts counted, the untried not
+
+
+def test_a_lost_lease_is_reclaimed_and_the_old_owner_cannot_record(engine: Engine, wave: tuple[int, int]) -> None:
+    _, wave_id = wave
+    with db.write(engine) as conn:
+        claimed = store.claim(conn, wave_id, "w1", 2, T0)
+    renewed_at = T0 + LEASE / 2
+    with db.write(engine) as conn:
+        assert store.renew(conn, "w1", [claimed[0].id], renewed_at) == 1
+        assert store.renew(conn, "someone-else", [claimed[1].id], renewed_at) == 0
+        assert store.reclaim(conn, wave_id, T0 + LEASE / 2) == 0  # nothing ran out yet
+        # The second lease runs out (not renewed); the first holds until renewed_at + LEASE.
+        assert store.reclaim(conn, wave_id, T0 + LEASE + dt.timedelta(seconds=1)) == 1
+    lost = claimed[1]
+    assert state(engine)[lost.account_id] == ("pending", 1, None)
+    with db.write(engine) as conn:
+        taken = store.claim(conn, wave_id, "w2", 10, T0 + LEASE + dt.timedelta(seconds=2))
+    assert lost.id in {c.id for c in taken}
+    assert next(c for c in taken if c.id == lost.id).attempts == 2  # the lost attempt counts
+    with db.write(engine) as conn:
+        # w1 wakes up and records what it no longer holds: refused, w2's lease stands.
+        assert store.record(conn, "w1", [Result(lost.id, "sent", T0, message_id="<m@x>")]) == 0
+        assert store.record(conn, "w1", [Result(claimed[0].id, "sent", T0)]) == 1  # what it still holds
+    assert state(engine)[lost.account_id] == ("sending", 2, "w2")
+
+
+def test_a_dead_workers_leases_come_back_at_once(engine: Engine, wave: tuple[int, int]) -> None:
+    campaign_id, wave_id = wave
+    with db.write(engine) as conn:
+        workers.beat(conn, "host:1:x", "host", 1, campaign_id, wave_id, T0)
+        workers.beat(conn, "host:1:x", "host", 1, campaign_id, wave_id, T0 + dt.timedelta(seconds=5))  # upsert
+        workers.beat(conn, "host:2:y", "host", 2, campaign_id, wave_id, T0)
+        store.claim(conn, wave_id, "host:1:x", 2, T0)
+        store.claim(conn, wave_id, "host:2:y", 2, T0)
+    with db.write(engine) as conn:
+        rows = {w.id: w for w in workers.of_campaign(conn, campaign_id)}
+        assert rows["host:1:x"].heartbeat_at == T0 + dt.timedelta(seconds=5)  # typed: aware, compared as is
+        assert store.reclaim(conn, wave_id, T0, dead_owners=["host:1:x"]) == 2
+        workers.remove(conn, ["host:1:x"])
+        assert [w.id for w in workers.of_campaign(conn, campaign_id)] == ["host:2:y"]
+    assert sorted(v for v in state(engine).values() if v[0] == "sending") == [("sending", 1, "host:2:y")] * 2
+
+
+def test_expire_and_plan_windows(engine: Engine, wave: tuple[int, int]) -> None:
+    _, wave_id = wave
+    window = SendWindow(dt.time(9, 0), dt.time(17, 0))
+    with db.write(engine) as conn:
+        assert store.plan_windows(conn, wave_id, window, T0) == 2  # two zones: Asia/Tokyo and UTC
+        rows = dict(conn.execute(select(DELIVERY.c.account_id, DELIVERY.c.not_before)).all())
+    assert rows["a1"] == T0  # 12:00 UTC: open now
+    assert rows["a0"] == dt.datetime(2026, 3, 2, 0, 0, tzinfo=dt.UTC)  # 21:00 in Tokyo: opens at 09:00 JST
+    assert rows["a5"] is None  # suppressed: never planned
+    with db.write(engine) as conn:
+        assert store.expire(conn, wave_id, EXPIRES - dt.timedelta(seconds=1)) == 0
+        assert store.expire(conn, wave_id, EXPIRES) == 5
+        assert store.counts(conn, wave_id)["expired"] == 5
+
+
+def test_concurrent_claims_never_share_a_row(db_url: str, engine: Engine, wave: tuple[int, int]) -> None:
+    _, wave_id = wave
+    if db_url.startswith("sqlite"):
+        # One writer at a time (BEGIN IMMEDIATE): the second claim runs after the first committed.
+        with db.write(engine) as first:
+            mine = store.claim(first, wave_id, "w1", 2, T0)
+        with db.write(engine) as second:
+            theirs = store.claim(second, wave_id, "w2", 10, T0)
+    else:
+        with engine.connect() as first, first.begin():
+            mine = store.claim(first, wave_id, "w1", 2, T0)
+            with engine.connect() as second, second.begin():
+                theirs = store.claim(second, wave_id, "w2", 10, T0)  # no wait for the first: skips its rows
+    assert len(mine) == 2 and len(theirs) == 3
+    assert not {c.id for c in mine} & {c.id for c in theirs}
+
+
+def test_dry_run_preview_queries(engine: Engine, wave: tuple[int, int]) -> None:
+    _, wave_id = wave
+    with db.write(engine) as conn:
+        conn.execute(update(ACCOUNT).where(ACCOUNT.c.id == "a1").values(locale="de-DE"))
+        assert store.pending_by_locale(conn, wave_id) == {"de-DE": 1, "en-US": 4}
+        assert [r["account_id"] for r in store.first_pending(conn, wave_id, limit=2)] == ["a0", "a1"]
+        assert store.sent_since(conn, wave_id, T0) == 0
