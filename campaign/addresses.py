@@ -51,7 +51,7 @@ def normalize_slow(value: str) -> str:
         raise ValueError(f"{value!r} is not a valid email address: {exc}") from None
 
 
-@functools.lru_cache(maxsize=8192)
+@functools.lru_cache(maxsize=1 << 16)  # a long tail of company domains: about 20 MiB at most
 def _domain(domain: str) -> tuple[str, str, int] | None:
     """(normalized domain, its ASCII form, the longer of the two in octets), or None when email-validator
     refuses it (normalize_slow then words why)."""
