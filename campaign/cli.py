@@ -553,9 +553,12 @@ def scheduler_group() -> None:
 @click.option("--once", is_flag=True, help="Do what is due now (overdue steps included), then exit.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes for each wave it sends.")
+@click.option("--poll", type=click.FloatRange(min=0.1), default=scheduling.TICK_SECONDS, show_default=True,
+              metavar="SECONDS", help="How often to look for work besides each step's own alarm: send windows "
+              "that opened, retries, fair notice that has run; also how often the lead is renewed.")
 @click.option("-v", "--verbose", is_flag=True, help="Log more (one line per step is always logged).")
 @pass_app
-def scheduler_run(app: App, once: bool, workers: int, verbose: bool) -> None:
+def scheduler_run(app: App, once: bool, workers: int, poll: float, verbose: bool) -> None:
     """Run every due wave and flip of every scheduled campaign, now and as they come due.
 
     \b
@@ -573,7 +576,7 @@ def scheduler_run(app: App, once: bool, workers: int, verbose: bool) -> None:
     if not verbose:
         for noisy in ("apscheduler", "alembic"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
-    performed = scheduling.run(app.engine(), app.config, once=once, workers=workers)
+    performed = scheduling.run(app.engine(), app.config, once=once, workers=workers, poll=poll)
     if once:
         click.echo(f"did {len(performed)} step(s)" + (f": {', '.join(performed)}" if performed else ""))
 

@@ -25,13 +25,10 @@ CLOCK_ENV = "CAMPAIGN_CLOCK"
 
 
 @functools.cache
-def _clock_offset() -> dt.timedelta:
-    """How far this process's clock is set from the real one: `CAMPAIGN_CLOCK=INSTANT` (ISO 8601 with an offset)
-    starts it at INSTANT, running at normal speed from there. For rehearsals and the demo, which replays a
-    campaign whose dates have passed; unset, the clock is the real one."""
-    value = os.environ.get(CLOCK_ENV)
-    if not value:
-        return dt.timedelta(0)
+def _clock_offset(value: str) -> dt.timedelta:
+    """How far the clock `CAMPAIGN_CLOCK=INSTANT` (ISO 8601 with an offset) is set from the real one: it starts at
+    INSTANT when first read in this process and runs at normal speed from there. For rehearsals and the demo,
+    which replays a campaign whose dates have passed; unset, the clock is the real one."""
     try:
         start = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
@@ -42,8 +39,10 @@ def _clock_offset() -> dt.timedelta:
 
 
 def utcnow() -> dt.datetime:
-    """Now, as an aware UTC datetime (see `_clock_offset` for the simulated clock of the demo)."""
-    return dt.datetime.now(UTC) + _clock_offset()
+    """Now, as an aware UTC datetime (`CAMPAIGN_CLOCK` simulates another time: see `_clock_offset`)."""
+    simulated = os.environ.get(CLOCK_ENV)
+    now = dt.datetime.now(UTC)
+    return now + _clock_offset(simulated) if simulated else now
 
 
 class UTCDateTime(TypeDecorator[dt.datetime]):

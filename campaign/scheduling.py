@@ -166,6 +166,9 @@ class Leadership:
         self._lock_conn: Connection | None = None
 
     def try_lead(self, now: dt.datetime) -> bool:
+        if self._lock_conn is not None and not self._lock_alive():
+            log.warning("the connection holding the scheduler lock was lost; taking the lock again")
+            self._drop_lock()
         if self.engine.dialect.name == "postgresql" and self._lock_conn is None:
             conn = self.engine.connect()
             try:
@@ -178,11 +181,25 @@ class Leadership:
                 conn.close()
                 return False
             self._lock_conn = conn
-            with db.write(self.engine) as w:  # the lock is ours: a stale lease row of a dead leader is not
-                steps.drop_lease(w, LEADER, steps.lease_holder(w, LEADER, dt.datetime.max.replace(tzinfo=dt.UTC))
-                                 or self.holder)
         with db.write(self.engine) as conn:
-            return steps.take_lease(conn, LEADER, self.holder, now, LEASE_TTL)
+            # On PostgreSQL the advisory lock decides, and the server frees it the moment its holder dies: the lease
+            # row, for everyone to see who leads, is then ours whatever it says.
+            return steps.take_lease(conn, LEADER, self.holder, now, LEASE_TTL, force=self._lock_conn is not None)
+
+    def _lock_alive(self) -> bool:
+        assert self._lock_conn is not None
+        try:
+            self._lock_conn.exec_driver_sql("SELECT 1")  # a probe: is the session (and its lock) still there?
+            self._lock_conn.commit()
+            return True
+        except Exception:
+            return False
+
+    def _drop_lock(self) -> None:
+        if self._lock_conn is not None:
+            with contextlib.suppress(Exception):
+                self._lock_conn.invalidate()
+            self._lock_conn = None
 
     def holder_now(self, now: dt.datetime) -> str | None:
         with db.read(self.engine) as conn:
@@ -195,9 +212,8 @@ class Leadership:
             with contextlib.suppress(Exception):
                 steps.advisory_unlock(self._lock_conn, ADVISORY_KEY)
                 self._lock_conn.commit()
-            with contextlib.suppress(Exception):
                 self._lock_conn.close()
-            self._lock_conn = None
+            self._drop_lock()
 
 
 # -- the scheduler -----------------------------------------------------------------------------------------
@@ -215,6 +231,7 @@ class Scheduler:
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
         self._child: asyncio.subprocess.Process | None = None
+        self._leading = False
         self.performed: list[str] = []
 
     # steps
@@ -263,7 +280,7 @@ class Scheduler:
                 steps.hand_back(conn, self.id)
             raise
         with db.write(self.engine) as conn:
-            if retry and not self._stop.is_set():
+            if retry and not self._stop.is_set() and self._leading:
                 steps.hand_back(conn, self.id)
                 steps.register(conn, step.campaign_id, [(step.name, db.utcnow() + RETRY_STEP)])
             elif retry:
@@ -297,18 +314,18 @@ class Scheduler:
         that opened, a retry), then devices whose fair notice has run."""
         now = db.utcnow()
         for step in [s for s in await self._db(steps.pending) if s.due_at <= now]:
-            if self._stop.is_set():
+            if self._stop.is_set() or not self._leading:
                 return
             await self._run_step(step)
         for slug, wave in await self._db(_waves_with_work, db.utcnow()):
-            if self._stop.is_set():
+            if self._stop.is_set() or not self._leading:
                 return
             log.info("%s: wave %s has deliveries due again (send window, retry): sending", slug, wave)
             code, _out, err = await self._campaign("send", slug, "--wave", wave, "--workers", str(self.workers))
             if code != 0:
                 log.warning("%s: wave %s: %s", slug, wave, _last_line(err))
         for slug in await self._db(steps.campaigns_with_due_changes, db.utcnow()):
-            if self._stop.is_set():
+            if self._stop.is_set() or not self._leading:
                 return
             log.info("%s: fair notice has run for waiting devices: flipping them", slug)
             code, _out, err = await self._campaign("flip", slug)
@@ -336,6 +353,9 @@ class Scheduler:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
+        self._stop_child()
+
+    def _stop_child(self) -> None:
         if self._child is not None and self._child.returncode is None:
             # The step's process stops as a killed `send` or `flip` does; the step is handed back.
             with contextlib.suppress(ProcessLookupError):
@@ -347,16 +367,23 @@ class Scheduler:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.stop)
         try:
-            if not await self._lead(once):
-                return self.performed
-            with db.write(self.engine) as conn:
-                handed = steps.hand_back(conn)
-            if handed:
-                log.info("took over %d step(s) left running by a scheduler that is gone", handed)
-            if once:
-                await self._tick()
-                return self.performed
-            await self._serve()
+            while not self._stop.is_set():
+                if not await self._lead(once):
+                    break
+                with db.write(self.engine) as conn:
+                    handed = steps.hand_back(conn)
+                if handed:
+                    log.info("took over %d step(s) left running by a scheduler that is gone", handed)
+                keeper = asyncio.create_task(self._keep_lead())
+                try:
+                    if once:
+                        await self._tick()
+                        break
+                    await self._serve(keeper)
+                finally:
+                    keeper.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await keeper
         finally:
             self.leadership.release()
         return self.performed
@@ -365,6 +392,7 @@ class Scheduler:
         while not self._stop.is_set():
             if await asyncio.to_thread(self.leadership.try_lead, db.utcnow()):
                 log.info("scheduler %s leads", self.id)
+                self._leading = True
                 return True
             holder = self.leadership.holder_now(db.utcnow())
             if once:
@@ -374,7 +402,23 @@ class Scheduler:
                 await asyncio.wait_for(self._stop.wait(), timeout=min(self.tick_seconds, 10.0))
         return False
 
-    async def _serve(self) -> None:
+    async def _keep_lead(self) -> None:
+        """Renew the lead while leading — also while a long step runs; returns when it is lost."""
+        every = LEASE_TTL.total_seconds() / 3
+        while True:
+            await asyncio.sleep(every)
+            try:
+                kept = await asyncio.to_thread(self.leadership.try_lead, db.utcnow())
+            except Exception as exc:  # the database is away: the lease runs on until it is back or expires
+                log.warning("could not renew the lead: %s", exc)
+                continue
+            if not kept:
+                log.warning("lost the lead to another scheduler; stopping the step in progress")
+                self._leading = False
+                self._stop_child()
+                return
+
+    async def _serve(self, keeper: asyncio.Task[None]) -> None:
         from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
         scheduler = AsyncIOScheduler(timezone=dt.UTC, job_defaults={
@@ -382,11 +426,7 @@ class Scheduler:
         scheduler.add_job(self._wake.set, "interval", seconds=self.tick_seconds, id="tick", replace_existing=True)
         scheduler.start()
         try:
-            while not self._stop.is_set():
-                if not await asyncio.to_thread(self.leadership.try_lead, db.utcnow()):
-                    log.warning("lost the lead; waiting to take it back")
-                    if not await self._lead(once=False):
-                        break
+            while not self._stop.is_set() and not keeper.done():
                 self._alarms(scheduler)
                 await self._tick()
                 self._wake.clear()
@@ -408,9 +448,9 @@ def _waves_with_work(conn: Connection, now: dt.datetime) -> list[tuple[str, str]
     return out
 
 
-def run(engine: Engine, config: Config, once: bool = False, workers: int = 1) -> list[str]:
+def run(engine: Engine, config: Config, once: bool = False, workers: int = 1, poll: float = TICK_SECONDS) -> list[str]:
     """`campaign scheduler run`."""
-    return asyncio.run(Scheduler(engine, config, workers=workers).run(once=once))
+    return asyncio.run(Scheduler(engine, config, workers=workers, tick=poll).run(once=once))
 
 
 def _last_line(text: str) -> str:

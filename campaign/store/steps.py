@@ -88,13 +88,15 @@ def next_step(conn: Connection, campaign_id: int) -> StepRow | None:
 
 # -- leadership -----------------------------------------------------------------------------------------
 
-def take_lease(conn: Connection, name: str, holder: str, now: dt.datetime, ttl: dt.timedelta) -> bool:
-    """Take or renew the lease `name` for `holder` until now + ttl, unless someone else holds it unexpired."""
+def take_lease(conn: Connection, name: str, holder: str, now: dt.datetime, ttl: dt.timedelta,
+               force: bool = False) -> bool:
+    """Take or renew the lease `name` for `holder` until now + ttl, unless someone else holds it unexpired (or
+    `force`: the caller knows the other holder is gone)."""
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     stmt = dialect.insert(L).values(name=name, holder=holder, expires_at=now + ttl)
     conn.execute(stmt.on_conflict_do_update(
         index_elements=[L.c.name], set_={"holder": holder, "expires_at": now + ttl},
-        where=(L.c.holder == holder) | (L.c.expires_at < now)))
+        where=None if force else (L.c.holder == holder) | (L.c.expires_at < now)))
     return conn.execute(select(L.c.holder).where(L.c.name == name)).scalar_one() == holder
 
 

@@ -1,0 +1,231 @@
+"""`schedule` and `scheduler run`: each step once, on time, even after downtime and with two schedulers (G8),
+on SQLite and PostgreSQL, against a real SMTP server; time is simulated with CAMPAIGN_CLOCK."""
+
+from __future__ import annotations
+
+import datetime as dt
+import email
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, text
+
+from tests.conftest import ROOT, CliRun, table_counts
+from tests.smtpd import SmtpServer
+
+SLUG = "voice-local-processing"
+CUTOFF = dt.datetime(2031, 3, 28, 7, 0, tzinfo=dt.UTC)
+N = 12
+ACCOUNTS = ("account_id,email,name,locale,timezone,country\n"
+            + "".join(f"a{i:03d},user{i}@example.com,User {i},{loc},{tz},{c}\n" for i, (loc, tz, c) in enumerate(
+                [("en-US", "America/New_York", "US"), ("de-DE", "Europe/Berlin", "DE"),
+                 ("ja-JP", "Asia/Tokyo", "JP"), ("es-US", "America/Los_Angeles", "US")] * (N // 4))))
+DEVICES = ("device_id,account_id,name,model,voice_recordings\n"
+           + "".join(f"d{i:03d},a{i:03d},Room {i},Echo Show 10,do_not_send\n" for i in range(N)))
+
+
+def at(delta: dt.timedelta) -> str:
+    return (CUTOFF + delta).isoformat()
+
+
+def definition(tmp: Path) -> Path:
+    text_ = (ROOT / "data" / "voice-local-processing.toml").read_text(encoding="utf-8")
+    text_ = text_.replace('cutoff = "2025-03-28T00:00:00-07:00"', 'cutoff = "2031-03-28T00:00:00-07:00"')
+    start, end = text_.index("[send_window]"), text_.index("[context]")
+    text_ = text_[:start] + ("[limits]\nrate_per_second = 500\nconcurrency = 4\nmax_attempts = 3\n"
+                             "retry_base_seconds = 0.01\nretry_max_seconds = 0.02\n\n") + text_[end:]
+    path = tmp / "def.toml"
+    path.write_text(text_, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def scheduled(run_cli: CliRun, write_file: Callable[..., Path], tmp_path: Path) -> None:
+    """12 accounts with one affected device each, the campaign created and scheduled 20 days before the cutoff."""
+    clock = {"CAMPAIGN_CLOCK": at(-dt.timedelta(days=20))}
+    assert run_cli("import", "accounts", str(write_file("a.csv", ACCOUNTS)), env=clock).exit_code == 0
+    assert run_cli("import", "devices", str(write_file("d.csv", DEVICES)), env=clock).exit_code == 0
+    result = run_cli("create", str(definition(tmp_path)), env=clock)
+    assert result.exit_code == 0, result.output
+    result = run_cli("schedule", SLUG, env=clock)
+    assert result.exit_code == 0, result.output
+
+
+class Done:
+    """A finished scheduler process: its exit code and what it printed."""
+
+    def __init__(self, proc: subprocess.Popen[str], timeout: float = 240) -> None:
+        self.stdout, self.stderr = proc.communicate(timeout=timeout)
+        self.returncode = proc.returncode
+
+
+def run_once(db_url: str, smtpd: SmtpServer, cwd: Path, clock: str, *args: str) -> Done:
+    return Done(scheduler(db_url, smtpd, cwd, clock, "--once", *args))
+
+
+def scheduler(db_url: str, smtpd: SmtpServer, cwd: Path, clock: str, *args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "CAMPAIGN_DATABASE_URL": db_url, "CAMPAIGN_SMTP_URL": smtpd.url,
+           "CAMPAIGN_TEMPLATES": str(ROOT / "templates"), "CAMPAIGN_CLOCK": clock, "CAMPAIGN_ACTOR": "ops"}
+    return subprocess.Popen([sys.executable, "-m", "campaign", "scheduler", "run", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def received(smtpd: SmtpServer) -> Counter[tuple[str, str]]:
+    """(wave, recipient) → how many messages the server took."""
+    return Counter((email.message_from_bytes(m.data)["X-Campaign-Wave"], m.recipients[0]) for m in smtpd.messages)
+
+
+def rows(engine: Engine, sql: str) -> list[tuple[object, ...]]:
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(text(sql)).all()]
+
+
+def steps(engine: Engine) -> dict[str, str]:
+    return {str(n): str(s) for n, s in rows(engine, "SELECT name, state FROM step")}
+
+
+# -- schedule ---------------------------------------------------------------------------------------------
+
+def test_schedule_registers_each_wave_and_the_flip(run_cli: CliRun, engine: Engine, scheduled: None) -> None:
+    got = {str(n): (str(s), d) for n, s, d in rows(engine, "SELECT name, state, due_at FROM step")}
+    assert set(got) == {"wave:notice", "wave:reminder", "wave:confirmation", "flip"}
+    assert all(state == "pending" for state, _ in got.values())
+    assert rows(engine, "SELECT state FROM campaign") == [("scheduled",)]
+    status = json.loads(run_cli("status", SLUG, "--json", env={"CAMPAIGN_CLOCK": at(-dt.timedelta(days=20))}).stdout)
+    assert status["next_step"]["step"] == "wave:notice"
+    assert status["next_step"]["due_at"].startswith("2031-03-14T07:00:00")
+    again = run_cli("schedule", SLUG, env={"CAMPAIGN_CLOCK": at(-dt.timedelta(days=19))})
+    assert again.exit_code == 1 and "scheduled already" in again.stderr
+    events = rows(engine, "SELECT actor, action FROM audit_event WHERE action = 'campaign.schedule'")
+    assert events == [("tester", "campaign.schedule")]
+
+
+def test_schedule_refuses_a_past_cutoff(run_cli: CliRun, engine: Engine, write_file: Callable[..., Path],
+                                        tmp_path: Path) -> None:
+    assert run_cli("import", "accounts", str(write_file("a.csv", ACCOUNTS))).exit_code == 0
+    assert run_cli("import", "devices", str(write_file("d.csv", DEVICES))).exit_code == 0
+    assert run_cli("create", str(definition(tmp_path))).exit_code == 0
+    result = run_cli("schedule", SLUG, env={"CAMPAIGN_CLOCK": at(dt.timedelta(minutes=1))})
+    assert result.exit_code == 2 and "has passed" in result.stderr
+    assert rows(engine, "SELECT COUNT(*) FROM step") == [(0,)]
+    assert rows(engine, "SELECT state FROM campaign") == [("draft",)]
+
+
+def test_schedule_dry_run_prints_the_timeline_and_writes_nothing(run_cli: CliRun, engine: Engine, db_url: str,
+                                                               write_file: Callable[..., Path], tmp_path: Path) -> None:
+    assert run_cli("import", "accounts", str(write_file("a.csv", ACCOUNTS))).exit_code == 0
+    assert run_cli("import", "devices", str(write_file("d.csv", DEVICES))).exit_code == 0
+    assert run_cli("create", str(definition(tmp_path))).exit_code == 0
+    before = table_counts(engine)
+    digest = hashlib.sha256(Path(db_url.removeprefix("sqlite:///")).read_bytes()).hexdigest() \
+        if db_url.startswith("sqlite") else None
+    result = run_cli("schedule", SLUG, "--dry-run", "--json", env={"CAMPAIGN_CLOCK": at(-dt.timedelta(days=20))})
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["dry_run"] is True and out["rendered"] == 3 * N
+    by_step = {i["step"]: i for i in out["timeline"]}
+    assert [i["step"] for i in out["timeline"]] == ["wave:notice", "wave:reminder", "flip", "wave:confirmation"]
+    assert by_step["wave:notice"]["at"] == "2031-03-14T07:00:00+00:00"
+    assert by_step["wave:notice"]["at_cutoff_offset"] == "2031-03-14T00:00:00-07:00"  # the definition's own offset
+    assert by_step["wave:notice"]["recipients_now"] == N
+    assert by_step["flip"]["devices_now"] == N
+    text_out = run_cli("schedule", SLUG, "--dry-run", env={"CAMPAIGN_CLOCK": at(-dt.timedelta(days=20))})
+    assert "2031-03-14T00:00:00-07:00" in text_out.stdout and "dry run" in text_out.stdout
+    assert table_counts(engine) == before
+    if digest is not None:
+        assert hashlib.sha256(Path(db_url.removeprefix("sqlite:///")).read_bytes()).hexdigest() == digest
+
+
+# -- scheduler run -----------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_down_at_the_cutoff_flips_once_on_start_and_sends_nothing_late(
+        engine: Engine, db_url: str, smtpd: SmtpServer, workdir: Path, scheduled: None) -> None:
+    # The notice comes due: the scheduler sends it.
+    proc = run_once(db_url, smtpd, workdir, at(-dt.timedelta(days=13)))
+    assert proc.returncode == 0, proc.stderr
+    assert "wave:notice" in proc.stdout and "wave:notice due" in proc.stderr
+    assert received(smtpd) == Counter({("notice", f"user{i}@example.com"): 1 for i in range(N)})
+    # Down from before the reminder until after the cutoff: on start it flips once; the reminder (an
+    # `affected` wave, expired at the cutoff) is never sent.
+    proc = run_once(db_url, smtpd, workdir, at(dt.timedelta(hours=1)))
+    assert proc.returncode == 0, proc.stderr
+    assert steps(engine) == {"wave:notice": "done", "wave:reminder": "expired", "flip": "done",
+                             "wave:confirmation": "pending"}
+    assert not [k for k in received(smtpd) if k[0] == "reminder"]
+    assert rows(engine, "SELECT COUNT(*), COUNT(DISTINCT device_id) FROM setting_change WHERE state = 'changed'") \
+        == [(N, N)]
+    assert rows(engine, "SELECT DISTINCT value FROM device_setting") == [("dont_save",)]
+    # Started again, nothing more happens; two hours after the cutoff the confirmation goes out, once.
+    proc = run_once(db_url, smtpd, workdir, at(dt.timedelta(hours=1, minutes=5)))
+    assert proc.returncode == 0 and "did 0 step(s)" in proc.stdout, proc.stderr
+    proc = run_once(db_url, smtpd, workdir, at(dt.timedelta(hours=3)))
+    assert proc.returncode == 0, proc.stderr
+    got = received(smtpd)
+    assert {k: v for k, v in got.items() if k[0] == "confirmation"} == \
+        {("confirmation", f"user{i}@example.com"): 1 for i in range(N)}
+    assert max(got.values()) == 1
+    assert rows(engine, "SELECT COUNT(*) FROM setting_change") == [(N,)]
+    assert set(steps(engine).values()) <= {"done", "expired"}
+
+
+@pytest.mark.slow
+def test_two_schedulers_do_each_step_once(engine: Engine, db_url: str, smtpd: SmtpServer, workdir: Path,
+                                          scheduled: None) -> None:
+    clock = at(-dt.timedelta(days=13))
+    procs = [scheduler(db_url, smtpd, workdir, clock, "--once") for _ in range(2)]
+    done = [Done(p) for p in procs]
+    # One led and sent; the other found the lead taken (exit 1, said so) or, starting later, nothing left to do.
+    outcomes = sorted((d.returncode, d.stdout, d.stderr) for d in done)
+    assert outcomes[0][0] == 0, outcomes
+    assert (outcomes[1][0] == 0 and "did 0 step(s)" in outcomes[1][1]) or \
+        (outcomes[1][0] == 1 and "another scheduler leads" in outcomes[1][2]), outcomes
+    assert received(smtpd) == Counter({("notice", f"user{i}@example.com"): 1 for i in range(N)})
+    assert steps(engine)["wave:notice"] == "done"
+
+
+@pytest.mark.slow
+def test_a_waiting_scheduler_takes_over_when_the_leader_dies(engine: Engine, db_url: str, smtpd: SmtpServer,
+                                                             workdir: Path, scheduled: None) -> None:
+    clock = at(-dt.timedelta(days=15))  # nothing due yet
+    leader = scheduler(db_url, smtpd, workdir, clock, "--poll", "1")
+    deadline = time.monotonic() + 60
+    while not rows(engine, "SELECT holder FROM lease WHERE name = 'scheduler'") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    (holder,) = rows(engine, "SELECT holder FROM lease WHERE name = 'scheduler'")[0]
+    standby = scheduler(db_url, smtpd, workdir, clock, "--poll", "1")
+    time.sleep(3)
+    assert standby.poll() is None and rows(engine, "SELECT holder FROM lease") == [(holder,)]
+    os.kill(leader.pid, signal.SIGKILL)
+    leader.communicate(timeout=10)
+    killed = time.monotonic()
+    while time.monotonic() - killed < 70:
+        now_held = rows(engine, "SELECT holder FROM lease WHERE name = 'scheduler'")
+        if now_held and now_held[0][0] != holder:
+            break
+        time.sleep(0.5)
+    took = time.monotonic() - killed
+    standby.send_signal(signal.SIGTERM)
+    out, err = standby.communicate(timeout=30)
+    assert standby.returncode == 0, err
+    assert "leads" in err and took < 60, (took, err)
+    # SIGTERM let it go cleanly: the lease is given up.
+    assert rows(engine, "SELECT COUNT(*) FROM lease") == [(0,)]
+
+
+def test_scheduler_once_with_nothing_due(db_url: str, smtpd: SmtpServer, workdir: Path, scheduled: None,
+                                         engine: Engine) -> None:
+    proc = run_once(db_url, smtpd, workdir, at(-dt.timedelta(days=19)))
+    assert proc.returncode == 0, proc.stderr
+    assert "did 0 step(s)" in proc.stdout
+    assert not smtpd.messages
+    assert set(steps(engine).values()) == {"pending"}
