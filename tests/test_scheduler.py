@@ -215,7 +215,7 @@ def test_a_waiting_scheduler_takes_over_when_the_leader_dies(engine: Engine, db_
         time.sleep(0.5)
     took = time.monotonic() - killed
     standby.send_signal(signal.SIGTERM)
-    out, err = standby.communicate(timeout=30)
+    _out, err = standby.communicate(timeout=30)
     assert standby.returncode == 0, err
     assert "leads" in err and took < 60, (took, err)
     # SIGTERM let it go cleanly: the lease is given up.
