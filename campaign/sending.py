@@ -557,8 +557,9 @@ class Worker:
             if len(self._sends) >= ahead:
                 # Build only a little ahead of the connections: CPU and network then take turns evenly.
                 done, self._sends = await asyncio.wait(self._sends, return_when=asyncio.FIRST_COMPLETED)
-                for t in done:
-                    t.result()  # a database that stayed away stops the send here
+                failed = [t.exception() for t in done if t.exception() is not None]
+                if failed:  # a database that stayed away stops the send here
+                    raise failed[0]  # type: ignore[misc]
             elif n % 4 == 3:
                 await asyncio.sleep(0)
         if settled:  # what needed no SMTP: suppressed, expired, window, skipped, handed back

@@ -3,6 +3,7 @@ broken mail caught (G5), retries, bounces, pauses, windows, crashes — on SQLit
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import email
 import hashlib
@@ -14,9 +15,10 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from email.policy import default
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, text
@@ -350,3 +352,146 @@ def test_leases_are_renewed_while_a_slow_batch_is_in_flight(run_cli: CliRun, eng
     assert taken == 0
     assert sorted(slow.sent) == sorted(f"user{i}@example.com" for i in range(40))
     assert notice(run_cli)["sent"] == 40
+
+
+# -- a lost database: a PostgreSQL server of the test's own, restarted or stopped in the middle of a send -----
+
+PG_BIN = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: int(p.parts[-3]))
+
+
+class _OwnPostgres:
+    """A PostgreSQL server for one test (never the shared test server: other tests use it meanwhile)."""
+
+    def __init__(self, port: int) -> None:
+        self.port, self.data = port, Path(f"/tmp/campaign-pg-restart-{port}")
+        admin = subprocess.run([str(ROOT / ".ci" / "postgres"), str(port), str(self.data)], check=True,
+                               capture_output=True, text=True).stdout.strip()
+        from sqlalchemy import create_engine
+        engine = create_engine(admin, isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.execute(text('CREATE DATABASE "campaign"'))
+        engine.dispose()
+        self.url = admin.rsplit("/", 1)[0] + "/campaign"
+
+    def start(self) -> None:  # as .ci/postgres starts it: `pg_ctl start` alone would forget the port
+        self.pg_ctl("-l", f"'{self.data}/server.log'", "-o", f"\"-h 127.0.0.1 -p {self.port} -k '{self.data}' "
+                    "-c fsync=off -c synchronous_commit=off\"", "start")
+
+    def pg_ctl(self, *args: str) -> None:
+        cmd = f"'{PG_BIN[-1]}' -D '{self.data}' -w -t 60 {' '.join(args)}"
+        argv = ["su", "postgres", "-s", "/bin/sh", "-c", cmd] if os.geteuid() == 0 else ["sh", "-c", cmd]
+        # Not captured: a restarted server would inherit the pipe, and reading it would never end.
+        subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+@pytest.fixture
+def own_postgres(workdir: Path) -> Iterator[_OwnPostgres]:
+    if not PG_BIN:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("CI=true but PostgreSQL is not installed")
+        pytest.skip("PostgreSQL is not installed here")
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = _OwnPostgres(port)
+    try:
+        yield server
+    finally:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            server.pg_ctl("-m", "immediate", "stop")
+        shutil.rmtree(server.data, ignore_errors=True)
+
+
+def _own_cli(url: str) -> CliRun:
+    from click.testing import CliRunner
+
+    from campaign.cli import cli
+
+    def run(*args: str, env: dict[str, str] | None = None) -> Any:
+        base = {"CAMPAIGN_DATABASE_URL": url, "CAMPAIGN_ACTOR": "tester", "CAMPAIGN_TEMPLATES": str(ROOT / "templates")}
+        return CliRunner().invoke(cli, list(args), env={**base, **(env or {})}, catch_exceptions=False)
+    return run
+
+
+def _ready_on(run: CliRun, tmp_path: Path, limits: str) -> None:
+    (tmp_path / "a.csv").write_text(ACCOUNTS, encoding="utf-8")
+    (tmp_path / "d.csv").write_text(DEVICES, encoding="utf-8")
+    for args in (("db", "upgrade"), ("import", "accounts", str(tmp_path / "a.csv")),
+                 ("import", "devices", str(tmp_path / "d.csv")), ("create", str(definition(tmp_path, limits=limits)))):
+        result = run(*args)
+        assert result.exit_code == 0, result.output
+
+
+def _delivered_once_but_in_flight(smtpd: SmtpServer, in_flight: int) -> None:
+    """Everyone got the wave; at most `in_flight` got it twice, with the same Message-ID (G2)."""
+    delivered = Counter(m.recipients[0] for m in smtpd.messages)
+    assert sorted(delivered) == sorted(f"user{i}@example.com" for i in range(40))
+    assert sum(n - 1 for n in delivered.values()) <= in_flight
+    ids: dict[str, set[str]] = {}
+    for m in smtpd.messages:
+        ids.setdefault(m.recipients[0], set()).add(str(email.message_from_bytes(m.data, policy=default)["Message-ID"]))
+    assert all(len(v) == 1 for v in ids.values())
+
+
+@pytest.mark.postgres
+def test_postgres_restarting_mid_send_does_not_hang_it(own_postgres: _OwnPostgres, smtpd: SmtpServer,
+                                                       tmp_path: Path) -> None:
+    run = _own_cli(own_postgres.url)
+    _ready_on(run, tmp_path, SLOW.replace("rate_per_second = 40", "rate_per_second = 10"))  # 4 s for 40
+    proc = _spawn_send(own_postgres.url, smtpd, tmp_path)
+    deadline = time.monotonic() + 60
+    while len(smtpd.messages) < 8 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    own_postgres.pg_ctl("-l", f"'{own_postgres.data}/server.log'", "-m", "fast", "restart")  # connections cut
+    restarted = len(smtpd.messages)
+    _out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err.decode()
+    assert restarted < 40  # the restart came in the middle of the send
+    assert b"database connection lost" in err  # it noticed, and went on
+    st = json.loads(run("status", SLUG, "--json").stdout)
+    assert st["waves"]["notice"]["sent"] == 40
+    assert st["waves"]["notice"]["pending"] == st["waves"]["notice"]["sending"] == 0
+    _delivered_once_but_in_flight(smtpd, 4)
+
+
+@pytest.mark.postgres
+def test_postgres_gone_for_good_stops_the_send_and_a_rerun_recovers(own_postgres: _OwnPostgres, smtpd: SmtpServer,
+                                                                   tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from campaign import sending
+    from campaign.config import load_config
+    from campaign.db import make_engine
+    run = _own_cli(own_postgres.url)
+    _ready_on(run, tmp_path, SLOW.replace("rate_per_second = 40", "rate_per_second = 10"))
+    monkeypatch.setattr(sending, "RECONNECT_FOR", 2.0)
+    config = load_config({"database_url": own_postgres.url, "smtp_url": smtpd.url,
+                          "templates": str(ROOT / "templates"), "actor": "tester"})
+    engine = make_engine(own_postgres.url)
+    raised: list[BaseException] = []
+
+    def send_now() -> None:
+        try:
+            sending.send_wave(engine, config, SLUG, "notice", sending.SendOptions(workers=1))
+        except BaseException as exc:
+            raised.append(exc)
+
+    thread = threading.Thread(target=send_now)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while len(smtpd.messages) < 8 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    own_postgres.pg_ctl("-m", "fast", "stop")
+    thread.join(60)
+    assert not thread.is_alive()  # it stopped instead of waiting forever
+    assert len(raised) == 1 and isinstance(raised[0], sending.DatabaseLost), raised
+    assert "send again" in str(raised[0]).lower() or "run it again" in str(raised[0]).lower()
+    engine.dispose()
+    own_postgres.start()
+    result = run("send", SLUG, "--wave", "notice", "--workers", "1", env={"CAMPAIGN_SMTP_URL": smtpd.url})
+    assert result.exit_code == 0, result.output
+    st = json.loads(run("status", SLUG, "--json").stdout)
+    assert st["waves"]["notice"]["sent"] == 40
+    _delivered_once_but_in_flight(smtpd, 4)
