@@ -331,6 +331,14 @@ class Scheduler:
             code, _out, err = await self._campaign("flip", slug)
             if code != 0:
                 log.warning("%s: flip: %s", slug, _last_line(err))
+                continue
+            # Those switched now are told too: the campaign's `changed` waves that went out already and have not
+            # expired take in the newly changed accounts (each account still gets a wave once).
+            for wave in await self._db(_open_changed_waves, slug, db.utcnow()):
+                log.info("%s: wave %s for the devices switched after fair notice", slug, wave)
+                code, _out, err = await self._campaign("send", slug, "--wave", wave, "--workers", str(self.workers))
+                if code != 0:
+                    log.warning("%s: wave %s: %s", slug, wave, _last_line(err))
 
     async def _db(self, fn: Callable[..., Any], *args: Any) -> Any:
         def work() -> Any:
@@ -434,6 +442,19 @@ class Scheduler:
                     await asyncio.wait_for(self._wake.wait(), timeout=self.tick_seconds)
         finally:
             scheduler.shutdown(wait=False)
+
+
+def _open_changed_waves(conn: Connection, slug: str, now: dt.datetime) -> list[str]:
+    """The `changed` and `all` waves of the campaign whose step has run and that have not expired."""
+    out = []
+    for step in steps.done_wave_steps(conn):
+        if step.slug != slug:
+            continue
+        wave = campaign_rows.wave(conn, step.campaign_id, step.name.removeprefix("wave:"))
+        if wave is not None and wave.audience in ("changed", "all") and now < wave.expires \
+                and wave.state != campaign_rows.PAUSED:
+            out.append(wave.name)
+    return out
 
 
 def _waves_with_work(conn: Connection, now: dt.datetime) -> list[tuple[str, str]]:

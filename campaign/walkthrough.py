@@ -1,60 +1,205 @@
-"""A walk through the shipped example on the embedded defaults (SQLite, Maildir): schema, import,
-create, audience. `./run demo` runs it; each step is a real `campaign` command, shown as it runs."""
+"""`campaign demo`: the whole story of the shipped example on the embedded defaults (SQLite, a Maildir outbox),
+in simulated time. Every step is a real `campaign` command, run as its own process with the campaign clock
+(`CAMPAIGN_CLOCK`) set to the moment of the story; nothing leaves this machine."""
 
 from __future__ import annotations
 
-import argparse
+import csv
+import datetime as dt
 import os
 import shlex
-import subprocess
 import sys
+import textwrap
+from dataclasses import dataclass
 from pathlib import Path
+
+import click
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"
+SLUG = "voice-local-processing"
+CUTOFF = dt.datetime(2025, 3, 28, 7, 0, tzinfo=dt.UTC)  # 2025-03-28T00:00:00-07:00, the shipped cutoff
+
+# The cast (from the shipped sample data, and one newcomer).
+JOSEPH = ("acc-000003", "dev-0000004", "Joseph Nguyen")  # chooses another setting himself before the cutoff
+MEGAN = ("acc-000016", "murphy.megan16@example.net", "Megan Murphy")  # asked not to be emailed: never notified
+BARBARA = ("acc-000012", "dev-0000018", "Barbara White")  # changes her switched device afterwards
+PRIYA = ("acc-900001", "dev-9000001", "Priya Shah")  # a new customer, told late: fair notice
+
+
+@dataclass(frozen=True)
+class Step:
+    when: dt.datetime
+    title: str
+    args: tuple[str, ...]
+    note: str = ""
+
+
+def at(**delta: float) -> dt.datetime:
+    return CUTOFF + dt.timedelta(**delta)
+
+
+def story(work: Path) -> list[Step]:
+    toml = str(DATA / "voice-local-processing.toml")
+    inputs = work / "inputs"
+    return [
+        Step(at(days=-21), "Create the schema (SQLite, in the working directory)", ("db", "upgrade")),
+        Step(at(days=-21), "Import the customers: 500 accounts in several languages and time zones",
+             ("import", "accounts", str(DATA / "accounts.csv"))),
+        Step(at(days=-21), "... and their devices with their settings",
+             ("import", "devices", str(DATA / "devices.csv"))),
+        Step(at(days=-21), f"{MEGAN[2]} asked us never to email her", ("suppress", "add", MEGAN[1], "--reason",
+                                                                      "asked not to be emailed")),
+        Step(at(days=-21), "Register the campaign: retire 'Do not send voice recordings' on 2025-03-28",
+             ("create", toml), "create renders every wave in every language of the audience first"),
+        Step(at(days=-21), "Who is affected now, by language", ("audience", SLUG, "--by", "locale")),
+        Step(at(days=-21), "The reminder as a Japanese customer will get it",
+             ("preview", SLUG, "--wave", "reminder", "--locale", "ja-JP")),
+        Step(at(days=-21), "Every wave in every language, as .eml and .html, with a gallery for the browser",
+             ("preview", SLUG, "--out", str(work / "gallery"))),
+        Step(at(days=-21), "Test messages to the team (into the Maildir outbox)",
+             ("test-send", SLUG, "--to", "qa@example.com", "--wave", "notice")),
+        Step(at(days=-21), "The plan, without committing to it", ("schedule", SLUG, "--dry-run")),
+        Step(at(days=-21), "Schedule it: every message rendered for every recipient, the campaign frozen",
+             ("schedule", SLUG)),
+        Step(at(days=-14, hours=3), "Two weeks before the cutoff the scheduler sends the notice",
+             ("scheduler", "run", "--once"),
+             "each person is mailed between 09:00 and 20:00 of their own time zone: at 10:00 UTC that is Asia "
+             "and Europe; the Americas wait for their morning"),
+        Step(at(days=-14, hours=13), "At 20:00 UTC it is daytime in the Americas", ("scheduler", "run", "--once")),
+        Step(at(days=-14, hours=13, minutes=5), "Where the campaign stands", ("status", SLUG)),
+        Step(at(days=-10), f"{JOSEPH[2]} chooses another setting himself (a devices export from the product)",
+             ("import", "devices", str(inputs / "joseph.csv")), "he is no longer affected: no reminder, no switch"),
+        Step(at(days=-5), f"A new customer, {PRIYA[2]}, registers an affected speaker",
+             ("import", "accounts", str(inputs / "priya-account.csv"))),
+        Step(at(days=-5), "... her device", ("import", "devices", str(inputs / "priya-device.csv"))),
+        Step(at(days=-5, hours=13), "The team sends the notice to those who became affected since",
+             ("send", SLUG, "--wave", "notice", "--workers", "1"),
+             "min_notice = 7d: she was told 5 days before the cutoff, so her device waits until 7 days after"),
+        Step(at(days=-3, hours=3), "Three days before: the reminder, to those still affected",
+             ("scheduler", "run", "--once")),
+        Step(at(days=-3, hours=13), "... and in the Americas", ("scheduler", "run", "--once")),
+        Step(at(minutes=30), "The cutoff: the scheduler switches every device still set the old way",
+             ("scheduler", "run", "--once"),
+             f"{MEGAN[2]} was never told, so her device is held back; {PRIYA[2]}'s waits for fair notice"),
+        Step(at(hours=3), "The confirmation, naming each device switched and when",
+             ("scheduler", "run", "--once")),
+        Step(at(hours=13), "... and in the Americas", ("scheduler", "run", "--once")),
+        Step(at(hours=13, minutes=5), "Where the campaign stands", ("status", SLUG)),
+        Step(at(days=1, hours=11), f"{BARBARA[2]} changes her switched device to another setting",
+             ("import", "devices", str(inputs / "barbara.csv"))),
+        Step(at(days=2, hours=14), f"Seven days after {PRIYA[2]}'s notice the scheduler switches her device, "
+             "and confirms it", ("scheduler", "run", "--once")),
+        Step(at(days=2, hours=14, minutes=5), "Where the campaign stands", ("status", SLUG)),
+        Step(at(days=3), "Had the decision been reversed: what a rollback would do (dry run)",
+             ("rollback", SLUG, "--dry-run"),
+             f"{BARBARA[2]}'s own later choice would be left alone"),
+        Step(at(days=3), "Everything that was done, and by whom", ("log", SLUG)),
+    ]
+
+
+def write_inputs(inputs: Path) -> None:
+    """The files the story imports on the way: what the product's exports would say on those days."""
+    inputs.mkdir(parents=True, exist_ok=True)
+    with (DATA / "devices.csv").open(encoding="utf-8", newline="") as f:
+        devices = {row["device_id"]: row for row in csv.DictReader(f)}
+
+    def device_file(name: str, device_id: str, value: str) -> None:
+        row = {**devices[device_id], "voice_recordings": value}
+        with (inputs / name).open("w", encoding="utf-8", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            writer.writeheader()
+            writer.writerow(row)
+
+    device_file("joseph.csv", JOSEPH[1], "save_recordings")
+    device_file("barbara.csv", BARBARA[1], "save_recordings")
+    (inputs / "priya-account.csv").write_text(
+        "account_id,email,name,locale,timezone,country\n"
+        f"{PRIYA[0]},priya.shah@example.com,{PRIYA[2]},en-US,America/Chicago,US\n", encoding="utf-8")
+    (inputs / "priya-device.csv").write_text(
+        "device_id,account_id,name,model,voice_recordings\n"
+        f"{PRIYA[1]},{PRIYA[0]},Office,Echo Show 15,do_not_send\n", encoding="utf-8")
+
+
+def available(args: tuple[str, ...]) -> bool:
+    """Whether this version has the command (the demo shows what exists)."""
+    from campaign.cli import cli
+
+    return args[0] in cli.commands
+
+
+def _campaign(args: tuple[str, ...], env: dict[str, str], cwd: Path) -> int:
+    """Run one `campaign` command in this process (the same command line, without starting Python again for each
+    step), with its environment and working directory; returns its exit code."""
+    from campaign.cli import cli
+
+    saved_env, saved_cwd = dict(os.environ), Path.cwd()
+    os.environ.clear()
+    os.environ.update(env)
+    os.chdir(cwd)
+    try:
+        cli.main(args=list(args), prog_name="campaign", standalone_mode=False)
+        return 0
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    finally:
+        sys.stdout.flush()
+        os.environ.clear()
+        os.environ.update(saved_env)
+        os.chdir(saved_cwd)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="./run demo", description=__doc__)
-    parser.add_argument("dir", nargs="?", default="demo-run", help="working directory (default: demo-run)")
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="campaign demo", description=__doc__)
+    parser.add_argument("--dir", dest="dir", default=None, help="working directory (default: ./demo-run)")
+    parser.add_argument("legacy_dir", nargs="?", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    work = Path(args.dir).resolve()
+    return run(Path(args.dir or args.legacy_dir or "demo-run"))
+
+
+def run(work: Path) -> int:
+    work = work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     db_file = work / "campaign.db"
     for stale in (db_file, work / "campaign.db-wal", work / "campaign.db-shm"):
         stale.unlink(missing_ok=True)
-    env = {**os.environ, "CAMPAIGN_DATABASE_URL": f"sqlite:///{db_file}",
+    for sub in ("new", "cur", "tmp"):
+        box = work / "outbox" / sub
+        if box.is_dir():
+            for f in box.iterdir():
+                f.unlink()
+    write_inputs(work / "inputs")
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("CAMPAIGN_")}
+    env = {**base_env, "CAMPAIGN_DATABASE_URL": f"sqlite:///{db_file}",
            "CAMPAIGN_TEMPLATES": str(ROOT / "templates"), "CAMPAIGN_SMTP_URL": f"maildir:{work / 'outbox'}",
-           "CAMPAIGN_ACTOR": os.environ.get("CAMPAIGN_ACTOR", "demo")}
-    steps = [
-        ("Create the schema (SQLite, in the working directory)", ["db", "upgrade"]),
-        ("Import the sample accounts (500, several locales and time zones)",
-         ["import", "accounts", str(DATA / "accounts.csv")]),
-        ("Import their devices and settings", ["import", "devices", str(DATA / "devices.csv")]),
-        ("Register the campaign: retire 'Do not send voice recordings'",
-         ["create", str(DATA / "voice-local-processing.toml")]),
-        ("Who is affected now, by locale", ["audience", "voice-local-processing", "--by", "locale"]),
-        ("... by device model", ["audience", "voice-local-processing", "--by", "model"]),
-        ("A few of them", ["audience", "voice-local-processing", "--sample", "5"]),
-        ("The reminder as a Japanese customer gets it", ["preview", "voice-local-processing", "--wave", "reminder",
-                                                         "--locale", "ja-JP"]),
-        ("Every wave × locale as .eml and .html, with a gallery to open in a browser",
-         ["preview", "voice-local-processing", "--out", str(work / "gallery")]),
-        ("Test messages to the team (into the Maildir outbox: nothing leaves this machine)",
-         ["test-send", "voice-local-processing", "--to", "qa@example.com", "--wave", "notice"]),
-        ("The campaigns", ["list"]),
-    ]
-    print(f"Working in {work}\n")
-    for title, cmd in steps:
-        print(f"== {title}\n$ campaign {shlex.join(cmd)}", flush=True)
-        done = subprocess.run([sys.executable, "-m", "campaign", *cmd], env=env, cwd=work, check=False)
-        if done.returncode != 0:
-            print(f"step failed with exit code {done.returncode}", file=sys.stderr)
-            return done.returncode
+           "CAMPAIGN_ACTOR": os.environ.get("CAMPAIGN_ACTOR", "demo"), "PYTHONUNBUFFERED": "1"}
+    print(f"The story of {SLUG}, replayed in simulated time (the cutoff was {CUTOFF.isoformat()}).")
+    print(f"Working in {work}; every step is a `campaign` command, shown as it runs.\n")
+    for step in story(work):
+        if not available(step.args):
+            continue
+        when = step.when.strftime("%Y-%m-%d %H:%M UTC")
+        print(f"== {when} · {step.title}")
+        if step.note:
+            print(textwrap.fill(step.note, width=100, initial_indent="   ", subsequent_indent="   "))
+        print(f"$ campaign {shlex.join(step.args)}", flush=True)
+        code = _campaign(step.args, {**env, "CAMPAIGN_CLOCK": step.when.isoformat()}, work)
+        if code != 0:
+            print(f"step failed with exit code {code}", file=sys.stderr)
+            return code
         print()
-    print(f"Gallery: {work / 'gallery' / 'index.html'}   Test messages: {work / 'outbox' / 'new'}")
-    print(f"Done. The database is {db_file}; look around with:\n  CAMPAIGN_DATABASE_URL=sqlite:///{db_file} "
-          ".venv/bin/campaign audience voice-local-processing --by country")
+    outbox = work / "outbox" / "new"
+    sent = len(list(outbox.iterdir())) if outbox.is_dir() else 0
+    print("Where to look:")
+    print(f"  the messages, as the recipients got them: {outbox} ({sent} files, one per message)")
+    print(f"  the gallery of every wave and language:    {work / 'gallery' / 'index.html'}")
+    print(f"  the database:                              {db_file}")
+    print(f"  try: CAMPAIGN_DATABASE_URL=sqlite:///{db_file} campaign status {SLUG}")
     return 0
 
 

@@ -147,7 +147,9 @@ def test_header_injection_in_sender_is_refused() -> None:
 
 
 def test_min_notice_is_a_duration() -> None:
-    base = example_text()
+    shipped = example_text()
+    assert parse_definition(shipped, "def.toml").min_notice == dt.timedelta(days=7)
+    base = "\n".join(line for line in shipped.splitlines() if not line.startswith("min_notice"))
     assert parse_definition(base, "def.toml").min_notice is None
     with_it = base.replace("require_notice = true", 'require_notice = true\nmin_notice = "7d"')
     assert parse_definition(with_it, "def.toml").min_notice == dt.timedelta(days=7)
