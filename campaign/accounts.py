@@ -14,13 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, text
+from sqlalchemy import Connection, Engine
 
 from campaign import db
 from campaign.addresses import normalize as normalize_address
 from campaign.errors import MAX_SHOWN, InputError, Problem
 from campaign.readers import RecordReader
-from campaign.rendering import DeviceView, Recipient
 from campaign.store import people
 from campaign.validation import check_timezone, normalize_country, normalize_locale
 
@@ -357,121 +356,3 @@ class _Import:
             tx.note(file=str(self.path), **self._counts())
         self._tick(reader)
         return self.result
-
-
-# -- audience ---------------------------------------------------------------------------------------
-
-BY_COLUMNS = {"locale": "a.locale", "country": "a.country", "model": "d.model"}
-
-
-def audience_where(setting: str, from_value: str, countries: Iterable[str],
-                   models: Iterable[str]) -> tuple[str, dict[str, Any]]:
-    """The WHERE clause (over AFFECTED_FROM) of "owns a device whose setting still equals `from`", with
-    the audience filters, and its parameters: the one definition of who is affected."""
-    params: dict[str, Any] = {"setting": setting, "from_value": from_value}
-    where = ["s.key = :setting", "s.value = :from_value"]
-    countries, models = list(countries), list(models)
-    if countries:
-        where.append("a.country IN :countries")
-        params["countries"] = countries
-    if models:
-        where.append("d.model IN :models")
-        params["models"] = models
-    return " AND ".join(where), params
-
-
-AFFECTED_FROM = ("FROM device_setting s JOIN device d ON d.id = s.device_id "
-                 "JOIN account a ON a.id = d.account_id")
-
-
-def _expanding(sql: str, params: dict[str, Any]) -> Any:
-    stmt = text(sql)
-    for key in ("countries", "models"):
-        if key in params:
-            stmt = stmt.bindparams(bindparam(key, expanding=True))
-    return stmt
-
-
-@dataclass
-class AudienceSummary:
-    accounts: int
-    devices: int
-    by: dict[str, dict[str, int]] | None
-    sample: list[dict[str, Any]]
-
-
-def audience_summary(conn: Connection, setting: str, from_value: str, countries: Iterable[str] = (),
-                     models: Iterable[str] = (), by: str | None = None, sample: int = 0) -> AudienceSummary:
-    """Who is affected now: accounts owning a device whose `setting` still equals `from_value`."""
-    where, params = audience_where(setting, from_value, countries, models)
-    accounts, devices = conn.execute(_expanding(
-        f"SELECT COUNT(DISTINCT a.id), COUNT(*) {AFFECTED_FROM} WHERE {where}", params), params).one()
-    groups = None
-    if by is not None:
-        col = BY_COLUMNS[by]
-        rows = conn.execute(_expanding(
-            f"SELECT {col}, COUNT(DISTINCT a.id), COUNT(*) {AFFECTED_FROM} WHERE {where} "
-            f"GROUP BY {col} ORDER BY {col}", params), params).all()
-        groups = {key: {"accounts": int(n_acc), "devices": int(n_dev)} for key, n_acc, n_dev in rows}
-    picked: list[dict[str, Any]] = []
-    if sample > 0:
-        rows = conn.execute(_expanding(
-            f"SELECT a.id, a.email, a.locale, a.timezone, a.country, COUNT(*) {AFFECTED_FROM} "
-            f"WHERE {where} GROUP BY a.id, a.email, a.locale, a.timezone, a.country "
-            f"ORDER BY a.id LIMIT :sample", params), {**params, "sample": sample}).all()
-        picked = [{"account_id": r[0], "email": r[1], "locale": r[2], "timezone": r[3], "country": r[4],
-                   "devices": int(r[5])} for r in rows]
-    return AudienceSummary(int(accounts), int(devices), groups, picked)
-
-
-# -- recipients, for rendering ----------------------------------------------------------------------
-
-def _recipients_sql(where: str, extra: str = "") -> str:
-    return ("SELECT a.id, a.email, a.name, a.locale, a.timezone, d.id, d.name, d.model "
-            f"{AFFECTED_FROM} WHERE {where}{extra} ORDER BY a.id, d.id")
-
-
-def iter_affected(conn: Connection, setting: str, from_value: str, countries: Iterable[str] = (),
-                  models: Iterable[str] = (), account_ids: Iterable[str] | None = None,
-                  locale: str | None = None) -> Iterator[tuple[Recipient, list[DeviceView]]]:
-    """Each affected account with its affected devices, in account order, streamed from the database."""
-    where, params = audience_where(setting, from_value, countries, models)
-    extra = ""
-    if account_ids is not None:
-        extra += " AND a.id IN :account_ids"
-        params["account_ids"] = list(account_ids)
-    if locale is not None:
-        extra += " AND a.locale = :locale"
-        params["locale"] = locale
-    stmt = _expanding(_recipients_sql(where, extra), params)
-    if account_ids is not None:
-        stmt = stmt.bindparams(bindparam("account_ids", expanding=True))
-    # Options on the statement, not the connection: they would stick to the connection for what follows.
-    result = conn.execute(stmt.execution_options(stream_results=True, yield_per=2000), params)
-    current: Recipient | None = None
-    devices: list[DeviceView] = []
-    for row in result:
-        if current is None or row[0] != current.account_id:
-            if current is not None:
-                yield current, devices
-            current = Recipient(row[0], row[1], row[2], row[3], row[4])
-            devices = []
-        devices.append(DeviceView(row[5], row[6], row[7]))
-    if current is not None:
-        yield current, devices
-
-
-def affected_locales(conn: Connection, setting: str, from_value: str, countries: Iterable[str] = (),
-                     models: Iterable[str] = ()) -> list[tuple[str, int, str]]:
-    """(locale, accounts, first account id) for each locale in the audience now."""
-    where, params = audience_where(setting, from_value, countries, models)
-    rows = conn.execute(_expanding(
-        f"SELECT a.locale, COUNT(DISTINCT a.id), MIN(a.id) {AFFECTED_FROM} WHERE {where} "
-        "GROUP BY a.locale ORDER BY a.locale", params), params).all()
-    return [(r[0], int(r[1]), r[2]) for r in rows]
-
-
-def account_recipient(conn: Connection, account_id: str) -> Recipient | None:
-    row = conn.execute(text("SELECT id, email, name, locale, timezone FROM account WHERE id = :id"),
-                       {"id": account_id}).first()
-    return Recipient(row[0], row[1], row[2], row[3], row[4]) if row else None

@@ -13,7 +13,8 @@ from typing import Any, NoReturn
 
 import click
 from sqlalchemy import Engine
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
 from campaign import accounts, campaigns, db, migrate, previews, reports, scheduling, sending, suppressions
 from campaign.config import Config, load_config, redact_url
@@ -39,6 +40,8 @@ class App:
         return self._config
 
     def engine(self, check_schema: bool = True) -> Engine:
+        if check_schema:
+            _require_sqlite_file(self.config.database_url)
         if self._engine is None:
             self._engine = db.make_engine(self.config.database_url)
         if check_schema and not self._checked:
@@ -49,6 +52,19 @@ class App:
     def close(self) -> None:
         if self._engine is not None:
             self._engine.dispose()
+
+
+def _require_sqlite_file(url: str) -> None:
+    """Refuse a SQLite database that does not exist, rather than create an empty file on the way to saying so."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return  # make_engine words this one
+    path = parsed.database
+    if parsed.get_backend_name() == "sqlite" and path and path != ":memory:" and not path.startswith("file:") \
+            and not Path(path).exists():
+        raise CampaignError(f"no database at {path}: run `campaign db upgrade` to create it "
+                            "(or set CAMPAIGN_DATABASE_URL / --database-url to the one you meant)")
 
 
 class Group(click.Group):
@@ -63,6 +79,11 @@ class Group(click.Group):
             _fail(f"database error: {_db_message(exc)}", 1)
         except DBAPIError as exc:
             _fail(f"database error: {_db_message(exc)}", 1)
+        except BrokenPipeError:
+            # The reader went away (`campaign report … | head`): stop quietly, as other command-line tools do.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            sys.exit(0)
         except OSError as exc:
             _fail(f"{exc.filename or ''}{': ' if exc.filename else ''}{exc.strerror or exc}", 1)
 
@@ -484,7 +505,9 @@ def status_cmd(app: App, slug: str, as_json: bool) -> None:
     click.echo(f"{st['campaign']}: {st['state']}, cutoff {st['cutoff']}")
     for name, counts in st["waves"].items():
         det = st["wave_detail"][name]
-        extra = f"  {det['rate_per_second']}/s, ETA {det['eta_seconds']} s" if det["rate_per_second"] else ""
+        extra = f"  {det['rate_per_second']}/s" if det["rate_per_second"] else ""
+        if det["eta_seconds"] is not None:
+            extra += f", ETA {_duration(det['eta_seconds'])}"
         click.echo(f"  {name:<14} {det['state']:<8} {_print_counts(counts)}{extra}")
         if det["paused_reason"]:
             click.echo(f"  {'':<14} paused: {det['paused_reason']}")

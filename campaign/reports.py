@@ -7,12 +7,12 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 
-from campaign import campaigns, db, ledger
+from campaign import campaigns, db
 from campaign.models import WAITING
 from campaign.store import campaigns as campaign_store
 from campaign.store import changes as change_store
+from campaign.store import deliveries, steps
 from campaign.store import reports as store
-from campaign.store import steps
 
 RATE_WINDOW = dt.timedelta(seconds=60)
 
@@ -25,7 +25,7 @@ def status(conn: Connection, slug: str, now: dt.datetime | None = None) -> dict[
     waves: dict[str, dict[str, int]] = {}
     detail: dict[str, dict[str, Any]] = {}
     for w in campaign_store.waves(conn, c.id):
-        counts = ledger.counts(conn, w.id)
+        counts = deliveries.counts(conn, w.id)
         waves[w.name] = counts
         rate = store.sent_since(conn, w.id, now - RATE_WINDOW) / RATE_WINDOW.total_seconds()
         left = counts["pending"] + counts["sending"]

@@ -80,3 +80,11 @@ def test_password_never_in_repr() -> None:
                            "postgresql+psycopg://u:dbpass@127.0.0.1/x"}, Path("/nonexistent"))
     assert cfg.smtp_password == "s3cret-pw"
     assert "s3cret-pw" not in repr(cfg) and "dbpass" not in repr(cfg)
+
+
+def test_a_missing_sqlite_database_is_not_created(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.db"
+    result = CliRunner().invoke(cli, ["--database-url", f"sqlite:///{missing}", "list"])
+    assert result.exit_code == 1
+    assert f"no database at {missing}" in result.stderr and "campaign db upgrade" in result.stderr
+    assert not missing.exists()
