@@ -170,7 +170,7 @@ def raw_message(to: str) -> bytes:
 
 def test_transport_without_smtputf8(smtpd_factory: Callable[..., SmtpServer]) -> None:
     server = smtpd_factory(smtputf8=False)
-    transport = SmtpTransport(parse_url(server.url), timeout=5)
+    transport = SmtpTransport(parse_url(server.url), concurrency=1, timeout=5)  # one after another, in order
     envelopes = [Envelope("notices@example.com", (a,), raw_message(a), f"<{n}@example.com>")
                  for n, a in enumerate([UTF8, IDN, "anna@example.com"])]
     refused, idn, plain = send_all_sync(transport, envelopes)
@@ -183,7 +183,7 @@ def test_transport_without_smtputf8(smtpd_factory: Callable[..., SmtpServer]) ->
 
 def test_transport_with_smtputf8(smtpd_factory: Callable[..., SmtpServer]) -> None:
     server = smtpd_factory(smtputf8=True)
-    transport = SmtpTransport(parse_url(server.url), timeout=5)
+    transport = SmtpTransport(parse_url(server.url), concurrency=1, timeout=5)  # one after another, in order
     envelopes = [Envelope("notices@example.com", (a,), raw_message(a), f"<{n}@example.com>")
                  for n, a in enumerate([UTF8, IDN])]
     assert [o.status for o in send_all_sync(transport, envelopes)] == ["sent", "sent"]
