@@ -82,7 +82,9 @@ def _batches(engine: Engine, dry_conn: Connection | None) -> Batches:
     """Each batch's transaction: its own write transaction; under a dry run, the dry run's one transaction
     (rolled back at the end, so the dry run is exactly the real run, undone)."""
     if dry_conn is None:
-        return lambda: db.write(engine)
+        # `bulk`: every reference a batch writes comes from the rows it joins (the campaign, the device and its
+        # account, the change row it has just written), so SQLite need not look each one up again.
+        return lambda: db.write(engine, bulk=True)
 
     @contextmanager
     def same() -> Iterator[Connection]:
@@ -118,7 +120,7 @@ def flip(engine: Engine, slug: str, actor: str, *, now: dt.datetime | None = Non
                           tuple(store.notice_waves(conn, c.id)))
     options = {"before_cutoff": before_cutoff, "include_unnotified": include_unnotified}
     if dry_run:
-        with db.transaction(engine, actor, "flip", campaign_id=c.id, dry_run=True) as tx:
+        with db.transaction(engine, actor, "flip", campaign_id=c.id, dry_run=True, bulk=True) as tx:
             changed, batches = _flip_batches(_batches(engine, tx.conn), slug, plan, clock, batch_size)
             result = _flip_result(tx.conn, slug, plan.campaign_id, changed, batches, started, dry_run=True)
             tx.note(**options, **_flip_counts(result))
@@ -149,20 +151,21 @@ def _flip_batches(batches: Batches, slug: str, plan: store.Plan, clock: Callable
     while True:
         with batches() as conn:
             _refuse(slug, *store.campaign_state(conn, plan.campaign_id))  # a rollback may have begun meanwhile
-            ids = store.candidates(conn, plan, after, size)
-            if not ids:
+            batch = store.next_batch(conn, plan, after, size)
+            if batch is None:
                 break
             now = clock()
-            rows = store.decide(conn, plan, ids, now)
-            flipped = [r.device_id for r in rows if r.state == CHANGED]
+            decided = store.decide(conn, plan, batch, now)
+            flipped = [device for device, state in decided if state == CHANGED]
             done = store.apply(conn, plan, flipped, now)
             if done != len(flipped):  # cannot happen while the batch's rows are locked: never commit it
                 raise RuntimeError(f"flip batch after {after!r}: {len(flipped)} change rows, {done} devices switched")
-            if min_notice is not None:
-                store.set_due(conn, [(r.id, r.notice_at + min_notice) for r in rows if r.state == WAITING])
+            if min_notice is not None and len(flipped) < len(decided):
+                store.set_due(conn, plan.campaign_id, [device for device, state in decided if state == WAITING],
+                              min_notice)
         changed += done
         count += 1
-        after = ids[-1]
+        after = batch.last
     return changed, count
 
 
@@ -194,7 +197,7 @@ def rollback(engine: Engine, slug: str, actor: str, *, now: dt.datetime | None =
         c = campaigns.get(conn, slug)
     started = clock()
     if dry_run:
-        with db.transaction(engine, actor, "rollback", campaign_id=c.id, dry_run=True) as tx:
+        with db.transaction(engine, actor, "rollback", campaign_id=c.id, dry_run=True, bulk=True) as tx:
             result = _rollback_batches(_batches(engine, tx.conn), slug, c, clock, batch_size, started)
             result.dry_run = True
             _rollback_totals(tx.conn, c.id, result)

@@ -28,7 +28,6 @@ from sqlalchemy import (
     any_,
     bindparam,
     case,
-    exists,
     func,
     literal,
     null,
@@ -58,8 +57,7 @@ from campaign.store.audience import affected
 from campaign.store.reports import change_counts
 
 C, D, S, SC, DL, W = CAMPAIGN, DEVICE, DEVICE_SETTING, SETTING_CHANGE, DELIVERY, WAVE
-DECIDED = (CHANGED, ROLLED_BACK, LEFT)  # a device with one of these is never looked at again by a flip
-OPEN = (HELD_BACK, WAITING)  # decided again by every flip run
+OPEN = (HELD_BACK, WAITING)  # decided again by every flip run; the other states are final
 HELD_NOTE = "no delivered notice (require_notice): `flip --include-unnotified` flips it anyway"
 WAITING_NOTE = "fair notice: first delivered notice came less than min_notice before the flip"
 
@@ -109,21 +107,38 @@ class Plan:
     notice_waves: tuple[int, ...]
 
 
-def _not_decided(campaign_id: int) -> ColumnElement[bool]:
-    return ~exists().where(SC.c.campaign_id == campaign_id, SC.c.device_id == S.c.device_id,
-                           SC.c.state.in_(DECIDED))
+@dataclass(frozen=True)
+class Batch:
+    """The next batch of affected devices: the ids from `first` to `last`, in id order; on PostgreSQL also
+    the ids themselves (their setting rows locked), elsewhere the bounds are enough."""
+
+    first: str
+    last: str
+    size: int
+    ids: list[str] | None = None
 
 
-def candidates(conn: Connection, plan: Plan, after: str | None, limit: int) -> list[str]:
-    """The ids of the next `limit` affected devices after `after` that no flip has decided for good.
-    On PostgreSQL their setting rows stay locked until the batch commits."""
-    stmt = affected(plan.definition, S.c.device_id).where(_not_decided(plan.campaign_id))
+def next_batch(conn: Connection, plan: Plan, after: str | None, limit: int) -> Batch | None:
+    """The next `limit` affected devices after `after`, or None when there are no more.
+
+    On PostgreSQL their setting rows stay locked until the batch commits, so that an import cannot change one
+    between its change row and its switch. SQLite's write transaction (BEGIN IMMEDIATE) excludes every other
+    writer, so there the bounds do, and the ids need not travel. (A device that a flip decided for good and
+    that its owner set back to `from` is among them: `decide` leaves its change row, so it is not switched
+    again.)"""
+    stmt = affected(plan.definition, S.c.device_id)
     if after is not None:
-        stmt = stmt.where(S.c.device_id > after)
+        # the bound on both sides of the join: PostgreSQL's planner does not carry it across, and would merge
+        # the device table from its start in every batch
+        stmt = stmt.where(S.c.device_id > after, D.c.id > after)
     stmt = stmt.order_by(S.c.device_id).limit(limit)
     if conn.dialect.name == "postgresql":
-        stmt = stmt.with_for_update(of=S)
-    return list(conn.execute(stmt).scalars())
+        ids = list(conn.execute(stmt.with_for_update(of=S)).scalars())
+        return Batch(ids[0], ids[-1], len(ids), ids) if ids else None
+    sub = stmt.subquery()
+    first, last, size = conn.execute(select(func.min(sub.c.device_id), func.max(sub.c.device_id), func.count())
+                                     .select_from(sub)).one()
+    return Batch(first, last, int(size)) if size else None
 
 
 def _notice_at(plan: Plan) -> Any:
@@ -137,16 +152,17 @@ def _notice_at(plan: Plan) -> Any:
             .scalar_subquery())
 
 
-def decide(conn: Connection, plan: Plan, ids: Sequence[str], now: dt.datetime) -> list[Row[Any]]:
-    """Write the change rows of the batch `ids` (a list from `candidates`): `changed`, `held_back` (no
+def decide(conn: Connection, plan: Plan, batch: Batch, now: dt.datetime) -> list[tuple[str, str]]:
+    """Write the change rows of the batch: `changed`, `held_back` (no
     delivered notice, when required) or `waiting` (fair notice: the first notice came later than
     `now - min_notice`). A row held back or waiting from an earlier run is decided again; one decided for
-    good is not touched. Returns (id, device_id, account_id, state, notice_at) of each row written."""
+    good is not touched. Returns (device_id, state) of each row written."""
     d = plan.definition
     inner = (affected(d, S.c.device_id, D.c.account_id, _notice_at(plan).label("notice_at"))
-             .where(S.c.device_id >= ids[0], S.c.device_id <= ids[-1], _not_decided(plan.campaign_id)))
-    if conn.dialect.name == "postgresql":
-        inner = inner.where(_in(conn, S.c.device_id, ids, String))  # only the rows this batch has locked
+             .where(S.c.device_id >= batch.first, S.c.device_id <= batch.last, D.c.id >= batch.first,
+                    D.c.id <= batch.last))
+    if batch.ids is not None:
+        inner = inner.where(_in(conn, S.c.device_id, batch.ids, String))  # only the rows this batch has locked
     sub = inner.subquery()
     ts = SC.c.decided_at.type
     whens: list[tuple[ColumnElement[bool], str]] = []
@@ -173,14 +189,17 @@ def decide(conn: Connection, plan: Plan, ids: Sequence[str], now: dt.datetime) -
               "due_at": null(), "flipped_at": x.flipped_at, "note": x.note},
         # decided again only when the decision differs (a second run changes nothing)
         where=and_(SC.c.state.in_(OPEN), or_(SC.c.state != x.state, SC.c.notice_at.is_distinct_from(x.notice_at))))
-    return list(conn.execute(stmt.returning(SC.c.id, SC.c.device_id, SC.c.account_id, SC.c.state, SC.c.notice_at)))
+    return [(r[0], r[1]) for r in conn.execute(stmt.returning(SC.c.device_id, SC.c.state)).all()]
 
 
-def set_due(conn: Connection, due: Sequence[tuple[int, dt.datetime]]) -> None:
-    """Give waiting change rows their fair-notice instant: [(change id, due_at)]."""
-    if due:
-        conn.execute(update(SC).where(SC.c.id == bindparam("cid")).values(due_at=bindparam("due")),
-                     [{"cid": i, "due": at} for i, at in due])
+def set_due(conn: Connection, campaign_id: int, device_ids: Sequence[str], min_notice: dt.timedelta) -> None:
+    """Give the waiting change rows of these devices their fair-notice instant: first notice + `min_notice`."""
+    if not device_ids:
+        return
+    rows = conn.execute(select(SC.c.id, SC.c.notice_at).where(
+        SC.c.campaign_id == campaign_id, _in(conn, SC.c.device_id, device_ids, String), SC.c.state == WAITING)).all()
+    conn.execute(update(SC).where(SC.c.id == bindparam("cid")).values(due_at=bindparam("due")),
+                 [{"cid": i, "due": notice + min_notice} for i, notice in rows])
 
 
 def apply(conn: Connection, plan: Plan, device_ids: Sequence[str], now: dt.datetime) -> int:
@@ -189,10 +208,13 @@ def apply(conn: Connection, plan: Plan, device_ids: Sequence[str], now: dt.datet
     if not device_ids:
         return 0
     d = plan.definition
+    # The change's id by a correlated look-up on (campaign_id, device_id), its unique index: an UPDATE … FROM
+    # would let PostgreSQL's planner, which sees the table as it was before the batch, scan it per device.
+    change = (select(SC.c.id).where(SC.c.campaign_id == plan.campaign_id, SC.c.device_id == S.c.device_id)
+              .scalar_subquery())
     stmt = (update(S)
-            .where(_in(conn, S.c.device_id, device_ids, String), S.c.key == d.setting, S.c.value == d.from_value,
-                   SC.c.campaign_id == plan.campaign_id, SC.c.device_id == S.c.device_id, SC.c.state == CHANGED)
-            .values(value=d.to_value, changed_at=now, change_id=SC.c.id))
+            .where(_in(conn, S.c.device_id, device_ids, String), S.c.key == d.setting, S.c.value == d.from_value)
+            .values(value=d.to_value, changed_at=now, change_id=change))
     return int(conn.execute(stmt).rowcount or 0)
 
 

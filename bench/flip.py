@@ -1,0 +1,310 @@
+"""Flip benchmark: `campaign flip` of about 300,000 devices with their change rows, as a whole process, against
+bare batched SQL measured in the same run, on SQLite and on PostgreSQL (a server of its own, started here
+with fsync and synchronous_commit on, as production runs).
+
+The reference does the same job with the DBAPI and nothing else: per batch of 5,000 devices (keyset over the
+affected devices, the campaign's audience filters included), one transaction with an `INSERT … SELECT` of the
+change rows and one `UPDATE` of the settings pointing each at its change row. Ours is the real command line
+(`campaign flip SLUG`); its time counts from its first batch (the first change row's `decided_at`) to the
+process's end, so start-up (imports, engine, definition) is left out as the goal asks. Both start from a copy
+of the same prepared database each run (a file copy on SQLite, `CREATE DATABASE … TEMPLATE` on PostgreSQL),
+alternating; medians of the runs, the ratio, and our peak RSS.
+
+    ./run bench flip [--accounts N] [--runs K] [--data DIR] [--only sqlite|postgres] [--keep]
+
+The campaign is the shipped one with `require_notice = false` (the reference knows nothing of notices, and
+the run is about writing the changes; with notices required, every device without a delivered notice would
+be held back instead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shutil
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+SLUG = "voice-local-processing"
+BATCH = 5000
+SETTING, FROM, TO = "voice_recordings", "do_not_send", "dont_save"
+COUNTRIES = ("US", "CA", "GB", "DE", "AT", "JP")
+MODELS = ("Echo Dot (4th Gen)", "Echo Show 10", "Echo Show 15")
+
+
+def cli(url: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "CAMPAIGN_DATABASE_URL": url, "CAMPAIGN_ACTOR": "bench",
+           "CAMPAIGN_TEMPLATES": str(ROOT / "templates")}
+    env.pop("CAMPAIGN_CLOCK", None)
+    result = subprocess.run([sys.executable, "-m", "campaign", *args], env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise SystemExit(f"campaign {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
+    return result
+
+
+def prepare(url: str, data: Path, definition: Path) -> None:
+    """Schema, the sample accounts and devices, the campaign: the starting point of every run."""
+    cli(url, "db", "upgrade")
+    cli(url, "import", "accounts", str(data / "accounts.csv"))
+    cli(url, "import", "devices", str(data / "devices.csv"))
+    cli(url, "create", str(definition))
+
+
+# -- the reference --------------------------------------------------------------------------------------
+
+def reference(connect: Callable[[], Any], mark: str, now: Any) -> tuple[int, float]:
+    """Bare batched SQL through the DBAPI; returns (devices flipped, seconds)."""
+    p = mark
+    conn = connect()
+    cur = conn.cursor()
+    cur.execute(f"SELECT id FROM campaign WHERE slug = {p}", (SLUG,))
+    campaign_id = cur.fetchone()[0]
+    conn.commit()
+    countries = ", ".join(p for _ in COUNTRIES)
+    models = ", ".join(p for _ in MODELS)
+    where = (f"s.key = {p} AND s.value = {p} AND a.country IN ({countries}) AND d.model IN ({models})")
+    fixed = (SETTING, FROM, *COUNTRIES, *MODELS)
+    frm = "device_setting s JOIN device d ON d.id = s.device_id JOIN account a ON a.id = d.account_id"
+    select_ids = f"SELECT s.device_id FROM {frm} WHERE {where} AND s.device_id > {p} ORDER BY s.device_id LIMIT {BATCH}"
+    insert = (f"INSERT INTO setting_change (campaign_id, device_id, account_id, setting, from_value, to_value, state, "
+              f"actor, decided_at, flipped_at) SELECT {p}, s.device_id, d.account_id, {p}, {p}, {p}, 'changed', "
+              f"'reference', {p}, {p} FROM {frm} WHERE {where} AND s.device_id >= {p} AND s.device_id <= {p}")
+    update = (f"UPDATE device_setting SET value = {p}, changed_at = {p}, change_id = (SELECT c.id "
+              f"FROM setting_change c WHERE c.campaign_id = {p} AND c.device_id = device_setting.device_id) "
+              f"WHERE key = {p} AND value = {p} AND device_id IN (SELECT c.device_id FROM setting_change c WHERE "
+              f"c.campaign_id = {p} AND c.device_id >= {p} AND c.device_id <= {p})")
+    flipped, after = 0, ""
+    start = time.perf_counter()
+    while True:
+        cur.execute(select_ids, (*fixed, after))
+        ids = [r[0] for r in cur.fetchall()]
+        if not ids:
+            conn.commit()
+            break
+        lo, hi = ids[0], ids[-1]
+        cur.execute(insert, (campaign_id, SETTING, FROM, TO, now, now, *fixed, lo, hi))
+        cur.execute(update, (TO, now, campaign_id, SETTING, FROM, campaign_id, lo, hi))
+        if cur.rowcount != len(ids):
+            raise SystemExit(f"reference: {cur.rowcount} updated of {len(ids)}")
+        conn.commit()
+        flipped += len(ids)
+        after = hi
+    elapsed = time.perf_counter() - start
+    conn.close()
+    return flipped, elapsed
+
+
+# -- ours -------------------------------------------------------------------------------------------------
+
+def run_ours(url: str, first: Callable[[], float]) -> tuple[int, float, float, int]:
+    """`campaign flip SLUG` as a process; returns (devices flipped, seconds from its first batch, seconds in all,
+    its peak RSS in KiB)."""
+    env = {**os.environ, "CAMPAIGN_DATABASE_URL": url, "CAMPAIGN_ACTOR": "bench",
+           "CAMPAIGN_TEMPLATES": str(ROOT / "templates")}
+    env.pop("CAMPAIGN_CLOCK", None)
+    out_path = Path(tempfile.mkstemp(prefix="flip-out-")[1])
+    started = time.time()
+    with out_path.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "campaign", "flip", SLUG, "--json"], env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    ended = time.time()
+    text = out_path.read_text()
+    out_path.unlink()
+    if proc.returncode != 0:
+        raise SystemExit(f"campaign flip failed:\n{text}")
+    changed = int(json.loads(text)["changed"])
+    return changed, ended - first(), ended - started, usage.ru_maxrss
+
+
+# -- SQLite ---------------------------------------------------------------------------------------------
+
+def sqlite_first(path: Path) -> Callable[[], float]:
+    def first() -> float:
+        with sqlite3.connect(path) as conn:
+            value = conn.execute("SELECT min(decided_at) FROM setting_change").fetchone()[0]
+        return dt.datetime.fromisoformat(value).replace(tzinfo=dt.UTC).timestamp()
+    return first
+
+
+def bench_sqlite(work: Path, data: Path, definition: Path, runs: int) -> dict[str, Any]:
+    base = work / "base.db"
+    if not base.exists():
+        print("sqlite: preparing the database ...", flush=True)
+        prepare(f"sqlite:///{base}", data, definition)
+    run_db = work / "run.db"
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+
+    def fresh() -> None:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{run_db}{suffix}").unlink(missing_ok=True)
+        shutil.copyfile(base, run_db)
+
+    def connect() -> Any:
+        conn = sqlite3.connect(run_db)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")  # as campaign's engine sets it
+        return conn
+
+    return alternate("sqlite", runs, fresh, lambda: reference(connect, "?", now),
+                     lambda: run_ours(f"sqlite:///{run_db}", sqlite_first(run_db)))
+
+
+# -- PostgreSQL -----------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _as_pg(cmd: str) -> None:
+    if os.geteuid() == 0:
+        subprocess.run(["su", "postgres", "-s", "/bin/sh", "-c", cmd], check=True, capture_output=True)
+    else:
+        subprocess.run(["sh", "-c", cmd], check=True, capture_output=True)
+
+
+class Server:
+    """A PostgreSQL server of the bench's own, on a free port, with its own data directory: durable settings
+    (fsync, synchronous_commit and full_page_writes on: the defaults, unlike the tests' server)."""
+
+    def __init__(self, data: Path) -> None:
+        bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+        if not bins:
+            raise SystemExit("PostgreSQL is not installed (.ci/postgres installs it)")
+        self.bin = bins[-1].parent
+        self.data, self.port = data, free_port()
+        data.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            shutil.chown(data, "postgres", "postgres")
+        _as_pg(f"'{self.bin}/initdb' -D '{data}' -U postgres -A trust -E UTF8 --locale=C.UTF-8")
+        _as_pg(f"'{self.bin}/pg_ctl' -D '{data}' -l '{data}/server.log' -w -t 60 -o \"-h 127.0.0.1 -p {self.port} "
+               f"-k '{data}' -c fsync=on -c synchronous_commit=on -c full_page_writes=on\" start")
+        self.admin = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def url(self, name: str) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{name}"
+
+    def sql(self, statement: str) -> list[tuple[Any, ...]]:
+        import psycopg
+        with psycopg.connect(self.admin, autocommit=True) as conn:
+            cur = conn.execute(statement)  # type: ignore[arg-type]
+            return cur.fetchall() if cur.description else []
+
+    def stop(self) -> None:
+        _as_pg(f"'{self.bin}/pg_ctl' -D '{self.data}' -m fast stop")
+
+
+def bench_postgres(work: Path, data: Path, definition: Path, runs: int) -> dict[str, Any]:
+    import psycopg
+
+    pgdata = Path(tempfile.mkdtemp(prefix="campaign-bench-pg-"))  # its own, owned by the server's user
+    server = Server(pgdata)
+    try:
+        settings = dict(server.sql("SELECT name, setting FROM pg_settings WHERE name IN "
+                                   "('fsync', 'synchronous_commit', 'full_page_writes')"))
+        print(f"postgres: own server on port {server.port}: {settings}", flush=True)
+        assert settings["fsync"] == "on" and settings["synchronous_commit"] == "on", settings
+        print("postgres: preparing the database ...", flush=True)
+        server.sql("CREATE DATABASE flip_base")
+        prepare(server.url("flip_base"), data, definition)
+        server.sql("VACUUM ANALYZE")
+        now = dt.datetime.now(dt.UTC)
+
+        def fresh() -> None:
+            server.sql('DROP DATABASE IF EXISTS "flip_run" WITH (FORCE)')
+            server.sql('CREATE DATABASE "flip_run" TEMPLATE "flip_base"')
+
+        def connect() -> Any:
+            return psycopg.connect(f"postgresql://postgres@127.0.0.1:{server.port}/flip_run")
+
+        def first() -> float:
+            with psycopg.connect(f"postgresql://postgres@127.0.0.1:{server.port}/flip_run") as conn:
+                value = conn.execute("SELECT min(decided_at) FROM setting_change").fetchone()
+            assert value is not None
+            return float(value[0].timestamp())
+
+        return alternate("postgres", runs, fresh, lambda: reference(connect, "%s", now),
+                         lambda: run_ours(server.url("flip_run"), first))
+    finally:
+        server.stop()
+        shutil.rmtree(pgdata, ignore_errors=True)
+
+
+# -- the runs -------------------------------------------------------------------------------------------
+
+def alternate(name: str, runs: int, fresh: Callable[[], None], ref: Callable[[], tuple[int, float]],
+              our: Callable[[], tuple[int, float, float, int]]) -> dict[str, Any]:
+    refs, ours_, totals, peaks = [], [], [], []
+    n = 0
+    for i in range(runs):
+        fresh()
+        n_ref, t_ref = ref()
+        fresh()
+        n, t_our, t_all, peak = our()
+        if n != n_ref:
+            raise SystemExit(f"{name}: campaign flipped {n} devices, the reference {n_ref}")
+        refs.append(t_ref), ours_.append(t_our), totals.append(t_all), peaks.append(peak)
+        print(f"{name} run {i + 1}: reference {t_ref:6.2f} s ({n_ref / t_ref:>9,.0f}/s)   campaign {t_our:6.2f} s "
+              f"from its first batch ({n / t_our:>9,.0f}/s; {t_all:.2f} s with start-up)   "
+              f"peak RSS {peak / 1024:.0f} MiB", flush=True)
+    r, o = n / statistics.median(refs), n / statistics.median(ours_)
+    return {"devices": n, "reference": r, "ours": o, "ratio": o / r, "peak_mib": max(peaks) / 1024,
+            "with_startup": n / statistics.median(totals)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--accounts", type=int, default=556_000,
+                        help="sample accounts (default 556,000: about 300,000 affected devices)")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--data", type=Path, help="where the generated files are kept (reused if present)")
+    parser.add_argument("--only", choices=("sqlite", "postgres"))
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="campaign-bench-flip-"))
+    data = args.data or work / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    marker = data / f".accounts-{args.accounts}"
+    if not marker.exists():
+        print(f"generating {args.accounts:,} accounts into {data} ...", flush=True)
+        subprocess.run([sys.executable, "-m", "campaign.sample", "--accounts", str(args.accounts), "--out",
+                        str(data)], check=True, capture_output=True)
+        marker.touch()
+    definition = work / "flip.toml"
+    definition.write_text((ROOT / "data" / "voice-local-processing.toml").read_text(encoding="utf-8")
+                          .replace("require_notice = true", "require_notice = false"), encoding="utf-8")
+    results = {}
+    try:
+        for name, fn in (("sqlite", bench_sqlite), ("postgres", bench_postgres)):
+            if args.only in (None, name):
+                results[name] = fn(work, data, definition, args.runs)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"kept {work}")
+    print()
+    for name, r in results.items():
+        print(f"{name:<9} {r['devices']:,} devices: reference {r['reference']:>9,.0f}/s   "
+              f"campaign {r['ours']:>9,.0f}/s "
+              f"from its first batch ({r['with_startup']:,.0f}/s with start-up)   ratio {r['ratio']:.2f} (goal >= 0.50)"
+              f"   peak RSS {r['peak_mib']:.0f} MiB (goal <= 150)")
+
+
+if __name__ == "__main__":
+    main()
