@@ -30,6 +30,7 @@ import multiprocessing
 import os
 import random
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -198,18 +199,17 @@ def _connection_lost(exc: BaseException, dialect: str) -> bool:
     return False
 
 
-def call(engine: Engine, fn: Callable[..., T], *args: Any, write: bool = True,
-         retry_for: float | None = None) -> T:
-    """`fn(conn, *args)` in one transaction (committed when `write`), retried on a new connection with a
-    bounded backoff while the database is unreachable; `DatabaseLost` after `retry_for` seconds."""
+def _retrying(dialect: str, once: Callable[[], T], retry_for: float | None) -> T:
+    """`once()`, tried again with a bounded backoff while the database is unreachable; `DatabaseLost` after
+    `retry_for` seconds (default `RECONNECT_FOR`). Each statement of the send may safely run twice: a claim
+    whose commit was lost leaves leases that run out, and recording an outcome again writes nothing."""
     deadline = time.monotonic() + (RECONNECT_FOR if retry_for is None else retry_for)
     delay = 0.05
     while True:
         try:
-            with (db.write(engine) if write else db.read(engine)) as conn:
-                return fn(conn, *args)
+            return once()
         except (OperationalError, DBAPIError) as exc:
-            if not _connection_lost(exc, engine.dialect.name):
+            if not _connection_lost(exc, dialect):
                 raise
             if time.monotonic() + delay > deadline:
                 raise DatabaseLost(f"the database is unreachable ({' '.join(str(exc.orig).split())[:200]}); the "
@@ -220,31 +220,81 @@ def call(engine: Engine, fn: Callable[..., T], *args: Any, write: bool = True,
             delay = min(delay * 2, RECONNECT_MAX_DELAY)
 
 
+def call(engine: Engine, fn: Callable[..., T], *args: Any, write: bool = True,
+         retry_for: float | None = None) -> T:
+    """`fn(conn, *args)` in one transaction (committed when `write`), retried on a new connection while the
+    database is unreachable (see `_retrying`)."""
+    def once() -> T:
+        with (db.write(engine) if write else db.read(engine)) as conn:
+            return fn(conn, *args)
+    return _retrying(engine.dialect.name, once, retry_for)
+
+
 class Database:
-    """The worker's one database thread: every statement of the send loop runs there, in order, while the
-    event loop goes on with SMTP. Adds up the time the thread was busy (`busy`)."""
+    """The worker's database threads: every statement of the send loop runs there, while the event loop goes
+    on with SMTP. Each thread keeps its own connection (no pool checkout, no ping per transaction) and makes
+    a new one when it is lost. Two lanes: "commit" for the outcomes, "main" for the rest (claims, heartbeats,
+    looks); on PostgreSQL each has its own thread, so a commit need not wait for a claim; on SQLite, which has
+    one writer at a time, they share one thread instead of waiting on each other's lock."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.busy = 0.0
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="campaign-db")
+        self.busy = 0.0  # seconds the threads spent on the database, summed
+        self._local = threading.local()
+        self._opened: list[tuple[ThreadPoolExecutor, Connection]] = []
+        main = ThreadPoolExecutor(1, thread_name_prefix="campaign-db")
+        commit = main if engine.dialect.name == "sqlite" else ThreadPoolExecutor(1, thread_name_prefix="campaign-db-c")
+        self._lanes = {"main": main, "commit": commit}
 
-    def _timed(self, fn: Callable[..., T], args: tuple[Any, ...], write: bool, retry_for: float | None) -> T:
+    def _connection(self, lane: ThreadPoolExecutor) -> Connection:
+        conn: Connection | None = getattr(self._local, "conn", None)
+        if conn is None or conn.closed or conn.invalidated:
+            conn = self._local.conn = self.engine.connect()
+            self._opened.append((lane, conn))
+        return conn
+
+    def _once(self, lane: ThreadPoolExecutor, fn: Callable[..., T], args: tuple[Any, ...], write: bool) -> T:
+        conn = self._connection(lane)
+        try:
+            conn.execution_options(campaign_write=write)  # BEGIN IMMEDIATE on SQLite when it will write
+            with conn.begin() as tx:
+                out = fn(conn, *args)
+                if not write:
+                    tx.rollback()
+                return out
+        except (OperationalError, DBAPIError):
+            with contextlib.suppress(Exception):
+                conn.close()  # an invalidated connection is discarded by the pool, a live one goes back
+            self._local.conn = None
+            raise
+
+    def _run(self, lane: ThreadPoolExecutor, fn: Callable[..., T], args: tuple[Any, ...], write: bool,
+             retry_for: float | None) -> T:
         start = time.perf_counter()
         try:
-            return call(self.engine, fn, *args, write=write, retry_for=retry_for)
+            return _retrying(self.engine.dialect.name, lambda: self._once(lane, fn, args, write), retry_for)
         finally:
             self.busy += time.perf_counter() - start
 
-    async def write(self, fn: Callable[..., T], *args: Any, retry_for: float | None = None) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._thread, self._timed, fn, args, True,
+    async def write(self, fn: Callable[..., T], *args: Any, retry_for: float | None = None,
+                    lane: str = "main") -> T:
+        """`fn(conn, *args)` in a transaction that commits, in the lane's thread."""
+        executor = self._lanes[lane]
+        return await asyncio.get_running_loop().run_in_executor(executor, self._run, executor, fn, args, True,
                                                                 retry_for)
 
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._thread, self._timed, fn, args, False, None)
+        """`fn(conn, *args)` in a transaction that is rolled back, in the main lane's thread."""
+        executor = self._lanes["main"]
+        return await asyncio.get_running_loop().run_in_executor(executor, self._run, executor, fn, args, False,
+                                                                None)
 
     def close(self) -> None:
-        self._thread.shutdown(wait=True)
+        for lane, conn in self._opened:  # each in the thread that made it
+            with contextlib.suppress(Exception):
+                lane.submit(conn.close).result()
+        for lane in set(self._lanes.values()):
+            lane.shutdown(wait=True)
 
 
 # -- preparing a wave ------------------------------------------------------------------------------------
@@ -450,7 +500,7 @@ class Worker:
             self._queued.clear()
             results = [r for rs, _, _ in batch for r in rs]
             try:
-                await self.db.write(self._record_tx, results, [b for _, bs, _ in batch for b in bs])
+                await self.db.write(self._record_tx, results, [b for _, bs, _ in batch for b in bs], lane="commit")
             except BaseException as exc:  # the database is gone for good (after `call`'s retries), or a bug
                 self._db_gone = exc
                 for _, _, fut in [*batch, *self._queue]:
