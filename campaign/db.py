@@ -92,6 +92,10 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     return engine
 
 
+def _lower(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
+
+
 def _setup_sqlite(engine: Engine) -> None:
     # pysqlite's own transaction handling begins late and never BEGIN IMMEDIATE; take it over
     # (SQLAlchemy's documented recipe), so that a read-then-write transaction holds the write
@@ -105,6 +109,9 @@ def _setup_sqlite(engine: Engine) -> None:
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
         cur.close()
+        # SQLite's own lower() folds ASCII only; suppression compares addresses by lower(), and an address may
+        # be internationalized (`Üser@…` is `üser@…`). Python's, like PostgreSQL's, folds every letter.
+        dbapi_connection.create_function("lower", 1, _lower, deterministic=True)
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:

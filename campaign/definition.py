@@ -14,6 +14,7 @@ from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
 
+from campaign.addresses import ascii_domain_form
 from campaign.addresses import normalize as normalize_address
 from campaign.errors import InputError, Problem
 from campaign.validation import has_crlf, normalize_country, normalize_locale
@@ -95,7 +96,8 @@ class Definition:
 
     @property
     def sender_domain(self) -> str:
-        return self.sender_address.rpartition("@")[2].lower()
+        """The sender's domain as ASCII (A-labels for an IDN): it goes into every Message-ID."""
+        return ascii_domain_form(self.sender_address).rpartition("@")[2].lower()
 
 
 class _Locator:

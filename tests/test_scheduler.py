@@ -229,3 +229,31 @@ def test_scheduler_once_with_nothing_due(db_url: str, smtpd: SmtpServer, workdir
     assert "did 0 step(s)" in proc.stdout
     assert not smtpd.messages
     assert set(steps(engine).values()) == {"pending"}
+
+
+@pytest.mark.slow
+def test_sigterm_mid_wave_hands_the_step_back_and_a_restart_finishes(
+        engine: Engine, db_url: str, smtpd: SmtpServer, workdir: Path, run_cli: CliRun, scheduled: None) -> None:
+    # A slow relay budget: 12 messages at 3 a second leave time to stop the scheduler in the middle.
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE campaign SET definition = REPLACE(definition, 'rate_per_second = 500', "
+                          "'rate_per_second = 3')"))
+    clock = at(-dt.timedelta(days=13))
+    proc = scheduler(db_url, smtpd, workdir, clock, "--poll", "1")
+    deadline = time.monotonic() + 120
+    while len(smtpd.messages) < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert smtpd.messages, "the scheduler sent nothing"
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert len(smtpd.messages) < N  # stopped in the middle
+    assert steps(engine)["wave:notice"] == "pending"  # handed back, not lost, not marked done
+    assert rows(engine, "SELECT COUNT(*) FROM lease") == [(0,)]
+    again = run_once(db_url, smtpd, workdir, at(-dt.timedelta(days=13, hours=-1)))
+    assert again.returncode == 0, again.stderr
+    assert steps(engine)["wave:notice"] == "done"
+    got = received(smtpd)
+    assert set(got) == {("notice", f"user{i}@example.com") for i in range(N)}
+    assert sum(got.values()) - N <= 4  # at most the messages in flight (concurrency 4) went twice (G2)
+    assert rows(engine, "SELECT COUNT(*) FROM delivery WHERE state = 'sent'") == [(N,)]

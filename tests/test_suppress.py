@@ -53,3 +53,25 @@ def test_import_dry_run(run_cli: CliRun, engine: Engine, write_file: Callable[..
     result = run_cli("suppress", "import", str(path), "--dry-run")
     assert result.exit_code == 0 and "would add 1" in result.stdout
     assert table_counts(engine) == before
+
+
+def test_case_is_folded_beyond_ascii(run_cli: CliRun, engine: Engine, write_file: Callable[..., Path]) -> None:
+    """`Üser@…` is `üser@…` on both databases (SQLite's own lower() folds ASCII only), in the SQL the ledger
+    uses to record a suppressed delivery and in the look-up a sender makes before each message."""
+    from sqlalchemy import select
+
+    from campaign import db
+    from campaign.models import ACCOUNT as A
+    from campaign.store import suppressions
+
+    assert run_cli("suppress", "add", "üser@bücher.example", "--reason", "asked").exit_code == 0
+    again = run_cli("suppress", "add", "ÜSER@BÜCHER.example", "--reason", "again")
+    assert "already suppressed" in again.stdout
+    accounts = write_file("a.csv", "account_id,email,name,locale,timezone,country\n"
+                                   "a1,Üser@bücher.example,Ü,de-DE,Europe/Berlin,DE\n"
+                                   "a2,other@bücher.example,O,de-DE,Europe/Berlin,DE\n")
+    assert run_cli("import", "accounts", str(accounts)).exit_code == 0
+    with db.read(engine) as conn:
+        assert suppressions.suppressed(conn, ["Üser@bücher.example", "other@bücher.example"]) == {"üser@bücher.example"}
+        hits = conn.execute(select(A.c.id).where(suppressions.matches(A.c.email)).order_by(A.c.id)).all()
+    assert [h[0] for h in hits] == ["a1"]
