@@ -519,6 +519,52 @@ def status_cmd(app: App, slug: str, as_json: bool) -> None:
         click.echo(f"  next step      {nxt['step']} at {nxt['due_at']} ({nxt['state']})")
 
 
+@cli.command("report")
+@click.argument("slug")
+@click.option("--format", "fmt", type=click.Choice(reports.FORMATS), default="csv", show_default=True,
+              help="csv: a row per account and device; jsonl: an object per account; html: one page with charts.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write here [default: stdout].")
+@click.option("--account", "account_id", metavar="ID", help="One person's whole story instead, by account id.")
+@click.option("--email", metavar="ADDR", help="One person's whole story instead, by address.")
+@json_option
+@pass_app
+def report_cmd(app: App, slug: str, fmt: str, out: Path | None, account_id: str | None, email: str | None,
+               as_json: bool) -> None:
+    """The evidence: per account, each wave's state, time, Message-ID and error, and each device's change
+    (flipped, rolled back, held back and why). With --account or --email: one person's whole story."""
+    if account_id is not None or email is not None:
+        if account_id is not None and email is not None:
+            raise click.UsageError("--account or --email, not both")
+        story = reports.story_of(app.engine(), slug, account_id=account_id, email=email)
+        if as_json:
+            _json(story)
+        else:
+            click.echo(reports.story_text(story))
+        return
+    if as_json:
+        raise click.UsageError("--json goes with --account or --email (the report's formats: --format)")
+    written = reports.report(app.engine(), slug, fmt, out, sys.stdout)
+    if out is not None:
+        what = f"{written.accounts} accounts" if fmt != "html" else "the HTML report"
+        click.echo(f"{slug}: {what} written to {out}")
+
+
+@cli.command("log")
+@click.argument("slug")
+@click.option("--since", metavar="ISO", help="Only events at or after this date or instant (UTC unless it says).")
+@click.option("--actor", "who", metavar="NAME", help="Only events of this actor.")
+@json_option
+@pass_app
+def log_cmd(app: App, slug: str, since: str | None, who: str | None, as_json: bool) -> None:
+    """The campaign's audit events, oldest first: who did what, when, with its counts (imports and suppressions,
+    which belong to no campaign, included)."""
+    events = reports.log_of(app.engine(), slug, since=since, actor=who)
+    if as_json:
+        _json({"campaign": slug, "events": events})
+    else:
+        click.echo(reports.log_text(events))
+
+
 @cli.command("schedule")
 @click.argument("slug")
 @dry_run_option

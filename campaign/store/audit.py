@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, insert, or_, select
 
 from campaign.db import utcnow
 from campaign.models import AUDIT_EVENT
@@ -32,14 +32,20 @@ class Event:
 
 
 def events(conn: Connection, campaign_id: int | None = None, since: dt.datetime | None = None,
-           actor: str | None = None) -> Iterator[Event]:
-    """Audit events, oldest first; filtered by campaign, time and actor when given."""
+           actor: str | None = None, *, include_global: bool = False,
+           actions: Sequence[str] | None = None) -> Iterator[Event]:
+    """Audit events, oldest first; filtered by campaign, time, actor and action when given. `include_global`
+    adds, to a campaign's events, those that belong to no campaign (imports, suppressions): they shape every
+    campaign's audience."""
     stmt = select(A.c.at, A.c.actor, A.c.action, A.c.campaign_id, A.c.detail).order_by(A.c.at, A.c.id)
     if campaign_id is not None:
-        stmt = stmt.where(A.c.campaign_id == campaign_id)
+        own = A.c.campaign_id == campaign_id
+        stmt = stmt.where(or_(own, A.c.campaign_id.is_(None)) if include_global else own)
     if since is not None:
         stmt = stmt.where(A.c.at >= since)
     if actor is not None:
         stmt = stmt.where(A.c.actor == actor)
-    for r in conn.execute(stmt):
+    if actions is not None:
+        stmt = stmt.where(A.c.action.in_(list(actions)))
+    for r in conn.execute(stmt.execution_options(stream_results=True, yield_per=1000)):
         yield Event(r.at, r.actor, r.action, r.campaign_id, json.loads(r.detail))

@@ -1,0 +1,193 @@
+"""What the evidence reads: every account's story in one ordered pass (the CSV and JSON Lines reports), one
+person's whole story (support on the phone), and the aggregates of the HTML report.
+
+The per-account report is one statement: the campaign's accounts (those with a ledger row or a change row),
+each joined to its delivery of every wave by the ledger's unique index and to its change rows, in account
+order. It streams; nothing holds an audience in memory.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import BigInteger, Connection, Row, and_, case, cast, func, literal, null, select, type_coerce, union
+from sqlalchemy.sql.elements import ColumnElement
+
+from campaign.db import UTCDateTime
+from campaign.definition import Definition
+from campaign.models import (
+    ACCOUNT,
+    BOUNCED,
+    DELIVERY,
+    DEVICE,
+    DEVICE_SETTING,
+    EXPIRED,
+    FAILED,
+    SENT,
+    SETTING_CHANGE,
+    SKIPPED,
+    SUPPRESSED,
+    WAVE,
+)
+from campaign.store.audience import affected
+
+A, D, DL, S, SC, W = ACCOUNT, DEVICE, DELIVERY, DEVICE_SETTING, SETTING_CHANGE, WAVE
+ENDED_WITHOUT_SENDING = (FAILED, BOUNCED, SUPPRESSED, SKIPPED, EXPIRED)
+YIELD_PER = 2000
+
+
+def _at(dl: Any) -> ColumnElement[Any]:
+    """A delivery's moment: when it was sent; for one that ended otherwise, when it ended; else none yet."""
+    return type_coerce(case((dl.c.state == SENT, dl.c.sent_at),
+                            (dl.c.state.in_(ENDED_WITHOUT_SENDING), dl.c.updated_at), else_=null()), UTCDateTime())
+
+
+# -- every account, in one ordered pass ------------------------------------------------------------------
+
+ACCOUNT_COLUMNS = ("account_id", "email", "locale", "timezone")
+WAVE_COLUMNS = ("state", "at", "message_id", "error")
+DEVICE_COLUMNS = ("device_id", "from", "to", "change", "flipped_at", "rolled_back_at", "due_at", "note")
+
+
+def account_rows(conn: Connection, campaign_id: int, wave_ids: Sequence[int],
+                 yield_per: int = YIELD_PER) -> Iterator[Row[Any]]:
+    """One row per account and device of the campaign (an account without a change row: one row, its device
+    columns empty), in account then device order: ACCOUNT_COLUMNS, then WAVE_COLUMNS for each wave of
+    `wave_ids` in that order (all empty where the account has no row in that wave), then DEVICE_COLUMNS."""
+    ids = union(select(DL.c.account_id).where(DL.c.campaign_id == campaign_id),
+                select(SC.c.account_id).where(SC.c.campaign_id == campaign_id)).subquery("ids")
+    frm: Any = ids.join(A, A.c.id == ids.c.account_id)
+    cols: list[Any] = [A.c.id, A.c.email, A.c.locale, A.c.timezone]
+    for i, wave_id in enumerate(wave_ids):
+        dl = DL.alias(f"w{i}")
+        # the ledger's unique index (campaign, wave, account): one look-up per account and wave
+        frm = frm.outerjoin(dl, and_(dl.c.campaign_id == campaign_id, dl.c.wave_id == wave_id,
+                                     dl.c.account_id == A.c.id))
+        cols += [dl.c.state, _at(dl), dl.c.message_id, dl.c.last_error]
+    frm = frm.outerjoin(SC, and_(SC.c.campaign_id == campaign_id, SC.c.account_id == A.c.id))
+    cols += [SC.c.device_id, SC.c.from_value, SC.c.to_value, SC.c.state, SC.c.flipped_at, SC.c.rolled_back_at,
+             SC.c.due_at, SC.c.note]
+    stmt = select(*cols).select_from(frm).order_by(ids.c.account_id, SC.c.device_id)
+    # Options on the statement, not the connection: they would stick to the connection for what follows.
+    yield from conn.execute(stmt.execution_options(stream_results=True, yield_per=yield_per))
+
+
+# -- one person ------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Person:
+    account_id: str
+    email: str
+    name: str
+    locale: str
+    timezone: str
+    country: str
+
+
+def _person(r: Any) -> Person:
+    return Person(r.id, r.email, r.name, r.locale, r.timezone, r.country)
+
+
+def person(conn: Connection, account_id: str | None = None, email: str | None = None) -> list[Person]:
+    """The account with this id, or the accounts with this address (matched without regard to case, as
+    suppression does): a list, since one address may belong to several accounts."""
+    stmt = select(A.c.id, A.c.email, A.c.name, A.c.locale, A.c.timezone, A.c.country)
+    if account_id is not None:
+        stmt = stmt.where(A.c.id == account_id)
+    if email is not None:
+        stmt = stmt.where(func.lower(A.c.email) == email.lower())
+    return [_person(r) for r in conn.execute(stmt.order_by(A.c.id))]
+
+
+def ledger_accounts_by_email(conn: Connection, campaign_id: int, email: str) -> list[str]:
+    """Accounts the campaign mailed at this address (they may have changed their address since)."""
+    return list(conn.execute(select(DL.c.account_id).distinct().where(
+        DL.c.campaign_id == campaign_id, func.lower(DL.c.email) == email.lower()).order_by(DL.c.account_id))
+        .scalars())
+
+
+def messages(conn: Connection, campaign_id: int, account_id: str) -> list[Row[Any]]:
+    """The account's ledger rows in this campaign, wave by wave: (wave, state, at, sent_at, message_id, error,
+    email, locale, attempts, not_before, updated_at)."""
+    return list(conn.execute(
+        select(W.c.name.label("wave"), DL.c.state, _at(DL).label("at"), DL.c.sent_at, DL.c.message_id,
+               DL.c.last_error.label("error"), DL.c.email, DL.c.locale, DL.c.attempts, DL.c.not_before,
+               DL.c.updated_at)
+        .select_from(DL.join(W, W.c.id == DL.c.wave_id))
+        .where(DL.c.campaign_id == campaign_id, DL.c.account_id == account_id).order_by(W.c.position)))
+
+
+def device_changes(conn: Connection, campaign_id: int, account_id: str) -> list[Row[Any]]:
+    """The account's change rows in this campaign, with each device's name and model, by device."""
+    return list(conn.execute(
+        select(SC.c.device_id, D.c.name, D.c.model, SC.c.setting, SC.c.from_value, SC.c.to_value, SC.c.state,
+               SC.c.actor, SC.c.decided_at, SC.c.notice_at, SC.c.due_at, SC.c.flipped_at, SC.c.rolled_back_at,
+               SC.c.note)
+        .select_from(SC.outerjoin(D, D.c.id == SC.c.device_id))
+        .where(SC.c.campaign_id == campaign_id, SC.c.account_id == account_id).order_by(SC.c.device_id)))
+
+
+def undecided_devices(conn: Connection, campaign_id: int, d: Definition, account_id: str) -> list[Row[Any]]:
+    """The account's devices still affected that no flip has looked at yet: (device_id, name, model, changed_at)."""
+    decided = select(SC.c.device_id).where(SC.c.campaign_id == campaign_id, SC.c.account_id == account_id)
+    return list(conn.execute(affected(d, D.c.id, D.c.name, D.c.model, S.c.changed_at)
+                             .where(A.c.id == account_id, D.c.id.not_in(decided)).order_by(D.c.id)))
+
+
+def devices_now(conn: Connection, setting: str, account_id: str) -> dict[str, tuple[str, dt.datetime]]:
+    """Each device of the account with the value of `setting` it holds now and since when."""
+    return {r[0]: (r[1], r[2]) for r in conn.execute(
+        select(S.c.device_id, S.c.value, S.c.changed_at).select_from(S.join(D, D.c.id == S.c.device_id))
+        .where(D.c.account_id == account_id, S.c.key == setting))}
+
+
+# -- the HTML report's aggregates --------------------------------------------------------------------------
+
+def _epoch(conn: Connection, column: Any) -> ColumnElement[int]:
+    """Seconds since 1970 of a stored UTC timestamp, as an integer (integer division buckets it)."""
+    if conn.dialect.name == "postgresql":
+        return cast(func.extract("epoch", column), BigInteger)
+    return cast(func.strftime("%s", column), BigInteger)
+
+
+def sent_span(conn: Connection, campaign_id: int) -> tuple[dt.datetime | None, dt.datetime | None]:
+    """The first and last send of the campaign."""
+    r = conn.execute(select(func.min(DL.c.sent_at), func.max(DL.c.sent_at))
+                     .where(DL.c.campaign_id == campaign_id, DL.c.sent_at.is_not(None))).one()
+    return r[0], r[1]
+
+
+def sends_over_time(conn: Connection, campaign_id: int, bucket_seconds: int) -> list[tuple[int, int, int]]:
+    """(wave id, bucket start in epoch seconds, messages sent) for each bucket of `bucket_seconds` that saw a
+    send, by wave and time."""
+    bucket = _epoch(conn, DL.c.sent_at) // literal(bucket_seconds, BigInteger)
+    rows = conn.execute(select(DL.c.wave_id, bucket.label("b"), func.count())
+                        .where(DL.c.campaign_id == campaign_id, DL.c.sent_at.is_not(None))
+                        .group_by(DL.c.wave_id, bucket).order_by(DL.c.wave_id, bucket))
+    return [(int(w), int(b) * bucket_seconds, int(n)) for w, b, n in rows]
+
+
+def outcomes_by_locale(conn: Connection, campaign_id: int) -> list[tuple[int, str, str, int]]:
+    """(wave id, the account's locale, delivery state, count)."""
+    rows = conn.execute(select(DL.c.wave_id, A.c.locale, DL.c.state, func.count())
+                        .select_from(DL.join(A, A.c.id == DL.c.account_id))
+                        .where(DL.c.campaign_id == campaign_id)
+                        .group_by(DL.c.wave_id, A.c.locale, DL.c.state))
+    return [(int(w), str(loc), str(s), int(n)) for w, loc, s, n in rows]
+
+
+def ledger_accounts(conn: Connection, campaign_id: int) -> int:
+    """Distinct accounts with a ledger row in the campaign (everyone it tried to tell, or recorded why not)."""
+    return int(conn.execute(select(func.count(DL.c.account_id.distinct()))
+                            .where(DL.c.campaign_id == campaign_id)).scalar_one())
+
+
+def change_accounts(conn: Connection, campaign_id: int) -> tuple[int, int]:
+    """(accounts, devices) with a change row in the campaign."""
+    r = conn.execute(select(func.count(SC.c.account_id.distinct()), func.count())
+                     .where(SC.c.campaign_id == campaign_id)).one()
+    return int(r[0]), int(r[1])
+
