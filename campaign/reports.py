@@ -92,40 +92,31 @@ def _why(state: str | None, due_at: dt.datetime | None) -> str | None:
     if state == HELD_BACK:
         return HELD_BACK_WHY
     if state == WAITING:
-        return f"waiting for fair notice until {_iso(due_at)}" if due_at else "waiting for fair notice"
+        return f"{WAITING_WHY} until {_iso(due_at)}" if due_at else WAITING_WHY
     return None
+
+
+WAITING_WHY = "waiting for fair notice"
 
 
 def csv_header(wave_names: list[str]) -> list[str]:
     """The CSV report's columns: the account, four per wave (`notice_state`, `notice_at`, …), the device."""
     return [*evidence.ACCOUNT_COLUMNS, *(f"{w}_{c}" for w in wave_names for c in evidence.WAVE_COLUMNS),
-            "device_id", "from", "to", "change", "flipped_at", "rolled_back_at", "held_back", "held_back_why",
-            "due_at", "note"]
+            *evidence.DEVICE_COLUMNS]
 
 
 def _write_csv(out: TextIO, rows: Iterator[Any], wave_names: list[str], written: Written) -> None:
     writer = csv.writer(out)
     writer.writerow(csv_header(wave_names))
-    n_wave_cols = 4 * len(wave_names)
-    device_at = 4 + n_wave_cols
+    write = writer.writerow
     last: str | None = None
     accounts = count = 0
-    for r in rows:
-        line = list(r)
-        for i in range(5, device_at, 4):  # each wave's `at`
-            t = line[i]
-            if t is not None:
-                line[i] = t.isoformat()
-        dev = line[device_at:]
-        device_id, state, flipped, rolled, due = dev[0], dev[3], dev[4], dev[5], dev[6]
-        tail = [device_id, dev[1], dev[2], state, flipped and flipped.isoformat(), rolled and rolled.isoformat(),
-                "" if device_id is None else ("true" if state in (HELD_BACK, WAITING) else "false"),
-                _why(state, due), due and due.isoformat(), dev[7]]
-        writer.writerow(line[:device_at] + tail)
+    for r in rows:  # the store gives each row as it is written: text, in column order
+        write(r)
         count += 1
-        if line[0] != last:
+        if r[0] != last:
             accounts += 1
-            last = line[0]
+            last = r[0]
     written.accounts, written.rows = accounts, count
 
 
@@ -139,14 +130,13 @@ def _write_jsonl(out: TextIO, rows: Iterator[Any], wave_names: list[str], writte
                 out.write(json.dumps(current, ensure_ascii=False) + "\n")
             accounts += 1
             current = {"account_id": r[0], "email": r[1], "locale": r[2], "timezone": r[3], "waves": {
-                name: {"state": r[4 + 4 * i], "at": _iso(r[5 + 4 * i]), "message_id": r[6 + 4 * i],
+                name: {"state": r[4 + 4 * i], "at": r[5 + 4 * i], "message_id": r[6 + 4 * i],
                        "error": r[7 + 4 * i]} for i, name in enumerate(wave_names)}, "devices": []}
-        device_id, frm, to, state, flipped, rolled, due, note = r[device_at:device_at + 8]
+        device_id, frm, to, state, flipped, rolled, held, why, due, note = r[device_at:device_at + 10]
         if device_id is not None:
             current["devices"].append({
-                "device_id": device_id, "from": frm, "to": to, "flipped_at": _iso(flipped),
-                "rolled_back_at": _iso(rolled), "held_back": state in (HELD_BACK, WAITING), "state": state,
-                "held_back_why": _why(state, due), "due_at": _iso(due), "note": note})
+                "device_id": device_id, "from": frm, "to": to, "flipped_at": flipped, "rolled_back_at": rolled,
+                "held_back": held == "true", "state": state, "held_back_why": why, "due_at": due, "note": note})
     if current is not None:
         out.write(json.dumps(current, ensure_ascii=False) + "\n")
     written.accounts = written.rows = accounts
@@ -165,7 +155,7 @@ def write_report(conn: Connection, slug: str, fmt: str, out: TextIO, now: dt.dat
         out.write(htmlreport.render(html_data(conn, slug, now)))
         return written
     waves = campaign_store.waves(conn, c.id)
-    rows = evidence.account_rows(conn, c.id, [w.id for w in waves])
+    rows = evidence.account_rows(conn, c.id, [w.id for w in waves], HELD_BACK_WHY, WAITING_WHY)
     names = [w.name for w in waves]
     if fmt == "csv":
         _write_csv(out, rows, names, written)

@@ -13,7 +13,21 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import BigInteger, Connection, Row, and_, case, cast, func, literal, null, select, type_coerce, union
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Row,
+    String,
+    and_,
+    case,
+    cast,
+    func,
+    literal,
+    null,
+    select,
+    type_coerce,
+    union,
+)
 from sqlalchemy.sql.elements import ColumnElement
 
 from campaign.db import UTCDateTime
@@ -26,10 +40,12 @@ from campaign.models import (
     DEVICE_SETTING,
     EXPIRED,
     FAILED,
+    HELD_BACK,
     SENT,
     SETTING_CHANGE,
     SKIPPED,
     SUPPRESSED,
+    WAITING,
     WAVE,
 )
 from campaign.store.audience import affected
@@ -41,22 +57,36 @@ YIELD_PER = 2000
 
 def _at(dl: Any) -> ColumnElement[Any]:
     """A delivery's moment: when it was sent; for one that ended otherwise, when it ended; else none yet."""
-    return type_coerce(case((dl.c.state == SENT, dl.c.sent_at),
-                            (dl.c.state.in_(ENDED_WITHOUT_SENDING), dl.c.updated_at), else_=null()), UTCDateTime())
+    return case((dl.c.state == SENT, dl.c.sent_at), (dl.c.state.in_(ENDED_WITHOUT_SENDING), dl.c.updated_at),
+                else_=null())
+
+
+def _iso(conn: Connection, column: Any) -> ColumnElement[str]:
+    """A stored timestamp as ISO 8601 text in UTC with microseconds (`2025-03-14T07:00:00.000000+00:00`), formatted
+    by the database: a million rows would otherwise spend most of their time parsing and formatting datetimes."""
+    if conn.dialect.name == "postgresql":
+        return func.to_char(func.timezone("UTC", column), 'YYYY-MM-DD"T"HH24:MI:SS.US') + literal("+00:00")
+    # SQLite keeps naive UTC as `YYYY-MM-DD HH:MM:SS.ffffff` (UTCDateTime)
+    return func.replace(type_coerce(column, String), " ", "T") + literal("+00:00")
 
 
 # -- every account, in one ordered pass ------------------------------------------------------------------
 
 ACCOUNT_COLUMNS = ("account_id", "email", "locale", "timezone")
 WAVE_COLUMNS = ("state", "at", "message_id", "error")
-DEVICE_COLUMNS = ("device_id", "from", "to", "change", "flipped_at", "rolled_back_at", "due_at", "note")
+DEVICE_COLUMNS = ("device_id", "from", "to", "change", "flipped_at", "rolled_back_at", "held_back", "held_back_why",
+                  "due_at", "note")
 
 
-def account_rows(conn: Connection, campaign_id: int, wave_ids: Sequence[int],
-                 yield_per: int = YIELD_PER) -> Iterator[Row[Any]]:
+def account_rows(conn: Connection, campaign_id: int, wave_ids: Sequence[int], held_back_why: str,
+                 waiting_why: str, yield_per: int = YIELD_PER) -> Iterator[Row[Any]]:
     """One row per account and device of the campaign (an account without a change row: one row, its device
     columns empty), in account then device order: ACCOUNT_COLUMNS, then WAVE_COLUMNS for each wave of
-    `wave_ids` in that order (all empty where the account has no row in that wave), then DEVICE_COLUMNS."""
+    `wave_ids` in that order (all empty where the account has no row in that wave), then DEVICE_COLUMNS.
+
+    Times come as ISO 8601 text (`_iso`); `held_back` as 'true' or 'false' (empty without a device);
+    `held_back_why` is `held_back_why` for a device held back, `waiting_why` and its due time for one waiting for
+    fair notice."""
     ids = union(select(DL.c.account_id).where(DL.c.campaign_id == campaign_id),
                 select(SC.c.account_id).where(SC.c.campaign_id == campaign_id)).subquery("ids")
     frm: Any = ids.join(A, A.c.id == ids.c.account_id)
@@ -66,10 +96,17 @@ def account_rows(conn: Connection, campaign_id: int, wave_ids: Sequence[int],
         # the ledger's unique index (campaign, wave, account): one look-up per account and wave
         frm = frm.outerjoin(dl, and_(dl.c.campaign_id == campaign_id, dl.c.wave_id == wave_id,
                                      dl.c.account_id == A.c.id))
-        cols += [dl.c.state, _at(dl), dl.c.message_id, dl.c.last_error]
+        cols += [dl.c.state, _iso(conn, _at(dl)), dl.c.message_id, dl.c.last_error]
     frm = frm.outerjoin(SC, and_(SC.c.campaign_id == campaign_id, SC.c.account_id == A.c.id))
-    cols += [SC.c.device_id, SC.c.from_value, SC.c.to_value, SC.c.state, SC.c.flipped_at, SC.c.rolled_back_at,
-             SC.c.due_at, SC.c.note]
+    due = _iso(conn, SC.c.due_at)
+    cols += [SC.c.device_id, SC.c.from_value, SC.c.to_value, SC.c.state, _iso(conn, SC.c.flipped_at),
+             _iso(conn, SC.c.rolled_back_at),
+             case((SC.c.state.in_((HELD_BACK, WAITING)), literal("true")),
+                  (SC.c.device_id.is_not(None), literal("false")), else_=null()),
+             case((SC.c.state == HELD_BACK, literal(held_back_why)),
+                  (SC.c.state == WAITING, literal(waiting_why) + func.coalesce(literal(" until ") + due, "")),
+                  else_=null()),
+             due, SC.c.note]
     stmt = select(*cols).select_from(frm).order_by(ids.c.account_id, SC.c.device_id)
     # Options on the statement, not the connection: they would stick to the connection for what follows.
     yield from conn.execute(stmt.execution_options(stream_results=True, yield_per=yield_per))
@@ -113,8 +150,8 @@ def messages(conn: Connection, campaign_id: int, account_id: str) -> list[Row[An
     """The account's ledger rows in this campaign, wave by wave: (wave, state, at, sent_at, message_id, error,
     email, locale, attempts, not_before, updated_at)."""
     return list(conn.execute(
-        select(W.c.name.label("wave"), DL.c.state, _at(DL).label("at"), DL.c.sent_at, DL.c.message_id,
-               DL.c.last_error.label("error"), DL.c.email, DL.c.locale, DL.c.attempts, DL.c.not_before,
+        select(W.c.name.label("wave"), DL.c.state, type_coerce(_at(DL), UTCDateTime()).label("at"), DL.c.sent_at,
+               DL.c.message_id, DL.c.last_error.label("error"), DL.c.email, DL.c.locale, DL.c.attempts, DL.c.not_before,
                DL.c.updated_at)
         .select_from(DL.join(W, W.c.id == DL.c.wave_id))
         .where(DL.c.campaign_id == campaign_id, DL.c.account_id == account_id).order_by(W.c.position)))
