@@ -40,6 +40,8 @@ code { font: 13px/1.4 ui-monospace, "SFMono-Regular", Menlo, Consolas, monospace
 section { background: #fff; border: 1px solid var(--line); border-radius: 10px; padding: 18px 20px;
   margin: 0 0 16px; }
 .tiles { display: grid; grid-template-columns: repeat(auto-fit, minmax(150px, 1fr)); gap: 10px; }
+.headline .tiles { grid-template-columns: repeat(4, 1fr); }
+@media (max-width: 720px) { .headline .tiles { grid-template-columns: repeat(2, 1fr); } }
 .tile { background: var(--soft); border-radius: 8px; padding: 10px 12px; border-left: 4px solid var(--c, #90a4ae); }
 .tile b { display: block; font-size: 24px; line-height: 1.2; font-variant-numeric: tabular-nums; }
 .tile span { color: var(--muted); font-size: 13px; }
@@ -63,7 +65,7 @@ td.zero { color: #b5bcc8; }
 .wave p { margin: 0; color: var(--muted); font-size: 13px; }
 .note { color: var(--muted); font-size: 13px; margin: 8px 0 0; }
 ol.timeline { list-style: none; margin: 0; padding: 0; }
-ol.timeline li { display: grid; grid-template-columns: 150px 110px 1fr; gap: 10px; padding: 6px 0;
+ol.timeline li { display: grid; grid-template-columns: 168px 100px 1fr; gap: 10px; padding: 6px 0;
   border-bottom: 1px solid var(--line); font-size: 13.5px; }
 ol.timeline li:last-child { border-bottom: 0; }
 ol.timeline time { color: var(--muted); font-variant-numeric: tabular-nums; }
@@ -204,8 +206,10 @@ def sends_chart(data: dict[str, Any]) -> str:
     cut = _t(data["cutoff"])
     assert cut is not None
     xc = x(cut.timestamp())
+    # the label beside the line, on whichever side has room
+    anchor, tx = ("end", xc - 6) if xc > w_px - right - 190 else ("start", xc + 6)
     out.append(f'<line x1="{xc:.1f}" x2="{xc:.1f}" y1="{top - 8}" y2="{top + plot_h}" stroke="#c62828" '
-               f'stroke-width="2" stroke-dasharray="6 4"/><text x="{xc + 5:.1f}" y="{top + 2}" fill="#c62828" '
+               f'stroke-width="2" stroke-dasharray="6 4"/><text x="{tx:.1f}" y="{top - 2}" text-anchor="{anchor}" '
                f'style="fill:#c62828;font-weight:600">cutoff {_e(_when(data["cutoff"]))}</text>')
     out.append(f'<text x="{left}" y="{h_px - 6}">UTC · one bar per {_e(_duration(width_s))} · dotted lines: when '
                "each wave was due</text>")
@@ -246,14 +250,15 @@ def _headline(data: dict[str, Any]) -> str:
         _tile("messages sent", totals["sent"], STATE_COLOURS["sent"]),
         _tile("not delivered (failed, bounced, expired)", totals["failed"] + totals["bounced"] + totals["expired"],
               STATE_COLOURS["failed"]),
-        _tile("suppressed: never mailed", totals["suppressed"], STATE_COLOURS["suppressed"]),
+        _tile("deliveries suppressed: never mailed", totals["suppressed"], STATE_COLOURS["suppressed"]),
         _tile("devices switched", flip.get("changed", 0), CHANGE_COLOURS["changed"]),
         _tile("devices held back", flip.get("held_back", 0), CHANGE_COLOURS["held_back"]),
         _tile("waiting for fair notice", flip.get("waiting", 0), CHANGE_COLOURS["waiting"]),
         _tile("rolled back / left", f"{_n(flip.get('rolled_back', 0))} / {_n(flip.get('left', 0))}",
               CHANGE_COLOURS["rolled_back"]),
     ]
-    return f'<section aria-label="Headline numbers"><div class="tiles">{"".join(tiles)}</div></section>'
+    return (f'<section class="headline" aria-label="Headline numbers"><div class="tiles">{"".join(tiles)}</div>'
+            "</section>")
 
 
 def _waves(data: dict[str, Any]) -> str:

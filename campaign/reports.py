@@ -330,7 +330,8 @@ def story_text(s: dict[str, Any]) -> str:
 def _device_line(dv: dict[str, Any], zone: ZoneInfo | dt.timezone) -> str:
     state = dv["state"]
     if state == CHANGED:
-        return f"switched {_when(dv['flipped_at'], zone)} by {dv['actor']}"
+        told = f", first told {_when(dv['notice_at'], zone)}" if dv.get("notice_at") else ""
+        return f"switched {_when(dv['flipped_at'], zone)} by {dv['actor']}{told}"
     if state == ROLLED_BACK:
         return (f"switched {_when(dv['flipped_at'], zone)}, rolled back {_when(dv['rolled_back_at'], zone)}")
     if state == LEFT:
