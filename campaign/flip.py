@@ -176,9 +176,10 @@ def _flip_result(conn: Connection, slug: str, campaign_id: int, changed: int, ba
         campaign=slug, dry_run=dry_run, changed=changed, held_back=o.counts[HELD_BACK],
         waiting=o.counts[WAITING], next_due=o.next_due, last_due=o.last_due, held_back_why=o.held_back_why,
         held_back_devices=[{"device_id": r.device_id, "account_id": r.account_id, "note": r.note}
-                           for r in store.listing(conn, campaign_id, HELD_BACK, LISTED)],
+                           for r in store.listing(conn, campaign_id, HELD_BACK, LISTED)] if o.counts[HELD_BACK] else [],
         waiting_devices=[{"device_id": r.device_id, "account_id": r.account_id, "notice_at": _iso(r.notice_at),
-                          "due_at": _iso(r.due_at)} for r in store.listing(conn, campaign_id, WAITING, LISTED)],
+                          "due_at": _iso(r.due_at)} for r in store.listing(conn, campaign_id, WAITING, LISTED)]
+        if o.counts[WAITING] else [],
         total_changed=o.counts[CHANGED], batches=batches, at=at)
 
 

@@ -54,7 +54,6 @@ from campaign.models import (
     WAVE,
 )
 from campaign.store.audience import affected
-from campaign.store.reports import change_counts
 
 C, D, S, SC, DL, W = CAMPAIGN, DEVICE, DEVICE_SETTING, SETTING_CHANGE, DELIVERY, WAVE
 OPEN = (HELD_BACK, WAITING)  # decided again by every flip run; the other states are final
@@ -272,13 +271,21 @@ class Outlook:
 
 
 def outlook(conn: Connection, campaign_id: int) -> Outlook:
-    """The campaign's change rows by state, when the waiting ones come due, why the held-back ones wait."""
-    counts = change_counts(conn, campaign_id)
-    first, last = conn.execute(select(func.min(SC.c.due_at), func.max(SC.c.due_at))
-                               .where(SC.c.campaign_id == campaign_id, SC.c.state == WAITING)).one()
-    why = {str(note or ""): int(n) for note, n in conn.execute(
-        select(SC.c.note, func.count()).where(SC.c.campaign_id == campaign_id, SC.c.state == HELD_BACK)
-        .group_by(SC.c.note).order_by(SC.c.note))}
+    """The campaign's change rows by state, when the waiting ones come due, why the held-back ones wait: one
+    pass over its change rows."""
+    counts = dict.fromkeys((CHANGED, HELD_BACK, WAITING, ROLLED_BACK, LEFT), 0)
+    why: dict[str, int] = {}
+    first: dt.datetime | None = None
+    last: dt.datetime | None = None
+    for state, note, n, lo, hi in conn.execute(
+            select(SC.c.state, SC.c.note, func.count(), func.min(SC.c.due_at), func.max(SC.c.due_at))
+            .where(SC.c.campaign_id == campaign_id).group_by(SC.c.state, SC.c.note).order_by(SC.c.note)):
+        counts[state] = counts.get(state, 0) + int(n)
+        if state == HELD_BACK:
+            why[str(note or "")] = why.get(str(note or ""), 0) + int(n)
+        elif state == WAITING and lo is not None:
+            first = lo if first is None else min(first, lo)
+            last = hi if last is None else max(last, hi)
     return Outlook(counts, first, last, why)
 
 
