@@ -19,7 +19,7 @@ from sqlalchemy import Connection, Engine
 from campaign import campaigns, db
 from campaign.addresses import normalize as normalize_address
 from campaign.errors import NotFound, UsageError
-from campaign.models import CHANGED, HELD_BACK, LEFT, PENDING, ROLLED_BACK, WAITING
+from campaign.models import CHANGED, DELIVERY_STATES, HELD_BACK, LEFT, PENDING, ROLLED_BACK, WAITING
 from campaign.store import audit, deliveries, evidence, steps
 from campaign.store import campaigns as campaign_store
 from campaign.store import changes as change_store
@@ -318,7 +318,7 @@ def story_text(s: dict[str, Any]) -> str:
     if not s["suppressions"]:
         out.append("  none")
     for su in s["suppressions"]:
-        out.append(f"  {su['email']}: {su['reason']} ({su['source']}, {_when(su['at'], zone)}, by {su['by']})")
+        out.append(f"  {su['email']}: {su['reason']} — {su['source']}, by {su['by']}, {_when(su['at'], zone)}")
     out += ["", "Audit events"]
     if not s["events"]:
         out.append("  none")
@@ -401,7 +401,7 @@ def log_text(events: list[dict[str, Any]]) -> str:
 
 # -- the HTML report's data ------------------------------------------------------------------------------
 
-BUCKETS = (900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 2 * 86400, 7 * 86400, 30 * 86400)
+BUCKETS = (1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 2 * 86400, 7 * 86400, 30 * 86400)
 MAX_BUCKETS = 120
 
 
@@ -417,12 +417,27 @@ def html_data(conn: Connection, slug: str, now: dt.datetime | None = None) -> di
     d = c.definition
     waves = campaign_store.waves(conn, c.id)
     names = {w.id: w.name for w in waves}
-    first, last = evidence.sent_span(conn, c.id)
-    moments = [m for m in (first, last, c.cutoff, *(w.at for w in waves)) if m is not None]
+    counts = {w.id: dict.fromkeys(DELIVERY_STATES, 0) for w in waves}
+    fine: dict[tuple[int, dt.datetime], int] = {}
+    for wave_id, state, slot, n in evidence.delivery_summary(conn, c.id):
+        wave_counts = counts.setdefault(wave_id, dict.fromkeys(DELIVERY_STATES, 0))
+        wave_counts[state] = wave_counts.get(state, 0) + n
+        if slot is not None:
+            fine[wave_id, slot] = fine.get((wave_id, slot), 0) + n
+    slots = [slot for _, slot in fine]
+    first = min(slots, default=None)
+    last = max(slots, default=None)
+    moments = [m for m in (first, last and last + dt.timedelta(seconds=evidence.FINE), c.cutoff,
+                           *(w.at for w in waves)) if m is not None]
     start, end = min(moments), max(moments)
     width = _bucket(start, end)
+    coarse: dict[tuple[int, int], int] = {}
+    for (wave_id, slot), n in fine.items():
+        key = (wave_id, int(slot.timestamp()) // width * width)
+        coarse[key] = coarse.get(key, 0) + n
+    position = {w.id: i for i, w in enumerate(waves)}
     sends = [{"wave": names.get(w, str(w)), "at": _iso(dt.datetime.fromtimestamp(b, dt.UTC)), "count": n}
-             for w, b, n in evidence.sends_over_time(conn, c.id, width)]
+             for (w, b), n in sorted(coarse.items(), key=lambda kv: (position.get(kv[0][0], 0), kv[0][1]))]
     by_locale: dict[str, dict[str, dict[str, int]]] = {}
     for w, loc, state, n in evidence.outcomes_by_locale(conn, c.id):
         by_locale.setdefault(loc, {}).setdefault(names.get(w, str(w)), {})[state] = n
@@ -435,7 +450,7 @@ def html_data(conn: Connection, slug: str, now: dt.datetime | None = None) -> di
         "created_at": _iso(c.created_at), "created_by": c.created_by, "scheduled_at": _iso(c.scheduled_at),
         "rolled_back_at": _iso(c.rolled_back_at),
         "waves": [{"name": w.name, "at": _iso(w.at), "expires": _iso(w.expires), "audience": w.audience,
-                   "state": w.state, "paused_reason": w.paused_reason, "counts": deliveries.counts(conn, w.id)}
+                   "state": w.state, "paused_reason": w.paused_reason, "counts": counts[w.id]}
                   for w in waves],
         "accounts": evidence.ledger_accounts(conn, c.id),
         "flip": outlook.counts, "flip_accounts": change_accounts, "flip_devices": change_devices,

@@ -95,6 +95,12 @@ def story(work: Path) -> list[Step]:
              ("rollback", SLUG, "--dry-run"),
              f"{BARBARA[2]}'s own later choice would be left alone"),
         Step(at(days=3), "Everything that was done, and by whom", ("log", SLUG)),
+        Step(at(days=3), f"Support on the phone with {PRIYA[2]}: her whole story, in her time zone",
+             ("report", SLUG, "--account", PRIYA[0])),
+        Step(at(days=3), "The evidence for a regulator: every account's messages and device changes (CSV)",
+             ("report", SLUG, "--format", "csv", "--out", str(work / "report.csv"))),
+        Step(at(days=3), "The campaign at a glance: one HTML page with charts, for the screen and for paper",
+             ("report", SLUG, "--format", "html", "--out", str(work / "report.html"))),
     ]
 
 
@@ -198,6 +204,7 @@ def run(work: Path) -> int:
     print("Where to look:")
     print(f"  the messages, as the recipients got them: {outbox} ({sent} files, one per message)")
     print(f"  the gallery of every wave and language:    {work / 'gallery' / 'index.html'}")
+    print(f"  the campaign report, for a browser:        {work / 'report.html'}")
     print(f"  the database:                              {db_file}")
     print(f"  try: CAMPAIGN_DATABASE_URL=sqlite:///{db_file} campaign status {SLUG}")
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import email
 import sqlite3
 from collections import Counter
@@ -67,3 +68,15 @@ def test_demo_tells_the_whole_story(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert db.execute("SELECT COUNT(*) FROM delivery WHERE state IN ('pending', 'sending')").fetchone() == (0,)
     # The gallery is there.
     assert (work / "gallery" / "index.html").is_file()
+    # The story ends with the evidence: Priya's story in her zone, every account in the CSV, the HTML report.
+    assert "report voice-local-processing --account acc-900001" in out and "CDT their time" in out
+    with (work / "report.csv").open(encoding="utf-8", newline="") as f:
+        rows = {r["device_id"]: r for r in csv.DictReader(f)}
+    assert rows["dev-0000018"]["change"] == "changed" and rows["dev-9000001"]["change"] == "changed"
+    assert "dev-0000004" not in rows  # Joseph chose himself: no change row
+    megan = next(r for r in rows.values() if r["account_id"] == "acc-000016")
+    assert (megan["notice_state"], megan["held_back"], megan["held_back_why"]) == \
+        ("suppressed", "true", "no delivered notice")
+    page = (work / "report.html").read_text(encoding="utf-8")
+    assert "<h2>Sends over time</h2>" in page and "<svg" in page and "The cutoff" in page
+    assert f"the campaign report, for a browser:        {work / 'report.html'}" in out

@@ -14,13 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger,
     Connection,
     Row,
     String,
     and_,
     case,
-    cast,
     func,
     literal,
     null,
@@ -183,28 +181,26 @@ def devices_now(conn: Connection, setting: str, account_id: str) -> dict[str, tu
 
 # -- the HTML report's aggregates --------------------------------------------------------------------------
 
-def _epoch(conn: Connection, column: Any) -> ColumnElement[int]:
-    """Seconds since 1970 of a stored UTC timestamp, as an integer (integer division buckets it)."""
+FINE = 600  # seconds: the sends histogram's resolution, re-bucketed by the report
+
+
+def delivery_summary(conn: Connection, campaign_id: int) -> list[tuple[int, str, dt.datetime | None, int]]:
+    """(wave id, state, the 10-minute slot of `sent_at` or None, deliveries): in one pass over the campaign's
+    ledger, its counts by wave and state, its sends over time and their span."""
     if conn.dialect.name == "postgresql":
-        return cast(func.extract("epoch", column), BigInteger)
-    return cast(func.strftime("%s", column), BigInteger)
-
-
-def sent_span(conn: Connection, campaign_id: int) -> tuple[dt.datetime | None, dt.datetime | None]:
-    """The first and last send of the campaign."""
-    r = conn.execute(select(func.min(DL.c.sent_at), func.max(DL.c.sent_at))
-                     .where(DL.c.campaign_id == campaign_id, DL.c.sent_at.is_not(None))).one()
-    return r[0], r[1]
-
-
-def sends_over_time(conn: Connection, campaign_id: int, bucket_seconds: int) -> list[tuple[int, int, int]]:
-    """(wave id, bucket start in epoch seconds, messages sent) for each bucket of `bucket_seconds` that saw a
-    send, by wave and time."""
-    bucket = _epoch(conn, DL.c.sent_at) // literal(bucket_seconds, BigInteger)
-    rows = conn.execute(select(DL.c.wave_id, bucket.label("b"), func.count())
-                        .where(DL.c.campaign_id == campaign_id, DL.c.sent_at.is_not(None))
-                        .group_by(DL.c.wave_id, bucket).order_by(DL.c.wave_id, bucket))
-    return [(int(w), int(b) * bucket_seconds, int(n)) for w, b, n in rows]
+        slot: Any = func.to_timestamp(func.floor(func.extract("epoch", DL.c.sent_at) / FINE) * FINE)
+    else:  # stored as `YYYY-MM-DD HH:MM:SS.ffffff`: its first 15 characters name the 10-minute slot
+        slot = func.substr(type_coerce(DL.c.sent_at, String), 1, 15)
+    rows = conn.execute(select(DL.c.wave_id, DL.c.state, slot, func.count()).where(DL.c.campaign_id == campaign_id)
+                        .group_by(DL.c.wave_id, DL.c.state, slot))
+    out: list[tuple[int, str, dt.datetime | None, int]] = []
+    for wave_id, state, at, n in rows:
+        if isinstance(at, str):
+            at = dt.datetime.fromisoformat(at + "0:00").replace(tzinfo=dt.UTC)
+        elif at is not None:
+            at = at.astimezone(dt.UTC)
+        out.append((int(wave_id), str(state), at, int(n)))
+    return out
 
 
 def outcomes_by_locale(conn: Connection, campaign_id: int) -> list[tuple[int, str, str, int]]:
