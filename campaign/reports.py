@@ -199,7 +199,7 @@ def story(conn: Connection, slug: str, account_id: str | None = None, email: str
     Message-ID), each device (what was changed when, or why not, and what it holds now), the suppressions that
     applied to their addresses, and the audit events that touched them (the campaign's own steps and the
     suppression of their address; imports name no account). By account id, or by address (normalized first;
-    the accounts with it now, or that the campaign mailed at it)."""
+    the accounts with it now, else those the campaign mailed at it)."""
     if (account_id is None) == (email is None):
         raise UsageError("name one person: --account ID or --email ADDR")
     c = campaigns.get(conn, slug)
@@ -213,7 +213,8 @@ def story(conn: Connection, slug: str, account_id: str | None = None, email: str
         except ValueError as exc:
             raise UsageError(str(exc)) from None
         ids = {p.account_id for p in evidence.person(conn, email=address)}
-        ids.update(evidence.ledger_accounts_by_email(conn, c.id, address))
+        if not ids:  # someone who changed their address since: the one the campaign mailed
+            ids.update(evidence.ledger_accounts_by_email(conn, c.id, address))
         people = [p for i in sorted(ids) for p in evidence.person(conn, account_id=i)]
         asked = f"address {address!r}"
     if not people:

@@ -208,7 +208,7 @@ def html_escaped(s: str) -> str:
     return html.escape(s, quote=True)
 
 
-def test_one_persons_story(run_cli: CliRun, story: Engine) -> None:
+def test_one_persons_story(run_cli: CliRun, story: Engine, write_file: Callable[..., Path]) -> None:
     result = run_cli("report", SLUG, "--account", "a00000")
     assert result.exit_code == 0, result.output
     out = result.output
@@ -240,6 +240,13 @@ def test_one_persons_story(run_cli: CliRun, story: Engine) -> None:
     # Fay's device: no change row, no longer affected: nothing to show but her message.
     fay = json.loads(run_cli("report", SLUG, "--account", "a00005", "--json").output)
     assert fay["devices"] == [] and fay["messages"][0]["state"] == "sent"
+    # Ana changes her address: the one the campaign mailed still finds her.
+    moved = write_file("ana.csv", "account_id,email,name,locale,timezone,country\n"
+                                  "a00000,ana.new@example.com,Ana Told,en-US,America/New_York,US\n")
+    assert run_cli("import", "accounts", str(moved)).exit_code == 0
+    ana = json.loads(run_cli("report", SLUG, "--email", "user0@example.com", "--json").output)
+    assert ana["account"]["account_id"] == "a00000" and ana["account"]["email"] == "ana.new@example.com"
+    assert ana["messages"][0]["email"] == "user0@example.com"
 
 
 def test_story_before_the_flip_and_errors(run_cli: CliRun, engine: Engine, write_file: Callable[..., Path],
