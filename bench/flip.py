@@ -85,8 +85,9 @@ def reference(connect: Callable[[], Any], mark: str, now: Any) -> tuple[int, flo
               f"AND d.id >= {p} AND d.id <= {p}")
     update = (f"UPDATE device_setting SET value = {p}, changed_at = {p}, change_id = (SELECT c.id "
               f"FROM setting_change c WHERE c.campaign_id = {p} AND c.device_id = device_setting.device_id) "
-              f"WHERE key = {p} AND value = {p} AND device_id IN (SELECT c.device_id FROM setting_change c WHERE "
-              f"c.campaign_id = {p} AND c.device_id >= {p} AND c.device_id <= {p})")
+              f"WHERE key = {p} AND value = {p} AND device_id >= {p} AND device_id <= {p} AND device_id IN "
+              f"(SELECT c.device_id FROM setting_change c WHERE c.campaign_id = {p} AND c.device_id >= {p} "
+              f"AND c.device_id <= {p})")
     flipped, after = 0, ""
     start = time.perf_counter()
     while True:
@@ -97,7 +98,7 @@ def reference(connect: Callable[[], Any], mark: str, now: Any) -> tuple[int, flo
             break
         lo, hi = ids[0], ids[-1]
         cur.execute(insert, (campaign_id, SETTING, FROM, TO, now, now, *fixed, lo, hi, lo, hi))
-        cur.execute(update, (TO, now, campaign_id, SETTING, FROM, campaign_id, lo, hi))
+        cur.execute(update, (TO, now, campaign_id, SETTING, FROM, lo, hi, campaign_id, lo, hi))
         if cur.rowcount != len(ids):
             raise SystemExit(f"reference: {cur.rowcount} updated of {len(ids)}")
         conn.commit()
