@@ -645,9 +645,10 @@ def scheduler_run(app: App, once: bool, workers: int, poll: float, verbose: bool
     if not verbose:
         for noisy in ("apscheduler", "alembic"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
-    performed = scheduling.run(app.engine(), app.config, once=once, workers=workers, poll=poll)
+    performed, also = scheduling.run(app.engine(), app.config, once=once, workers=workers, poll=poll)
     if once:
-        click.echo(f"did {len(performed)} step(s)" + (f": {', '.join(performed)}" if performed else ""))
+        click.echo(f"did {len(performed)} step(s)" + (f": {', '.join(performed)}" if performed else "")
+                   + (f"; also {', '.join(also)}" if also else ""))
 
 
 def _set_state(app: App, slug: str, action: str, dry_run: bool) -> None:

@@ -23,6 +23,7 @@ from campaign import campaigns, db
 from campaign.errors import StateError
 from campaign.models import CANCELLED, CHANGED, HELD_BACK, WAITING
 from campaign.store import changes as store
+from campaign.store import steps
 
 BATCH = 5000
 LISTED = 1000  # devices listed by name in a result (held back, waiting, left); the counts are always whole
@@ -219,8 +220,10 @@ def _rollback_batches(batches: Batches, slug: str, c: campaigns.CampaignRow, clo
     first = True
     while True:
         with batches() as conn:
-            if first:  # from this commit on, the campaign's flip refuses
+            if first:  # from this commit on, the campaign's flip refuses: none is left scheduled or waiting
                 store.mark_campaign_rolled_back(conn, c.id, started)
+                steps.cancel(conn, c.id, "flip", "the campaign was rolled back", started)
+                store.hold_back_waiting(conn, c.id, started)
                 first = False
             ids = store.changed_ids(conn, c.id, after, size)
             if not ids:

@@ -22,6 +22,7 @@ import os
 import signal
 import socket
 import sys
+import tempfile
 import tomllib
 import uuid
 from collections.abc import Callable
@@ -232,7 +233,8 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._child: asyncio.subprocess.Process | None = None
         self._leading = False
-        self.performed: list[str] = []
+        self.performed: list[str] = []  # steps run
+        self.also: list[str] = []  # catching up besides steps: deliveries due again, fair notice that ran
 
     # steps
 
@@ -248,16 +250,24 @@ class Scheduler:
         return env
 
     async def _campaign(self, *args: str) -> tuple[int, str, str]:
-        """Run one `campaign` command as a child process; returns (exit code, stdout, stderr)."""
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "campaign", *args, env=self._env(), stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        self._child = proc
-        try:
-            out, err = await proc.communicate()
-        finally:
-            self._child = None
-        return proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
+        """Run one `campaign` command as a child process; returns (exit code, stdout, stderr).
+
+        The child leads a process group of its own, so that stopping it stops whatever it started too, and its
+        output goes to files, not pipes: a grandchild that outlived it cannot keep the scheduler waiting."""
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "campaign", *args, env=self._env(), stdin=asyncio.subprocess.DEVNULL,
+                stdout=out, stderr=err, start_new_session=True)
+            self._child = proc
+            try:
+                await proc.wait()
+            finally:
+                self._child = None
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGTERM)  # stragglers of the step's process group
+            out.seek(0)
+            err.seek(0)
+            return proc.returncode or 0, out.read().decode(errors="replace"), err.read().decode(errors="replace")
 
     async def _run_step(self, step: steps.StepRow) -> None:
         now = db.utcnow()
@@ -272,7 +282,10 @@ class Scheduler:
             elif step.name == FLIP:
                 code, _out, err = await self._campaign("flip", step.slug)
                 if code != 0:
-                    state, error, retry = steps.FAILED, _last_line(err), True
+                    error = _last_line(err)
+                    # Rolled back or cancelled meanwhile: final, not a passing failure to try again.
+                    final = "rolled back" in error or "cancelled" in error
+                    state, retry = (steps.CANCELLED if final else steps.FAILED), not final
             else:
                 state, error = steps.FAILED, f"unknown step {step.name!r}"
         except asyncio.CancelledError:
@@ -321,6 +334,7 @@ class Scheduler:
             if self._stop.is_set() or not self._leading:
                 return
             log.info("%s: wave %s has deliveries due again (send window, retry): sending", slug, wave)
+            self.also.append(f"{slug}:wave:{wave} (deliveries due again)")
             code, _out, err = await self._campaign("send", slug, "--wave", wave, "--workers", str(self.workers))
             if code != 0:
                 log.warning("%s: wave %s: %s", slug, wave, _last_line(err))
@@ -328,6 +342,7 @@ class Scheduler:
             if self._stop.is_set() or not self._leading:
                 return
             log.info("%s: fair notice has run for waiting devices: flipping them", slug)
+            self.also.append(f"{slug}:flip (fair notice ran)")
             code, _out, err = await self._campaign("flip", slug)
             if code != 0:
                 log.warning("%s: flip: %s", slug, _last_line(err))
@@ -365,9 +380,9 @@ class Scheduler:
 
     def _stop_child(self) -> None:
         if self._child is not None and self._child.returncode is None:
-            # The step's process stops as a killed `send` or `flip` does; the step is handed back.
-            with contextlib.suppress(ProcessLookupError):
-                self._child.send_signal(signal.SIGTERM)
+            # The step's processes stop as a killed `send` or `flip` does; the step is handed back.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._child.pid, signal.SIGTERM)
 
     async def run(self, once: bool = False) -> list[str]:
         loop = asyncio.get_running_loop()
@@ -469,9 +484,12 @@ def _waves_with_work(conn: Connection, now: dt.datetime) -> list[tuple[str, str]
     return out
 
 
-def run(engine: Engine, config: Config, once: bool = False, workers: int = 1, poll: float = TICK_SECONDS) -> list[str]:
-    """`campaign scheduler run`."""
-    return asyncio.run(Scheduler(engine, config, workers=workers, tick=poll).run(once=once))
+def run(engine: Engine, config: Config, once: bool = False, workers: int = 1,
+        poll: float = TICK_SECONDS) -> tuple[list[str], list[str]]:
+    """`campaign scheduler run`: returns (the steps it ran, what else it caught up on)."""
+    scheduler = Scheduler(engine, config, workers=workers, tick=poll)
+    performed = asyncio.run(scheduler.run(once=once))
+    return performed, scheduler.also
 
 
 def _last_line(text: str) -> str:

@@ -75,7 +75,8 @@ def story(work: Path) -> list[Step]:
         Step(at(days=-5), "... her device", ("import", "devices", str(inputs / "priya-device.csv"))),
         Step(at(days=-5, hours=13), "The team sends the notice to those who became affected since",
              ("send", SLUG, "--wave", "notice", "--workers", "1"),
-             "min_notice = 7d: she was told 5 days before the cutoff, so her device waits until 7 days after"),
+             "min_notice = 7d: she is told less than 7 days before the cutoff, so her device waits until 7 days "
+             "after her notice"),
         Step(at(days=-3, hours=3), "Three days before: the reminder, to those still affected",
              ("scheduler", "run", "--once")),
         Step(at(days=-3, hours=13), "... and in the Americas", ("scheduler", "run", "--once")),

@@ -257,3 +257,18 @@ def test_sigterm_mid_wave_hands_the_step_back_and_a_restart_finishes(
     assert set(got) == {("notice", f"user{i}@example.com") for i in range(N)}
     assert sum(got.values()) - N <= 4  # at most the messages in flight (concurrency 4) went twice (G2)
     assert rows(engine, "SELECT COUNT(*) FROM delivery WHERE state = 'sent'") == [(N,)]
+
+
+def test_a_rollback_cancels_the_scheduled_flip(run_cli: CliRun, engine: Engine, db_url: str, smtpd: SmtpServer,
+                                               workdir: Path, scheduled: None) -> None:
+    clock = {"CAMPAIGN_CLOCK": at(-dt.timedelta(days=1))}
+    flipped = run_cli("flip", SLUG, "--before-cutoff", "--include-unnotified", env=clock)
+    assert flipped.exit_code == 0, flipped.output
+    undone = run_cli("rollback", SLUG, env=clock)
+    assert undone.exit_code == 0, undone.output
+    assert steps(engine)["flip"] == "cancelled"
+    proc = run_once(db_url, smtpd, workdir, at(dt.timedelta(hours=1)))
+    assert proc.returncode == 0, proc.stderr
+    assert "flip" not in proc.stdout  # nothing to retry: the flip is cancelled, not failed
+    assert steps(engine)["flip"] == "cancelled"
+    assert rows(engine, "SELECT DISTINCT value FROM device_setting") == [("do_not_send",)]

@@ -87,6 +87,12 @@ def mark_campaign_rolled_back(conn: Connection, campaign_id: int, now: dt.dateti
     conn.execute(update(C).where(C.c.id == campaign_id, C.c.rolled_back_at.is_(None)).values(rolled_back_at=now))
 
 
+def hold_back_waiting(conn: Connection, campaign_id: int, now: dt.datetime) -> int:
+    """A rollback ends the wait of devices waiting for fair notice: they stay as they are, held back, with why."""
+    return int(conn.execute(update(SC).where(SC.c.campaign_id == campaign_id, SC.c.state == WAITING).values(
+        state=HELD_BACK, decided_at=now, note="the campaign was rolled back before its fair notice ran")).rowcount or 0)
+
+
 def notice_waves(conn: Connection, campaign_id: int) -> list[int]:
     """The ids of the campaign's `affected` waves: a `sent` delivery of one of them is a delivered notice."""
     return list(conn.execute(select(W.c.id).where(W.c.campaign_id == campaign_id, W.c.audience == "affected")

@@ -132,3 +132,10 @@ def campaigns_with_due_changes(conn: Connection, now: dt.datetime) -> list[str]:
         C.c.state == SCHEDULED, C.c.id.in_(flipped), C.c.rolled_back_at.is_(None),
         exists().where(SC.c.campaign_id == C.c.id, SC.c.state == WAITING, SC.c.due_at <= now))
         .order_by(C.c.slug)).scalars())
+
+
+def cancel(conn: Connection, campaign_id: int, name: str, reason: str, now: dt.datetime) -> int:
+    """Cancel the campaign's step `name` if it has not run (e.g. the flip, once the campaign is rolled back)."""
+    return int(conn.execute(update(ST).where(ST.c.campaign_id == campaign_id, ST.c.name == name,
+                                             ST.c.state == PENDING)
+                            .values(state=CANCELLED, finished_at=now, error=reason)).rowcount or 0)
