@@ -75,6 +75,14 @@ class DatabaseLost(CampaignError):
     with the same Message-ID; run `send` again once the database is back."""
 
 
+class WaveExpired(StateError):
+    """The wave's `expires` has passed: nothing of it goes out any more."""
+
+    def __init__(self, campaign_id: int, wave_id: int, wave: str, expires: dt.datetime) -> None:
+        super().__init__(f"wave {wave!r} expired at {expires.isoformat()}")
+        self.campaign_id, self.wave_id, self.wave, self.expires = campaign_id, wave_id, wave, expires
+
+
 @dataclass(frozen=True)
 class SendOptions:
     ignore_window: bool = False
@@ -321,10 +329,7 @@ def prepare(conn: Connection, slug: str, wave_name: str, ignore_window: bool,
         raise StateError(f"wave {wave_name!r} paused itself: {row.paused_reason}. Fix the cause, then "
                          f"`campaign resume {slug}`")
     if now >= wave.expires:
-        n = deliveries.expire(conn, row.id, now)
-        campaign_rows.wave_done(conn, row.id, now)
-        raise StateError(f"wave {wave_name!r} expired at {wave.expires.isoformat()}: it is never sent after "
-                         f"that ({n} pending deliveries marked expired)")
+        raise WaveExpired(c.id, row.id, wave_name, wave.expires)
     added = deliveries.materialize(conn, c.id, row.id, audience.accounts(d, c.id, wave.audience), wave.expires,
                                    now)
     if not d.send_window.always_open and not ignore_window:
@@ -688,13 +693,24 @@ def send_wave(engine: Engine, config: Config, slug: str, wave_name: str, options
     """Send a wave now and wait until every delivery is settled (but those waiting for their window)."""
     start = time.perf_counter()
     now = db.utcnow()
-    with db.transaction(engine, config.actor, "wave.send", dry_run=options.dry_run) as tx:
-        c, _wave, wave_id, added = prepare(tx.conn, slug, wave_name, options.ignore_window, now)
-        tx.campaign_id = c.id
-        tx.note(wave=wave_name, added=added, ignore_window=options.ignore_window)
-        if options.dry_run:
-            preview = _dry_run_preview(tx.conn, wave_id, options.ignore_window, now)
-            counts = deliveries.counts(tx.conn, wave_id)
+    try:
+        with db.transaction(engine, config.actor, "wave.send", dry_run=options.dry_run) as tx:
+            c, _wave, wave_id, added = prepare(tx.conn, slug, wave_name, options.ignore_window, now)
+            tx.campaign_id = c.id
+            tx.note(wave=wave_name, added=added, ignore_window=options.ignore_window)
+            if options.dry_run:
+                preview = _dry_run_preview(tx.conn, wave_id, options.ignore_window, now)
+                counts = deliveries.counts(tx.conn, wave_id)
+    except WaveExpired as exc:
+        # Its pending deliveries end `expired` (G3), in a transaction of their own: the refusal must not undo it.
+        with db.transaction(engine, config.actor, "wave.expire", campaign_id=exc.campaign_id,
+                            dry_run=options.dry_run) as tx:
+            n = deliveries.expire(tx.conn, exc.wave_id, now)
+            campaign_rows.wave_done(tx.conn, exc.wave_id, now)
+            tx.note(wave=wave_name, expired=n)
+        verb = "would be marked" if options.dry_run else "marked"
+        raise StateError(f"wave {wave_name!r} expired at {exc.expires.isoformat()}: it is never sent after that "
+                         f"({n} pending deliveries {verb} expired)") from None
     if options.dry_run:
         return SendSummary(slug, wave_name, counts, dry_run=True, preview=preview)
     db_seconds = time.perf_counter() - start

@@ -495,3 +495,21 @@ def test_postgres_gone_for_good_stops_the_send_and_a_rerun_recovers(own_postgres
     st = json.loads(run("status", SLUG, "--json").stdout)
     assert st["waves"]["notice"]["sent"] == 40
     _delivered_once_but_in_flight(smtpd, 4)
+
+
+def test_an_expired_wave_marks_its_waiting_deliveries_expired(run_cli: CliRun, smtpd: SmtpServer,
+                                                              ready: Callable[..., None]) -> None:
+    # A one-hour window: most recipients are outside it now, and their deliveries wait.
+    ready(window='[send_window]\nstart = "03:00"\nend = "04:00"\n')
+    send(run_cli, smtpd)
+    waiting = notice(run_cli)["pending"]
+    assert waiting > 0
+    later = (dt.datetime.now(dt.UTC) + dt.timedelta(days=11)).isoformat()  # past the cutoff (10 days away)
+    dry = run_cli("send", SLUG, "--wave", "notice", "--dry-run", env={"CAMPAIGN_CLOCK": later})
+    assert dry.exit_code == 1 and f"{waiting} pending deliveries would be marked expired" in dry.stderr
+    assert notice(run_cli)["pending"] == waiting  # the dry run changed nothing
+    result = run_cli("send", SLUG, "--wave", "notice", env={"CAMPAIGN_SMTP_URL": smtpd.url, "CAMPAIGN_CLOCK": later})
+    assert result.exit_code == 1 and f"{waiting} pending deliveries marked expired" in result.stderr
+    counts = notice(run_cli)
+    assert counts["pending"] == 0 and counts["expired"] == waiting
+    assert counts["sent"] + counts["expired"] == 40
