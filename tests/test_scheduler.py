@@ -272,3 +272,45 @@ def test_a_rollback_cancels_the_scheduled_flip(run_cli: CliRun, engine: Engine, 
     assert "flip" not in proc.stdout  # nothing to retry: the flip is cancelled, not failed
     assert steps(engine)["flip"] == "cancelled"
     assert rows(engine, "SELECT DISTINCT value FROM device_setting") == [("do_not_send",)]
+
+
+@pytest.mark.slow
+def test_fair_notice_the_scheduler_switches_a_late_told_device_later_and_confirms_it(
+        run_cli: CliRun, engine: Engine, db_url: str, smtpd: SmtpServer, workdir: Path, scheduled: None,
+        write_file: Callable[..., Path]) -> None:
+    with engine.begin() as conn:  # the campaign asks for seven days of notice
+        conn.execute(text("UPDATE campaign SET definition = REPLACE(definition, 'require_notice = true', "
+                          "'require_notice = true\nmin_notice = \"7d\"') WHERE definition NOT LIKE '%min_notice%'"))
+    assert run_once(db_url, smtpd, workdir, at(-dt.timedelta(days=13))).returncode == 0
+    late = {"CAMPAIGN_CLOCK": at(-dt.timedelta(days=3)), "CAMPAIGN_SMTP_URL": smtpd.url}
+    account = write_file("late-a.csv", "account_id,email,name,locale,timezone,country\n"
+                                       "late,late@example.com,Late,en-US,America/New_York,US\n")
+    device = write_file("late-d.csv", "device_id,account_id,name,model,voice_recordings\n"
+                                      "late-1,late,Office,Echo Show 10,do_not_send\n")
+    assert run_cli("import", "accounts", str(account), env=late).exit_code == 0
+    assert run_cli("import", "devices", str(device), env=late).exit_code == 0
+    told = run_cli("send", SLUG, "--wave", "notice", "--workers", "1", env=late)
+    assert told.exit_code == 0, told.output
+    # At the cutoff everyone else is switched; the late-told device waits until its notice + 7 days.
+    assert run_once(db_url, smtpd, workdir, at(dt.timedelta(hours=1))).returncode == 0
+    assert rows(engine, "SELECT state FROM setting_change WHERE device_id = 'late-1'") == [("waiting",)]
+    assert rows(engine, "SELECT value FROM device_setting WHERE device_id = 'late-1'") == [("do_not_send",)]
+    assert run_once(db_url, smtpd, workdir, at(dt.timedelta(hours=3))).returncode == 0  # the confirmation
+    assert received(smtpd)[("confirmation", "late@example.com")] == 0
+    # Before the seven days are up nothing happens to it; after, the scheduler switches it and confirms.
+    early = run_once(db_url, smtpd, workdir, at(dt.timedelta(days=3, hours=23)))
+    assert early.returncode == 0 and "fair notice" not in early.stdout, early.stdout
+    assert rows(engine, "SELECT state FROM setting_change WHERE device_id = 'late-1'") == [("waiting",)]
+    done = run_once(db_url, smtpd, workdir, at(dt.timedelta(days=4, hours=1)))
+    assert done.returncode == 0 and "flip (fair notice ran)" in done.stdout, done.stdout
+    ((state, flipped_at, notice_at),) = rows(
+        engine, "SELECT c.state, c.flipped_at, d.sent_at FROM setting_change c JOIN delivery d ON "
+                "d.account_id = c.account_id JOIN wave w ON w.id = d.wave_id WHERE c.device_id = 'late-1' "
+                "AND w.name = 'notice'")
+    assert state == "changed"
+    as_time = [t if isinstance(t, dt.datetime) else dt.datetime.fromisoformat(str(t)) for t in (flipped_at, notice_at)]
+    gap = as_time[0].replace(tzinfo=None) - as_time[1].replace(tzinfo=None)
+    assert dt.timedelta(days=7) <= gap < dt.timedelta(days=7, hours=2)
+    got = received(smtpd)
+    assert got[("confirmation", "late@example.com")] == 1
+    assert max(got.values()) == 1
