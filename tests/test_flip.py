@@ -203,6 +203,7 @@ def test_fair_notice_timing(engine: Engine, setup: Callable[..., None], run_cli:
         # no device switched sooner than min_notice after its account's first delivered notice
         flipped = row["flipped_at"]
         assert flipped is not None
+        assert row["due_at"] is not None  # the evidence keeps when fair notice let it go
     assert audit(engine, "flip")[-1]["actor"] == "scheduler"
 
 

@@ -191,7 +191,9 @@ def decide(conn: Connection, plan: Plan, batch: Batch, now: dt.datetime) -> list
     stmt = ins.on_conflict_do_update(
         index_elements=[SC.c.campaign_id, SC.c.device_id],
         set_={"state": x.state, "actor": x.actor, "decided_at": x.decided_at, "notice_at": x.notice_at,
-              "due_at": null(), "flipped_at": x.flipped_at, "note": x.note},
+              # a device switched after waiting keeps when fair notice let it go (evidence); held back, none
+              "due_at": case((x.state == HELD_BACK, null()), else_=SC.c.due_at), "flipped_at": x.flipped_at,
+              "note": x.note},
         # decided again only when the decision differs (a second run changes nothing)
         where=and_(SC.c.state.in_(OPEN), or_(SC.c.state != x.state, SC.c.notice_at.is_distinct_from(x.notice_at))))
     return [(r[0], r[1]) for r in conn.execute(stmt.returning(SC.c.device_id, SC.c.state)).all()]
