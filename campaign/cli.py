@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -695,19 +696,22 @@ def _print_flip(result: Any) -> None:
     if result.held_back:
         click.echo(f"held back: {result.held_back} device(s) of accounts without a delivered notice "
                    "(`flip --include-unnotified` switches them too)")
-        for h in result.held_back_devices:
-            click.echo(f"  {h['device_id']}  account {h['account_id']}")
-        if result.held_back > len(result.held_back_devices):
-            click.echo(f"  ... and {result.held_back - len(result.held_back_devices)} more (see --json)")
+        _listed(result.held_back_devices, result.held_back, lambda h: f"{h['device_id']}  account {h['account_id']}")
     if result.waiting:
         click.echo(f"waiting for fair notice: {result.waiting} device(s), due from {result.next_due.isoformat()} "
                    f"until {result.last_due.isoformat()} (the scheduler or a later `flip` switches them)")
-        for w in result.waiting_devices:
-            click.echo(f"  {w['device_id']}  account {w['account_id']}  notified {w['notice_at']}  due {w['due_at']}")
-        if result.waiting > len(result.waiting_devices):
-            click.echo(f"  ... and {result.waiting - len(result.waiting_devices)} more")
+        _listed(result.waiting_devices, result.waiting, lambda w: f"{w['device_id']}  account {w['account_id']}  "
+                f"notified {w['notice_at']}  due {w['due_at']}")
     if result.dry_run:
         click.echo("dry run: nothing was written")
+
+
+def _listed(rows: list[dict[str, Any]], total: int, line: Callable[[dict[str, Any]], str]) -> None:
+    """The rows a result lists (the first of them), one a line, and how many more there are."""
+    for row in rows:
+        click.echo(f"  {line(row)}")
+    if total > len(rows):
+        click.echo(f"  ... and {total - len(rows)} more (see --json)")
 
 
 @cli.command("flip")
@@ -757,10 +761,7 @@ def rollback_cmd(app: App, slug: str, batch_size: int, dry_run: bool, as_json: b
     would = "would " if result.dry_run else ""
     click.echo(f"{result.campaign}: {would}roll back {result.rolled_back} change(s); {would}leave {result.left} "
                "whose device its owner changed since")
-    for r in result.left_devices:
-        click.echo(f"  {r['device_id']}  account {r['account_id']}  {r['note']}")
-    if result.left > len(result.left_devices):
-        click.echo(f"  ... and {result.left - len(result.left_devices)} more (see --json)")
+    _listed(result.left_devices, result.left, lambda r: f"{r['device_id']}  account {r['account_id']}  {r['note']}")
     if result.dry_run:
         click.echo("dry run: nothing was written")
 

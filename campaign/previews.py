@@ -207,17 +207,23 @@ def _campaign(conn: Connection, slug: str, templates: Path) -> tuple[int, Defini
     return c.id, c.definition, Renderer(c.definition, templates)
 
 
+def _locale_option(locale: str | None) -> str | None:
+    """`--locale`, normalized (`de-de` → `de-DE`), or a usage error saying why not."""
+    if not locale:
+        return None
+    try:
+        return normalize_locale(locale)
+    except ValueError as exc:
+        raise UsageError(f"--locale: {exc}") from None
+
+
 def preview(engine: Engine, templates: Path, slug: str, wave: str | None = None, locale: str | None = None,
             account_id: str | None = None) -> Sample:
     """`campaign preview`: one message of `wave` (default the first) for an account of `locale`, or for
     `account_id`, as it would be sent."""
     if locale and account_id:
         raise UsageError("give --locale or --account, not both")
-    if locale:
-        try:
-            locale = normalize_locale(locale)
-        except ValueError as exc:
-            raise UsageError(f"--locale: {exc}") from None
+    locale = _locale_option(locale)
     with db.read(engine) as conn:
         _, d, renderer = _campaign(conn, slug, templates)
         return preview_one(conn, d, renderer, _waves(d, wave)[0], locale, account_id)
@@ -227,11 +233,7 @@ def gallery(engine: Engine, templates: Path, slug: str, out: Path, wave: str | N
             locale: str | None = None) -> tuple[int, Path]:
     """`campaign preview --out DIR`: every wave × locale as .eml and .html, and an index.html; returns
     (messages written, the index)."""
-    if locale:
-        try:
-            locale = normalize_locale(locale)
-        except ValueError as exc:
-            raise UsageError(f"--locale: {exc}") from None
+    locale = _locale_option(locale)
     with db.read(engine) as conn:
         _, d, renderer = _campaign(conn, slug, templates)
         items = list(samples(conn, d, renderer, waves=_waves(d, wave), locale=locale))

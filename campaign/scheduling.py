@@ -25,7 +25,7 @@ import sys
 import tempfile
 import tomllib
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -189,12 +189,7 @@ class Leadership:
 
     def _lock_alive(self) -> bool:
         assert self._lock_conn is not None
-        try:
-            self._lock_conn.exec_driver_sql("SELECT 1")  # a probe: is the session (and its lock) still there?
-            self._lock_conn.commit()
-            return True
-        except Exception:
-            return False
+        return steps.alive(self._lock_conn)
 
     def _drop_lock(self) -> None:
         if self._lock_conn is not None:
@@ -387,6 +382,7 @@ class Scheduler:
     async def run(self, once: bool = False) -> list[str]:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
+            # Not on every platform, nor outside the main thread (the demo runs commands in-process there too).
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.stop)
         try:
@@ -459,29 +455,25 @@ class Scheduler:
             scheduler.shutdown(wait=False)
 
 
+def _started_waves(conn: Connection) -> Iterator[tuple[str, campaign_rows.WaveRow]]:
+    """(campaign, wave) of every wave of a scheduled campaign whose step has run."""
+    for step in steps.done_wave_steps(conn):
+        wave = campaign_rows.wave(conn, step.campaign_id, step.name.removeprefix("wave:"))
+        if wave is not None:
+            yield step.slug, wave
+
+
 def _open_changed_waves(conn: Connection, slug: str, now: dt.datetime) -> list[str]:
     """The `changed` and `all` waves of the campaign whose step has run and that have not expired."""
-    out = []
-    for step in steps.done_wave_steps(conn):
-        if step.slug != slug:
-            continue
-        wave = campaign_rows.wave(conn, step.campaign_id, step.name.removeprefix("wave:"))
-        if wave is not None and wave.audience in ("changed", "all") and now < wave.expires \
-                and wave.state != campaign_rows.PAUSED:
-            out.append(wave.name)
-    return out
+    return [w.name for s, w in _started_waves(conn) if s == slug and w.audience in ("changed", "all")
+            and now < w.expires and w.state != campaign_rows.PAUSED]
 
 
 def _waves_with_work(conn: Connection, now: dt.datetime) -> list[tuple[str, str]]:
     """(campaign, wave) of started waves of scheduled campaigns with deliveries due now."""
-    out = []
-    for step in steps.done_wave_steps(conn):
-        wave = campaign_rows.wave(conn, step.campaign_id, step.name.removeprefix("wave:"))
-        if wave is None or wave.state not in (campaign_rows.SENDING, campaign_rows.WAITING) or now >= wave.expires:
-            continue
-        if deliveries.outlook(conn, wave.id, now, False).due_now:
-            out.append((step.slug, wave.name))
-    return out
+    return [(s, w.name) for s, w in _started_waves(conn)
+            if w.state in (campaign_rows.SENDING, campaign_rows.WAITING) and now < w.expires
+            and deliveries.outlook(conn, w.id, now, False).due_now]
 
 
 def run(engine: Engine, config: Config, once: bool = False, workers: int = 1,

@@ -36,7 +36,6 @@ from sqlalchemy import (
     true,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 
 from campaign.definition import Definition
 from campaign.models import (
@@ -53,6 +52,7 @@ from campaign.models import (
     WAITING,
     WAVE,
 )
+from campaign.store._upsert import insert as upsert_insert
 from campaign.store.audience import affected
 
 C, D, S, SC, DL, W = CAMPAIGN, DEVICE, DEVICE_SETTING, SETTING_CHANGE, DELIVERY, WAVE
@@ -68,10 +68,6 @@ def _in(conn: Connection, column: Any, values: Sequence[Any], type_: Any) -> Col
         return column == any_(bindparam(None, list(values), type_=ARRAY(type_)))
     each = func.json_each(bindparam(None, json.dumps(list(values)), type_=String)).table_valued("value")
     return column.in_(select(each.c.value))
-
-
-def _insert(conn: Connection) -> Any:
-    return (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(SC)
 
 
 # -- the campaign ------------------------------------------------------------------------------------
@@ -184,7 +180,7 @@ def decide(conn: Connection, plan: Plan, batch: Batch, now: dt.datetime) -> list
         case((state == CHANGED, literal(now, ts)), else_=null()),
         case(*notes, else_=null()) if whens else null(),
     ).where(true())  # SQLite needs a WHERE to parse INSERT … SELECT … ON CONFLICT
-    ins = _insert(conn).from_select(
+    ins = upsert_insert(conn, SC).from_select(
         ["campaign_id", "device_id", "account_id", "setting", "from_value", "to_value", "state", "actor",
          "decided_at", "notice_at", "flipped_at", "note"], src)
     x = ins.excluded

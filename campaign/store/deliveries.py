@@ -25,8 +25,6 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.sql.elements import ColumnElement
 
 from campaign.db import UTCDateTime
@@ -43,6 +41,7 @@ from campaign.models import (
 )
 from campaign.policies import WindowCache
 from campaign.store import suppressions
+from campaign.store._upsert import insert as upsert_insert
 
 LEASE = dt.timedelta(seconds=60)
 D, A = DELIVERY, ACCOUNT
@@ -61,8 +60,7 @@ def materialize(conn: Connection, campaign_id: int, wave_id: int, who: Select[An
         A.c.email, literal(0), literal(expires, UTCDateTime()), literal(now, UTCDateTime()),
     ).where(A.c.id.in_(who))
     # ON CONFLICT DO NOTHING: each dialect's own insert() says it (same SQL on both).
-    dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    stmt = dialect_insert(D).from_select(
+    stmt = upsert_insert(conn, D).from_select(
         ["campaign_id", "wave_id", "account_id", "state", "email", "attempts", "expires_at", "updated_at"],
         rows).on_conflict_do_nothing(index_elements=["campaign_id", "wave_id", "account_id"])
     # An INSERT's cursor is closed at once: keep its row count (SQLAlchemy drops it otherwise on SQLite).

@@ -27,17 +27,13 @@ from sqlalchemy import (
     select,
     true,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 
 from campaign.models import ACCOUNT, DEVICE, DEVICE_SETTING
+from campaign.store._upsert import insert as upsert_insert
 
 A, D, S = ACCOUNT, DEVICE, DEVICE_SETTING
 ACCOUNT_FIELDS = ("id", "email", "name", "locale", "timezone", "country")
 DEVICE_FIELDS = ("id", "account_id", "name", "model")
-
-
-def _insert(conn: Connection, table: Table) -> Any:
-    return (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(table)
 
 
 def prepare(conn: Connection) -> None:
@@ -149,16 +145,21 @@ def account_counts(conn: Connection, stage_table: Table) -> tuple[int, int, int]
     return int(total), int(new), int(updated)
 
 
-def upsert_accounts(conn: Connection, stage_table: Table, now: dt.datetime) -> None:
-    fields = ACCOUNT_FIELDS
+def _upsert_rows(conn: Connection, stage_table: Table, target: Table, fields: Sequence[str],
+                 now: dt.datetime) -> None:
+    """Insert the staged rows into `target` (by id) and update those whose fields differ; stamps the times."""
     # `WHERE true`: SQLite needs a WHERE in an INSERT … SELECT … ON CONFLICT to parse it.
-    src = select(*(stage_table.c[f] for f in fields), literal(now, A.c.created_at.type),
-                 literal(now, A.c.updated_at.type)).where(true())
-    stmt = _insert(conn, A).from_select([*fields, "created_at", "updated_at"], src)
+    src = select(*(stage_table.c[f] for f in fields), literal(now, target.c.created_at.type),
+                 literal(now, target.c.updated_at.type)).where(true())
+    stmt = upsert_insert(conn, target).from_select([*fields, "created_at", "updated_at"], src)
     conn.execute(stmt.on_conflict_do_update(
-        index_elements=[A.c.id],
+        index_elements=[target.c.id],
         set_={**{f: stmt.excluded[f] for f in fields[1:]}, "updated_at": stmt.excluded.updated_at},
-        where=or_(*(A.c[f] != stmt.excluded[f] for f in fields[1:]))))
+        where=or_(*(target.c[f] != stmt.excluded[f] for f in fields[1:]))))
+
+
+def upsert_accounts(conn: Connection, stage_table: Table, now: dt.datetime) -> None:
+    _upsert_rows(conn, stage_table, A, ACCOUNT_FIELDS, now)
 
 
 def device_counts(conn: Connection, stage_table: Table, keys: Sequence[str]) -> tuple[int, int, int, int]:
@@ -184,21 +185,14 @@ def device_counts(conn: Connection, stage_table: Table, keys: Sequence[str]) -> 
 
 
 def upsert_devices(conn: Connection, stage_table: Table, keys: Sequence[str], now: dt.datetime) -> None:
-    fields = DEVICE_FIELDS
-    src = select(*(stage_table.c[f] for f in fields), literal(now, D.c.created_at.type),
-                 literal(now, D.c.updated_at.type)).where(true())
-    stmt = _insert(conn, D).from_select([*fields, "created_at", "updated_at"], src)
-    conn.execute(stmt.on_conflict_do_update(
-        index_elements=[D.c.id],
-        set_={**{f: stmt.excluded[f] for f in fields[1:]}, "updated_at": stmt.excluded.updated_at},
-        where=or_(*(D.c[f] != stmt.excluded[f] for f in fields[1:]))))
+    _upsert_rows(conn, stage_table, D, DEVICE_FIELDS, now)
     # A value that differs from the stored one is the person's own change: stamp it, and forget which
     # campaign change (if any) wrote the old value, so a rollback leaves it alone.
     for i, key in enumerate(keys):
         col = stage_table.c[f"s{i}"]
         src = select(stage_table.c.id, literal(key, S.c.key.type), col, literal(now, S.c.changed_at.type),
                      literal(None, S.c.change_id.type)).where(col.is_not(None))
-        ins = _insert(conn, S).from_select(["device_id", "key", "value", "changed_at", "change_id"], src)
+        ins = upsert_insert(conn, S).from_select(["device_id", "key", "value", "changed_at", "change_id"], src)
         conn.execute(ins.on_conflict_do_update(
             index_elements=[S.c.device_id, S.c.key],
             set_={"value": ins.excluded.value, "changed_at": ins.excluded.changed_at, "change_id": None},

@@ -8,9 +8,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, exists, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from campaign.models import CAMPAIGN, LEASE, SCHEDULED, SETTING_CHANGE, STEP, WAITING
+from campaign.store._upsert import insert as upsert_insert
 
 ST, C, L, SC = STEP, CAMPAIGN, LEASE, SETTING_CHANGE
 PENDING, RUNNING, DONE, FAILED, CANCELLED, EXPIRED = "pending", "running", "done", "failed", "cancelled", "expired"
@@ -35,10 +35,9 @@ _FROM = ST.join(C, C.c.id == ST.c.campaign_id)
 def register(conn: Connection, campaign_id: int, steps: Iterable[tuple[str, dt.datetime]]) -> int:
     """Add the campaign's steps (name, due); an existing step keeps its state and takes the new due time
     only while pending. Returns how many were added."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     added = 0
     for name, due in steps:
-        stmt = dialect.insert(ST).values(campaign_id=campaign_id, name=name, due_at=due, state=PENDING)
+        stmt = upsert_insert(conn, ST).values(campaign_id=campaign_id, name=name, due_at=due, state=PENDING)
         result = conn.execute(stmt.on_conflict_do_update(
             index_elements=[ST.c.campaign_id, ST.c.name], set_={"due_at": stmt.excluded.due_at},
             where=ST.c.state == PENDING))
@@ -92,8 +91,7 @@ def take_lease(conn: Connection, name: str, holder: str, now: dt.datetime, ttl: 
                force: bool = False) -> bool:
     """Take or renew the lease `name` for `holder` until now + ttl, unless someone else holds it unexpired (or
     `force`: the caller knows the other holder is gone)."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(L).values(name=name, holder=holder, expires_at=now + ttl)
+    stmt = upsert_insert(conn, L).values(name=name, holder=holder, expires_at=now + ttl)
     conn.execute(stmt.on_conflict_do_update(
         index_elements=[L.c.name], set_={"holder": holder, "expires_at": now + ttl},
         where=None if force else (L.c.holder == holder) | (L.c.expires_at < now)))
@@ -139,3 +137,13 @@ def cancel(conn: Connection, campaign_id: int, name: str, reason: str, now: dt.d
     return int(conn.execute(update(ST).where(ST.c.campaign_id == campaign_id, ST.c.name == name,
                                              ST.c.state == PENDING)
                             .values(state=CANCELLED, finished_at=now, error=reason)).rowcount or 0)
+
+
+def alive(conn: Connection) -> bool:
+    """Whether this connection's session (and any advisory lock it holds) is still there."""
+    try:
+        conn.execute(select(1))
+        conn.commit()
+        return True
+    except Exception:
+        return False

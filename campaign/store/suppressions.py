@@ -7,9 +7,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, RowMapping, exists, func, select
-from sqlalchemy.dialects import postgresql, sqlite
 
 from campaign.models import SUPPRESSION
+from campaign.store._upsert import insert as upsert_insert
 
 SU = SUPPRESSION
 
@@ -25,8 +25,7 @@ def add(conn: Connection, rows: Iterable[Mapping[str, Any]]) -> int:
     rows = list(rows)
     if not rows:
         return 0
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(SU).on_conflict_do_nothing(index_elements=[func.lower(SU.c.email)])
+    stmt = upsert_insert(conn, SU).on_conflict_do_nothing(index_elements=[func.lower(SU.c.email)])
     before = count(conn)
     conn.execute(stmt, [dict(r) for r in rows])
     return count(conn) - before

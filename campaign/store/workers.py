@@ -8,10 +8,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, delete, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from campaign.models import WORKER
+from campaign.store._upsert import insert as upsert_insert
 
 W = WORKER
 
@@ -28,8 +27,7 @@ def beat(conn: Connection, worker_id: str, host: str, pid: int, campaign_id: int
          now: dt.datetime) -> None:
     """Say this worker is alive now (its row is created on the first beat)."""
     # ON CONFLICT DO UPDATE: each dialect's own insert() says it (same SQL on both).
-    dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    stmt = dialect_insert(W).values(id=worker_id, host=host, pid=pid, campaign_id=campaign_id, wave_id=wave_id,
+    stmt = upsert_insert(conn, W).values(id=worker_id, host=host, pid=pid, campaign_id=campaign_id, wave_id=wave_id,
                                     started_at=now, heartbeat_at=now)
     conn.execute(stmt.on_conflict_do_update(index_elements=[W.c.id], set_={"heartbeat_at": now}))
 
