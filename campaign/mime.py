@@ -125,8 +125,8 @@ def encode_address(name: str, address: str) -> str:
 
 
 def _qp(text: str) -> bytes:
-    """Quoted-printable with CRLF line ends, ending with a line break (as EmailMessage does); a
-    line-leading dot is encoded too (b2a_qp does that)."""
+    """Quoted-printable with CRLF line ends, ending with a line break (as EmailMessage does). A line may
+    still start with a dot (b2a_qp encodes only a lone one): the transport stuffs it."""
     if not text.endswith("\n"):
         text += "\n"
     data = text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "\r\n").encode("utf-8")

@@ -137,10 +137,12 @@ class SmtpServer:
     users: logins it accepts (AUTH PLAIN/LOGIN, offered without TLS since this is loopback).
     tls: an SSLContext for the server: offered as STARTTLS, or from the first byte with implicit_tls=True.
     smtputf8: offer SMTPUTF8 (RFC 6531); without it an address with a UTF-8 local part cannot be sent here.
+    data_size_limit: the SIZE it announces (RFC 1870); a larger declared SIZE is refused at MAIL with 552.
     """
 
     def __init__(self, *, users: Mapping[str, str] | None = None, tls: ssl.SSLContext | None = None,
-                 implicit_tls: bool = False, stall_seconds: float = 30.0, smtputf8: bool = False) -> None:
+                 implicit_tls: bool = False, stall_seconds: float = 30.0, smtputf8: bool = False,
+                 data_size_limit: int = 33554432) -> None:
         self.host = HOST
         self.port = 0
         self.users = dict(users or {})
@@ -152,7 +154,7 @@ class SmtpServer:
         self._live: set[_Session] = set()
         self._connections = 0
         kwargs: dict[str, Any] = {"server_hostname": "smtpd.test", "ready_timeout": 10.0,
-                                  "enable_SMTPUTF8": smtputf8}
+                                  "enable_SMTPUTF8": smtputf8, "data_size_limit": data_size_limit}
         if self.users:
             # Without TLS aiosmtpd would not offer AUTH; auth_required stays False (True would warn).
             kwargs.update(auth_require_tls=False, authenticator=self._authenticate)
@@ -294,7 +296,8 @@ class SmtpServer:
 
 @pytest.fixture
 def smtpd_factory() -> Iterator[Callable[..., SmtpServer]]:
-    """Make started SMTP servers with options (users=, tls=, implicit_tls=, stall_seconds=, smtputf8=); all stop
+    """Make started SMTP servers with options (users=, tls=, implicit_tls=, stall_seconds=, smtputf8=,
+    data_size_limit=); all stop
     at teardown."""
     servers: list[SmtpServer] = []
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import shutil
 import socket
 import ssl
@@ -29,6 +30,7 @@ from campaign.transport import (
     parse_url,
     send_all,
     send_all_sync,
+    wire_ready,
 )
 from tests.smtpd import (  # noqa: F401  (smtpd, smtpd_factory are fixtures)
     CLOSING,
@@ -46,8 +48,9 @@ PASSWORD = "correct-horse-battery-staple"
 
 
 def message(n: int = 0) -> bytes:
+    """A message in wire form (CRLF, no line-leading dot), as MessageBuilder makes them: the fast path."""
     return (f"From: <{SENDER}>\r\nTo: <someone@example.com>\r\nSubject: notice {n}\r\n"
-            f"Message-ID: <{n}@example.com>\r\n\r\nHello {n}.\r\n.leading dot survives\r\n").encode()
+            f"Message-ID: <{n}@example.com>\r\n\r\nHello {n}.\r\n").encode()
 
 
 def envelope(*to: str, n: int = 0) -> Envelope:
@@ -164,6 +167,50 @@ def test_sent_byte_for_byte(smtpd: SmtpServer) -> None:
     assert got.sender == SENDER
     assert got.recipients == ("alice@example.com", "bob@example.com")
     assert got.data == message(0)
+
+
+@pytest.mark.parametrize(("data", "ready"), [
+    (message(0), True),
+    (b"Subject: x\r\n\r\n.leading dot\r\n", False),
+    (b".Subject: x\r\n\r\nbody\r\n", False),
+    (b"Subject: x\r\n\r\nbare LF\n", False),
+    (b"Subject: x\r\n\r\nbare CR\rhere\r\n", False),
+    (b"Subject: x\r\n\r\nno line end at the end", False),
+])
+def test_wire_ready(data: bytes, ready: bool) -> None:
+    assert wire_ready(data) is ready
+
+
+@pytest.mark.parametrize("body", [
+    b"Hello.\r\n.leading dot survives\r\n..and two\r\n",
+    b"Hello.\nbare line ends\nare repaired\n",
+])
+def test_messages_not_in_wire_form_are_stuffed_and_repaired(smtpd: SmtpServer, body: bytes) -> None:
+    data = b"Subject: odd\r\nMessage-ID: <odd@example.com>\r\n\r\n" + body
+    [outcome] = send_each(smtp(smtpd), Envelope(SENDER, ("alice@example.com",), data, "<odd@example.com>"))
+    assert outcome.status == "sent"
+    [got] = smtpd.messages
+    assert got.data == data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+@pytest.mark.parametrize(("text", "ready"), [("Hallo Zoë,\nx" + "y" * 300, True),
+                                           ("Hallo Zoë,\n.ein Punkt am Zeilenanfang", False)])
+def test_a_built_notice_goes_byte_for_byte_with_its_size(smtpd_factory: Callable[..., SmtpServer], text: str,
+                                                         ready: bool) -> None:
+    from campaign.mime import MessageBuilder, Parts
+
+    parts = Parts("Zoë Ünal", "zoe@example.com", "Änderung", text, "<p>Hallo Zoë</p>", "<m1@example.com>",
+                  dt.datetime(2025, 3, 1, tzinfo=dt.UTC))
+    data = MessageBuilder(SENDER).build(parts)
+    assert wire_ready(data) is ready  # a line-leading dot takes aiosmtplib's own path, which stuffs it
+    small = smtpd_factory(data_size_limit=len(data) - 1)  # announces SIZE: the declared size is checked
+    [refused] = send_each(smtp(small), Envelope(SENDER, ("zoe@example.com",), data, "<m1@example.com>"))
+    assert refused.status == "permanent" and refused.code == 552
+    roomy = smtpd_factory(data_size_limit=len(data) + 16)  # (aiosmtpd counts a stuffed dot too)
+    [outcome] = send_each(smtp(roomy), Envelope(SENDER, ("zoe@example.com",), data, "<m1@example.com>"))
+    assert outcome.status == "sent"
+    [got] = roomy.messages
+    assert got.data == data
 
 
 def test_tempfail_then_accepted_on_the_same_connection(smtpd: SmtpServer) -> None:
