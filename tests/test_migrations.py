@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import warnings
 
 from alembic.autogenerate import compare_metadata
@@ -50,3 +52,19 @@ def test_upgrade_from_empty(empty_db_url: str) -> None:
         assert "delivery" in inspect(engine).get_table_names()
     finally:
         engine.dispose()
+
+
+def test_head_read_off_the_files_is_alembics_head(engine: Engine) -> None:
+    # Every command checks the schema without loading Alembic: its reading must agree with Alembic's.
+    from alembic.script import ScriptDirectory
+
+    assert migrate.head() == ScriptDirectory.from_config(migrate._alembic_config()).get_current_head()
+    with engine.connect() as conn:
+        assert migrate.current(engine) == MigrationContext.configure(conn).get_current_revision() == migrate.head()
+
+
+def test_the_schema_check_does_not_load_alembic() -> None:
+    code = ("import sys, campaign.cli; "
+            "print(sorted(m for m in sys.modules if m == 'alembic' or m.startswith(('alembic.', 'apscheduler'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
