@@ -133,6 +133,37 @@ def _qp(text: str) -> bytes:
     return binascii.b2a_qp(data, quotetabs=False, istext=True, header=False)
 
 
+MEMO_LINES = 50_000  # lines kept encoded (a few MiB); the memo starts afresh when full
+
+
+class _LineCodec:
+    """`_qp`, a line at a time, remembering each line's encoding. Quoted-printable encodes every line on its
+    own (a long one is split with soft breaks, trailing blanks are escaped), so the result is the same
+    byte for byte; and most lines of a wave's messages (the layout, the explanations) are the same for
+    every recipient: they are encoded once, not a few hundred thousand times."""
+
+    def __init__(self) -> None:
+        self._memo: dict[str, bytes] = {}
+
+    def __call__(self, text: str) -> bytes:
+        if "\r" in text:
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
+        lines = text.split("\n")
+        if lines[-1] == "" and len(lines) > 1:
+            lines.pop()  # text ends with a line break: no empty line after it
+        memo = self._memo
+        if len(memo) > MEMO_LINES:
+            memo.clear()
+        out = []
+        for line in lines:
+            encoded = memo.get(line)
+            if encoded is None:
+                encoded = memo[line] = binascii.b2a_qp((line + "\r\n").encode("utf-8"), quotetabs=False,
+                                                       istext=True, header=False)
+            out.append(encoded)
+        return b"".join(out)
+
+
 class MessageBuilder:
     """Builds the bytes of one (campaign, wave)'s messages; the shared headers are encoded once."""
 
@@ -164,17 +195,24 @@ class MessageBuilder:
         self._html_head = (f"\r\n--{b}\r\nContent-Type: text/html; charset=\"utf-8\"\r\n"
                            "Content-Transfer-Encoding: quoted-printable\r\n\r\n").encode("ascii")
         self._tail = f"\r\n--{b}--\r\n".encode("ascii")
+        self._qp = _LineCodec()
+        self._date: tuple[dt.datetime | None, str] = (None, "")
+
+    def _date_header(self, date: dt.datetime) -> str:
+        if self._date[0] != date:  # a batch of messages shares its instant
+            self._date = (date, format_datetime(date))
+        return self._date[1]
 
     def build(self, p: Parts) -> bytes:
         subject = check_header("Subject", p.subject)
         check_header("Message-ID", p.message_id)
-        text, html = _qp(p.text), _qp(p.html)
+        text, html = self._qp(p.text), self._qp(p.html)
         boundary = self.boundary.encode("ascii")
         if boundary in text or boundary in html:  # quoted-printable cannot produce "=_" + hex, but be sure
             raise HeaderInjection("a body contains the MIME boundary")
         per_message = (f"To: {encode_address(p.to_name, p.to_address)}\r\n"
                        f"Subject: {encode_unstructured(subject)}\r\n"
-                       f"Date: {format_datetime(p.date)}\r\n"
+                       f"Date: {self._date_header(p.date)}\r\n"
                        f"Message-ID: {p.message_id}\r\n").encode()  # UTF-8 only in an RFC 6532 address
         return b"".join((self._head, per_message, self._content_type, self._text_head, text,
                          self._html_head, html, self._tail))

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from campaign.addresses import needs_smtputf8, normalize, wire_form
-from campaign.mime import HeaderInjection, MessageBuilder, Parts, build_plain, message_id
+from campaign.mime import HeaderInjection, MessageBuilder, Parts, _LineCodec, _qp, build_plain, message_id
 
 SENDER = "Device Privacy <privacy@example.com>"
 REPLY_TO = "privacy-help@example.com"
@@ -241,3 +241,14 @@ def test_whole_shipped_example_fast_equals_plain() -> None:
                           message_id(d.slug, wave.name, account_id, d.sender_domain), WHEN)
             fast, plain = fast_builder.build(parts), build_plain(d.sender, d.reply_to, parts, extra)
             assert seen(fast) == seen(plain) == expected(parts)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=200), max_size=4),
+       st.sampled_from(["\n", "\r\n", "\r"]))
+def test_line_codec_equals_quoted_printable_of_the_whole(texts: list[str], newline: str) -> None:
+    # The builder encodes line by line with a memo: byte for byte what b2a_qp makes of the whole text,
+    # the first time and when every line comes from the memo.
+    codec = _LineCodec()
+    for text in [*texts, newline.join(texts), *texts]:
+        assert codec(text) == _qp(text)
