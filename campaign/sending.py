@@ -30,6 +30,7 @@ import multiprocessing
 import os
 import random
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -66,6 +67,7 @@ PROGRESS_EVERY = 0.5  # seconds between progress reports of an in-process worker
 COMMIT_GATHER = 0.003  # seconds a commit waits for company: fewer, larger transactions
 RECONNECT_FOR = 60.0  # seconds a lost database is retried before the send stops
 RECONNECT_MAX_DELAY = 5.0
+SWITCH_INTERVAL = 0.0005  # seconds a thread may keep the GIL while another wants it (see `Worker.run`)
 
 T = TypeVar("T")
 
@@ -530,6 +532,16 @@ class Worker:
     # the loop
 
     async def run(self) -> None:
+        # The database threads give the GIL back within half a millisecond when the event loop wants it
+        # (the default is 5 ms: every socket call of the loop could wait that long behind a commit).
+        switch = sys.getswitchinterval()
+        sys.setswitchinterval(min(switch, SWITCH_INTERVAL))
+        try:
+            await self._run()
+        finally:
+            sys.setswitchinterval(switch)
+
+    async def _run(self) -> None:
         committer = asyncio.create_task(self._committer())
         heart: asyncio.Task[None] | None = None
         fetch: asyncio.Task[_Batch] | None = None
@@ -675,6 +687,15 @@ class Worker:
             self.db.close()
 
 
+def _worker_context() -> Any:
+    """How worker processes start: forked from this one when it can be done safely (Linux, and no other
+    thread that could hold a lock at the fork), so they need not import everything again (a second of CPU
+    each); otherwise spawned afresh."""
+    if "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1:
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("spawn")
+
+
 def _worker_process(job: _Job) -> tuple[int, float]:
     engine = db.make_engine(job.config.database_url)
     try:
@@ -722,8 +743,8 @@ def send_wave(engine: Engine, config: Config, slug: str, wave_name: str, options
         asyncio.run(worker.run())
         attempted, db_seconds = worker.attempted, db_seconds + worker.db_seconds
     else:
-        ctx = multiprocessing.get_context("spawn")
-        with ctx.Pool(options.workers) as pool:
+        engine.dispose()  # no connection of this process is carried into the workers
+        with _worker_context().Pool(options.workers) as pool:
             pending = pool.map_async(_worker_process, [job] * options.workers)
             while not pending.ready():
                 if progress is not None:
