@@ -8,11 +8,12 @@ Three parts, each testable alone:
   row, the loaded data and the clock in, a `Result` out.
 - **the composer** (`Composer`): render and build one message → an `Envelope`, or a `ComposeError`.
 - **the loop** (`Worker`): claims batches under a lease and sends them over its own transport connections.
-  The event loop never waits on the database: every statement runs in the worker's one database thread
-  (`Database`), which retries a lost connection with a bounded backoff. Outcomes are group-committed: a
-  message the server accepted is recorded before its connection takes the next one, so a crash resends at
-  most `concurrency` messages per worker, with the same Message-ID (G2); while one commit is in flight the
-  other connections go on sending, and their outcomes join the next commit.
+  The event loop never waits on the database: every statement runs in the worker's database threads
+  (`Database`), which retry a lost connection with a bounded backoff. Outcomes are group-committed, and at
+  most `concurrency` messages the server accepted wait to be recorded at any time: a connection that would
+  exceed that waits just before its data goes (the transport's gate), so a crash resends at most
+  `concurrency` messages per worker, with the same Message-ID (G2). Commits run while the connections go
+  on: a message's commit is hidden behind the next message's MAIL, RCPT and DATA.
 
 `send_wave` prepares the wave (the ledger rows, their send windows), runs one worker in-process or N worker
 processes, reports progress, and returns a summary. The campaign's rate is shared: each live worker
@@ -422,9 +423,10 @@ class Worker:
         self._last_error = ""  # the last failure's detail, for the pause reason
         self._last_progress = 0.0
         self._concurrency = self.d.limits.concurrency
-        # Group commit: a message the server accepted is recorded before its sender takes the next one,
-        # and at most `concurrency` are between the two, so a crash resends at most that many (G2).
+        # Group commit: at most `concurrency` messages the server accepted wait to be recorded (the gate in
+        # `_send`), so a crash resends at most that many (G2); the connections go on meanwhile.
         self._slots = asyncio.Semaphore(self._concurrency)
+        self._unrecorded = asyncio.Semaphore(self._concurrency)
         self._queue: list[tuple[list[Result], list[tuple[str, str]], asyncio.Future[None]]] = []
         self._queued = asyncio.Event()
         self._db_gone: BaseException | None = None
@@ -434,8 +436,8 @@ class Worker:
 
     @property
     def db_seconds(self) -> float:
-        """How long the send was held up by the database: the loop waiting for a claim, plus the time each
-        connection waited for its outcome to be committed, averaged over the connections."""
+        """How long the send was held up by the database: the loop waiting for a claim, plus the time the
+        connections waited at the gate for commits to catch up, averaged over the connections."""
         return self.db_wait + self._commit_wait / self._concurrency
 
     # database transactions (each runs in the database thread)
@@ -514,6 +516,8 @@ class Worker:
                     if not fut.done():
                         fut.set_exception(exc)
                 self._queue = []
+                for _ in range(self._concurrency):  # wake the sends waiting at the gate: they stop unsent
+                    self._unrecorded.release()
                 raise
             self._in_flight.difference_update(r.id for r in results)
             for _, _, fut in batch:
@@ -630,7 +634,7 @@ class Worker:
             elif n % 4 == 3:
                 await asyncio.sleep(0)
         if settled:  # what needed no SMTP: suppressed, expired, window, skipped, handed back
-            self._records.append(self._commit(settled))
+            self._record(self._commit(settled))
         if broken is not None:
             await self._drain()
             await self._pause(broken)
@@ -650,21 +654,46 @@ class Worker:
         self.paused = f"wave paused: {reason}"
 
     async def _send(self, c: Claimed, composed: Composed, address: str) -> None:
+        held = False
+
+        async def gate() -> None:
+            # Called when the server is ready for the data, just before it can accept the message: at most
+            # `concurrency` accepted messages may wait to be recorded (G2: a crash resends at most that many).
+            # A connection waits here only when that many commits are behind; the commit of its previous
+            # message goes on meanwhile, hidden behind this one's MAIL, RCPT and DATA.
+            nonlocal held
+            start = time.perf_counter()
+            await self._unrecorded.acquire()
+            self._commit_wait += time.perf_counter() - start
+            held = True
+            if self._db_gone is not None:
+                raise self._db_gone
+
         async with self._slots:
             await self.limiter.acquire()
-            outcome = await self.transport.send(composed.envelope)
-            self.attempted += 1
-            self.failures.record(outcome.status != "sent")
-            if outcome.status != "sent":
-                self._last_error = outcome.detail
-            result = after_send(c, outcome, composed.envelope.message_id, composed.locale, self.retry, self._rng,
-                                db.utcnow())
-            bounces = [(address, result.error or "")] if result.state == BOUNCED else []
-            start = time.perf_counter()
             try:
-                await self._commit([result], bounces)
-            finally:
-                self._commit_wait += time.perf_counter() - start
+                outcome = await self.transport.send(composed.envelope, gate)
+            except BaseException:
+                if held:
+                    self._unrecorded.release()
+                raise
+        self.attempted += 1
+        self.failures.record(outcome.status != "sent")
+        if outcome.status != "sent":
+            self._last_error = outcome.detail
+        result = after_send(c, outcome, composed.envelope.message_id, composed.locale, self.retry, self._rng,
+                            db.utcnow())
+        bounces = [(address, result.error or "")] if result.state == BOUNCED else []
+        done = self._commit([result], bounces)
+        if held:
+            done.add_done_callback(lambda _: self._unrecorded.release())
+        self._record(done)
+
+    def _record(self, done: asyncio.Future[None]) -> None:
+        """Keep a commit's future until `_drain` waits for it (those that ended well need not be kept)."""
+        if len(self._records) >= 1024:
+            self._records = [f for f in self._records if not f.done() or f.cancelled() or f.exception()]
+        self._records.append(done)
 
     async def _stop(self, committer: asyncio.Task[None], heart: asyncio.Task[None] | None,
                     fetch: asyncio.Task[_Batch] | None) -> None:
@@ -676,7 +705,7 @@ class Worker:
                     with_claims = await fetch
                     if with_claims.claimed:
                         now = db.utcnow()
-                        self._records.append(self._commit([handed_back(c, now) for c in with_claims.claimed]))
+                        self._record(self._commit([handed_back(c, now) for c in with_claims.claimed]))
                 await self._drain()
                 await self.db.write(self._leave_tx, retry_for=5.0)
         finally:

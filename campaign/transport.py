@@ -17,7 +17,7 @@ import re
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -236,6 +236,9 @@ def one_line(text: str, limit: int = MAX_DETAIL) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+Gate = Callable[[], Awaitable[None]]
+
+
 class Transport(Protocol):
     """Opens connections on enter, closes them on exit, and sends; `send` may run concurrently."""
 
@@ -249,7 +252,11 @@ class Transport(Protocol):
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None: ...
 
-    async def send(self, envelope: Envelope) -> Outcome: ...
+    async def send(self, envelope: Envelope, gate: Gate | None = None) -> Outcome:
+        """Send one message. `gate`, when given, is awaited once just before the message can be accepted
+        (on SMTP: after the server said 354, before the data goes): the caller's chance to make sure it can
+        record the outcome (see `campaign.sending`). An exception from it abandons the message unsent."""
+        ...
 
 
 # --- SMTP ------------------------------------------------------------------------------------------
@@ -279,10 +286,13 @@ class _Client(aiosmtplib.SMTP):
     data_started = False
 
     async def transaction(self, sender: str, recipients: list[str], data: bytes, utf8: bool,
-                          timeout: float) -> tuple[dict[str, SMTPResponse], str]:
-        """MAIL, RCPT for each recipient, DATA; RSET after a refusal (as `sendmail` does). Returns the
-        refused recipients and the final reply. Raises like `sendmail`."""
+                          timeout: float, gate: Gate | None = None) -> tuple[dict[str, SMTPResponse], str]:
+        """MAIL, RCPT for each recipient, DATA; RSET after a refusal (as `sendmail` does). `gate` is
+        awaited after the 354, before the data. Returns the refused recipients and the final reply. Raises
+        like `sendmail`."""
         if not wire_ready(data) or not all(map(_plain_address, recipients)) or not _plain_address(sender):
+            if gate is not None:
+                await gate()
             options = ["SMTPUTF8"] if utf8 else None
             return await self.sendmail(sender, recipients, data, mail_options=options, timeout=timeout)
         await self._ehlo_or_helo_if_needed()
@@ -309,6 +319,8 @@ class _Client(aiosmtplib.SMTP):
             reply = await self.execute_command(b"DATA", timeout=timeout)
             if reply.code != SMTPStatus.start_input:
                 raise SMTPDataError(reply.code, reply.message)
+            if gate is not None:
+                await gate()
             protocol = self.protocol
             if protocol is None:
                 raise SMTPServerDisconnected("Connection lost")
@@ -366,6 +378,18 @@ def bad_address(envelope: Envelope) -> str | None:
         except ValueError:
             return address
     return None
+
+
+def _once(gate: Gate) -> Gate:
+    """`gate`, awaited at most once however often it is called (a stale connection's retry calls it again)."""
+    passed = False
+
+    async def once() -> None:
+        nonlocal passed
+        if not passed:
+            await gate()
+            passed = True
+    return once
 
 
 def _reply(code: int, message: str) -> str:
@@ -436,7 +460,7 @@ class SmtpTransport:
         return _Client(hostname=self.url.host, port=self.url.port, timeout=self.timeout,
                        use_tls=self.url.scheme == "smtps", start_tls=start_tls, tls_context=self._tls)
 
-    async def send(self, envelope: Envelope) -> Outcome:
+    async def send(self, envelope: Envelope, gate: Gate | None = None) -> Outcome:
         if self._fatal is not None:
             raise self._fatal
         if self._pool is None:
@@ -447,26 +471,26 @@ class SmtpTransport:
         pool = self._pool
         client = await pool.get()
         try:
-            return await self._send_on(client, envelope)
+            return await self._send_on(client, envelope, _once(gate) if gate is not None else None)
         except BaseException:
             client.close()  # cancelled or fatal midway: the connection's state is unknown
             raise
         finally:
             pool.put_nowait(client)
 
-    async def _send_on(self, client: _Client, envelope: Envelope) -> Outcome:
+    async def _send_on(self, client: _Client, envelope: Envelope, gate: Gate | None) -> Outcome:
         reused = client.is_connected
         if not reused:
             failure = await self._connect(client)
             if failure is not None:
                 return failure
-        outcome, stale = await self._transaction(client, envelope, reused)
+        outcome, stale = await self._transaction(client, envelope, reused, gate)
         if stale:
             # A reused connection the server had dropped while idle; nothing was accepted, so go once more.
             failure = await self._connect(client)
             if failure is not None:
                 return failure
-            outcome, _ = await self._transaction(client, envelope, reused=False)
+            outcome, _ = await self._transaction(client, envelope, reused=False, gate=gate)
         return outcome
 
     def _scrub(self, text: str) -> str:
@@ -537,14 +561,15 @@ class SmtpTransport:
                 if isinstance(exc, ssl.SSLCertVerificationError) else "")
         return self._fail(f"TLS with {where} failed: {exc}{hint}")
 
-    async def _transaction(self, client: _Client, env: Envelope, reused: bool) -> tuple[Outcome, bool]:
+    async def _transaction(self, client: _Client, env: Envelope, reused: bool,
+                           gate: Gate | None = None) -> tuple[Outcome, bool]:
         """One MAIL/RCPT/DATA transaction; returns the outcome and whether a stale connection should be retried."""
         client.data_started = False
         # An IDN domain goes out as A-labels (any server takes that); only a UTF-8 local part needs SMTPUTF8.
         sender, recipients = wire_form(env.sender), [wire_form(r) for r in env.recipients]
         utf8 = [a for a in (sender, *recipients) if needs_smtputf8(a)]
         try:
-            refused, reply = await client.transaction(sender, recipients, env.data, bool(utf8), self.timeout)
+            refused, reply = await client.transaction(sender, recipients, env.data, bool(utf8), self.timeout, gate)
         except SMTPRecipientsRefused as exc:
             pairs = [(r.recipient, r.code, r.message) for r in exc.recipients]
             return self._refused(client, pairs, len(recipients)), False
@@ -632,7 +657,9 @@ class MaildirTransport:
             (self.path / sub).mkdir(parents=True, exist_ok=True)
         self._ready = True
 
-    async def send(self, envelope: Envelope) -> Outcome:
+    async def send(self, envelope: Envelope, gate: Gate | None = None) -> Outcome:
+        if gate is not None:
+            await gate()
         if not self._ready:
             self._prepare()
         now = time.time()
@@ -676,7 +703,9 @@ class RecordingTransport:
                         tb: TracebackType | None) -> None:
         return None
 
-    async def send(self, envelope: Envelope) -> Outcome:
+    async def send(self, envelope: Envelope, gate: Gate | None = None) -> Outcome:
+        if gate is not None:
+            await gate()
         self.envelopes.append(envelope)
         return self.respond(envelope) if self.respond else Outcome("sent", None, "recorded")
 

@@ -317,11 +317,13 @@ class _SlowTransport:
     async def __aexit__(self, *exc: object) -> None:
         return None
 
-    async def send(self, envelope: object) -> object:
+    async def send(self, envelope: object, gate: Any = None) -> object:
         import asyncio
 
         from campaign.transport import Outcome
         await asyncio.sleep(self.seconds)
+        if gate is not None:
+            await gate()
         self.sent.append(envelope.recipients[0])  # type: ignore[attr-defined]
         return Outcome("sent")
 
@@ -334,10 +336,10 @@ def test_leases_are_renewed_while_a_slow_batch_is_in_flight(run_cli: CliRun, eng
     from campaign import db, sending
     from campaign.config import load_config
     from campaign.store import deliveries
-    monkeypatch.setattr(deliveries, "LEASE", dt.timedelta(seconds=0.6))
+    monkeypatch.setattr(deliveries, "LEASE", dt.timedelta(seconds=1.2))
     monkeypatch.setattr(sending, "HEARTBEAT", 0.1)
     config = load_config({"database_url": db_url, "templates": str(ROOT / "templates"), "actor": "tester"})
-    slow = _SlowTransport(0.25)  # 40 messages, 4 at a time: about 2.5 s, four leases long
+    slow = _SlowTransport(0.4)  # 40 messages, 4 at a time: about 4 s, over three leases long
     done: list[object] = []
     thread = threading.Thread(target=lambda: done.append(sending.send_wave(
         engine, config, SLUG, "notice", sending.SendOptions(ignore_window=True, workers=1), transport=slow)))
