@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -104,6 +104,8 @@ class Renderer:
         )
         self.env.filters["format_date"] = _format_date
         self.env.filters["format_datetime"] = _format_datetime
+        self._globals = dict(self.env.globals)  # what a template sees besides our context (range, dict, ...)
+        self._templates: dict[str, jinja2.Template] = {}
         self.campaign_view = MappingProxyType({
             "name": definition.name, "slug": definition.slug, "sender": definition.sender,
             "reply_to": definition.reply_to, "context": MappingProxyType(dict(definition.context)),
@@ -132,6 +134,7 @@ class Renderer:
         zone = ZoneInfo(recipient.timezone)
         cutoff = self.definition.cutoff
         return {
+            **self._globals,
             "account": MappingProxyType({"name": recipient.name, "email": recipient.email,
                                          "locale": recipient.locale, "timezone": recipient.timezone}),
             # `changed_at`: when the device was switched — before the flip (previews, `create`), the cutoff.
@@ -163,9 +166,19 @@ class Renderer:
         html = out[2].strip("\n") + "\n"
         return Rendered(folder, subject, text, html)
 
-    def _render_one(self, name: str, ctx: Mapping[str, Any]) -> str:
+    def _render_one(self, name: str, ctx: dict[str, Any]) -> str:
+        # `Template.render`, without copying the context and the globals into a new dict for each of the
+        # three parts of each message: `ctx` already holds the globals, and a template never changes it
+        # (its own variables live in the Context). Errors go through Jinja's handler as in `render`, which
+        # points their tracebacks at the template's lines.
         try:
-            return self.env.get_template(name).render(ctx)
+            template = self._templates.get(name)
+            if template is None:
+                template = self._templates[name] = self.env.get_template(name)
+            try:
+                return self.env.concat(template.root_render_func(template.new_context(ctx, shared=True)))
+            except Exception:
+                self.env.handle_exception()
         except jinja2.TemplateSyntaxError as exc:
             where = exc.filename or str(self.root / (exc.name or name))
             raise TemplateProblem(f"{where}:{exc.lineno}: syntax error: {exc.message}") from None
