@@ -228,6 +228,8 @@ def _chunk(chunk_tx: Tx, chunk: list[Message], actor: str, source: str, keys: _K
         _apply(tx.conn, list(zip(chunk, reports, strict=True)), actor, keys, campaigns, part)
         if not dry_run:
             tx.note(**_note(part))
+            if not part.new:
+                tx.action = None  # mail taken in before: nothing changes, not even the audit log
     if after_chunk is not None and not dry_run and chunk:
         part.moved = after_chunk(chunk)
     result.add(part)
@@ -440,7 +442,10 @@ class _Imap:
             self.close()
             raise CampaignError(f"the IMAP server {url.host}:{url.port} refused the login of {url.user!r} "
                                 f"(check the user and {PASSWORD_ENV})") from None
-        self.moves = b"MOVE" in [c.encode() if isinstance(c, str) else c for c in self.conn.capabilities]
+        # What the server can do once logged in (Dovecot, for one, tells MOVE only then).
+        typ, data = self.conn.capability()
+        caps = set((data[0] or b"").decode(errors="replace").upper().split()) if typ == "OK" else set()
+        self.moves, self.uidplus = "MOVE" in caps, "UIDPLUS" in caps
         typ, data = self.conn.select(_quote(url.folder), readonly=readonly)
         if typ != "OK":
             self.close()
@@ -482,7 +487,10 @@ class _Imap:
             typ, data = self.conn.uid("COPY", uids, _quote(self.move_to))
             if typ == "OK":
                 self.conn.uid("STORE", uids, "+FLAGS.SILENT", r"(\Deleted)")
-                self.conn.expunge()
+                if self.uidplus:  # only ours: a plain EXPUNGE would also remove what others marked deleted
+                    self.conn.uid("EXPUNGE", uids)
+                else:
+                    self.conn.expunge()
         if typ != "OK":
             raise CampaignError(f"IMAP: could not move messages to {self.move_to!r}: {_said(data)} (they were "
                                 "taken in; the next fetch finds them again and changes nothing for them)")

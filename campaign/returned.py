@@ -40,8 +40,8 @@ MAX_DETAIL = 500
 MAX_KEY = 255
 _STATUS_RE = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
 # In free text, a status only right after an SMTP reply code ("550 5.1.1", "550-5.1.1"): a version number in a
-# quoted header must not pass for one.
-_REPLY_STATUS_RE = re.compile(r"\b[245]\d\d[ -]([245]\.\d{1,3}\.\d{1,3})\b")
+# quoted header must not pass for one; or as qmail writes it, "(#5.1.1)".
+_REPLY_STATUS_RE = re.compile(r"\b[245]\d\d[ -]([245]\.\d{1,3}\.\d{1,3})\b|\(#([245]\.\d{1,3}\.\d{1,3})\)")
 _MID_LINE_RE = re.compile(r"^Message-ID:[ \t]*(<[^>\s]+>)", re.IGNORECASE | re.MULTILINE)
 _RETURN_PATH_LINE_RE = re.compile(r"^Return-Path:[ \t]*<([^>\s]*)>", re.IGNORECASE | re.MULTILINE)
 _RECIPIENT_HEADERS = ("to", "delivered-to", "x-original-to", "envelope-to", "x-envelope-to", "x-original-rcpt-to")
@@ -167,7 +167,7 @@ def _other_formats(msg: Message) -> tuple[str, str | None, str | None, str]:
     except Exception as exc:  # a detector tripped over a malformed message: unread, and listed as such
         return UNRECOGNIZED, None, None, f"could not be read ({type(exc).__name__})"
     text = _text(msg)
-    codes = _REPLY_STATUS_RE.findall(text)
+    codes = [a or b for a, b in _REPLY_STATUS_RE.findall(text)]
     if permanent:
         status = next((c for c in codes if c.startswith("5")), "5.0.0")
         return BOUNCE, status, _first(permanent), _diagnostic(text, status)
@@ -216,8 +216,13 @@ def _references(msg: Message) -> tuple[list[str], list[str]]:
         if part.get_content_type() == "message/feedback-report":
             fields = _fields(part)
             places += [str(v) for v in fields.get_all("Original-Mail-From", [])]
-    originals = _originals(msg)
     mids: list[str] = []
+    for part in msg.walk():
+        if part.get_content_type() in ("message/delivery-status", "message/global-delivery-status"):
+            for block in _blocks(part):  # what some relays add: the envelope sender, the original's Message-ID
+                places += [str(v) for v in block.get_all("X-Postfix-Sender", [])]
+                mids += [str(v).strip() for v in block.get_all("X-Original-Message-ID", [])]
+    originals = _originals(msg)
     for original in originals:
         places += [str(v) for v in original.get_all("Return-Path", [])]
         mids += [str(v).strip() for v in original.get_all("Message-ID", [])]
