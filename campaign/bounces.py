@@ -454,7 +454,7 @@ class _Imap:
             self.conn.create(_quote(move_to))  # refused when it exists already: that is fine
 
     def uids(self) -> list[str]:
-        typ, data = self.conn.uid("SEARCH", "ALL")
+        typ, data = self.conn.uid("SEARCH", "UNDELETED")  # what another client marked deleted is on its way out
         if typ != "OK":
             raise CampaignError(f"IMAP SEARCH failed: {_said(data)}")
         return [u.decode() for u in (data[0] or b"").split()]

@@ -42,8 +42,8 @@ def _free_port() -> int:
 class ImapServer:
     """One Dovecot: `imap_port` (plain, loopback only), `imaps_port` (TLS, certificate in `cert`)."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
+    def __init__(self, root: Path, capability: str | None = None) -> None:
+        self.root, self.capability = root, capability
         self.imap_port, self.imaps_port = _free_port(), _free_port()
         self.cert = root / "cert.pem"
         self._proc: subprocess.Popen[bytes] | None = None
@@ -83,6 +83,7 @@ ssl_key = <{root}/key.pem
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 first_valid_uid = {min(uid, 100)}
+{f"imap_capability = {self.capability}" if self.capability else ""}
 mail_location = maildir:{root}/mail/%u
 passdb {{
   driver = passwd-file
@@ -168,15 +169,16 @@ service imap-login {{
 
 
 @pytest.fixture
-def imapd() -> Iterator[ImapServer]:
-    """A started Dovecot on loopback with the user `bounces` and an empty INBOX."""
+def imapd(request: pytest.FixtureRequest) -> Iterator[ImapServer]:
+    """A started Dovecot on loopback with the user `bounces` and an empty INBOX. Indirect parametrization may
+    give the capabilities it tells once logged in (e.g. without MOVE)."""
     if not Path(DOVECOT).exists():
         if IN_CI:
             pytest.fail("CI=true but Dovecot is not installed (.ci/run installs dovecot-imapd)")
         pytest.skip("Dovecot is not installed (apt-get install dovecot-imapd)")
     root = Path(tempfile.mkdtemp(prefix="campaign-imapd-"))
     os.chmod(root, 0o755)  # the mailbox's owner (`nobody` under root) must reach its folder
-    server = ImapServer(root)
+    server = ImapServer(root, getattr(request, "param", None))
     try:
         yield server.start()
     finally:

@@ -407,6 +407,24 @@ def test_fetch_from_imap(run_cli: CliRun, engine: Engine, env: Env, filled: Imap
     assert table_counts(engine) == after and filled.count("Processed") == 12
 
 
+@pytest.mark.parametrize("imapd", ["IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE UIDPLUS"], indirect=True)
+def test_fetch_without_move_copies_and_expunges_its_own(run_cli: CliRun, engine: Engine, env: Env,
+                                                        filled: ImapServer) -> None:
+    """A server without MOVE (RFC 6851): COPY, mark deleted, UID EXPUNGE of those only — a message someone else
+    marked deleted stays."""
+    conn = filled.client()
+    conn.select("INBOX")
+    conn.append("INBOX", None, None, bm.auto_reply("bounces@example.com", "kept"))
+    typ, data = conn.search(None, "ALL")
+    last = data[0].split()[-1]
+    conn.store(last, "+FLAGS", r"(\Deleted)")  # another client's, not expunged yet
+    conn.logout()
+    result = run_cli("bounces", "fetch", filled.url(), "--json", env=env)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["moved"] == 12
+    assert filled.count("Processed") == 12 and filled.count("INBOX") == 1  # a plain EXPUNGE would have taken it
+
+
 def test_fetch_over_tls_checks_the_certificate(run_cli: CliRun, engine: Engine, env: Env, filled: ImapServer,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SSL_CERT_FILE", raising=False)
