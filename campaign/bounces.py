@@ -497,9 +497,7 @@ class _Imap:
         return len(chunk)
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            if self.conn.state == "SELECTED":
-                self.conn.close()
+        # LOGOUT, not CLOSE: CLOSE would expunge whatever another client marked deleted.
         with contextlib.suppress(Exception):
             self.conn.logout()
 
