@@ -35,12 +35,14 @@ from urllib.parse import unquote, urlsplit
 
 from sqlalchemy import Connection, Engine
 
-from campaign import db, returned, suppressions, verp
+from campaign import db, returned, verp
+from campaign.addresses import normalize as normalize_address
 from campaign.definition import parse_definition
 from campaign.errors import CampaignError, ConfigError, InputError, Problem, UsageError
 from campaign.models import BOUNCED, FAILED, SENT
 from campaign.store import audit
 from campaign.store import bounces as store
+from campaign.store import suppressions as suppression_rows
 from campaign.transport import is_loopback
 
 CHUNK = 500  # messages per transaction
@@ -236,6 +238,46 @@ def _chunk(chunk_tx: Tx, chunk: list[Message], actor: str, source: str, keys: _K
 
 
 @dataclass
+class _Writes:
+    """What a chunk changes, written together at its end: one UPDATE (executemany) for the deliveries, one INSERT
+    for the new suppressions. A delivery's state and an address's suppression are known from the chunk's reads
+    (its transaction holds them: BEGIN IMMEDIATE on SQLite; on PostgreSQL the moves re-check the state)."""
+
+    actor: str
+    now: dt.datetime
+    suppressed_before: set[str]
+    moves: dict[int, dict[str, Any]] = field(default_factory=dict)  # delivery id → its new state and why
+    suppressions: dict[str, dict[str, Any]] = field(default_factory=dict)  # lower-cased address → its row
+
+    def move(self, delivery: Any, to_state: str, why: str) -> bool:
+        """Move a `sent` delivery to `to_state`; False when it is not `sent` (or moves already)."""
+        if delivery.state != SENT or delivery.id in self.moves:
+            return False
+        self.moves[delivery.id] = {"d_id": delivery.id, "d_state": to_state, "d_error": why[:1024]}
+        return True
+
+    def suppress(self, delivery: Any, reason: str, source: str) -> bool:
+        """Suppress the address the delivery went to; False when it is suppressed already."""
+        if not delivery.email:
+            return False
+        try:
+            address = normalize_address(delivery.email)
+        except ValueError:
+            return False
+        lower = address.lower()
+        if lower in self.suppressed_before or lower in self.suppressions:
+            return False
+        self.suppressions[lower] = {"email": address, "reason": " ".join(reason.split())[:1024], "source": source,
+                                    "campaign_id": delivery.campaign_id, "created_at": self.now,
+                                    "created_by": self.actor}
+        return True
+
+    def write(self, conn: Connection) -> None:
+        store.move(conn, list(self.moves.values()), SENT, self.now)
+        suppression_rows.add(conn, self.suppressions.values())
+
+
+@dataclass
 class _Match:
     message: Message
     report: returned.Report
@@ -259,6 +301,8 @@ def _apply(conn: Connection, items: list[tuple[Message, returned.Report]], actor
     found = store.deliveries(conn, [m.ref for m in todo if m.ref is not None])
     campaigns.load(conn, [row.campaign_id for rows in found.values() for row in rows])
     now = db.utcnow()
+    writes = _Writes(actor, now, suppression_rows.suppressed(
+        conn, [row.email for rows in found.values() for row in rows if row.email]))
     rows: list[dict[str, Any]] = []
     per_campaign: dict[int, dict[str, int]] = {}
     for m in todo:
@@ -279,7 +323,7 @@ def _apply(conn: Connection, items: list[tuple[Message, returned.Report]], actor
                     (" (by its return path token)" if m.via == "token" else f" (Message-ID {m.message_id})")
         if delivery is not None:
             counts = per_campaign.setdefault(delivery.campaign_id, {"bounced": 0, "failed": 0, "suppressed": 0})
-            _effect(conn, m, delivery, campaigns.signs.get(delivery.campaign_id, False), actor, now, out, counts)
+            _effect(writes, m, delivery, campaigns.signs.get(delivery.campaign_id, False), out, counts)
         outcome = m.outcome or RECORDED
         out.outcomes[outcome] += 1
         if outcome in LISTED_OUTCOMES and len(out.listed) < LISTED:
@@ -295,6 +339,7 @@ def _apply(conn: Connection, items: list[tuple[Message, returned.Report]], actor
     for row in rows:
         if row["email"] is not None:
             row["email"] = row["email"][:254]
+    writes.write(conn)
     store.record(conn, rows)
     for cid, counts in per_campaign.items():
         slug = campaigns.slugs.get(cid, str(cid))
@@ -330,20 +375,20 @@ def _reference(message: Message, report: returned.Report, keys: _Keys) -> _Match
     return m
 
 
-def _effect(conn: Connection, m: _Match, delivery: Any, signs: bool, actor: str, now: dt.datetime,
-            out: ImportResult, counts: dict[str, int]) -> None:
+def _effect(writes: _Writes, m: _Match, delivery: Any, signs: bool, out: ImportResult,
+            counts: dict[str, int]) -> None:
     """What a matched report does to its delivery and its address; sets the match's outcome."""
     r = m.report
     signed = m.via == "token" or not signs
     what = f"{r.status} {r.detail}".strip() if r.status else r.detail
     bounced = failed = suppressed = False
     if r.kind == returned.BOUNCE:
-        bounced = store.move(conn, delivery.id, SENT, BOUNCED, f"returned after it was sent: {what}", now)
-        suppressed = signed and _suppress(conn, delivery, f"bounced after it was sent: {what}", "bounce", actor)
+        bounced = writes.move(delivery, BOUNCED, f"returned after it was sent: {what}")
+        suppressed = signed and writes.suppress(delivery, f"bounced after it was sent: {what}", "bounce")
     elif r.kind == returned.EXPIRED:
-        failed = store.move(conn, delivery.id, SENT, FAILED, f"the relay gave up after it was sent: {what}", now)
+        failed = writes.move(delivery, FAILED, f"the relay gave up after it was sent: {what}")
     elif r.kind == returned.COMPLAINT:
-        suppressed = signed and _suppress(conn, delivery, f"complaint: {what}", "complaint", actor)
+        suppressed = signed and writes.suppress(delivery, f"complaint: {what}", "complaint")
     for name, done in (("bounced", bounced), ("failed", failed), ("suppressed", suppressed)):
         setattr(out, name, getattr(out, name) + done)
         counts[name] += done
@@ -355,12 +400,6 @@ def _effect(conn: Connection, m: _Match, delivery: Any, signs: bool, actor: str,
                  + "the address is not suppressed (`campaign suppress add` if it should be)")
         return
     m.outcome = APPLIED if changed else RECORDED
-
-
-def _suppress(conn: Connection, delivery: Any, reason: str, source: str, actor: str) -> bool:
-    if not delivery.email:
-        return False
-    return suppressions.add(conn, delivery.email, reason, actor, source=source, campaign_id=delivery.campaign_id)
 
 
 def import_path(engine: Engine, path: Path | str, actor: str, dry_run: bool = False) -> ImportResult:

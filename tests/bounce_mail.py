@@ -152,7 +152,7 @@ Return-path: <>
 Envelope-to: {to}
 Delivery-date: Fri, 14 Mar 2025 07:05:14 +0000
 Received: from mail by relay.exim.example with local (Exim 4.96)
-\tid 1tsz5C-000{mid[:3]}-2b
+\tid 1tsz5C-{mid[:6]}-2b
 \tfor {to}; Fri, 14 Mar 2025 07:05:14 +0000
 X-Failed-Recipients: {sent.recipient}
 Auto-Submitted: auto-replied
@@ -160,7 +160,7 @@ From: Mail Delivery System <Mailer-Daemon@relay.exim.example>
 To: {to}
 Content-Type: text/plain; charset=us-ascii
 Subject: Mail delivery failed: returning message to sender
-Message-Id: <E1tsz5C-000{mid[:3]}-2b@relay.exim.example>
+Message-Id: <E1tsz5C-{mid[:6]}-{mid[6:10]}@relay.exim.example>
 Date: Fri, 14 Mar 2025 07:05:14 +0000
 
 This message was created automatically by mail delivery software.

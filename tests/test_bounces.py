@@ -415,7 +415,7 @@ def test_fetch_without_move_copies_and_expunges_its_own(run_cli: CliRun, engine:
     conn = filled.client()
     conn.select("INBOX")
     conn.append("INBOX", None, None, bm.auto_reply("bounces@example.com", "kept"))
-    typ, data = conn.search(None, "ALL")
+    _typ, data = conn.search(None, "ALL")
     last = data[0].split()[-1]
     conn.store(last, "+FLAGS", r"(\Deleted)")  # another client's, not expunged yet
     conn.logout()

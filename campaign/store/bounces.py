@@ -12,8 +12,9 @@ import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Row, func, insert, select, update
+from sqlalchemy import Connection, Row, bindparam, func, insert, select, update
 
+from campaign.db import UTCDateTime
 from campaign.models import BOUNCE, CAMPAIGN, DELIVERY
 
 B, C, DL = BOUNCE, CAMPAIGN, DELIVERY
@@ -53,11 +54,15 @@ def definitions(conn: Connection, campaign_ids: Iterable[int]) -> dict[int, tupl
     return {r[0]: (r[1], r[2], r[3]) for r in rows}
 
 
-def move(conn: Connection, delivery_id: int, from_state: str, to_state: str, error: str, now: dt.datetime) -> bool:
-    """Move a delivery from `from_state` to `to_state` with why; False when it was not in `from_state`."""
-    result = conn.execute(update(DL).where(DL.c.id == delivery_id, DL.c.state == from_state)
-                          .values(state=to_state, last_error=error[:1024], updated_at=now))
-    return bool(result.rowcount)
+_MOVE = (update(DL).where(DL.c.id == bindparam("d_id"), DL.c.state == bindparam("d_from"))
+         .values(state=bindparam("d_state"), last_error=bindparam("d_error"),
+                 updated_at=bindparam("d_at", type_=UTCDateTime())))
+
+
+def move(conn: Connection, moves: Sequence[Mapping[str, Any]], from_state: str, now: dt.datetime) -> None:
+    """Move each delivery `d_id` still in `from_state` to `d_state`, with why (`d_error`): one executemany."""
+    if moves:
+        conn.execute(_MOVE, [{**m, "d_from": from_state, "d_at": now} for m in moves])
 
 
 def record(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
