@@ -388,7 +388,7 @@ def _effect(writes: _Writes, m: _Match, delivery: Any, signs: bool, out: ImportR
     elif r.kind == returned.EXPIRED:
         failed = writes.move(delivery, FAILED, f"the relay gave up after it was sent: {what}")
     elif r.kind == returned.COMPLAINT:
-        suppressed = signed and writes.suppress(delivery, f"complaint: {what}", "complaint")
+        suppressed = signed and writes.suppress(delivery, what, "complaint")  # "complaint (abuse) reported by …"
     for name, done in (("bounced", bounced), ("failed", failed), ("suppressed", suppressed)):
         setattr(out, name, getattr(out, name) + done)
         counts[name] += done
