@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import email
 import hashlib
+import logging
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -35,6 +36,12 @@ COMPLAINT = "complaint"  # the person reported it as spam (ARF)
 OTHER = "other"  # a report of something else (delivered, relayed, not-spam)
 UNRECOGNIZED = "unrecognized"  # not a report we can read (an auto-reply, spam, a person's mail)
 KINDS = (BOUNCE, EXPIRED, DELAY, COMPLAINT, OTHER, UNRECOGNIZED)
+
+# flufl.bounce logs a detector that trips over a malformed message with its traceback; `read` reports such a
+# message itself (`unrecognized`, "could not be read"), so those lines would only be noise in a command's output.
+_flufl_log = logging.getLogger("flufl.bounce")
+_flufl_log.addHandler(logging.NullHandler())
+_flufl_log.propagate = False
 
 MAX_DETAIL = 500
 MAX_KEY = 255
@@ -68,7 +75,15 @@ def parse(raw: bytes) -> Message:
 
 
 def read(raw: bytes) -> Report:
-    """What the returned message `raw` says."""
+    """What the returned message `raw` says; mail too broken to read is `unrecognized`, never an error."""
+    try:
+        return _read(raw)
+    except Exception as exc:  # a message from anyone: one we cannot read must not stop the others
+        return Report(f"sha256:{hashlib.sha256(raw).hexdigest()}", UNRECOGNIZED, None, None,
+                      f"could not be read ({type(exc).__name__})", (), (), None)
+
+
+def _read(raw: bytes) -> Report:
     msg = parse(raw)
     kind, status, recipient, detail = _classify(msg)
     tokens, mids = _references(msg)

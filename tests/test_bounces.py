@@ -361,6 +361,17 @@ def test_bad_paths_are_refused_clearly(run_cli: CliRun, engine: Engine, env: Env
     assert table_counts(engine) == before
 
 
+def test_mail_too_broken_to_read_is_listed_not_fatal(run_cli: CliRun, engine: Engine, env: Env,
+                                                     tmp_path: Path) -> None:
+    box = maildir(tmp_path / "Maildir", [b"", b"\xff\xfe garbage without headers\r\n",
+                                         b"Subject: no sender\r\n\r\nDelivery failed, sorry.\r\n"])
+    result = run_cli("bounces", "import", str(box), "--json", env=env)
+    assert result.exit_code == 0 and "Traceback" not in result.output
+    got = json.loads(result.stdout)
+    assert (got["new"], got["outcomes"]["ignored"]) == (3, 3)
+    assert any("could not be read" in r[0] for r in rows(engine, "SELECT detail FROM bounce"))
+
+
 def test_a_token_needs_the_key_to_be_read(run_cli: CliRun, engine: Engine, smtpd: SmtpServer, env: Env,
                                           campaign: Callable[..., None], tmp_path: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
