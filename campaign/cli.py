@@ -17,7 +17,7 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
-from campaign import accounts, campaigns, db, migrate, previews, reports, scheduling, sending, suppressions
+from campaign import accounts, bounces, campaigns, db, migrate, previews, reports, scheduling, sending, suppressions
 from campaign.config import Config, load_config, redact_url
 from campaign.errors import CampaignError
 from campaign.store import audience as audience_store
@@ -312,6 +312,76 @@ def suppress_list(app: App, as_json: bool) -> None:
         click.echo(f"{r['email']}\t{r['source']}\t{r['created_at']}\t{r['reason']}")
     if not rows:
         click.echo("no suppressed addresses", err=True)
+
+
+# -- returned mail ----------------------------------------------------------------------------------
+
+@cli.group("bounces", cls=Group)
+def bounces_group() -> None:
+    """Returned mail that arrives after a message went out: bounces, delays, complaints."""
+
+
+def _print_bounces(result: bounces.ImportResult, as_json: bool) -> None:
+    if as_json:
+        _json(result.as_json())
+        return
+    would = "would take" if result.dry_run else "took"
+    click.echo(f"{result.source}: {result.messages} message(s); {would} in {result.new}, "
+               f"{result.already} taken in before")
+    kinds = ", ".join(f"{n} {k}" for k, n in result.kinds.items() if n)
+    if kinds:
+        click.echo(f"  {kinds}")
+    be = "would be " if result.dry_run else ""
+    click.echo(f"  deliveries {be}bounced: {result.bounced}, {be}failed: {result.failed}; "
+               f"addresses {be}suppressed: {result.suppressed}")
+    for slug, counts in sorted(result.campaigns.items()):
+        click.echo(f"  {slug}: {counts['bounced']} bounced, {counts['failed']} failed, "
+                   f"{counts['suppressed']} suppressed")
+    listed = {k: result.outcomes[k] for k in bounces.LISTED_OUTCOMES if result.outcomes[k]}
+    if listed:
+        click.echo("  not acted on: " + ", ".join(f"{n} {k}" for k, n in listed.items()))
+        _listed(result.listed, sum(listed.values()), lambda r: f"{r['origin']}  {r['outcome']}: {r['why']}")
+    if result.moved:
+        click.echo(f"  moved {result.moved} message(s) to the processed folder")
+    if result.dry_run:
+        click.echo("dry run: nothing was written" + (" and nothing was moved" if "://" in result.source else ""))
+
+
+@bounces_group.command("import")
+@click.argument("path", type=click.Path(path_type=Path))
+@dry_run_option
+@json_option
+@pass_app
+def bounces_import(app: App, path: Path, dry_run: bool, as_json: bool) -> None:
+    """Take in returned mail from PATH: a Maildir folder or an mbox file.
+
+    \b
+    Delivery status notifications (RFC 3464), complaint reports (ARF, RFC 5965) and the
+    relays' own bounce formats. Each is matched to its delivery by the signed token of its
+    return path, else by the original Message-ID; a permanent failure (5.x.x) makes the
+    delivery `bounced` and suppresses the address, a complaint suppresses it, a delay is
+    recorded only; what matches nothing is counted and listed. Taking in the same mail
+    again changes nothing. Tokens are verified with CAMPAIGN_BOUNCE_KEY.
+    """
+    _print_bounces(bounces.import_path(app.engine(), path, app.config.actor, dry_run=dry_run), as_json)
+
+
+@bounces_group.command("fetch")
+@click.argument("url")
+@click.option("--move-to", default=bounces.PROCESSED, show_default=True, metavar="FOLDER",
+              help="Where each message taken in is moved (created if missing).")
+@dry_run_option
+@json_option
+@pass_app
+def bounces_fetch(app: App, url: str, move_to: str, dry_run: bool, as_json: bool) -> None:
+    """Take in returned mail from an IMAP folder: imaps://USER@HOST[:PORT]/FOLDER.
+
+    \b
+    The password comes from CAMPAIGN_IMAP_PASSWORD (never from the URL); plain imap://
+    only to a loopback host. Does what `bounces import` does, then moves each message
+    taken in to --move-to (a dry run opens the folder read-only and moves nothing).
+    """
+    _print_bounces(bounces.fetch(app.engine(), url, app.config.actor, move_to=move_to, dry_run=dry_run), as_json)
 
 
 # -- campaigns --------------------------------------------------------------------------------------
@@ -626,9 +696,14 @@ def scheduler_group() -> None:
 @click.option("--poll", type=click.FloatRange(min=0.1), default=scheduling.TICK_SECONDS, show_default=True,
               metavar="SECONDS", help="How often to look for work besides each step's own alarm: send windows "
               "that opened, retries, fair notice that has run; also how often the lead is renewed.")
+@click.option("--bounces", "bounces_url", metavar="URL", help="Take in returned mail from this IMAP folder "
+              "(imaps://USER@HOST/FOLDER, password in CAMPAIGN_IMAP_PASSWORD), as `bounces fetch` does.")
+@click.option("--bounces-every", type=click.FloatRange(min=1), default=scheduling.BOUNCES_EVERY, show_default=True,
+              metavar="SECONDS", help="How often --bounces is fetched.")
 @click.option("-v", "--verbose", is_flag=True, help="Log more (one line per step is always logged).")
 @pass_app
-def scheduler_run(app: App, once: bool, workers: int, poll: float, verbose: bool) -> None:
+def scheduler_run(app: App, once: bool, workers: int, poll: float, bounces_url: str | None, bounces_every: float,
+                  verbose: bool) -> None:
     """Run every due wave and flip of every scheduled campaign, now and as they come due.
 
     \b
@@ -637,7 +712,8 @@ def scheduler_run(app: App, once: bool, workers: int, poll: float, verbose: bool
     may run: one leads (a PostgreSQL advisory lock, or a lease row on SQLite), the others
     wait and take over within a minute if it dies; every step runs once either way.
     Picks up deliveries waiting for their recipient's send window as windows open, and
-    flips devices waiting for fair notice when it has run. SIGTERM or Ctrl-C stops it
+    flips devices waiting for fair notice when it has run. With --bounces it takes in
+    returned mail (`bounces fetch`) before anything else is due. SIGTERM or Ctrl-C stops it
     cleanly: a step in progress is handed back and resumes at the next start.
     """
     handler = logging.StreamHandler(sys.stderr)
@@ -646,7 +722,8 @@ def scheduler_run(app: App, once: bool, workers: int, poll: float, verbose: bool
     if not verbose:
         for noisy in ("apscheduler", "alembic"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
-    performed, also = scheduling.run(app.engine(), app.config, once=once, workers=workers, poll=poll)
+    performed, also = scheduling.run(app.engine(), app.config, once=once, workers=workers, poll=poll,
+                                     bounces=bounces_url, bounces_every=bounces_every)
     if once:
         click.echo(f"did {len(performed)} step(s)" + (f": {', '.join(performed)}" if performed else "")
                    + (f"; also {', '.join(also)}" if also else ""))

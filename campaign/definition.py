@@ -81,6 +81,7 @@ class Definition:
     send_window: SendWindow = field(default_factory=SendWindow)
     limits: Limits = field(default_factory=Limits)
     context: Mapping[str, str] = field(default_factory=dict)  # free values for the templates (URLs, …)
+    return_path: str | None = None  # [bounces]: the envelope sender's base, signed per delivery (campaign.verp)
     source: str = ""
     text: str = ""
 
@@ -251,7 +252,7 @@ def parse_definition(text: str, source: str = "<definition>", templates: Path | 
     top = c.take(data, "", {
         "slug": str, "name": str, "sender": str, "reply_to": str, "template": str, "default_locale": str,
         "cutoff": (str, dt.datetime), "migration": dict, "audience": dict, "send_window": dict,
-        "limits": dict, "waves": list, "context": dict,
+        "limits": dict, "waves": list, "context": dict, "bounces": dict,
     }, required=("slug", "name", "sender", "template", "default_locale", "cutoff", "migration", "waves"))
 
     slug = top.get("slug", "")
@@ -362,6 +363,8 @@ def parse_definition(text: str, source: str = "<definition>", templates: Path | 
         else:
             context[key] = value
 
+    return_path = _bounces(c, top.get("bounces"))
+
     waves: list[WaveDef] = []
     seen: set[str] = set()
     raw_waves = top.get("waves", [])
@@ -420,9 +423,26 @@ def parse_definition(text: str, source: str = "<definition>", templates: Path | 
         default_locale=default_locale, cutoff=cutoff, setting=mig["setting"], from_value=mig["from"],
         to_value=mig["to"], require_notice=mig.get("require_notice", True), min_notice=min_notice,
         countries=tuple(countries),
-        device_models=tuple(models), send_window=window, limits=limits, context=context,
+        device_models=tuple(models), send_window=window, limits=limits, context=context, return_path=return_path,
         waves=tuple(sorted(waves, key=lambda w: w.at)), source=source, text=text,
     )
+
+
+def _bounces(c: _Checker, table: dict[str, Any] | None) -> str | None:
+    """`[bounces] return_path`: a plain ASCII address whose local part leaves room for `+TOKEN` (campaign.verp)."""
+    from campaign.verp import parse_return_path  # the token's rules live with the token
+
+    if table is None:
+        return None
+    b = c.take(table, "bounces", {"return_path": str}, required=("return_path",))
+    value = b.get("return_path")
+    if value is None:
+        return None
+    try:
+        return parse_return_path(value)
+    except ValueError as exc:
+        c.fail("bounces", "return_path", str(exc))
+        return None
 
 
 def _bad(value: Any) -> str:

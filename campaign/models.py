@@ -177,6 +177,29 @@ class Suppression(SQLModel, table=True):
     created_by: str = Field(max_length=128)
 
 
+class Bounce(SQLModel, table=True):
+    """One returned message taken in by `campaign bounces` (a bounce, a delay, a complaint, or mail that is none
+    of these): kept as evidence, and so that taking in the same message again changes nothing."""
+
+    __tablename__ = "bounce"
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(max_length=255, unique=True)  # mid:<its own Message-ID>, or sha256:<digest of its bytes>
+    kind: str = Field(max_length=16)  # bounce | expired | delay | complaint | other | unrecognized
+    outcome: str = Field(max_length=16)  # applied | recorded | unsigned | unmatched | forged | ignored
+    matched_by: str | None = Field(default=None, max_length=16)  # token | message_id
+    delivery_id: int | None = Field(default=None, sa_column=Column(
+        BigInteger().with_variant(Integer, "sqlite"), ForeignKey("delivery.id"), nullable=True, index=True))
+    campaign_id: int | None = _fk("campaign.id", nullable=True, index=False)
+    email: str | None = Field(default=None, max_length=254)  # the delivery's address, else the one reported
+    status: str | None = Field(default=None, max_length=16)  # the enhanced status code, e.g. 5.1.1
+    detail: str | None = Field(default=None, max_length=1024)  # the diagnostic, or why it matched nothing
+    origin: str = Field(max_length=1024)  # where it was read: file (and line), or IMAP folder and UID
+    reported_at: dt.datetime | None = _ts(nullable=True)  # its Date header
+    imported_at: dt.datetime = _ts()
+    imported_by: str = Field(max_length=128)
+
+
 class SettingChange(SQLModel, table=True):
     """One device's setting switched (or held back) by a campaign: the audit trail, kept forever."""
 
@@ -261,4 +284,5 @@ def _table(model: type[SQLModel]) -> Table:
 ACCOUNT, DEVICE, DEVICE_SETTING = _table(Account), _table(Device), _table(DeviceSetting)
 CAMPAIGN, WAVE, DELIVERY, SUPPRESSION = _table(Campaign), _table(Wave), _table(Delivery), _table(Suppression)
 SETTING_CHANGE, AUDIT_EVENT, STEP = _table(SettingChange), _table(AuditEvent), _table(Step)
+BOUNCE = _table(Bounce)
 LEASE, WORKER = _table(Lease), _table(Worker)

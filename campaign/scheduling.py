@@ -23,6 +23,7 @@ import signal
 import socket
 import sys
 import tempfile
+import time
 import tomllib
 import uuid
 from collections.abc import Callable, Iterator
@@ -48,6 +49,7 @@ LEASE_TTL = dt.timedelta(seconds=45)  # a dead leader is replaced within a minut
 TICK_SECONDS = 15.0  # how often the leader looks for work beyond its alarms (send windows, retries, fair notice)
 RETRY_STEP = dt.timedelta(seconds=60)  # a step that failed for a passing reason is tried again after this
 FLIP = "flip"
+BOUNCES_EVERY = 300.0  # seconds between two fetches of returned mail (`scheduler run --bounces URL`)
 
 
 def wave_step(name: str) -> str:
@@ -220,8 +222,10 @@ Runner = Callable[[list[str]], "asyncio.Future[tuple[int, str, str]]"]
 class Scheduler:
     """`campaign scheduler run`: lead, reconcile, then perform each step when it comes due."""
 
-    def __init__(self, engine: Engine, config: Config, workers: int = 1, tick: float = TICK_SECONDS) -> None:
+    def __init__(self, engine: Engine, config: Config, workers: int = 1, tick: float = TICK_SECONDS,
+                 bounces: str | None = None, bounces_every: float = BOUNCES_EVERY) -> None:
         self.engine, self.config, self.workers, self.tick_seconds = engine, config, workers, tick
+        self.bounces, self.bounces_every, self._bounces_at = bounces, bounces_every, -float("inf")
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.leadership = Leadership(engine, self.id)
         self._stop = asyncio.Event()
@@ -320,6 +324,11 @@ class Scheduler:
     async def _tick(self) -> None:
         """Everything that is due now: overdue steps first, then waves with deliveries due again (a send window
         that opened, a retry), then devices whose fair notice has run."""
+        if self.bounces and time.monotonic() - self._bounces_at >= self.bounces_every:
+            # First, so that a notice returned meanwhile no longer counts when a flip decides below.
+            self._bounces_at = time.monotonic()
+            code, out, err = await self._campaign("bounces", "fetch", self.bounces)
+            log.info("bounces: %s", _last_line(out) if code == 0 else _last_line(err))
         now = db.utcnow()
         for step in [s for s in await self._db(steps.pending) if s.due_at <= now]:
             if self._stop.is_set() or not self._leading:
@@ -476,10 +485,11 @@ def _waves_with_work(conn: Connection, now: dt.datetime) -> list[tuple[str, str]
             and deliveries.outlook(conn, w.id, now, False).due_now]
 
 
-def run(engine: Engine, config: Config, once: bool = False, workers: int = 1,
-        poll: float = TICK_SECONDS) -> tuple[list[str], list[str]]:
-    """`campaign scheduler run`: returns (the steps it ran, what else it caught up on)."""
-    scheduler = Scheduler(engine, config, workers=workers, tick=poll)
+def run(engine: Engine, config: Config, once: bool = False, workers: int = 1, poll: float = TICK_SECONDS,
+        bounces: str | None = None, bounces_every: float = BOUNCES_EVERY) -> tuple[list[str], list[str]]:
+    """`campaign scheduler run`: returns (the steps it ran, what else it caught up on). `bounces`: an IMAP URL
+    whose returned mail is taken in (`campaign bounces fetch`) every `bounces_every` seconds."""
+    scheduler = Scheduler(engine, config, workers=workers, tick=poll, bounces=bounces, bounces_every=bounces_every)
     performed = asyncio.run(scheduler.run(once=once))
     return performed, scheduler.also
 

@@ -43,7 +43,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from campaign import campaigns, db, suppressions
+from campaign import campaigns, db, suppressions, verp
 from campaign.config import Config
 from campaign.definition import Definition, WaveDef
 from campaign.errors import CampaignError, StateError, UsageError
@@ -192,9 +192,10 @@ class Composer:
             mid = message_id(self.d.slug, self.wave.name, person.account_id, self.domain)
             data = self.builder.build(Parts(person.name, person.email, rendered.subject, rendered.text,
                                             rendered.html, mid, now))
+            sender = verp.envelope_sender(self.d, mid, self.sender)  # [bounces]: a signed return path per delivery
         except (CampaignError, HeaderInjection, ValueError) as exc:
             raise ComposeError(str(exc)) from exc
-        return Composed(Envelope(self.sender, (person.email,), data, mid), rendered.template_locale)
+        return Composed(Envelope(sender, (person.email,), data, mid), rendered.template_locale)
 
 
 # -- the database, off the event loop ----------------------------------------------------------------------

@@ -1,0 +1,568 @@
+"""`campaign bounces import PATH` and `campaign bounces fetch imaps://USER@HOST/FOLDER`: take in returned mail
+that arrives after a message was accepted — bounces, delays, complaints — and act on it.
+
+Each message is read (`campaign.returned`), then matched to its delivery: by the signed token of its return path
+(`campaign.verp`), else by the original Message-ID in the returned headers; nothing is guessed. Then:
+
+- a permanent failure (5.x.x) makes the delivery `bounced`, even after `sent` (so the notice no longer counts for
+  `require_notice` or fair notice), and suppresses the address it went to;
+- a relay that gave up (`Action: failed` with 4.x.x) makes it `failed`: not delivered, the address not at fault;
+- a complaint (ARF) suppresses the address; the delivery stays `sent` (the person got it);
+- a delay (4.x.x) and any other report are recorded only;
+- a token whose signature does not verify is ignored (forged), and so is what matches no delivery: both are
+  counted and listed. When the campaign signs its return path, a match by Message-ID alone (anyone who can
+  guess a Message-ID can write one) takes the notice back but suppresses nothing: it is listed as `unsigned`.
+
+Every message taken in is kept (`bounce` table) under its own Message-ID (or its digest), so taking in the same
+mail again changes nothing. Messages are read in chunks; each chunk is one transaction with its audit event
+(`--dry-run`: one transaction for all, rolled back). The parsing happens outside the transaction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import imaplib
+import os
+import re
+import ssl
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from sqlalchemy import Connection, Engine
+
+from campaign import db, returned, verp
+from campaign.addresses import normalize as normalize_address
+from campaign.definition import parse_definition
+from campaign.errors import CampaignError, ConfigError, InputError, Problem, UsageError
+from campaign.models import BOUNCED, FAILED, SENT
+from campaign.store import audit
+from campaign.store import bounces as store
+from campaign.store import suppressions as suppression_rows
+from campaign.transport import is_loopback
+
+CHUNK = 500  # messages per transaction
+LISTED = 1000  # messages listed by origin in a result; the counts are always whole
+PASSWORD_ENV = "CAMPAIGN_IMAP_PASSWORD"  # noqa: S105  (the variable's name, not a password)
+PROCESSED = "Processed"
+IMAP_TIMEOUT = 30.0
+IMAP_FETCH = 100  # messages per IMAP FETCH
+
+# outcomes
+APPLIED, RECORDED, UNSIGNED, UNMATCHED, FORGED, IGNORED = (
+    "applied", "recorded", "unsigned", "unmatched", "forged", "ignored")
+OUTCOMES = (APPLIED, RECORDED, UNSIGNED, UNMATCHED, FORGED, IGNORED)
+LISTED_OUTCOMES = (UNSIGNED, UNMATCHED, FORGED, IGNORED)
+
+
+@dataclass(frozen=True)
+class Message:
+    """One message as found: where (for the listing), its bytes, and its IMAP UID (to move it once taken in)."""
+
+    origin: str
+    raw: bytes
+    uid: str | None = None
+
+
+@dataclass
+class ImportResult:
+    """What an import or fetch did (or, under `dry_run`, would do)."""
+
+    source: str
+    dry_run: bool
+    messages: int = 0  # read from the source
+    new: int = 0  # taken in now
+    already: int = 0  # taken in before (or twice in this source): nothing changes
+    kinds: dict[str, int] = field(default_factory=lambda: dict.fromkeys(returned.KINDS, 0))
+    outcomes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OUTCOMES, 0))
+    bounced: int = 0  # deliveries made `bounced`
+    failed: int = 0  # deliveries made `failed` (the relay gave up)
+    suppressed: int = 0  # addresses newly suppressed
+    listed: list[dict[str, Any]] = field(default_factory=list)  # unsigned, unmatched, forged, ignored: the first
+    moved: int = 0  # IMAP: messages moved to the processed folder
+    campaigns: dict[str, dict[str, int]] = field(default_factory=dict)  # per campaign: bounced, failed, suppressed
+
+    def as_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def add(self, other: ImportResult) -> None:
+        for key in ("messages", "new", "already", "bounced", "failed", "suppressed", "moved"):
+            setattr(self, key, getattr(self, key) + getattr(other, key))
+        for mine, theirs in ((self.kinds, other.kinds), (self.outcomes, other.outcomes)):
+            for k, v in theirs.items():
+                mine[k] = mine.get(k, 0) + v
+        for slug, counts in other.campaigns.items():
+            into = self.campaigns.setdefault(slug, dict.fromkeys(counts, 0))
+            for k, v in counts.items():
+                into[k] = into.get(k, 0) + v
+        self.listed.extend(other.listed[:max(LISTED - len(self.listed), 0)])
+
+
+# -- reading a Maildir or an mbox -----------------------------------------------------------------------
+
+def read_path(path: Path) -> Iterator[Message]:
+    """The messages of a Maildir folder (new/ and cur/) or of an mbox file, in order."""
+    if path.is_dir():
+        if not (path / "cur").is_dir() and not (path / "new").is_dir():
+            raise UsageError(f"{path}: not a Maildir (it has no cur/ or new/ folder), nor an mbox file")
+        return _maildir(path)
+    if not path.exists():
+        raise UsageError(f"{path}: no such file or folder (give a Maildir folder or an mbox file)")
+    return _mbox(path)
+
+
+def _maildir(path: Path) -> Iterator[Message]:
+    for sub in ("new", "cur"):
+        folder = path / sub
+        if not folder.is_dir():
+            continue
+        for name in sorted(os.listdir(folder)):
+            if name.startswith("."):
+                continue
+            file = folder / name
+            with contextlib.suppress(FileNotFoundError):  # moved away meanwhile by a mail reader
+                yield Message(str(file), file.read_bytes())
+
+
+_FROM_QUOTED = re.compile(rb"^>+From ")
+
+
+def _mbox(path: Path) -> Iterator[Message]:
+    """An mbox: each message starts with a `From ` line at the start of the file or after an empty line
+    (`>From ` lines are unquoted once, as mboxrd writes them). Origins are PATH:LINE of the `From ` line."""
+    with path.open("rb") as f:
+        first = f.readline()
+        if not first:
+            return
+        if not first.startswith(b"From "):
+            raise InputError(str(path), [Problem(1, "not an mbox: its first line should start with 'From ' "
+                                                    "(or give a Maildir folder)")])
+        start, n, blank = 1, 1, False
+        lines: list[bytes] = []
+        for line in f:
+            n += 1
+            if blank and line.startswith(b"From "):
+                yield Message(f"{path}:{start}", b"".join(lines[:-1]))
+                start, lines, blank = n, [], False
+                continue
+            lines.append(line[1:] if _FROM_QUOTED.match(line) else line)
+            blank = line in (b"\n", b"\r\n")
+        yield Message(f"{path}:{start}", b"".join(lines))
+
+
+# -- taking messages in ------------------------------------------------------------------------------------
+
+class _Keys:
+    """The bounce keys, read from the environment when the first token needs them."""
+
+    def __init__(self) -> None:
+        self._keys: tuple[bytes, ...] | None = None
+
+    def get(self) -> tuple[bytes, ...]:
+        if self._keys is None:
+            self._keys = verp.keys("returned mail carries signed return path tokens, and verifying them needs "
+                                   "the key they were signed with; what was taken in so far stays, and importing "
+                                   "again changes nothing for it")
+        return self._keys
+
+
+@dataclass
+class _Campaigns:
+    """Slug and whether it signs its return path, per campaign id, read once per import."""
+
+    slugs: dict[int, str] = field(default_factory=dict)
+    signs: dict[int, bool] = field(default_factory=dict)
+
+    def load(self, conn: Connection, ids: Iterable[int]) -> None:
+        for cid, (slug, text, source) in store.definitions(conn, [i for i in ids if i not in self.slugs]).items():
+            self.slugs[cid] = slug
+            self.signs[cid] = parse_definition(text, source).return_path is not None
+
+
+Tx = Callable[[], AbstractContextManager[db.Tx]]
+
+
+def take_in(engine: Engine, messages: Iterable[Message], actor: str, source: str, dry_run: bool = False,
+            after_chunk: Callable[[list[Message]], int] | None = None) -> ImportResult:
+    """Take in `messages` chunk by chunk; `after_chunk` (not under a dry run) runs once a chunk is committed —
+    the IMAP fetch moves the chunk's messages away there — and returns how many it moved."""
+    result = ImportResult(source, dry_run)
+    keys, campaigns = _Keys(), _Campaigns()
+    with contextlib.ExitStack() as stack:
+        if dry_run:
+            tx_all = stack.enter_context(db.transaction(engine, actor, "bounces.import", dry_run=True))
+
+            @contextmanager
+            def same() -> Iterator[db.Tx]:
+                yield tx_all
+            chunk_tx: Tx = same
+        else:
+            def chunk_tx() -> AbstractContextManager[db.Tx]:
+                return db.transaction(engine, actor, "bounces.import")
+        chunk: list[Message] = []
+        for message in messages:
+            chunk.append(message)
+            if len(chunk) >= CHUNK:
+                _chunk(chunk_tx, chunk, actor, source, keys, campaigns, result, after_chunk, dry_run)
+                chunk = []
+        if chunk:
+            _chunk(chunk_tx, chunk, actor, source, keys, campaigns, result, after_chunk, dry_run)
+        if dry_run:
+            tx_all.note(**_note(result))
+    return result
+
+
+def _note(r: ImportResult) -> dict[str, Any]:
+    return {"source": r.source, "messages": r.messages, "new": r.new, "already": r.already,
+            "kinds": {k: v for k, v in r.kinds.items() if v}, "outcomes": {k: v for k, v in r.outcomes.items() if v},
+            "bounced": r.bounced, "failed": r.failed, "suppressed": r.suppressed}
+
+
+def _chunk(chunk_tx: Tx, chunk: list[Message], actor: str, source: str, keys: _Keys, campaigns: _Campaigns,
+           result: ImportResult, after_chunk: Callable[[list[Message]], int] | None, dry_run: bool) -> None:
+    reports = [returned.read(m.raw) for m in chunk]  # outside the transaction: parsing is the slow part
+    part = ImportResult(source, dry_run, messages=len(chunk))
+    with chunk_tx() as tx:
+        _apply(tx.conn, list(zip(chunk, reports, strict=True)), actor, keys, campaigns, part)
+        if not dry_run:
+            tx.note(**_note(part))
+            if not part.new:
+                tx.action = None  # mail taken in before: nothing changes, not even the audit log
+    if after_chunk is not None and not dry_run and chunk:
+        part.moved = after_chunk(chunk)
+    result.add(part)
+
+
+@dataclass
+class _Writes:
+    """What a chunk changes, written together at its end: one UPDATE (executemany) for the deliveries, one INSERT
+    for the new suppressions. A delivery's state and an address's suppression are known from the chunk's reads
+    (its transaction holds them: BEGIN IMMEDIATE on SQLite; on PostgreSQL the moves re-check the state)."""
+
+    actor: str
+    now: dt.datetime
+    suppressed_before: set[str]
+    moves: dict[int, dict[str, Any]] = field(default_factory=dict)  # delivery id → its new state and why
+    suppressions: dict[str, dict[str, Any]] = field(default_factory=dict)  # lower-cased address → its row
+
+    def move(self, delivery: Any, to_state: str, why: str) -> bool:
+        """Move a `sent` delivery to `to_state`; False when it is not `sent` (or moves already)."""
+        if delivery.state != SENT or delivery.id in self.moves:
+            return False
+        self.moves[delivery.id] = {"d_id": delivery.id, "d_state": to_state, "d_error": why[:1024]}
+        return True
+
+    def suppress(self, delivery: Any, reason: str, source: str) -> bool:
+        """Suppress the address the delivery went to; False when it is suppressed already."""
+        if not delivery.email:
+            return False
+        try:
+            address = normalize_address(delivery.email)
+        except ValueError:
+            return False
+        lower = address.lower()
+        if lower in self.suppressed_before or lower in self.suppressions:
+            return False
+        self.suppressions[lower] = {"email": address, "reason": " ".join(reason.split())[:1024], "source": source,
+                                    "campaign_id": delivery.campaign_id, "created_at": self.now,
+                                    "created_by": self.actor}
+        return True
+
+    def write(self, conn: Connection) -> None:
+        store.move(conn, list(self.moves.values()), SENT, self.now)
+        suppression_rows.add(conn, self.suppressions.values())
+
+
+@dataclass
+class _Match:
+    message: Message
+    report: returned.Report
+    ref: str | None = None
+    via: str | None = None
+    message_id: str | None = None  # matched by Message-ID: the one it must equal
+    outcome: str | None = None  # decided before matching: forged, unmatched, ignored
+    why: str = ""
+
+
+def _apply(conn: Connection, items: list[tuple[Message, returned.Report]], actor: str, keys: _Keys,
+           campaigns: _Campaigns, out: ImportResult) -> None:
+    seen = store.known(conn, [r.key for _, r in items])
+    todo: list[_Match] = []
+    for message, report in items:
+        if report.key in seen:
+            out.already += 1
+            continue
+        seen.add(report.key)
+        todo.append(_reference(message, report, keys))
+    found = store.deliveries(conn, [m.ref for m in todo if m.ref is not None])
+    campaigns.load(conn, [row.campaign_id for rows in found.values() for row in rows])
+    now = db.utcnow()
+    writes = _Writes(actor, now, suppression_rows.suppressed(
+        conn, [row.email for rows in found.values() for row in rows if row.email]))
+    rows: list[dict[str, Any]] = []
+    per_campaign: dict[int, dict[str, int]] = {}
+    for m in todo:
+        r = m.report
+        out.new += 1
+        out.kinds[r.kind] += 1
+        delivery = None
+        if m.outcome is None:
+            candidates = found.get(m.ref or "", [])
+            if m.message_id is not None:
+                candidates = [c for c in candidates if c.message_id == m.message_id]
+            if len(candidates) == 1:
+                delivery = candidates[0]
+            else:
+                m.outcome = UNMATCHED
+                m.why = ("matches no delivery" if not candidates else
+                         f"matches {len(candidates)} deliveries: none is guessed") + \
+                    (" (by its return path token)" if m.via == "token" else f" (Message-ID {m.message_id})")
+        if delivery is not None:
+            counts = per_campaign.setdefault(delivery.campaign_id, {"bounced": 0, "failed": 0, "suppressed": 0})
+            _effect(writes, m, delivery, campaigns.signs.get(delivery.campaign_id, False), out, counts)
+        outcome = m.outcome or RECORDED
+        out.outcomes[outcome] += 1
+        if outcome in LISTED_OUTCOMES and len(out.listed) < LISTED:
+            out.listed.append({"origin": m.message.origin, "kind": r.kind, "outcome": outcome, "why": m.why,
+                               "status": r.status, "recipient": r.recipient})
+        rows.append({"key": r.key, "kind": r.kind, "outcome": outcome, "matched_by": m.via if delivery else None,
+                     "delivery_id": delivery.id if delivery else None,
+                     "campaign_id": delivery.campaign_id if delivery else None,
+                     "email": (delivery.email if delivery else r.recipient or None),
+                     "status": r.status, "detail": ("; ".join(p for p in (m.why, r.detail) if p))[:1024] or None,
+                     "origin": m.message.origin[:1024], "reported_at": r.reported_at, "imported_at": now,
+                     "imported_by": actor})
+    for row in rows:
+        if row["email"] is not None:
+            row["email"] = row["email"][:254]
+    writes.write(conn)
+    store.record(conn, rows)
+    for cid, counts in per_campaign.items():
+        slug = campaigns.slugs.get(cid, str(cid))
+        audit.record(conn, actor, "bounces.import", cid, source=out.source, **counts)
+        into = out.campaigns.setdefault(slug, dict.fromkeys(counts, 0))
+        for k, v in counts.items():
+            into[k] += v
+
+
+def _reference(message: Message, report: returned.Report, keys: _Keys) -> _Match:
+    """Which delivery the message names, before looking: by a token whose signature verifies, else by a
+    Message-ID of ours; a token that does not verify makes it forged."""
+    m = _Match(message, report)
+    if report.kind == returned.UNRECOGNIZED:
+        m.outcome, m.why = IGNORED, "not a bounce or complaint report"
+        return m
+    if report.tokens:
+        for token in report.tokens:
+            ref = verp.verify(token, keys.get())
+            if ref is not None:
+                m.ref, m.via = ref, "token"
+                return m
+        m.outcome, m.why = FORGED, "its return path token does not verify (forged or damaged): ignored"
+        return m
+    for mid in report.message_ids:
+        ref = verp.reference(mid)
+        if ref is not None:
+            m.ref, m.via, m.message_id = ref, "message_id", mid
+            return m
+    m.outcome = UNMATCHED
+    m.why = ("no return path token and no Message-ID of ours in the returned headers" if not report.message_ids
+             else f"the returned Message-ID {report.message_ids[0]} is not one of ours")
+    return m
+
+
+def _effect(writes: _Writes, m: _Match, delivery: Any, signs: bool, out: ImportResult,
+            counts: dict[str, int]) -> None:
+    """What a matched report does to its delivery and its address; sets the match's outcome."""
+    r = m.report
+    signed = m.via == "token" or not signs
+    what = f"{r.status} {r.detail}".strip() if r.status else r.detail
+    bounced = failed = suppressed = False
+    if r.kind == returned.BOUNCE:
+        bounced = writes.move(delivery, BOUNCED, f"returned after it was sent: {what}")
+        suppressed = signed and writes.suppress(delivery, f"bounced after it was sent: {what}", "bounce")
+    elif r.kind == returned.EXPIRED:
+        failed = writes.move(delivery, FAILED, f"the relay gave up after it was sent: {what}")
+    elif r.kind == returned.COMPLAINT:
+        suppressed = signed and writes.suppress(delivery, what, "complaint")  # "complaint (abuse) reported by …"
+    for name, done in (("bounced", bounced), ("failed", failed), ("suppressed", suppressed)):
+        setattr(out, name, getattr(out, name) + done)
+        counts[name] += done
+    changed = bounced or failed or suppressed
+    if not signed and r.kind in (returned.BOUNCE, returned.COMPLAINT):
+        m.outcome = UNSIGNED
+        m.why = ("matched by Message-ID alone while the campaign signs its return path: "
+                 + ("the notice no longer counts as delivered, but " if changed else "")
+                 + "the address is not suppressed (`campaign suppress add` if it should be)")
+        return
+    m.outcome = APPLIED if changed else RECORDED
+
+
+def import_path(engine: Engine, path: Path | str, actor: str, dry_run: bool = False) -> ImportResult:
+    """`campaign bounces import PATH`: a Maildir folder or an mbox file of returned mail."""
+    path = Path(path)
+    messages = read_path(path)
+    return take_in(engine, messages, actor, str(path), dry_run=dry_run)
+
+
+# -- IMAP -----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ImapURL:
+    """`imaps://USER@HOST[:PORT]/FOLDER` (imap:// only to a loopback host); `str()` never holds a secret."""
+
+    scheme: str
+    user: str
+    host: str
+    port: int
+    folder: str
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{self.user}@{host}:{self.port}/{self.folder}"
+
+
+IMAP_FORM = "imaps://USER@HOST[:PORT]/FOLDER (imap:// only to a loopback host)"
+
+
+def parse_imap_url(url: str) -> ImapURL:
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"not an IMAP URL ({exc}): expected {IMAP_FORM}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("imap", "imaps"):
+        raise ConfigError(f"not an IMAP URL: expected {IMAP_FORM}")
+    if parts.password is not None:
+        raise ConfigError(f"the IMAP URL holds a password: take it out and set {PASSWORD_ENV} instead")
+    if not parts.username or not parts.hostname:
+        raise ConfigError(f"the IMAP URL needs a user and a host: {IMAP_FORM}")
+    if parts.query or parts.fragment:
+        raise ConfigError(f"the IMAP URL takes no ?options or #fragment: {IMAP_FORM}")
+    host = parts.hostname
+    if scheme == "imap" and not is_loopback(host):
+        raise ConfigError(f"imap:// would send the password unencrypted to {host}: use imaps:// "
+                          "(plain imap:// is only for a loopback host)")
+    folder = unquote(parts.path.lstrip("/")) or "INBOX"
+    if not folder.isascii() or any(ch in folder for ch in '"\\\r\n') or len(folder) > 200:
+        raise ConfigError(f"IMAP folder {folder!r}: use a plain ASCII folder name")
+    return ImapURL(scheme, unquote(parts.username), host, port or (993 if scheme == "imaps" else 143), folder)
+
+
+def _quote(folder: str) -> str:
+    return f'"{folder}"'
+
+
+class _Imap:
+    """One IMAP session: log in, select the folder, fetch its messages, move those taken in."""
+
+    def __init__(self, url: ImapURL, password: str, move_to: str, readonly: bool) -> None:
+        self.url, self.move_to = url, move_to
+        try:
+            if url.scheme == "imaps":
+                tls = ssl.create_default_context()
+                self.conn: imaplib.IMAP4 = imaplib.IMAP4_SSL(url.host, url.port, ssl_context=tls, timeout=IMAP_TIMEOUT)
+            else:
+                self.conn = imaplib.IMAP4(url.host, url.port, timeout=IMAP_TIMEOUT)
+        except ssl.SSLError as exc:
+            raise CampaignError(f"IMAP server {url.host}:{url.port}: TLS failed ({exc.reason or exc}); a private "
+                                "certificate authority goes in SSL_CERT_FILE") from None
+        except (OSError, imaplib.IMAP4.error) as exc:
+            raise CampaignError(f"cannot reach the IMAP server {url.host}:{url.port}: "
+                                f"{getattr(exc, 'strerror', None) or exc}") from None
+        try:
+            self.conn.login(url.user, password)
+        except imaplib.IMAP4.error:
+            self.close()
+            raise CampaignError(f"the IMAP server {url.host}:{url.port} refused the login of {url.user!r} "
+                                f"(check the user and {PASSWORD_ENV})") from None
+        # What the server can do once logged in (Dovecot, for one, tells MOVE only then).
+        typ, data = self.conn.capability()
+        caps = set((data[0] or b"").decode(errors="replace").upper().split()) if typ == "OK" else set()
+        self.moves, self.uidplus = "MOVE" in caps, "UIDPLUS" in caps
+        typ, data = self.conn.select(_quote(url.folder), readonly=readonly)
+        if typ != "OK":
+            self.close()
+            raise UsageError(f"IMAP folder {url.folder!r} on {url.host}: {_said(data)}")
+        if not readonly and move_to != url.folder:
+            self.conn.create(_quote(move_to))  # refused when it exists already: that is fine
+
+    def uids(self) -> list[str]:
+        typ, data = self.conn.uid("SEARCH", "UNDELETED")  # what another client marked deleted is on its way out
+        if typ != "OK":
+            raise CampaignError(f"IMAP SEARCH failed: {_said(data)}")
+        return [u.decode() for u in (data[0] or b"").split()]
+
+    def messages(self) -> Iterator[Message]:
+        uids = self.uids()
+        for i in range(0, len(uids), IMAP_FETCH):
+            typ, data = self.conn.uid("FETCH", ",".join(uids[i:i + IMAP_FETCH]), "(UID BODY.PEEK[])")
+            if typ != "OK":
+                raise CampaignError(f"IMAP FETCH failed: {_said(data)}")
+            for item in data:
+                if not isinstance(item, tuple):
+                    continue
+                m = re.search(rb"UID (\d+)", item[0])
+                if m is None:
+                    continue
+                uid = m.group(1).decode()
+                yield Message(f"{self.url};UID={uid}", item[1], uid)
+
+    def move(self, chunk: list[Message]) -> int:
+        """Move the messages of a committed chunk to the processed folder."""
+        if self.move_to == self.url.folder:
+            return 0
+        uids = ",".join(m.uid for m in chunk if m.uid is not None)
+        if not uids:
+            return 0
+        if self.moves:
+            typ, data = self.conn.uid("MOVE", uids, _quote(self.move_to))
+        else:
+            typ, data = self.conn.uid("COPY", uids, _quote(self.move_to))
+            if typ == "OK":
+                self.conn.uid("STORE", uids, "+FLAGS.SILENT", r"(\Deleted)")
+                if self.uidplus:  # only ours: a plain EXPUNGE would also remove what others marked deleted
+                    self.conn.uid("EXPUNGE", uids)
+                else:
+                    self.conn.expunge()
+        if typ != "OK":
+            raise CampaignError(f"IMAP: could not move messages to {self.move_to!r}: {_said(data)} (they were "
+                                "taken in; the next fetch finds them again and changes nothing for them)")
+        return len(chunk)
+
+    def close(self) -> None:
+        # LOGOUT, not CLOSE: CLOSE would expunge whatever another client marked deleted.
+        with contextlib.suppress(Exception):
+            self.conn.logout()
+
+
+def _said(data: Any) -> str:
+    parts = data if isinstance(data, list) else [data]
+    return " ".join(p.decode(errors="replace") if isinstance(p, bytes) else str(p) for p in parts if p) or "refused"
+
+
+def fetch(engine: Engine, url: str, actor: str, move_to: str = PROCESSED, dry_run: bool = False) -> ImportResult:
+    """`campaign bounces fetch URL`: take in the messages of an IMAP folder, then move each chunk taken in to
+    `move_to` (nothing moves under a dry run: the folder is opened read-only)."""
+    parsed = parse_imap_url(url)
+    if not move_to or not move_to.isascii() or any(ch in move_to for ch in '"\\\r\n'):
+        raise ConfigError(f"--move-to {move_to!r}: use a plain ASCII folder name")
+    password = os.environ.get(PASSWORD_ENV)
+    if not password:
+        raise ConfigError(f"{PASSWORD_ENV} is not set: the IMAP password is taken from there (never from the URL)")
+    try:
+        session = _Imap(parsed, password, move_to, readonly=dry_run)
+    except TimeoutError:
+        raise CampaignError(f"the IMAP server {parsed.host}:{parsed.port} did not answer in time") from None
+    try:
+        return take_in(engine, session.messages(), actor, str(parsed), dry_run=dry_run, after_chunk=session.move)
+    except (OSError, imaplib.IMAP4.error) as exc:
+        raise CampaignError(f"IMAP server {parsed.host}:{parsed.port}: {exc} (what was taken in so far stays; "
+                            "fetching again changes nothing for it)") from None
+    finally:
+        session.close()

@@ -1,0 +1,477 @@
+"""Bounces and complaints that arrive later, on SQLite and PostgreSQL: each notice goes out with a signed
+per-delivery return path through a real SMTP server; the returned mail that relays write (Postfix, Exim,
+Exchange, Google, qmail, an ARF complaint, a delay, a relay giving up, a forgery, mail that is not ours, an
+auto-reply) is taken in from a Maildir, an mbox and a real IMAP server (Dovecot); a late bounce takes the notice
+back for `require_notice` and fair notice, and the reminder skips the address; a second import changes nothing."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import mailbox
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, text
+
+from campaign import flip, verp
+from campaign.definition import parse_definition
+from campaign.errors import InputError
+from tests import bounce_mail as bm
+from tests.conftest import ROOT, CliRun, table_counts
+from tests.imapd import PASSWORD, ImapServer, imapd  # noqa: F401  (the fixture)
+from tests.smtpd import SmtpServer
+
+SLUG = "voice-local-processing"
+KEY = "0123456789abcdef0123456789abcdef-test-key"
+N = 12
+ACCOUNTS = "account_id,email,name,locale,timezone,country\n" + "".join(
+    f"a{i:03d},user{i}@example.com,User {i},en-US,America/New_York,US\n" for i in range(N))
+DEVICES = "device_id,account_id,name,model,voice_recordings\n" + "".join(
+    f"d{i:03d},a{i:03d},Room {i},Echo Show 10,do_not_send\n" for i in range(N))
+BOUNCES = '[bounces]\nreturn_path = "bounces@example.com"\n'
+VERP_RE = re.compile(r"^bounces\+([a-z2-7]{32})@example\.com$")
+
+
+def definition(tmp: Path, bounces: str = BOUNCES, migration: str = "require_notice = true",
+               cutoff_in: dt.timedelta = dt.timedelta(days=10)) -> Path:
+    cutoff = (dt.datetime.now(dt.UTC) + cutoff_in).replace(microsecond=0).isoformat()
+    text_ = (ROOT / "data" / "voice-local-processing.toml").read_text(encoding="utf-8")
+    text_ = "\n".join(line for line in text_.splitlines() if not line.startswith("min_notice")) + "\n"
+    text_ = text_.replace("require_notice = true", migration)
+    text_ = text_.replace('cutoff = "2025-03-28T00:00:00-07:00"', f'cutoff = "{cutoff}"')
+    start, end = text_.index("[send_window]"), text_.index("[context]")
+    text_ = (text_[:start] + "[limits]\nrate_per_second = 2000\nconcurrency = 4\n\n" + bounces + "\n"
+             + text_[end:])
+    path = tmp / "def.toml"
+    path.write_text(text_, encoding="utf-8")
+    return path
+
+
+Env = dict[str, str]
+
+
+@pytest.fixture
+def env(smtpd: SmtpServer, monkeypatch: pytest.MonkeyPatch) -> Env:
+    monkeypatch.setenv("CAMPAIGN_BOUNCE_KEY", KEY)  # for the verbs called in-process, as for the CLI
+    return {"CAMPAIGN_SMTP_URL": smtpd.url, "CAMPAIGN_BOUNCE_KEY": KEY, "CAMPAIGN_IMAP_PASSWORD": PASSWORD}
+
+
+@pytest.fixture
+def campaign(run_cli: CliRun, write_file: Callable[..., Path], tmp_path: Path, env: Env) -> Callable[..., None]:
+    """Import the accounts and devices; `campaign(...)` creates (or replaces) the campaign."""
+    assert run_cli("import", "accounts", str(write_file("a.csv", ACCOUNTS))).exit_code == 0
+    assert run_cli("import", "devices", str(write_file("d.csv", DEVICES))).exit_code == 0
+
+    def create(**kw: Any) -> None:
+        result = run_cli("create", str(definition(tmp_path, **kw)), "--replace")
+        assert result.exit_code == 0, result.output
+    return create
+
+
+def send(run_cli: CliRun, env: Env, smtpd: SmtpServer, wave: str = "notice") -> dict[str, bm.Sent]:
+    """Send a wave now; returns what each recipient was sent (envelope sender, bytes)."""
+    before = len(smtpd.messages)
+    result = run_cli("send", SLUG, "--wave", wave, "--ignore-window", "--workers", "1", env=env)
+    assert result.exit_code == 0, result.output
+    return {m.recipients[0]: bm.Sent(m.sender, m.recipients[0], m.data) for m in smtpd.messages[before:]}
+
+
+def rows(engine: Engine, sql: str, **params: Any) -> list[tuple[Any, ...]]:
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(text(sql), params).all()]
+
+
+def states(engine: Engine, wave: str = "notice") -> dict[str, str]:
+    return dict(rows(engine, "SELECT d.email, d.state FROM delivery d JOIN wave w ON w.id = d.wave_id "
+                             "WHERE w.name = :w", w=wave))
+
+
+def suppressed(engine: Engine) -> dict[str, str]:
+    return dict(rows(engine, "SELECT email, source FROM suppression"))
+
+
+def maildir(root: Path, messages: list[bytes]) -> Path:
+    box = mailbox.Maildir(root, create=True)
+    for raw in messages:
+        box.add(raw)
+    box.close()
+    return root
+
+
+def import_json(run_cli: CliRun, env: Env, path: Path, *args: str) -> dict[str, Any]:
+    result = run_cli("bounces", "import", str(path), "--json", *args, env=env)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+
+def returned_mail(sent: dict[str, bm.Sent]) -> dict[str, bytes]:
+    """One returned message of each kind, about user0..user9 (user10 and user11 hear nothing back)."""
+    s = [sent[f"user{i}@example.com"] for i in range(10)]
+    forged_token = base64.b32encode(bytes(20)).decode().lower()  # well-formed, signed by no one
+    return {
+        "postfix": bm.postfix(s[0]),                        # DSN with the whole message
+        "postfix_headers": bm.postfix(s[1], headers_only=True),  # DSN with the original headers only
+        "exim": bm.exim(s[2]),                              # Exim's own text format (flufl.bounce)
+        "exchange": bm.exchange(s[3]),                      # Exchange Online, 5.1.10, headers only
+        "google": bm.google(s[4]),                          # Gmail
+        "complaint": bm.arf(s[5]),                          # ARF, sent by a feedback loop to another address
+        "delay": bm.postfix(s[6], status="4.4.1", action="delayed"),
+        "gave_up": bm.postfix(s[7], status="4.4.1"),        # Action: failed, 4.4.1: not delivered, not suppressed
+        "forged": bm.forge(bm.postfix(s[8]), forged_token),  # user8's real Message-ID, a token no key signed
+        "qmail": bm.qmail(s[9]),                            # qmail's text format (flufl.bounce)
+        "foreign": bm.foreign(),                            # about mail that is not ours
+        "auto_reply": bm.auto_reply("bounces@example.com"),
+    }
+
+
+# -- the signed return path ------------------------------------------------------------------------------
+
+def test_each_message_goes_out_with_its_own_signed_return_path(run_cli: CliRun, engine: Engine, smtpd: SmtpServer,
+                                                               env: Env, campaign: Callable[..., None]) -> None:
+    campaign()
+    sent = send(run_cli, env, smtpd)
+    assert len(sent) == N
+    stored = dict(rows(engine, "SELECT email, message_id FROM delivery WHERE state = 'sent'"))
+    tokens = set()
+    for address, s in sent.items():
+        m = VERP_RE.match(s.sender)
+        assert m, s.sender
+        # the token carries this delivery's reference, signed with the key
+        assert verp.verify(m.group(1), (KEY.encode(),)) == stored[address][1:21]
+        assert verp.verify(m.group(1), (b"another key of at least thirty-two chars",)) is None
+        assert f"Message-ID: {stored[address]}" in s.message  # the header is the stored one, as before
+        tokens.add(m.group(1))
+    assert len(tokens) == N  # (without [bounces] the sender's own address: see the Message-ID test below)
+
+
+def test_without_a_key_the_wave_pauses_and_nothing_goes_out(run_cli: CliRun, engine: Engine, smtpd: SmtpServer,
+                                                            env: Env, campaign: Callable[..., None],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    campaign()
+    monkeypatch.delenv("CAMPAIGN_BOUNCE_KEY")
+    result = run_cli("send", SLUG, "--wave", "notice", "--ignore-window", "--workers", "1",
+                     env={"CAMPAIGN_SMTP_URL": env["CAMPAIGN_SMTP_URL"]})
+    assert "CAMPAIGN_BOUNCE_KEY is not set" in result.output
+    assert KEY not in result.output
+    assert smtpd.messages == []
+    assert set(states(engine).values()) == {"pending"}
+    assert rows(engine, "SELECT state FROM wave WHERE name = 'notice'") == [("paused",)]
+
+
+def test_tokens() -> None:
+    key, old = KEY.encode(), b"the previous key, still verifying"
+    ref = "0123456789abcdef0123"
+    token = verp.make(ref, key)
+    assert len(token) == 32 and token == token.lower()
+    assert verp.verify(token, (key,)) == ref
+    assert verp.verify(token.upper(), (key,)) == ref  # a relay that folds case does no harm
+    assert verp.verify(verp.make(ref, old), (key, old)) == ref  # keys can change: the old one still verifies
+    assert verp.verify(verp.make(ref, old), (key,)) is None
+    flipped = token[:-1] + ("a" if token[-1] != "a" else "b")
+    assert verp.verify(flipped, (key,)) is None
+    assert verp.verify("not-a-token", (key,)) is None
+    assert verp.tokens("To: <bounces+" + token.upper() + "@example.com>") == [token]
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ('"bounces+x@example.com"', "must not contain '+'"),
+    ('"not an address"', "plain ASCII address"),
+    ('"' + "b" * 32 + '@example.com"', "at most 31 characters"),
+    ('"bö@example.com"', "plain ASCII address"),
+])
+def test_return_path_errors_name_file_and_line(tmp_path: Path, value: str, message: str) -> None:
+    path = definition(tmp_path, bounces=f"[bounces]\nreturn_path = {value}\n")
+    text_ = path.read_text(encoding="utf-8")
+    line = text_.splitlines().index(f"return_path = {value}") + 1
+    with pytest.raises(InputError) as err:
+        parse_definition(text_, str(path))
+    assert f"{path}:{line}: bounces.return_path: " in str(err.value) and message in str(err.value)
+    with pytest.raises(InputError, match=r"bounces.returnpath: unknown key \(known here: return_path\)"):
+        parse_definition(text_.replace(f"return_path = {value}", '"returnpath" = "x@example.com"'), str(path))
+    assert parse_definition(definition(tmp_path).read_text(encoding="utf-8")).return_path == "bounces@example.com"
+
+
+# -- taking returned mail in ----------------------------------------------------------------------------------
+
+EXPECTED_KINDS = {"bounce": 8, "expired": 1, "delay": 1, "complaint": 1, "other": 0, "unrecognized": 1}
+# postfix, postfix_headers, exim, exchange, google, qmail, and the forged and the foreign ones (ignored): 8
+
+
+def check_taken_in(engine: Engine, result: dict[str, Any], run_cli: CliRun) -> None:
+    assert result["messages"] == 12 and result["new"] == 12 and result["already"] == 0
+    assert result["kinds"] == EXPECTED_KINDS
+    assert result["outcomes"] == {"applied": 8, "recorded": 1, "unsigned": 0, "unmatched": 1, "forged": 1,
+                                  "ignored": 1}
+    assert (result["bounced"], result["failed"], result["suppressed"]) == (6, 1, 7)
+    assert result["campaigns"] == {SLUG: {"bounced": 6, "failed": 1, "suppressed": 7}}
+    listed = {r["outcome"]: r for r in result["listed"]}
+    assert set(listed) == {"unmatched", "forged", "ignored"}
+    assert "is not one of ours" in listed["unmatched"]["why"]
+    assert "does not verify" in listed["forged"]["why"]
+    got = states(engine)
+    bounced = {f"user{i}@example.com" for i in (0, 1, 2, 3, 4, 9)}
+    assert {a for a, s in got.items() if s == "bounced"} == bounced  # bounced after `sent`
+    assert got["user7@example.com"] == "failed"  # the relay gave up: not delivered
+    assert got["user5@example.com"] == got["user6@example.com"] == got["user8@example.com"] == "sent"
+    assert suppressed(engine) == {**dict.fromkeys(bounced, "bounce"), "user5@example.com": "complaint"}
+    (error,) = rows(engine, "SELECT last_error FROM delivery WHERE email = 'user3@example.com'")[0]
+    assert error.startswith("returned after it was sent: 5.1.10") and "RecipientNotFound" in error
+    by_kind = {(k, o, m) for k, o, m in rows(engine, "SELECT kind, outcome, matched_by FROM bounce")}
+    assert ("delay", "recorded", "token") in by_kind and ("complaint", "applied", "token") in by_kind
+    assert ("bounce", "forged", None) in by_kind and ("unrecognized", "ignored", None) in by_kind
+    st = json.loads(run_cli("status", SLUG, "--json").stdout)["waves"]["notice"]
+    assert (st["sent"], st["bounced"], st["failed"]) == (N - 7, 6, 1)
+
+
+def test_returned_mail_from_several_relays(run_cli: CliRun, engine: Engine, smtpd: SmtpServer, env: Env,
+                                           campaign: Callable[..., None], tmp_path: Path) -> None:
+    campaign()
+    mail = returned_mail(send(run_cli, env, smtpd))
+    box = maildir(tmp_path / "Maildir", list(mail.values()))
+
+    before = table_counts(engine)
+    dry = import_json(run_cli, env, box, "--dry-run")
+    assert table_counts(engine) == before  # G1: the dry run changed no row
+    assert dry["dry_run"] is True and dry["new"] == 12 and dry["bounced"] == 6 and dry["suppressed"] == 7
+
+    check_taken_in(engine, import_json(run_cli, env, box), run_cli)
+    events = rows(engine, "SELECT campaign_id, detail FROM audit_event WHERE action = 'bounces.import' ORDER BY id")
+    assert len(events) == 2  # the import's own, and one in the campaign's log
+    (mine,) = [json.loads(d) for c, d in events if c is None]
+    (campaigns,) = [json.loads(d) for c, d in events if c is not None]
+    assert mine["new"] == 12 and mine["source"] == str(box) and campaigns["bounced"] == 6
+    assert "bounces.import" in run_cli("log", SLUG).output
+
+    # The same mail again — from the Maildir, then as an mbox — changes nothing, not even the audit log.
+    after = table_counts(engine)
+    again = import_json(run_cli, env, box)
+    assert (again["new"], again["already"]) == (0, 12)
+    mbox_path = tmp_path / "returned.mbox"
+    mb = mailbox.mbox(mbox_path)
+    for raw in mail.values():
+        mb.add(raw)
+    mb.close()
+    assert import_json(run_cli, env, mbox_path)["already"] == 12
+    assert table_counts(engine) == after
+
+    # The human summary says the same, and lists what it did not act on, by where it lies.
+    result = run_cli("bounces", "import", str(box), env=env)
+    assert "took in 0, 12 taken in before" in result.output
+
+
+def test_mbox_is_read_with_its_lines(run_cli: CliRun, engine: Engine, smtpd: SmtpServer, env: Env,
+                                     campaign: Callable[..., None], tmp_path: Path) -> None:
+    campaign()
+    mail = returned_mail(send(run_cli, env, smtpd))
+    path = tmp_path / "returned.mbox"
+    mb = mailbox.mbox(path)
+    for raw in mail.values():
+        mb.add(raw)
+    mb.close()
+    result = import_json(run_cli, env, path)
+    check_taken_in(engine, result, run_cli)
+    lines = path.read_bytes().split(b"\n")
+    for item in result["listed"]:  # each listed message is named PATH:LINE of its `From ` line
+        file, _, line = item["origin"].rpartition(":")
+        assert file == str(path) and lines[int(line) - 1].startswith(b"From ")
+
+
+def test_message_id_matches_when_the_campaign_has_no_return_path(run_cli: CliRun, engine: Engine,
+                                                                 smtpd: SmtpServer, env: Env,
+                                                                 campaign: Callable[..., None],
+                                                                 tmp_path: Path) -> None:
+    campaign(bounces="")
+    sent = send(run_cli, env, smtpd)
+    s0, s1, s2 = (sent[f"user{i}@example.com"] for i in range(3))
+    assert {s.sender for s in sent.values()} == {"privacy@example.com"}  # no [bounces]: the sender, as before
+    box = maildir(tmp_path / "Maildir", [bm.postfix(s0, headers_only=True), bm.exim(s1), bm.arf(s2)])
+    result = import_json(run_cli, env, box)
+    assert result["outcomes"]["applied"] == 3 and (result["bounced"], result["suppressed"]) == (2, 3)
+    assert {r[0] for r in rows(engine, "SELECT matched_by FROM bounce")} == {"message_id"}
+    assert states(engine)["user0@example.com"] == states(engine)["user1@example.com"] == "bounced"
+    assert suppressed(engine) == {"user0@example.com": "bounce", "user1@example.com": "bounce",
+                                  "user2@example.com": "complaint"}
+
+
+def test_message_id_alone_does_not_suppress_when_the_campaign_signs(run_cli: CliRun, engine: Engine,
+                                                                    smtpd: SmtpServer, env: Env,
+                                                                    campaign: Callable[..., None],
+                                                                    tmp_path: Path) -> None:
+    """Anyone who can guess a Message-ID can write a bounce without a token: with a signed return path, that
+    takes the notice back (the safe side) but suppresses no one."""
+    campaign()
+    s0 = send(run_cli, env, smtpd)["user0@example.com"]
+    unsigned = bm.postfix(bm.Sent("privacy@example.com", s0.recipient, s0.data), headers_only=True)
+    result = import_json(run_cli, env, maildir(tmp_path / "Maildir", [unsigned]))
+    assert result["outcomes"]["unsigned"] == 1 and result["suppressed"] == 0 and result["bounced"] == 1
+    assert "not suppressed" in result["listed"][0]["why"]
+    assert states(engine)["user0@example.com"] == "bounced" and suppressed(engine) == {}
+
+
+def test_a_late_bounce_takes_the_notice_back(run_cli: CliRun, engine: Engine, smtpd: SmtpServer, env: Env,
+                                             campaign: Callable[..., None], tmp_path: Path) -> None:
+    """require_notice: the device whose only notice bounced later is held back; the reminder skips the address."""
+    campaign()
+    sent = send(run_cli, env, smtpd)
+    import_json(run_cli, env, maildir(tmp_path / "Maildir", [bm.google(sent["user0@example.com"])]))
+    reminded = send(run_cli, env, smtpd, wave="reminder")
+    assert "user0@example.com" not in reminded and len(reminded) == N - 1
+    assert states(engine, "reminder")["user0@example.com"] == "suppressed"
+    result = flip.flip(engine, SLUG, "ops", before_cutoff=True)
+    assert (result.changed, result.held_back) == (N - 1, 1)
+    assert result.held_back_devices[0]["device_id"] == "d000"
+    assert rows(engine, "SELECT value FROM device_setting WHERE device_id = 'd000'") == [("do_not_send",)]
+
+
+def test_fair_notice_does_not_count_a_notice_that_bounced(run_cli: CliRun, engine: Engine, smtpd: SmtpServer,
+                                                          env: Env, campaign: Callable[..., None],
+                                                          tmp_path: Path) -> None:
+    """min_notice: every device waits at the cutoff; user0's notice bounces meanwhile; when fair notice has run,
+    the others are switched and d000 is held back, not flipped on the strength of a notice never delivered."""
+    campaign(migration='require_notice = true\nmin_notice = "14d"')
+    sent = send(run_cli, env, smtpd)
+    cutoff = dt.datetime.now(dt.UTC) + dt.timedelta(days=10)
+    at_cutoff = flip.flip(engine, SLUG, "scheduler", now=cutoff + dt.timedelta(minutes=1))
+    assert (at_cutoff.changed, at_cutoff.waiting) == (0, N)
+    import_json(run_cli, env, maildir(tmp_path / "Maildir", [bm.exim(sent["user0@example.com"])]))
+    later = flip.flip_due(engine, SLUG, "scheduler", now=cutoff + dt.timedelta(days=5))
+    assert (later.changed, later.waiting, later.held_back) == (N - 1, 0, 1)
+    (state, notice_at) = rows(engine, "SELECT state, notice_at FROM setting_change WHERE device_id = 'd000'")[0]
+    assert state == "held_back" and notice_at is None
+
+
+def test_bad_paths_are_refused_clearly(run_cli: CliRun, engine: Engine, env: Env, write_file: Callable[..., Path],
+                                       tmp_path: Path) -> None:
+    before = table_counts(engine)
+    not_mbox = write_file("notes.txt", "hello\nworld\n")
+    result = run_cli("bounces", "import", str(not_mbox), env=env)
+    assert result.exit_code == 2 and f"{not_mbox}:1: not an mbox" in result.output
+    folder = tmp_path / "plain"
+    folder.mkdir()
+    result = run_cli("bounces", "import", str(folder), env=env)
+    assert result.exit_code == 2 and "not a Maildir" in result.output
+    result = run_cli("bounces", "import", str(tmp_path / "missing"), env=env)
+    assert result.exit_code == 2 and "no such file or folder" in result.output
+    assert "Traceback" not in result.output
+    assert table_counts(engine) == before
+
+
+def test_mail_too_broken_to_read_is_listed_not_fatal(run_cli: CliRun, engine: Engine, env: Env,
+                                                     tmp_path: Path) -> None:
+    box = maildir(tmp_path / "Maildir", [b"", b"\xff\xfe garbage without headers\r\n",
+                                         b"Subject: no sender\r\n\r\nDelivery failed, sorry.\r\n"])
+    result = run_cli("bounces", "import", str(box), "--json", env=env)
+    assert result.exit_code == 0 and "Traceback" not in result.output
+    got = json.loads(result.stdout)
+    assert (got["new"], got["outcomes"]["ignored"]) == (3, 3)
+    assert any("could not be read" in r[0] for r in rows(engine, "SELECT detail FROM bounce"))
+
+
+def test_a_token_needs_the_key_to_be_read(run_cli: CliRun, engine: Engine, smtpd: SmtpServer, env: Env,
+                                          campaign: Callable[..., None], tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    campaign()
+    box = maildir(tmp_path / "Maildir", [bm.postfix(send(run_cli, env, smtpd)["user0@example.com"])])
+    monkeypatch.delenv("CAMPAIGN_BOUNCE_KEY")
+    before = table_counts(engine)
+    result = run_cli("bounces", "import", str(box), env={"CAMPAIGN_BOUNCE_KEY": ""})
+    assert result.exit_code == 2 and "CAMPAIGN_BOUNCE_KEY is empty" in result.output
+    assert table_counts(engine) == before
+
+
+# -- IMAP (Dovecot) ---------------------------------------------------------------------------------------
+
+@pytest.fixture
+def filled(run_cli: CliRun, smtpd: SmtpServer, env: Env, campaign: Callable[..., None],
+           imapd: ImapServer) -> Iterator[ImapServer]:  # noqa: F811
+    campaign()
+    imapd.append(list(returned_mail(send(run_cli, env, smtpd)).values()))
+    assert imapd.count("INBOX") == 12
+    yield imapd
+
+
+def test_fetch_from_imap(run_cli: CliRun, engine: Engine, env: Env, filled: ImapServer) -> None:
+    before = table_counts(engine)
+    result = run_cli("bounces", "fetch", filled.url(), "--dry-run", "--json", env=env)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["new"] == 12
+    assert table_counts(engine) == before and filled.count("INBOX") == 12 and filled.count("Processed") == 0
+
+    result = run_cli("bounces", "fetch", filled.url(), "--json", env=env)
+    assert result.exit_code == 0, result.output
+    got = json.loads(result.stdout)
+    check_taken_in(engine, got, run_cli)
+    assert got["moved"] == 12 and filled.count("INBOX") == 0 and filled.count("Processed") == 12
+    assert all(r["origin"].startswith(f"imap://bounces@127.0.0.1:{filled.imap_port}/INBOX;UID=")
+               for r in got["listed"])
+    assert PASSWORD not in result.output
+
+    # The processed folder taken in again (say, by mistake) changes nothing; it stays where it is.
+    after = table_counts(engine)
+    result = run_cli("bounces", "fetch", filled.url("Processed"), "--move-to", "Processed", "--json", env=env)
+    assert json.loads(result.stdout)["already"] == 12
+    assert table_counts(engine) == after and filled.count("Processed") == 12
+
+
+@pytest.mark.parametrize("imapd", ["IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE UIDPLUS"], indirect=True)
+def test_fetch_without_move_copies_and_expunges_its_own(run_cli: CliRun, engine: Engine, env: Env,
+                                                        filled: ImapServer) -> None:
+    """A server without MOVE (RFC 6851): COPY, mark deleted, UID EXPUNGE of those only — a message someone else
+    marked deleted stays."""
+    conn = filled.client()
+    conn.select("INBOX")
+    conn.append("INBOX", None, None, bm.auto_reply("bounces@example.com", "kept"))
+    _typ, data = conn.search(None, "ALL")
+    last = data[0].split()[-1]
+    conn.store(last, "+FLAGS", r"(\Deleted)")  # another client's, not expunged yet
+    conn.logout()
+    result = run_cli("bounces", "fetch", filled.url(), "--json", env=env)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["moved"] == 12
+    assert filled.count("Processed") == 12 and filled.count("INBOX") == 1  # a plain EXPUNGE would have taken it
+
+
+def test_fetch_over_tls_checks_the_certificate(run_cli: CliRun, engine: Engine, env: Env, filled: ImapServer,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    result = run_cli("bounces", "fetch", filled.url(tls=True), env=env)
+    assert result.exit_code == 1 and "TLS failed" in result.output and "SSL_CERT_FILE" in result.output
+    monkeypatch.setenv("SSL_CERT_FILE", str(filled.cert))  # our private authority: now it is trusted
+    result = run_cli("bounces", "fetch", filled.url(tls=True), "--json", env={**env, "SSL_CERT_FILE": str(filled.cert)})
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["new"] == 12 and filled.count("Processed") == 12
+
+
+def test_fetch_refuses_what_is_unsafe(run_cli: CliRun, engine: Engine, env: Env, filled: ImapServer) -> None:
+    before = table_counts(engine)
+    wrong = run_cli("bounces", "fetch", filled.url(), env={**env, "CAMPAIGN_IMAP_PASSWORD": "wrong"})
+    assert wrong.exit_code == 1 and "refused the login of 'bounces'" in wrong.output and "wrong" not in \
+        wrong.output.replace("refused the login", "")
+    cases = {
+        "imap://bounces@mail.example.com/INBOX": "only for a loopback host",
+        f"imap://bounces:{PASSWORD}@127.0.0.1:{filled.imap_port}/INBOX": "holds a password",
+        "https://mail.example.com/": "not an IMAP URL",
+        "imaps://mail.example.com/INBOX": "needs a user and a host",
+    }
+    for url, message in cases.items():
+        result = run_cli("bounces", "fetch", url, env=env)
+        assert result.exit_code == 2 and message in result.output, (url, result.output)
+        assert PASSWORD not in result.output
+    missing = run_cli("bounces", "fetch", filled.url(), env={**env, "CAMPAIGN_IMAP_PASSWORD": ""})
+    assert missing.exit_code == 2 and "CAMPAIGN_IMAP_PASSWORD is not set" in missing.output
+    no_folder = run_cli("bounces", "fetch", filled.url("Nowhere"), env=env)
+    assert no_folder.exit_code == 2 and "IMAP folder 'Nowhere'" in no_folder.output
+    assert table_counts(engine) == before and filled.count("INBOX") == 12
+
+
+def test_the_scheduler_polls_the_mailbox(run_cli: CliRun, engine: Engine, env: Env, filled: ImapServer) -> None:
+    result = run_cli("scheduler", "run", "--once", "--bounces", filled.url(), env=env)
+    assert result.exit_code == 0, result.output
+    assert filled.count("INBOX") == 0 and filled.count("Processed") == 12
+    assert len(rows(engine, "SELECT id FROM bounce")) == 12
+    assert states(engine)["user0@example.com"] == "bounced"
