@@ -3,8 +3,8 @@ author of the definition — who created it, or last replaced it — has run `ca
 
 Approvals are audit events (`campaign.approve`, `campaign.revoke_approval`), read back in the order they were
 written with the definition's own events (`campaign.create`, `campaign.replace`): a replacement starts a new
-version of the definition and voids every approval given before it. Each approval names the version and the SHA-256 digest of
-the definition text it approved, and counts only while that is still the text the campaign holds.
+version of the definition and voids every approval given before it. Each approval names the version and the
+SHA-256 digest of the definition text it approved, and counts only while that is still the text the campaign holds.
 """
 
 from __future__ import annotations
