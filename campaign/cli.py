@@ -17,7 +17,19 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
-from campaign import accounts, bounces, campaigns, db, migrate, previews, reports, scheduling, sending, suppressions
+from campaign import (
+    accounts,
+    approval,
+    bounces,
+    campaigns,
+    db,
+    migrate,
+    previews,
+    reports,
+    scheduling,
+    sending,
+    suppressions,
+)
 from campaign.config import Config, load_config, redact_url
 from campaign.errors import CampaignError
 from campaign.store import audience as audience_store
@@ -407,6 +419,10 @@ def create(app: App, file: Path, replace: bool, dry_run: bool, as_json: bool) ->
                "messages rendered without error (every wave × locale of the audience)")
     for w in result["waves"]:
         click.echo(f"  wave {w['name']:<14} at {w['at']}  audience {w['audience']:<9} expires {w['expires']}")
+    if not dry_run:
+        standing = approval.standing_of(app.engine(), result["campaign"])
+        if standing.required or standing.voided:
+            click.echo(f"approval: {standing.words()}")
 
 
 @cli.command("list")
@@ -588,6 +604,8 @@ def status_cmd(app: App, slug: str, as_json: bool) -> None:
     nxt = st.get("next_step")
     if nxt:
         click.echo(f"  next step      {nxt['step']} at {nxt['due_at']} ({nxt['state']})")
+    if st["approval"]["required"] or st["approval"]["approvals"]:
+        click.echo(f"  approval       {st['approval']['words']}")
 
 
 @cli.command("report")
@@ -671,6 +689,10 @@ def schedule(app: App, slug: str, dry_run: bool, as_json: bool) -> None:
                 if item["estimated_seconds"] is not None else ""
             click.echo(f"{head} {item['recipients_now']} recipients now ({item['audience']}){est}; "
                        f"expires {item['expires']}")
+    if timeline.approval is not None and (timeline.approval.required or timeline.approval.approvals):
+        click.echo(f"approval: {timeline.approval.words()}")
+        if dry_run and not timeline.approval.allowed:
+            click.echo("the real `schedule` refuses until then")
     if dry_run:
         click.echo("dry run: nothing was written")
 
@@ -760,6 +782,31 @@ def cancel(app: App, slug: str, dry_run: bool) -> None:
     _set_state(app, slug, "cancel", dry_run)
 
 
+@cli.command("approve")
+@click.argument("slug")
+@click.option("--revoke", is_flag=True, help="Withdraw your own approval (a scheduled flip then waits again).")
+@dry_run_option
+@json_option
+@pass_app
+def approve_cmd(app: App, slug: str, revoke: bool, dry_run: bool, as_json: bool) -> None:
+    """Approve the campaign's current definition, so that `schedule` and `flip` may go
+    ([approval] required = true in the definition).
+
+    \b
+    The approval must come from someone other than the person who created or last
+    replaced the definition (--actor or CAMPAIGN_ACTOR names who acts). Replacing the
+    definition (`create --replace`) voids every approval given before. Each approval is an
+    audit event naming the definition's version and SHA-256 digest; `status` and `log` show it.
+    """
+    outcome = approval.approve(app.engine(), slug, app.config.actor, revoke=revoke, dry_run=dry_run)
+    if as_json:
+        _json(outcome.as_json())
+        return
+    click.echo(outcome.words())
+    if dry_run:
+        click.echo("dry run: nothing was written")
+
+
 # -- flip and rollback ------------------------------------------------------------------------------
 
 batch_size_option = click.option("--batch-size", type=click.IntRange(min=1), default=5000, show_default=True,
@@ -779,6 +826,8 @@ def _print_flip(result: Any) -> None:
                    f"until {result.last_due.isoformat()} (the scheduler or a later `flip` switches them)")
         _listed(result.waiting_devices, result.waiting, lambda w: f"{w['device_id']}  account {w['account_id']}  "
                 f"notified {w['notice_at']}  due {w['due_at']}")
+    if result.approval:
+        click.echo(f"approval: {result.approval}; the real `flip` refuses until then")
     if result.dry_run:
         click.echo("dry run: nothing was written")
 

@@ -82,6 +82,7 @@ class Definition:
     limits: Limits = field(default_factory=Limits)
     context: Mapping[str, str] = field(default_factory=dict)  # free values for the templates (URLs, …)
     return_path: str | None = None  # [bounces]: the envelope sender's base, signed per delivery (campaign.verp)
+    approval_required: bool = False  # `[approval] required`: schedule and flip wait for a second person
     source: str = ""
     text: str = ""
 
@@ -252,7 +253,7 @@ def parse_definition(text: str, source: str = "<definition>", templates: Path | 
     top = c.take(data, "", {
         "slug": str, "name": str, "sender": str, "reply_to": str, "template": str, "default_locale": str,
         "cutoff": (str, dt.datetime), "migration": dict, "audience": dict, "send_window": dict,
-        "limits": dict, "waves": list, "context": dict, "bounces": dict,
+        "limits": dict, "waves": list, "context": dict, "bounces": dict, "approval": dict,
     }, required=("slug", "name", "sender", "template", "default_locale", "cutoff", "migration", "waves"))
 
     slug = top.get("slug", "")
@@ -354,6 +355,9 @@ def parse_definition(text: str, source: str = "<definition>", templates: Path | 
         if key in lim and not ok:
             c.fail("limits", key, rule)
 
+    approval = c.take(top.get("approval", {}), "approval", {"required": bool},
+                      required=("required",)) if "approval" in top else {}
+
     context: dict[str, str] = {}
     for key, value in top.get("context", {}).items():
         if not isinstance(value, str) or has_crlf(value):
@@ -424,6 +428,7 @@ def parse_definition(text: str, source: str = "<definition>", templates: Path | 
         to_value=mig["to"], require_notice=mig.get("require_notice", True), min_notice=min_notice,
         countries=tuple(countries),
         device_models=tuple(models), send_window=window, limits=limits, context=context, return_path=return_path,
+        approval_required=approval.get("required", False),
         waves=tuple(sorted(waves, key=lambda w: w.at)), source=source, text=text,
     )
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 
+from campaign import approval as approvals
 from campaign import campaigns, db
 from campaign.errors import StateError
 from campaign.models import CANCELLED, CHANGED, HELD_BACK, WAITING
@@ -50,6 +51,7 @@ class FlipResult:
     total_changed: int = 0  # the campaign's devices changed, by this run and earlier ones
     batches: int = 0
     at: dt.datetime | None = None
+    approval: str | None = None  # a dry run's word on a missing approval, which the real run refuses for
 
     def as_json(self) -> dict[str, Any]:
         out = dict(self.__dict__)
@@ -113,6 +115,7 @@ def flip(engine: Engine, slug: str, actor: str, *, now: dt.datetime | None = Non
     with db.read(engine) as conn:
         c = campaigns.get(conn, slug)
         _refuse(slug, c.state, c.rolled_back_at)
+        approval = approvals.require(conn, c, "flip", dry_run=dry_run)
         started = clock()
         if started < c.cutoff and not before_cutoff:
             raise StateError(f"the cutoff of {slug!r} ({c.cutoff.isoformat()}) has not come yet: "
@@ -125,6 +128,7 @@ def flip(engine: Engine, slug: str, actor: str, *, now: dt.datetime | None = Non
             changed, batches = _flip_batches(_batches(engine, tx.conn), slug, plan, clock, batch_size)
             result = _flip_result(tx.conn, slug, plan.campaign_id, changed, batches, started, dry_run=True)
             tx.note(**options, **_flip_counts(result))
+        result.approval = None if approval.allowed else approval.words()
         return result
     changed, batches = _flip_batches(_batches(engine, None), slug, plan, clock, batch_size)
     with db.transaction(engine, actor, "flip", campaign_id=c.id) as tx:

@@ -21,7 +21,8 @@ ACTIONS = {"campaign.create": "Campaign created", "campaign.replace": "Definitio
            "campaign.schedule": "Scheduled", "campaign.test_send": "Test messages sent",
            "campaign.pause": "Paused", "campaign.resume": "Resumed", "campaign.cancel": "Cancelled",
            "wave.send": "Send started", "wave.sent": "Wave sent", "wave.pause": "Wave paused itself",
-           "flip": "Flip", "rollback": "Rollback"}
+           "flip": "Flip", "rollback": "Rollback", "campaign.approve": "Approved",
+           "campaign.revoke_approval": "Approval withdrawn"}
 
 CSS = """
 :root { --ink: #1d2330; --muted: #5b6475; --line: #dde1e8; --soft: #f4f6f9; --accent: #1565c0; }
@@ -341,6 +342,18 @@ def _timeline(data: dict[str, Any]) -> str:
             "with imports and suppressions.</p></section>")
 
 
+def _approval(data: dict[str, Any]) -> str:
+    """The lede's word on the second person's approval ([approval] in the definition), when there is one."""
+    a = data.get("approval")
+    if not a or not (a["required"] or a["approvals"]):
+        return ""
+    version = f'version {a["version"]}, <code title="{_e(a["digest"])}">{_e(a["digest"][:19])}…</code>'
+    if a["approvals"]:
+        who = ", ".join(f'{_e(x["by"])} {_when(x["at"])}' for x in a["approvals"])
+        return f' · definition by {_e(a["defined_by"])}, approved by {who} ({version})'
+    return f' · <b>approval required, not given</b> (definition by {_e(a["defined_by"])}, {version})'
+
+
 def render(data: dict[str, Any]) -> str:
     """The whole page."""
     has_sends = bool(data["sends"])
@@ -356,7 +369,8 @@ def render(data: dict[str, Any]) -> str:
         f"</p><h1>{_e(data['name'])}</h1>"
         f'<p class="lede">Retires <code>{_e(data["setting"])} = {_e(data["from"])}</code> for '
         f'<code>{_e(data["to"])}</code> at the cutoff, {_when(data["cutoff"])}{min_notice} · state '
-        f'<b>{_e(data["state"])}</b> · created {_when(data["created_at"])} by {_e(data["created_by"])}</p></header>'
+        f'<b>{_e(data["state"])}</b> · created {_when(data["created_at"])} by {_e(data["created_by"])}'
+        f"{_approval(data)}</p></header>"
         f"{_headline(data)}"
         f"<section><h2>Sends over time</h2>{chart}</section>"
         f"{_waves(data)}{_locales(data)}{_flip(data)}{_timeline(data)}"

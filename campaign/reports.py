@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import Connection, Engine
 
-from campaign import campaigns, db
+from campaign import approval, campaigns, db
 from campaign.addresses import normalize as normalize_address
 from campaign.errors import NotFound, UsageError
 from campaign.models import CHANGED, DELIVERY_STATES, HELD_BACK, LEFT, PENDING, ROLLED_BACK, WAITING
@@ -52,7 +52,13 @@ def status(conn: Connection, slug: str, now: dt.datetime | None = None) -> dict[
                    "rolled_back_at": c.rolled_back_at.isoformat() if c.rolled_back_at else None}
     return {"campaign": slug, "state": c.state, "cutoff": c.cutoff.isoformat(), "waves": waves,
             "flip": changes, "wave_detail": detail, "flip_detail": flip_detail,
-            "next_step": _next_step(conn, c.id)}
+            "next_step": _next_step(conn, c.id), "approval": _approval(conn, c)}
+
+
+def _approval(conn: Connection, c: campaigns.CampaignRow) -> dict[str, Any]:
+    """Who approved the definition, when, for which version and digest (`[approval]`), with a line in words."""
+    s = approval.standing(conn, c)
+    return {**s.as_json(), "words": s.words()}
 
 
 def _next_step(conn: Connection, campaign_id: int) -> dict[str, Any] | None:
@@ -461,6 +467,7 @@ def html_data(conn: Connection, slug: str, now: dt.datetime | None = None) -> di
         "steps": [{"step": s.name, "due_at": _iso(s.due_at), "state": s.state, "error": s.error}
                   for s in steps.of_campaign(conn, c.id)],
         "events": [_event(e, slug) for e in audit.events(conn, c.id)],
+        "approval": _approval(conn, c),
     }
 
 

@@ -32,6 +32,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 
+from campaign import approval as approvals
 from campaign import campaigns, db, previews
 from campaign.config import ENV, Config
 from campaign.definition import Definition
@@ -73,10 +74,12 @@ class Timeline:
     dry_run: bool
     rendered: int
     items: list[dict[str, Any]] = field(default_factory=list)
+    approval: approvals.Standing | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {"campaign": self.campaign, "cutoff": self.cutoff.isoformat(), "scheduled": self.scheduled,
-                "dry_run": self.dry_run, "rendered": self.rendered, "timeline": self.items}
+                "dry_run": self.dry_run, "rendered": self.rendered, "timeline": self.items,
+                "approval": self.approval.as_json() if self.approval is not None else None}
 
 
 def schedule(engine: Engine, config: Config, slug: str, dry_run: bool = False) -> Timeline:
@@ -94,6 +97,7 @@ def schedule(engine: Engine, config: Config, slug: str, dry_run: bool = False) -
             raise StateError(f"campaign {slug!r} is cancelled")
         if c.state != DRAFT:
             raise StateError(f"campaign {slug!r} is {c.state}: only a draft can be scheduled")
+        approval = approvals.require(conn, c, "schedule", dry_run=dry_run)
         if d.cutoff <= now:
             raise UsageError(f"the cutoff {d.cutoff.isoformat()} has passed: a campaign is scheduled before its "
                              "cutoff (to replay one whose date has passed, see `campaign demo`)")
@@ -104,7 +108,10 @@ def schedule(engine: Engine, config: Config, slug: str, dry_run: bool = False) -
             steps.register(conn, c.id, [(wave_step(w.name), w.at) for w in d.waves] + [(FLIP, d.cutoff)])
         tx.note(cutoff=d.cutoff.isoformat(), rendered=rendered,
                 steps=[f"{i['step']} at {i['at']}" for i in items])
-    return Timeline(slug, d.cutoff, not dry_run, dry_run, rendered, items)
+        if approval.required:
+            tx.note(approved_by=[a.by for a in approval.approvals], version=approval.version,
+                    digest=approval.digest)
+    return Timeline(slug, d.cutoff, not dry_run, dry_run, rendered, items, approval)
 
 
 def _render_everyone(conn: Connection, d: Definition, renderer: Renderer) -> int:
