@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import hashlib
 import logging
 import multiprocessing
 import os
@@ -38,6 +39,7 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine
@@ -63,6 +65,7 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT = 5.0
 HEARTBEAT_STALE = dt.timedelta(seconds=20)
+FORGET_AFTER = dt.timedelta(minutes=10)  # a worker silent this long is removed from the worker table
 IDLE_POLL_MAX = 1.0
 PROGRESS_EVERY = 0.5  # seconds between progress reports of an in-process worker
 COMMIT_GATHER = 0.003  # seconds a commit waits for company: fewer, larger transactions
@@ -376,6 +379,18 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
+def machine() -> str:
+    """This process table's name in the worker table: the host name, and a digest of the boot and of the
+    PID namespace. A worker is known dead by its pid only to a process that shares its process table;
+    two containers or cloned machines with one host name do not (they wait for the lease to run out)."""
+    parts = []
+    for path in ("/proc/sys/kernel/random/boot_id", "/proc/self/ns/pid"):
+        with contextlib.suppress(OSError):
+            parts.append(os.readlink(path) if path.endswith("/pid") else Path(path).read_text().strip())
+    digest = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:12] if parts else "unknown"
+    return f"{socket.gethostname()}#{digest}"
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -404,7 +419,7 @@ class Worker:
                  progress: Callable[[dict[str, int]], None] | None = None) -> None:
         self.engine, self.job = engine, job
         self.id = worker_id()
-        self.host = socket.gethostname()
+        self.host = machine()
         self.campaign = call(engine, campaigns.get, job.slug, write=False)
         self.d: Definition = self.campaign.definition
         self.wave = self.d.wave(job.wave)
@@ -447,7 +462,10 @@ class Worker:
         job = self.job
         worker_rows.beat(conn, self.id, self.host, os.getpid(), job.campaign_id, job.wave_id, now)
         rows = worker_rows.of_campaign(conn, job.campaign_id)
-        dead = [w.id for w in rows if w.host == self.host and w.id != self.id and not _alive(w.pid)]
+        # Dead: a worker of this process table whose pid is gone; any worker silent for FORGET_AFTER (its
+        # leases ran out long ago: it is forgotten, wherever it ran).
+        dead = [w.id for w in rows if w.id != self.id and (w.heartbeat_at < now - FORGET_AFTER
+                                                           or (w.host == self.host and not _alive(w.pid)))]
         live = [w for w in rows if w.id not in dead and w.heartbeat_at >= now - HEARTBEAT_STALE]
         worker_rows.remove(conn, dead)
         deliveries.reclaim(conn, job.wave_id, now, dead)
@@ -572,7 +590,7 @@ class Worker:
                             if look.next_due is not None:
                                 wait = min(wait, max(0.05, (look.next_due - db.utcnow()).total_seconds()))
                             await asyncio.sleep(wait)
-                            if self._in_flight:  # nothing of ours left unrecorded: lost leases come back now
+                            if not self._in_flight:  # nothing of ours left unrecorded: lost leases come back now
                                 await self._beat()
                         fetch = asyncio.create_task(self._fetch())
                         continue

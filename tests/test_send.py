@@ -328,6 +328,58 @@ class _SlowTransport:
         return Outcome("sent")
 
 
+def test_who_counts_as_a_dead_worker(run_cli: CliRun, engine: Engine, smtpd: SmtpServer, ready: object,
+                                     db_url: str) -> None:
+    # A worker's pid is checked only by a process sharing its process table (same host name, boot and PID
+    # namespace); another machine's worker is left to its lease, unless silent for FORGET_AFTER.
+    from campaign import db, sending
+    from campaign.config import load_config
+    from campaign.store import deliveries
+    from campaign.store import workers as worker_rows
+
+    config = load_config({"database_url": db_url, "templates": str(ROOT / "templates"), "actor": "tester",
+                          "smtp_url": smtpd.url})
+    [(campaign_id, wave_id)] = rows(engine, "SELECT campaign_id, id FROM wave WHERE name = 'notice'")
+    job = sending._Job(config, int(campaign_id), SLUG, "notice", int(wave_id),  # type: ignore[call-overload]
+                       sending.SendOptions(ignore_window=True))
+    now = db.utcnow()
+    with db.write(engine) as conn:
+        sending.prepare(conn, SLUG, "notice", True, now)
+    gone = 2 ** 22 + 12345  # above any pid this machine gives out (pid_max is at most 2**22)
+    me = sending.machine()
+    owners = {"here-dead": (me, gone, now), "elsewhere": (me.split("#")[0] + "#000000000000", gone, now),
+              "silent": ("far-away#0", 1, now - sending.FORGET_AFTER - dt.timedelta(seconds=1))}
+    with db.write(engine) as conn:
+        for owner, (host, pid, beat) in owners.items():
+            worker_rows.beat(conn, owner, host, pid, int(campaign_id), int(wave_id), beat)
+            deliveries.claim(conn, int(wave_id), owner, 3, now, True)
+    worker = sending.Worker(engine, job)
+    try:
+        with db.write(engine) as conn:
+            worker._beat_tx(conn, [], now)
+    finally:
+        worker.db.close()
+    left = {r[0] for r in rows(engine, "SELECT id FROM worker")}
+    assert left == {"elsewhere", worker.id}
+    held = Counter(r[0] for r in rows(engine, "SELECT lease_owner FROM delivery WHERE state = 'sending'"))
+    assert held == {"elsewhere": 3}  # its leases run out in their own time; the other two were given back
+
+
+def test_machine_differs_across_pid_namespaces() -> None:
+    code = "from campaign.sending import machine; print(machine())"
+    here = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert here.startswith(os.uname().nodename + "#")
+    unshare = shutil.which("unshare")
+    proc = subprocess.run([unshare or "unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", code],
+                          capture_output=True, text=True) if unshare else None
+    if proc is None or proc.returncode != 0:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"unshare --pid is needed for this test under CI: {proc.stderr if proc else 'not found'}")
+        pytest.skip("unshare --pid is not permitted here")
+    there = proc.stdout.strip()
+    assert there.split("#")[0] == here.split("#")[0] and there != here
+
+
 def test_leases_are_renewed_while_a_slow_batch_is_in_flight(run_cli: CliRun, engine: Engine, smtpd: SmtpServer,
                                                            ready: object, db_url: str,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
