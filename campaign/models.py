@@ -39,6 +39,16 @@ CAMPAIGN_STATES = (DRAFT, SCHEDULED, PAUSED, CANCELLED, DONE)
 CHANGED, HELD_BACK, WAITING, ROLLED_BACK, LEFT = "changed", "held_back", "waiting", "rolled_back", "left"
 CHANGE_STATES = (CHANGED, HELD_BACK, WAITING, ROLLED_BACK, LEFT)
 
+# With `[apply] kind = "http"` (SPEC G14) a change row also passes through these states, kept apart from
+# CHANGE_STATES (whose counts `status` and the HTML report show as they are): `applying`, the flip recorded and
+# sent (or about to be) to the settings service, not yet confirmed; `undoing`, the same for its rollback;
+# `unknown`, the service answered `unknown_device`: it does not know the device.
+APPLYING, UNDOING, UNKNOWN = "applying", "undoing", "unknown"
+APPLY_STATES = (APPLYING, UNDOING, UNKNOWN)
+# An apply batch: `waiting` until the service has answered for each of its changes (`done`); `paused` after a
+# 4xx for the whole batch, until a person fixes the cause and runs the flip (or rollback) again.
+BATCH_WAITING, BATCH_PAUSED, BATCH_DONE = "waiting", "paused", "done"
+
 
 def _ts(nullable: bool = False, index: bool = False) -> Any:
     return Field(default=None, sa_column=Column(UTCDateTime(), nullable=nullable, index=index))
@@ -191,7 +201,7 @@ class SettingChange(SQLModel, table=True):
     setting: str = Field(max_length=64)
     from_value: str = Field(max_length=128)
     to_value: str = Field(max_length=128)
-    state: str = Field(max_length=12)  # changed | held_back | waiting | rolled_back | left
+    state: str = Field(max_length=12)  # changed | held_back | waiting | rolled_back | left; APPLY_STATES
     actor: str = Field(default="", sa_column=Column(String(128), nullable=False, server_default=""))
     decided_at: dt.datetime = _ts()  # when the flip looked at this device
     notice_at: dt.datetime | None = _ts(nullable=True)  # the account's first delivered notice, as the flip saw it
@@ -199,6 +209,31 @@ class SettingChange(SQLModel, table=True):
     flipped_at: dt.datetime | None = _ts(nullable=True)
     rolled_back_at: dt.datetime | None = _ts(nullable=True)
     note: str | None = Field(default=None, max_length=1024)  # why held back, or why rollback left it
+    # [apply] kind = "http": the batches (apply_batch.id) that carried this change's flip and its rollback to
+    # the settings service. Not indexed: a batch's changes are looked up by these only when a batch is sent
+    # again after a crash, and an index would cost every local flip's insert. No foreign key: SQLite would have
+    # to copy the whole table to add one.
+    apply_batch_id: int | None = Field(default=None, sa_column=Column(Integer, nullable=True))
+    rollback_batch_id: int | None = Field(default=None, sa_column=Column(Integer, nullable=True))
+
+
+class ApplyBatch(SQLModel, table=True):
+    """One batch of changes sent to the settings service (`[apply] kind = "http"`): recorded before it is
+    sent, and sent again with the same Idempotency-Key until the service has answered for every change."""
+
+    __tablename__ = "apply_batch"
+
+    id: int | None = Field(default=None, primary_key=True)
+    campaign_id: int = _fk("campaign.id")
+    operation: str = Field(max_length=16)  # flip | rollback
+    idempotency_key: str = Field(max_length=200, unique=True)
+    state: str = Field(default=BATCH_WAITING, max_length=12)  # waiting | paused | done
+    changes: int
+    attempts: int = Field(default=0)  # requests sent for it, retries included
+    created_at: dt.datetime = _ts()
+    sent_at: dt.datetime | None = _ts(nullable=True)  # the last request
+    done_at: dt.datetime | None = _ts(nullable=True)
+    error: str | None = Field(default=None, max_length=1024)  # why it is paused, or the last failed attempt
 
 
 class AuditEvent(SQLModel, table=True):
@@ -262,3 +297,4 @@ ACCOUNT, DEVICE, DEVICE_SETTING = _table(Account), _table(Device), _table(Device
 CAMPAIGN, WAVE, DELIVERY, SUPPRESSION = _table(Campaign), _table(Wave), _table(Delivery), _table(Suppression)
 SETTING_CHANGE, AUDIT_EVENT, STEP = _table(SettingChange), _table(AuditEvent), _table(Step)
 LEASE, WORKER = _table(Lease), _table(Worker)
+APPLY_BATCH = _table(ApplyBatch)
