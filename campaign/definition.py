@@ -63,7 +63,7 @@ class Apply:
     kind: str = "local"  # local | http
     url: str | None = None
     batch: int = 500
-    token_env: str = "CAMPAIGN_APPLY_TOKEN"  # the name of the variable holding the bearer token, never its value
+    token_env: str = "CAMPAIGN_APPLY_TOKEN"  # noqa: S105  (the variable's name; the token never comes here)
     timeout_seconds: float = 10.0
 
     @property

@@ -7,6 +7,11 @@ locked, so that an import racing with the flip cannot leave a change row without
 `apply` (one `UPDATE … FROM` that switches the devices decided `changed` and points each at its change).
 A rollback batch: `undo` (one `UPDATE … FROM … RETURNING` that puts `from` back where the device still
 holds `to` and still carries the change's id), then `mark_rolled_back` and `mark_left`.
+
+With `[apply] kind = "http"` the settings service holds the setting: a flip batch's devices are decided
+`applying` (not yet `changed`) and recorded in an `apply_batch` with its Idempotency-Key before anything is
+sent; `settle` writes what the service answered (and the local copy it reported); a rollback batch marks its
+changes `undoing` the same way.
 """
 
 from __future__ import annotations
@@ -39,6 +44,11 @@ from sqlalchemy import (
 
 from campaign.definition import Definition
 from campaign.models import (
+    APPLY_BATCH,
+    APPLYING,
+    BATCH_DONE,
+    BATCH_PAUSED,
+    BATCH_WAITING,
     CAMPAIGN,
     CHANGED,
     DELIVERY,
@@ -49,16 +59,20 @@ from campaign.models import (
     ROLLED_BACK,
     SENT,
     SETTING_CHANGE,
+    UNDOING,
+    UNKNOWN,
     WAITING,
     WAVE,
 )
 from campaign.store._upsert import insert as upsert_insert
 from campaign.store.audience import affected
 
-C, D, S, SC, DL, W = CAMPAIGN, DEVICE, DEVICE_SETTING, SETTING_CHANGE, DELIVERY, WAVE
+C, D, S, SC, DL, W, AB = CAMPAIGN, DEVICE, DEVICE_SETTING, SETTING_CHANGE, DELIVERY, WAVE, APPLY_BATCH
 OPEN = (HELD_BACK, WAITING)  # decided again by every flip run; the other states are final
 HELD_NOTE = "no delivered notice (require_notice): `flip --include-unnotified` flips it anyway"
 WAITING_NOTE = "fair notice: first delivered notice came less than min_notice before the flip"
+APPLYING_NOTE = "recorded: waits for the settings service to apply it"
+UNDOING_NOTE = "rollback recorded: waits for the settings service to apply it"
 
 
 def _in(conn: Connection, column: Any, values: Sequence[Any], type_: Any) -> ColumnElement[bool]:
@@ -153,10 +167,10 @@ def _notice_at(plan: Plan) -> Any:
             .scalar_subquery())
 
 
-def decide(conn: Connection, plan: Plan, batch: Batch, now: dt.datetime) -> list[tuple[str, str]]:
-    """Write the change rows of the batch: `changed`, `held_back` (no
-    delivered notice, when required) or `waiting` (fair notice: the first notice came later than
-    `now - min_notice`). A row held back or waiting from an earlier run is decided again; one decided for
+def decide(conn: Connection, plan: Plan, batch: Batch, now: dt.datetime, go: str = CHANGED) -> list[tuple[str, str]]:
+    """Write the change rows of the batch: `go` (`changed`; `applying` when a settings service applies it),
+    `held_back` (no delivered notice, when required) or `waiting` (fair notice: the first notice came later
+    than `now - min_notice`). A row held back or waiting from an earlier run is decided again; one decided for
     good is not touched. Returns (device_id, state) of each row written."""
     d = plan.definition
     inner = (affected(d, S.c.device_id, D.c.account_id, _notice_at(plan).label("notice_at"))
@@ -172,13 +186,15 @@ def decide(conn: Connection, plan: Plan, batch: Batch, now: dt.datetime) -> list
     if d.min_notice is not None:
         whens.append((and_(sub.c.notice_at.is_not(None), sub.c.notice_at > literal(now - d.min_notice, ts)),
                       WAITING))
-    state: Any = case(*whens, else_=literal(CHANGED)) if whens else literal(CHANGED)
+    state: Any = case(*whens, else_=literal(go)) if whens else literal(go)
     notes: list[tuple[ColumnElement[bool], str]] = [(state == HELD_BACK, HELD_NOTE), (state == WAITING, WAITING_NOTE)]
+    if go == APPLYING:
+        notes.append((state == APPLYING, APPLYING_NOTE))
     src = select(
         literal(plan.campaign_id), sub.c.device_id, sub.c.account_id, literal(d.setting), literal(d.from_value),
         literal(d.to_value), state, literal(plan.actor), literal(now, ts), sub.c.notice_at,
         case((state == CHANGED, literal(now, ts)), else_=null()),
-        case(*notes, else_=null()) if whens else null(),
+        case(*notes, else_=null()) if whens or go != CHANGED else null(),
     ).where(true())  # SQLite needs a WHERE to parse INSERT … SELECT … ON CONFLICT
     ins = upsert_insert(conn, SC).from_select(
         ["campaign_id", "device_id", "account_id", "setting", "from_value", "to_value", "state", "actor",
@@ -262,6 +278,203 @@ def mark_left(conn: Connection, campaign_id: int, d: Definition, lo: int, hi: in
     stmt = (update(SC).where(SC.c.campaign_id == campaign_id, SC.c.state == CHANGED, SC.c.id >= lo, SC.c.id <= hi)
             .values(state=LEFT, note=note).returning(SC.c.device_id, SC.c.account_id, SC.c.note))
     return list(conn.execute(stmt))
+
+
+def mark_left_here(conn: Connection, campaign_id: int, d: Definition, lo: int, hi: int,
+                   now: dt.datetime) -> list[Row[Any]]:
+    """For a rollback through the settings service: mark `left` the changes `lo`..`hi` still `changed` whose
+    local copy says that the person changed the device since (it no longer holds `to` with the change's id),
+    with what it holds now; those are not sent. Returns (device_id, account_id, note) of each."""
+    ours = (select(S.c.device_id).where(S.c.device_id == SC.c.device_id, S.c.key == d.setting,
+                                        S.c.value == d.to_value, S.c.change_id == SC.c.id).exists())
+    current = select(S.c.value).where(S.c.device_id == SC.c.device_id, S.c.key == d.setting).scalar_subquery()
+    note = case(
+        (current.is_(None), literal("left: the device no longer has this setting")),
+        (current == d.to_value, literal(f"left: its owner set {d.to_value!r} themselves since the flip")),
+        else_=literal("left: its owner changed it since the flip (now '") + current + literal("')"))
+    stmt = (update(SC).where(SC.c.campaign_id == campaign_id, SC.c.state == CHANGED, SC.c.id >= lo, SC.c.id <= hi,
+                             ~ours)
+            .values(state=LEFT, note=note).returning(SC.c.device_id, SC.c.account_id, SC.c.note))
+    return list(conn.execute(stmt))
+
+
+# -- applying through the settings service ([apply] kind = "http") ----------------------------------
+
+FLIP_OP, ROLLBACK_OP = "flip", "rollback"
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One change as it goes to the settings service."""
+
+    change_id: int  # the change row
+    device_id: str
+    expect: str  # the value the device must hold now
+    value: str  # the value to set
+
+
+@dataclass(frozen=True)
+class ApplyBatchRow:
+    """A recorded batch: its Idempotency-Key and its changes, in change id order (the same body every time)."""
+
+    id: int
+    operation: str
+    key: str
+    state: str
+    attempts: int
+    changes: list[Outgoing]
+
+
+def _batch_column(operation: str) -> Any:
+    return SC.c.apply_batch_id if operation == FLIP_OP else SC.c.rollback_batch_id
+
+
+def record_batch(conn: Connection, campaign_id: int, d: Definition, operation: str, key: str, now: dt.datetime,
+                 device_ids: Sequence[str] | None = None, lo: int | None = None,
+                 hi: int | None = None) -> ApplyBatchRow | None:
+    """Record a batch before it is sent: the flip's changes just decided `applying` for `device_ids`, or the
+    rollback's changes `lo`..`hi` still `changed` (marked `undoing`), each linked to the new batch row with its
+    Idempotency-Key `key`. Returns the batch, or None when it has no change."""
+    batch_id = int(conn.execute(AB.insert().values(
+        campaign_id=campaign_id, operation=operation, idempotency_key=key, state=BATCH_WAITING, changes=0,
+        attempts=0, created_at=now).returning(AB.c.id)).scalar_one())
+    if operation == FLIP_OP:
+        assert device_ids is not None
+        stmt = (update(SC).where(SC.c.campaign_id == campaign_id, _in(conn, SC.c.device_id, device_ids, String),
+                                 SC.c.state == APPLYING).values(apply_batch_id=batch_id))
+        expect, value = d.from_value, d.to_value
+    else:
+        stmt = (update(SC).where(SC.c.campaign_id == campaign_id, SC.c.state == CHANGED, SC.c.id >= lo,
+                                 SC.c.id <= hi)
+                .values(state=UNDOING, rollback_batch_id=batch_id, note=UNDOING_NOTE))
+        expect, value = d.to_value, d.from_value
+    rows = sorted(conn.execute(stmt.returning(SC.c.id, SC.c.device_id)).all())
+    if not rows:
+        conn.execute(AB.delete().where(AB.c.id == batch_id))
+        return None
+    conn.execute(update(AB).where(AB.c.id == batch_id).values(changes=len(rows)))
+    return ApplyBatchRow(batch_id, operation, key, BATCH_WAITING, 0,
+                         [Outgoing(int(i), device, expect, value) for i, device in rows])
+
+
+def unsettled_batches(conn: Connection, campaign_id: int, d: Definition, operation: str) -> list[ApplyBatchRow]:
+    """The campaign's batches of `operation` that the service has not answered for yet (waiting or paused), in
+    the order they were recorded, each with its changes as first sent."""
+    out = []
+    column = _batch_column(operation)
+    expect, value = (d.from_value, d.to_value) if operation == FLIP_OP else (d.to_value, d.from_value)
+    for b in conn.execute(select(AB.c.id, AB.c.idempotency_key, AB.c.state, AB.c.attempts).where(
+            AB.c.campaign_id == campaign_id, AB.c.operation == operation, AB.c.state != BATCH_DONE)
+            .order_by(AB.c.id)).all():
+        # a scan of the campaign's change rows (the link is not indexed): only for batches an earlier run left
+        rows = conn.execute(select(SC.c.id, SC.c.device_id).where(SC.c.campaign_id == campaign_id,
+                                                                   column == b.id).order_by(SC.c.id)).all()
+        out.append(ApplyBatchRow(int(b.id), operation, b.idempotency_key, b.state, int(b.attempts),
+                                 [Outgoing(int(i), device, expect, value) for i, device in rows]))
+    return out
+
+
+def batch_failed(conn: Connection, batch_id: int, attempts: int, now: dt.datetime, error: str,
+                 paused: bool) -> None:
+    """Record attempts that got no usable answer: the batch stays waiting (or is paused) with why."""
+    conn.execute(update(AB).where(AB.c.id == batch_id, AB.c.state != BATCH_DONE).values(
+        attempts=AB.c.attempts + attempts, sent_at=now, error=error[:1024],
+        state=BATCH_PAUSED if paused else BATCH_WAITING))
+
+
+@dataclass
+class Settled:
+    """What the service's answer to one batch did here."""
+
+    applied: int = 0
+    left: list[Row[Any]] | None = None  # (device_id, account_id, note) of each change left (a conflict)
+    unknown: list[Row[Any]] | None = None
+
+
+def settle(conn: Connection, campaign_id: int, d: Definition, batch: ApplyBatchRow,
+           answers: dict[int, tuple[str, str | None]], attempts: int, now: dt.datetime) -> Settled:
+    """Write the service's answer for each change of `batch` (change id → (status, the value the device holds
+    now)): `applied` — the change is `changed` (flip) or `rolled_back`, and the local copy takes the value;
+    `conflict` — the change is `left`, with what the device holds there, and the local copy takes that value
+    as the person's own; `unknown_device` — the change is `unknown` (flip) or `left` (rollback). Then the
+    batch is done. Only changes still waiting are written, so a batch settled twice changes nothing more."""
+    flip = batch.operation == FLIP_OP
+    waiting = APPLYING if flip else UNDOING
+    done = Settled(left=[], unknown=[])
+    groups: dict[tuple[str, str | None], list[int]] = {}
+    for change_id, answer in answers.items():
+        groups.setdefault(answer, []).append(change_id)
+    where = (SC.c.campaign_id == campaign_id, SC.c.state == waiting)
+    for (status, value), ids in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
+        mine = _in(conn, SC.c.id, ids, BigInteger)
+        if status == "applied":
+            values: dict[str, Any] = {"state": CHANGED, "flipped_at": now, "note": None} if flip else \
+                {"state": ROLLED_BACK, "rolled_back_at": now, "note": None}
+            devices = [r[0] for r in conn.execute(update(SC).where(*where, mine).values(**values)
+                                                  .returning(SC.c.device_id))]
+            done.applied += len(devices)
+            if devices:
+                _local_copy(conn, campaign_id, d, devices, value if value is not None else
+                            (d.to_value if flip else d.from_value), now, ours=True)
+        elif status == "conflict":
+            held = "nothing" if value is None else repr(value)
+            note = (f"left: the settings service holds {held}, not {d.from_value!r}: its owner changed it there"
+                    if flip else f"left: its owner changed it at the settings service since the flip (it holds "
+                                 f"{held})")
+            rows = list(conn.execute(update(SC).where(*where, mine).values(state=LEFT, note=note)
+                                     .returning(SC.c.device_id, SC.c.account_id, SC.c.note)))
+            assert done.left is not None
+            done.left.extend(rows)
+            if rows and value is not None:
+                _local_copy(conn, campaign_id, d, [r[0] for r in rows], value, now, ours=False)
+        else:  # unknown_device
+            note = ("the settings service does not know this device (unknown_device): not switched" if flip
+                    else "left: the settings service no longer knows this device (unknown_device)")
+            rows = list(conn.execute(update(SC).where(*where, mine).values(state=UNKNOWN if flip else LEFT,
+                                                                           note=note)
+                                     .returning(SC.c.device_id, SC.c.account_id, SC.c.note)))
+            assert done.unknown is not None
+            done.unknown.extend(rows)
+    conn.execute(update(AB).where(AB.c.id == batch.id).values(
+        state=BATCH_DONE, attempts=AB.c.attempts + attempts, sent_at=now, done_at=now, error=None))
+    return done
+
+
+def _local_copy(conn: Connection, campaign_id: int, d: Definition, device_ids: Sequence[str], value: str,
+                now: dt.datetime, ours: bool) -> None:
+    """The local copy of the devices' setting takes the value the service holds: written by this campaign's
+    change (`ours`: the device points at it, as a local flip leaves it), or the person's own (no change id)."""
+    stmt = update(S).where(_in(conn, S.c.device_id, device_ids, String), S.c.key == d.setting)
+    if ours:
+        change = (select(SC.c.id).where(SC.c.campaign_id == campaign_id, SC.c.device_id == S.c.device_id)
+                  .scalar_subquery())
+        conn.execute(stmt.values(value=value, changed_at=now, change_id=change))
+    else:  # a value it holds already keeps its time
+        conn.execute(stmt.where(S.c.value != value).values(value=value, changed_at=now, change_id=None))
+
+
+@dataclass(frozen=True)
+class ApplyState:
+    """Where the campaign's changes stand with the settings service."""
+
+    waiting: int  # flip changes recorded and not yet answered for
+    undoing: int  # rollback changes recorded and not yet answered for
+    unknown: int  # devices the service did not know
+    batches_waiting: int
+    paused: str | None  # why the last paused batch is paused
+    last_error: str | None  # the last failed attempt of a batch still waiting
+
+
+def apply_state(conn: Connection, campaign_id: int) -> ApplyState:
+    counts: dict[str, int] = dict(conn.execute(select(SC.c.state, func.count()).where(
+        SC.c.campaign_id == campaign_id, SC.c.state.in_((APPLYING, UNDOING, UNKNOWN)))
+        .group_by(SC.c.state)).tuples().all())
+    batches = conn.execute(select(AB.c.state, AB.c.error).where(
+        AB.c.campaign_id == campaign_id, AB.c.state != BATCH_DONE).order_by(AB.c.id)).all()
+    paused = [b.error for b in batches if b.state == BATCH_PAUSED]
+    errors = [b.error for b in batches if b.state == BATCH_WAITING and b.error]
+    return ApplyState(int(counts.get(APPLYING, 0)), int(counts.get(UNDOING, 0)), int(counts.get(UNKNOWN, 0)),
+                      len(batches), paused[-1] if paused else None, errors[-1] if errors else None)
 
 
 # -- what a flip or rollback reports -----------------------------------------------------------------
