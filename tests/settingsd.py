@@ -34,7 +34,7 @@ import pytest
 
 HOST = "127.0.0.1"
 PATH = "/v1/device-settings:batch"
-TOKEN = "s3cret-apply-token"  # noqa: S105  (a test token)
+TOKEN = "s3cret-apply-token"  # a test token
 
 
 @dataclass(frozen=True)

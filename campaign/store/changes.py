@@ -466,9 +466,8 @@ class ApplyState:
 
 
 def apply_state(conn: Connection, campaign_id: int) -> ApplyState:
-    counts: dict[str, int] = dict(conn.execute(select(SC.c.state, func.count()).where(
-        SC.c.campaign_id == campaign_id, SC.c.state.in_((APPLYING, UNDOING, UNKNOWN)))
-        .group_by(SC.c.state)).tuples().all())
+    counts = {str(state): int(n) for state, n in conn.execute(select(SC.c.state, func.count()).where(
+        SC.c.campaign_id == campaign_id, SC.c.state.in_((APPLYING, UNDOING, UNKNOWN))).group_by(SC.c.state))}
     batches = conn.execute(select(AB.c.state, AB.c.error).where(
         AB.c.campaign_id == campaign_id, AB.c.state != BATCH_DONE).order_by(AB.c.id)).all()
     paused = [b.error for b in batches if b.state == BATCH_PAUSED]
