@@ -148,24 +148,28 @@ class HttpSettingsService:
         sent = {c.change_id for c in changes}
         out: dict[str, Answer] = {}
         for r in results:
-            if not isinstance(r, dict) or not isinstance(r.get("change_id"), str):
-                raise Refused(f"a result without a change_id: {self._clean(json.dumps(r))[:SHOWN]}")
-            change_id, status, value = r["change_id"], r.get("status"), r.get("value")
+            change_id = r.get("change_id") if isinstance(r, dict) else None
             if change_id not in sent:
-                raise Refused(f"a result for change {change_id!r}, which this batch does not hold")
-            if change_id in out:
-                raise Refused(f"two results for change {change_id!r}")
-            if status not in STATUSES:
-                raise Refused(f"change {change_id!r}: status {status!r} is none of {', '.join(STATUSES)}")
-            if value is not None and not isinstance(value, str):
-                raise Refused(f"change {change_id!r}: value {value!r} is not a string")
-            if value is None and status == "conflict":
-                raise Refused(f"change {change_id!r}: a conflict must say the value the device holds")
+                raise Refused(f"a result for a change this batch does not hold: {self._clean(json.dumps(r))[:SHOWN]}")
+            status, value = r.get("status"), r.get("value")
+            if status not in STATUSES or (value is not None and not isinstance(value, str)) or \
+                    (value is None and status == "conflict") or change_id in out:
+                raise Refused(self._wrong(change_id, status, value, change_id in out))
             out[change_id] = Answer(status, value)
-        missing = sent - out.keys()
-        if missing:
+        if len(out) < len(sent):
+            missing = sent - out.keys()
             raise Refused(f"no result for {len(missing)} change(s) of the batch (e.g. {min(missing)!r})")
         return out
+
+    @staticmethod
+    def _wrong(change_id: str, status: Any, value: Any, twice: bool) -> str:
+        if twice:
+            return f"two results for change {change_id!r}"
+        if status not in STATUSES:
+            return f"change {change_id!r}: status {status!r} is none of {', '.join(STATUSES)}"
+        if value is None:
+            return f"change {change_id!r}: a conflict must say the value the device holds"
+        return f"change {change_id!r}: value {value!r} is not a string"
 
     def _clean(self, text: str) -> str:
         """What the service said, safe to show: one line, and never the token, should it echo it."""

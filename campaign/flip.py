@@ -152,8 +152,8 @@ def flip(engine: Engine, slug: str, actor: str, *, now: dt.datetime | None = Non
     notified later than `min_notice` ago. Refuses before the cutoff unless `before_cutoff`, and after a
     rollback. `now` (default: the clock) is for the scheduler and tests. `audit_empty`: record the audit
     event even when nothing changed. With `[apply] kind = "http"`, through the settings service (`service`,
-    default the definition's, `retry` between tries; batches of the definition's size instead of
-    `batch_size`): the result's `apply` says what it did there, and `apply["paused"]` or
+    default the definition's, `retry` between tries; each transaction's changes go in requests of the
+    definition's batch): the result's `apply` says what it did there, and `apply["paused"]` or
     `apply["unavailable"]` why it stopped with changes still waiting."""
     clock: Callable[[], dt.datetime] = (lambda: now) if now is not None else db.utcnow
     with db.read(engine) as conn:
@@ -167,7 +167,8 @@ def flip(engine: Engine, slug: str, actor: str, *, now: dt.datetime | None = Non
                           tuple(store.notice_waves(conn, c.id)))
     options = {"before_cutoff": before_cutoff, "include_unnotified": include_unnotified}
     if c.definition.apply.http:
-        return _flip_http(engine, slug, c, plan, clock, started, options, dry_run, audit_empty, service, retry, sleep)
+        return _flip_http(engine, slug, c, plan, clock, started, options, dry_run, audit_empty, batch_size, service,
+                          retry, sleep)
     if dry_run:
         with db.transaction(engine, actor, "flip", campaign_id=c.id, dry_run=True, bulk=True) as tx:
             changed, batches = _flip_batches(_batches(engine, tx.conn), slug, plan, clock, batch_size)
@@ -250,7 +251,7 @@ def rollback(engine: Engine, slug: str, actor: str, *, now: dt.datetime | None =
         c = campaigns.get(conn, slug)
     started = clock()
     if c.definition.apply.http:
-        return _rollback_http(engine, slug, c, actor, clock, started, dry_run, service, retry, sleep)
+        return _rollback_http(engine, slug, c, actor, clock, started, dry_run, batch_size, service, retry, sleep)
     if dry_run:
         with db.transaction(engine, actor, "rollback", campaign_id=c.id, dry_run=True, bulk=True) as tx:
             result = _rollback_batches(_batches(engine, tx.conn), slug, c, clock, batch_size, started)
@@ -336,9 +337,12 @@ class _Applier:
 
     def send(self, batch: store.ApplyBatchRow) -> store.Settled:
         d = self.c.definition
-        ours = {_change_id(o.change_id, batch.operation): o.change_id for o in batch.changes}
-        changes = [service_api.Change(_change_id(o.change_id, batch.operation), o.device_id, d.setting, o.expect,
-                                      o.value) for o in batch.changes]
+        ours: dict[str, int] = {}
+        changes = []
+        for o in batch.changes:
+            cid = _change_id(o.change_id, batch.operation)
+            ours[cid] = o.change_id
+            changes.append(service_api.Change(cid, o.device_id, d.setting, o.expect, o.value))
         tries = 0
         while True:
             tries += 1
@@ -391,8 +395,8 @@ def _stopped(tally: ApplyTally, stop: _Stop) -> None:
 
 def _flip_http(engine: Engine, slug: str, c: campaigns.CampaignRow, plan: store.Plan,
                clock: Callable[[], dt.datetime], started: dt.datetime, options: dict[str, Any], dry_run: bool,
-               audit_empty: bool, service: service_api.SettingsService | None, retry: service_api.Retry,
-               sleep: Callable[[float], None]) -> FlipResult:
+               audit_empty: bool, batch_size: int, service: service_api.SettingsService | None,
+               retry: service_api.Retry, sleep: Callable[[float], None]) -> FlipResult:
     """The flip through the settings service: first the batches an earlier run left, then, batch by batch,
     record the changes (`applying`) and send them; the service's answers decide what is switched."""
     d = c.definition
@@ -400,9 +404,11 @@ def _flip_http(engine: Engine, slug: str, c: campaigns.CampaignRow, plan: store.
     tally = ApplyTally(d.apply.url)
     if dry_run:
         with db.transaction(engine, plan.actor, "flip", campaign_id=c.id, dry_run=True, bulk=True) as tx:
-            earlier = store.apply_state(tx.conn, c.id).waiting
-            recorded, batches = _record_flip(_batches(engine, tx.conn), slug, c, plan, clock, lambda _b: None)
-            tally.sent, tally.batches = recorded + earlier, batches
+            earlier = store.apply_state(tx.conn, c.id)  # what earlier runs left waiting: sent again first
+            requests: list[store.ApplyBatchRow] = []
+            recorded, batches = _record_flip(_batches(engine, tx.conn), slug, c, plan, clock, batch_size,
+                                             requests.append)
+            tally.sent, tally.batches = recorded + earlier.waiting, len(requests) + earlier.batches_waiting
             result = _flip_result(tx.conn, slug, c.id, recorded, batches, started, dry_run=True)
             tally.waiting = store.apply_state(tx.conn, c.id).waiting
             result.apply = tally.__dict__
@@ -413,7 +419,7 @@ def _flip_http(engine: Engine, slug: str, c: campaigns.CampaignRow, plan: store.
     batches = 0
     try:
         applier.resend(store.FLIP_OP)
-        _recorded, batches = _record_flip(_batches(engine, None), slug, c, plan, clock, applier.send)
+        _recorded, batches = _record_flip(_batches(engine, None), slug, c, plan, clock, batch_size, applier.send)
     except _Stop as stop:
         _stopped(tally, stop)
     finally:
@@ -429,37 +435,46 @@ def _flip_http(engine: Engine, slug: str, c: campaigns.CampaignRow, plan: store.
     return result
 
 
+def _per_transaction(size: int, batch: int) -> int:
+    """Devices per transaction through the service: `size`, rounded up to whole requests of `batch`."""
+    return -(-size // batch) * batch
+
+
 def _record_flip(batches: Batches, slug: str, c: campaigns.CampaignRow, plan: store.Plan,
-                 clock: Callable[[], dt.datetime], send: Callable[[store.ApplyBatchRow], Any]) -> tuple[int, int]:
-    """The flip's batches through the settings service: each recorded in its own transaction (the change rows
-    `applying`, the apply batch with its key), then given to `send`. Returns (changes recorded, batches)."""
+                 clock: Callable[[], dt.datetime], size: int,
+                 send: Callable[[store.ApplyBatchRow], Any]) -> tuple[int, int]:
+    """The flip through the settings service: keyset batches of about `size` devices, each one transaction that
+    decides them and records those to switch (`applying`) in requests of the definition's batch, each with its
+    key; then each request is given to `send`. Returns (changes recorded, transactions)."""
     d = c.definition
+    per = d.apply.batch
     after: str | None = None
     recorded = count = 0
     while True:
         with batches() as conn:
             _refuse(slug, *store.campaign_state(conn, plan.campaign_id))
-            batch = store.next_batch(conn, plan, after, d.apply.batch)
+            batch = store.next_batch(conn, plan, after, _per_transaction(size, per))
             if batch is None:
                 break
             now = clock()
             decided = store.decide(conn, plan, batch, now, go=APPLYING)
-            going = [device for device, state in decided if state == APPLYING]
+            going = sorted(device for device, state in decided if state == APPLYING)
             if d.min_notice is not None and len(going) < len(decided):
                 store.set_due(conn, plan.campaign_id, [device for device, state in decided if state == WAITING],
                               d.min_notice)
-            out = store.record_batch(conn, c.id, d, store.FLIP_OP, _key(slug, store.FLIP_OP), now,
-                                     device_ids=going) if going else None
+            outs = [store.record_batch(conn, c.id, d, store.FLIP_OP, _key(slug, store.FLIP_OP), now,
+                                       device_ids=going[i:i + per]) for i in range(0, len(going), per)]
         count += 1
         after = batch.last
-        if out is not None:
-            recorded += len(out.changes)
-            send(out)
+        for out in outs:
+            if out is not None:
+                recorded += len(out.changes)
+                send(out)
     return recorded, count
 
 
 def _rollback_http(engine: Engine, slug: str, c: campaigns.CampaignRow, actor: str,
-                   clock: Callable[[], dt.datetime], started: dt.datetime, dry_run: bool,
+                   clock: Callable[[], dt.datetime], started: dt.datetime, dry_run: bool, batch_size: int,
                    service: service_api.SettingsService | None, retry: service_api.Retry,
                    sleep: Callable[[float], None]) -> RollbackResult:
     """The rollback through the settings service: settle the flip's batches still waiting (so that none lands
@@ -473,9 +488,10 @@ def _rollback_http(engine: Engine, slug: str, c: campaigns.CampaignRow, actor: s
         with db.transaction(engine, actor, "rollback", campaign_id=c.id, dry_run=True, bulk=True) as tx:
             state = store.apply_state(tx.conn, c.id)
             _begin_rollback(tx.conn, c.id, started)
-            recorded = _record_rollback(_batches(engine, tx.conn), c, clock, result, lambda _b: None)
+            requests: list[store.ApplyBatchRow] = []
+            recorded = _record_rollback(_batches(engine, tx.conn), c, clock, batch_size, result, requests.append)
             result.rolled_back = recorded  # would be sent; the service decides which it applies
-            tally.sent, tally.batches = recorded + state.waiting + state.undoing, result.batches
+            tally.sent, tally.batches = recorded + state.waiting + state.undoing, len(requests) + state.batches_waiting
             tally.waiting = store.apply_state(tx.conn, c.id).undoing
             _rollback_totals(tx.conn, c.id, result)
             result.apply = tally.__dict__
@@ -504,7 +520,7 @@ def _rollback_http(engine: Engine, slug: str, c: campaigns.CampaignRow, actor: s
         for batch in left_over:
             send(batch)
             tally.resent_batches += 1
-        _record_rollback(_batches(engine, None), c, clock, result, send)
+        _record_rollback(_batches(engine, None), c, clock, batch_size, result, send)
     except _Stop as stop:
         _stopped(tally, stop)
     finally:
@@ -526,29 +542,35 @@ def _begin_rollback(conn: Connection, campaign_id: int, now: dt.datetime) -> Non
     store.hold_back_waiting(conn, campaign_id, now)
 
 
-def _record_rollback(batches: Batches, c: campaigns.CampaignRow, clock: Callable[[], dt.datetime],
+def _record_rollback(batches: Batches, c: campaigns.CampaignRow, clock: Callable[[], dt.datetime], size: int,
                      result: RollbackResult, send: Callable[[store.ApplyBatchRow], Any]) -> int:
-    """The rollback's batches through the settings service, each recorded in its own transaction, then given
-    to `send`; the changes the person changed here are left at once. Returns the changes recorded."""
+    """The rollback through the settings service: batches of about `size` changes, each one transaction that
+    leaves those the person changed here and records the others (`undoing`) in requests of the definition's
+    batch; then each request is given to `send`. Returns the changes recorded."""
     d = c.definition
+    per = d.apply.batch
     after: int | None = None
     recorded = 0
     while True:
         with batches() as conn:
-            ids = store.changed_ids(conn, c.id, after, d.apply.batch)
+            ids = store.changed_ids(conn, c.id, after, _per_transaction(size, per))
             if not ids:
                 break
             now = clock()
             left = store.mark_left_here(conn, c.id, d, ids[0], ids[-1], now)
-            out = store.record_batch(conn, c.id, d, store.ROLLBACK_OP, _key(c.slug, store.ROLLBACK_OP), now,
-                                     lo=ids[0], hi=ids[-1])
+            gone = {r.id for r in left}
+            going = [i for i in ids if i not in gone]
+            outs = [store.record_batch(conn, c.id, d, store.ROLLBACK_OP, _key(c.slug, store.ROLLBACK_OP), now,
+                                       lo=going[i], hi=going[min(i + per, len(going)) - 1])
+                    for i in range(0, len(going), per)]
         result.left += len(left)
         room = max(LISTED - len(result.left_devices), 0)
         result.left_devices.extend({"device_id": r.device_id, "account_id": r.account_id, "note": r.note}
                                    for r in left[:room])
         result.batches += 1
         after = ids[-1]
-        if out is not None:
-            recorded += len(out.changes)
-            send(out)
+        for out in outs:
+            if out is not None:
+                recorded += len(out.changes)
+                send(out)
     return recorded

@@ -87,7 +87,8 @@ def test_happy_path(run_cli: CliRun, engine: Engine, setup: Callable[..., None],
     dry = run_cli("flip", SLUG, "--before-cutoff", "--dry-run", "--json", env=env)
     assert dry.exit_code == 0, dry.output
     would = json.loads(dry.stdout)
-    assert (would["changed"], would["apply"]["sent"], would["apply"]["batches"], would["batches"]) == (N, N, 3, 3)
+    # one transaction (--batch-size 5000) of three requests ([apply] batch = 16)
+    assert (would["changed"], would["apply"]["sent"], would["apply"]["batches"], would["batches"]) == (N, N, 3, 1)
     assert would["apply"]["waiting"] == N and would["total_changed"] == 0
     assert settingsd.requests == [] and table_counts(engine) == before
     text_dry = run_cli("flip", SLUG, "--before-cutoff", "--dry-run")  # no token needed to look
@@ -97,7 +98,7 @@ def test_happy_path(run_cli: CliRun, engine: Engine, setup: Callable[..., None],
     result = run_cli("flip", SLUG, "--before-cutoff", "--json", env=env)
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
-    assert (out["changed"], out["total_changed"], out["batches"]) == (N, N, 3)
+    assert (out["changed"], out["total_changed"], out["batches"]) == (N, N, 1)
     a = out["apply"]
     assert (a["sent"], a["batches"], a["applied"], a["left"], a["unknown_device"], a["retries"], a["waiting"],
             a["paused"]) == (N, 3, N, 0, 0, 0, 0, None)
@@ -179,14 +180,16 @@ def test_refused_connection_is_retried_then_waits_for_the_next_run(
     result = flip.flip(engine, SLUG, "ops", now=AFTER, retry=FAST, sleep=waits.append)
     assert result.apply is not None and result.changed == 0 and len(waits) == FAST.attempts - 1
     assert result.apply["unavailable"] and "connection failed" in result.apply["unavailable"]
-    assert result.apply["waiting"] == 16 and result.apply["paused"] is None
+    assert result.apply["waiting"] == N and result.apply["paused"] is None  # the transaction's three requests
     rows = changes(engine)
-    assert sorted(d for d, r in rows.items() if r["state"] == "applying") == devices(16)
+    assert sorted(d for d, r in rows.items() if r["state"] == "applying") == devices()
     assert all(settings(engine)[d] == (FROM, None) for d in devices())  # nothing counts as switched
-    (b,) = batches(engine)
-    assert (b["state"], b["attempts"]) == ("waiting", FAST.attempts) and "connection failed" in str(b["error"])
+    first, *rest = batches(engine)
+    assert (first["state"], first["attempts"]) == ("waiting", FAST.attempts)
+    assert "connection failed" in str(first["error"])
+    assert [(b["state"], b["attempts"]) for b in rest] == [("waiting", 0)] * 2  # recorded, never sent
     status = json.loads(run_cli("status", SLUG, "--json").stdout)["flip_detail"]["apply"]
-    assert (status["waiting"], status["batches_waiting"], status["applied"]) == (16, 1, 0)
+    assert (status["waiting"], status["batches_waiting"], status["applied"]) == (N, 3, 0)
     assert "connection failed" in status["last_error"]
 
 
@@ -235,18 +238,18 @@ def test_4xx_pauses_the_flip_with_its_reason_until_run_again(
     assert paused.exit_code == 1
     assert "paused" in paused.stderr and "HTTP 401" in paused.stderr
     assert "the bearer token is not valid for this service" in paused.stderr
-    assert "16 change(s) wait for the settings service" in paused.stderr
+    assert f"{N} change(s) wait for the settings service" in paused.stderr
     assert "run `campaign flip voice-local-processing` again" in paused.stderr
     assert [r.answered for r in settingsd.requests] == ["401"]  # not retried: a person must look
     rows = changes(engine)
-    assert sorted(d for d, r in rows.items() if r["state"] == "applying") == devices(16)
+    assert sorted(d for d, r in rows.items() if r["state"] == "applying") == devices()
     assert all(r["flipped_at"] is None for r in rows.values())
     assert all(settings(engine)[d] == (FROM, None) for d in devices())
-    (b,) = batches(engine)
-    assert b["state"] == "paused" and "HTTP 401" in str(b["error"])
+    assert [b["state"] for b in batches(engine)] == ["paused", "waiting", "waiting"]
+    assert "HTTP 401" in str(batches(engine)[0]["error"])
     status = run_cli("status", SLUG, "--json")
     a = json.loads(status.stdout)["flip_detail"]["apply"]
-    assert (a["waiting"], a["applied"]) == (16, 0) and "HTTP 401" in a["paused"]
+    assert (a["waiting"], a["applied"]) == (N, 0) and "HTTP 401" in a["paused"]
     assert "paused: the settings service refused batch" in run_cli("status", SLUG).output
     story = run_cli("report", SLUG, "--account", "a00000").output
     assert "waits for the settings service to apply it" in story
@@ -255,7 +258,7 @@ def test_4xx_pauses_the_flip_with_its_reason_until_run_again(
     resumed = run_cli("flip", SLUG, "--json", env={"CAMPAIGN_APPLY_TOKEN": TOKEN})
     assert resumed.exit_code == 0, resumed.output
     out = json.loads(resumed.stdout)
-    assert (out["changed"], out["apply"]["resent_batches"], out["apply"]["waiting"]) == (N, 1, 0)
+    assert (out["changed"], out["apply"]["resent_batches"], out["apply"]["waiting"]) == (N, 3, 0)
     assert settingsd.keys()[1] == settingsd.keys()[0]
     assert sorted(settingsd.applications.values()) == [1] * N
     assert all(r["state"] == "changed" for r in changes(engine).values())
@@ -310,15 +313,15 @@ def test_rollback_settles_the_flips_waiting_batches_first(
     setup()
     settingsd.script("401")
     paused = flip.flip(engine, SLUG, "ops", now=AFTER, retry=FAST, sleep=lambda _s: None)
-    assert paused.apply is not None and paused.apply["paused"] and paused.apply["waiting"] == 16
-    # The rollback asks the service about the flip's paused batch first (applied now), then rolls all back.
+    assert paused.apply is not None and paused.apply["paused"] and paused.apply["waiting"] == N
+    # The rollback asks the service about the flip's batches first (applied now), then rolls all back.
     result = flip.rollback(engine, SLUG, "ops", now=AFTER, retry=FAST, sleep=lambda _s: None)
-    assert result.apply is not None and result.apply["resent_batches"] == 1
-    assert (result.rolled_back, result.left) == (16, 0)
+    assert result.apply is not None and result.apply["resent_batches"] == 3
+    assert (result.rolled_back, result.left) == (N, 0)
     assert settingsd.keys()[1] == settingsd.keys()[0]
     assert all(settingsd.value(d, SETTING) == FROM for d in devices())
     rows = changes(engine)
-    assert sorted(d for d, r in rows.items() if r["state"] == "rolled_back") == devices(16)
+    assert sorted(d for d, r in rows.items() if r["state"] == "rolled_back") == devices()
     assert all(r["state"] != "applying" for r in rows.values())
 
 
@@ -332,7 +335,8 @@ def test_kill_9_in_the_middle_of_an_apply_then_again_applied_once(
     engine.dispose()
     env = {**os.environ, "CAMPAIGN_DATABASE_URL": db_url, "CAMPAIGN_ACTOR": "ops",
            "CAMPAIGN_TEMPLATES": str(ROOT / "templates"), "CAMPAIGN_APPLY_TOKEN": TOKEN}
-    cmd = [sys.executable, "-m", "campaign", "flip", SLUG, "--before-cutoff", "--json"]
+    # transactions of 300 devices: three requests of 100 each
+    cmd = [sys.executable, "-m", "campaign", "flip", SLUG, "--before-cutoff", "--batch-size", "300", "--json"]
     proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None and len(settingsd.requests) < 5:
@@ -343,14 +347,15 @@ def test_kill_9_in_the_middle_of_an_apply_then_again_applied_once(
     assert [r.answered for r in settingsd.requests] == ["200"] * 4 + ["apply_then_hang"]
     assert sum(settingsd.applications.values()) == 500  # the service applied five batches
     rows = changes(engine)
-    # Here only four are known as applied; the fifth is recorded, waiting; nothing else was decided.
+    # Here only four are known as applied; the fifth (sent) and the sixth (recorded in the same transaction,
+    # never sent) wait; nothing else was decided.
     assert sum(1 for r in rows.values() if r["state"] == "changed") == 400
-    assert sum(1 for r in rows.values() if r["state"] == "applying") == 100
-    assert len(rows) == 500
+    assert sum(1 for r in rows.values() if r["state"] == "applying") == 200
+    assert len(rows) == 600
     again = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
     out = json.loads(again.stdout)
-    assert (out["changed"], out["total_changed"], out["apply"]["resent_batches"]) == (n - 400, n, 1)
+    assert (out["changed"], out["total_changed"], out["apply"]["resent_batches"]) == (n - 400, n, 2)
     assert settingsd.requests[5].key == settingsd.requests[4].key and settingsd.requests[5].answered == "200 replay"
     # Every device applied exactly once at the service; every change row `changed`; every local copy switched.
     assert len(settingsd.applications) == n and set(settingsd.applications.values()) == {1}

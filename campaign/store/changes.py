@@ -284,7 +284,7 @@ def mark_left_here(conn: Connection, campaign_id: int, d: Definition, lo: int, h
                    now: dt.datetime) -> list[Row[Any]]:
     """For a rollback through the settings service: mark `left` the changes `lo`..`hi` still `changed` whose
     local copy says that the person changed the device since (it no longer holds `to` with the change's id),
-    with what it holds now; those are not sent. Returns (device_id, account_id, note) of each."""
+    with what it holds now; those are not sent. Returns (device_id, account_id, note, id) of each."""
     ours = (select(S.c.device_id).where(S.c.device_id == SC.c.device_id, S.c.key == d.setting,
                                         S.c.value == d.to_value, S.c.change_id == SC.c.id).exists())
     current = select(S.c.value).where(S.c.device_id == SC.c.device_id, S.c.key == d.setting).scalar_subquery()
@@ -294,7 +294,7 @@ def mark_left_here(conn: Connection, campaign_id: int, d: Definition, lo: int, h
         else_=literal("left: its owner changed it since the flip (now '") + current + literal("')"))
     stmt = (update(SC).where(SC.c.campaign_id == campaign_id, SC.c.state == CHANGED, SC.c.id >= lo, SC.c.id <= hi,
                              ~ours)
-            .values(state=LEFT, note=note).returning(SC.c.device_id, SC.c.account_id, SC.c.note))
+            .values(state=LEFT, note=note).returning(SC.c.device_id, SC.c.account_id, SC.c.note, SC.c.id))
     return list(conn.execute(stmt))
 
 
@@ -348,13 +348,13 @@ def record_batch(conn: Connection, campaign_id: int, d: Definition, operation: s
                                  SC.c.id <= hi)
                 .values(state=UNDOING, rollback_batch_id=batch_id, note=UNDOING_NOTE))
         expect, value = d.to_value, d.from_value
-    rows = sorted(conn.execute(stmt.returning(SC.c.id, SC.c.device_id)).all())
+    rows = sorted((int(i), str(device)) for i, device in conn.execute(stmt.returning(SC.c.id, SC.c.device_id)))
     if not rows:
         conn.execute(AB.delete().where(AB.c.id == batch_id))
         return None
     conn.execute(update(AB).where(AB.c.id == batch_id).values(changes=len(rows)))
     return ApplyBatchRow(batch_id, operation, key, BATCH_WAITING, 0,
-                         [Outgoing(int(i), device, expect, value) for i, device in rows])
+                         [Outgoing(i, device, expect, value) for i, device in rows])
 
 
 def unsettled_batches(conn: Connection, campaign_id: int, d: Definition, operation: str) -> list[ApplyBatchRow]:
