@@ -739,7 +739,7 @@ def _print_apply(result: Any, done: str) -> None:
         if a["unknown_device"] and done == "switched":
             click.echo(f"unknown to the settings service: {a['unknown_device']} device(s), not switched")
             _listed(a["unknown_devices"], a["unknown_device"], lambda r: f"{r['device_id']}  account {r['account_id']}")
-    if a["waiting"]:
+    if a["waiting"] and not result.dry_run:
         click.echo(f"waiting for the settings service: {a['waiting']} change(s) recorded and not yet answered for")
 
 
