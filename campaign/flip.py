@@ -206,12 +206,12 @@ def _flip_batches(batches: Batches, slug: str, plan: store.Plan, clock: Callable
                 break
             now = clock()
             decided = store.decide(conn, plan, batch, now)
-            flipped = [device for device, state in decided if state == CHANGED]
+            flipped = [device for device, state, _id in decided if state == CHANGED]
             done = store.apply(conn, plan, flipped, now)
             if done != len(flipped):  # cannot happen while the batch's rows are locked: never commit it
                 raise RuntimeError(f"flip batch after {after!r}: {len(flipped)} change rows, {done} devices switched")
             if min_notice is not None and len(flipped) < len(decided):
-                store.set_due(conn, plan.campaign_id, [device for device, state in decided if state == WAITING],
+                store.set_due(conn, plan.campaign_id, [device for device, state, _id in decided if state == WAITING],
                               min_notice)
         changed += done
         count += 1
@@ -364,7 +364,7 @@ class _Applier:
         t.sent += len(changes)
         t.batches += 1
         t.applied += done.applied
-        left, unknown = done.left or [], done.unknown or []
+        left, unknown = done.left, done.unknown
         t.left += len(left)
         t.unknown_device += len(unknown)
         for rows, listing in ((left, t.left_devices), (unknown, t.unknown_devices)):
@@ -458,18 +458,18 @@ def _record_flip(batches: Batches, slug: str, c: campaigns.CampaignRow, plan: st
                 break
             now = clock()
             decided = store.decide(conn, plan, batch, now, go=APPLYING)
-            going = sorted(device for device, state in decided if state == APPLYING)
+            going = sorted((device, i) for device, state, i in decided if state == APPLYING)
             if d.min_notice is not None and len(going) < len(decided):
-                store.set_due(conn, plan.campaign_id, [device for device, state in decided if state == WAITING],
-                              d.min_notice)
+                store.set_due(conn, plan.campaign_id,
+                              [device for device, state, _id in decided if state == WAITING], d.min_notice)
             outs = [store.record_batch(conn, c.id, d, store.FLIP_OP, _key(slug, store.FLIP_OP), now,
-                                       device_ids=going[i:i + per]) for i in range(0, len(going), per)]
+                                       [(i, device) for device, i in going[k:k + per]])
+                    for k in range(0, len(going), per)]
         count += 1
         after = batch.last
         for out in outs:
-            if out is not None:
-                recorded += len(out.changes)
-                send(out)
+            recorded += len(out.changes)
+            send(out)
     return recorded, count
 
 
@@ -513,7 +513,7 @@ def _rollback_http(engine: Engine, slug: str, c: campaigns.CampaignRow, actor: s
         def send(batch: store.ApplyBatchRow) -> None:
             done = applier.send(batch)
             result.rolled_back += done.applied
-            result.left += len(done.left or []) + len(done.unknown or [])
+            result.left += len(done.left) + len(done.unknown)
 
         with db.read(engine) as conn:
             left_over = store.unsettled_batches(conn, c.id, d, store.ROLLBACK_OP)
@@ -559,10 +559,9 @@ def _record_rollback(batches: Batches, c: campaigns.CampaignRow, clock: Callable
             now = clock()
             left = store.mark_left_here(conn, c.id, d, ids[0], ids[-1], now)
             gone = {r.id for r in left}
-            going = [i for i in ids if i not in gone]
+            going = store.devices_of(conn, [i for i in ids if i not in gone])
             outs = [store.record_batch(conn, c.id, d, store.ROLLBACK_OP, _key(c.slug, store.ROLLBACK_OP), now,
-                                       lo=going[i], hi=going[min(i + per, len(going)) - 1])
-                    for i in range(0, len(going), per)]
+                                       going[k:k + per]) for k in range(0, len(going), per)]
         result.left += len(left)
         room = max(LISTED - len(result.left_devices), 0)
         result.left_devices.extend({"device_id": r.device_id, "account_id": r.account_id, "note": r.note}
@@ -570,7 +569,6 @@ def _record_rollback(batches: Batches, c: campaigns.CampaignRow, clock: Callable
         result.batches += 1
         after = ids[-1]
         for out in outs:
-            if out is not None:
-                recorded += len(out.changes)
-                send(out)
+            recorded += len(out.changes)
+            send(out)
     return recorded

@@ -209,12 +209,6 @@ class SettingChange(SQLModel, table=True):
     flipped_at: dt.datetime | None = _ts(nullable=True)
     rolled_back_at: dt.datetime | None = _ts(nullable=True)
     note: str | None = Field(default=None, max_length=1024)  # why held back, or why rollback left it
-    # [apply] kind = "http": the batches (apply_batch.id) that carried this change's flip and its rollback to
-    # the settings service. Not indexed: a batch's changes are looked up by these only when a batch is sent
-    # again after a crash, and an index would cost every local flip's insert. No foreign key: SQLite would have
-    # to copy the whole table to add one.
-    apply_batch_id: int | None = Field(default=None, sa_column=Column(Integer, nullable=True))
-    rollback_batch_id: int | None = Field(default=None, sa_column=Column(Integer, nullable=True))
 
 
 class ApplyBatch(SQLModel, table=True):
@@ -229,6 +223,9 @@ class ApplyBatch(SQLModel, table=True):
     idempotency_key: str = Field(max_length=200, unique=True)
     state: str = Field(default=BATCH_WAITING, max_length=12)  # waiting | paused | done
     changes: int
+    # The change rows it carries (setting_change.id, a JSON list, in the order sent): kept here rather than as
+    # a column of the change rows, which recording a batch would then have to update one by one.
+    change_ids: str = Field(sa_column=Column(Text, nullable=False))
     attempts: int = Field(default=0)  # requests sent for it, retries included
     created_at: dt.datetime = _ts()
     sent_at: dt.datetime | None = _ts(nullable=True)  # the last request

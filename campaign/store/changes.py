@@ -19,7 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import (
@@ -167,11 +167,12 @@ def _notice_at(plan: Plan) -> Any:
             .scalar_subquery())
 
 
-def decide(conn: Connection, plan: Plan, batch: Batch, now: dt.datetime, go: str = CHANGED) -> list[tuple[str, str]]:
+def decide(conn: Connection, plan: Plan, batch: Batch, now: dt.datetime,
+           go: str = CHANGED) -> list[tuple[str, str, int]]:
     """Write the change rows of the batch: `go` (`changed`; `applying` when a settings service applies it),
     `held_back` (no delivered notice, when required) or `waiting` (fair notice: the first notice came later
     than `now - min_notice`). A row held back or waiting from an earlier run is decided again; one decided for
-    good is not touched. Returns (device_id, state) of each row written."""
+    good is not touched. Returns (device_id, state, change id) of each row written."""
     d = plan.definition
     inner = (affected(d, S.c.device_id, D.c.account_id, _notice_at(plan).label("notice_at"))
              .where(S.c.device_id >= batch.first, S.c.device_id <= batch.last, D.c.id >= batch.first,
@@ -208,7 +209,7 @@ def decide(conn: Connection, plan: Plan, batch: Batch, now: dt.datetime, go: str
               "note": x.note},
         # decided again only when the decision differs (a second run changes nothing)
         where=and_(SC.c.state.in_(OPEN), or_(SC.c.state != x.state, SC.c.notice_at.is_distinct_from(x.notice_at))))
-    return [(r[0], r[1]) for r in conn.execute(stmt.returning(SC.c.device_id, SC.c.state)).all()]
+    return [(r[0], r[1], r[2]) for r in conn.execute(stmt.returning(SC.c.device_id, SC.c.state, SC.c.id)).all()]
 
 
 def set_due(conn: Connection, campaign_id: int, device_ids: Sequence[str], min_notice: dt.timedelta) -> None:
@@ -325,52 +326,46 @@ class ApplyBatchRow:
     changes: list[Outgoing]
 
 
-def _batch_column(operation: str) -> Any:
-    return SC.c.apply_batch_id if operation == FLIP_OP else SC.c.rollback_batch_id
-
-
 def record_batch(conn: Connection, campaign_id: int, d: Definition, operation: str, key: str, now: dt.datetime,
-                 device_ids: Sequence[str] | None = None, lo: int | None = None,
-                 hi: int | None = None) -> ApplyBatchRow | None:
-    """Record a batch before it is sent: the flip's changes just decided `applying` for `device_ids`, or the
-    rollback's changes `lo`..`hi` still `changed` (marked `undoing`), each linked to the new batch row with its
-    Idempotency-Key `key`. Returns the batch, or None when it has no change."""
+                 changes: Sequence[tuple[int, str]]) -> ApplyBatchRow:
+    """Record a batch before it is sent: its Idempotency-Key `key` and its `changes` (change id, device id),
+    just decided `applying` (flip) or still `changed` (rollback: marked `undoing` here)."""
+    ordered = sorted(changes)
+    ids = [i for i, _device in ordered]
     batch_id = int(conn.execute(AB.insert().values(
-        campaign_id=campaign_id, operation=operation, idempotency_key=key, state=BATCH_WAITING, changes=0,
-        attempts=0, created_at=now).returning(AB.c.id)).scalar_one())
+        campaign_id=campaign_id, operation=operation, idempotency_key=key, state=BATCH_WAITING,
+        changes=len(ids), change_ids=json.dumps(ids), attempts=0, created_at=now).returning(AB.c.id)).scalar_one())
     if operation == FLIP_OP:
-        assert device_ids is not None
-        stmt = (update(SC).where(SC.c.campaign_id == campaign_id, _in(conn, SC.c.device_id, device_ids, String),
-                                 SC.c.state == APPLYING).values(apply_batch_id=batch_id))
         expect, value = d.from_value, d.to_value
     else:
-        stmt = (update(SC).where(SC.c.campaign_id == campaign_id, SC.c.state == CHANGED, SC.c.id >= lo,
-                                 SC.c.id <= hi)
-                .values(state=UNDOING, rollback_batch_id=batch_id, note=UNDOING_NOTE))
+        # By the change rows' ids (their primary key): PostgreSQL's planner, which may see the table as it was
+        # before the run began, would otherwise scan the campaign's rows.
+        conn.execute(update(SC).where(_in(conn, SC.c.id, ids, BigInteger), SC.c.state == CHANGED)
+                     .values(state=UNDOING, note=UNDOING_NOTE))
         expect, value = d.to_value, d.from_value
-    rows = sorted((int(i), str(device)) for i, device in conn.execute(stmt.returning(SC.c.id, SC.c.device_id)))
-    if not rows:
-        conn.execute(AB.delete().where(AB.c.id == batch_id))
-        return None
-    conn.execute(update(AB).where(AB.c.id == batch_id).values(changes=len(rows)))
     return ApplyBatchRow(batch_id, operation, key, BATCH_WAITING, 0,
-                         [Outgoing(i, device, expect, value) for i, device in rows])
+                         [Outgoing(i, device, expect, value) for i, device in ordered])
+
+
+def devices_of(conn: Connection, change_ids: Sequence[int]) -> list[tuple[int, str]]:
+    """(change id, device id) of these change rows, by change id."""
+    if not change_ids:
+        return []
+    return sorted((int(i), str(device)) for i, device in conn.execute(
+        select(SC.c.id, SC.c.device_id).where(_in(conn, SC.c.id, change_ids, BigInteger))))
 
 
 def unsettled_batches(conn: Connection, campaign_id: int, d: Definition, operation: str) -> list[ApplyBatchRow]:
     """The campaign's batches of `operation` that the service has not answered for yet (waiting or paused), in
     the order they were recorded, each with its changes as first sent."""
-    out = []
-    column = _batch_column(operation)
     expect, value = (d.from_value, d.to_value) if operation == FLIP_OP else (d.to_value, d.from_value)
-    for b in conn.execute(select(AB.c.id, AB.c.idempotency_key, AB.c.state, AB.c.attempts).where(
+    out = []
+    for b in conn.execute(select(AB.c.id, AB.c.idempotency_key, AB.c.state, AB.c.attempts, AB.c.change_ids).where(
             AB.c.campaign_id == campaign_id, AB.c.operation == operation, AB.c.state != BATCH_DONE)
             .order_by(AB.c.id)).all():
-        # a scan of the campaign's change rows (the link is not indexed): only for batches an earlier run left
-        rows = conn.execute(select(SC.c.id, SC.c.device_id).where(SC.c.campaign_id == campaign_id,
-                                                                   column == b.id).order_by(SC.c.id)).all()
+        changes = devices_of(conn, json.loads(b.change_ids))
         out.append(ApplyBatchRow(int(b.id), operation, b.idempotency_key, b.state, int(b.attempts),
-                                 [Outgoing(int(i), device, expect, value) for i, device in rows]))
+                                 [Outgoing(i, device, expect, value) for i, device in changes]))
     return out
 
 
@@ -387,8 +382,8 @@ class Settled:
     """What the service's answer to one batch did here."""
 
     applied: int = 0
-    left: list[Row[Any]] | None = None  # (device_id, account_id, note) of each change left (a conflict)
-    unknown: list[Row[Any]] | None = None
+    left: list[Row[Any]] = field(default_factory=list)  # (device_id, account_id, note) of each change left
+    unknown: list[Row[Any]] = field(default_factory=list)  # the same, of each device the service did not know
 
 
 def settle(conn: Connection, campaign_id: int, d: Definition, batch: ApplyBatchRow,
@@ -400,11 +395,11 @@ def settle(conn: Connection, campaign_id: int, d: Definition, batch: ApplyBatchR
     batch is done. Only changes still waiting are written, so a batch settled twice changes nothing more."""
     flip = batch.operation == FLIP_OP
     waiting = APPLYING if flip else UNDOING
-    done = Settled(left=[], unknown=[])
+    done = Settled()
     groups: dict[tuple[str, str | None], list[int]] = {}
     for change_id, answer in answers.items():
         groups.setdefault(answer, []).append(change_id)
-    where = (SC.c.campaign_id == campaign_id, SC.c.state == waiting)
+    where = (SC.c.state == waiting,)  # by primary key (see record_batch); the ids are this campaign's
     for (status, value), ids in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
         mine = _in(conn, SC.c.id, ids, BigInteger)
         if status == "applied":
@@ -423,7 +418,6 @@ def settle(conn: Connection, campaign_id: int, d: Definition, batch: ApplyBatchR
                                  f"{held})")
             rows = list(conn.execute(update(SC).where(*where, mine).values(state=LEFT, note=note)
                                      .returning(SC.c.device_id, SC.c.account_id, SC.c.note)))
-            assert done.left is not None
             done.left.extend(rows)
             if rows and value is not None:
                 _local_copy(conn, campaign_id, d, [r[0] for r in rows], value, now, ours=False)
@@ -433,7 +427,6 @@ def settle(conn: Connection, campaign_id: int, d: Definition, batch: ApplyBatchR
             rows = list(conn.execute(update(SC).where(*where, mine).values(state=UNKNOWN if flip else LEFT,
                                                                            note=note)
                                      .returning(SC.c.device_id, SC.c.account_id, SC.c.note)))
-            assert done.unknown is not None
             done.unknown.extend(rows)
     conn.execute(update(AB).where(AB.c.id == batch.id).values(
         state=BATCH_DONE, attempts=AB.c.attempts + attempts, sent_at=now, done_at=now, error=None))

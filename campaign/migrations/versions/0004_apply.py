@@ -1,4 +1,4 @@
-"""[apply] kind = "http": apply batches (one Idempotency-Key each) and the change rows' links to them
+"""[apply] kind = "http": apply batches (one Idempotency-Key each, the change rows they carry)
 
 Revision ID: 0004_apply
 Revises: 0003
@@ -28,6 +28,7 @@ def upgrade() -> None:
     sa.Column('idempotency_key', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
     sa.Column('state', sqlmodel.sql.sqltypes.AutoString(length=12), nullable=False),
     sa.Column('changes', sa.Integer(), nullable=False),
+    sa.Column('change_ids', sa.Text(), nullable=False),
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('created_at', campaign.db.UTCDateTime(timezone=True), nullable=False),
     sa.Column('sent_at', campaign.db.UTCDateTime(timezone=True), nullable=True),
@@ -40,15 +41,8 @@ def upgrade() -> None:
     with op.batch_alter_table('apply_batch', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_apply_batch_campaign_id'), ['campaign_id'], unique=False)
 
-    with op.batch_alter_table('setting_change', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('apply_batch_id', sa.Integer(), nullable=True))
-        batch_op.add_column(sa.Column('rollback_batch_id', sa.Integer(), nullable=True))
-
 
 def downgrade() -> None:
-    with op.batch_alter_table('setting_change', schema=None) as batch_op:
-        batch_op.drop_column('rollback_batch_id')
-        batch_op.drop_column('apply_batch_id')
     with op.batch_alter_table('apply_batch', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_apply_batch_campaign_id'))
     op.drop_table('apply_batch')
