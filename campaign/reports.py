@@ -360,6 +360,8 @@ def _device_line(dv: dict[str, Any], zone: ZoneInfo | dt.timezone) -> str:
         return f"switched {_when(dv['flipped_at'], zone)} by {dv['actor']}{told}"
     if state == ROLLED_BACK:
         return (f"switched {_when(dv['flipped_at'], zone)}, rolled back {_when(dv['rolled_back_at'], zone)}")
+    if state == LEFT and dv["flipped_at"] is None:  # the settings service reported the person's own value
+        return f"not switched: {dv['note']}"
     if state == LEFT:
         return f"switched {_when(dv['flipped_at'], zone)}; the rollback left it: {dv['note']}"
     if state == HELD_BACK:

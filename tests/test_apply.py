@@ -220,6 +220,8 @@ def test_conflict_leaves_the_device_and_unknown_device_is_reported(
     assert states["d00003"] == "left" and states["d00005"] == "unknown" and states["d00000"] == "changed"
     story = run_cli("report", SLUG, "--account", "a00005").output
     assert "the settings service does not know this device" in story
+    story = run_cli("report", SLUG, "--account", "a00003").output
+    assert "not switched: left: the settings service holds 'save_all'" in story
     # A second run sends neither again.
     again = json.loads(run_cli("flip", SLUG, "--json", env={"CAMPAIGN_APPLY_TOKEN": TOKEN}).stdout)
     assert again["apply"]["sent"] == 0 and len(settingsd.requests) == 3
