@@ -601,6 +601,15 @@ def status_cmd(app: App, slug: str, as_json: bool) -> None:
     click.echo(f"  flip           {_print_counts(st['flip'])}")
     if st["flip_detail"].get("waiting"):
         click.echo(f"  {'':<14} {st['flip_detail']['waiting']} device(s) wait for fair notice")
+    a = st["flip_detail"].get("apply")
+    if a is not None:
+        click.echo(f"  apply          {a['url']}: applied {a['applied']}, waiting {a['waiting']}"
+                   + (f", rollback waiting {a['undoing']}" if a["undoing"] else "")
+                   + (f", unknown device {a['unknown_device']}" if a["unknown_device"] else ""))
+        if a["paused"]:
+            click.echo(f"  {'':<14} paused: {a['paused']}")
+        elif a["last_error"]:
+            click.echo(f"  {'':<14} last try: {a['last_error']}")
     nxt = st.get("next_step")
     if nxt:
         click.echo(f"  next step      {nxt['step']} at {nxt['due_at']} ({nxt['state']})")
@@ -810,13 +819,17 @@ def approve_cmd(app: App, slug: str, revoke: bool, dry_run: bool, as_json: bool)
 # -- flip and rollback ------------------------------------------------------------------------------
 
 batch_size_option = click.option("--batch-size", type=click.IntRange(min=1), default=5000, show_default=True,
-                                 help="Devices per transaction.")
+                                 help="Devices per transaction (with [apply] kind = \"http\": the definition's "
+                                      "[apply] batch instead, a request each).")
 
 
 def _print_flip(result: Any) -> None:
     would = "would " if result.dry_run else ""
-    click.echo(f"{result.campaign}: {would}switch {result.changed} device(s) in {result.batches} batch(es); "
-               f"{result.total_changed} switched in all")
+    if result.apply is not None:
+        _print_apply(result, "switched")
+    else:
+        click.echo(f"{result.campaign}: {would}switch {result.changed} device(s) in {result.batches} batch(es); "
+                   f"{result.total_changed} switched in all")
     if result.held_back:
         click.echo(f"held back: {result.held_back} device(s) of accounts without a delivered notice "
                    "(`flip --include-unnotified` switches them too)")
@@ -830,6 +843,42 @@ def _print_flip(result: Any) -> None:
         click.echo(f"approval: {result.approval}; the real `flip` refuses until then")
     if result.dry_run:
         click.echo("dry run: nothing was written")
+
+
+def _print_apply(result: Any, done: str) -> None:
+    """What a flip or rollback did through the settings service ([apply] kind = "http")."""
+    a = result.apply
+    total = result.total_changed if done == "switched" else result.total_rolled_back
+    if result.dry_run:
+        click.echo(f"{result.campaign}: would send {a['sent']} change(s) to the settings service in "
+                   f"{a['batches']} batch(es) ({a['url']}); it decides which it applies; {total} {done} in all")
+    else:
+        again = f", {a['resent_batches']} of them left by an earlier run" if a["resent_batches"] else ""
+        retries = f", {a['retries']} retried" if a["retries"] else ""
+        click.echo(f"{result.campaign}: sent {a['sent']} change(s) to the settings service in {a['batches']} "
+                   f"batch(es){again}{retries}: applied {a['applied']}, left {a['left']}, unknown device "
+                   f"{a['unknown_device']}; {total} {done} in all")
+        if a["left"] and done == "switched":
+            click.echo(f"left: {a['left']} device(s) held another value at the settings service (their owner's "
+                       "choice; the local copy now holds it)")
+            _listed(a["left_devices"], a["left"], lambda r: f"{r['device_id']}  account {r['account_id']}  {r['note']}")
+        if a["unknown_device"] and done == "switched":
+            click.echo(f"unknown to the settings service: {a['unknown_device']} device(s), not switched")
+            _listed(a["unknown_devices"], a["unknown_device"], lambda r: f"{r['device_id']}  account {r['account_id']}")
+    if a["waiting"] and not result.dry_run:
+        click.echo(f"waiting for the settings service: {a['waiting']} change(s) recorded and not yet answered for")
+
+
+def _stopped(result: Any, verb: str) -> None:
+    """A flip or rollback that stopped with changes waiting for the settings service fails, saying why."""
+    a = result.apply
+    if a is None or not (a["paused"] or a["unavailable"]):
+        return
+    how = "paused" if a["paused"] else "stopped"
+    raise CampaignError(f"the {verb} of {result.campaign!r} {how}: {a['paused'] or a['unavailable']}. "
+                        f"{a['waiting']} change(s) wait for the settings service; "
+                        f"{'fix the cause, then ' if a['paused'] else ''}run `campaign {verb} {result.campaign}` "
+                        "again: it sends them again under the same Idempotency-Key")
 
 
 def _listed(rows: list[dict[str, Any]], total: int, line: Callable[[dict[str, Any]], str]) -> None:
@@ -855,7 +904,9 @@ def flip_cmd(app: App, slug: str, before_cutoff: bool, include_unnotified: bool,
 
     Devices of accounts without a delivered notice are held back (require_notice) and listed; with
     min_notice, a device whose account was notified late waits until its notice is that old. Safe to
-    run again: a second run changes nothing, an interrupted one goes on where it stopped.
+    run again: a second run changes nothing, an interrupted one goes on where it stopped. With
+    [apply] kind = "http", through the settings service: a device counts as switched once the service
+    applied it; a refusal pauses the flip (exit 1) until it is run again.
     """
     from campaign import flip as flipping
 
@@ -865,6 +916,7 @@ def flip_cmd(app: App, slug: str, before_cutoff: bool, include_unnotified: bool,
         _json(result.as_json())
     else:
         _print_flip(result)
+    _stopped(result, "flip")
 
 
 @cli.command("rollback")
@@ -883,13 +935,17 @@ def rollback_cmd(app: App, slug: str, batch_size: int, dry_run: bool, as_json: b
     result = flipping.rollback(app.engine(), slug, app.config.actor, dry_run=dry_run, batch_size=batch_size)
     if as_json:
         _json(result.as_json())
+        _stopped(result, "rollback")
         return
     would = "would " if result.dry_run else ""
+    if result.apply is not None:
+        _print_apply(result, "rolled back")
     click.echo(f"{result.campaign}: {would}roll back {result.rolled_back} change(s); {would}leave {result.left} "
                "whose device its owner changed since")
     _listed(result.left_devices, result.left, lambda r: f"{r['device_id']}  account {r['account_id']}  {r['note']}")
     if result.dry_run:
         click.echo("dry run: nothing was written")
+    _stopped(result, "rollback")
 
 
 @cli.command("demo")

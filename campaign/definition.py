@@ -6,6 +6,7 @@ Every error names the file, the line where that can be found, and the key: `PATH
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import re
 import tomllib
 from collections.abc import Mapping
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from campaign.addresses import ascii_domain_form
 from campaign.addresses import normalize as normalize_address
@@ -54,6 +56,22 @@ class SendWindow:
 
 
 @dataclass(frozen=True)
+class Apply:
+    """`[apply]`: where the setting lives. `local`: this database (the flip writes it directly); `http`: the
+    product's settings service, by the contract in docs/apply.md."""
+
+    kind: str = "local"  # local | http
+    url: str | None = None
+    batch: int = 500
+    token_env: str = "CAMPAIGN_APPLY_TOKEN"  # noqa: S105  (the variable's name; the token never comes here)
+    timeout_seconds: float = 10.0
+
+    @property
+    def http(self) -> bool:
+        return self.kind == "http"
+
+
+@dataclass(frozen=True)
 class WaveDef:
     name: str
     at: dt.datetime
@@ -83,6 +101,7 @@ class Definition:
     context: Mapping[str, str] = field(default_factory=dict)  # free values for the templates (URLs, …)
     return_path: str | None = None  # [bounces]: the envelope sender's base, signed per delivery (campaign.verp)
     approval_required: bool = False  # `[approval] required`: schedule and flip wait for a second person
+    apply: Apply = field(default_factory=Apply)
     source: str = ""
     text: str = ""
 
@@ -253,7 +272,7 @@ def parse_definition(text: str, source: str = "<definition>", templates: Path | 
     top = c.take(data, "", {
         "slug": str, "name": str, "sender": str, "reply_to": str, "template": str, "default_locale": str,
         "cutoff": (str, dt.datetime), "migration": dict, "audience": dict, "send_window": dict,
-        "limits": dict, "waves": list, "context": dict, "bounces": dict, "approval": dict,
+        "limits": dict, "waves": list, "context": dict, "bounces": dict, "approval": dict, "apply": dict,
     }, required=("slug", "name", "sender", "template", "default_locale", "cutoff", "migration", "waves"))
 
     slug = top.get("slug", "")
@@ -368,6 +387,7 @@ def parse_definition(text: str, source: str = "<definition>", templates: Path | 
             context[key] = value
 
     return_path = _bounces(c, top.get("bounces"))
+    apply = _apply(c, top["apply"]) if "apply" in top else Apply()
 
     waves: list[WaveDef] = []
     seen: set[str] = set()
@@ -428,7 +448,7 @@ def parse_definition(text: str, source: str = "<definition>", templates: Path | 
         to_value=mig["to"], require_notice=mig.get("require_notice", True), min_notice=min_notice,
         countries=tuple(countries),
         device_models=tuple(models), send_window=window, limits=limits, context=context, return_path=return_path,
-        approval_required=approval.get("required", False),
+        approval_required=approval.get("required", False), apply=apply,
         waves=tuple(sorted(waves, key=lambda w: w.at)), source=source, text=text,
     )
 
@@ -448,6 +468,80 @@ def _bounces(c: _Checker, table: dict[str, Any] | None) -> str | None:
     except ValueError as exc:
         c.fail("bounces", "return_path", str(exc))
         return None
+
+
+# -- [apply] ---------------------------------------------------------------------------------------------
+
+APPLY_KINDS = ("local", "http")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+MAX_APPLY_BATCH = 10_000
+MAX_APPLY_TIMEOUT = 600.0
+
+
+def _apply(c: _Checker, raw: dict[str, Any]) -> Apply:
+    """`[apply]`: kind, and for `http` the service's URL, batch size, token variable and timeout."""
+    a = c.take(raw, "apply", {"kind": str, "url": str, "batch": int, "token_env": str,
+                              "timeout_seconds": (int, float)})
+    kind = a.get("kind", "local")
+    if kind not in APPLY_KINDS:
+        c.fail("apply", "kind", f"{kind!r} is not a kind: use \"local\" (this database is where the setting "
+                                "lives) or \"http\" (the product's settings service)")
+        return Apply()
+    if kind == "local":
+        for key in ("url", "batch", "token_env", "timeout_seconds"):
+            if key in a:
+                c.fail("apply", key, "goes with kind = \"http\" (kind is \"local\": this database is where the "
+                                     "setting lives)")
+        return Apply()
+    url = a.get("url")
+    if url is None:
+        if "url" not in raw:
+            c.fail("apply", "kind", "kind = \"http\" needs `url`, the settings service's batch endpoint")
+    else:
+        problem = _apply_url_problem(url)
+        if problem:
+            c.fail("apply", "url", problem)
+    batch = a.get("batch", Apply.batch)
+    if not 1 <= batch <= MAX_APPLY_BATCH:
+        c.fail("apply", "batch", f"must be between 1 and {MAX_APPLY_BATCH}")
+    token_env = a.get("token_env", Apply.token_env)
+    if not ENV_NAME_RE.match(token_env):
+        c.fail("apply", "token_env", f"{token_env!r} must be the name of an environment variable "
+                                     "(the token itself never goes into the definition)")
+    timeout = float(a.get("timeout_seconds", Apply.timeout_seconds))
+    if not 0 < timeout <= MAX_APPLY_TIMEOUT:
+        c.fail("apply", "timeout_seconds", f"must be above 0 and at most {MAX_APPLY_TIMEOUT:g}")
+    return Apply(kind, url, batch, token_env, timeout)
+
+
+def _apply_url_problem(url: str) -> str | None:
+    """None when `url` is an https:// URL, or http:// to a loopback host; else what is wrong."""
+    if has_crlf(url) or any(ch.isspace() for ch in url):
+        return "must be a URL without spaces or line breaks"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises ValueError on a bad port)
+    except ValueError as exc:
+        return f"{url!r} is not a URL: {exc}"
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        return f"{url!r} must be an https:// URL (http:// only to a loopback host such as 127.0.0.1)"
+    if parts.username is not None or parts.password is not None:
+        return "must carry no user or password (the bearer token comes from the variable named by token_env)"
+    if parts.fragment:
+        return "must have no #fragment"
+    if parts.scheme == "http" and not _loopback(parts.hostname):
+        return (f"http:// is allowed only to a loopback host (127.0.0.1, ::1, localhost), not {parts.hostname!r}: "
+                "use https://")
+    return None
+
+
+def _loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _bad(value: Any) -> str:

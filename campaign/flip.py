@@ -7,11 +7,18 @@ delivered notice; `min_notice` makes a device wait until its account's first del
 (`flip_due`, for the scheduler, flips those that came due). `rollback` puts `from` back only where the
 device still holds `to` and still carries the change's id; it leaves the others, and marks every change
 rolled back or left, never deleting one. After a rollback the campaign's flip refuses.
+
+With `[apply] kind = "http"` (G14) the setting lives in the product's settings service: each batch's changes
+are first recorded here (`applying`, in an `apply_batch` with its Idempotency-Key), then sent; a change counts
+as switched only once the service answered `applied`. A batch an earlier run left unanswered (a crash, the
+service down, a refusal) is sent again first, under the same key. The rollback goes the same way (`undoing`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
@@ -19,15 +26,17 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 
+from campaign import apply as service_api
 from campaign import approval as approvals
 from campaign import campaigns, db
 from campaign.errors import StateError
-from campaign.models import CANCELLED, CHANGED, HELD_BACK, WAITING
+from campaign.models import APPLYING, CANCELLED, CHANGED, HELD_BACK, WAITING
 from campaign.store import changes as store
 from campaign.store import steps
 
 BATCH = 5000
 LISTED = 1000  # devices listed by name in a result (held back, waiting, left); the counts are always whole
+RETRY = service_api.Retry()  # between tries of a batch the settings service did not answer
 
 
 def _iso(t: dt.datetime | None) -> str | None:
@@ -52,11 +61,14 @@ class FlipResult:
     batches: int = 0
     at: dt.datetime | None = None
     approval: str | None = None  # a dry run's word on a missing approval, which the real run refuses for
+    apply: dict[str, Any] | None = None  # [apply] kind = "http": what went to the settings service (ApplyTally)
 
     def as_json(self) -> dict[str, Any]:
         out = dict(self.__dict__)
         for key in ("next_due", "last_due", "at"):
             out[key] = _iso(out[key])
+        if out["apply"] is None:
+            del out["apply"]
         return out
 
 
@@ -73,9 +85,39 @@ class RollbackResult:
     total_left: int = 0
     batches: int = 0
     at: dt.datetime | None = None
+    apply: dict[str, Any] | None = None  # [apply] kind = "http": what went to the settings service (ApplyTally)
 
     def as_json(self) -> dict[str, Any]:
-        return {**self.__dict__, "at": _iso(self.at)}
+        out = {**self.__dict__, "at": _iso(self.at)}
+        if out["apply"] is None:
+            del out["apply"]
+        return out
+
+
+@dataclass
+class ApplyTally:
+    """What one run did with the settings service (under a dry run: would do; the service's answers unknown)."""
+
+    url: str
+    sent: int = 0  # changes sent by this run, those an earlier run left waiting included
+    batches: int = 0  # batches sent and answered for
+    resent_batches: int = 0  # of which an earlier run had recorded (sent again under their keys)
+    applied: int = 0
+    left: int = 0  # conflicts: the device did not hold `expect`
+    unknown_device: int = 0
+    retries: int = 0
+    waiting: int = 0  # the campaign's changes still waiting for the service after this run
+    paused: str | None = None  # a refusal (4xx) or an answer outside the contract: a person must look
+    unavailable: str | None = None  # no usable answer after every retry: the batch waits for the next run
+    left_devices: list[dict[str, Any]] = field(default_factory=list)  # the first LISTED
+    unknown_devices: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def stopped(self) -> str | None:
+        return self.paused or self.unavailable
+
+    def audit(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in ("left_devices", "unknown_devices")}
 
 
 Batches = Callable[[], AbstractContextManager[Connection]]
@@ -105,12 +147,16 @@ def _refuse(slug: str, state: str, rolled_back_at: dt.datetime | None) -> None:
 
 def flip(engine: Engine, slug: str, actor: str, *, now: dt.datetime | None = None, before_cutoff: bool = False,
          include_unnotified: bool = False, dry_run: bool = False, batch_size: int = BATCH,
-         audit_empty: bool = True) -> FlipResult:
+         audit_empty: bool = True, service: service_api.SettingsService | None = None,
+         retry: service_api.Retry = RETRY, sleep: Callable[[float], None] = time.sleep) -> FlipResult:
     """`campaign flip`: switch every still-affected device whose time has come; hold back the devices of
     accounts without a delivered notice (unless `include_unnotified`), let wait those whose account was
     notified later than `min_notice` ago. Refuses before the cutoff unless `before_cutoff`, and after a
     rollback. `now` (default: the clock) is for the scheduler and tests. `audit_empty`: record the audit
-    event even when nothing changed."""
+    event even when nothing changed. With `[apply] kind = "http"`, through the settings service (`service`,
+    default the definition's, `retry` between tries; each transaction's changes go in requests of the
+    definition's batch): the result's `apply` says what it did there, and `apply["paused"]` or
+    `apply["unavailable"]` why it stopped with changes still waiting."""
     clock: Callable[[], dt.datetime] = (lambda: now) if now is not None else db.utcnow
     with db.read(engine) as conn:
         c = campaigns.get(conn, slug)
@@ -123,6 +169,11 @@ def flip(engine: Engine, slug: str, actor: str, *, now: dt.datetime | None = Non
         plan = store.Plan(c.id, c.definition, actor, c.definition.require_notice and not include_unnotified,
                           tuple(store.notice_waves(conn, c.id)))
     options = {"before_cutoff": before_cutoff, "include_unnotified": include_unnotified}
+    if c.definition.apply.http:
+        result = _flip_http(engine, slug, c, plan, clock, started, options, dry_run, audit_empty, batch_size,
+                            service, retry, sleep)
+        result.approval = None if approval.allowed else approval.words()
+        return result
     if dry_run:
         with db.transaction(engine, actor, "flip", campaign_id=c.id, dry_run=True, bulk=True) as tx:
             changed, batches = _flip_batches(_batches(engine, tx.conn), slug, plan, clock, batch_size)
@@ -161,12 +212,12 @@ def _flip_batches(batches: Batches, slug: str, plan: store.Plan, clock: Callable
                 break
             now = clock()
             decided = store.decide(conn, plan, batch, now)
-            flipped = [device for device, state in decided if state == CHANGED]
+            flipped = [device for device, state, _id in decided if state == CHANGED]
             done = store.apply(conn, plan, flipped, now)
             if done != len(flipped):  # cannot happen while the batch's rows are locked: never commit it
                 raise RuntimeError(f"flip batch after {after!r}: {len(flipped)} change rows, {done} devices switched")
             if min_notice is not None and len(flipped) < len(decided):
-                store.set_due(conn, plan.campaign_id, [device for device, state in decided if state == WAITING],
+                store.set_due(conn, plan.campaign_id, [device for device, state, _id in decided if state == WAITING],
                               min_notice)
         changed += done
         count += 1
@@ -194,14 +245,19 @@ def _flip_counts(r: FlipResult) -> dict[str, Any]:
 
 
 def rollback(engine: Engine, slug: str, actor: str, *, now: dt.datetime | None = None, dry_run: bool = False,
-             batch_size: int = BATCH) -> RollbackResult:
+             batch_size: int = BATCH, service: service_api.SettingsService | None = None,
+             retry: service_api.Retry = RETRY,
+             sleep: Callable[[float], None] = time.sleep) -> RollbackResult:
     """`campaign rollback`: undo every change whose device still holds `to` and still carries the change's
     id; mark the others `left` with what the device holds now; from then on the campaign's flip refuses.
-    Resumable: a rollback killed midway and started again goes on with the changes not yet decided."""
+    Resumable: a rollback killed midway and started again goes on with the changes not yet decided. With
+    `[apply] kind = "http"`, through the settings service, as `flip` does."""
     clock: Callable[[], dt.datetime] = (lambda: now) if now is not None else db.utcnow
     with db.read(engine) as conn:
         c = campaigns.get(conn, slug)
     started = clock()
+    if c.definition.apply.http:
+        return _rollback_http(engine, slug, c, actor, clock, started, dry_run, batch_size, service, retry, sleep)
     if dry_run:
         with db.transaction(engine, actor, "rollback", campaign_id=c.id, dry_run=True, bulk=True) as tx:
             result = _rollback_batches(_batches(engine, tx.conn), slug, c, clock, batch_size, started)
@@ -249,3 +305,276 @@ def _rollback_batches(batches: Batches, slug: str, c: campaigns.CampaignRow, clo
 def _rollback_totals(conn: Connection, campaign_id: int, result: RollbackResult) -> None:
     o = store.outlook(conn, campaign_id)
     result.total_rolled_back, result.total_left = o.counts["rolled_back"], o.counts["left"]
+
+
+# -- through the settings service ([apply] kind = "http") -------------------------------------------------
+
+class _Stop(Exception):
+    """A batch got no usable answer: the run stops there; its changes wait for the next run."""
+
+    def __init__(self, reason: str, paused: bool) -> None:
+        super().__init__(reason)
+        self.reason, self.paused = reason, paused
+
+
+def _key(slug: str, operation: str) -> str:
+    """A new batch's Idempotency-Key: stored with the batch, and sent with it every time it goes again."""
+    return f"{slug}:{operation}:{uuid.uuid4().hex}"
+
+
+def _change_id(change_id: int, operation: str) -> str:
+    """The contract's change_id: the change row's id for the flip; its rollback is a change of its own."""
+    return str(change_id) if operation == store.FLIP_OP else f"{change_id}-rollback"
+
+
+def _open(c: campaigns.CampaignRow) -> service_api.SettingsService:
+    a = c.definition.apply
+    return service_api.HttpSettingsService(a, c.slug, service_api.token_from_env(a))
+
+
+class _Applier:
+    """Sends recorded batches to the service and writes its answers, retrying under the same key."""
+
+    def __init__(self, engine: Engine, service: service_api.SettingsService, c: campaigns.CampaignRow,
+                 tally: ApplyTally, clock: Callable[[], dt.datetime], retry: service_api.Retry,
+                 sleep: Callable[[float], None]) -> None:
+        self.engine, self.service, self.c, self.tally = engine, service, c, tally
+        self.clock, self.retry, self.sleep = clock, retry, sleep
+
+    def send(self, batch: store.ApplyBatchRow) -> store.Settled:
+        d = self.c.definition
+        ours: dict[str, int] = {}
+        changes = []
+        for o in batch.changes:
+            cid = _change_id(o.change_id, batch.operation)
+            ours[cid] = o.change_id
+            changes.append(service_api.Change(cid, o.device_id, d.setting, o.expect, o.value))
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                answers = self.service.send(batch.key, batch.operation, changes)
+                break
+            except service_api.Transient as exc:
+                if tries >= self.retry.attempts:
+                    self._failed(batch, tries, f"no usable answer after {tries} tries (last: {exc})", paused=False)
+                self.tally.retries += 1
+                self.sleep(self.retry.delay(tries))
+            except service_api.Refused as exc:
+                self._failed(batch, tries, f"the settings service refused batch {batch.id} ({len(changes)} "
+                                           f"change(s), Idempotency-Key {batch.key}): {exc}", paused=True)
+        with db.write(self.engine, bulk=True) as conn:
+            done = store.settle(conn, self.c.id, d, batch,
+                                {ours[k]: (a.status, a.value) for k, a in answers.items()}, tries, self.clock())
+        t = self.tally
+        t.sent += len(changes)
+        t.batches += 1
+        t.applied += done.applied
+        left, unknown = done.left, done.unknown
+        t.left += len(left)
+        t.unknown_device += len(unknown)
+        for rows, listing in ((left, t.left_devices), (unknown, t.unknown_devices)):
+            room = max(LISTED - len(listing), 0)
+            listing.extend({"device_id": r.device_id, "account_id": r.account_id, "note": r.note} for r in rows[:room])
+        return done
+
+    def resend(self, operation: str) -> None:
+        """Send again, under their keys, the batches of `operation` an earlier run left unanswered."""
+        with db.read(self.engine) as conn:
+            left_over = store.unsettled_batches(conn, self.c.id, self.c.definition, operation)
+        for batch in left_over:
+            self.send(batch)
+            self.tally.resent_batches += 1
+
+    def _failed(self, batch: store.ApplyBatchRow, tries: int, reason: str, paused: bool) -> None:
+        with db.write(self.engine) as conn:
+            store.batch_failed(conn, batch.id, tries, self.clock(), reason, paused)
+        raise _Stop(reason, paused)
+
+
+def _stopped(tally: ApplyTally, stop: _Stop) -> None:
+    if stop.paused:
+        tally.paused = stop.reason
+    else:
+        tally.unavailable = stop.reason
+
+
+def _flip_http(engine: Engine, slug: str, c: campaigns.CampaignRow, plan: store.Plan,
+               clock: Callable[[], dt.datetime], started: dt.datetime, options: dict[str, Any], dry_run: bool,
+               audit_empty: bool, batch_size: int, service: service_api.SettingsService | None,
+               retry: service_api.Retry, sleep: Callable[[float], None]) -> FlipResult:
+    """The flip through the settings service: first the batches an earlier run left, then, batch by batch,
+    record the changes (`applying`) and send them; the service's answers decide what is switched."""
+    d = c.definition
+    assert d.apply.url is not None
+    tally = ApplyTally(d.apply.url)
+    if dry_run:
+        with db.transaction(engine, plan.actor, "flip", campaign_id=c.id, dry_run=True, bulk=True) as tx:
+            earlier = store.apply_state(tx.conn, c.id)  # what earlier runs left waiting: sent again first
+            requests: list[store.ApplyBatchRow] = []
+            recorded, batches = _record_flip(_batches(engine, tx.conn), slug, c, plan, clock, batch_size,
+                                             requests.append)
+            tally.sent, tally.batches = recorded + earlier.waiting, len(requests) + earlier.batches_waiting
+            result = _flip_result(tx.conn, slug, c.id, recorded, batches, started, dry_run=True)
+            tally.waiting = store.apply_state(tx.conn, c.id).waiting
+            result.apply = tally.__dict__
+            tx.note(**options, **_flip_counts(result), apply=tally.audit())
+        return result
+    service = service or _open(c)  # the token first: nothing is recorded without it
+    applier = _Applier(engine, service, c, tally, clock, retry, sleep)
+    batches = 0
+    try:
+        applier.resend(store.FLIP_OP)
+        _recorded, batches = _record_flip(_batches(engine, None), slug, c, plan, clock, batch_size, applier.send)
+    except _Stop as stop:
+        _stopped(tally, stop)
+    finally:
+        service.close()
+    with db.transaction(engine, plan.actor, "flip", campaign_id=c.id) as tx:
+        result = _flip_result(tx.conn, slug, c.id, tally.applied, batches, started, dry_run=False)
+        tally.waiting = store.apply_state(tx.conn, c.id).waiting
+        result.apply = tally.__dict__
+        if tally.sent or tally.stopped or audit_empty:
+            tx.note(**options, **_flip_counts(result), apply=tally.audit())
+        else:
+            tx.action = None
+    return result
+
+
+def _per_transaction(size: int, batch: int) -> int:
+    """Devices per transaction through the service: `size`, rounded up to whole requests of `batch`."""
+    return -(-size // batch) * batch
+
+
+def _record_flip(batches: Batches, slug: str, c: campaigns.CampaignRow, plan: store.Plan,
+                 clock: Callable[[], dt.datetime], size: int,
+                 send: Callable[[store.ApplyBatchRow], Any]) -> tuple[int, int]:
+    """The flip through the settings service: keyset batches of about `size` devices, each one transaction that
+    decides them and records those to switch (`applying`) in requests of the definition's batch, each with its
+    key; then each request is given to `send`. Returns (changes recorded, transactions)."""
+    d = c.definition
+    per = d.apply.batch
+    after: str | None = None
+    recorded = count = 0
+    while True:
+        with batches() as conn:
+            _refuse(slug, *store.campaign_state(conn, plan.campaign_id))
+            batch = store.next_batch(conn, plan, after, _per_transaction(size, per))
+            if batch is None:
+                break
+            now = clock()
+            decided = store.decide(conn, plan, batch, now, go=APPLYING)
+            going = sorted((device, i) for device, state, i in decided if state == APPLYING)
+            if d.min_notice is not None and len(going) < len(decided):
+                store.set_due(conn, plan.campaign_id,
+                              [device for device, state, _id in decided if state == WAITING], d.min_notice)
+            outs = [store.record_batch(conn, c.id, d, store.FLIP_OP, _key(slug, store.FLIP_OP), now,
+                                       [(i, device) for device, i in going[k:k + per]])
+                    for k in range(0, len(going), per)]
+        count += 1
+        after = batch.last
+        for out in outs:
+            recorded += len(out.changes)
+            send(out)
+    return recorded, count
+
+
+def _rollback_http(engine: Engine, slug: str, c: campaigns.CampaignRow, actor: str,
+                   clock: Callable[[], dt.datetime], started: dt.datetime, dry_run: bool, batch_size: int,
+                   service: service_api.SettingsService | None, retry: service_api.Retry,
+                   sleep: Callable[[float], None]) -> RollbackResult:
+    """The rollback through the settings service: settle the flip's batches still waiting (so that none lands
+    after the rollback), send again the rollback's, then batch by batch: the changes whose local copy says the
+    person changed the device are left here; the others are recorded (`undoing`) and sent, expecting `to`."""
+    d = c.definition
+    assert d.apply.url is not None
+    tally = ApplyTally(d.apply.url)
+    result = RollbackResult(campaign=slug, dry_run=dry_run, rolled_back=0, left=0, at=started)
+    if dry_run:
+        with db.transaction(engine, actor, "rollback", campaign_id=c.id, dry_run=True, bulk=True) as tx:
+            state = store.apply_state(tx.conn, c.id)
+            _begin_rollback(tx.conn, c.id, started)
+            requests: list[store.ApplyBatchRow] = []
+            recorded = _record_rollback(_batches(engine, tx.conn), c, clock, batch_size, result, requests.append)
+            result.rolled_back = recorded  # would be sent; the service decides which it applies
+            tally.sent, tally.batches = recorded + state.waiting + state.undoing, len(requests) + state.batches_waiting
+            tally.waiting = store.apply_state(tx.conn, c.id).undoing
+            _rollback_totals(tx.conn, c.id, result)
+            result.apply = tally.__dict__
+            tx.note(rolled_back=result.rolled_back, left=result.left, batches=result.batches, apply=tally.audit())
+        return result
+    service = service or _open(c)
+    applier = _Applier(engine, service, c, tally, clock, retry, sleep)
+    try:
+        with db.write(engine, bulk=True) as conn:
+            _begin_rollback(conn, c.id, started)
+        # The flip's batches still waiting first: a change applied late is then rolled back too.
+        flip_tally = ApplyTally(d.apply.url)
+        try:
+            _Applier(engine, service, c, flip_tally, clock, retry, sleep).resend(store.FLIP_OP)
+        finally:
+            tally.sent, tally.resent_batches, tally.retries = (flip_tally.sent, flip_tally.resent_batches,
+                                                               flip_tally.retries)
+
+        def send(batch: store.ApplyBatchRow) -> None:
+            done = applier.send(batch)
+            result.rolled_back += done.applied
+            result.left += len(done.left) + len(done.unknown)
+
+        with db.read(engine) as conn:
+            left_over = store.unsettled_batches(conn, c.id, d, store.ROLLBACK_OP)
+        for batch in left_over:
+            send(batch)
+            tally.resent_batches += 1
+        _record_rollback(_batches(engine, None), c, clock, batch_size, result, send)
+    except _Stop as stop:
+        _stopped(tally, stop)
+    finally:
+        service.close()
+    room = max(LISTED - len(result.left_devices), 0)
+    result.left_devices.extend((tally.left_devices + tally.unknown_devices)[:room])
+    with db.transaction(engine, actor, "rollback", campaign_id=c.id) as tx:
+        _rollback_totals(tx.conn, c.id, result)
+        tally.waiting = store.apply_state(tx.conn, c.id).undoing
+        result.apply = tally.__dict__
+        tx.note(rolled_back=result.rolled_back, left=result.left, batches=result.batches, apply=tally.audit())
+    return result
+
+
+def _begin_rollback(conn: Connection, campaign_id: int, now: dt.datetime) -> None:
+    """From this commit on, the campaign's flip refuses: none is left scheduled or waiting for fair notice."""
+    store.mark_campaign_rolled_back(conn, campaign_id, now)
+    steps.cancel(conn, campaign_id, "flip", "the campaign was rolled back", now)
+    store.hold_back_waiting(conn, campaign_id, now)
+
+
+def _record_rollback(batches: Batches, c: campaigns.CampaignRow, clock: Callable[[], dt.datetime], size: int,
+                     result: RollbackResult, send: Callable[[store.ApplyBatchRow], Any]) -> int:
+    """The rollback through the settings service: batches of about `size` changes, each one transaction that
+    leaves those the person changed here and records the others (`undoing`) in requests of the definition's
+    batch; then each request is given to `send`. Returns the changes recorded."""
+    d = c.definition
+    per = d.apply.batch
+    after: int | None = None
+    recorded = 0
+    while True:
+        with batches() as conn:
+            ids = store.changed_ids(conn, c.id, after, _per_transaction(size, per))
+            if not ids:
+                break
+            now = clock()
+            left = store.mark_left_here(conn, c.id, d, ids[0], ids[-1], now)
+            gone = {r.id for r in left}
+            going = store.devices_of(conn, [i for i in ids if i not in gone])
+            outs = [store.record_batch(conn, c.id, d, store.ROLLBACK_OP, _key(c.slug, store.ROLLBACK_OP), now,
+                                       going[k:k + per]) for k in range(0, len(going), per)]
+        result.left += len(left)
+        room = max(LISTED - len(result.left_devices), 0)
+        result.left_devices.extend({"device_id": r.device_id, "account_id": r.account_id, "note": r.note}
+                                   for r in left[:room])
+        result.batches += 1
+        after = ids[-1]
+        for out in outs:
+            recorded += len(out.changes)
+            send(out)
+    return recorded

@@ -39,6 +39,16 @@ CAMPAIGN_STATES = (DRAFT, SCHEDULED, PAUSED, CANCELLED, DONE)
 CHANGED, HELD_BACK, WAITING, ROLLED_BACK, LEFT = "changed", "held_back", "waiting", "rolled_back", "left"
 CHANGE_STATES = (CHANGED, HELD_BACK, WAITING, ROLLED_BACK, LEFT)
 
+# With `[apply] kind = "http"` (SPEC G14) a change row also passes through these states, kept apart from
+# CHANGE_STATES (whose counts `status` and the HTML report show as they are): `applying`, the flip recorded and
+# sent (or about to be) to the settings service, not yet confirmed; `undoing`, the same for its rollback;
+# `unknown`, the service answered `unknown_device`: it does not know the device.
+APPLYING, UNDOING, UNKNOWN = "applying", "undoing", "unknown"
+APPLY_STATES = (APPLYING, UNDOING, UNKNOWN)
+# An apply batch: `waiting` until the service has answered for each of its changes (`done`); `paused` after a
+# 4xx for the whole batch, until a person fixes the cause and runs the flip (or rollback) again.
+BATCH_WAITING, BATCH_PAUSED, BATCH_DONE = "waiting", "paused", "done"
+
 
 def _ts(nullable: bool = False, index: bool = False) -> Any:
     return Field(default=None, sa_column=Column(UTCDateTime(), nullable=nullable, index=index))
@@ -214,7 +224,7 @@ class SettingChange(SQLModel, table=True):
     setting: str = Field(max_length=64)
     from_value: str = Field(max_length=128)
     to_value: str = Field(max_length=128)
-    state: str = Field(max_length=12)  # changed | held_back | waiting | rolled_back | left
+    state: str = Field(max_length=12)  # changed | held_back | waiting | rolled_back | left; APPLY_STATES
     actor: str = Field(default="", sa_column=Column(String(128), nullable=False, server_default=""))
     decided_at: dt.datetime = _ts()  # when the flip looked at this device
     notice_at: dt.datetime | None = _ts(nullable=True)  # the account's first delivered notice, as the flip saw it
@@ -222,6 +232,28 @@ class SettingChange(SQLModel, table=True):
     flipped_at: dt.datetime | None = _ts(nullable=True)
     rolled_back_at: dt.datetime | None = _ts(nullable=True)
     note: str | None = Field(default=None, max_length=1024)  # why held back, or why rollback left it
+
+
+class ApplyBatch(SQLModel, table=True):
+    """One batch of changes sent to the settings service (`[apply] kind = "http"`): recorded before it is
+    sent, and sent again with the same Idempotency-Key until the service has answered for every change."""
+
+    __tablename__ = "apply_batch"
+
+    id: int | None = Field(default=None, primary_key=True)
+    campaign_id: int = _fk("campaign.id")
+    operation: str = Field(max_length=16)  # flip | rollback
+    idempotency_key: str = Field(max_length=200, unique=True)
+    state: str = Field(default=BATCH_WAITING, max_length=12)  # waiting | paused | done
+    changes: int
+    # The change rows it carries (setting_change.id, a JSON list, in the order sent): kept here rather than as
+    # a column of the change rows, which recording a batch would then have to update one by one.
+    change_ids: str = Field(sa_column=Column(Text, nullable=False))
+    attempts: int = Field(default=0)  # requests sent for it, retries included
+    created_at: dt.datetime = _ts()
+    sent_at: dt.datetime | None = _ts(nullable=True)  # the last request
+    done_at: dt.datetime | None = _ts(nullable=True)
+    error: str | None = Field(default=None, max_length=1024)  # why it is paused, or the last failed attempt
 
 
 class AuditEvent(SQLModel, table=True):
@@ -286,3 +318,4 @@ CAMPAIGN, WAVE, DELIVERY, SUPPRESSION = _table(Campaign), _table(Wave), _table(D
 SETTING_CHANGE, AUDIT_EVENT, STEP = _table(SettingChange), _table(AuditEvent), _table(Step)
 BOUNCE = _table(Bounce)
 LEASE, WORKER = _table(Lease), _table(Worker)
+APPLY_BATCH = _table(ApplyBatch)

@@ -19,7 +19,19 @@ from sqlalchemy import Connection, Engine
 from campaign import approval, campaigns, db
 from campaign.addresses import normalize as normalize_address
 from campaign.errors import NotFound, UsageError
-from campaign.models import CHANGED, DELIVERY_STATES, HELD_BACK, LEFT, PENDING, ROLLED_BACK, WAITING
+from campaign.models import (
+    APPLY_STATES,
+    APPLYING,
+    CHANGED,
+    DELIVERY_STATES,
+    HELD_BACK,
+    LEFT,
+    PENDING,
+    ROLLED_BACK,
+    UNDOING,
+    UNKNOWN,
+    WAITING,
+)
 from campaign.store import audit, deliveries, evidence, steps
 from campaign.store import campaigns as campaign_store
 from campaign.store import changes as change_store
@@ -50,6 +62,8 @@ def status(conn: Connection, slug: str, now: dt.datetime | None = None) -> dict[
     flip_detail = {"waiting": waiting, "next_due": outlook.next_due.isoformat() if outlook.next_due else None,
                    "held_back": changes["held_back"], "held_back_why": outlook.held_back_why,
                    "rolled_back_at": c.rolled_back_at.isoformat() if c.rolled_back_at else None}
+    if c.definition.apply.http:
+        flip_detail["apply"] = _apply_status(conn, c, changes)
     return {"campaign": slug, "state": c.state, "cutoff": c.cutoff.isoformat(), "waves": waves,
             "flip": changes, "wave_detail": detail, "flip_detail": flip_detail,
             "next_step": _next_step(conn, c.id), "approval": _approval(conn, c)}
@@ -59,6 +73,17 @@ def _approval(conn: Connection, c: campaigns.CampaignRow) -> dict[str, Any]:
     """Who approved the definition, when, for which version and digest (`[approval]`), with a line in words."""
     s = approval.standing(conn, c)
     return {**s.as_json(), "words": s.words()}
+
+
+def _apply_status(conn: Connection, c: campaigns.CampaignRow, changes: dict[str, int]) -> dict[str, Any]:
+    """[apply] kind = "http": what the settings service applied and what waits for it (the apply states leave
+    the `flip` counts, which stay those of SPEC §6)."""
+    for state in APPLY_STATES:
+        changes.pop(state, None)
+    a = change_store.apply_state(conn, c.id)
+    return {"kind": "http", "url": c.definition.apply.url, "applied": changes[CHANGED], "waiting": a.waiting,
+            "undoing": a.undoing, "unknown_device": a.unknown, "batches_waiting": a.batches_waiting,
+            "paused": a.paused, "last_error": a.last_error}
 
 
 def _next_step(conn: Connection, campaign_id: int) -> dict[str, Any] | None:
@@ -341,6 +366,8 @@ def _device_line(dv: dict[str, Any], zone: ZoneInfo | dt.timezone) -> str:
         return f"switched {_when(dv['flipped_at'], zone)} by {dv['actor']}{told}"
     if state == ROLLED_BACK:
         return (f"switched {_when(dv['flipped_at'], zone)}, rolled back {_when(dv['rolled_back_at'], zone)}")
+    if state == LEFT and dv["flipped_at"] is None:  # the settings service reported the person's own value
+        return f"not switched: {dv['note']}"
     if state == LEFT:
         return f"switched {_when(dv['flipped_at'], zone)}; the rollback left it: {dv['note']}"
     if state == HELD_BACK:
@@ -348,6 +375,13 @@ def _device_line(dv: dict[str, Any], zone: ZoneInfo | dt.timezone) -> str:
     if state == WAITING:
         return (f"waiting for fair notice (first notice {_when(dv['notice_at'], zone)}) "
                 f"until {_when(dv['due_at'], zone)}")
+    if state == APPLYING:
+        return f"switch recorded {_when(dv['decided_at'], zone)}: waits for the settings service to apply it"
+    if state == UNDOING:
+        return (f"switched {_when(dv['flipped_at'], zone)}; rollback recorded: waits for the settings service "
+                "to apply it")
+    if state == UNKNOWN:
+        return "not switched: the settings service does not know this device"
     return str(dv["note"])
 
 

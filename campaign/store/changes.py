@@ -7,6 +7,11 @@ locked, so that an import racing with the flip cannot leave a change row without
 `apply` (one `UPDATE … FROM` that switches the devices decided `changed` and points each at its change).
 A rollback batch: `undo` (one `UPDATE … FROM … RETURNING` that puts `from` back where the device still
 holds `to` and still carries the change's id), then `mark_rolled_back` and `mark_left`.
+
+With `[apply] kind = "http"` the settings service holds the setting: a flip batch's devices are decided
+`applying` (not yet `changed`) and recorded in an `apply_batch` with its Idempotency-Key before anything is
+sent; `settle` writes what the service answered (and the local copy it reported); a rollback batch marks its
+changes `undoing` the same way.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import (
@@ -39,6 +44,11 @@ from sqlalchemy import (
 
 from campaign.definition import Definition
 from campaign.models import (
+    APPLY_BATCH,
+    APPLYING,
+    BATCH_DONE,
+    BATCH_PAUSED,
+    BATCH_WAITING,
     CAMPAIGN,
     CHANGED,
     DELIVERY,
@@ -49,16 +59,20 @@ from campaign.models import (
     ROLLED_BACK,
     SENT,
     SETTING_CHANGE,
+    UNDOING,
+    UNKNOWN,
     WAITING,
     WAVE,
 )
 from campaign.store._upsert import insert as upsert_insert
 from campaign.store.audience import affected
 
-C, D, S, SC, DL, W = CAMPAIGN, DEVICE, DEVICE_SETTING, SETTING_CHANGE, DELIVERY, WAVE
+C, D, S, SC, DL, W, AB = CAMPAIGN, DEVICE, DEVICE_SETTING, SETTING_CHANGE, DELIVERY, WAVE, APPLY_BATCH
 OPEN = (HELD_BACK, WAITING)  # decided again by every flip run; the other states are final
 HELD_NOTE = "no delivered notice (require_notice): `flip --include-unnotified` flips it anyway"
 WAITING_NOTE = "fair notice: first delivered notice came less than min_notice before the flip"
+APPLYING_NOTE = "recorded: waits for the settings service to apply it"
+UNDOING_NOTE = "rollback recorded: waits for the settings service to apply it"
 
 
 def _in(conn: Connection, column: Any, values: Sequence[Any], type_: Any) -> ColumnElement[bool]:
@@ -153,11 +167,12 @@ def _notice_at(plan: Plan) -> Any:
             .scalar_subquery())
 
 
-def decide(conn: Connection, plan: Plan, batch: Batch, now: dt.datetime) -> list[tuple[str, str]]:
-    """Write the change rows of the batch: `changed`, `held_back` (no
-    delivered notice, when required) or `waiting` (fair notice: the first notice came later than
-    `now - min_notice`). A row held back or waiting from an earlier run is decided again; one decided for
-    good is not touched. Returns (device_id, state) of each row written."""
+def decide(conn: Connection, plan: Plan, batch: Batch, now: dt.datetime,
+           go: str = CHANGED) -> list[tuple[str, str, int]]:
+    """Write the change rows of the batch: `go` (`changed`; `applying` when a settings service applies it),
+    `held_back` (no delivered notice, when required) or `waiting` (fair notice: the first notice came later
+    than `now - min_notice`). A row held back or waiting from an earlier run is decided again; one decided for
+    good is not touched. Returns (device_id, state, change id) of each row written."""
     d = plan.definition
     inner = (affected(d, S.c.device_id, D.c.account_id, _notice_at(plan).label("notice_at"))
              .where(S.c.device_id >= batch.first, S.c.device_id <= batch.last, D.c.id >= batch.first,
@@ -172,13 +187,15 @@ def decide(conn: Connection, plan: Plan, batch: Batch, now: dt.datetime) -> list
     if d.min_notice is not None:
         whens.append((and_(sub.c.notice_at.is_not(None), sub.c.notice_at > literal(now - d.min_notice, ts)),
                       WAITING))
-    state: Any = case(*whens, else_=literal(CHANGED)) if whens else literal(CHANGED)
+    state: Any = case(*whens, else_=literal(go)) if whens else literal(go)
     notes: list[tuple[ColumnElement[bool], str]] = [(state == HELD_BACK, HELD_NOTE), (state == WAITING, WAITING_NOTE)]
+    if go == APPLYING:
+        notes.append((state == APPLYING, APPLYING_NOTE))
     src = select(
         literal(plan.campaign_id), sub.c.device_id, sub.c.account_id, literal(d.setting), literal(d.from_value),
         literal(d.to_value), state, literal(plan.actor), literal(now, ts), sub.c.notice_at,
         case((state == CHANGED, literal(now, ts)), else_=null()),
-        case(*notes, else_=null()) if whens else null(),
+        case(*notes, else_=null()) if whens or go != CHANGED else null(),
     ).where(true())  # SQLite needs a WHERE to parse INSERT … SELECT … ON CONFLICT
     ins = upsert_insert(conn, SC).from_select(
         ["campaign_id", "device_id", "account_id", "setting", "from_value", "to_value", "state", "actor",
@@ -192,7 +209,7 @@ def decide(conn: Connection, plan: Plan, batch: Batch, now: dt.datetime) -> list
               "note": x.note},
         # decided again only when the decision differs (a second run changes nothing)
         where=and_(SC.c.state.in_(OPEN), or_(SC.c.state != x.state, SC.c.notice_at.is_distinct_from(x.notice_at))))
-    return [(r[0], r[1]) for r in conn.execute(stmt.returning(SC.c.device_id, SC.c.state)).all()]
+    return [(r[0], r[1], r[2]) for r in conn.execute(stmt.returning(SC.c.device_id, SC.c.state, SC.c.id)).all()]
 
 
 def set_due(conn: Connection, campaign_id: int, device_ids: Sequence[str], min_notice: dt.timedelta) -> None:
@@ -262,6 +279,194 @@ def mark_left(conn: Connection, campaign_id: int, d: Definition, lo: int, hi: in
     stmt = (update(SC).where(SC.c.campaign_id == campaign_id, SC.c.state == CHANGED, SC.c.id >= lo, SC.c.id <= hi)
             .values(state=LEFT, note=note).returning(SC.c.device_id, SC.c.account_id, SC.c.note))
     return list(conn.execute(stmt))
+
+
+def mark_left_here(conn: Connection, campaign_id: int, d: Definition, lo: int, hi: int,
+                   now: dt.datetime) -> list[Row[Any]]:
+    """For a rollback through the settings service: mark `left` the changes `lo`..`hi` still `changed` whose
+    local copy says that the person changed the device since (it no longer holds `to` with the change's id),
+    with what it holds now; those are not sent. Returns (device_id, account_id, note, id) of each."""
+    ours = (select(S.c.device_id).where(S.c.device_id == SC.c.device_id, S.c.key == d.setting,
+                                        S.c.value == d.to_value, S.c.change_id == SC.c.id).exists())
+    current = select(S.c.value).where(S.c.device_id == SC.c.device_id, S.c.key == d.setting).scalar_subquery()
+    note = case(
+        (current.is_(None), literal("left: the device no longer has this setting")),
+        (current == d.to_value, literal(f"left: its owner set {d.to_value!r} themselves since the flip")),
+        else_=literal("left: its owner changed it since the flip (now '") + current + literal("')"))
+    stmt = (update(SC).where(SC.c.campaign_id == campaign_id, SC.c.state == CHANGED, SC.c.id >= lo, SC.c.id <= hi,
+                             ~ours)
+            .values(state=LEFT, note=note).returning(SC.c.device_id, SC.c.account_id, SC.c.note, SC.c.id))
+    return list(conn.execute(stmt))
+
+
+# -- applying through the settings service ([apply] kind = "http") ----------------------------------
+
+FLIP_OP, ROLLBACK_OP = "flip", "rollback"
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One change as it goes to the settings service."""
+
+    change_id: int  # the change row
+    device_id: str
+    expect: str  # the value the device must hold now
+    value: str  # the value to set
+
+
+@dataclass(frozen=True)
+class ApplyBatchRow:
+    """A recorded batch: its Idempotency-Key and its changes, in change id order (the same body every time)."""
+
+    id: int
+    operation: str
+    key: str
+    state: str
+    attempts: int
+    changes: list[Outgoing]
+
+
+def record_batch(conn: Connection, campaign_id: int, d: Definition, operation: str, key: str, now: dt.datetime,
+                 changes: Sequence[tuple[int, str]]) -> ApplyBatchRow:
+    """Record a batch before it is sent: its Idempotency-Key `key` and its `changes` (change id, device id),
+    just decided `applying` (flip) or still `changed` (rollback: marked `undoing` here)."""
+    ordered = sorted(changes)
+    ids = [i for i, _device in ordered]
+    batch_id = int(conn.execute(AB.insert().values(
+        campaign_id=campaign_id, operation=operation, idempotency_key=key, state=BATCH_WAITING,
+        changes=len(ids), change_ids=json.dumps(ids), attempts=0, created_at=now).returning(AB.c.id)).scalar_one())
+    if operation == FLIP_OP:
+        expect, value = d.from_value, d.to_value
+    else:
+        # By the change rows' ids (their primary key): PostgreSQL's planner, which may see the table as it was
+        # before the run began, would otherwise scan the campaign's rows.
+        conn.execute(update(SC).where(_in(conn, SC.c.id, ids, BigInteger), SC.c.state == CHANGED)
+                     .values(state=UNDOING, note=UNDOING_NOTE))
+        expect, value = d.to_value, d.from_value
+    return ApplyBatchRow(batch_id, operation, key, BATCH_WAITING, 0,
+                         [Outgoing(i, device, expect, value) for i, device in ordered])
+
+
+def devices_of(conn: Connection, change_ids: Sequence[int]) -> list[tuple[int, str]]:
+    """(change id, device id) of these change rows, by change id."""
+    if not change_ids:
+        return []
+    return sorted((int(i), str(device)) for i, device in conn.execute(
+        select(SC.c.id, SC.c.device_id).where(_in(conn, SC.c.id, change_ids, BigInteger))))
+
+
+def unsettled_batches(conn: Connection, campaign_id: int, d: Definition, operation: str) -> list[ApplyBatchRow]:
+    """The campaign's batches of `operation` that the service has not answered for yet (waiting or paused), in
+    the order they were recorded, each with its changes as first sent."""
+    expect, value = (d.from_value, d.to_value) if operation == FLIP_OP else (d.to_value, d.from_value)
+    out = []
+    for b in conn.execute(select(AB.c.id, AB.c.idempotency_key, AB.c.state, AB.c.attempts, AB.c.change_ids).where(
+            AB.c.campaign_id == campaign_id, AB.c.operation == operation, AB.c.state != BATCH_DONE)
+            .order_by(AB.c.id)).all():
+        changes = devices_of(conn, json.loads(b.change_ids))
+        out.append(ApplyBatchRow(int(b.id), operation, b.idempotency_key, b.state, int(b.attempts),
+                                 [Outgoing(i, device, expect, value) for i, device in changes]))
+    return out
+
+
+def batch_failed(conn: Connection, batch_id: int, attempts: int, now: dt.datetime, error: str,
+                 paused: bool) -> None:
+    """Record attempts that got no usable answer: the batch stays waiting (or is paused) with why."""
+    conn.execute(update(AB).where(AB.c.id == batch_id, AB.c.state != BATCH_DONE).values(
+        attempts=AB.c.attempts + attempts, sent_at=now, error=error[:1024],
+        state=BATCH_PAUSED if paused else BATCH_WAITING))
+
+
+@dataclass
+class Settled:
+    """What the service's answer to one batch did here."""
+
+    applied: int = 0
+    left: list[Row[Any]] = field(default_factory=list)  # (device_id, account_id, note) of each change left
+    unknown: list[Row[Any]] = field(default_factory=list)  # the same, of each device the service did not know
+
+
+def settle(conn: Connection, campaign_id: int, d: Definition, batch: ApplyBatchRow,
+           answers: dict[int, tuple[str, str | None]], attempts: int, now: dt.datetime) -> Settled:
+    """Write the service's answer for each change of `batch` (change id → (status, the value the device holds
+    now)): `applied` — the change is `changed` (flip) or `rolled_back`, and the local copy takes the value;
+    `conflict` — the change is `left`, with what the device holds there, and the local copy takes that value
+    as the person's own; `unknown_device` — the change is `unknown` (flip) or `left` (rollback). Then the
+    batch is done. Only changes still waiting are written, so a batch settled twice changes nothing more."""
+    flip = batch.operation == FLIP_OP
+    waiting = APPLYING if flip else UNDOING
+    done = Settled()
+    groups: dict[tuple[str, str | None], list[int]] = {}
+    for change_id, answer in answers.items():
+        groups.setdefault(answer, []).append(change_id)
+    where = (SC.c.state == waiting,)  # by primary key (see record_batch); the ids are this campaign's
+    for (status, value), ids in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
+        mine = _in(conn, SC.c.id, ids, BigInteger)
+        if status == "applied":
+            values: dict[str, Any] = {"state": CHANGED, "flipped_at": now, "note": None} if flip else \
+                {"state": ROLLED_BACK, "rolled_back_at": now, "note": None}
+            devices = [r[0] for r in conn.execute(update(SC).where(*where, mine).values(**values)
+                                                  .returning(SC.c.device_id))]
+            done.applied += len(devices)
+            if devices:
+                _local_copy(conn, campaign_id, d, devices, value if value is not None else
+                            (d.to_value if flip else d.from_value), now, ours=True)
+        elif status == "conflict":
+            held = "nothing" if value is None else repr(value)
+            note = (f"left: the settings service holds {held}, not {d.from_value!r}: its owner changed it there"
+                    if flip else f"left: its owner changed it at the settings service since the flip (it holds "
+                                 f"{held})")
+            rows = list(conn.execute(update(SC).where(*where, mine).values(state=LEFT, note=note)
+                                     .returning(SC.c.device_id, SC.c.account_id, SC.c.note)))
+            done.left.extend(rows)
+            if rows and value is not None:
+                _local_copy(conn, campaign_id, d, [r[0] for r in rows], value, now, ours=False)
+        else:  # unknown_device
+            note = ("the settings service does not know this device (unknown_device): not switched" if flip
+                    else "left: the settings service no longer knows this device (unknown_device)")
+            rows = list(conn.execute(update(SC).where(*where, mine).values(state=UNKNOWN if flip else LEFT,
+                                                                           note=note)
+                                     .returning(SC.c.device_id, SC.c.account_id, SC.c.note)))
+            done.unknown.extend(rows)
+    conn.execute(update(AB).where(AB.c.id == batch.id).values(
+        state=BATCH_DONE, attempts=AB.c.attempts + attempts, sent_at=now, done_at=now, error=None))
+    return done
+
+
+def _local_copy(conn: Connection, campaign_id: int, d: Definition, device_ids: Sequence[str], value: str,
+                now: dt.datetime, ours: bool) -> None:
+    """The local copy of the devices' setting takes the value the service holds: written by this campaign's
+    change (`ours`: the device points at it, as a local flip leaves it), or the person's own (no change id)."""
+    stmt = update(S).where(_in(conn, S.c.device_id, device_ids, String), S.c.key == d.setting)
+    if ours:
+        change = (select(SC.c.id).where(SC.c.campaign_id == campaign_id, SC.c.device_id == S.c.device_id)
+                  .scalar_subquery())
+        conn.execute(stmt.values(value=value, changed_at=now, change_id=change))
+    else:  # a value it holds already keeps its time
+        conn.execute(stmt.where(S.c.value != value).values(value=value, changed_at=now, change_id=None))
+
+
+@dataclass(frozen=True)
+class ApplyState:
+    """Where the campaign's changes stand with the settings service."""
+
+    waiting: int  # flip changes recorded and not yet answered for
+    undoing: int  # rollback changes recorded and not yet answered for
+    unknown: int  # devices the service did not know
+    batches_waiting: int
+    paused: str | None  # why the last paused batch is paused
+    last_error: str | None  # the last failed attempt of a batch still waiting
+
+
+def apply_state(conn: Connection, campaign_id: int) -> ApplyState:
+    counts = {str(state): int(n) for state, n in conn.execute(select(SC.c.state, func.count()).where(
+        SC.c.campaign_id == campaign_id, SC.c.state.in_((APPLYING, UNDOING, UNKNOWN))).group_by(SC.c.state))}
+    batches = conn.execute(select(AB.c.state, AB.c.error).where(
+        AB.c.campaign_id == campaign_id, AB.c.state != BATCH_DONE).order_by(AB.c.id)).all()
+    paused = [b.error for b in batches if b.state == BATCH_PAUSED]
+    errors = [b.error for b in batches if b.state == BATCH_WAITING and b.error]
+    return ApplyState(int(counts.get(APPLYING, 0)), int(counts.get(UNDOING, 0)), int(counts.get(UNKNOWN, 0)),
+                      len(batches), paused[-1] if paused else None, errors[-1] if errors else None)
 
 
 # -- what a flip or rollback reports -----------------------------------------------------------------

@@ -1,7 +1,7 @@
 """returned mail: bounces, delays and complaints taken in later
 
 Revision ID: 0005_bounces
-Revises: 0003
+Revises: 0004_apply
 Create Date: 2026-11-29 22:05:00
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from alembic import op
 import campaign.db
 
 revision: str = '0005_bounces'
-down_revision: str | None = '0003'
+down_revision: str | None = '0004_apply'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

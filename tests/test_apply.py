@@ -1,0 +1,447 @@
+"""The flip and the rollback through the settings service (`[apply] kind = "http"`, G14), on SQLite and PostgreSQL,
+against a real HTTP settings service on loopback (tests/settingsd.py): every change is recorded here before it
+is sent; a 503, a hang past the timeout and a refused connection are tried again under the same Idempotency-Key;
+a 4xx pauses the flip with its reason until it is run again; a conflict leaves the device and takes the service's
+value into the local copy; a device counts as switched only once the service applied it; `kill -9` in the
+middle of an apply, then a re-run, leaves every device applied exactly once at the service."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, text
+
+from campaign import apply, flip
+from campaign.definition import parse_definition
+from campaign.errors import ConfigError, InputError
+from tests.conftest import ROOT, CliRun, table_counts
+from tests.settingsd import TOKEN, SettingsService, settingsd  # noqa: F401  (the fixture)
+from tests.test_flip import FROM, OTHERS, SLUG, TO, accounts_csv, changes, definition, devices_csv, settings
+
+N = 40
+SETTING = "voice_recordings"
+AFTER = dt.datetime(2025, 3, 28, 7, 5, tzinfo=dt.UTC)
+FAST = apply.Retry(attempts=4, base=0.01, cap=0.05)  # in-process runs: retries without the real waits
+
+
+def apply_section(url: str, batch: int = 16, timeout: float = 5.0, extra: str = "") -> str:
+    return f'\n[apply]\nkind = "http"\nurl = "{url}"\nbatch = {batch}\ntimeout_seconds = {timeout}\n{extra}'
+
+
+@pytest.fixture
+def setup(run_cli: CliRun, write_file: Callable[..., Path], tmp_path: Path,
+          settingsd: SettingsService) -> Callable[..., None]:  # noqa: F811
+    """Accounts, devices and the campaign (require_notice = false) applied through `settingsd`, which holds the
+    same devices with the same values (the local copy is a copy of it)."""
+
+    def make(n: int = N, batch: int = 16, timeout: float = 5.0, url: str | None = None) -> None:
+        assert run_cli("import", "accounts", str(write_file("a.csv", accounts_csv(n)))).exit_code == 0
+        assert run_cli("import", "devices", str(write_file("d.csv", devices_csv(n, OTHERS)))).exit_code == 0
+        path = definition(tmp_path, "require_notice = false")
+        path.write_text(path.read_text(encoding="utf-8") + apply_section(url or settingsd.url, batch, timeout),
+                        encoding="utf-8")
+        result = run_cli("create", str(path))
+        assert result.exit_code == 0, result.output
+        for i in range(n):
+            settingsd.hold(f"d{i:05d}", SETTING, FROM)
+        settingsd.hold("x00001", SETTING, "save_all")
+
+    return make
+
+
+@pytest.fixture
+def token(monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("CAMPAIGN_APPLY_TOKEN", TOKEN)
+    return TOKEN
+
+
+def devices(n: int = N) -> list[str]:
+    return [f"d{i:05d}" for i in range(n)]
+
+
+def audit_text(engine: Engine) -> str:
+    with engine.connect() as conn:
+        return "\n".join(r[0] for r in conn.execute(text("SELECT detail FROM audit_event")))
+
+
+def batches(engine: Engine) -> list[dict[str, object]]:
+    with engine.connect() as conn:
+        return [dict(r) for r in conn.execute(text("SELECT * FROM apply_batch ORDER BY id")).mappings()]
+
+
+def test_happy_path(run_cli: CliRun, engine: Engine, setup: Callable[..., None], settingsd: SettingsService,  # noqa: F811
+                    db_url: str) -> None:
+    setup()
+    env = {"CAMPAIGN_APPLY_TOKEN": TOKEN}
+    # The dry run says what would go, sends nothing and writes nothing.
+    before = table_counts(engine)
+    dry = run_cli("flip", SLUG, "--before-cutoff", "--dry-run", "--json", env=env)
+    assert dry.exit_code == 0, dry.output
+    would = json.loads(dry.stdout)
+    # one transaction (--batch-size 5000) of three requests ([apply] batch = 16)
+    assert (would["changed"], would["apply"]["sent"], would["apply"]["batches"], would["batches"]) == (N, N, 3, 1)
+    assert would["apply"]["waiting"] == N and would["total_changed"] == 0
+    assert settingsd.requests == [] and table_counts(engine) == before
+    text_dry = run_cli("flip", SLUG, "--before-cutoff", "--dry-run")  # no token needed to look
+    assert text_dry.exit_code == 0 and f"would send {N} change(s) to the settings service in 3 batch(es)" in \
+        text_dry.output
+
+    result = run_cli("flip", SLUG, "--before-cutoff", "--json", env=env)
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert (out["changed"], out["total_changed"], out["batches"]) == (N, N, 1)
+    a = out["apply"]
+    assert (a["sent"], a["batches"], a["applied"], a["left"], a["unknown_device"], a["retries"], a["waiting"],
+            a["paused"]) == (N, 3, N, 0, 0, 0, 0, None)
+    # The service got three batches of the contract: each with its own key, the token, JSON, every change once.
+    assert [r.answered for r in settingsd.requests] == ["200"] * 3
+    assert all(r.authorization_ok and r.content_type == "application/json" for r in settingsd.requests)
+    keys = settingsd.keys()
+    assert len(set(keys)) == 3 and all(k and k.startswith(f"{SLUG}:flip:") for k in keys)
+    body = settingsd.bodies[0]
+    assert body["campaign"] == SLUG and body["operation"] == "flip" and len(body["changes"]) == 16
+    rows = changes(engine)
+    first = body["changes"][0]
+    assert first == {"change_id": str(rows["d00000"]["id"]), "device_id": "d00000", "setting": SETTING,
+                     "expect": FROM, "value": TO}
+    assert sorted(settingsd.applications.values()) == [1] * N
+    assert all(settingsd.value(d, SETTING) == TO for d in devices())
+    assert settingsd.value("x00001", SETTING) == "save_all"  # never sent: not affected
+    # Here: every change row `changed`, the local copy switched and pointing at its change, the batches done.
+    now = settings(engine)
+    assert all(r["state"] == "changed" and r["flipped_at"] is not None and now[d] == (TO, r["id"])
+               for d, r in rows.items())
+    assert [(b["state"], b["changes"], b["attempts"]) for b in batches(engine)] == [("done", 16, 1), ("done", 16, 1),
+                                                                                    ("done", 8, 1)]
+    status = json.loads(run_cli("status", SLUG, "--json").stdout)
+    assert status["flip"] == {"changed": N, "held_back": 0, "rolled_back": 0, "left": 0}
+    assert status["flip_detail"]["apply"] == {
+        "kind": "http", "url": settingsd.url, "applied": N, "waiting": 0, "undoing": 0, "unknown_device": 0,
+        "batches_waiting": 0, "paused": None, "last_error": None}
+    assert f"apply          {settingsd.url}: applied {N}, waiting 0" in run_cli("status", SLUG).output
+    # A second run sends nothing. The token was never printed nor stored.
+    again = json.loads(run_cli("flip", SLUG, "--json", env=env).stdout)
+    assert (again["changed"], again["apply"]["sent"], len(settingsd.requests)) == (0, 0, 3)
+    assert TOKEN not in result.output + dry.output + audit_text(engine)
+    if db_url.startswith("sqlite:///"):
+        assert TOKEN.encode() not in Path(db_url.removeprefix("sqlite:///")).read_bytes()
+
+
+def test_503_then_success_under_the_same_key(engine: Engine, setup: Callable[..., None],
+                                             settingsd: SettingsService, token: str) -> None:  # noqa: F811
+    setup()
+    settingsd.script("503", "503")
+    waits: list[float] = []
+    result = flip.flip(engine, SLUG, "ops", now=AFTER, retry=FAST, sleep=waits.append)
+    assert result.apply is not None
+    assert (result.changed, result.apply["retries"], result.apply["batches"]) == (N, 2, 3)
+    assert [r.answered for r in settingsd.requests] == ["503", "503", "200", "200", "200"]
+    keys = settingsd.keys()
+    assert keys[0] == keys[1] == keys[2] and len(set(keys)) == 3  # the same batch went again under its key
+    assert settingsd.bodies[0] == settingsd.bodies[2]
+    assert len(waits) == 2 and waits[1] > waits[0] > 0  # backoff
+    assert sorted(settingsd.applications.values()) == [1] * N
+    assert batches(engine)[0]["attempts"] == 3
+
+
+def test_hang_past_the_timeout_then_retry(engine: Engine, setup: Callable[..., None],
+                                          settingsd: SettingsService, token: str) -> None:  # noqa: F811
+    setup(timeout=0.5)
+    # The first batch is applied at the service, but its answer never comes: the retry must not apply it again.
+    settingsd.script("apply_then_hang", "hang")
+    started = time.monotonic()
+    result = flip.flip(engine, SLUG, "ops", now=AFTER, retry=FAST, sleep=lambda _s: None)
+    assert time.monotonic() - started >= 1.0  # two timeouts of 0.5 s
+    assert result.apply is not None and result.apply["retries"] == 2 and result.changed == N
+    assert [r.answered for r in settingsd.requests][:3] == ["apply_then_hang", "hang", "200 replay"]
+    assert settingsd.keys()[0] == settingsd.keys()[1] == settingsd.keys()[2]
+    assert sorted(settingsd.applications.values()) == [1] * N
+    assert all(r["state"] == "changed" for r in changes(engine).values())
+
+
+def test_refused_connection_is_retried_then_waits_for_the_next_run(
+        engine: Engine, setup: Callable[..., None], settingsd: SettingsService, token: str,  # noqa: F811
+        run_cli: CliRun) -> None:
+    # A port nothing listens on: every try is refused; the run stops, the first batch waits, recorded.
+    probe = SettingsService().start()
+    dead = probe.url
+    probe.stop()
+    setup(url=dead)
+    waits: list[float] = []
+    result = flip.flip(engine, SLUG, "ops", now=AFTER, retry=FAST, sleep=waits.append)
+    assert result.apply is not None and result.changed == 0 and len(waits) == FAST.attempts - 1
+    assert result.apply["unavailable"] and "connection failed" in result.apply["unavailable"]
+    assert result.apply["waiting"] == N and result.apply["paused"] is None  # the transaction's three requests
+    rows = changes(engine)
+    assert sorted(d for d, r in rows.items() if r["state"] == "applying") == devices()
+    assert all(settings(engine)[d] == (FROM, None) for d in devices())  # nothing counts as switched
+    first, *rest = batches(engine)
+    assert (first["state"], first["attempts"]) == ("waiting", FAST.attempts)
+    assert "connection failed" in str(first["error"])
+    assert [(b["state"], b["attempts"]) for b in rest] == [("waiting", 0)] * 2  # recorded, never sent
+    status = json.loads(run_cli("status", SLUG, "--json").stdout)["flip_detail"]["apply"]
+    assert (status["waiting"], status["batches_waiting"], status["applied"]) == (N, 3, 0)
+    assert "connection failed" in status["last_error"]
+
+
+def test_conflict_leaves_the_device_and_unknown_device_is_reported(
+        run_cli: CliRun, engine: Engine, setup: Callable[..., None], settingsd: SettingsService) -> None:  # noqa: F811
+    setup()
+    settingsd.hold("d00003", SETTING, "save_all")  # its owner changed it at the service; our copy does not know
+    del settingsd.devices["d00005"]  # the service does not know this one
+    result = run_cli("flip", SLUG, "--before-cutoff", env={"CAMPAIGN_APPLY_TOKEN": TOKEN})
+    assert result.exit_code == 0, result.output
+    assert f"applied {N - 2}, left 1, unknown device 1; {N - 2} switched in all" in result.output
+    assert "d00003  account a00003  left: the settings service holds 'save_all'" in result.output
+    assert "unknown to the settings service: 1 device(s)" in result.output and "d00005" in result.output
+    rows = changes(engine)
+    now = settings(engine)
+    assert rows["d00003"]["state"] == "left" and "save_all" in str(rows["d00003"]["note"])
+    assert rows["d00003"]["flipped_at"] is None
+    assert now["d00003"] == ("save_all", None)  # the local copy takes the service's value, as the person's own
+    assert rows["d00005"]["state"] == "unknown" and now["d00005"] == (FROM, None)
+    assert settingsd.value("d00003", SETTING) == "save_all"  # left alone there
+    assert sum(1 for r in rows.values() if r["state"] == "changed") == N - 2
+    status = json.loads(run_cli("status", SLUG, "--json").stdout)
+    assert status["flip"] == {"changed": N - 2, "held_back": 0, "rolled_back": 0, "left": 1}
+    assert status["flip_detail"]["apply"]["unknown_device"] == 1
+    # The report shows each device's state; one person's story says why.
+    report = [json.loads(line) for line in run_cli("report", SLUG, "--format", "jsonl").stdout.splitlines()]
+    states = {d["device_id"]: d["state"] for r in report for d in r["devices"]}
+    assert states["d00003"] == "left" and states["d00005"] == "unknown" and states["d00000"] == "changed"
+    story = run_cli("report", SLUG, "--account", "a00005").output
+    assert "the settings service does not know this device" in story
+    story = run_cli("report", SLUG, "--account", "a00003").output
+    assert "not switched: left: the settings service holds 'save_all'" in story
+    # A second run sends neither again.
+    again = json.loads(run_cli("flip", SLUG, "--json", env={"CAMPAIGN_APPLY_TOKEN": TOKEN}).stdout)
+    assert again["apply"]["sent"] == 0 and len(settingsd.requests) == 3
+
+
+def test_4xx_pauses_the_flip_with_its_reason_until_run_again(
+        run_cli: CliRun, engine: Engine, setup: Callable[..., None], settingsd: SettingsService) -> None:  # noqa: F811
+    setup()
+    # No token: refused before anything is recorded or sent.
+    missing = run_cli("flip", SLUG, "--before-cutoff", env={"CAMPAIGN_APPLY_TOKEN": ""})
+    assert missing.exit_code == 2 and "CAMPAIGN_APPLY_TOKEN" in missing.stderr
+    assert changes(engine) == {} and settingsd.requests == []
+    # A wrong token: the service answers 401 for the whole batch; the flip pauses with the reason.
+    wrong = "not-the-token-42"
+    paused = run_cli("flip", SLUG, "--before-cutoff", env={"CAMPAIGN_APPLY_TOKEN": wrong})
+    assert paused.exit_code == 1
+    assert "paused" in paused.stderr and "HTTP 401" in paused.stderr
+    assert "the bearer token is not valid for this service" in paused.stderr
+    assert f"{N} change(s) wait for the settings service" in paused.stderr
+    assert "run `campaign flip voice-local-processing` again" in paused.stderr
+    assert [r.answered for r in settingsd.requests] == ["401"]  # not retried: a person must look
+    rows = changes(engine)
+    assert sorted(d for d, r in rows.items() if r["state"] == "applying") == devices()
+    assert all(r["flipped_at"] is None for r in rows.values())
+    assert all(settings(engine)[d] == (FROM, None) for d in devices())
+    assert [b["state"] for b in batches(engine)] == ["paused", "waiting", "waiting"]
+    assert "HTTP 401" in str(batches(engine)[0]["error"])
+    status = run_cli("status", SLUG, "--json")
+    a = json.loads(status.stdout)["flip_detail"]["apply"]
+    assert (a["waiting"], a["applied"]) == (N, 0) and "HTTP 401" in a["paused"]
+    assert "paused: the settings service refused batch" in run_cli("status", SLUG).output
+    story = run_cli("report", SLUG, "--account", "a00000").output
+    assert "waits for the settings service to apply it" in story
+    assert wrong not in paused.output + paused.stderr + audit_text(engine)
+    # Fixed: the next run sends the paused batch again under its key, then the rest.
+    resumed = run_cli("flip", SLUG, "--json", env={"CAMPAIGN_APPLY_TOKEN": TOKEN})
+    assert resumed.exit_code == 0, resumed.output
+    out = json.loads(resumed.stdout)
+    assert (out["changed"], out["apply"]["resent_batches"], out["apply"]["waiting"]) == (N, 3, 0)
+    assert settingsd.keys()[1] == settingsd.keys()[0]
+    assert sorted(settingsd.applications.values()) == [1] * N
+    assert all(r["state"] == "changed" for r in changes(engine).values())
+
+
+def test_rollback_through_the_service(run_cli: CliRun, engine: Engine, setup: Callable[..., None],
+                                      settingsd: SettingsService, write_file: Callable[..., Path]) -> None:  # noqa: F811
+    setup()
+    env = {"CAMPAIGN_APPLY_TOKEN": TOKEN}
+    assert run_cli("flip", SLUG, "--before-cutoff", env=env).exit_code == 0
+    # d00001: its owner changed it, and our copy knows (an import); d00002: changed at the service only.
+    header = "device_id,account_id,name,model,voice_recordings\n"
+    assert run_cli("import", "devices", str(write_file("o.csv", header + "d00001,a00001,Room 1,Echo Show 10,"
+                                                       "save_all\n"))).exit_code == 0
+    settingsd.hold("d00001", SETTING, "save_all")
+    settingsd.hold("d00002", SETTING, "save_all")
+    before = table_counts(engine)
+    dry = run_cli("rollback", SLUG, "--dry-run", "--json", env=env)
+    assert dry.exit_code == 0, dry.output
+    would = json.loads(dry.stdout)
+    assert (would["rolled_back"], would["left"], would["apply"]["sent"]) == (N - 1, 1, N - 1)
+    assert table_counts(engine) == before and len(settingsd.requests) == 3
+    result = run_cli("rollback", SLUG, "--json", env=env)
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert (out["rolled_back"], out["left"], out["total_rolled_back"], out["total_left"]) == (N - 2, 2, N - 2, 2)
+    assert sorted(r["device_id"] for r in out["left_devices"]) == ["d00001", "d00002"]
+    sent = [c for b in settingsd.bodies[3:] for c in b["changes"]]
+    assert all(b["operation"] == "rollback" for b in settingsd.bodies[3:])
+    assert "d00001" not in {c["device_id"] for c in sent}  # known here as the person's: never sent
+    rows = changes(engine)
+    assert {c["change_id"] for c in sent} == {f"{r['id']}-rollback" for d, r in rows.items() if d != "d00001"}
+    assert all((c["expect"], c["value"]) == (TO, FROM) for c in sent)
+    # The service applied each rollback once; the person's value stays there and here.
+    rollbacks = {k: v for k, v in settingsd.applications.items() if k.endswith("-rollback")}
+    assert sorted(rollbacks.values()) == [1] * (N - 2)
+    assert settingsd.value("d00002", SETTING) == "save_all" and settingsd.value("d00000", SETTING) == FROM
+    now = settings(engine)
+    assert rows["d00002"]["state"] == "left" and now["d00002"] == ("save_all", None)
+    assert rows["d00001"]["state"] == "left" and now["d00001"] == ("save_all", None)
+    for d in devices():
+        if d not in ("d00001", "d00002"):
+            assert rows[d]["state"] == "rolled_back" and rows[d]["rolled_back_at"] is not None
+            assert now[d][0] == FROM
+    assert run_cli("flip", SLUG, env=env).exit_code == 1  # refuses after a rollback
+    again = json.loads(run_cli("rollback", SLUG, "--json", env=env).stdout)
+    assert (again["rolled_back"], again["apply"]["sent"]) == (0, 0)
+
+
+def test_rollback_settles_the_flips_waiting_batches_first(
+        engine: Engine, setup: Callable[..., None], settingsd: SettingsService, token: str) -> None:  # noqa: F811
+    setup()
+    settingsd.script("401")
+    paused = flip.flip(engine, SLUG, "ops", now=AFTER, retry=FAST, sleep=lambda _s: None)
+    assert paused.apply is not None and paused.apply["paused"] and paused.apply["waiting"] == N
+    # The rollback asks the service about the flip's batches first (applied now), then rolls all back.
+    result = flip.rollback(engine, SLUG, "ops", now=AFTER, retry=FAST, sleep=lambda _s: None)
+    assert result.apply is not None and result.apply["resent_batches"] == 3
+    assert (result.rolled_back, result.left) == (N, 0)
+    assert settingsd.keys()[1] == settingsd.keys()[0]
+    assert all(settingsd.value(d, SETTING) == FROM for d in devices())
+    rows = changes(engine)
+    assert sorted(d for d, r in rows.items() if r["state"] == "rolled_back") == devices()
+    assert all(r["state"] != "applying" for r in rows.values())
+
+
+def test_kill_9_in_the_middle_of_an_apply_then_again_applied_once(
+        engine: Engine, db_url: str, setup: Callable[..., None], settingsd: SettingsService,  # noqa: F811
+        tmp_path: Path) -> None:
+    n = 1200
+    setup(n=n, batch=100)
+    # The 5th batch is applied at the service, and its answer never leaves it: the flip is killed waiting for it.
+    settingsd.script("serve", "serve", "serve", "serve", "apply_then_hang")
+    engine.dispose()
+    env = {**os.environ, "CAMPAIGN_DATABASE_URL": db_url, "CAMPAIGN_ACTOR": "ops",
+           "CAMPAIGN_TEMPLATES": str(ROOT / "templates"), "CAMPAIGN_APPLY_TOKEN": TOKEN}
+    # transactions of 300 devices: three requests of 100 each
+    cmd = [sys.executable, "-m", "campaign", "flip", SLUG, "--before-cutoff", "--batch-size", "300", "--json"]
+    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None and len(settingsd.requests) < 5:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    _out, err = proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, err
+    assert [r.answered for r in settingsd.requests] == ["200"] * 4 + ["apply_then_hang"]
+    assert sum(settingsd.applications.values()) == 500  # the service applied five batches
+    rows = changes(engine)
+    # Here only four are known as applied; the fifth (sent) and the sixth (recorded in the same transaction,
+    # never sent) wait; nothing else was decided.
+    assert sum(1 for r in rows.values() if r["state"] == "changed") == 400
+    assert sum(1 for r in rows.values() if r["state"] == "applying") == 200
+    assert len(rows) == 600
+    again = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    out = json.loads(again.stdout)
+    assert (out["changed"], out["total_changed"], out["apply"]["resent_batches"]) == (n - 400, n, 2)
+    assert settingsd.requests[5].key == settingsd.requests[4].key and settingsd.requests[5].answered == "200 replay"
+    # Every device applied exactly once at the service; every change row `changed`; every local copy switched.
+    assert len(settingsd.applications) == n and set(settingsd.applications.values()) == {1}
+    assert set(settingsd.device_applications.values()) == {1} and len(settingsd.device_applications) == n
+    rows = changes(engine)
+    now = settings(engine)
+    assert len(rows) == n and all(r["state"] == "changed" and now[d] == (TO, r["id"]) for d, r in rows.items())
+
+
+# -- the definition's [apply] -------------------------------------------------------------------------------
+
+def _definition(extra: str) -> str:
+    return (ROOT / "data" / "voice-local-processing.toml").read_text(encoding="utf-8") + extra
+
+
+def test_apply_section_parses_with_defaults() -> None:
+    d = parse_definition(_definition('\n[apply]\nkind = "http"\nurl = "https://settings.internal.example/v1/x"\n'))
+    assert (d.apply.kind, d.apply.url, d.apply.batch, d.apply.token_env, d.apply.timeout_seconds) == (
+        "http", "https://settings.internal.example/v1/x", 500, "CAMPAIGN_APPLY_TOKEN", 10.0)
+    assert parse_definition(_definition("")).apply.kind == "local"
+    for url in ("http://127.0.0.1:8080/x", "http://[::1]/x", "http://localhost/x", "http://127.0.0.2/x"):
+        assert parse_definition(_definition(f'\n[apply]\nkind = "http"\nurl = "{url}"\n')).apply.url == url
+
+
+@pytest.mark.parametrize(("extra", "key", "message"), [
+    ('kind = "http"\nurl = "http://settings.example/x"', "url", "http:// is allowed only to a loopback host"),
+    ('kind = "http"\nurl = "http://10.0.0.1/x"', "url", "http:// is allowed only to a loopback host"),
+    ('kind = "http"\nurl = "ftp://127.0.0.1/x"', "url", "must be an https:// URL"),
+    ('kind = "http"\nurl = "https://u:pw@settings.example/x"', "url", "no user or password"),
+    ('kind = "http"', "kind", "needs `url`"),
+    ('kind = "http"\nurl = "https://s.example/x"\nbatch = 0', "batch", "between 1 and 10000"),
+    ('kind = "http"\nurl = "https://s.example/x"\ntimeout_seconds = 0', "timeout_seconds", "above 0"),
+    ('kind = "http"\nurl = "https://s.example/x"\ntoken_env = "my token"', "token_env", "environment variable"),
+    ('kind = "http"\nurl = "https://s.example/x"\ntoken = "abc"', "token", "unknown key"),
+    ('kind = "carrier-pigeon"', "kind", "is not a kind"),
+    ('url = "https://s.example/x"', "url", 'goes with kind = "http"'),
+])
+def test_apply_section_errors_name_file_and_line(extra: str, key: str, message: str) -> None:
+    text_ = _definition("\n[apply]\n" + extra + "\n")
+    with pytest.raises(InputError) as info:
+        parse_definition(text_, "def.toml")
+    line = next(n for n, ln in enumerate(text_.splitlines(), 1) if ln.startswith(f"{key} ="))
+    assert f"def.toml:{line}: apply.{key}: " in str(info.value) and message in str(info.value)
+
+
+def test_token_comes_from_the_environment_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    d = parse_definition(_definition('\n[apply]\nkind = "http"\nurl = "https://s.example/x"\ntoken_env = "MY_TOK"\n'))
+    monkeypatch.delenv("MY_TOK", raising=False)
+    with pytest.raises(ConfigError, match="set the environment variable MY_TOK"):
+        apply.token_from_env(d.apply)
+    monkeypatch.setenv("MY_TOK", "xyz")
+    assert apply.token_from_env(d.apply) == "xyz"
+
+
+def test_answers_outside_the_contract_are_refused(settingsd: SettingsService) -> None:  # noqa: F811
+    """The client checks the answer: one result per change sent, known statuses, a value for a conflict."""
+    a = parse_definition(_definition(apply_section(settingsd.url))).apply
+    svc = apply.HttpSettingsService(a, SLUG, TOKEN)
+    changes_ = [apply.Change("1", "d1", SETTING, FROM, TO), apply.Change("2", "d2", SETTING, FROM, TO)]
+    settingsd.hold("d1", SETTING, FROM)
+    with svc:
+        answers = svc.send("k1", "flip", changes_)
+        assert answers == {"1": apply.Answer("applied", TO), "2": apply.Answer("unknown_device", None)}
+        one = {"results": [{"change_id": "1", "status": "applied", "value": TO}]}
+        settingsd.answers["k2"] = json.dumps(one).encode()
+        with pytest.raises(apply.Refused, match="no result for 1 change"):
+            svc.send("k2", "flip", changes_)
+        settingsd.answers["k3"] = json.dumps({"results": [{"change_id": "1", "status": "done"},
+                                                           {"change_id": "2", "status": "applied"}]}).encode()
+        with pytest.raises(apply.Refused, match="status 'done'"):
+            svc.send("k3", "flip", changes_)
+        settingsd.script("503")
+        with pytest.raises(apply.Transient, match="HTTP 503"):
+            svc.send("k4", "flip", changes_)
+        settingsd.script("429")
+        with pytest.raises(apply.Transient, match="HTTP 429"):
+            svc.send("k4", "flip", changes_)
+        settingsd.script("404")
+        with pytest.raises(apply.Refused, match="HTTP 404"):
+            svc.send("k4", "flip", changes_)
+
+
+def test_retry_policy_backs_off_and_is_capped() -> None:
+    r = apply.Retry(attempts=8, base=0.5, cap=30.0, jitter=0.0)
+    assert [r.delay(n) for n in range(1, 9)] == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    jittered = apply.Retry(jitter=0.2)
+    assert all(0.4 <= jittered.delay(1) <= 0.6 for _ in range(100))
