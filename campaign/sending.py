@@ -473,14 +473,18 @@ class Worker:
         return len(live)
 
     def _claim_tx(self, conn: Connection, now: dt.datetime) -> _Batch:
+        """Claim a batch: a short write transaction (on SQLite it holds the one write lock that every worker
+        process shares); what triage needs of the batch is read afterwards, by `_load_tx`."""
         stop = _stop_reason(*campaign_rows.stopped(conn, self.job.wave_id))
         if stop:
             return _Batch([], {}, {}, set(), stop)
         claimed = deliveries.claim(conn, self.job.wave_id, self.id, self.job.options.batch, now,
                                    self.job.options.ignore_window)
-        if not claimed:
-            return _Batch([], {}, {}, set())
-        ids = [c.account_id for c in claimed]
+        return _Batch(claimed, {}, {}, set())
+
+    def _load_tx(self, conn: Connection, batch: _Batch) -> _Batch:
+        """The recipients, their devices and suppressions for a claimed batch (a read transaction)."""
+        ids = [c.account_id for c in batch.claimed]
         people = audience.recipients(conn, ids)
         devices: dict[str, list[DeviceView]] = {}
         if self.wave.audience == "changed":
@@ -489,7 +493,8 @@ class Worker:
         else:  # the affected devices, by the audience's own definition
             devices = {person.account_id: views
                        for person, views in audience.iter_affected(conn, self.d, account_ids=ids)}
-        return _Batch(claimed, people, devices, suppression_rows.suppressed(conn, (p.email for p in people.values())))
+        return _Batch(batch.claimed, people, devices,
+                      suppression_rows.suppressed(conn, (p.email for p in people.values())))
 
     def _record_tx(self, conn: Connection, results: list[Result], bounces: list[tuple[str, str]]) -> None:
         deliveries.record(conn, self.id, results)
@@ -612,6 +617,8 @@ class Worker:
     async def _fetch(self) -> _Batch:
         batch: _Batch = await self.db.write(self._claim_tx, db.utcnow())
         self._in_flight.update(c.id for c in batch.claimed)
+        if batch.claimed:
+            batch = await self.db.read(self._load_tx, batch)
         return batch
 
     async def _report(self) -> None:
