@@ -248,9 +248,9 @@ def call(engine: Engine, fn: Callable[..., T], *args: Any, write: bool = True,
 class Database:
     """The worker's database threads: every statement of the send loop runs there, while the event loop goes
     on with SMTP. Each thread keeps its own connection (no pool checkout, no ping per transaction) and makes
-    a new one when it is lost. Two lanes: "commit" for the outcomes, "main" for the rest (claims, heartbeats,
-    looks); on PostgreSQL each has its own thread, so a commit need not wait for a claim; on SQLite, which has
-    one writer at a time, they share one thread instead of waiting on each other's lock."""
+    a new one when it is lost. Two lanes, a thread each: "commit" for the outcomes, "main" for the rest
+    (claims, the reads after them, heartbeats, looks), so that a commit never waits behind a batch's reads.
+    On SQLite the two write transactions (a commit, a claim) are short, and reads do not block writers (WAL)."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -258,7 +258,7 @@ class Database:
         self._local = threading.local()
         self._opened: list[tuple[ThreadPoolExecutor, Connection]] = []
         main = ThreadPoolExecutor(1, thread_name_prefix="campaign-db")
-        commit = main if engine.dialect.name == "sqlite" else ThreadPoolExecutor(1, thread_name_prefix="campaign-db-c")
+        commit = ThreadPoolExecutor(1, thread_name_prefix="campaign-db-c")
         self._lanes = {"main": main, "commit": commit}
 
     def _connection(self, lane: ThreadPoolExecutor) -> Connection:
