@@ -23,6 +23,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import re
 import shutil
 import socket
 import sqlite3
@@ -289,8 +290,9 @@ def main() -> None:
                         str(data)], check=True, capture_output=True)
         marker.touch()
     definition = work / "flip.toml"
-    definition.write_text((ROOT / "data" / "voice-local-processing.toml").read_text(encoding="utf-8")
-                          .replace("require_notice = true", "require_notice = false"), encoding="utf-8")
+    text = (ROOT / "data" / "voice-local-processing.toml").read_text(encoding="utf-8")
+    text = re.sub(r"(?ms)^\[(?:approval|bounces)\][^\n]*\n.*?(?=^\[)", "", text)  # no second person, no return path
+    definition.write_text(text.replace("require_notice = true", "require_notice = false"), encoding="utf-8")
     results = {}
     try:
         for name, fn in (("sqlite", bench_sqlite), ("postgres", bench_postgres)):

@@ -69,6 +69,7 @@ def definition(work: Path) -> Path:
     text, n = re.subn(r'(?m)^cutoff\s*=\s*"[^"]*"', f'cutoff = "{cutoff.isoformat()}"', text)
     text, m = re.subn(r"(?m)^rate_per_second\s*=.*$", "rate_per_second = 1000000", text)
     text = re.sub(r"(?m)^min_notice\s*=.*\n(?:\s+#.*\n)*", "", text)
+    text = re.sub(r"(?ms)^\[(?:approval|bounces)\][^\n]*\n.*?(?=^\[)", "", text)  # one person runs it, no return path
     if n != 1 or m != 1 or "min_notice" in text:
         raise SystemExit(f"{DEFINITION}: cannot find its cutoff, rate_per_second and min_notice lines to adjust")
     out = work / "million.toml"

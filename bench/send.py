@@ -179,6 +179,7 @@ def bench_definition(work: Path, rate: float, concurrency: int | None) -> Path:
         text, _ = re.subn(r"(?m)^concurrency\s*=.*$", f"concurrency = {concurrency}", text)
     if n != 1 or m != 1:
         raise SystemExit(f"{DEFINITION}: cannot find its `cutoff` and `rate_per_second` lines to adjust")
+    text = re.sub(r"(?ms)^\[(?:approval|bounces)\][^\n]*\n.*?(?=^\[)", "", text)  # the reference signs no return path
     out = work / DEFINITION.name
     out.write_text(text, encoding="utf-8")
     return out

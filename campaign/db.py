@@ -41,8 +41,9 @@ def _clock_offset(value: str) -> dt.timedelta:
 def utcnow() -> dt.datetime:
     """Now, as an aware UTC datetime (`CAMPAIGN_CLOCK` simulates another time: see `_clock_offset`)."""
     simulated = os.environ.get(CLOCK_ENV)
+    offset = _clock_offset(simulated) if simulated else None  # first, so the first reading is the instant itself
     now = dt.datetime.now(UTC)
-    return now + _clock_offset(simulated) if simulated else now
+    return now + offset if offset is not None else now
 
 
 class UTCDateTime(TypeDecorator[dt.datetime]):

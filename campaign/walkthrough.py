@@ -1,16 +1,24 @@
 """`campaign demo`: the whole story of the shipped example on the embedded defaults (SQLite, a Maildir outbox),
 in simulated time. Every step is a real `campaign` command, run as its own process with the campaign clock
-(`CAMPAIGN_CLOCK`) set to the moment of the story; nothing leaves this machine."""
+(`CAMPAIGN_CLOCK`) set to the moment of the story; nothing leaves this machine.
+
+The story's definition is the shipped one (data/voice-local-processing.toml): a second person approves it
+before it can be scheduled (`[approval]`), and its messages go out with a signed return path (`[bounces]`), so
+that a notice a relay returns days later is taken back. The bounce key the demo signs with is a fixed value,
+set for the demo's own steps only: a demo key, not a secret."""
 
 from __future__ import annotations
 
 import csv
 import datetime as dt
+import email.utils
 import os
 import shlex
 import sys
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass
+from email.parser import BytesHeaderParser
 from pathlib import Path
 
 import click
@@ -25,6 +33,13 @@ JOSEPH = ("acc-000003", "dev-0000004", "Joseph Nguyen")  # chooses another setti
 MEGAN = ("acc-000016", "murphy.megan16@example.net", "Megan Murphy")  # asked not to be emailed: never notified
 BARBARA = ("acc-000012", "dev-0000018", "Barbara White")  # changes her switched device afterwards
 PRIYA = ("acc-900001", "dev-9000001", "Priya Shah")  # a new customer, told late: fair notice
+HANNAH = ("acc-000018", "dev-0000026", "Hannah Wagner", "hannah_wagner18@example.com")  # her notice bounces late
+
+APPROVER = "dana"  # the second person, who approves the definition (the author is CAMPAIGN_ACTOR, else "demo")
+# The demo's bounce key (CAMPAIGN_BOUNCE_KEY), set for the demo's own steps only. A DEMO KEY, NOT A SECRET: a
+# real one is random (docs/bounces.md) and kept where the SMTP password is.
+DEMO_BOUNCE_KEY = "demo-key-not-a-secret-0123456789abcdef"
+RELAY = "mail.relay.example"
 
 
 @dataclass(frozen=True)
@@ -33,6 +48,9 @@ class Step:
     title: str
     args: tuple[str, ...]
     note: str = ""
+    actor: str | None = None  # who runs it (`--actor`), when not the author
+    refused: bool = False  # the story expects `campaign` to refuse this one
+    before: Callable[[Path, dt.datetime], str] | None = None  # prepares its input; returns a line saying what
 
 
 def at(**delta: float) -> dt.datetime:
@@ -60,14 +78,24 @@ def story(work: Path) -> list[Step]:
         Step(at(days=-21), "Test messages to the team (into the Maildir outbox)",
              ("test-send", SLUG, "--to", "qa@example.com", "--wave", "notice")),
         Step(at(days=-21), "The plan, without committing to it", ("schedule", SLUG, "--dry-run")),
-        Step(at(days=-21), "Schedule it: every message rendered for every recipient, the campaign frozen",
-             ("schedule", SLUG)),
+        Step(at(days=-21), "Schedule it? Not alone: the definition asks for a second person's approval",
+             ("schedule", SLUG), "[approval] required = true: whoever created the definition cannot schedule or "
+             "flip it until someone else approves it", refused=True),
+        Step(at(days=-20, hours=2), f"The next morning {APPROVER}, the privacy lead, reads the definition and "
+             "approves it", ("approve", SLUG), actor=APPROVER),
+        Step(at(days=-20, hours=2, minutes=5), "Schedule it: every message rendered for every recipient, the "
+             "campaign frozen", ("schedule", SLUG)),
         Step(at(days=-14, hours=3), "Two weeks before the cutoff the scheduler sends the notice",
              ("scheduler", "run", "--once"),
              "each person is mailed between 09:00 and 20:00 of their own time zone: at 10:00 UTC that is Asia "
              "and Europe; the Americas wait for their morning"),
         Step(at(days=-14, hours=13), "At 20:00 UTC it is daytime in the Americas", ("scheduler", "run", "--once")),
         Step(at(days=-14, hours=13, minutes=5), "Where the campaign stands", ("status", SLUG)),
+        Step(at(days=-13, hours=2), f"The next morning a relay returns {HANNAH[2]}'s notice: that mailbox no "
+             "longer exists", ("bounces", "import", str(work / "bounces")),
+             "her provider had accepted the message; its delivery report (5.1.1, user unknown) comes back to the "
+             "notice's own signed return path. Her notice no longer counts as told, and her address is suppressed",
+             before=write_bounce),
         Step(at(days=-10), f"{JOSEPH[2]} chooses another setting himself (a devices export from the product)",
              ("import", "devices", str(inputs / "joseph.csv")), "he is no longer affected: no reminder, no switch"),
         Step(at(days=-5), f"A new customer, {PRIYA[2]}, registers an affected speaker",
@@ -78,11 +106,12 @@ def story(work: Path) -> list[Step]:
              "min_notice = 7d: she is told less than 7 days before the cutoff, so her device waits until 7 days "
              "after her notice"),
         Step(at(days=-3, hours=3), "Three days before: the reminder, to those still affected",
-             ("scheduler", "run", "--once")),
+             ("scheduler", "run", "--once"), f"not to {HANNAH[2]}: her address bounced"),
         Step(at(days=-3, hours=13), "... and in the Americas", ("scheduler", "run", "--once")),
         Step(at(minutes=30), "The cutoff: the scheduler switches every device still set the old way",
              ("scheduler", "run", "--once"),
-             f"{MEGAN[2]} was never told, so her device is held back; {PRIYA[2]}'s waits for fair notice"),
+             f"{MEGAN[2]} was never told and {HANNAH[2]}'s notice bounced, so their devices are held back; "
+             f"{PRIYA[2]}'s waits for fair notice"),
         Step(at(hours=3), "The confirmation, naming each device switched and when",
              ("scheduler", "run", "--once")),
         Step(at(hours=13), "... and in the Americas", ("scheduler", "run", "--once")),
@@ -98,6 +127,8 @@ def story(work: Path) -> list[Step]:
         Step(at(days=3), "Everything that was done, and by whom", ("log", SLUG)),
         Step(at(days=3), f"Support on the phone with {PRIYA[2]}: her whole story, in her time zone",
              ("report", SLUG, "--account", PRIYA[0])),
+        Step(at(days=3), f"... and with {HANNAH[2]}: her notice bounced, so no reminder, and her device was held "
+             "back", ("report", SLUG, "--account", HANNAH[0])),
         Step(at(days=3), "The evidence for a regulator: every account's messages and device changes (CSV)",
              ("report", SLUG, "--format", "csv", "--out", str(work / "report.csv"))),
         Step(at(days=3), "The campaign at a glance: one HTML page with charts, for the screen and for paper",
@@ -126,6 +157,91 @@ def write_inputs(inputs: Path) -> None:
     (inputs / "priya-device.csv").write_text(
         "device_id,account_id,name,model,voice_recordings\n"
         f"{PRIYA[1]},{PRIYA[0]},Office,Echo Show 15,do_not_send\n", encoding="utf-8")
+
+
+def write_bounce(work: Path, when: dt.datetime) -> str:
+    """The relay's delivery report for Hannah's notice, as Postfix writes one (RFC 3464: 5.1.1, user unknown), sent
+    to the signed return path her notice went out with, into the Maildir `bounces/`; returns what it wrote."""
+    from campaign import verp
+
+    parser = BytesHeaderParser()
+    for f in sorted((work / "outbox" / "new").iterdir()):
+        headers = parser.parsebytes(f.read_bytes())
+        if headers["X-Campaign-Wave"] == "notice" and not headers["X-Campaign-Test"] \
+                and HANNAH[3] in str(headers["To"]):
+            original = f.read_bytes().replace(b"\r\n", b"\n").split(b"\n\n", 1)[0].decode("ascii")
+            break
+    else:
+        raise click.ClickException(f"the demo found no notice to {HANNAH[3]} in its outbox")
+    ref = verp.reference(str(headers["Message-ID"]))
+    assert ref is not None
+    # The envelope sender her notice went out with: what `send` signed ([bounces] return_path), the demo key.
+    return_path = f"bounces+{verp.make(ref, DEMO_BOUNCE_KEY.encode())}@example.com"
+    sent = email.utils.parsedate_to_datetime(str(headers["Date"]))
+    qid = ref[:10].upper()
+    date, arrived = email.utils.format_datetime(when), email.utils.format_datetime(sent)
+    boundary = f"{qid}.{int(when.timestamp())}/{RELAY}"
+    report = f"""\
+Return-Path: <>
+Delivered-To: {return_path}
+Received: by {RELAY} (Postfix)
+\tid {qid}; {date}
+Date: {date}
+From: MAILER-DAEMON@{RELAY} (Mail Delivery System)
+Subject: Undelivered Mail Returned to Sender
+To: {return_path}
+Auto-Submitted: auto-replied
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=delivery-status;
+\tboundary="{boundary}"
+Message-Id: <{when:%Y%m%d%H%M%S}.{qid}@{RELAY}>
+
+This is a MIME-encapsulated message.
+
+--{boundary}
+Content-Description: Notification
+Content-Type: text/plain; charset=us-ascii
+
+This is the mail system at host {RELAY}.
+
+I'm sorry to have to inform you that your message could not
+be delivered to one or more recipients. Its headers are attached below.
+
+                   The mail system
+
+<{HANNAH[3]}>: host mx.example.com[192.0.2.25] said: 550 5.1.1
+    <{HANNAH[3]}>: Recipient address rejected: User unknown
+
+--{boundary}
+Content-Description: Delivery report
+Content-Type: message/delivery-status
+
+Reporting-MTA: dns; {RELAY}
+X-Postfix-Queue-ID: {qid}
+X-Postfix-Sender: rfc822; {return_path}
+Arrival-Date: {arrived}
+
+Final-Recipient: rfc822; {HANNAH[3]}
+Original-Recipient: rfc822;{HANNAH[3]}
+Action: failed
+Status: 5.1.1
+Remote-MTA: dns; mx.example.com
+Diagnostic-Code: smtp; 550 5.1.1 <{HANNAH[3]}>: Recipient address rejected: User unknown
+
+--{boundary}
+Content-Description: Undelivered Message Headers
+Content-Type: text/rfc822-headers
+
+{original}
+
+--{boundary}--
+"""
+    box = work / "bounces"
+    for sub in ("tmp", "new", "cur"):
+        (box / sub).mkdir(parents=True, exist_ok=True)
+    name = f"{int(when.timestamp())}.{qid}.{RELAY}"
+    (box / "new" / name).write_bytes(report.replace("\n", "\r\n").encode("ascii"))
+    return f"(the relay's report, to {return_path}: bounces/new/{name})"
 
 
 def available(args: tuple[str, ...]) -> bool:
@@ -175,18 +291,23 @@ def run(work: Path) -> int:
     db_file = work / "campaign.db"
     for stale in (db_file, work / "campaign.db-wal", work / "campaign.db-shm"):
         stale.unlink(missing_ok=True)
-    for sub in ("new", "cur", "tmp"):
-        box = work / "outbox" / sub
-        if box.is_dir():
-            for f in box.iterdir():
-                f.unlink()
+    for folder in ("outbox", "bounces"):
+        for sub in ("new", "cur", "tmp"):
+            box = work / folder / sub
+            if box.is_dir():
+                for f in box.iterdir():
+                    f.unlink()
     write_inputs(work / "inputs")
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("CAMPAIGN_")}
     env = {**base_env, "CAMPAIGN_DATABASE_URL": f"sqlite:///{db_file}",
            "CAMPAIGN_TEMPLATES": str(ROOT / "templates"), "CAMPAIGN_SMTP_URL": f"maildir:{work / 'outbox'}",
-           "CAMPAIGN_ACTOR": os.environ.get("CAMPAIGN_ACTOR", "demo"), "PYTHONUNBUFFERED": "1"}
+           "CAMPAIGN_ACTOR": os.environ.get("CAMPAIGN_ACTOR", "demo"), "PYTHONUNBUFFERED": "1",
+           "CAMPAIGN_BOUNCE_KEY": DEMO_BOUNCE_KEY}
+    approver = APPROVER if env["CAMPAIGN_ACTOR"] != APPROVER else f"{APPROVER}-2"
     print(f"The story of {SLUG}, replayed in simulated time (the cutoff was {CUTOFF.isoformat()}).")
-    print(f"Working in {work}; every step is a `campaign` command, shown as it runs.\n")
+    print(f"Working in {work}; every step is a `campaign` command, shown as it runs.")
+    print(f"The author is {env['CAMPAIGN_ACTOR']!r}; CAMPAIGN_BOUNCE_KEY is a fixed demo key, set for these steps "
+          "only (not a secret).\n")
     for step in story(work):
         if not available(step.args):
             continue
@@ -194,9 +315,15 @@ def run(work: Path) -> int:
         print(f"== {when} · {step.title}")
         if step.note:
             print(textwrap.fill(step.note, width=100, initial_indent="   ", subsequent_indent="   "))
-        print(f"$ campaign {shlex.join(step.args)}", flush=True)
-        code = _campaign(step.args, {**env, "CAMPAIGN_CLOCK": step.when.isoformat()}, work)
-        if code != 0:
+        if step.before is not None:
+            print(f"   {step.before(work, step.when)}")
+        args = ("--actor", approver, *step.args) if step.actor else step.args
+        print(f"$ campaign {shlex.join(args)}", flush=True)
+        code = _campaign(args, {**env, "CAMPAIGN_CLOCK": step.when.isoformat()}, work)
+        if step.refused and code == 0:
+            print("step should have been refused, and went through", file=sys.stderr)
+            return 1
+        if code != 0 and not step.refused:
             print(f"step failed with exit code {code}", file=sys.stderr)
             return code
         print()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import email
+import os
 import sqlite3
 from collections import Counter
 from email.policy import default
@@ -12,13 +13,15 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from campaign import walkthrough
 from campaign.cli import cli
 
 
 @pytest.mark.slow
 def test_demo_tells_the_whole_story(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    for var in ("CAMPAIGN_DATABASE_URL", "CAMPAIGN_SMTP_URL", "CAMPAIGN_TEMPLATES", "CAMPAIGN_CLOCK"):
+    for var in ("CAMPAIGN_DATABASE_URL", "CAMPAIGN_SMTP_URL", "CAMPAIGN_TEMPLATES", "CAMPAIGN_CLOCK", "CAMPAIGN_ACTOR",
+                "CAMPAIGN_BOUNCE_KEY"):
         monkeypatch.delenv(var, raising=False)
     work = tmp_path / "demo"
     result = CliRunner().invoke(cli, ["demo", "--dir", str(work)], catch_exceptions=False)
@@ -74,9 +77,49 @@ def test_demo_tells_the_whole_story(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         rows = {r["device_id"]: r for r in csv.DictReader(f)}
     assert rows["dev-0000018"]["change"] == "changed" and rows["dev-9000001"]["change"] == "changed"
     assert "dev-0000004" not in rows  # Joseph chose himself: no change row
-    megan = next(r for r in rows.values() if r["account_id"] == "acc-000016")
+    rows_by_account = {r["account_id"]: r for r in rows.values()}
+    megan = rows_by_account["acc-000016"]
     assert (megan["notice_state"], megan["held_back"], megan["held_back_why"]) == \
         ("suppressed", "true", "no delivered notice")
     page = (work / "report.html").read_text(encoding="utf-8")
     assert "<h2>Sends over time</h2>" in page and "<svg" in page and "The cutoff" in page
     assert f"the campaign report, for a browser:        {work / 'report.html'}" in out
+
+
+    # No one flips alone: the author's `schedule` is refused, dana approves, then it goes through.
+    refused, _, after = out.partition("$ campaign schedule voice-local-processing\n")[2].partition(
+        "$ campaign --actor dana approve voice-local-processing\n")
+    assert "needs an approval before its schedule" in refused and "scheduled voice-local-processing" not in refused
+    assert after.startswith("voice-local-processing: approved by dana")
+    assert "$ campaign schedule voice-local-processing\nscheduled voice-local-processing" in after
+    assert "approval       approved by dana at 2025-03-08T09:00:00+00:00" in out  # status shows it
+    events = db.execute("SELECT id, at, actor, action FROM audit_event WHERE action IN "
+                        "('campaign.create', 'campaign.approve', 'campaign.schedule') ORDER BY id").fetchall()
+    assert [(actor, action) for _, _, actor, action in events] == [
+        ("demo", "campaign.create"), ("dana", "campaign.approve"), ("demo", "campaign.schedule")]
+    assert "dana       campaign.approve" in out.split("$ campaign log voice-local-processing")[1]
+    # The log reads in the order things happened: insertion order and time agree.
+    rows = db.execute("SELECT at FROM audit_event ORDER BY id").fetchall()
+    assert rows == sorted(rows)
+
+    # A late bounce: Hannah's notice was sent, a relay returned it the next day to its signed return path; the
+    # import makes the delivery `bounced`, suppresses her address, the reminder skips her and her device is held
+    # back at the cutoff (require_notice), which her one-account story shows.
+    assert one("SELECT kind, outcome, matched_by, status, email FROM bounce") == (
+        "bounce", "applied", "token", "5.1.1", "hannah_wagner18@example.com")
+    assert one("SELECT d.state FROM delivery d JOIN wave w ON w.id = d.wave_id "
+               "WHERE d.account_id = 'acc-000018' AND w.name = 'notice'") == ("bounced",)
+    assert one("SELECT source FROM suppression WHERE email = 'hannah_wagner18@example.com'") == ("bounce",)
+    assert one("SELECT d.state FROM delivery d JOIN wave w ON w.id = d.wave_id "
+               "WHERE d.account_id = 'acc-000018' AND w.name = 'reminder'") == ("suppressed",)
+    assert ("reminder", "Hannah Wagner <hannah_wagner18@example.com>") not in waves
+    assert ("notice", "Hannah Wagner <hannah_wagner18@example.com>") in waves  # it had gone out
+    assert one("SELECT state, note FROM setting_change WHERE device_id = 'dev-0000026'")[0] == "held_back"
+    assert one("SELECT value FROM device_setting WHERE device_id = 'dev-0000026'") == ("do_not_send",)
+    assert (rows_h := rows_by_account["acc-000018"])["notice_state"] == "bounced" and rows_h["held_back"] == "true"
+    story = out.split("$ campaign report voice-local-processing --account acc-000018")[1].split("\n== ")[0]
+    assert "notice        bounced" in story and "reminder      suppressed" in story
+    assert "held back (no delivered notice)" in story
+    # The demo's bounce key is for the demo's own steps: labelled, never printed, not left behind.
+    assert "CAMPAIGN_BOUNCE_KEY is a fixed demo key" in out
+    assert walkthrough.DEMO_BOUNCE_KEY not in out and "CAMPAIGN_BOUNCE_KEY" not in os.environ

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -52,6 +53,8 @@ def definition(tmp: Path, migration: str = "require_notice = true") -> Path:
     # The shipped example's own min_notice goes: each test says what it wants in `migration`.
     text_ = "\n".join(line for line in text_.splitlines() if not line.startswith("min_notice")) + "\n"
     text_ = text_.replace("require_notice = true", migration)
+    # ... and its [approval] and [bounces] (tests/test_approval.py, tests/test_bounces.py flip with those).
+    text_ = re.sub(r"(?ms)^\[(?:approval|bounces)\][^\n]*\n.*?(?=^\[)", "", text_)
     path = tmp / "def.toml"
     path.write_text(text_, encoding="utf-8")
     return path
