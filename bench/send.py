@@ -26,8 +26,10 @@ starting a mail daemon; otherwise the command to run is printed. PostgreSQL need
 into this venv if missing (a benchmark-only dependency, not in pyproject.toml).
 
 The shipped campaign's cutoff has passed and its rate limit is 50 messages/s, so the harness creates a
-copy of data/voice-local-processing.toml with the cutoff 30 days ahead and `rate_per_second` set by
-`--rate` (default: high enough not to limit); everything else is the shipped definition.
+copy of data/voice-local-processing.toml with the cutoff 30 days ahead, `rate_per_second` set by
+`--rate` (default: high enough not to limit) and `concurrency` (SMTP connections per worker) set to the
+reference's `--connections` (16) unless `--concurrency` says otherwise: both sides use as many connections.
+Without [approval] and [bounces] (see bench_definition); everything else is the shipped definition.
 """
 
 from __future__ import annotations
@@ -543,7 +545,9 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=16, help="aiosmtplib reference (default 16)")
     parser.add_argument("--rate", type=float, default=1_000_000,
                         help="rate_per_second written into the benchmark's copy of the definition")
-    parser.add_argument("--concurrency", type=int, help="concurrency written into it (default: the shipped one)")
+    parser.add_argument("--concurrency", type=int,
+                        help="SMTP connections per worker written into the definition (default: --connections, "
+                             "so both sides use as many)")
     parser.add_argument("--timeout", type=float, default=900, help="for one `campaign send` (seconds)")
     parser.add_argument("--keep", action="store_true", help="keep the working directory")
     args = parser.parse_args()
@@ -561,7 +565,7 @@ def main() -> None:
     try:
         sink = Sink(work)
         print(f"smtp-sink on 127.0.0.1:{sink.port}; working directory {work}", flush=True)
-        definition = bench_definition(work, args.rate, args.concurrency)
+        definition = bench_definition(work, args.rate, args.concurrency or args.connections)
         missing = send_available()
         databases: list[Database] = []
         audience = 0

@@ -68,7 +68,7 @@ HEARTBEAT_STALE = dt.timedelta(seconds=20)
 FORGET_AFTER = dt.timedelta(minutes=10)  # a worker silent this long is removed from the worker table
 IDLE_POLL_MAX = 1.0
 PROGRESS_EVERY = 0.5  # seconds between progress reports of an in-process worker
-COMMIT_GATHER = 0.003  # seconds a commit waits for company: fewer, larger transactions
+COMMIT_GATHER = 0.010  # seconds a commit may wait for company: fewer, larger transactions (see `_committer`)
 RECONNECT_FOR = 60.0  # seconds a lost database is retried before the send stops
 RECONNECT_MAX_DELAY = 5.0
 SWITCH_INTERVAL = 0.0005  # seconds a thread may keep the GIL while another wants it (see `Worker.run`)
@@ -445,6 +445,8 @@ class Worker:
         self._unrecorded = asyncio.Semaphore(self._concurrency)
         self._queue: list[tuple[list[Result], list[tuple[str, str]], asyncio.Future[None]]] = []
         self._queued = asyncio.Event()
+        self._urgent = asyncio.Event()  # set when many queued outcomes hold a gate permit: commit now
+        self._gated = 0
         self._db_gone: BaseException | None = None
         self._sends: set[asyncio.Task[None]] = set()
         self._records: list[asyncio.Future[None]] = []  # commits nobody waits for (triage's results)
@@ -527,10 +529,15 @@ class Worker:
         """Writes what the connections queued, all of it in one transaction, while they go on sending."""
         while True:
             await self._queued.wait()
-            if COMMIT_GATHER:
-                await asyncio.sleep(COMMIT_GATHER)  # let other sends that complete meanwhile join this commit
+            if COMMIT_GATHER and not self._urgent.is_set():
+                # Let other outcomes join this commit, unless half the accepted messages a worker may hold
+                # unrecorded are waiting already (connections would soon wait at the gate).
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._urgent.wait(), COMMIT_GATHER)
             batch, self._queue = self._queue, []
             self._queued.clear()
+            self._urgent.clear()
+            self._gated = 0
             results = [r for rs, _, _ in batch for r in rs]
             try:
                 await self.db.write(self._record_tx, results, [b for _, bs, _ in batch for b in bs], lane="commit")
@@ -548,13 +555,18 @@ class Worker:
                 if not fut.done():
                     fut.set_result(None)
 
-    def _commit(self, results: list[Result], bounces: list[tuple[str, str]] | None = None) -> asyncio.Future[None]:
+    def _commit(self, results: list[Result], bounces: list[tuple[str, str]] | None = None,
+                gated: bool = False) -> asyncio.Future[None]:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self._db_gone is not None:
             done.set_exception(self._db_gone)
             return done
         self._queue.append((results, bounces or [], done))
         self._queued.set()
+        if gated:
+            self._gated += 1
+            if self._gated * 2 >= self._concurrency:
+                self._urgent.set()
         return done
 
     # the loop
@@ -710,7 +722,7 @@ class Worker:
         result = after_send(c, outcome, composed.envelope.message_id, composed.locale, self.retry, self._rng,
                             db.utcnow())
         bounces = [(address, result.error or "")] if result.state == BOUNCED else []
-        done = self._commit([result], bounces)
+        done = self._commit([result], bounces, gated=held)
         if held:
             done.add_done_callback(lambda _: self._unrecorded.release())
         self._record(done)
