@@ -9,9 +9,11 @@ message goes twice beyond G2 (at most the connections open, with the same Messag
 
 from __future__ import annotations
 
+import datetime as dt
 import email
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -22,6 +24,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
 from tests.conftest import ROOT
@@ -193,3 +196,77 @@ def test_flip_resumes_after_a_postgres_restart_each_device_once(own_postgres: Ow
                            capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and json.loads(again.stdout)["changed"] == 0, again.stderr
     _flipped_once(url, devices)
+
+
+# -- the scheduler's flip step ---------------------------------------------------------------------------------
+
+CUTOFF = dt.datetime(2031, 3, 28, 7, 0, tzinfo=dt.UTC)
+
+
+def _scheduler(url: str, cwd: Path, smtpd: SmtpServer) -> subprocess.Popen[str]:
+    return _campaign(url, cwd, "scheduler", "run", "--poll", "1", CAMPAIGN_SMTP_URL=smtpd.url,
+                     CAMPAIGN_CLOCK=(CUTOFF + dt.timedelta(minutes=1)).isoformat())
+
+
+def _quiet(url: str, sql: str) -> Any:
+    """`_scalar`, or None while the server is not back."""
+    try:
+        return _scalar(url, sql)
+    except OperationalError:
+        return None
+
+
+@pytest.mark.slow
+def test_scheduler_flips_once_through_a_postgres_restart(own_postgres: OwnPostgres, smtpd: SmtpServer,
+                                                         tmp_path: Path) -> None:
+    url = own_postgres.url
+    run = own_cli(url)
+    before = {"CAMPAIGN_CLOCK": (CUTOFF - dt.timedelta(days=20)).isoformat()}
+    assert run("db", "upgrade").exit_code == 0
+    result = run("create", str(_flip_definition(tmp_path, cutoff=CUTOFF.isoformat())), env=before)
+    assert result.exit_code == 0, result.output
+    result = run("schedule", SLUG, env=before)
+    assert result.exit_code == 0, result.output
+    _import_sample(run, tmp_path, 40_000, **before)  # after `schedule`, which would render each one's notices
+    devices = _affected(url)
+    assert devices > 15_000
+    # A leader and a standby, the cutoff a minute ago: the leader expires the unsent notices and flips.
+    leader = _scheduler(url, tmp_path, smtpd)
+    _wait_for("a leader", lambda: _scalar(url, "SELECT holder FROM lease WHERE name = 'scheduler'") is not None
+              or leader.poll() is not None)
+    assert leader.poll() is None, leader.communicate()
+    (holder,) = _rows(url, "SELECT holder FROM lease WHERE name = 'scheduler'")[0]
+    standby = _scheduler(url, tmp_path, smtpd)
+    try:
+        _wait_for("the flip step", lambda: _scalar(url, "SELECT state FROM step WHERE name = 'flip'") != "pending")
+        assert _changes(url) < devices
+        (expired_then,) = _rows(url, "SELECT expires_at FROM lease WHERE name = 'scheduler'")[0]
+        own_postgres.restart()
+        restarted = time.monotonic()
+        _wait_for("the flip to be done", lambda: _quiet(url, "SELECT state FROM step WHERE name = 'flip'") == "done",
+                  timeout=RESUMES_WITHIN + 60, every=0.2)
+        # Give the schedulers time to find out who leads now (the lead is renewed every 15 s), then more.
+        time.sleep(max(0.0, 35 - (time.monotonic() - restarted)))
+        alive = [leader.poll(), standby.poll()]
+        # One leads, seen by the lease (renewed since the restart) and by its advisory lock, taken again.
+        ((now_holder, expires),) = _rows(url, "SELECT holder, expires_at FROM lease WHERE name = 'scheduler'")
+        assert expires > expired_then  # renewed since the restart
+        assert _scalar(url, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted") == 1
+    finally:
+        for proc in (leader, standby):
+            proc.send_signal(signal.SIGTERM)
+        logs = [proc.communicate(timeout=60)[1] for proc in (leader, standby)]
+    assert alive == [None, None], logs  # both were still running, 35 s after the restart
+    assert leader.returncode == standby.returncode == 0, logs
+    assert all("Traceback" not in log for log in logs), logs
+    _flipped_once(url, devices)
+    assert dict(_rows(url, "SELECT name, state FROM step")) == {
+        "wave:notice": "expired", "wave:reminder": "expired", "flip": "done", "wave:confirmation": "pending"}
+    # The flip ran once: the audit agrees with the change rows, and no run after it found anything to do.
+    noted = [json.loads(d) for (d,) in _rows(url, "SELECT detail FROM audit_event WHERE action = 'flip' ORDER BY id")]
+    assert sum(n["changed"] for n in noted) == devices and all(n["changed"] for n in noted), (noted, logs)
+    # The leader kept the lead (the standby may not take it while the leader's lease runs); or, had it lost it,
+    # the standby took it over once, and its flip went on where the first stopped.
+    taken_over = "took over" in logs[1]
+    assert now_holder == holder or taken_over, logs
+    assert "another scheduler leads" in logs[1] and logs[0].count(" leads\n") == 1, logs
