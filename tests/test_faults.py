@@ -198,6 +198,45 @@ def test_flip_resumes_after_a_postgres_restart_each_device_once(own_postgres: Ow
     _flipped_once(url, devices)
 
 
+def test_flip_stops_with_a_clear_error_when_postgres_stays_away_and_a_rerun_finishes(
+        own_postgres: OwnPostgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from campaign import flip
+    from campaign.db import make_engine
+    url = own_postgres.url
+    run = own_cli(url)
+    _import_sample(run, tmp_path, 5_000)
+    assert run("create", str(_flip_definition(tmp_path))).exit_code == 0
+    devices = _affected(url)
+    monkeypatch.setattr(flip, "RECONNECT_FOR", 2.0)
+    engine = make_engine(url)
+    raised: list[BaseException] = []
+
+    def flip_now() -> None:
+        try:
+            flip.flip(engine, SLUG, "tester", batch_size=5)
+        except BaseException as exc:
+            raised.append(exc)
+
+    thread = threading.Thread(target=flip_now)
+    thread.start()
+    _wait_for("the flip to be under way", lambda: _changes(url) >= 200 or not thread.is_alive())
+    own_postgres.stop()
+    thread.join(60)
+    assert not thread.is_alive()  # it stopped instead of waiting forever
+    assert len(raised) == 1 and isinstance(raised[0], flip.DatabaseLost), raised
+    assert "run `campaign flip` again" in str(raised[0]) and "database is unreachable" in str(raised[0])
+    engine.dispose()
+    own_postgres.start()
+    partial = _changes(url)
+    assert 200 <= partial < devices
+    result = run("flip", SLUG, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["changed"] == devices - partial
+    _flipped_once(url, devices)
+
+
 # -- the scheduler's flip step ---------------------------------------------------------------------------------
 
 CUTOFF = dt.datetime(2031, 3, 28, 7, 0, tzinfo=dt.UTC)
