@@ -17,24 +17,28 @@ service down, a refusal) is sent again first, under the same key. The rollback g
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from campaign import apply as service_api
 from campaign import approval as approvals
 from campaign import campaigns, db
-from campaign.errors import StateError
+from campaign.errors import CampaignError, StateError
 from campaign.models import APPLYING, CANCELLED, CHANGED, HELD_BACK, WAITING
 from campaign.store import changes as store
 from campaign.store import steps
 
 BATCH = 5000
+RECONNECT_FOR = 60.0  # seconds a lost database is waited for before the flip stops (see `_reconnecting`)
+RECONNECT_MAX_DELAY = 5.0
 LISTED = 1000  # devices listed by name in a result (held back, waiting, left); the counts are always whole
 RETRY = service_api.Retry()  # between tries of a batch the settings service did not answer
 
@@ -181,14 +185,18 @@ def flip(engine: Engine, slug: str, actor: str, *, now: dt.datetime | None = Non
             tx.note(**options, **_flip_counts(result))
         result.approval = None if approval.allowed else approval.words()
         return result
-    changed, batches = _flip_batches(_batches(engine, None), slug, plan, clock, batch_size)
-    with db.transaction(engine, actor, "flip", campaign_id=c.id) as tx:
-        result = _flip_result(tx.conn, slug, plan.campaign_id, changed, batches, started, dry_run=False)
-        if changed or audit_empty:
-            tx.note(**options, **_flip_counts(result))
-        else:
-            tx.action = None
-    return result
+    changed, batches = _resuming(engine, slug, plan, lambda factory: _flip_batches(factory, slug, plan, clock,
+                                                                                  batch_size))
+
+    def finish() -> FlipResult:
+        with db.transaction(engine, actor, "flip", campaign_id=c.id) as tx:
+            result = _flip_result(tx.conn, slug, plan.campaign_id, changed, batches, started, dry_run=False)
+            if changed or audit_empty:
+                tx.note(**options, **_flip_counts(result))
+            else:
+                tx.action = None
+        return result
+    return _reconnecting(engine, slug, finish)
 
 
 def flip_due(engine: Engine, slug: str, actor: str, now: dt.datetime | None = None) -> FlipResult:
@@ -578,3 +586,75 @@ def _record_rollback(batches: Batches, c: campaigns.CampaignRow, clock: Callable
             recorded += len(out.changes)
             send(out)
     return recorded
+
+
+# -- a database that goes away -----------------------------------------------------------------------------
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class DatabaseLost(CampaignError):
+    """The database stayed unreachable for `RECONNECT_FOR` seconds: the flip stopped. Every batch it committed
+    is kept; `flip` run again goes on where it stopped."""
+
+
+def _lost(engine: Engine, exc: DBAPIError) -> bool:
+    """A failure that a new connection may cure: PostgreSQL gone (restarted, refused, terminated). SQLite's
+    errors are not waited out here (its busy timeout already waits for a lock)."""
+    return engine.dialect.name != "sqlite" and (exc.connection_invalidated or isinstance(exc, OperationalError))
+
+
+def _reconnecting(engine: Engine, slug: str, once: Callable[[], T], progress: Callable[[], int] = lambda: 0) -> T:
+    """`once()`, run again while the database is unreachable, for up to `RECONNECT_FOR` seconds without
+    `progress()` growing (each run must be safe to repeat: a flip's batch is one transaction, and a new run
+    goes on with the devices still at `from`); `DatabaseLost` after that."""
+    deadline, delay, seen = time.monotonic() + RECONNECT_FOR, 0.05, progress()
+    while True:
+        try:
+            return once()
+        except DBAPIError as exc:
+            if not _lost(engine, exc):
+                raise
+            if progress() != seen:  # batches committed since the last loss: a new minute
+                deadline, delay, seen = time.monotonic() + RECONNECT_FOR, 0.05, progress()
+            why = " ".join(str(exc.orig).split())[:200]
+            if time.monotonic() + delay > deadline:
+                raise DatabaseLost(f"the database is unreachable ({why}); the flip of {slug!r} stopped. Every batch "
+                                   "it committed is kept: run `campaign flip` again once the database is back, it "
+                                   "goes on where it stopped and switches each device once") from exc
+            log.warning("database connection lost (%s); trying again in %.2f s", why, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX_DELAY)
+
+
+def _resuming(engine: Engine, slug: str, plan: store.Plan,
+              run: Callable[[Batches], tuple[int, int]]) -> tuple[int, int]:
+    """`run` (the flip's batches) started again after a lost connection: returns (devices changed, batches)
+    of the whole run. After a loss, the changed count is the campaign's change rows `changed` now, less those
+    before the run (a batch whose commit was cut off is counted if it committed)."""
+    committed = 0  # transactions committed, by this run and by those cut off before it
+
+    @contextmanager
+    def counted() -> Iterator[Connection]:
+        nonlocal committed
+        with db.write(engine, bulk=True) as conn:
+            yield conn
+        committed += 1
+
+    def changed_now() -> int:
+        with db.read(engine) as conn:
+            return store.outlook(conn, plan.campaign_id).counts[CHANGED]
+
+    before = _reconnecting(engine, slug, changed_now)
+    runs = 0
+
+    def once() -> tuple[int, int]:
+        nonlocal runs
+        runs += 1
+        return run(counted)
+
+    changed, batches = _reconnecting(engine, slug, once, lambda: committed)
+    if runs == 1:
+        return changed, batches
+    return _reconnecting(engine, slug, changed_now) - before, committed - 1  # the last found no batch left

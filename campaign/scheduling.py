@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from campaign import approval as approvals
 from campaign import campaigns, db, previews
@@ -192,9 +193,21 @@ class Leadership:
                 return False
             self._lock_conn = conn
         with db.write(self.engine) as conn:
-            # On PostgreSQL the advisory lock decides, and the server frees it the moment its holder dies: the lease
-            # row, for everyone to see who leads, is then ours whatever it says.
-            return steps.take_lease(conn, LEADER, self.holder, now, LEASE_TTL, force=self._lock_conn is not None)
+            # The lease row decides too: a restarted PostgreSQL server frees the advisory lock of a leader that is
+            # alive and may be running a step, so the lock alone would make a second leader. A standby holds the
+            # lock only while it leads, so that a leader whose connection was cut can take it back.
+            led = steps.take_lease(conn, LEADER, self.holder, now, LEASE_TTL)
+        if not led:
+            self._unlock()
+        return led
+
+    def _unlock(self) -> None:
+        if self._lock_conn is not None:
+            with contextlib.suppress(Exception):
+                steps.advisory_unlock(self._lock_conn, ADVISORY_KEY)
+                self._lock_conn.commit()
+                self._lock_conn.close()
+            self._drop_lock()
 
     def _lock_alive(self) -> bool:
         assert self._lock_conn is not None
@@ -213,12 +226,7 @@ class Leadership:
     def release(self) -> None:
         with contextlib.suppress(Exception), db.write(self.engine) as conn:
             steps.drop_lease(conn, LEADER, self.holder)
-        if self._lock_conn is not None:
-            with contextlib.suppress(Exception):
-                steps.advisory_unlock(self._lock_conn, ADVISORY_KEY)
-                self._lock_conn.commit()
-                self._lock_conn.close()
-            self._drop_lock()
+        self._unlock()
 
 
 # -- the scheduler -----------------------------------------------------------------------------------------
@@ -298,7 +306,7 @@ class Scheduler:
             with db.write(self.engine) as conn:
                 steps.hand_back(conn, self.id)
             raise
-        with db.write(self.engine) as conn:
+        def settle(conn: Connection) -> None:
             if retry and not self._stop.is_set() and self._leading:
                 steps.hand_back(conn, self.id)
                 steps.register(conn, step.campaign_id, [(step.name, db.utcnow() + RETRY_STEP)])
@@ -306,9 +314,25 @@ class Scheduler:
                 steps.hand_back(conn, self.id)
             else:
                 steps.finish(conn, step.id, self.id, state, db.utcnow(), error)
+        await self._settle(settle)
         self.performed.append(f"{step.slug}:{step.name}")
         log.info("%s: %s %s%s", step.slug, step.name, "retried later" if retry else state,
                  f": {error}" if error else "")
+
+    async def _settle(self, write: Callable[[Connection], None]) -> None:
+        """A step's last write, tried again while the database is away (for as long as the lead lasts): without it
+        the step would stay `running` until another leader hands it back and runs it again."""
+        deadline = time.monotonic() + LEASE_TTL.total_seconds()
+        while True:
+            try:
+                with db.write(self.engine) as conn:
+                    write(conn)
+                return
+            except DBAPIError as exc:
+                if not _unreachable(exc) or time.monotonic() > deadline:
+                    raise
+                log.warning("the database is unreachable (%s); trying again", _why(exc))
+                await asyncio.sleep(1.0)
 
     async def _wave(self, step: steps.StepRow, wave: str) -> tuple[str, str | None, bool]:
         code, out, err = await self._campaign("send", step.slug, "--wave", wave, "--workers", str(self.workers),
@@ -425,11 +449,20 @@ class Scheduler:
 
     async def _lead(self, once: bool) -> bool:
         while not self._stop.is_set():
-            if await asyncio.to_thread(self.leadership.try_lead, db.utcnow()):
+            try:
+                led = await asyncio.to_thread(self.leadership.try_lead, db.utcnow())
+                holder = None if led else self.leadership.holder_now(db.utcnow())
+            except DBAPIError as exc:
+                if once or not _unreachable(exc):
+                    raise
+                log.warning("the database is unreachable (%s); trying again", _why(exc))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), timeout=min(self.tick_seconds, 10.0))
+                continue
+            if led:
                 log.info("scheduler %s leads", self.id)
                 self._leading = True
                 return True
-            holder = self.leadership.holder_now(db.utcnow())
             if once:
                 raise StateError(f"another scheduler leads ({holder or 'unknown'}); nothing was done")
             log.info("another scheduler leads (%s); waiting to take over", holder or "unknown")
@@ -462,8 +495,13 @@ class Scheduler:
         scheduler.start()
         try:
             while not self._stop.is_set() and not keeper.done():
-                self._alarms(scheduler)
-                await self._tick()
+                try:
+                    self._alarms(scheduler)
+                    await self._tick()
+                except DBAPIError as exc:
+                    if not _unreachable(exc):
+                        raise
+                    log.warning("the database is unreachable (%s); trying again at the next tick", _why(exc))
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=self.tick_seconds)
@@ -499,6 +537,15 @@ def run(engine: Engine, config: Config, once: bool = False, workers: int = 1, po
     scheduler = Scheduler(engine, config, workers=workers, tick=poll, bounces=bounces, bounces_every=bounces_every)
     performed = asyncio.run(scheduler.run(once=once))
     return performed, scheduler.also
+
+
+def _unreachable(exc: DBAPIError) -> bool:
+    """A database that went away (restarted, refused, a connection cut): waited out, not a reason to stop."""
+    return exc.connection_invalidated or isinstance(exc, OperationalError)
+
+
+def _why(exc: DBAPIError) -> str:
+    return " ".join(str(exc.orig).split())[:200]
 
 
 def _last_line(text: str) -> str:

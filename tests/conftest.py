@@ -22,6 +22,7 @@ from sqlalchemy.engine import make_url
 from campaign import migrate
 from campaign.cli import cli
 from campaign.db import make_engine
+from tests.pgserver import own_postgres  # noqa: F401  (a PostgreSQL server of the test's own)
 from tests.smtpd import smtpd, smtpd_factory  # noqa: F401  (fixtures for every test module)
 
 ROOT = Path(__file__).resolve().parent.parent

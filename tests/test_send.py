@@ -3,7 +3,6 @@ broken mail caught (G5), retries, bounces, pauses, windows, crashes — on SQLit
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import email
 import hashlib
@@ -15,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from email.policy import default
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,8 @@ import pytest
 from sqlalchemy import Engine, text
 
 from tests.conftest import ROOT, CliRun, table_counts
+from tests.pgserver import OwnPostgres as _OwnPostgres
+from tests.pgserver import own_cli as _own_cli
 from tests.smtpd import CLOSING, HANGUP, NO_SUCH_USER, TEMPFAIL, SmtpServer
 
 SLUG = "voice-local-processing"
@@ -409,64 +410,6 @@ def test_leases_are_renewed_while_a_slow_batch_is_in_flight(run_cli: CliRun, eng
 
 
 # -- a lost database: a PostgreSQL server of the test's own, restarted or stopped in the middle of a send -----
-
-PG_BIN = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: int(p.parts[-3]))
-
-
-class _OwnPostgres:
-    """A PostgreSQL server for one test (never the shared test server: other tests use it meanwhile)."""
-
-    def __init__(self, port: int) -> None:
-        self.port, self.data = port, Path(f"/tmp/campaign-pg-restart-{port}")
-        admin = subprocess.run([str(ROOT / ".ci" / "postgres"), str(port), str(self.data)], check=True,
-                               capture_output=True, text=True).stdout.strip()
-        from sqlalchemy import create_engine
-        engine = create_engine(admin, isolation_level="AUTOCOMMIT")
-        with engine.connect() as conn:
-            conn.execute(text('CREATE DATABASE "campaign"'))
-        engine.dispose()
-        self.url = admin.rsplit("/", 1)[0] + "/campaign"
-
-    def start(self) -> None:  # as .ci/postgres starts it: `pg_ctl start` alone would forget the port
-        self.pg_ctl("-l", f"'{self.data}/server.log'", "-o", f"\"-h 127.0.0.1 -p {self.port} -k '{self.data}' "
-                    "-c fsync=off -c synchronous_commit=off\"", "start")
-
-    def pg_ctl(self, *args: str) -> None:
-        cmd = f"'{PG_BIN[-1]}' -D '{self.data}' -w -t 60 {' '.join(args)}"
-        argv = ["su", "postgres", "-s", "/bin/sh", "-c", cmd] if os.geteuid() == 0 else ["sh", "-c", cmd]
-        # Not captured: a restarted server would inherit the pipe, and reading it would never end.
-        subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-@pytest.fixture
-def own_postgres(workdir: Path) -> Iterator[_OwnPostgres]:
-    if not PG_BIN:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("CI=true but PostgreSQL is not installed")
-        pytest.skip("PostgreSQL is not installed here")
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = _OwnPostgres(port)
-    try:
-        yield server
-    finally:
-        with contextlib.suppress(subprocess.CalledProcessError):
-            server.pg_ctl("-m", "immediate", "stop")
-        shutil.rmtree(server.data, ignore_errors=True)
-
-
-def _own_cli(url: str) -> CliRun:
-    from click.testing import CliRunner
-
-    from campaign.cli import cli
-
-    def run(*args: str, env: dict[str, str] | None = None) -> Any:
-        base = {"CAMPAIGN_DATABASE_URL": url, "CAMPAIGN_ACTOR": "tester", "CAMPAIGN_TEMPLATES": str(ROOT / "templates")}
-        return CliRunner().invoke(cli, list(args), env={**base, **(env or {})}, catch_exceptions=False)
-    return run
-
 
 def _ready_on(run: CliRun, tmp_path: Path, limits: str) -> None:
     (tmp_path / "a.csv").write_text(ACCOUNTS, encoding="utf-8")
