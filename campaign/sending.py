@@ -63,7 +63,7 @@ from campaign.transport import Envelope, Outcome, Transport, make_transport
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT = 5.0
+HEARTBEAT = 1.0  # seconds between heartbeats: the rate share is recounted at each (a worker joining or leaving)
 HEARTBEAT_STALE = dt.timedelta(seconds=20)
 FORGET_AFTER = dt.timedelta(minutes=10)  # a worker silent this long is removed from the worker table
 IDLE_POLL_MAX = 1.0
