@@ -63,7 +63,8 @@ from campaign.transport import Envelope, Outcome, Transport, make_transport
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT = 1.0  # seconds between heartbeats: the rate share is recounted at each (a worker joining or leaving)
+HEARTBEAT = 5.0  # seconds between heartbeats (a write: leases renewed, dead workers' deliveries given back)
+RECOUNT = 1.0  # seconds between counts of the live workers (a read): the rate share follows joins within this
 HEARTBEAT_STALE = dt.timedelta(seconds=20)
 FORGET_AFTER = dt.timedelta(minutes=10)  # a worker silent this long is removed from the worker table
 IDLE_POLL_MAX = 1.0
@@ -518,12 +519,23 @@ class Worker:
         live = await self.db.write(self._beat_tx, sorted(self._in_flight), db.utcnow())
         self.limiter.set_rate(share(self.d.limits.rate_per_second, max(1, live)))
 
+    def _live_tx(self, conn: Connection, now: dt.datetime) -> int:
+        rows = worker_rows.of_campaign(conn, self.job.campaign_id)
+        return sum(1 for w in rows if w.heartbeat_at >= now - HEARTBEAT_STALE)
+
     async def _heartbeat(self) -> None:
         # Also during a long batch (a slow relay, a low rate): the leases of what is in flight must not
-        # run out, or another worker would take those deliveries and send them again.
+        # run out, or another worker would take those deliveries and send them again. Between beats, the
+        # live workers are counted (a read, no write lock) so that the rate share follows a worker joining.
+        last = time.monotonic()
         while True:
-            await asyncio.sleep(HEARTBEAT)
-            await self._beat()
+            await asyncio.sleep(min(RECOUNT, HEARTBEAT))
+            if time.monotonic() - last >= HEARTBEAT:
+                last = time.monotonic()
+                await self._beat()
+            else:
+                live = await self.db.read(self._live_tx, db.utcnow())
+                self.limiter.set_rate(share(self.d.limits.rate_per_second, max(1, live)))
 
     async def _committer(self) -> None:
         """Writes what the connections queued, all of it in one transaction, while they go on sending."""

@@ -26,7 +26,7 @@ from sqlalchemy import Engine, text
 
 from campaign.cli import cli
 from campaign.db import make_engine
-from campaign.sending import HEARTBEAT
+from campaign.sending import HEARTBEAT, RECOUNT
 from tests.conftest import IN_CI, ROOT, _fresh_database
 from tests.smtpd import SmtpServer
 
@@ -168,13 +168,13 @@ def test_two_machines_send_each_message_once_within_the_campaigns_rate(pg_url: s
     assert rows(pg, "SELECT state, COUNT(*) FROM delivery GROUP BY state") == [("sent", n)]
 
     # The rate: `rate_per_second` is the whole campaign's, shared by the three workers of the two machines.
-    # A worker learns of the others at its next heartbeat (every second), so the first seconds may go faster;
+    # A worker learns of the others at its next count of them (every second), so the first seconds may go faster;
     # past them, the sum stays at the rate.
     sent = sorted(t if isinstance(t, dt.datetime) else dt.datetime.fromisoformat(str(t))
                   for (t,) in rows(pg, "SELECT sent_at FROM delivery"))
     span = (sent[-1] - sent[0]).total_seconds()
     assert n / span <= rate * 1.3, f"{n} messages in {span:.1f} s: {n / span:.1f}/s for a rate of {rate}/s"
-    settled = sent[0] + dt.timedelta(seconds=HEARTBEAT_SECONDS + 2)
+    settled = sent[0] + dt.timedelta(seconds=RECOUNT + 2)
     later = [t for t in sent if t >= settled]
     later_span = (later[-1] - settled).total_seconds()
     assert later_span > 3
