@@ -392,6 +392,11 @@ def machine() -> str:
     return f"{socket.gethostname()}#{digest}"
 
 
+def _live(rows: list[worker_rows.WorkerRow], now: dt.datetime, dead: set[str] | None = None) -> int:
+    """How many of the campaign's workers are live: a heartbeat within HEARTBEAT_STALE, not known dead."""
+    return sum(1 for w in rows if w.heartbeat_at >= now - HEARTBEAT_STALE and not (dead and w.id in dead))
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -469,11 +474,10 @@ class Worker:
         # leases ran out long ago: it is forgotten, wherever it ran).
         dead = [w.id for w in rows if w.id != self.id and (w.heartbeat_at < now - FORGET_AFTER
                                                            or (w.host == self.host and not _alive(w.pid)))]
-        live = [w for w in rows if w.id not in dead and w.heartbeat_at >= now - HEARTBEAT_STALE]
         worker_rows.remove(conn, dead)
         deliveries.reclaim(conn, job.wave_id, now, dead)
         deliveries.renew(conn, self.id, in_flight, now)
-        return len(live)
+        return _live(rows, now, set(dead))
 
     def _claim_tx(self, conn: Connection, now: dt.datetime) -> _Batch:
         """Claim a batch: a short write transaction (on SQLite it holds the one write lock that every worker
@@ -516,12 +520,13 @@ class Worker:
     # the tasks beside the loop
 
     async def _beat(self) -> None:
-        live = await self.db.write(self._beat_tx, sorted(self._in_flight), db.utcnow())
-        self.limiter.set_rate(share(self.d.limits.rate_per_second, max(1, live)))
+        self._take_share(await self.db.write(self._beat_tx, sorted(self._in_flight), db.utcnow()))
 
     def _live_tx(self, conn: Connection, now: dt.datetime) -> int:
-        rows = worker_rows.of_campaign(conn, self.job.campaign_id)
-        return sum(1 for w in rows if w.heartbeat_at >= now - HEARTBEAT_STALE)
+        return _live(worker_rows.of_campaign(conn, self.job.campaign_id), now)
+
+    def _take_share(self, live: int) -> None:
+        self.limiter.set_rate(share(self.d.limits.rate_per_second, max(1, live)))
 
     async def _heartbeat(self) -> None:
         # Also during a long batch (a slow relay, a low rate): the leases of what is in flight must not
@@ -534,8 +539,7 @@ class Worker:
                 last = time.monotonic()
                 await self._beat()
             else:
-                live = await self.db.read(self._live_tx, db.utcnow())
-                self.limiter.set_rate(share(self.d.limits.rate_per_second, max(1, live)))
+                self._take_share(await self.db.read(self._live_tx, db.utcnow()))
 
     async def _committer(self) -> None:
         """Writes what the connections queued, all of it in one transaction, while they go on sending."""
