@@ -33,6 +33,7 @@ from aiosmtplib import (
     SMTPException,
     SMTPHeloError,
     SMTPNotSupported,
+    SMTPReadTimeoutError,
     SMTPRecipientRefused,
     SMTPRecipientsRefused,
     SMTPResponse,
@@ -303,35 +304,47 @@ class _Client(aiosmtplib.SMTP):
             mail.append(b"SIZE=%d" % len(data))  # RFC 1870: the octets as sent, CRLFs included
         if utf8:
             mail.append(b"SMTPUTF8")
+        loop = asyncio.get_running_loop()
+
+        def arm(limit: asyncio.Timeout) -> None:
+            # One deadline per command, as `timeout=` would set, on one Timeout for the whole transaction:
+            # `wait_for` costs a future, a timer and an extra turn of the loop for each command.
+            limit.reschedule(None if timeout is None else loop.time() + timeout)
+
         try:
-            reply = await self.execute_command(b"MAIL", *mail, timeout=timeout)
-            if reply.code != SMTPStatus.completed:
-                raise SMTPSenderRefused(reply.code, reply.message, sender)
-            refused: dict[str, SMTPResponse] = {}
-            for rcpt in recipients:
-                reply = await self.execute_command(b"RCPT", b"TO:<" + rcpt.encode("ascii") + b">", timeout=timeout)
-                if reply.code not in (SMTPStatus.completed, SMTPStatus.will_forward):
-                    refused[rcpt] = reply
-            if len(refused) == len(recipients):
-                raise SMTPRecipientsRefused([SMTPRecipientRefused(r.code, r.message, rcpt)
-                                             for rcpt, r in refused.items()])
-            self.data_started = True
-            reply = await self.execute_command(b"DATA", timeout=timeout)
-            if reply.code != SMTPStatus.start_input:
-                raise SMTPDataError(reply.code, reply.message)
-            if gate is not None:
-                await gate()
-            protocol = self.protocol
-            if protocol is None:
-                raise SMTPServerDisconnected("Connection lost")
-            protocol.write(dot_stuffed(data) + b".\r\n")
-            try:
-                reply = await protocol.read_response(timeout=timeout)
-            except (SMTPServerDisconnected, SMTPTimeoutError):
-                self.close()
-                raise
-            if reply.code != SMTPStatus.completed:
-                raise SMTPDataError(reply.code, reply.message)
+            async with asyncio.timeout(None) as limit:
+                arm(limit)
+                reply = await self.execute_command(b"MAIL", *mail, timeout=None)
+                if reply.code != SMTPStatus.completed:
+                    raise SMTPSenderRefused(reply.code, reply.message, sender)
+                refused: dict[str, SMTPResponse] = {}
+                for rcpt in recipients:
+                    arm(limit)
+                    reply = await self.execute_command(b"RCPT", b"TO:<" + rcpt.encode("ascii") + b">", timeout=None)
+                    if reply.code not in (SMTPStatus.completed, SMTPStatus.will_forward):
+                        refused[rcpt] = reply
+                if len(refused) == len(recipients):
+                    raise SMTPRecipientsRefused([SMTPRecipientRefused(r.code, r.message, rcpt)
+                                                 for rcpt, r in refused.items()])
+                self.data_started = True
+                arm(limit)
+                reply = await self.execute_command(b"DATA", timeout=None)
+                if reply.code != SMTPStatus.start_input:
+                    raise SMTPDataError(reply.code, reply.message)
+                if gate is not None:
+                    limit.reschedule(None)  # waiting for the commits is not the server's delay
+                    await gate()
+                protocol = self.protocol
+                if protocol is None:
+                    raise SMTPServerDisconnected("Connection lost")
+                protocol.write(dot_stuffed(data) + b".\r\n")
+                arm(limit)
+                reply = await protocol.read_response(timeout=None)
+                if reply.code != SMTPStatus.completed:
+                    raise SMTPDataError(reply.code, reply.message)
+        except TimeoutError:
+            self.close()  # the session is out of step: a reply may still come
+            raise SMTPReadTimeoutError("Timed out waiting for server response") from None
         except (SMTPResponseException, SMTPRecipientsRefused):
             with contextlib.suppress(ConnectionError, SMTPResponseException):
                 await self.rset(timeout=timeout)  # reset the envelope for the next message

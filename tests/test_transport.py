@@ -40,6 +40,7 @@ from tests.smtpd import (  # noqa: F401  (smtpd, smtpd_factory are fixtures)
     STALL,
     TEMPFAIL,
     SmtpServer,
+    Stage,
     smtpd,
     smtpd_factory,
 )
@@ -323,8 +324,9 @@ def test_hang_up_after_data_on_a_reused_connection_is_not_retried(smtpd: SmtpSer
     assert smtpd.connections == 1
 
 
-def test_stall_times_out_as_transient(smtpd: SmtpServer) -> None:
-    smtpd.script(None, [STALL])
+@pytest.mark.parametrize("at", ["MAIL", "RCPT", "DATA"])
+def test_stall_times_out_as_transient(smtpd: SmtpServer, at: Stage) -> None:
+    smtpd.script(None, [STALL], at=at)
     started = time.monotonic()
     stalled, after = send_each(smtp(smtpd, timeout=0.5), envelope(), envelope())
     assert (stalled.status, stalled.code) == ("transient", None)
@@ -332,6 +334,21 @@ def test_stall_times_out_as_transient(smtpd: SmtpServer) -> None:
     assert time.monotonic() - started < 3
     assert after.status == "sent"
     assert smtpd.connections == 2
+
+
+def test_waiting_at_the_gate_is_not_the_servers_delay(smtpd: SmtpServer) -> None:
+    """The per-command timeout is the server's: a connection held at the gate (commits behind) for longer
+    than it still sends its message."""
+    async def gate() -> None:
+        await asyncio.sleep(1.0)
+
+    async def run() -> Outcome:
+        async with smtp(smtpd, timeout=0.5) as transport:
+            return await transport.send(envelope(), gate)
+
+    outcome = asyncio.run(run())
+    assert outcome.status == "sent", outcome.detail
+    assert len(smtpd.messages) == 1
 
 
 def test_connection_refused_is_transient() -> None:
