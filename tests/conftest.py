@@ -14,6 +14,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+# Loaded at collection: when a run's tests never import it, hypothesis' terminal-summary hook does, at the very
+# end, and on CPython 3.11.7 that import can fail ("SystemError: AST constructor recursion depth mismatch").
+import hypothesis  # noqa: F401
 import pytest
 from click.testing import CliRunner, Result
 from sqlalchemy import Engine, create_engine, text
