@@ -454,7 +454,9 @@ class Worker:
         self._urgent = asyncio.Event()  # set when many queued outcomes hold a gate permit: commit now
         self._gated = 0
         self._db_gone: BaseException | None = None
-        self._sends: set[asyncio.Task[None]] = set()
+        self._sends: set[asyncio.Task[None]] = set()  # each leaves the set when done (`_sent`)
+        self._room = asyncio.Semaphore(2 * self._concurrency)  # messages built ahead of the connections
+        self._send_error: BaseException | None = None  # the first send that raised (a database gone for good)
         self._records: list[asyncio.Future[None]] = []  # commits nobody waits for (triage's results)
         self.db = Database(engine)
 
@@ -658,7 +660,6 @@ class Worker:
         """Triage, compose and start sending each delivery of the batch; returns when all are under way."""
         now = db.utcnow()
         settled: list[Result] = []
-        ahead = 2 * self._concurrency
         broken: str | None = None
         for n, c in enumerate(batch.claimed):
             if broken is not None:  # hand back, untried, what comes after a message that would not build
@@ -677,16 +678,17 @@ class Worker:
                 settled.append(handed_back(c, now, error=str(exc)))
                 broken = f"account {verdict.person.account_id}: {exc}"
                 continue
+            # Build only a little ahead of the connections: CPU and network then take turns evenly.
+            full = self._room.locked()
+            await self._room.acquire()  # when not full: at once, without a turn of the loop
+            if not full and n % 4 == 3:
+                await asyncio.sleep(0)
+            if self._send_error is not None:  # a database that stayed away stops the send here
+                self._room.release()
+                raise self._send_error
             task = asyncio.create_task(self._send(c, composed, verdict.person.email))
             self._sends.add(task)
-            if len(self._sends) >= ahead:
-                # Build only a little ahead of the connections: CPU and network then take turns evenly.
-                done, self._sends = await asyncio.wait(self._sends, return_when=asyncio.FIRST_COMPLETED)
-                failed = [t.exception() for t in done if t.exception() is not None]
-                if failed:  # a database that stayed away stops the send here
-                    raise failed[0]  # type: ignore[misc]
-            elif n % 4 == 3:
-                await asyncio.sleep(0)
+            task.add_done_callback(self._sent)
         if settled:  # what needed no SMTP: suppressed, expired, window, skipped, handed back
             self._record(self._commit(settled))
         if broken is not None:
@@ -697,11 +699,16 @@ class Worker:
             await self._pause(f"{self.failures.failures} of the last {self.failures.seen} attempts failed "
                               f"(limit {self.d.limits.pause_on_failure_rate:.0%}); last error: {self._last_error}")
 
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self._sends.discard(task)
+        self._room.release()
+        if not task.cancelled() and task.exception() is not None and self._send_error is None:
+            self._send_error = task.exception()
+
     async def _drain(self) -> None:
         """Wait until every message under way is sent and every outcome recorded."""
-        sends, self._sends = self._sends, set()
         records, self._records = self._records, []
-        await asyncio.gather(*sends, *records)
+        await asyncio.gather(*self._sends, *records)
 
     async def _pause(self, reason: str) -> None:
         await self.db.write(self._pause_tx, reason)
