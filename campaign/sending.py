@@ -199,7 +199,7 @@ class Composer:
             sender = verp.envelope_sender(self.d, mid, self.sender)  # [bounces]: a signed return path per delivery
         except (CampaignError, HeaderInjection, ValueError) as exc:
             raise ComposeError(str(exc)) from exc
-        return Composed(Envelope(sender, (person.email,), data, mid), rendered.template_locale)
+        return Composed(Envelope(sender, (person.email,), data, mid, wire=True), rendered.template_locale)
 
 
 # -- the database, off the event loop ----------------------------------------------------------------------
@@ -494,14 +494,18 @@ class Worker:
     def _load_tx(self, conn: Connection, batch: _Batch) -> _Batch:
         """The recipients, their devices and suppressions for a claimed batch (a read transaction)."""
         ids = [c.account_id for c in batch.claimed]
-        people = audience.recipients(conn, ids)
+        people: dict[str, Recipient] = {}
         devices: dict[str, list[DeviceView]] = {}
         if self.wave.audience == "changed":
             for account_id, view in audience.changed_devices(conn, self.job.campaign_id, ids):
                 devices.setdefault(account_id, []).append(view)
-        else:  # the affected devices, by the audience's own definition
-            devices = {person.account_id: views
-                       for person, views in audience.iter_affected(conn, self.d, account_ids=ids)}
+        else:  # the affected devices, by the audience's own definition, with their owners
+            for person, views in audience.iter_affected(conn, self.d, account_ids=ids):
+                people[person.account_id] = person
+                devices[person.account_id] = views
+        missing = [i for i in ids if i not in people]  # a `changed` wave's, or no longer affected (skipped)
+        if missing:
+            people.update(audience.recipients(conn, missing))
         return _Batch(batch.claimed, people, devices,
                       suppression_rows.suppressed(conn, (p.email for p in people.values())))
 

@@ -207,6 +207,7 @@ class Envelope:
     recipients: tuple[str, ...]
     data: bytes = field(repr=False)
     message_id: str = ""
+    wire: bool = False  # `data` is known to be in wire form (`wire_ready`): MessageBuilder made it
 
     def __post_init__(self) -> None:
         if not self.recipients:
@@ -287,11 +288,12 @@ class _Client(aiosmtplib.SMTP):
     data_started = False
 
     async def transaction(self, sender: str, recipients: list[str], data: bytes, utf8: bool,
-                          timeout: float, gate: Gate | None = None) -> tuple[dict[str, SMTPResponse], str]:
+                          timeout: float, gate: Gate | None = None,
+                          wire: bool = False) -> tuple[dict[str, SMTPResponse], str]:
         """MAIL, RCPT for each recipient, DATA; RSET after a refusal (as `sendmail` does). `gate` is
         awaited after the 354, before the data. Returns the refused recipients and the final reply. Raises
         like `sendmail`."""
-        if not wire_ready(data) or not all(map(_plain_address, recipients)) or not _plain_address(sender):
+        if not (wire or wire_ready(data)) or not all(map(_plain_address, recipients)) or not _plain_address(sender):
             if gate is not None:
                 await gate()
             options = ["SMTPUTF8"] if utf8 else None
@@ -307,9 +309,14 @@ class _Client(aiosmtplib.SMTP):
         loop = asyncio.get_running_loop()
 
         def arm(limit: asyncio.Timeout) -> None:
-            # One deadline per command, as `timeout=` would set, on one Timeout for the whole transaction:
-            # `wait_for` costs a future, a timer and an extra turn of the loop for each command.
-            limit.reschedule(None if timeout is None else loop.time() + timeout)
+            # The server has `timeout` seconds for each reply, on one Timeout for the whole transaction (`wait_for`
+            # costs a future, a timer and an extra turn of the loop for each command). The deadline moves only
+            # when less than `timeout` is left, to twice that from now: a reply gets between one and two times
+            # `timeout`, and a transaction sets its timer about once instead of once a command.
+            if timeout is not None:
+                now, when = loop.time(), limit.when()
+                if when is None or when - now < timeout:
+                    limit.reschedule(now + 2 * timeout)
 
         try:
             async with asyncio.timeout(None) as limit:
@@ -582,7 +589,8 @@ class SmtpTransport:
         sender, recipients = wire_form(env.sender), [wire_form(r) for r in env.recipients]
         utf8 = [a for a in (sender, *recipients) if needs_smtputf8(a)]
         try:
-            refused, reply = await client.transaction(sender, recipients, env.data, bool(utf8), self.timeout, gate)
+            refused, reply = await client.transaction(sender, recipients, env.data, bool(utf8), self.timeout, gate,
+                                                      env.wire)
         except SMTPRecipientsRefused as exc:
             pairs = [(r.recipient, r.code, r.message) for r in exc.recipients]
             return self._refused(client, pairs, len(recipients)), False
