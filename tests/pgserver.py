@@ -14,6 +14,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,11 +29,11 @@ PG_BIN = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: 
 
 
 class OwnPostgres:
-    """A PostgreSQL server for one test, in /tmp/campaign-pg-restart-PORT."""
+    """A PostgreSQL server for one test, in /tmp/campaign-pg-restart-PORT-*."""
 
     def __init__(self, port: int) -> None:
-        self.port, self.data = port, Path(f"/tmp/campaign-pg-restart-{port}")
-        shutil.rmtree(self.data, ignore_errors=True)  # left by a run that was killed (no server: the port is free)
+        # A directory of its own, never one that a killed run left behind (or another run's, stopped for a while).
+        self.port, self.data = port, Path(tempfile.mkdtemp(prefix=f"campaign-pg-restart-{port}-", dir="/tmp"))
         admin = subprocess.run([str(ROOT / ".ci" / "postgres"), str(port), str(self.data)], check=True,
                                capture_output=True, text=True).stdout.strip()
         engine = create_engine(admin, isolation_level="AUTOCOMMIT")
