@@ -1,6 +1,6 @@
 """A real IMAP server on loopback for tests: Debian's Dovecot, started with a configuration of its own in a
 temporary directory (a passwd-file user, Maildir storage, plain IMAP and IMAPS with a self-signed certificate
-made here), on free ports, and stopped after the test.
+made here), on free ports (tests/ports.py), and stopped after the test.
 
 Use `imapd` in a test module with
 
@@ -17,7 +17,6 @@ import imaplib
 import os
 import pwd
 import shutil
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -27,16 +26,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.ports import free_port
+
 DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
 IN_CI = os.environ.get("CI", "").lower() == "true"
 HOST = "127.0.0.1"
 USER, PASSWORD = "bounces", "imap-test-secret"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 class ImapServer:
@@ -44,7 +39,7 @@ class ImapServer:
 
     def __init__(self, root: Path, capability: str | None = None) -> None:
         self.root, self.capability = root, capability
-        self.imap_port, self.imaps_port = _free_port(), _free_port()
+        self.imap_port, self.imaps_port = free_port(), free_port()
         self.cert = root / "cert.pem"
         self._proc: subprocess.Popen[bytes] | None = None
 

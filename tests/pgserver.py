@@ -2,10 +2,10 @@
 server on CAMPAIGN_TEST_POSTGRES_URL: other tests use it meanwhile).
 
 tests/conftest.py offers every test module the fixture `own_postgres`: a started server (initdb'd by
-`.ci/postgres` in a temp directory, on a free port, run as the postgres user when the tests run as root) with an
-empty database `campaign`. `own_postgres.url` names it; `own_postgres.restart()` is `pg_ctl restart -m fast`
-(every session is cut); `stop()` and `start()` take it away and bring it back. It is stopped and removed at
-teardown. Without PostgreSQL installed the test skips, and fails under CI=true.
+`.ci/postgres` in a temp directory, on a free port from tests/ports.py, run as the postgres user when the tests run
+as root) with an empty database `campaign`. `own_postgres.url` names it; `own_postgres.restart()` is
+`pg_ctl restart -m fast` (every session is cut); `stop()` and `start()` take it away and bring it back. It is
+stopped and removed at teardown. Without PostgreSQL installed the test skips, and fails under CI=true.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,15 +22,18 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
+from tests.ports import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 PG_BIN = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: int(p.parts[-3]))
 
 
 class OwnPostgres:
-    """A PostgreSQL server for one test, in /tmp/campaign-pg-restart-PORT."""
+    """A PostgreSQL server for one test, in /tmp/campaign-pg-restart-PORT-*."""
 
     def __init__(self, port: int) -> None:
-        self.port, self.data = port, Path(f"/tmp/campaign-pg-restart-{port}")
+        # A directory of its own, never one that a killed run left behind (or another run's, stopped for a while).
+        self.port, self.data = port, Path(tempfile.mkdtemp(prefix=f"campaign-pg-restart-{port}-", dir="/tmp"))
         admin = subprocess.run([str(ROOT / ".ci" / "postgres"), str(port), str(self.data)], check=True,
                                capture_output=True, text=True).stdout.strip()
         engine = create_engine(admin, isolation_level="AUTOCOMMIT")
@@ -63,10 +66,7 @@ def own_postgres(workdir: Path) -> Iterator[OwnPostgres]:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail("CI=true but PostgreSQL is not installed")
         pytest.skip("PostgreSQL is not installed here")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = OwnPostgres(port)
+    server = OwnPostgres(free_port())
     try:
         yield server
     finally:

@@ -110,6 +110,7 @@ def outcome(f: object, value: str) -> tuple[str, str]:
         return "refused", str(exc)
 
 
+@pytest.mark.slow
 @settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(value=addresses_drawn)
 @example(value="pat@xn--bcher-kva.example")

@@ -248,6 +248,7 @@ def scheduler_once(db_url: str, smtpd: SmtpServer, cwd: Path, clock: str) -> sub
                           capture_output=True, text=True, timeout=240)
 
 
+@pytest.mark.slow
 def test_the_schedulers_flip_step_waits_for_the_approval(run_cli: CliRun, engine: Engine, created: Path,
                                                          db_url: str, smtpd: SmtpServer, workdir: Path) -> None:
     assert run_cli("approve", SLUG, env=as_(REVIEWER)).exit_code == 0

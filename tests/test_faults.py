@@ -77,6 +77,7 @@ def _wait_for(what: str, ready: Any, timeout: float = 120.0, every: float = 0.02
 
 # -- send --workers 2 ------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_send_with_two_workers_resumes_after_a_postgres_restart(own_postgres: OwnPostgres, smtpd: SmtpServer,
                                                                 tmp_path: Path) -> None:
     run = own_cli(own_postgres.url)

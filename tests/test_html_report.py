@@ -83,6 +83,7 @@ def read_png(data: bytes) -> tuple[int, int, list[bytes]]:
         b"".join(r[i:i + 3] for i in range(0, len(r), 4)) for r in rows]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the page, not the database, is under test here
 def test_chromium_renders_the_report(chromium: str, run_cli: CliRun, story: Engine,  # noqa: F811
                                      tmp_path: Path) -> None:

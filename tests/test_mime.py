@@ -221,6 +221,7 @@ def test_fast_equals_plain_for_international_addresses(name: str, subject: str, 
     assert_same(parts(name=name, subject=subject, address=address))
 
 
+@pytest.mark.slow
 def test_whole_shipped_example_fast_equals_plain() -> None:
     """Every affected account of the shipped example, every wave: the fast bytes read as the plain ones."""
     import csv

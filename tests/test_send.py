@@ -265,6 +265,7 @@ SLOW = ("[limits]\nrate_per_second = 40\nconcurrency = 4\nmax_attempts = 3\nretr
         "retry_max_seconds = 0.02\npause_on_failure_rate = 0.9\n")
 
 
+@pytest.mark.slow
 def test_kill_9_midway_then_resume(run_cli: CliRun, engine: Engine, smtpd: SmtpServer, ready: Callable[..., None],
                                    db_url: str, tmp_path: Path) -> None:
     ready(limits=SLOW.replace("rate_per_second = 40", "rate_per_second = 10"))  # 4 s for all 40: time to kill
@@ -452,6 +453,7 @@ def test_postgres_restarting_mid_send_does_not_hang_it(own_postgres: _OwnPostgre
     _delivered_once_but_in_flight(smtpd, 4)
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 def test_postgres_gone_for_good_stops_the_send_and_a_rerun_recovers(own_postgres: _OwnPostgres, smtpd: SmtpServer,
                                                                    tmp_path: Path,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import shutil
-import socket
 import ssl
 import subprocess
 import time
@@ -33,6 +32,7 @@ from campaign.transport import (
     send_all_sync,
     wire_ready,
 )
+from tests.ports import free_port
 from tests.smtpd import (  # noqa: F401  (smtpd, smtpd_factory are fixtures)
     CLOSING,
     HANGUP,
@@ -72,12 +72,6 @@ def send_each(transport: Transport, *envelopes: Envelope) -> list[Outcome]:
             return [await transport.send(e) for e in envelopes]
 
     return asyncio.run(run())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --- the URL -----------------------------------------------------------------------------------------
