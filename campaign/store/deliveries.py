@@ -184,36 +184,18 @@ _RECORD = (update(D)
                    updated_at=_param("r_at")))
 
 
-# The common outcome, a message sent, with the parameters it needs only: half as many to process a row.
-_RECORD_SENT = (update(D)
-                .where(D.c.id == bindparam("r_id"), D.c.lease_owner == bindparam("r_owner"), D.c.state == SENDING)
-                .values(state=SENT, sent_at=_param("r_at"),
-                        message_id=bindparam("r_message_id", type_=D.c.message_id.type),
-                        locale=bindparam("r_locale", type_=D.c.locale.type), last_error=None, next_attempt_at=None,
-                        lease_owner=None, lease_expires_at=None, updated_at=_param("r_at")))
-
-
-def _plainly_sent(r: Result) -> bool:
-    """A sent message whose row `_RECORD_SENT` writes exactly as `_RECORD` would."""
-    return (r.state == SENT and r.message_id is not None and r.locale is not None and not r.error
-            and r.next_attempt_at is None and r.not_before is None and not r.attempts_back)
-
-
 def record(conn: Connection, owner: str, results: Sequence[Result]) -> int:
     """Write outcomes, each only while `owner` still holds the lease; returns how many rows it wrote
     (idempotent: a row already recorded is no longer `sending` and is left alone)."""
-    sent = [{"r_message_id": r.message_id, "r_locale": r.locale, "r_at": r.at, "r_id": r.id, "r_owner": owner}
-            for r in results if _plainly_sent(r)]
+    if not results:
+        return 0
     rows = [{"r_state": r.state, "r_sent_at": r.at if r.state == SENT else None, "r_message_id": r.message_id,
              "r_locale": r.locale, "r_error": (r.error or None) and r.error[:1024],
              "r_next_attempt_at": r.next_attempt_at, "r_not_before": r.not_before, "r_back": r.attempts_back,
              "r_at": r.at, "r_id": r.id, "r_owner": owner}
-            for r in results if not _plainly_sent(r)]
-    written = 0
-    for statement, params in ((_RECORD_SENT, sent), (_RECORD, rows)):
-        if params:
-            written += int(conn.execute(statement, params).rowcount or 0)
-    return written
+            for r in results]
+    result = conn.execute(_RECORD, rows)
+    return int(result.rowcount or 0)
 
 
 # -- looking ----------------------------------------------------------------------------------------------
