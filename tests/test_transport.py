@@ -32,6 +32,7 @@ from campaign.transport import (
     send_all_sync,
     wire_ready,
 )
+from tests.conftest import IN_CI
 from tests.ports import free_port
 from tests.smtpd import (  # noqa: F401  (smtpd, smtpd_factory are fixtures)
     CLOSING,
@@ -449,6 +450,8 @@ def test_no_password_in_repr_or_outcomes(smtpd_factory: Callable[..., SmtpServer
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A self-signed certificate for 127.0.0.1 and localhost (made with the openssl command)."""
     if shutil.which("openssl") is None:
+        if IN_CI:
+            pytest.fail("CI=true but the openssl command is not installed: the TLS tests must run in CI")
         pytest.skip("the openssl command is not installed")
     where = tmp_path_factory.mktemp("tls")
     cert, key = where / "cert.pem", where / "key.pem"
