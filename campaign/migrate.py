@@ -12,10 +12,11 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Engine, inspect, text
+from sqlalchemy import Engine
 
 from campaign.config import redact_url
 from campaign.errors import CampaignError
+from campaign.store import schema
 
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
@@ -49,10 +50,9 @@ def head() -> str:
 
 
 def current(engine: Engine) -> str | None:
+    """The database's revision (None before the first `init`)."""
     with engine.connect() as conn:
-        if not inspect(conn).has_table("alembic_version"):
-            return None
-        return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()  # Alembic's own table
+        return schema.revision(conn)
 
 
 def upgrade(engine: Engine) -> tuple[str | None, str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, ForeignKey, Index, Integer, String, Table, Text, UniqueConstraint, text
+from sqlalchemy import BigInteger, Column, ForeignKey, Index, Integer, String, Table, Text, UniqueConstraint, func
 from sqlmodel import Field, SQLModel
 
 from campaign.db import UTCDateTime
@@ -177,7 +177,6 @@ class Suppression(SQLModel, table=True):
     too in practice, and a missed match here would mail someone who asked not to be."""
 
     __tablename__ = "suppression"
-    __table_args__ = (Index("ix_suppression_email_lower", text("lower(email)"), unique=True),)
 
     email: str = Field(primary_key=True, max_length=254)  # normalized: domain lower-cased
     reason: str = Field(max_length=1024)
@@ -185,6 +184,10 @@ class Suppression(SQLModel, table=True):
     campaign_id: int | None = _fk("campaign.id", nullable=True, index=False)
     created_at: dt.datetime = _ts()
     created_by: str = Field(max_length=128)
+
+
+# Suppression looks addresses up by lower(email) (store/suppressions.py): one address, one row, any case.
+Index("ix_suppression_email_lower", func.lower(Suppression.__table__.c.email), unique=True)  # type: ignore[attr-defined]
 
 
 class Bounce(SQLModel, table=True):

@@ -9,6 +9,7 @@ The verbs (import, create, send, status, flip, …) say what happens; the module
 - `workers`      live sending processes and their heartbeats
 - `suppressions` addresses never to be mailed
 - `audit`        audit events
+- `schema`       the schema's revision (Alembic's table)
 
 Every function takes the caller's `Connection` and never commits: the caller owns the transaction
 (`campaign.db.transaction` for commands). Raw SQL appears only where Core cannot say it (a pragma, COPY,
