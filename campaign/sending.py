@@ -70,6 +70,10 @@ FORGET_AFTER = dt.timedelta(minutes=10)  # a worker silent this long is removed 
 IDLE_POLL_MAX = 1.0
 PROGRESS_EVERY = 0.5  # seconds between progress reports of an in-process worker
 COMMIT_GATHER = 0.010  # seconds a commit may wait for company: fewer, larger transactions (see `_committer`)
+# Transactions of outcomes written at once, each by a thread and a connection of its own. On PostgreSQL a commit
+# waits for its WAL to reach the disk (fsync): while one waits, the next is written, and the server flushes
+# both at once. SQLite has one writer at a time: a second would only wait for the lock.
+COMMIT_LANES = {"postgresql": 2}
 RECONNECT_FOR = 60.0  # seconds a lost database is retried before the send stops
 RECONNECT_MAX_DELAY = 5.0
 SWITCH_INTERVAL = 0.0005  # seconds a thread may keep the GIL while another wants it (see `Worker.run`)
@@ -249,18 +253,20 @@ def call(engine: Engine, fn: Callable[..., T], *args: Any, write: bool = True,
 class Database:
     """The worker's database threads: every statement of the send loop runs there, while the event loop goes
     on with SMTP. Each thread keeps its own connection (no pool checkout, no ping per transaction) and makes
-    a new one when it is lost. Two lanes, a thread each: "commit" for the outcomes, "main" for the rest
-    (claims, the reads after them, heartbeats, looks), so that a commit never waits behind a batch's reads.
+    a new one when it is lost. Lanes, a thread each: "commit0", "commit1", … for the outcomes (see
+    COMMIT_LANES), "main" for the rest (claims, the reads after them, heartbeats, looks), so that a commit
+    never waits behind a batch's reads.
     On SQLite the two write transactions (a commit, a claim) are short, and reads do not block writers (WAL)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, commit_lanes: int = 1) -> None:
         self.engine = engine
         self.busy = 0.0  # seconds the threads spent on the database, summed
         self._local = threading.local()
         self._opened: list[tuple[ThreadPoolExecutor, Connection]] = []
         main = ThreadPoolExecutor(1, thread_name_prefix="campaign-db")
-        commit = ThreadPoolExecutor(1, thread_name_prefix="campaign-db-c")
-        self._lanes = {"main": main, "commit": commit}
+        self._lanes = {"main": main}
+        for i in range(commit_lanes):
+            self._lanes[f"commit{i}"] = ThreadPoolExecutor(1, thread_name_prefix=f"campaign-db-c{i}")
 
     def _connection(self, lane: ThreadPoolExecutor) -> Connection:
         conn: Connection | None = getattr(self._local, "conn", None)
@@ -458,7 +464,9 @@ class Worker:
         self._room = asyncio.Semaphore(2 * self._concurrency)  # messages built ahead of the connections
         self._send_error: BaseException | None = None  # the first send that raised (a database gone for good)
         self._records: list[asyncio.Future[None]] = []  # commits nobody waits for (triage's results)
-        self.db = Database(engine)
+        self._taking = asyncio.Lock()  # the committer gathering the next transaction
+        self._commit_lanes = COMMIT_LANES.get(engine.dialect.name, 1)
+        self.db = Database(engine, self._commit_lanes)
 
     @property
     def db_seconds(self) -> float:
@@ -547,22 +555,24 @@ class Worker:
             else:
                 self._take_share(await self.db.read(self._live_tx, db.utcnow()))
 
-    async def _committer(self) -> None:
-        """Writes what the connections queued, all of it in one transaction, while they go on sending."""
+    async def _committer(self, lane: str) -> None:
+        """Writes what the connections queued, all of it in one transaction, while they go on sending. With
+        several lanes, one gathers the next transaction while another's is being written."""
         while True:
-            await self._queued.wait()
-            if COMMIT_GATHER and not self._urgent.is_set():
-                # Let other outcomes join this commit, unless half the accepted messages a worker may hold
-                # unrecorded are waiting already (connections would soon wait at the gate).
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._urgent.wait(), COMMIT_GATHER)
-            batch, self._queue = self._queue, []
-            self._queued.clear()
-            self._urgent.clear()
-            self._gated = 0
+            async with self._taking:
+                await self._queued.wait()
+                if COMMIT_GATHER and not self._urgent.is_set():
+                    # Let other outcomes join this commit, unless half the accepted messages a worker may hold
+                    # unrecorded are waiting already (connections would soon wait at the gate).
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._urgent.wait(), COMMIT_GATHER)
+                batch, self._queue = self._queue, []
+                self._queued.clear()
+                self._urgent.clear()
+                self._gated = 0
             results = [r for rs, _, _ in batch for r in rs]
             try:
-                await self.db.write(self._record_tx, results, [b for _, bs, _ in batch for b in bs], lane="commit")
+                await self.db.write(self._record_tx, results, [b for _, bs, _ in batch for b in bs], lane=lane)
             except BaseException as exc:  # the database is gone for good (after `call`'s retries), or a bug
                 self._db_gone = exc
                 for _, _, fut in [*batch, *self._queue]:
@@ -604,7 +614,7 @@ class Worker:
             sys.setswitchinterval(switch)
 
     async def _run(self) -> None:
-        committer = asyncio.create_task(self._committer())
+        committers = [asyncio.create_task(self._committer(f"commit{i}")) for i in range(self._commit_lanes)]
         heart: asyncio.Task[None] | None = None
         fetch: asyncio.Task[_Batch] | None = None
         try:
@@ -639,7 +649,7 @@ class Worker:
                     await self._report()
                 await self._drain()
         finally:
-            await self._stop(committer, heart, fetch)
+            await self._stop(committers, heart, fetch)
 
     async def _waited(self, aw: Any) -> Any:
         start = time.perf_counter()
@@ -760,7 +770,7 @@ class Worker:
             self._records = [f for f in self._records if not f.done() or f.cancelled() or f.exception()]
         self._records.append(done)
 
-    async def _stop(self, committer: asyncio.Task[None], heart: asyncio.Task[None] | None,
+    async def _stop(self, committers: list[asyncio.Task[None]], heart: asyncio.Task[None] | None,
                     fetch: asyncio.Task[_Batch] | None) -> None:
         """Whatever ended the loop: hand back a claimed batch not yet fed, let what is under way finish
         (unless the database is gone), stop the helpers, leave the worker table."""
@@ -774,10 +784,13 @@ class Worker:
                 await self._drain()
                 await self.db.write(self._leave_tx, retry_for=5.0)
         finally:
-            for task in (*self._sends, committer, *((heart,) if heart else ()), *((fetch,) if fetch else ())):
+            for task in (*self._sends, *committers, *((heart,) if heart else ()), *((fetch,) if fetch else ())):
                 task.cancel()
-            await asyncio.gather(*self._sends, committer, *((heart,) if heart else ()),
+            await asyncio.gather(*self._sends, *committers, *((heart,) if heart else ()),
                                  *((fetch,) if fetch else ()), return_exceptions=True)
+            for done in self._records:  # commits that failed with the database: the send reports why
+                if done.done() and not done.cancelled():
+                    done.exception()
             self.db.close()
 
 
