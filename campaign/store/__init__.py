@@ -8,6 +8,12 @@ The verbs (import, create, send, status, flip, …) say what happens; the module
 - `deliveries`   the send ledger: materialize, claim under lease, record, reclaim, counts
 - `workers`      live sending processes and their heartbeats
 - `suppressions` addresses never to be mailed
+- `changes`      the flip and its rollback: setting changes written with the device settings they change
+- `steps`        a campaign's scheduled steps, claimed once, and the scheduler's leadership
+- `approvals`    the events an approval is decided by
+- `bounces`      returned mail: its rows, the deliveries it is about, their late change of state
+- `evidence`     what the reports read per account, one person's story, the HTML report's aggregates
+- `reports`      rates, the flip's counts
 - `audit`        audit events
 - `schema`       the schema's revision (Alembic's table)
 
