@@ -290,6 +290,7 @@ class _Match:
 
 def _apply(conn: Connection, items: list[tuple[Message, returned.Report]], actor: str, keys: _Keys,
            campaigns: _Campaigns, out: ImportResult) -> None:
+    store.take_turn(conn)
     seen = store.known(conn, [r.key for _, r in items])
     todo: list[_Match] = []
     for message, report in items:

@@ -10,8 +10,13 @@ import base64
 import datetime as dt
 import json
 import mailbox
+import os
 import re
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +26,7 @@ from sqlalchemy import Engine, text
 from campaign import flip, verp
 from campaign.definition import parse_definition
 from campaign.errors import InputError
+from campaign.store.bounces import IMPORT_LOCK
 from tests import bounce_mail as bm
 from tests.conftest import ROOT, CliRun, table_counts
 from tests.imapd import PASSWORD, ImapServer, imapd  # noqa: F401  (the fixture)
@@ -262,6 +268,49 @@ def test_returned_mail_from_several_relays(run_cli: CliRun, engine: Engine, smtp
     # The human summary says the same, and lists what it did not act on, by where it lies.
     result = run_cli("bounces", "import", str(box), env=env)
     assert "took in 0, 12 taken in before" in result.output
+
+
+@contextmanager
+def imports_held(engine: Engine) -> Iterator[None]:
+    """Hold what a `bounces import` waits for before it reads which mail is new: the advisory lock on
+    PostgreSQL, the write lock on SQLite."""
+    with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": IMPORT_LOCK})
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": IMPORT_LOCK})
+                conn.commit()
+        else:
+            conn.execution_options(campaign_write=True)  # BEGIN IMMEDIATE
+            with conn.begin():
+                yield
+
+
+def test_two_imports_of_the_same_mail_at_once_take_it_in_once(run_cli: CliRun, engine: Engine, db_url: str,
+                                                               smtpd: SmtpServer, env: Env,
+                                                               campaign: Callable[..., None],
+                                                               tmp_path: Path) -> None:
+    """Two `bounces import` processes started together on the same mail (a cron job and a person, say): one
+    takes it in, the other finds it taken in — no duplicate key, no mail counted twice."""
+    campaign()
+    box = maildir(tmp_path / "Maildir", list(returned_mail(send(run_cli, env, smtpd)).values()))
+    environ = {**os.environ, **env, "CAMPAIGN_DATABASE_URL": db_url, "CAMPAIGN_ACTOR": "tester",
+               "CAMPAIGN_TEMPLATES": str(ROOT / "templates")}
+    command = [sys.executable, "-m", "campaign", "bounces", "import", str(box), "--json"]
+    with imports_held(engine):
+        imports = [subprocess.Popen(command, env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                   for _ in range(2)]
+        time.sleep(3)  # both have read the mail and wait for their turn (they would be done by now otherwise)
+        assert [p.poll() for p in imports] == [None, None]
+    outcomes = [p.communicate(timeout=120) for p in imports]
+    assert [p.returncode for p in imports] == [0, 0], [err for _, err in outcomes]
+    counts = sorted((json.loads(out)["new"], json.loads(out)["already"]) for out, _ in outcomes)
+    assert counts == [(0, 12), (12, 0)]
+    assert rows(engine, "SELECT count(*) FROM bounce") == [(12,)]
+    assert states(engine)["user0@example.com"] == "bounced"
 
 
 def test_mbox_is_read_with_its_lines(run_cli: CliRun, engine: Engine, smtpd: SmtpServer, env: Env,

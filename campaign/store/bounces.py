@@ -19,6 +19,15 @@ from campaign.models import BOUNCE, CAMPAIGN, DELIVERY
 
 B, C, DL = BOUNCE, CAMPAIGN, DELIVERY
 CHUNK = 1000
+IMPORT_LOCK = 0x63616D70_626F756E  # "campbounc": the transaction-level advisory lock of `bounces import`
+
+
+def take_turn(conn: Connection) -> None:
+    """Wait until no other import is taking in mail, for the rest of this transaction: two imports of the same
+    mail at once must not both find it new. SQLite's BEGIN IMMEDIATE does this already; on PostgreSQL, read
+    committed lets both read before either writes, so the transaction takes an advisory lock first."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(select(func.pg_advisory_xact_lock(IMPORT_LOCK)))
 
 
 def known(conn: Connection, keys: Iterable[str]) -> set[str]:
