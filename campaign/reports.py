@@ -33,6 +33,7 @@ from campaign.models import (
     WAITING,
 )
 from campaign.store import audit, deliveries, evidence, steps
+from campaign.store import bounces as bounce_store
 from campaign.store import campaigns as campaign_store
 from campaign.store import changes as change_store
 from campaign.store import reports as store
@@ -256,11 +257,18 @@ def story(conn: Connection, slug: str, account_id: str | None = None, email: str
     p = people[0]
     zone = _zone(p.timezone)
     d = c.definition
+    ledger = evidence.messages(conn, c.id, p.account_id)
+    returned: dict[int, list[dict[str, Any]]] = {}  # the mail that came back about each message
+    for b in bounce_store.of_deliveries(conn, [m.delivery_id for m in ledger]):
+        returned.setdefault(b.delivery_id, []).append({
+            "kind": b.kind, "outcome": b.outcome, "status": b.status, "detail": b.detail,
+            "reported_at": _iso(b.reported_at), "taken_in_at": _iso(b.imported_at)})
     messages = [{"wave": m.wave, "state": m.state, "at": _iso(m.at), "at_local": _local(m.at, zone),
                  "sent_at": _iso(m.sent_at), "message_id": m.message_id, "error": m.error, "email": m.email,
                  "locale": m.locale, "attempts": m.attempts,
-                 "not_before": _iso(m.not_before) if m.state == PENDING else None}
-                for m in evidence.messages(conn, c.id, p.account_id)]
+                 "not_before": _iso(m.not_before) if m.state == PENDING else None,
+                 "returned": returned.get(m.delivery_id, [])}
+                for m in ledger]
     now = evidence.devices_now(conn, d.setting, p.account_id)
     devices = []
     for ch in evidence.device_changes(conn, c.id, p.account_id):
@@ -338,6 +346,10 @@ def story_text(s: dict[str, Any]) -> str:
             extra.append(f"why: {m['error']}")
         if extra:
             out.append(f"  {'':<13} " + "; ".join(extra))
+        for r in m.get("returned", ()):
+            what = " ".join(str(x) for x in (r["kind"], r["status"]) if x)
+            out.append(f"  {'':<13} came back: {what} ({r['outcome']}), taken in {_when(r['taken_in_at'], zone)}"
+                       + (f": {r['detail']}" if r["detail"] else ""))
     out += ["", "Devices"]
     if not s["devices"]:
         out.append("  none: no device of this account was affected")

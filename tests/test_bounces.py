@@ -232,6 +232,17 @@ def check_taken_in(engine: Engine, result: dict[str, Any], run_cli: CliRun) -> N
     assert ("bounce", "forged", None) in by_kind and ("unrecognized", "ignored", None) in by_kind
     st = json.loads(run_cli("status", SLUG, "--json").stdout)["waves"]["notice"]
     assert (st["sent"], st["bounced"], st["failed"]) == (N - 7, 6, 1)
+    # One person's story shows what came back about their message: user3's bounce, user6's delay, nothing for
+    # user10 (whose notice went out and stayed out).
+    story = json.loads(run_cli("report", SLUG, "--account", "a003", "--json").stdout)
+    (notice,) = [m for m in story["messages"] if m["wave"] == "notice"]
+    (back,) = notice["returned"]
+    assert (back["kind"], back["outcome"], back["status"]) == ("bounce", "applied", "5.1.10") and back["taken_in_at"]
+    delay = json.loads(run_cli("report", SLUG, "--account", "a006", "--json").stdout)["messages"][0]["returned"]
+    assert [(r["kind"], r["outcome"], r["status"]) for r in delay] == [("delay", "recorded", "4.4.1")]
+    assert json.loads(run_cli("report", SLUG, "--account", "a010", "--json").stdout)["messages"][0]["returned"] == []
+    text_ = run_cli("report", SLUG, "--account", "a003").output
+    assert "came back: bounce 5.1.10 (applied), taken in " in text_
 
 
 def test_returned_mail_from_several_relays(run_cli: CliRun, engine: Engine, smtpd: SmtpServer, env: Env,

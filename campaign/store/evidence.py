@@ -145,10 +145,11 @@ def ledger_accounts_by_email(conn: Connection, campaign_id: int, email: str) -> 
 
 
 def messages(conn: Connection, campaign_id: int, account_id: str) -> list[Row[Any]]:
-    """The account's ledger rows in this campaign, wave by wave: (wave, state, at, sent_at, message_id, error,
-    email, locale, attempts, not_before, updated_at)."""
+    """The account's ledger rows in this campaign, wave by wave: (delivery_id, wave, state, at, sent_at,
+    message_id, error, email, locale, attempts, not_before, updated_at)."""
     return list(conn.execute(
-        select(W.c.name.label("wave"), DL.c.state, type_coerce(_at(DL), UTCDateTime()).label("at"), DL.c.sent_at,
+        select(DL.c.id.label("delivery_id"), W.c.name.label("wave"), DL.c.state,
+               type_coerce(_at(DL), UTCDateTime()).label("at"), DL.c.sent_at,
                DL.c.message_id, DL.c.last_error.label("error"), DL.c.email, DL.c.locale, DL.c.attempts, DL.c.not_before,
                DL.c.updated_at)
         .select_from(DL.join(W, W.c.id == DL.c.wave_id))
