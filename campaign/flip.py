@@ -273,16 +273,26 @@ def rollback(engine: Engine, slug: str, actor: str, *, now: dt.datetime | None =
             _rollback_totals(tx.conn, c.id, result)
             tx.note(rolled_back=result.rolled_back, left=result.left, batches=result.batches)
         return result
-    result = _rollback_batches(_batches(engine, None), slug, c, clock, batch_size, started)
-    with db.transaction(engine, actor, "rollback", campaign_id=c.id) as tx:
-        _rollback_totals(tx.conn, c.id, result)
-        tx.note(rolled_back=result.rolled_back, left=result.left, batches=result.batches)
+    # A lost database (PostgreSQL restarted) is waited out as the flip does: each batch is one transaction, and
+    # a new run goes on with the changes not yet decided. The counts add up the batches that committed.
+    result = RollbackResult(campaign=slug, dry_run=False, rolled_back=0, left=0, at=started)
+    _reconnecting(engine, slug, lambda: _rollback_batches(_batches(engine, None), slug, c, clock, batch_size,
+                                                          started, result),
+                  lambda: result.batches, command="rollback")
+
+    def totals() -> None:
+        with db.transaction(engine, actor, "rollback", campaign_id=c.id) as tx:
+            _rollback_totals(tx.conn, c.id, result)
+            tx.note(rolled_back=result.rolled_back, left=result.left, batches=result.batches)
+    _reconnecting(engine, slug, totals, command="rollback")
     return result
 
 
 def _rollback_batches(batches: Batches, slug: str, c: campaigns.CampaignRow, clock: Callable[[], dt.datetime],
-                      size: int, started: dt.datetime) -> RollbackResult:
-    result = RollbackResult(campaign=slug, dry_run=False, rolled_back=0, left=0, at=started)
+                      size: int, started: dt.datetime, result: RollbackResult | None = None) -> RollbackResult:
+    """Undo the changes batch by batch; counts into `result` (a new one by default) as each batch commits."""
+    if result is None:
+        result = RollbackResult(campaign=slug, dry_run=False, rolled_back=0, left=0, at=started)
     d = c.definition
     after: int | None = None
     first = True
@@ -605,7 +615,8 @@ def _lost(engine: Engine, exc: DBAPIError) -> bool:
     return engine.dialect.name != "sqlite" and (exc.connection_invalidated or isinstance(exc, OperationalError))
 
 
-def _reconnecting(engine: Engine, slug: str, once: Callable[[], T], progress: Callable[[], int] = lambda: 0) -> T:
+def _reconnecting(engine: Engine, slug: str, once: Callable[[], T], progress: Callable[[], int] = lambda: 0,
+                  command: str = "flip") -> T:
     """`once()`, run again while the database is unreachable, for up to `RECONNECT_FOR` seconds without
     `progress()` growing (each run must be safe to repeat: a flip's batch is one transaction, and a new run
     goes on with the devices still at `from`); `DatabaseLost` after that."""
@@ -620,9 +631,10 @@ def _reconnecting(engine: Engine, slug: str, once: Callable[[], T], progress: Ca
                 deadline, delay, seen = time.monotonic() + RECONNECT_FOR, 0.05, progress()
             why = " ".join(str(exc.orig).split())[:200]
             if time.monotonic() + delay > deadline:
-                raise DatabaseLost(f"the database is unreachable ({why}); the flip of {slug!r} stopped. Every batch "
-                                   "it committed is kept: run `campaign flip` again once the database is back, it "
-                                   "goes on where it stopped and switches each device once") from exc
+                raise DatabaseLost(f"the database is unreachable ({why}); the {command} of {slug!r} stopped. Every "
+                                   f"batch it committed is kept: run `campaign {command}` again once the database is "
+                                   f"back, it goes on where it stopped and "
+                                   f"{'switches' if command == 'flip' else 'undoes'} each device once") from exc
             log.warning("database connection lost (%s); trying again in %.2f s", why, delay)
             time.sleep(delay)
             delay = min(delay * 2, RECONNECT_MAX_DELAY)

@@ -201,6 +201,45 @@ def test_flip_resumes_after_a_postgres_restart_each_device_once(own_postgres: Ow
     _flipped_once(url, devices)
 
 
+@pytest.mark.slow
+def test_rollback_resumes_after_a_postgres_restart_each_change_undone_once(own_postgres: OwnPostgres,
+                                                                           tmp_path: Path) -> None:
+    url = own_postgres.url
+    run = own_cli(url)
+    _import_sample(run, tmp_path, 40_000)
+    assert run("create", str(_flip_definition(tmp_path))).exit_code == 0
+    devices = _affected(url)
+    result = run("flip", SLUG, "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout)["changed"] == devices, result.output
+    assert _affected(url) == 0
+
+    def undone() -> int:
+        return int(_scalar(url, "SELECT count(*) FROM setting_change WHERE state = 'rolled_back'"))
+
+    proc = _campaign(url, tmp_path, "rollback", SLUG, "--batch-size", "100", "--json")
+    _wait_for("the rollback to be under way", lambda: undone() >= devices // 5 or proc.poll() is not None)
+    assert proc.poll() is None, proc.communicate()
+    own_postgres.restart()
+    back = time.monotonic()
+    out, err = proc.communicate(timeout=RESUMES_WITHIN + 120)
+    assert "Traceback" not in err
+    if proc.returncode != 0:
+        assert proc.returncode == 1 and "database" in err and "run `campaign rollback` again" in err, err
+        again = subprocess.run([sys.executable, "-m", "campaign", "rollback", SLUG, "--json"], env=_env(url),
+                               cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0, again.stderr
+    else:
+        assert time.monotonic() - back < RESUMES_WITHIN + 60
+        assert "database connection lost" in err, err
+        assert json.loads(out)["rolled_back"] == devices, (err, out)  # this one run undid them all
+    # Each change undone once: every row rolled back, every device at `from` again.
+    assert _rows(url, "SELECT count(*), count(DISTINCT device_id), min(state), max(state) FROM setting_change") \
+        == [(devices, devices, "rolled_back", "rolled_back")]
+    assert _affected(url) == devices
+    noted = [json.loads(d) for (d,) in _rows(url, "SELECT detail FROM audit_event WHERE action = 'rollback'")]
+    assert sum(n["rolled_back"] for n in noted) == devices, noted
+
+
 def test_flip_stops_with_a_clear_error_when_postgres_stays_away_and_a_rerun_finishes(
         own_postgres: OwnPostgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import threading
