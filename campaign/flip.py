@@ -441,22 +441,30 @@ def _flip_http(engine: Engine, slug: str, c: campaigns.CampaignRow, plan: store.
     service = service or _open(c)  # the token first: nothing is recorded without it
     applier = _Applier(engine, service, c, tally, clock, retry, sleep)
     batches = 0
-    try:
+
+    def run() -> int:
+        # Run again after a lost database (as the flip without a service does): the batches recorded but not
+        # answered go again first, under their Idempotency-Keys, so nothing is applied twice.
         applier.resend(store.FLIP_OP)
-        _recorded, batches = _record_flip(_batches(engine, None), slug, c, plan, clock, batch_size, applier.send)
+        return _record_flip(_batches(engine, None), slug, c, plan, clock, batch_size, applier.send)[1]
+    try:
+        batches = _reconnecting(engine, slug, run, lambda: tally.applied + tally.batches)
     except _Stop as stop:
         _stopped(tally, stop)
     finally:
         service.close()
-    with db.transaction(engine, plan.actor, "flip", campaign_id=c.id) as tx:
-        result = _flip_result(tx.conn, slug, c.id, tally.applied, batches, started, dry_run=False)
-        tally.waiting = store.apply_state(tx.conn, c.id).waiting
-        result.apply = tally.__dict__
-        if tally.sent or tally.stopped or audit_empty:
-            tx.note(**options, **_flip_counts(result), apply=tally.audit())
-        else:
-            tx.action = None
-    return result
+
+    def finish() -> FlipResult:
+        with db.transaction(engine, plan.actor, "flip", campaign_id=c.id) as tx:
+            result = _flip_result(tx.conn, slug, c.id, tally.applied, batches, started, dry_run=False)
+            tally.waiting = store.apply_state(tx.conn, c.id).waiting
+            result.apply = tally.__dict__
+            if tally.sent or tally.stopped or audit_empty:
+                tx.note(**options, **_flip_counts(result), apply=tally.audit())
+            else:
+                tx.action = None
+        return result
+    return _reconnecting(engine, slug, finish)
 
 
 def _per_transaction(size: int, batch: int) -> int:

@@ -30,6 +30,8 @@ from sqlalchemy.pool import NullPool
 
 from tests.conftest import ROOT
 from tests.pgserver import OwnPostgres, own_cli
+from tests.settingsd import TOKEN as SETTINGS_TOKEN
+from tests.settingsd import SettingsService, settingsd  # noqa: F401  (the fixture)
 from tests.smtpd import SmtpServer
 from tests.test_send import SLOW, SLUG, _ready_on
 
@@ -279,6 +281,57 @@ def test_flip_stops_with_a_clear_error_when_postgres_stays_away_and_a_rerun_fini
     _flipped_once(url, devices)
 
 
+def test_flip_through_a_settings_service_waits_out_a_database_that_goes_away(
+        own_postgres: OwnPostgres, settingsd: SettingsService, tmp_path: Path,  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`[apply] kind = "http"`: the database goes away while a batch is at the service (applied there, its answer
+    not yet back). The flip waits for the database, sends the batch again under its Idempotency-Key (the
+    service answers as before), and goes on: every device applied once."""
+    import threading
+
+    from campaign import apply, flip
+    from campaign.db import make_engine
+    from tests.test_apply import apply_section
+    from tests.test_flip import FROM, OTHERS, accounts_csv, definition, devices_csv
+    url, n = own_postgres.url, 40
+    run = own_cli(url)
+    (tmp_path / "a.csv").write_text(accounts_csv(n), encoding="utf-8")
+    (tmp_path / "d.csv").write_text(devices_csv(n, OTHERS), encoding="utf-8")
+    for args in (("db", "upgrade"), ("import", "accounts", str(tmp_path / "a.csv")),
+                 ("import", "devices", str(tmp_path / "d.csv"))):
+        assert run(*args).exit_code == 0
+    path = definition(tmp_path, "require_notice = false")
+    path.write_text(path.read_text(encoding="utf-8") + apply_section(settingsd.url, 16, 2.0), encoding="utf-8")
+    assert run("create", str(path)).exit_code == 0
+    for i in range(n):
+        settingsd.hold(f"d{i:05d}", "voice_recordings", FROM)
+    monkeypatch.setenv("CAMPAIGN_APPLY_TOKEN", SETTINGS_TOKEN)
+    settingsd.script("apply_then_hang")  # the first batch is applied, its answer does not come back
+    engine = make_engine(url)
+    raised: list[BaseException] = []
+
+    def flip_now() -> None:
+        try:
+            flip.flip(engine, SLUG, "tester", now=dt.datetime(2025, 3, 28, 7, 5, tzinfo=dt.UTC),
+                      retry=apply.Retry(attempts=4, base=0.01, cap=0.05))
+        except BaseException as exc:
+            raised.append(exc)
+
+    thread = threading.Thread(target=flip_now)
+    thread.start()
+    _wait_for("the first batch at the service", lambda: len(settingsd.requests) >= 1 or not thread.is_alive())
+    own_postgres.stop()  # before the client gives up on the answer (2 s) and asks again
+    time.sleep(4)
+    assert thread.is_alive(), raised  # waiting for the database, not stopped
+    own_postgres.start()
+    thread.join(60)
+    assert not thread.is_alive() and raised == [], raised
+    engine.dispose()
+    assert sorted(settingsd.applications.values()) == [1] * n  # each change applied once
+    assert _rows(url, "SELECT count(*), min(state), max(state) FROM setting_change") == [(n, "changed", "changed")]
+    assert settingsd.requests[1].key == settingsd.requests[0].key  # the same batch asked again
+
+
 # -- the scheduler's flip step ---------------------------------------------------------------------------------
 
 CUTOFF = dt.datetime(2031, 3, 28, 7, 0, tzinfo=dt.UTC)
@@ -337,7 +390,8 @@ def test_scheduler_flips_once_through_a_postgres_restart(own_postgres: OwnPostgr
         for proc in (leader, standby):
             proc.send_signal(signal.SIGTERM)
         logs = [proc.communicate(timeout=60)[1] for proc in (leader, standby)]
-    assert alive == [None, None], logs  # both were still running, 35 s after the restart
+    both = f"leader's log:\n{logs[0]}\nstandby's log:\n{logs[1]}"
+    assert alive == [None, None], both  # both were still running, 35 s after the restart
     assert leader.returncode == standby.returncode == 0, logs
     assert all("Traceback" not in log for log in logs), logs
     _flipped_once(url, devices)
