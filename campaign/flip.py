@@ -531,39 +531,49 @@ def _rollback_http(engine: Engine, slug: str, c: campaigns.CampaignRow, actor: s
         return result
     service = service or _open(c)
     applier = _Applier(engine, service, c, tally, clock, retry, sleep)
-    try:
+    flip_tally = ApplyTally(d.apply.url)  # the flip's batches still waiting, sent first
+    flip_applier = _Applier(engine, service, c, flip_tally, clock, retry, sleep)
+
+    def send(batch: store.ApplyBatchRow) -> None:
+        done = applier.send(batch)
+        result.rolled_back += done.applied
+        result.left += len(done.left) + len(done.unknown)
+
+    def run() -> None:
+        # Run again after a lost database (as the rollback without a service does): what was recorded but not
+        # answered goes again first, under its Idempotency-Key, so nothing is applied twice.
         with db.write(engine, bulk=True) as conn:
             _begin_rollback(conn, c.id, started)
         # The flip's batches still waiting first: a change applied late is then rolled back too.
-        flip_tally = ApplyTally(d.apply.url)
+        before = (flip_tally.sent, flip_tally.resent_batches, flip_tally.retries)
         try:
-            _Applier(engine, service, c, flip_tally, clock, retry, sleep).resend(store.FLIP_OP)
+            flip_applier.resend(store.FLIP_OP)
         finally:
-            tally.sent, tally.resent_batches, tally.retries = (flip_tally.sent, flip_tally.resent_batches,
-                                                               flip_tally.retries)
-
-        def send(batch: store.ApplyBatchRow) -> None:
-            done = applier.send(batch)
-            result.rolled_back += done.applied
-            result.left += len(done.left) + len(done.unknown)
-
+            tally.sent += flip_tally.sent - before[0]
+            tally.resent_batches += flip_tally.resent_batches - before[1]
+            tally.retries += flip_tally.retries - before[2]
         with db.read(engine) as conn:
             left_over = store.unsettled_batches(conn, c.id, d, store.ROLLBACK_OP)
         for batch in left_over:
             send(batch)
             tally.resent_batches += 1
         _record_rollback(_batches(engine, None), c, clock, batch_size, result, send)
+    try:
+        _reconnecting(engine, slug, run, lambda: tally.applied + tally.batches + result.batches, command="rollback")
     except _Stop as stop:
         _stopped(tally, stop)
     finally:
         service.close()
     room = max(LISTED - len(result.left_devices), 0)
     result.left_devices.extend((tally.left_devices + tally.unknown_devices)[:room])
-    with db.transaction(engine, actor, "rollback", campaign_id=c.id) as tx:
-        _rollback_totals(tx.conn, c.id, result)
-        tally.waiting = store.apply_state(tx.conn, c.id).undoing
-        result.apply = tally.__dict__
-        tx.note(rolled_back=result.rolled_back, left=result.left, batches=result.batches, apply=tally.audit())
+
+    def finish() -> None:
+        with db.transaction(engine, actor, "rollback", campaign_id=c.id) as tx:
+            _rollback_totals(tx.conn, c.id, result)
+            tally.waiting = store.apply_state(tx.conn, c.id).undoing
+            result.apply = tally.__dict__
+            tx.note(rolled_back=result.rolled_back, left=result.left, batches=result.batches, apply=tally.audit())
+    _reconnecting(engine, slug, finish, command="rollback")
     return result
 
 

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from email.policy import default
 from pathlib import Path
 from typing import Any
@@ -281,19 +282,10 @@ def test_flip_stops_with_a_clear_error_when_postgres_stays_away_and_a_rerun_fini
     _flipped_once(url, devices)
 
 
-def test_flip_through_a_settings_service_waits_out_a_database_that_goes_away(
-        own_postgres: OwnPostgres, settingsd: SettingsService, tmp_path: Path,  # noqa: F811
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """`[apply] kind = "http"`: the database goes away while a batch is at the service (applied there, its answer
-    not yet back). The flip waits for the database, sends the batch again under its Idempotency-Key (the
-    service answers as before), and goes on: every device applied once."""
-    import threading
-
-    from campaign import apply, flip
-    from campaign.db import make_engine
+def _through_a_service(url: str, service: SettingsService, tmp_path: Path, n: int) -> None:
+    """Accounts, devices and the campaign applied through `service` ([apply] kind = "http"), on `url`."""
     from tests.test_apply import apply_section
     from tests.test_flip import FROM, OTHERS, accounts_csv, definition, devices_csv
-    url, n = own_postgres.url, 40
     run = own_cli(url)
     (tmp_path / "a.csv").write_text(accounts_csv(n), encoding="utf-8")
     (tmp_path / "d.csv").write_text(devices_csv(n, OTHERS), encoding="utf-8")
@@ -301,25 +293,33 @@ def test_flip_through_a_settings_service_waits_out_a_database_that_goes_away(
                  ("import", "devices", str(tmp_path / "d.csv"))):
         assert run(*args).exit_code == 0
     path = definition(tmp_path, "require_notice = false")
-    path.write_text(path.read_text(encoding="utf-8") + apply_section(settingsd.url, 16, 2.0), encoding="utf-8")
+    path.write_text(path.read_text(encoding="utf-8") + apply_section(service.url, 16, 2.0), encoding="utf-8")
     assert run("create", str(path)).exit_code == 0
     for i in range(n):
-        settingsd.hold(f"d{i:05d}", "voice_recordings", FROM)
-    monkeypatch.setenv("CAMPAIGN_APPLY_TOKEN", SETTINGS_TOKEN)
-    settingsd.script("apply_then_hang")  # the first batch is applied, its answer does not come back
-    engine = make_engine(url)
-    raised: list[BaseException] = []
+        service.hold(f"d{i:05d}", "voice_recordings", FROM)
 
-    def flip_now() -> None:
+
+def _while_the_database_is_away(own_postgres: OwnPostgres, service: SettingsService,
+                                step: Callable[[Any], object]) -> None:
+    """Run `step(engine)` in a thread; stop the database while its first request is at the service (applied
+    there, its answer held back), start it again 4 s later; the step must have waited, and finish."""
+    import threading
+
+    from campaign.db import make_engine
+    service.script("apply_then_hang")  # the next batch is applied, its answer does not come back
+    engine = make_engine(own_postgres.url)
+    raised: list[BaseException] = []
+    seen = len(service.requests)
+
+    def run() -> None:
         try:
-            flip.flip(engine, SLUG, "tester", now=dt.datetime(2025, 3, 28, 7, 5, tzinfo=dt.UTC),
-                      retry=apply.Retry(attempts=4, base=0.01, cap=0.05))
+            step(engine)
         except BaseException as exc:
             raised.append(exc)
 
-    thread = threading.Thread(target=flip_now)
+    thread = threading.Thread(target=run)
     thread.start()
-    _wait_for("the first batch at the service", lambda: len(settingsd.requests) >= 1 or not thread.is_alive())
+    _wait_for("a batch at the service", lambda: len(service.requests) > seen or not thread.is_alive())
     own_postgres.stop()  # before the client gives up on the answer (2 s) and asks again
     time.sleep(4)
     assert thread.is_alive(), raised  # waiting for the database, not stopped
@@ -327,9 +327,32 @@ def test_flip_through_a_settings_service_waits_out_a_database_that_goes_away(
     thread.join(60)
     assert not thread.is_alive() and raised == [], raised
     engine.dispose()
+    assert service.requests[seen + 1].key == service.requests[seen].key  # the same batch asked again
+
+
+def test_flip_and_rollback_through_a_settings_service_wait_out_a_database_that_goes_away(
+        own_postgres: OwnPostgres, settingsd: SettingsService, tmp_path: Path,  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`[apply] kind = "http"`: the database goes away while a batch is at the service (applied there, its answer
+    not yet back). The flip, then the rollback, wait for the database, send the batch again under its
+    Idempotency-Key (the service answers as before), and go on: every device changed once, undone once."""
+    from campaign import apply, flip
+    url, n = own_postgres.url, 40
+    _through_a_service(url, settingsd, tmp_path, n)
+    monkeypatch.setenv("CAMPAIGN_APPLY_TOKEN", SETTINGS_TOKEN)
+    after, fast = dt.datetime(2025, 3, 28, 7, 5, tzinfo=dt.UTC), apply.Retry(attempts=4, base=0.01, cap=0.05)
+
+    _while_the_database_is_away(own_postgres, settingsd,
+                                lambda engine: flip.flip(engine, SLUG, "tester", now=after, retry=fast))
     assert sorted(settingsd.applications.values()) == [1] * n  # each change applied once
     assert _rows(url, "SELECT count(*), min(state), max(state) FROM setting_change") == [(n, "changed", "changed")]
-    assert settingsd.requests[1].key == settingsd.requests[0].key  # the same batch asked again
+
+    _while_the_database_is_away(own_postgres, settingsd, lambda engine: flip.rollback(
+        engine, SLUG, "tester", now=after + dt.timedelta(hours=1), retry=fast))
+    undone = {d: k for (d, op), k in settingsd.device_applications.items() if op == "rollback"}
+    assert sorted(undone) == [f"d{i:05d}" for i in range(n)] and set(undone.values()) == {1}, undone
+    assert _rows(url, "SELECT count(*), min(state), max(state) FROM setting_change") \
+        == [(n, "rolled_back", "rolled_back")]
 
 
 # -- the scheduler's flip step ---------------------------------------------------------------------------------
