@@ -268,16 +268,16 @@ def rollback(engine: Engine, slug: str, actor: str, *, now: dt.datetime | None =
         return _rollback_http(engine, slug, c, actor, clock, started, dry_run, batch_size, service, retry, sleep)
     if dry_run:
         with db.transaction(engine, actor, "rollback", campaign_id=c.id, dry_run=True, bulk=True) as tx:
-            result = _rollback_batches(_batches(engine, tx.conn), slug, c, clock, batch_size, started)
-            result.dry_run = True
+            result = RollbackResult(campaign=slug, dry_run=True, rolled_back=0, left=0, at=started)
+            _rollback_batches(_batches(engine, tx.conn), c, clock, batch_size, started, result)
             _rollback_totals(tx.conn, c.id, result)
             tx.note(rolled_back=result.rolled_back, left=result.left, batches=result.batches)
         return result
     # A lost database (PostgreSQL restarted) is waited out as the flip does: each batch is one transaction, and
     # a new run goes on with the changes not yet decided. The counts add up the batches that committed.
     result = RollbackResult(campaign=slug, dry_run=False, rolled_back=0, left=0, at=started)
-    _reconnecting(engine, slug, lambda: _rollback_batches(_batches(engine, None), slug, c, clock, batch_size,
-                                                          started, result),
+    _reconnecting(engine, slug, lambda: _rollback_batches(_batches(engine, None), c, clock, batch_size, started,
+                                                          result),
                   lambda: result.batches, command="rollback")
 
     def totals() -> None:
@@ -288,11 +288,10 @@ def rollback(engine: Engine, slug: str, actor: str, *, now: dt.datetime | None =
     return result
 
 
-def _rollback_batches(batches: Batches, slug: str, c: campaigns.CampaignRow, clock: Callable[[], dt.datetime],
-                      size: int, started: dt.datetime, result: RollbackResult | None = None) -> RollbackResult:
-    """Undo the changes batch by batch; counts into `result` (a new one by default) as each batch commits."""
-    if result is None:
-        result = RollbackResult(campaign=slug, dry_run=False, rolled_back=0, left=0, at=started)
+def _rollback_batches(batches: Batches, c: campaigns.CampaignRow, clock: Callable[[], dt.datetime], size: int,
+                      started: dt.datetime, result: RollbackResult) -> None:
+    """Undo the changes batch by batch; counts into `result` as each batch commits (over several runs, when a
+    lost database made one start again)."""
     d = c.definition
     after: int | None = None
     first = True
@@ -317,7 +316,6 @@ def _rollback_batches(batches: Batches, slug: str, c: campaigns.CampaignRow, clo
                                    for r in left[:max(room, 0)])
         result.batches += 1
         after = ids[-1]
-    return result
 
 
 def _rollback_totals(conn: Connection, campaign_id: int, result: RollbackResult) -> None:
@@ -545,13 +543,7 @@ def _rollback_http(engine: Engine, slug: str, c: campaigns.CampaignRow, actor: s
         with db.write(engine, bulk=True) as conn:
             _begin_rollback(conn, c.id, started)
         # The flip's batches still waiting first: a change applied late is then rolled back too.
-        before = (flip_tally.sent, flip_tally.resent_batches, flip_tally.retries)
-        try:
-            flip_applier.resend(store.FLIP_OP)
-        finally:
-            tally.sent += flip_tally.sent - before[0]
-            tally.resent_batches += flip_tally.resent_batches - before[1]
-            tally.retries += flip_tally.retries - before[2]
+        flip_applier.resend(store.FLIP_OP)
         with db.read(engine) as conn:
             left_over = store.unsettled_batches(conn, c.id, d, store.ROLLBACK_OP)
         for batch in left_over:
@@ -564,6 +556,10 @@ def _rollback_http(engine: Engine, slug: str, c: campaigns.CampaignRow, actor: s
         _stopped(tally, stop)
     finally:
         service.close()
+        # What went to the service counts the flip's batches sent again (over every run) too.
+        tally.sent += flip_tally.sent
+        tally.resent_batches += flip_tally.resent_batches
+        tally.retries += flip_tally.retries
     room = max(LISTED - len(result.left_devices), 0)
     result.left_devices.extend((tally.left_devices + tally.unknown_devices)[:room])
 

@@ -346,7 +346,7 @@ def story_text(s: dict[str, Any]) -> str:
             extra.append(f"why: {m['error']}")
         if extra:
             out.append(f"  {'':<13} " + "; ".join(extra))
-        for r in m.get("returned", ()):
+        for r in m["returned"]:
             what = " ".join(str(x) for x in (r["kind"], r["status"]) if x)
             out.append(f"  {'':<13} came back: {what} ({r['outcome']}), taken in {_when(r['taken_in_at'], zone)}"
                        + (f": {r['detail']}" if r["detail"] else ""))

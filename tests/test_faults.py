@@ -166,6 +166,24 @@ def _flipped_once(url: str, devices: int) -> None:
 
 
 @pytest.mark.slow
+def _finished_after_restart(proc: subprocess.Popen[str], url: str, cwd: Path, command: str, key: str,
+                            expected: int, back: float) -> None:
+    """A `flip` or `rollback` whose database was restarted under it: it noticed, resumed and did all `expected`
+    (its JSON's `key`) in this run; or it stopped with one clear line that says what to do, and a re-run
+    finishes."""
+    out, err = proc.communicate(timeout=RESUMES_WITHIN + 120)
+    assert "Traceback" not in err
+    if proc.returncode != 0:
+        assert proc.returncode == 1 and "database" in err and f"run `campaign {command}` again" in err, err
+        again = subprocess.run([sys.executable, "-m", "campaign", command, SLUG, "--json"], env=_env(url),
+                               cwd=cwd, capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0, again.stderr
+    else:
+        assert time.monotonic() - back < RESUMES_WITHIN + 60  # noticed, resumed, and finished
+        assert "database connection lost" in err, err
+        assert json.loads(out)[key] == expected, (err, out)  # this one run did them all
+
+
 def test_flip_resumes_after_a_postgres_restart_each_device_once(own_postgres: OwnPostgres, tmp_path: Path) -> None:
     url = own_postgres.url
     run = own_cli(url)
@@ -180,19 +198,8 @@ def test_flip_resumes_after_a_postgres_restart_each_device_once(own_postgres: Ow
     own_postgres.restart()
     back = time.monotonic()
     before = _changes(url)
-    out, err = proc.communicate(timeout=RESUMES_WITHIN + 120)
+    _finished_after_restart(proc, url, tmp_path, "flip", "changed", devices, back)
     assert before < devices  # the restart came in the middle of the flip
-    assert "Traceback" not in err
-    if proc.returncode != 0:
-        # It stopped: with one clear line that says what to do, and a re-run finishes.
-        assert proc.returncode == 1 and "database" in err and "run `campaign flip` again" in err, err
-        again = subprocess.run([sys.executable, "-m", "campaign", "flip", SLUG, "--json"], env=_env(url),
-                               cwd=tmp_path, capture_output=True, text=True, timeout=300)
-        assert again.returncode == 0, again.stderr
-    else:
-        assert time.monotonic() - back < RESUMES_WITHIN + 60  # noticed, resumed, and finished
-        assert "database connection lost" in err, err
-        assert json.loads(out)["changed"] == devices, (err, out)  # this one run switched them all
     _flipped_once(url, devices)
     # The audit agrees with the change rows: the flip events together changed each device once.
     noted = [json.loads(d) for (d,) in _rows(url, "SELECT detail FROM audit_event WHERE action = 'flip' ORDER BY id")]
@@ -223,18 +230,7 @@ def test_rollback_resumes_after_a_postgres_restart_each_change_undone_once(own_p
     _wait_for("the rollback to be under way", lambda: undone() >= devices // 5 or proc.poll() is not None)
     assert proc.poll() is None, proc.communicate()
     own_postgres.restart()
-    back = time.monotonic()
-    out, err = proc.communicate(timeout=RESUMES_WITHIN + 120)
-    assert "Traceback" not in err
-    if proc.returncode != 0:
-        assert proc.returncode == 1 and "database" in err and "run `campaign rollback` again" in err, err
-        again = subprocess.run([sys.executable, "-m", "campaign", "rollback", SLUG, "--json"], env=_env(url),
-                               cwd=tmp_path, capture_output=True, text=True, timeout=300)
-        assert again.returncode == 0, again.stderr
-    else:
-        assert time.monotonic() - back < RESUMES_WITHIN + 60
-        assert "database connection lost" in err, err
-        assert json.loads(out)["rolled_back"] == devices, (err, out)  # this one run undid them all
+    _finished_after_restart(proc, url, tmp_path, "rollback", "rolled_back", devices, time.monotonic())
     # Each change undone once: every row rolled back, every device at `from` again.
     assert _rows(url, "SELECT count(*), count(DISTINCT device_id), min(state), max(state) FROM setting_change") \
         == [(devices, devices, "rolled_back", "rolled_back")]
