@@ -14,7 +14,8 @@ Script what the server answers, per address or for whoever comes next, at MAIL, 
     smtpd.script(None, [STALL])                                  # next RCPT: no answer for `stall_seconds`
 
 Every accepted message is in `smtpd.messages` (a `Received`); `smtpd.connections` counts the connections
-the server has accepted, so a test can prove that connections are reused.
+the server has accepted, so a test can prove that connections are reused; `smtpd.reads` keeps what each
+read from a client brought, so a test can see commands that came together (PIPELINING, RFC 2920).
 """
 
 from __future__ import annotations
@@ -72,6 +73,10 @@ class _Session(SMTP):
         super().connection_lost(error)
         self._owner._closed(self)
 
+    def data_received(self, data: bytes) -> None:
+        self._owner._read(data)
+        super().data_received(data)
+
 
 class _Controller(Controller):
     """aiosmtpd's threaded controller, bound to port 0 (it would probe port 0 itself otherwise)."""
@@ -113,6 +118,13 @@ class _Handler:
             return "250 OK"
         return reply
 
+    async def handle_EHLO(self, server: SMTP, session: Any, envelope: Any, hostname: str,
+                          responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        if self.owner.pipelining:  # aiosmtpd reads pipelined commands one by one; it just does not say so
+            responses.insert(-1, "250-PIPELINING")
+        return responses
+
     async def handle_exception(self, error: Exception) -> str:
         # Without this hook aiosmtpd logs a traceback (e.g. a TLS handshake the client gave up on).
         self.owner._error(error)
@@ -138,12 +150,15 @@ class SmtpServer:
     tls: an SSLContext for the server: offered as STARTTLS, or from the first byte with implicit_tls=True.
     smtputf8: offer SMTPUTF8 (RFC 6531); without it an address with a UTF-8 local part cannot be sent here.
     data_size_limit: the SIZE it announces (RFC 1870); a larger declared SIZE is refused at MAIL with 552.
+    pipelining: offer PIPELINING (RFC 2920), as most relays do; without it a client waits for each reply.
     """
 
     def __init__(self, *, users: Mapping[str, str] | None = None, tls: ssl.SSLContext | None = None,
                  implicit_tls: bool = False, stall_seconds: float = 30.0, smtputf8: bool = False,
-                 data_size_limit: int = 33554432) -> None:
+                 data_size_limit: int = 33554432, pipelining: bool = True) -> None:
         self.host = HOST
+        self.pipelining = pipelining
+        self._reads: list[bytes] = []
         self.port = 0
         self.users = dict(users or {})
         self.stall_seconds = stall_seconds
@@ -220,6 +235,12 @@ class SmtpServer:
             return list(self._errors)
 
     @property
+    def reads(self) -> list[bytes]:
+        """What each read from a client brought, in order: its first KiB, for the first 10,000 reads."""
+        with self._lock:
+            return list(self._reads)
+
+    @property
     def connections(self) -> int:
         """Connections accepted since start."""
         with self._lock:
@@ -251,6 +272,11 @@ class SmtpServer:
     def _closed(self, session: _Session) -> None:
         with self._lock:
             self._live.discard(session)
+
+    def _read(self, data: bytes) -> None:
+        with self._lock:
+            if len(self._reads) < 10_000:
+                self._reads.append(data[:1024])
 
     def _error(self, error: Exception) -> None:
         with self._lock:
@@ -297,8 +323,7 @@ class SmtpServer:
 @pytest.fixture
 def smtpd_factory() -> Iterator[Callable[..., SmtpServer]]:
     """Make started SMTP servers with options (users=, tls=, implicit_tls=, stall_seconds=, smtputf8=,
-    data_size_limit=); all stop
-    at teardown."""
+    data_size_limit=, pipelining=); all stop at teardown."""
     servers: list[SmtpServer] = []
 
     def make(**options: Any) -> SmtpServer:

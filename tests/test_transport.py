@@ -9,7 +9,7 @@ import shutil
 import ssl
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -34,7 +34,7 @@ from campaign.transport import (
 )
 from tests.conftest import IN_CI
 from tests.ports import free_port
-from tests.smtpd import (  # noqa: F401  (smtpd, smtpd_factory are fixtures)
+from tests.smtpd import (  # noqa: F401  (smtpd_factory is a fixture)
     CLOSING,
     HANGUP,
     NO_SUCH_USER,
@@ -42,12 +42,19 @@ from tests.smtpd import (  # noqa: F401  (smtpd, smtpd_factory are fixtures)
     TEMPFAIL,
     SmtpServer,
     Stage,
-    smtpd,
     smtpd_factory,
 )
 
 SENDER = "notices@example.com"
 PASSWORD = "correct-horse-battery-staple"
+
+
+@pytest.fixture(params=[True, False], ids=["pipelining", "one-by-one"])
+def smtpd(request: pytest.FixtureRequest) -> Iterator[SmtpServer]:
+    """Each SMTP test twice: against a server that offers PIPELINING (RFC 2920: MAIL, RCPT and DATA go out
+    together) and against one that does not (each command waits for its reply)."""
+    with SmtpServer(pipelining=request.param) as server:
+        yield server
 
 
 def message(n: int = 0) -> bytes:
@@ -344,6 +351,67 @@ def test_waiting_at_the_gate_is_not_the_servers_delay(smtpd: SmtpServer) -> None
     outcome = asyncio.run(run())
     assert outcome.status == "sent", outcome.detail
     assert len(smtpd.messages) == 1
+
+
+def test_commands_go_together_only_to_a_server_that_offers_pipelining(smtpd: SmtpServer) -> None:
+    outcomes = send_each(smtp(smtpd), envelope("alice@example.com", "bob@example.com", n=1), envelope(n=2))
+    assert [o.status for o in outcomes] == ["sent", "sent"]
+    together = [r for r in smtpd.reads if b"MAIL FROM:" in r and b"DATA\r\n" in r]
+    if smtpd.pipelining:  # MAIL, both RCPTs and DATA in one read; then the second message's three
+        assert len(together) == 2, smtpd.reads
+        assert b"RCPT TO:<alice@example.com>\r\nRCPT TO:<bob@example.com>\r\nDATA\r\n" in together[0]
+    else:
+        assert together == []
+    assert [m.data for m in smtpd.messages] == [message(1), message(2)]
+
+
+class _TakesDataWithoutRecipients:
+    """A server that offers PIPELINING, refuses every recipient, and still answers DATA with 354 (RFC 2920
+    3.1 allows it; the client must then end the data with a lone dot). Records what came after the 354."""
+
+    def __init__(self) -> None:
+        self.after_354: list[bytes] = []
+        self.connections = 0
+
+    async def session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        writer.write(b"220 rogue.test ready\r\n")
+        while line := await reader.readline():
+            verb = line[:4].upper()
+            if verb == b"EHLO":
+                writer.write(b"250-rogue.test\r\n250-PIPELINING\r\n250 SIZE 1000000\r\n")
+            elif verb in (b"MAIL", b"RSET"):
+                writer.write(b"250 2.0.0 ok\r\n")
+            elif verb == b"RCPT":
+                writer.write(b"550 5.1.1 no such user\r\n")
+            elif verb == b"DATA":
+                writer.write(b"354 go ahead\r\n")
+                while (data := await reader.readline()) not in (b".\r\n", b""):
+                    self.after_354.append(data)
+                self.after_354.append(b".")
+                writer.write(b"554 5.5.1 no valid recipients\r\n")
+            elif verb == b"QUIT":
+                writer.write(b"221 bye\r\n")
+                break
+            else:
+                writer.write(b"502 5.5.2 not implemented\r\n")
+        writer.close()
+
+
+def test_data_taken_although_every_recipient_was_refused() -> None:
+    rogue = _TakesDataWithoutRecipients()
+
+    async def run() -> list[Outcome]:
+        server = await asyncio.start_server(rogue.session, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server, SmtpTransport(parse_url(f"smtp://127.0.0.1:{port}"), timeout=5.0) as transport:
+            return [await transport.send(envelope("nobody@example.com", n=n)) for n in (1, 2)]
+
+    outcomes = asyncio.run(run())
+    assert [(o.status, o.code) for o in outcomes] == [("permanent", 550)] * 2
+    assert outcomes[0].detail == "550 5.1.1 no such user"
+    assert rogue.after_354 == [b".", b"."]  # an empty message each time, never the notice
+    assert rogue.connections == 1  # and the session stayed in step
 
 
 def test_connection_refused_is_transient() -> None:
