@@ -98,6 +98,39 @@ def test_claim_then_record(engine: Engine, wave: tuple[int, int]) -> None:
     assert {c.id: c.attempts for c in again} == {retry.id: 2, back.id: 1}  # attempts counted, the untried not
 
 
+def test_record_many_at_once(engine: Engine, wave: tuple[int, int]) -> None:
+    """One record of more outcomes than one statement takes (SQLite writes them in statements of
+    ONE_STATEMENT_ROWS): each row gets its own values, and a row whose lease moved on is left alone."""
+    campaign_id, wave_id = wave
+    many = 2 * store.ONE_STATEMENT_ROWS + 7
+    with db.write(engine) as conn:
+        conn.execute(insert(ACCOUNT), [
+            {"id": f"m{i:04}", "email": f"many{i}@example.com", "name": "M", "locale": "en-US", "timezone": "UTC",
+             "country": "US", "created_at": T0, "updated_at": T0} for i in range(many)])
+        store.materialize(conn, campaign_id, wave_id, select(ACCOUNT.c.id), EXPIRES, T0)
+        claimed = store.claim(conn, wave_id, "w1", 10_000, T0)
+        moved = [c.id for c in claimed[::50]]  # another worker holds these now
+        conn.execute(update(DELIVERY).where(DELIVERY.c.id.in_(moved)).values(lease_owner="w2"))
+    assert len(claimed) == many + 5
+    results = [Result(c.id, "sent", T0 + dt.timedelta(microseconds=n), message_id=f"<{n}@x>", locale="de-DE")
+               if n % 3 else Result(c.id, "pending", T0, error=f"451 busy {n}", next_attempt_at=T0 + dt.timedelta(
+                   minutes=n)) for n, c in enumerate(claimed)]
+    with db.write(engine) as conn:
+        assert store.record(conn, "w1", results) == len(claimed) - len(moved)
+    with engine.connect() as conn:
+        rows = {r.id: r for r in conn.execute(select(DELIVERY).where(DELIVERY.c.wave_id == wave_id))}
+    for n, c in enumerate(claimed):
+        row = rows[c.id]
+        if c.id in moved:
+            assert (row.state, row.lease_owner, row.sent_at, row.last_error) == ("sending", "w2", None, None)
+        elif n % 3:
+            assert (row.state, row.sent_at, row.message_id, row.locale, row.lease_owner, row.attempts) == \
+                ("sent", T0 + dt.timedelta(microseconds=n), f"<{n}@x>", "de-DE", None, 1)
+        else:
+            assert (row.state, row.last_error, row.next_attempt_at, row.sent_at, row.attempts) == \
+                ("pending", f"451 busy {n}", T0 + dt.timedelta(minutes=n), None, 1)
+
+
 def test_a_lost_lease_is_reclaimed_and_the_old_owner_cannot_record(engine: Engine, wave: tuple[int, int]) -> None:
     _, wave_id = wave
     with db.write(engine) as conn:

@@ -9,6 +9,7 @@ back the deliveries of a worker that died or whose lease ran out. The caller own
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,13 +20,16 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
+    column,
     func,
     literal,
     or_,
     select,
     text,
     update,
+    values,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.elements import ColumnElement
 
 from campaign.db import UTCDateTime
@@ -184,18 +188,81 @@ _RECORD = (update(D)
                    updated_at=_param("r_at")))
 
 
+def _row(owner: str, r: Result) -> dict[str, Any]:
+    return {"r_state": r.state, "r_sent_at": r.at if r.state == SENT else None, "r_message_id": r.message_id,
+            "r_locale": r.locale, "r_error": (r.error or None) and r.error[:1024],
+            "r_next_attempt_at": r.next_attempt_at, "r_not_before": r.not_before, "r_back": r.attempts_back,
+            "r_at": r.at, "r_id": r.id, "r_owner": owner}
+
+
+_COLUMNS = (("r_id", D.c.id.type), ("r_state", D.c.state.type), ("r_sent_at", UTCDateTime()),
+            ("r_message_id", D.c.message_id.type), ("r_locale", D.c.locale.type), ("r_error", D.c.last_error.type),
+            ("r_next_attempt_at", UTCDateTime()), ("r_not_before", UTCDateTime()), ("r_back", D.c.attempts.type),
+            ("r_at", UTCDateTime()))
+ONE_STATEMENT_ROWS = 256  # outcomes written by one UPDATE … FROM (VALUES …) on SQLite (10 parameters each)
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    sql: str
+    names: tuple[str, ...]
+    processors: tuple[Any, ...]
+    defaults: dict[str, Any]
+
+
+@functools.cache
+def _record_rows(dialect: Dialect, n: int) -> _Compiled:
+    """`UPDATE delivery … FROM (VALUES …) AS v` for n outcomes, compiled for `dialect` once: Core does not
+    cache a statement holding a VALUES clause (it would compile it on every call, 5 ms), so it is compiled
+    here and run as the driver's SQL."""
+    v = (values(*(column(name, type_) for name, type_ in _COLUMNS), name="v")
+         .data([tuple(bindparam(f"{name}_{i}", type_=type_) for name, type_ in _COLUMNS) for i in range(n)])
+         .cte("v"))
+    stmt = (update(D)
+            .where(D.c.id == v.c.r_id, D.c.lease_owner == bindparam("r_owner"), D.c.state == SENDING)
+            .values(state=v.c.r_state,
+                    sent_at=func.coalesce(v.c.r_sent_at, D.c.sent_at),
+                    message_id=func.coalesce(v.c.r_message_id, D.c.message_id),
+                    locale=func.coalesce(v.c.r_locale, D.c.locale),
+                    last_error=v.c.r_error,
+                    next_attempt_at=v.c.r_next_attempt_at,
+                    not_before=func.coalesce(v.c.r_not_before, D.c.not_before),
+                    attempts=D.c.attempts - v.c.r_back,
+                    lease_owner=None, lease_expires_at=None,
+                    updated_at=v.c.r_at))
+    compiled = stmt.compile(dialect=dialect)
+    names = tuple(compiled.positiontup or ())
+    processors = tuple(compiled.binds[name].type.bind_processor(dialect) for name in names)
+    fixed = {name: compiled.binds[name].value for name in names}  # the statement's own literals (`sending`)
+    return _Compiled(str(compiled), names, processors, {k: v for k, v in fixed.items() if v is not None})
+
+
 def record(conn: Connection, owner: str, results: Sequence[Result]) -> int:
     """Write outcomes, each only while `owner` still holds the lease; returns how many rows it wrote
-    (idempotent: a row already recorded is no longer `sending` and is left alone)."""
+    (idempotent: a row already recorded is no longer `sending` and is left alone).
+
+    On SQLite, one `UPDATE … FROM (VALUES …)` for the lot: an executemany steps once a row, and each step
+    gives up the GIL and waits to get it back from a busy event loop (a commit of 6 outcomes took 8 ms
+    under load, this 3 ms). PostgreSQL runs the executemany in one round trip (psycopg's pipeline)."""
     if not results:
         return 0
-    rows = [{"r_state": r.state, "r_sent_at": r.at if r.state == SENT else None, "r_message_id": r.message_id,
-             "r_locale": r.locale, "r_error": (r.error or None) and r.error[:1024],
-             "r_next_attempt_at": r.next_attempt_at, "r_not_before": r.not_before, "r_back": r.attempts_back,
-             "r_at": r.at, "r_id": r.id, "r_owner": owner}
-            for r in results]
-    result = conn.execute(_RECORD, rows)
-    return int(result.rowcount or 0)
+    if conn.dialect.name != "sqlite" or conn.dialect.paramstyle != "qmark":
+        return int(conn.execute(_RECORD, [_row(owner, r) for r in results]).rowcount or 0)
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    before = driver.total_changes  # sqlite3 counts no rows for a statement that starts with WITH
+    for start in range(0, len(results), ONE_STATEMENT_ROWS):
+        chunk = results[start:start + ONE_STATEMENT_ROWS]
+        c = _record_rows(conn.dialect, len(chunk))
+        given = dict(c.defaults)
+        given["r_owner"] = owner
+        for i, r in enumerate(chunk):
+            for key, value in _row(owner, r).items():
+                given[f"{key}_{i}"] = value
+        params = tuple(value if (proc := c.processors[k]) is None or value is None else proc(value)
+                       for k, value in enumerate(given.get(name) for name in c.names))
+        conn.exec_driver_sql(c.sql, params)
+    return int(driver.total_changes - before)
 
 
 # -- looking ----------------------------------------------------------------------------------------------
