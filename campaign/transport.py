@@ -527,7 +527,8 @@ def _reply(code: int, message: str) -> str:
 
 
 class SmtpTransport:
-    """A pool of persistent SMTP connections (aiosmtplib), one message at a time on each."""
+    """A pool of persistent SMTP connections (aiosmtplib), one message at a time on each; MAIL, RCPT and DATA
+    pipelined (RFC 2920) when the server offers it."""
 
     def __init__(self, url: TransportURL, user: str | None = None, password: str | None = None,
                  concurrency: int = 4, timeout: float = 30.0) -> None:

@@ -2,7 +2,7 @@
 
 Materialize with `INSERT … SELECT`; claim batches atomically into `sending` under a lease (`UPDATE …
 RETURNING` over a `SELECT … FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite drops the lock clause and
-relies on `BEGIN IMMEDIATE`); record outcomes in one executemany, each only while its lease holds; give
+relies on `BEGIN IMMEDIATE`); record outcomes in one statement, each only while its lease holds; give
 back the deliveries of a worker that died or whose lease ran out. The caller owns each transaction.
 """
 
@@ -20,6 +20,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
+    cast,
     column,
     func,
     literal,
@@ -169,25 +170,6 @@ class Result:
     attempts_back: int = 0  # 1 when the attempt did not happen (window, handed back): not counted
 
 
-def _param(name: str) -> Any:
-    return bindparam(name, type_=UTCDateTime())
-
-
-# One compiled statement, run as an executemany: each row written only while `owner` holds its lease.
-_RECORD = (update(D)
-           .where(D.c.id == bindparam("r_id"), D.c.lease_owner == bindparam("r_owner"), D.c.state == SENDING)
-           .values(state=bindparam("r_state"),
-                   sent_at=func.coalesce(_param("r_sent_at"), D.c.sent_at),
-                   message_id=func.coalesce(bindparam("r_message_id", type_=D.c.message_id.type), D.c.message_id),
-                   locale=func.coalesce(bindparam("r_locale", type_=D.c.locale.type), D.c.locale),
-                   last_error=bindparam("r_error"),
-                   next_attempt_at=_param("r_next_attempt_at"),
-                   not_before=func.coalesce(_param("r_not_before"), D.c.not_before),
-                   attempts=D.c.attempts - bindparam("r_back", type_=D.c.attempts.type),
-                   lease_owner=None, lease_expires_at=None,
-                   updated_at=_param("r_at")))
-
-
 def _row(owner: str, r: Result) -> dict[str, Any]:
     return {"r_state": r.state, "r_sent_at": r.at if r.state == SENT else None, "r_message_id": r.message_id,
             "r_locale": r.locale, "r_error": (r.error or None) and r.error[:1024],
@@ -199,24 +181,28 @@ _COLUMNS = (("r_id", D.c.id.type), ("r_state", D.c.state.type), ("r_sent_at", UT
             ("r_message_id", D.c.message_id.type), ("r_locale", D.c.locale.type), ("r_error", D.c.last_error.type),
             ("r_next_attempt_at", UTCDateTime()), ("r_not_before", UTCDateTime()), ("r_back", D.c.attempts.type),
             ("r_at", UTCDateTime()))
-ONE_STATEMENT_ROWS = 256  # outcomes written by one UPDATE … FROM (VALUES …) on SQLite (10 parameters each)
+ONE_STATEMENT_ROWS = 256  # outcomes written by one UPDATE … FROM (VALUES …) (10 parameters each)
 
 
 @dataclass(frozen=True)
 class _Compiled:
     sql: str
-    names: tuple[str, ...]
+    names: tuple[str, ...]  # the parameters, in their order when the driver's style is positional
+    positional: bool
     processors: tuple[Any, ...]
     defaults: dict[str, Any]
 
 
 @functools.cache
 def _record_rows(dialect: Dialect, n: int) -> _Compiled:
-    """`UPDATE delivery … FROM (VALUES …) AS v` for n outcomes, compiled for `dialect` once: Core does not
-    cache a statement holding a VALUES clause (it would compile it on every call, 5 ms), so it is compiled
-    here and run as the driver's SQL."""
+    """`WITH v AS (VALUES …) UPDATE delivery … FROM v` for n outcomes, compiled for `dialect` once: Core does
+    not cache a statement holding a VALUES clause (it would compile it on every call, 5 ms), so it is
+    compiled here and run as the driver's SQL. PostgreSQL is told each value's type (a column of NULLs would
+    be text to it); SQLite keeps them bare (its CAST to a date type would make a number of the text)."""
+    typed = dialect.name != "sqlite"
     v = (values(*(column(name, type_) for name, type_ in _COLUMNS), name="v")
-         .data([tuple(bindparam(f"{name}_{i}", type_=type_) for name, type_ in _COLUMNS) for i in range(n)])
+         .data([tuple(cast(bindparam(f"{name}_{i}", type_=type_), type_) if typed else
+                      bindparam(f"{name}_{i}", type_=type_) for name, type_ in _COLUMNS) for i in range(n)])
          .cte("v"))
     stmt = (update(D)
             .where(D.c.id == v.c.r_id, D.c.lease_owner == bindparam("r_owner"), D.c.state == SENDING)
@@ -231,26 +217,28 @@ def _record_rows(dialect: Dialect, n: int) -> _Compiled:
                     lease_owner=None, lease_expires_at=None,
                     updated_at=v.c.r_at))
     compiled = stmt.compile(dialect=dialect)
-    names = tuple(compiled.positiontup or ())
-    processors = tuple(compiled.binds[name].type.bind_processor(dialect) for name in names)
-    fixed = {name: compiled.binds[name].value for name in names}  # the statement's own literals (`sending`)
-    return _Compiled(str(compiled), names, processors, {k: v for k, v in fixed.items() if v is not None})
+    binds = {name: bind for bind, name in compiled.bind_names.items()}  # by the names the SQL uses
+    names = tuple(compiled.positiontup or binds)
+    processors = tuple(binds[name].type.bind_processor(dialect) for name in names)
+    fixed = {name: binds[name].value for name in names}  # the statement's own literals (`sending`)
+    return _Compiled(str(compiled), names, compiled.positiontup is not None, processors,
+                     {k: v for k, v in fixed.items() if v is not None})
 
 
 def record(conn: Connection, owner: str, results: Sequence[Result]) -> int:
     """Write outcomes, each only while `owner` still holds the lease; returns how many rows it wrote
     (idempotent: a row already recorded is no longer `sending` and is left alone).
 
-    On SQLite, one `UPDATE … FROM (VALUES …)` for the lot: an executemany steps once a row, and each step
-    gives up the GIL and waits to get it back from a busy event loop (a commit of 6 outcomes took 8 ms
-    under load, this 3 ms). PostgreSQL runs the executemany in one round trip (psycopg's pipeline)."""
+    One `UPDATE … FROM (VALUES …)` for the lot rather than an executemany: SQLite steps an executemany once a
+    row, and each step gives up the GIL and waits to get it back from the busy event loop (6 outcomes: 8 ms
+    under load, this 3 ms); on PostgreSQL it is one statement and one round trip."""
     if not results:
         return 0
-    if conn.dialect.name != "sqlite" or conn.dialect.paramstyle != "qmark":
-        return int(conn.execute(_RECORD, [_row(owner, r) for r in results]).rowcount or 0)
+    sqlite = conn.dialect.name == "sqlite"
     driver = conn.connection.driver_connection
     assert driver is not None
-    before = driver.total_changes  # sqlite3 counts no rows for a statement that starts with WITH
+    before = driver.total_changes if sqlite else 0  # sqlite3 counts no rows for a statement that starts with WITH
+    written = 0
     for start in range(0, len(results), ONE_STATEMENT_ROWS):
         chunk = results[start:start + ONE_STATEMENT_ROWS]
         c = _record_rows(conn.dialect, len(chunk))
@@ -259,10 +247,11 @@ def record(conn: Connection, owner: str, results: Sequence[Result]) -> int:
         for i, r in enumerate(chunk):
             for key, value in _row(owner, r).items():
                 given[f"{key}_{i}"] = value
-        params = tuple(value if (proc := c.processors[k]) is None or value is None else proc(value)
-                       for k, value in enumerate(given.get(name) for name in c.names))
-        conn.exec_driver_sql(c.sql, params)
-    return int(driver.total_changes - before)
+        bound = [value if (proc := c.processors[k]) is None or value is None else proc(value)
+                 for k, value in enumerate(given.get(name) for name in c.names)]
+        params = tuple(bound) if c.positional else dict(zip(c.names, bound, strict=True))
+        written += int(conn.exec_driver_sql(c.sql, params).rowcount or 0)
+    return int(driver.total_changes - before) if sqlite else written
 
 
 # -- looking ----------------------------------------------------------------------------------------------
