@@ -3,8 +3,10 @@ lease, record, a lease lost and reclaimed, attempts counted, a record refused on
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, insert, select, update
@@ -211,3 +213,31 @@ def test_dry_run_preview_queries(engine: Engine, wave: tuple[int, int]) -> None:
         assert store.pending_by_locale(conn, wave_id) == {"de-DE": 1, "en-US": 4}
         assert [r["account_id"] for r in store.first_pending(conn, wave_id, limit=2)] == ["a0", "a1"]
         assert store.sent_since(conn, wave_id, T0) == 0
+
+
+def test_a_lane_writes_alone_then_whole_transactions_again(engine: Engine) -> None:
+    """`alone` (outcomes without bounces: on PostgreSQL each statement commits by itself) leaves the lane's
+    connection as it found it: the next transaction on it is all or nothing again."""
+    from campaign.sending import Database
+
+    def add(conn: Any, email: str, fail: bool = False) -> None:
+        conn.execute(insert(SUPPRESSION).values(email=email, reason="test", source="manual", created_at=T0,
+                                                created_by="tester"))
+        if fail:
+            raise RuntimeError("after the insert")
+
+    database = Database(engine, commit_lanes=1)
+
+    async def run() -> None:
+        await database.write(add, "alone@example.com", lane="commit0", alone=True)
+        with pytest.raises(RuntimeError):
+            await database.write(add, "undone@example.com", True, lane="commit0")
+        await database.write(add, "after@example.com", lane="commit0")
+
+    try:
+        asyncio.run(run())
+    finally:
+        database.close()
+    with engine.connect() as conn:
+        emails = set(conn.execute(select(SUPPRESSION.c.email)).scalars())
+    assert emails == {"alone@example.com", "after@example.com"}

@@ -231,7 +231,8 @@ def record(conn: Connection, owner: str, results: Sequence[Result]) -> int:
 
     One `UPDATE … FROM (VALUES …)` for the lot rather than an executemany: SQLite steps an executemany once a
     row, and each step gives up the GIL and waits to get it back from the busy event loop (6 outcomes: 8 ms
-    under load, this 3 ms); on PostgreSQL it is one statement and one round trip."""
+    under load, this 3 ms); on PostgreSQL it is one statement and one round trip. Each statement stands on its
+    own: the caller may run this outside a transaction."""
     if not results:
         return 0
     sqlite = conn.dialect.name == "sqlite"
