@@ -279,18 +279,26 @@ class Database:
               alone: bool = False) -> T:
         conn = self._connection(lane)
         try:
-            if alone and conn.dialect.name == "postgresql":
-                # Each statement commits on its own: one round trip instead of three (BEGIN, it, COMMIT).
-                conn.execution_options(isolation_level="AUTOCOMMIT")
+            if alone:
+                # Each statement commits on its own: on PostgreSQL one round trip instead of three (BEGIN, it,
+                # COMMIT); on SQLite no BEGIN IMMEDIATE and COMMIT, each a hand-off of the GIL.
+                postgres = conn.dialect.name == "postgresql"
+                if postgres:
+                    conn.execution_options(isolation_level="AUTOCOMMIT")
+                else:
+                    conn.execution_options(campaign_alone=True)
                 try:
                     out = fn(conn, *args)
-                    conn.commit()  # ends SQLAlchemy's own record of a transaction; the server has committed
+                    conn.commit()  # ends SQLAlchemy's own record of a transaction; the database has committed
                 except BaseException:
                     with contextlib.suppress(Exception):
                         conn.close()  # left in autocommit: the next transaction gets a new connection
                     self._local.conn = None
                     raise
-                conn.execution_options(isolation_level=conn.default_isolation_level)
+                if postgres:
+                    conn.execution_options(isolation_level=conn.default_isolation_level)
+                else:
+                    conn.execution_options(campaign_alone=False)
                 return out
             conn.execution_options(campaign_write=write)  # BEGIN IMMEDIATE on SQLite when it will write
             with conn.begin() as tx:
@@ -315,8 +323,8 @@ class Database:
     async def write(self, fn: Callable[..., T], *args: Any, retry_for: float | None = None,
                     lane: str = "main", alone: bool = False) -> T:
         """`fn(conn, *args)` in a transaction that commits, in the lane's thread. `alone`: each of fn's
-        statements stands on its own (nothing to undo if a later one fails), so on PostgreSQL each commits by
-        itself, without a transaction around them."""
+        statements stands on its own (nothing to undo if a later one fails), so each commits by itself, without
+        a transaction around them."""
         executor = self._lanes[lane]
         return await asyncio.get_running_loop().run_in_executor(executor, self._run, executor, fn, args, True,
                                                                 retry_for, alone)
