@@ -250,6 +250,14 @@ def call(engine: Engine, fn: Callable[..., T], *args: Any, write: bool = True,
     return _retrying(engine.dialect.name, once, retry_for)
 
 
+def _alone(conn: Connection, on: bool) -> dict[str, Any]:
+    """The execution options that make each statement commit by itself (on), or put transactions back (off):
+    PostgreSQL's autocommit; on SQLite, whose driver already commits a bare statement, no BEGIN (db.py)."""
+    if conn.dialect.name == "postgresql":
+        return {"isolation_level": "AUTOCOMMIT" if on else conn.default_isolation_level}
+    return {"campaign_alone": on}
+
+
 class Database:
     """The worker's database threads: every statement of the send loop runs there, while the event loop goes
     on with SMTP. Each thread keeps its own connection (no pool checkout, no ping per transaction) and makes
@@ -282,11 +290,7 @@ class Database:
             if alone:
                 # Each statement commits on its own: on PostgreSQL one round trip instead of three (BEGIN, it,
                 # COMMIT); on SQLite no BEGIN IMMEDIATE and COMMIT, each a hand-off of the GIL.
-                postgres = conn.dialect.name == "postgresql"
-                if postgres:
-                    conn.execution_options(isolation_level="AUTOCOMMIT")
-                else:
-                    conn.execution_options(campaign_alone=True)
+                conn.execution_options(**_alone(conn, True))
                 try:
                     out = fn(conn, *args)
                     conn.commit()  # ends SQLAlchemy's own record of a transaction; the database has committed
@@ -295,10 +299,7 @@ class Database:
                         conn.close()  # left in autocommit: the next transaction gets a new connection
                     self._local.conn = None
                     raise
-                if postgres:
-                    conn.execution_options(isolation_level=conn.default_isolation_level)
-                else:
-                    conn.execution_options(campaign_alone=False)
+                conn.execution_options(**_alone(conn, False))
                 return out
             conn.execution_options(campaign_write=write)  # BEGIN IMMEDIATE on SQLite when it will write
             with conn.begin() as tx:

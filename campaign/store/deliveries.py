@@ -170,11 +170,10 @@ class Result:
     attempts_back: int = 0  # 1 when the attempt did not happen (window, handed back): not counted
 
 
-def _row(owner: str, r: Result) -> dict[str, Any]:
-    return {"r_state": r.state, "r_sent_at": r.at if r.state == SENT else None, "r_message_id": r.message_id,
-            "r_locale": r.locale, "r_error": (r.error or None) and r.error[:1024],
-            "r_next_attempt_at": r.next_attempt_at, "r_not_before": r.not_before, "r_back": r.attempts_back,
-            "r_at": r.at, "r_id": r.id, "r_owner": owner}
+def _values(r: Result) -> tuple[Any, ...]:
+    """One outcome's row of the VALUES list, in the order of `_COLUMNS`."""
+    return (r.id, r.state, r.at if r.state == SENT else None, r.message_id, r.locale,
+            (r.error or None) and r.error[:1024], r.next_attempt_at, r.not_before, r.attempts_back, r.at)
 
 
 _COLUMNS = (("r_id", D.c.id.type), ("r_state", D.c.state.type), ("r_sent_at", UTCDateTime()),
@@ -235,10 +234,8 @@ def record(conn: Connection, owner: str, results: Sequence[Result]) -> int:
     own: the caller may run this outside a transaction."""
     if not results:
         return 0
-    sqlite = conn.dialect.name == "sqlite"
-    driver = conn.connection.driver_connection
-    assert driver is not None
-    before = driver.total_changes if sqlite else 0  # sqlite3 counts no rows for a statement that starts with WITH
+    driver = conn.connection.driver_connection if conn.dialect.name == "sqlite" else None
+    before = driver.total_changes if driver is not None else 0  # sqlite3 counts no rows for a WITH statement
     written = 0
     for start in range(0, len(results), ONE_STATEMENT_ROWS):
         chunk = results[start:start + ONE_STATEMENT_ROWS]
@@ -246,13 +243,12 @@ def record(conn: Connection, owner: str, results: Sequence[Result]) -> int:
         given = dict(c.defaults)
         given["r_owner"] = owner
         for i, r in enumerate(chunk):
-            for key, value in _row(owner, r).items():
-                given[f"{key}_{i}"] = value
+            given.update(zip((f"{name}_{i}" for name, _ in _COLUMNS), _values(r), strict=True))
         bound = [value if (proc := c.processors[k]) is None or value is None else proc(value)
                  for k, value in enumerate(given.get(name) for name in c.names)]
         params = tuple(bound) if c.positional else dict(zip(c.names, bound, strict=True))
         written += int(conn.exec_driver_sql(c.sql, params).rowcount or 0)
-    return int(driver.total_changes - before) if sqlite else written
+    return int(driver.total_changes - before) if driver is not None else written
 
 
 # -- looking ----------------------------------------------------------------------------------------------
