@@ -241,3 +241,60 @@ def test_a_lane_writes_alone_then_whole_transactions_again(engine: Engine) -> No
     with engine.connect() as conn:
         emails = set(conn.execute(select(SUPPRESSION.c.email)).scalars())
     assert emails == {"alone@example.com", "after@example.com"}
+
+
+@pytest.mark.parametrize("db_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
+def test_outcomes_committed_on_the_event_loop_outlive_a_lost_connection(engine: Engine, wave: tuple[int, int]) -> None:
+    """PostgreSQL (SQLite has no asynchronous driver: its commits run in the lane's thread): the send loop's
+    commits of outcomes go over an asynchronous connection of the lane (`Database.alone`). Its server process
+    killed between two commits, the next commit connects again and writes; each row only while its lease
+    holds."""
+    from sqlalchemy import text
+
+    from campaign.sending import Database
+
+    _, wave_id = wave
+    with db.write(engine) as conn:
+        claimed = store.claim(conn, wave_id, "w1", 4, T0)
+    assert len(claimed) == 4
+    database = Database(engine, commit_lanes=1)
+    first, second = claimed[:2], claimed[2:]
+
+    async def run() -> None:
+        await database.alone("commit0", store.record_statement(engine.dialect, "w1", [
+            Result(c.id, "sent", T0, message_id=f"<{c.id}@x>", locale="en") for c in first]))
+        pid = database._loop_connections["commit0"].info.backend_pid
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar() is True
+        await database.alone("commit0", store.record_statement(engine.dialect, "w1", [
+            Result(c.id, "sent", T0, message_id=f"<{c.id}@x>", locale="en") for c in second]))
+        assert database._loop_connections["commit0"].info.backend_pid != pid
+        # another worker's lease: nothing written
+        await database.alone("commit0", store.record_statement(engine.dialect, "w2", [
+            Result(c.id, "failed", T0, error="not mine") for c in claimed]))
+
+    try:
+        asyncio.run(run())
+    finally:
+        asyncio.run(database.aclose())
+    with engine.connect() as conn:
+        rows = conn.execute(select(DELIVERY.c.id, DELIVERY.c.state, DELIVERY.c.message_id, DELIVERY.c.lease_owner)
+                            .where(DELIVERY.c.id.in_([c.id for c in claimed]))).all()
+    assert sorted(rows) == sorted((c.id, "sent", f"<{c.id}@x>", None) for c in claimed)
+
+
+def test_commits_on_the_event_loop_give_up_on_a_database_that_stays_away() -> None:
+    """No server where the URL points: `Database.alone` tries again with a backoff, then stops the send with
+    DatabaseLost, which says what to do."""
+    pytest.importorskip("psycopg")
+    import socket
+
+    from campaign.sending import Database, DatabaseLost
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    database = Database(db.make_engine(f"postgresql+psycopg://nobody@127.0.0.1:{port}/none"))
+    with pytest.raises(DatabaseLost, match="Run it again once the database is back"):
+        asyncio.run(database.alone("commit0", ("SELECT 1", None), retry_for=0.3))
+    asyncio.run(database.aclose())

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
+    ARRAY,
     Connection,
     Select,
     and_,
     bindparam,
     case,
-    cast,
     column,
     func,
     literal,
@@ -192,18 +192,10 @@ class _Compiled:
     defaults: dict[str, Any]
 
 
-@functools.cache
-def _record_rows(dialect: Dialect, n: int) -> _Compiled:
-    """`WITH v AS (VALUES …) UPDATE delivery … FROM v` for n outcomes, compiled for `dialect` once: Core does
-    not cache a statement holding a VALUES clause (it would compile it on every call, 5 ms), so it is
-    compiled here and run as the driver's SQL. PostgreSQL is told each value's type (a column of NULLs would
-    be text to it); SQLite keeps them bare (its CAST to a date type would make a number of the text)."""
-    typed = dialect.name != "sqlite"
-    v = (values(*(column(name, type_) for name, type_ in _COLUMNS), name="v")
-         .data([tuple(cast(bindparam(f"{name}_{i}", type_=type_), type_) if typed else
-                      bindparam(f"{name}_{i}", type_=type_) for name, type_ in _COLUMNS) for i in range(n)])
-         .cte("v"))
-    stmt = (update(D)
+def _update_from(v: Any) -> Any:
+    """The UPDATE that writes the outcomes listed by `v` (columns named as in `_COLUMNS`), each row only while
+    the lease of `r_owner` holds."""
+    return (update(D)
             .where(D.c.id == v.c.r_id, D.c.lease_owner == bindparam("r_owner"), D.c.state == SENDING)
             .values(state=v.c.r_state,
                     sent_at=func.coalesce(v.c.r_sent_at, D.c.sent_at),
@@ -215,6 +207,9 @@ def _record_rows(dialect: Dialect, n: int) -> _Compiled:
                     attempts=D.c.attempts - v.c.r_back,
                     lease_owner=None, lease_expires_at=None,
                     updated_at=v.c.r_at))
+
+
+def _compiled(stmt: Any, dialect: Dialect) -> _Compiled:
     compiled = stmt.compile(dialect=dialect)
     binds = {name: bind for bind, name in compiled.bind_names.items()}  # by the names the SQL uses
     names = tuple(compiled.positiontup or binds)
@@ -224,31 +219,73 @@ def _record_rows(dialect: Dialect, n: int) -> _Compiled:
                      {k: v for k, v in fixed.items() if v is not None})
 
 
+@functools.cache
+def _record_rows(dialect: Dialect, n: int) -> _Compiled:
+    """`WITH v AS (VALUES …) UPDATE delivery … FROM v` for n outcomes (SQLite), compiled for `dialect` once:
+    Core does not cache a statement holding a VALUES clause (it would compile it on every call, 5 ms), so it
+    is compiled here and run as the driver's SQL. The values stay bare (SQLite's CAST to a date type would
+    make a number of the text)."""
+    v = (values(*(column(name, type_) for name, type_ in _COLUMNS), name="v")
+         .data([tuple(bindparam(f"{name}_{i}", type_=type_) for name, type_ in _COLUMNS) for i in range(n)])
+         .cte("v"))
+    return _compiled(_update_from(v), dialect)
+
+
+@functools.cache
+def _record_arrays(dialect: Dialect) -> _Compiled:
+    """`UPDATE delivery … FROM unnest(:ids, :states, …) AS v(…)` (PostgreSQL): one array a column, so the
+    statement's text is the same for any number of outcomes — psycopg converts it once and prepares it on
+    the server, where a text that grows with the rows would be parsed anew on both sides every time."""
+    v = (func.unnest(*(bindparam(name, type_=ARRAY(type_)) for name, type_ in _COLUMNS))
+         .table_valued(*(column(name, type_) for name, type_ in _COLUMNS))
+         .render_derived(name="v"))
+    return _compiled(_update_from(v), dialect)
+
+
 def record(conn: Connection, owner: str, results: Sequence[Result]) -> int:
     """Write outcomes, each only while `owner` still holds the lease; returns how many rows it wrote
     (idempotent: a row already recorded is no longer `sending` and is left alone).
 
-    One `UPDATE … FROM (VALUES …)` for the lot rather than an executemany: SQLite steps an executemany once a
-    row, and each step gives up the GIL and waits to get it back from the busy event loop (6 outcomes: 8 ms
-    under load, this 3 ms); on PostgreSQL it is one statement and one round trip. Each statement stands on its
-    own: the caller may run this outside a transaction."""
+    One statement for the lot rather than an executemany: on SQLite an `UPDATE … FROM (VALUES …)` (SQLite
+    steps an executemany once a row, and each step gives up the GIL and waits to get it back from the busy
+    event loop: 6 outcomes 8 ms under load, this 3 ms); on PostgreSQL an `UPDATE … FROM unnest(arrays)`, one
+    round trip of one prepared statement. Each statement stands on its own: the caller may run this outside
+    a transaction."""
     if not results:
         return 0
-    driver = conn.connection.driver_connection if conn.dialect.name == "sqlite" else None
-    before = driver.total_changes if driver is not None else 0  # sqlite3 counts no rows for a WITH statement
-    written = 0
+    if conn.dialect.name == "postgresql":
+        return int(conn.exec_driver_sql(*record_statement(conn.dialect, owner, results)).rowcount or 0)
+    driver: Any = conn.connection.driver_connection
+    before = driver.total_changes  # sqlite3 counts no rows for a WITH statement
     for start in range(0, len(results), ONE_STATEMENT_ROWS):
         chunk = results[start:start + ONE_STATEMENT_ROWS]
-        c = _record_rows(conn.dialect, len(chunk))
-        given = dict(c.defaults)
-        given["r_owner"] = owner
+        given: dict[str, Any] = {"r_owner": owner}
         for i, r in enumerate(chunk):
             given.update(zip((f"{name}_{i}" for name, _ in _COLUMNS), _values(r), strict=True))
-        bound = [value if (proc := c.processors[k]) is None or value is None else proc(value)
-                 for k, value in enumerate(given.get(name) for name in c.names)]
-        params = tuple(bound) if c.positional else dict(zip(c.names, bound, strict=True))
-        written += int(conn.exec_driver_sql(c.sql, params).rowcount or 0)
-    return int(driver.total_changes - before) if driver is not None else written
+        _run(conn, _record_rows(conn.dialect, len(chunk)), given)
+    return int(driver.total_changes - before)
+
+
+def record_statement(dialect: Dialect, owner: str, results: Sequence[Result]) -> tuple[str, Any]:
+    """PostgreSQL: `record`'s statement and its parameters in the driver's own terms, for a caller that runs
+    it on a connection of the driver's (the send loop's asynchronous commits: `sending.Database.alone`)."""
+    columns = zip(*(_values(r) for r in results), strict=True)
+    c = _record_arrays(dialect)
+    return c.sql, _params(c, {"r_owner": owner,
+                              **{name: list(col) for (name, _), col in zip(_COLUMNS, columns, strict=True)}})
+
+
+def _params(c: _Compiled, given: dict[str, Any]) -> Any:
+    """The driver's parameters of a statement compiled by `_compiled`, from the values `given` by name."""
+    given = {**c.defaults, **given}
+    bound = [value if (proc := c.processors[k]) is None or value is None else proc(value)
+             for k, value in enumerate(given.get(name) for name in c.names)]
+    return tuple(bound) if c.positional else dict(zip(c.names, bound, strict=True))
+
+
+def _run(conn: Connection, c: _Compiled, given: dict[str, Any]) -> int:
+    """Run a statement compiled by `_compiled` with the values `given` by name; returns its row count."""
+    return int(conn.exec_driver_sql(c.sql, _params(c, given)).rowcount or 0)
 
 
 # -- looking ----------------------------------------------------------------------------------------------
