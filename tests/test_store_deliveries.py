@@ -157,6 +157,37 @@ def test_a_lost_lease_is_reclaimed_and_the_old_owner_cannot_record(engine: Engin
     assert state(engine)[lost.account_id] == ("sending", 2, "w2")
 
 
+@pytest.mark.parametrize("db_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
+def test_renew_and_reclaim_pass_over_a_row_being_recorded(engine: Engine, wave: tuple[int, int]) -> None:
+    """PostgreSQL (SQLite has one writer at a time, no row locks): the heartbeat's renew and reclaim skip a row
+    that a commit of its outcome holds locked, instead of waiting for it — the commit might be waiting for a row
+    the heartbeat's transaction holds (a deadlock, seen with two commit lanes). Waiting would end here in the
+    lock timeout."""
+    from sqlalchemy import text
+
+    _, wave_id = wave
+    with db.write(engine) as conn:
+        mine = store.claim(conn, wave_id, "w1", 3, T0)
+    with db.write(engine) as conn:
+        theirs = store.claim(conn, wave_id, "w2", 2, T0)
+    with engine.connect() as holder, holder.begin():  # a commit under way: the rows it updates are locked
+        holder.execute(select(DELIVERY.c.id).where(DELIVERY.c.id.in_([mine[0].id, theirs[0].id]))
+                       .with_for_update())
+        with db.write(engine) as conn:
+            conn.execute(text("SET LOCAL lock_timeout = '3s'"))
+            assert store.renew(conn, "w1", [c.id for c in mine], T0 + LEASE / 2) == 2
+            # w2's leases ran out: the one not locked comes back
+            assert store.reclaim(conn, wave_id, T0 + LEASE + dt.timedelta(seconds=1), ["w2"]) == 1
+    with engine.connect() as conn:
+        expires = dict(conn.execute(select(DELIVERY.c.id, DELIVERY.c.lease_expires_at)
+                                    .where(DELIVERY.c.id.in_([c.id for c in mine + theirs]))).all())
+    assert expires[mine[0].id] == T0 + LEASE and expires[mine[1].id] == expires[mine[2].id] == T0 + LEASE * 1.5
+    assert expires[theirs[0].id] == T0 + LEASE and expires[theirs[1].id] is None
+    with db.write(engine) as conn:  # nothing holds them now: the next heartbeat does the rest
+        assert store.renew(conn, "w1", [mine[0].id], T0 + LEASE / 2) == 1
+        assert store.reclaim(conn, wave_id, T0 + LEASE + dt.timedelta(seconds=1), ["w2"]) == 1
+
+
 def test_a_dead_workers_leases_come_back_at_once(engine: Engine, wave: tuple[int, int]) -> None:
     campaign_id, wave_id = wave
     with db.write(engine) as conn:
