@@ -10,12 +10,18 @@ runs:
   (b) the mailmerge CLI (PyPI `mailmerge`) on 2,000 rows of a text + HTML template, one connection per
       message — what people use today (`--mailmerge-rows 0` leaves it out).
 
-Prints messages/s for each, per database and worker count the ratio ours/aiosmtplib and the database's
-share of the send: the time the send was held up by the database, as `campaign send` reports it in its
-summary (`db time: X s of Y s`: the loop waiting for a claim, plus the time each SMTP connection waited for
-its outcome to be committed, averaged over the connections). Messages are counted by smtp-sink, not taken
-on trust. Each database is prepared once (SQLite: a file in a temporary directory; PostgreSQL: a template
-database) and copied for each run.
+Prints messages/s for each, per database and worker count the ratio ours/aiosmtplib and two shares of the
+send that `campaign send` reports in its summary:
+
+  - **db share** (`db time: X s of Y s`): the time the database held the send up — preparing and finishing
+    the wave, and the time each worker's event loop sat idle while some task of it waited on the database
+    (a connection at the G2 gate for earlier commits, the loop for a claim), clocked by the loop's selector;
+  - **gate share** (`gate: Z s`): the time the tasks waited on the database whether or not the loop had other
+    work meanwhile — the loop waiting for a claim, plus the time each SMTP connection waited at the gate,
+    averaged over the connections (what this benchmark called the db share until 2026-11-30).
+
+Messages are counted by smtp-sink, not taken on trust. Each database is prepared once (SQLite: a file in a
+temporary directory; PostgreSQL: a template database) and copied for each run.
 
     ./run bench send [--recipients N] [--runs K] [--workers 1,2] [--database sqlite,postgres]
                      [--mailmerge-rows R] [--connections C] [--rate R] [--concurrency C] [--timeout S] [--keep]
@@ -66,6 +72,7 @@ SMTP_SINK = Path("/usr/sbin/smtp-sink")
 MAILMERGE = Path(sys.executable).parent / "mailmerge"  # its console script: `python -m mailmerge` is broken
 POLICY_RC = Path("/usr/sbin/policy-rc.d")
 DB_TIME = re.compile(r"db time:\s*([0-9]+(?:\.[0-9]+)?)\s*s\s+of\s+([0-9]+(?:\.[0-9]+)?)\s*s", re.IGNORECASE)
+GATE_TIME = re.compile(r"gate:\s*([0-9]+(?:\.[0-9]+)?)\s*s", re.IGNORECASE)
 AUDIENCE_SHARE = 0.45  # the shipped campaign selects about this share of sample accounts (measured)
 INSTALL_HINT = """\
   echo 'postfix postfix/main_mailer_type select No configuration' | sudo debconf-set-selections
@@ -474,6 +481,7 @@ class OurRun:
     seconds: float
     db_seconds: float | None
     db_of: float | None
+    gate_seconds: float | None
     peak_kib: int  # the largest process
     total_peak_kib: int  # the sum of every process's peak (an upper bound of the whole)
     processes: int
@@ -515,7 +523,9 @@ def run_ours(database: Database, work: Path, port: int, workers: int | None, tim
         raise SystemExit(f"campaign send failed (exit {proc.returncode}):\n{text}")
     found = DB_TIME.findall(text)
     db_s, of_s = (float(found[-1][0]), float(found[-1][1])) if found else (None, None)
-    return OurRun(ended[0] - start, db_s, of_s, max(peaks.values(), default=0), sum(peaks.values()), len(peaks))
+    gate = GATE_TIME.findall(text)
+    return OurRun(ended[0] - start, db_s, of_s, float(gate[-1]) if gate else None, max(peaks.values(), default=0),
+                  sum(peaks.values()), len(peaks))
 
 
 # -- main ----------------------------------------------------------------------------------------------
@@ -598,6 +608,7 @@ def main() -> None:
         ours: dict[tuple[str, int], list[float]] = {}
         ratios: dict[tuple[str, int], list[float]] = {}
         shares: dict[tuple[str, int], list[float]] = {}
+        gates: dict[tuple[str, int], list[float]] = {}
         peaks: list[tuple[int, int, int]] = []
         for i in range(args.runs):
             before = sink.messages()
@@ -628,6 +639,9 @@ def main() -> None:
                     if run.db_seconds is not None and run.db_of:
                         shares.setdefault(key, []).append(run.db_seconds / run.db_of)
                         line += f"  db {run.db_seconds:.2f} s of {run.db_of:.2f} s ({shares[key][-1]:.1%})"
+                        if run.gate_seconds is not None:
+                            gates.setdefault(key, []).append(run.gate_seconds / run.db_of)
+                            line += f"  gate {run.gate_seconds:.2f} s ({gates[key][-1]:.1%})"
                     print(line, flush=True)
 
         a = statistics.median(ref_a)
@@ -639,12 +653,13 @@ def main() -> None:
             print("campaign send                                   n/a (not available yet)")
             return
         print(f"\n{'database':<22} {'workers':>7} {'messages/s':>11} {'ours/aiosmtplib':>16} {'db share':>9}"
-              + ("  ours/mailmerge" if ref_b else ""))
+              f" {'gate share':>10}" + ("  ours/mailmerge" if ref_b else ""))
         for (kind, w), rates in ours.items():
             label = "PostgreSQL (fsync on)" if kind == "postgres" else "SQLite"
             share = f"{statistics.median(shares[(kind, w)]) * 100:.1f} %" if shares.get((kind, w)) else "n/a"
+            gate = f"{statistics.median(gates[(kind, w)]) * 100:.1f} %" if gates.get((kind, w)) else "n/a"
             line = (f"{label:<22} {w:>7} {statistics.median(rates):>11,.0f} "
-                    f"{statistics.median(ratios[(kind, w)]):>16.2f} {share:>9}")
+                    f"{statistics.median(ratios[(kind, w)]):>16.2f} {share:>9} {gate:>10}")
             if ref_b:
                 line += f"  {statistics.median(rates) / statistics.median(ref_b):13.1f}x"
             print(line)

@@ -571,7 +571,8 @@ def send(app: App, slug: str, wave: str, ignore_window: bool, workers: int | Non
         rate = summary.attempted / summary.elapsed if summary.elapsed else 0
         click.echo(f"{slug} / {wave}: {_print_counts(summary.counts)}")
         click.echo(f"{summary.attempted} attempts in {summary.elapsed:.1f} s ({rate:.0f}/s); "
-                   f"db time: {summary.db_seconds:.2f} s of {summary.elapsed:.2f} s")
+                   f"db time: {summary.db_seconds:.2f} s of {summary.elapsed:.2f} s (held up by the database); "
+                   f"gate: {summary.gate_seconds:.2f} s (waits on it per connection, busy or not)")
         if summary.waiting_window:
             click.echo(f"{summary.waiting_window} deliveries wait for their recipient's send window: the "
                        "scheduler or a later `send` will send them (or use --ignore-window)")

@@ -31,6 +31,7 @@ import logging
 import multiprocessing
 import os
 import random
+import selectors
 import socket
 import sys
 import threading
@@ -109,7 +110,8 @@ class SendSummary:
     counts: dict[str, int]
     attempted: int = 0
     elapsed: float = 0.0
-    db_seconds: float = 0.0
+    db_seconds: float = 0.0  # the database held the send up (preparing, finishing, the loop idle waiting on it)
+    gate_seconds: float = 0.0  # the connections waited at the gate (G2) or for a claim, on average, busy loop or not
     waiting_window: int = 0
     paused: str | None = None
     dry_run: bool = False
@@ -494,6 +496,26 @@ class _Batch:
     stop: str | None = None
 
 
+class _IdleClock(selectors.DefaultSelector):
+    """A worker's event-loop selector that clocks how long the loop sat idle — nothing to do but wait — while
+    some task of the send waited on the database (`Worker._on_db`): the time the database held the send up.
+    A task waiting on the database while the loop is busy with others costs the send nothing."""
+
+    def __init__(self, worker: Worker) -> None:
+        super().__init__()
+        self.worker = worker
+        self.held = 0.0
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        if not self.worker._on_db or timeout == 0:  # a timeout of 0: the loop has work ready, it only polls
+            return super().select(timeout)
+        start = time.perf_counter()
+        try:
+            return super().select(timeout)
+        finally:
+            self.held += time.perf_counter() - start
+
+
 class Worker:
     """Sends one wave from one process until nothing is left that it can send."""
 
@@ -514,8 +536,10 @@ class Worker:
         self.progress = progress
         self.attempted = 0
         self.paused: str | None = None
-        self.db_wait = 0.0  # the time sending was held up by the database (see `db_seconds`)
-        self._commit_wait = 0.0  # summed over connections
+        self.db_wait = 0.0  # the loop waiting for a claim (see `gate_seconds`)
+        self._commit_wait = 0.0  # connections waiting at the gate, summed over them
+        self._on_db = 0  # tasks waiting on the database now (see `_IdleClock`)
+        self._clock: _IdleClock | None = None
         self._rng = random.Random()
         self._in_flight: set[int] = set()  # claimed, not yet recorded: their leases are renewed
         self._last_error = ""  # the last failure's detail, for the pause reason
@@ -540,8 +564,15 @@ class Worker:
 
     @property
     def db_seconds(self) -> float:
-        """How long the send was held up by the database: the loop waiting for a claim, plus the time the
-        connections waited at the gate for commits to catch up, averaged over the connections."""
+        """How long the database held the send up: the time the event loop sat idle while some task waited on
+        the database (a connection at the gate for earlier commits, the loop for a claim). Clocked when the
+        worker runs on its own loop (`run_to_end`); 0 otherwise."""
+        return self._clock.held if self._clock is not None else 0.0
+
+    @property
+    def gate_seconds(self) -> float:
+        """How long the tasks waited on the database, busy loop or not: the loop waiting for a claim, plus the
+        time the connections waited at the gate for commits to catch up, averaged over the connections."""
         return self.db_wait + self._commit_wait / self._concurrency
 
     # database transactions (each runs in the database thread)
@@ -682,6 +713,12 @@ class Worker:
 
     # the loop
 
+    def run_to_end(self) -> None:
+        """`run` on an event loop of its own, whose selector clocks the time the database held it up."""
+        self._clock = _IdleClock(self)
+        with asyncio.Runner(loop_factory=lambda: asyncio.SelectorEventLoop(self._clock)) as runner:
+            runner.run(self.run())
+
     async def run(self) -> None:
         # The database threads give the GIL back within half a millisecond when the event loop wants it
         # (the default is 5 ms: every socket call of the loop could wait that long behind a commit).
@@ -732,9 +769,11 @@ class Worker:
 
     async def _waited(self, aw: Any) -> Any:
         start = time.perf_counter()
+        self._on_db += 1
         try:
             return await aw
         finally:
+            self._on_db -= 1
             self.db_wait += time.perf_counter() - start
 
     async def _fetch(self) -> _Batch:
@@ -747,7 +786,7 @@ class Worker:
     async def _report(self) -> None:
         if self.progress is not None and time.monotonic() - self._last_progress >= PROGRESS_EVERY:
             self._last_progress = time.monotonic()
-            self.progress(await self.db.read(deliveries.counts, self.job.wave_id))
+            self.progress(await self._waited(self.db.read(deliveries.counts, self.job.wave_id)))
 
     async def _feed(self, batch: _Batch) -> None:
         """Triage, compose and start sending each delivery of the batch; returns when all are under way."""
@@ -816,9 +855,16 @@ class Worker:
             # A connection waits here only when that many commits are behind; the commit of its previous
             # message goes on meanwhile, hidden behind this one's MAIL, RCPT and DATA.
             nonlocal held
-            start = time.perf_counter()
-            await self._unrecorded.acquire()
-            self._commit_wait += time.perf_counter() - start
+            if self._unrecorded.locked():
+                start = time.perf_counter()
+                self._on_db += 1
+                try:
+                    await self._unrecorded.acquire()
+                finally:
+                    self._on_db -= 1
+                    self._commit_wait += time.perf_counter() - start
+            else:
+                await self._unrecorded.acquire()
             held = True
             if self._db_gone is not None:
                 raise self._db_gone
@@ -882,12 +928,12 @@ def _worker_context() -> Any:
     return multiprocessing.get_context("spawn")
 
 
-def _worker_process(job: _Job) -> tuple[int, float]:
+def _worker_process(job: _Job) -> tuple[int, float, float]:
     engine = db.make_engine(job.config.database_url)
     try:
         worker = Worker(engine, job)
-        asyncio.run(worker.run())
-        return worker.attempted, worker.db_seconds
+        worker.run_to_end()
+        return worker.attempted, worker.db_seconds, worker.gate_seconds
     finally:
         engine.dispose()
 
@@ -923,11 +969,12 @@ def send_wave(engine: Engine, config: Config, slug: str, wave_name: str, options
     db_seconds = time.perf_counter() - start
     job = _Job(config, c.id, slug, wave_name, wave_id, options)
 
-    attempted = 0
+    attempted, gate_seconds = 0, 0.0
     if options.workers <= 1:
         worker = Worker(engine, job, transport=transport, progress=progress)
-        asyncio.run(worker.run())
-        attempted, db_seconds = worker.attempted, db_seconds + worker.db_seconds
+        worker.run_to_end()
+        attempted, gate_seconds = worker.attempted, worker.gate_seconds
+        db_seconds += worker.db_seconds
     else:
         engine.dispose()  # no connection of this process is carried into the workers
         with _worker_context().Pool(options.workers) as pool:
@@ -938,9 +985,10 @@ def send_wave(engine: Engine, config: Config, slug: str, wave_name: str, options
                     with contextlib.suppress(DatabaseLost):
                         progress(call(engine, deliveries.counts, wave_id, write=False, retry_for=0))
                 pending.wait(0.5)
-            for n, secs in pending.get():
+            for n, secs, gate in pending.get():
                 attempted += n
                 db_seconds += secs / options.workers  # the workers' database waits overlap
+                gate_seconds += gate / options.workers
     end = time.perf_counter()
     counts, look, paused = call(engine, _finish, c.id, wave_id, wave_name, config.actor, options.ignore_window,
                                 attempted)
@@ -948,7 +996,8 @@ def send_wave(engine: Engine, config: Config, slug: str, wave_name: str, options
     if progress is not None:
         progress(counts)
     return SendSummary(slug, wave_name, counts, attempted=attempted, elapsed=time.perf_counter() - start,
-                       db_seconds=db_seconds, waiting_window=look.waiting_window, paused=paused)
+                       db_seconds=db_seconds, gate_seconds=gate_seconds, waiting_window=look.waiting_window,
+                       paused=paused)
 
 
 def _finish(conn: Connection, campaign_id: int, wave_id: int, wave_name: str, actor: str, ignore_window: bool,

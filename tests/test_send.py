@@ -512,3 +512,31 @@ def test_an_expired_wave_marks_its_waiting_deliveries_expired(run_cli: CliRun, s
     counts = notice(run_cli)
     assert counts["pending"] == 0 and counts["expired"] == waiting
     assert counts["sent"] + counts["expired"] == 40
+
+
+def test_the_send_clocks_only_the_idle_time_spent_waiting_on_the_database() -> None:
+    """`db time` (the database's hold on the send) is the time the worker's event loop sat idle while some task
+    waited on the database; idle time with nothing waiting on it (a slow relay) does not count, nor does a
+    task waiting on it while the loop is busy."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from campaign import sending
+
+    worker = SimpleNamespace(_on_db=0)
+    clock = sending._IdleClock(worker)  # type: ignore[arg-type]
+
+    async def main() -> None:
+        await asyncio.sleep(0.2)  # idle, nothing waits on the database: not counted
+        assert clock.held < 0.05
+        worker._on_db = 1
+        await asyncio.sleep(0.2)  # idle while a task waits on the database: counted
+        assert 0.15 < clock.held < 0.5
+        before = clock.held
+        end = time.perf_counter() + 0.2
+        while time.perf_counter() < end:  # busy: the loop has work, waiting on the database costs nothing
+            await asyncio.sleep(0)
+        assert clock.held - before < 0.05
+
+    with asyncio.Runner(loop_factory=lambda: asyncio.SelectorEventLoop(clock)) as runner:
+        runner.run(main())
