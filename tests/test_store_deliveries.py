@@ -329,3 +329,15 @@ def test_commits_on_the_event_loop_give_up_on_a_database_that_stays_away() -> No
     with pytest.raises(DatabaseLost, match="Run it again once the database is back"):
         asyncio.run(database.alone("commit0", ("SELECT 1", None), retry_for=0.3))
     asyncio.run(database.aclose())
+
+
+def test_a_servers_reply_with_a_nul_is_recorded_without_it(engine: Engine, wave: tuple[int, int]) -> None:
+    """A relay's reply is stored as the delivery's error; PostgreSQL's text refuses NUL characters, and the
+    send must not stop on one relay's reply."""
+    _, wave_id = wave
+    with db.write(engine) as conn:
+        [c] = store.claim(conn, wave_id, "w1", 1, T0)
+        assert store.record(conn, "w1", [Result(c.id, "pending", T0, error="451 busy\0 now",
+                                                next_attempt_at=T0 + dt.timedelta(minutes=5))]) == 1
+    with engine.connect() as conn:
+        assert conn.execute(select(DELIVERY.c.last_error).where(DELIVERY.c.id == c.id)).scalar_one() == "451 busy now"
