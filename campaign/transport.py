@@ -602,12 +602,16 @@ class SmtpTransport:
         pool = self._pool
         client = await pool.get()
         try:
+            if self._pool is not pool:  # the transport closed while this send waited: it opens no connection
+                return self._transient("not sent: the connections were closed (the send is stopping)")
             return await self._send_on(client, envelope, _once(gate) if gate is not None else None)
         except BaseException:
             client.close()  # cancelled or fatal midway: the connection's state is unknown
             raise
         finally:
-            pool.put_nowait(client)
+            if self._pool is not pool:
+                client.close()  # the transport closed while this send went on: nothing else would close it
+            pool.put_nowait(client)  # (after a close, for a send still waiting: it stops at once)
 
     async def _send_on(self, client: _Client, envelope: Envelope, gate: Gate | None) -> Outcome:
         reused = client.is_connected

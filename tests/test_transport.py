@@ -609,3 +609,24 @@ def test_recording_transport_keeps_envelopes_and_order() -> None:
     assert [o.status for o in outcomes] == ["sent", "sent", "permanent", "sent", "sent", "sent"]
     assert sorted(transport.envelopes, key=lambda e: e.message_id) == sorted(envelopes, key=lambda e: e.message_id)
     assert transport.opened == 1
+
+
+def test_a_send_that_ends_after_the_transport_closed_leaves_no_connection_open(smtpd: SmtpServer) -> None:
+    """A send still under way when the transport closes (the send loop stopping on an error) — here one
+    waiting for the only connection — closes its connection when it ends: nothing would close it later (a
+    socket left to the garbage collector)."""
+    transport = smtp(smtpd, concurrency=1)
+
+    async def run() -> list[Outcome | BaseException]:
+        async with transport:
+            sends = [asyncio.create_task(transport.send(envelope(n=i))) for i in range(2)]
+            await asyncio.sleep(0)  # both under way: the first holds the connection, the second waits for it
+        return await asyncio.gather(*sends, return_exceptions=True)
+
+    first, second = asyncio.run(asyncio.wait_for(run(), 10))
+    assert isinstance(second, Outcome) and second.status == "transient"  # it waited: not sent, no connection
+    assert "closed" in second.detail
+    deadline = time.monotonic() + 5
+    while smtpd.active and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert smtpd.active == 0
