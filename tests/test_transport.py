@@ -623,7 +623,7 @@ def test_a_send_that_ends_after_the_transport_closed_leaves_no_connection_open(s
             await asyncio.sleep(0)  # both under way: the first holds the connection, the second waits for it
         return await asyncio.gather(*sends, return_exceptions=True)
 
-    first, second = asyncio.run(asyncio.wait_for(run(), 10))
+    _, second = asyncio.run(asyncio.wait_for(run(), 10))
     assert isinstance(second, Outcome) and second.status == "transient"  # it waited: not sent, no connection
     assert "closed" in second.detail
     deadline = time.monotonic() + 5
