@@ -341,3 +341,20 @@ def test_a_servers_reply_with_a_nul_is_recorded_without_it(engine: Engine, wave:
                                                 next_attempt_at=T0 + dt.timedelta(minutes=5))]) == 1
     with engine.connect() as conn:
         assert conn.execute(select(DELIVERY.c.last_error).where(DELIVERY.c.id == c.id)).scalar_one() == "451 busy now"
+
+
+def test_outcome_timestamps_follow_the_rule_of_every_timestamp(engine: Engine, wave: tuple[int, int]) -> None:
+    """One rule for a timestamp, in the JSON parameter of PostgreSQL's commit as in any bound value: an aware
+    instant in another zone is stored as the same instant; a naive one is refused, nothing written."""
+    _, wave_id = wave
+    tokyo = dt.timezone(dt.timedelta(hours=9))
+    with db.write(engine) as conn:
+        first, second = store.claim(conn, wave_id, "w1", 2, T0)
+        with pytest.raises(ValueError, match="naive datetime"):
+            store.record(conn, "w1", [Result(first.id, "sent", T0.replace(tzinfo=None), message_id="<n@x>")])
+        assert store.record(conn, "w1", [Result(second.id, "sent", T0.astimezone(tokyo), message_id="<t@x>")]) == 1
+    with engine.connect() as conn:
+        rows = dict(conn.execute(select(DELIVERY.c.id, DELIVERY.c.state)).all())
+        sent_at = conn.execute(select(DELIVERY.c.sent_at).where(DELIVERY.c.id == second.id)).scalar_one()
+    assert rows[first.id] == "sending" and rows[second.id] == "sent"
+    assert sent_at == T0

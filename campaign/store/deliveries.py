@@ -257,13 +257,16 @@ def _record_json(dialect: Dialect) -> _Compiled:
     return _compiled(_update_from(v), dialect)
 
 
-def _json(value: Any) -> Any:
-    """A value of `_values` as JSON has it: a timestamp in ISO 8601 with its offset (aware, as UTCDateTime
-    requires)."""
+_UTC = UTCDateTime()
+
+
+def _json(value: Any, dialect: Dialect) -> Any:
+    """A value of `_values` as JSON has it: a timestamp by the rule of every bound timestamp (UTCDateTime:
+    aware, in UTC), in ISO 8601 with its offset."""
     if isinstance(value, dt.datetime):
-        if value.tzinfo is None:
-            raise ValueError(f"naive datetime {value!r}: timestamps must be aware")
-        return value.isoformat()
+        stamp = _UTC.process_bind_param(value, dialect)
+        assert stamp is not None
+        return stamp.isoformat()
     return value
 
 
@@ -295,7 +298,8 @@ def record_statement(dialect: Dialect, owner: str, results: Sequence[Result]) ->
     """PostgreSQL: `record`'s statement and its parameters in the driver's own terms, for a caller that runs
     it on a connection of the driver's (the send loop's asynchronous commits: `sending.Database.alone`)."""
     names = [name for name, _ in _COLUMNS]
-    rows = json.dumps([dict(zip(names, map(_json, _values(r)), strict=True)) for r in results])
+    rows = json.dumps([{name: _json(v, dialect) for name, v in zip(names, _values(r), strict=True)}
+                       for r in results])
     c = _record_json(dialect)
     return c.sql, _compiled_params(c, {"r_owner": owner, "r_rows": rows})
 
