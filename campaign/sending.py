@@ -297,6 +297,8 @@ class Database:
         if conn is None or conn.closed or conn.invalidated:
             conn = self._local.conn = self.engine.connect()
             self._opened.append((lane, conn))
+            if lane is not self._lanes["main"]:
+                db.leave_checkpoints(conn)  # the main lane's claims and beats copy the log back
         return conn
 
     def _once(self, lane: ThreadPoolExecutor, fn: Callable[..., T], args: tuple[Any, ...], write: bool,
@@ -544,6 +546,7 @@ class Worker:
         self._in_flight: set[int] = set()  # claimed, not yet recorded: their leases are renewed
         self._last_error = ""  # the last failure's detail, for the pause reason
         self._last_progress = 0.0
+        self._reporting: asyncio.Task[None] | None = None
         self._concurrency = self.d.limits.concurrency
         # Group commit: at most `concurrency` messages the server accepted wait to be recorded (the gate in
         # `_send`), so a crash resends at most that many (G2); the connections go on meanwhile.
@@ -591,8 +594,10 @@ class Worker:
         return _live(rows, now, set(dead))
 
     def _claim_tx(self, conn: Connection, now: dt.datetime) -> _Batch:
-        """Claim a batch: a short write transaction (on SQLite it holds the one write lock that every worker
-        process shares); what triage needs of the batch is read afterwards, by `_load_tx`."""
+        """Claim a batch: one statement that commits by itself (on SQLite it holds the one write lock that
+        every worker process shares); what triage needs of the batch is read afterwards, by `_load_tx`. The
+        check for a stop comes first: a pause committed between it and the claim stops the worker after this
+        batch, as one committed just after the claim does."""
         stop = _stop_reason(*campaign_rows.stopped(conn, self.job.wave_id))
         if stop:
             return _Batch([], {}, {}, set(), stop)
@@ -762,7 +767,7 @@ class Worker:
                     # Claim the next batch while this one is composed and sent.
                     fetch = asyncio.create_task(self._fetch())
                     await self._feed(batch)
-                    await self._report()
+                    self._report()
                 await self._drain()
         finally:
             await self._stop(committers, heart, fetch)
@@ -777,16 +782,31 @@ class Worker:
             self.db_wait += time.perf_counter() - start
 
     async def _fetch(self) -> _Batch:
-        batch: _Batch = await self.db.write(self._claim_tx, db.utcnow())
+        # Alone: on SQLite the write lock is held by the claim's UPDATE only (see `deliveries.claim`).
+        batch: _Batch = await self.db.write(self._claim_tx, db.utcnow(), alone=True)
         self._in_flight.update(c.id for c in batch.claimed)
         if batch.claimed:
             batch = await self.db.read(self._load_tx, batch)
         return batch
 
-    async def _report(self) -> None:
-        if self.progress is not None and time.monotonic() - self._last_progress >= PROGRESS_EVERY:
-            self._last_progress = time.monotonic()
-            self.progress(await self._waited(self.db.read(deliveries.counts, self.job.wave_id)))
+    def _report(self) -> None:
+        """Progress every PROGRESS_EVERY seconds, counted beside the loop: the feed does not wait for it."""
+        if self.progress is None or time.monotonic() - self._last_progress < PROGRESS_EVERY:
+            return
+        if self._reporting is not None:
+            if not self._reporting.done():
+                return
+            self._reporting.result()  # a failure of the last report (a bug) surfaces here
+        self._last_progress = time.monotonic()
+        self._reporting = asyncio.create_task(self._progress_now())
+
+    async def _progress_now(self) -> None:
+        assert self.progress is not None
+        try:
+            counts = await self.db.read(deliveries.counts, self.job.wave_id)
+        except DatabaseLost:
+            return  # the loop finds out on its own; the progress shows again when the database is back
+        self.progress(counts)
 
     async def _feed(self, batch: _Batch) -> None:
         """Triage, compose and start sending each delivery of the batch; returns when all are under way."""
@@ -909,10 +929,10 @@ class Worker:
                 await self._drain()
                 await self.db.write(self._leave_tx, retry_for=5.0)
         finally:
-            for task in (*self._sends, *committers, *((heart,) if heart else ()), *((fetch,) if fetch else ())):
+            tasks = [*self._sends, *committers, *(t for t in (heart, fetch, self._reporting) if t is not None)]
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(*self._sends, *committers, *((heart,) if heart else ()),
-                                 *((fetch,) if fetch else ()), return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
             for done in self._records:  # commits that failed with the database: the send reports why
                 if done.done() and not done.cancelled():
                     done.exception()

@@ -358,3 +358,43 @@ def test_outcome_timestamps_follow_the_rule_of_every_timestamp(engine: Engine, w
         sent_at = conn.execute(select(DELIVERY.c.sent_at).where(DELIVERY.c.id == second.id)).scalar_one()
     assert rows[first.id] == "sending" and rows[second.id] == "sent"
     assert sent_at == T0
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_sqlite_commit_lanes_leave_checkpoints_to_the_main_lane(engine: Engine) -> None:
+    """SQLite: a commit lane's connection does not copy the write-ahead log back after its commits (a copy
+    stalls the commit that runs it, and every connection waiting at the gate with it); the main lane's
+    does; a connection back in the pool copies again, whoever takes it next."""
+    from campaign.sending import Database
+
+    def autocheckpoint(conn: Any) -> int:
+        return int(conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one())
+
+    database = Database(engine, commit_lanes=1)
+
+    async def run() -> tuple[int, int]:
+        return (await database.write(autocheckpoint, lane="commit0"), await database.write(autocheckpoint))
+
+    try:
+        assert asyncio.run(run()) == (0, db.SQLITE_AUTOCHECKPOINT)
+    finally:
+        database.close()
+    for _ in range(2):  # the pool may hand back either connection
+        with engine.connect() as conn:
+            assert autocheckpoint(conn) == db.SQLITE_AUTOCHECKPOINT
+
+
+def test_a_claim_after_a_claim_at_the_same_instant_takes_only_its_own_rows(engine: Engine,
+                                                                          wave: tuple[int, int]) -> None:
+    """Each claim its own statement (on SQLite, its rows read back after the UPDATE, outside the write lock):
+    two claims by one owner with the same clock reading still hand out each row once."""
+    _, wave_id = wave
+    with db.write(engine) as conn:
+        first = store.claim(conn, wave_id, "w1", 2, T0)
+    with db.write(engine) as conn:
+        second = store.claim(conn, wave_id, "w1", 2, T0)
+    with db.write(engine) as conn:
+        third = store.claim(conn, wave_id, "w1", 2, T0)
+    ids = [c.id for c in first + second + third]
+    assert len(first) == 2 and len(second) == 2 and len(third) == 1
+    assert len(set(ids)) == 5
