@@ -179,6 +179,8 @@ class Progress:
     def __init__(self, label: str, unit: str, enabled: bool = True, interval: float = 10.0) -> None:
         self.label, self.unit, self.enabled, self.interval = label, unit, enabled, interval
         self.tty = enabled and sys.stderr.isatty()
+        # how often the work need tell its progress: the bar moves twice a second, a plain line waits `interval`
+        self.every = 0.5 if self.tty else interval
         self._bar: Any = None
         self._shown = 0
         self._start = self._last = time.monotonic()
@@ -553,7 +555,8 @@ def send(app: App, slug: str, wave: str, ignore_window: bool, workers: int | Non
         bar.update(sum(v for k, v in counts.items() if k not in ("pending", "sending")), sum(counts.values()))
 
     try:
-        summary = sending.send_wave(engine, app.config, slug, wave, options, progress=progress)
+        summary = sending.send_wave(engine, app.config, slug, wave, options, progress=progress,
+                                    progress_every=bar.every)
     finally:
         bar.close()
     if as_json:

@@ -69,7 +69,7 @@ RECOUNT = 1.0  # seconds between counts of the live workers (a read): the rate s
 HEARTBEAT_STALE = dt.timedelta(seconds=20)
 FORGET_AFTER = dt.timedelta(minutes=10)  # a worker silent this long is removed from the worker table
 IDLE_POLL_MAX = 1.0
-PROGRESS_EVERY = 0.5  # seconds between progress reports of an in-process worker
+PROGRESS_EVERY = 0.5  # seconds between counts for the progress, unless the caller asks less often
 COMMIT_GATHER = 0.010  # seconds a commit may wait for company: fewer, larger transactions (see `_committer`)
 # Transactions of outcomes written at once, each by a thread and a connection of its own. On PostgreSQL a commit
 # waits for its WAL to reach the disk (fsync): while one waits, the next is written, and the server flushes
@@ -522,7 +522,8 @@ class Worker:
     """Sends one wave from one process until nothing is left that it can send."""
 
     def __init__(self, engine: Engine, job: _Job, transport: Transport | None = None,
-                 progress: Callable[[dict[str, int]], None] | None = None) -> None:
+                 progress: Callable[[dict[str, int]], None] | None = None,
+                 progress_every: float = PROGRESS_EVERY) -> None:
         self.engine, self.job = engine, job
         self.id = worker_id()
         self.host = machine()
@@ -535,7 +536,7 @@ class Worker:
         self.failures = FailureTracker(200)
         self.limiter = RateLimiter(self.d.limits.rate_per_second, burst=max(1.0, self.d.limits.rate_per_second / 10))
         self.transport = transport or make_transport(job.config, concurrency=self.d.limits.concurrency)
-        self.progress = progress
+        self.progress, self.progress_every = progress, progress_every
         self.attempted = 0
         self.paused: str | None = None
         self.db_wait = 0.0  # the loop waiting for a claim (see `gate_seconds`)
@@ -790,8 +791,8 @@ class Worker:
         return batch
 
     def _report(self) -> None:
-        """Progress every PROGRESS_EVERY seconds, counted beside the loop: the feed does not wait for it."""
-        if self.progress is None or time.monotonic() - self._last_progress < PROGRESS_EVERY:
+        """Progress every `progress_every` seconds, counted beside the loop: the feed does not wait for it."""
+        if self.progress is None or time.monotonic() - self._last_progress < self.progress_every:
             return
         if self._reporting is not None:
             if not self._reporting.done():
@@ -962,8 +963,10 @@ def _worker_process(job: _Job) -> tuple[int, float, float]:
 
 def send_wave(engine: Engine, config: Config, slug: str, wave_name: str, options: SendOptions,
               progress: Callable[[dict[str, int]], None] | None = None,
-              transport: Transport | None = None) -> SendSummary:
-    """Send a wave now and wait until every delivery is settled (but those waiting for their window)."""
+              transport: Transport | None = None, progress_every: float = PROGRESS_EVERY) -> SendSummary:
+    """Send a wave now and wait until every delivery is settled (but those waiting for their window).
+    `progress` gets the wave's counts every `progress_every` seconds (each a count of the wave's deliveries:
+    a caller that shows a line every ten seconds asks for them that often), and once at the end."""
     start = time.perf_counter()
     now = db.utcnow()
     try:
@@ -991,7 +994,7 @@ def send_wave(engine: Engine, config: Config, slug: str, wave_name: str, options
 
     attempted, gate_seconds = 0, 0.0
     if options.workers <= 1:
-        worker = Worker(engine, job, transport=transport, progress=progress)
+        worker = Worker(engine, job, transport=transport, progress=progress, progress_every=progress_every)
         worker.run_to_end()
         attempted, gate_seconds = worker.attempted, worker.gate_seconds
         db_seconds += worker.db_seconds
@@ -1000,11 +1003,11 @@ def send_wave(engine: Engine, config: Config, slug: str, wave_name: str, options
         with _worker_context().Pool(options.workers) as pool:
             pending = pool.map_async(_worker_process, [job] * options.workers)
             while not pending.ready():
-                if progress is not None:
+                pending.wait(progress_every)  # returns as soon as the workers are done
+                if progress is not None and not pending.ready():
                     # A lost database: the workers retry on their own; the progress shows again when it is back.
                     with contextlib.suppress(DatabaseLost):
                         progress(call(engine, deliveries.counts, wave_id, write=False, retry_for=0))
-                pending.wait(0.5)
             for n, secs, gate in pending.get():
                 attempted += n
                 db_seconds += secs / options.workers  # the workers' database waits overlap

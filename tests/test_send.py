@@ -540,3 +540,24 @@ def test_the_send_clocks_only_the_idle_time_spent_waiting_on_the_database() -> N
 
     with asyncio.Runner(loop_factory=lambda: asyncio.SelectorEventLoop(clock)) as runner:
         runner.run(main())
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the parent's polling: the same on PostgreSQL
+@pytest.mark.parametrize("every, least, most", [(0.1, 4, 40), (3600.0, 1, 1)])
+def test_progress_is_counted_as_often_as_asked(run_cli: CliRun, engine: Engine, smtpd: SmtpServer,
+                                               ready: Callable[..., None], db_url: str,
+                                               every: float, least: int, most: int) -> None:
+    """Each progress report is a count of the wave's deliveries (on a large wave, a scan of it): the workers'
+    parent counts as often as its caller asks — the bar on a terminal twice a second, a plain line every ten
+    seconds — and once at the end, not twice a second whoever reads it."""
+    from campaign import sending
+    from campaign.config import load_config
+    ready(limits=SLOW)  # 40 messages at 40 a second, shared by the two workers: about a second
+    config = load_config({"database_url": db_url, "smtp_url": smtpd.url, "templates": str(ROOT / "templates"),
+                          "actor": "tester"})
+    seen: list[dict[str, int]] = []
+    summary = sending.send_wave(engine, config, SLUG, "notice", sending.SendOptions(ignore_window=True, workers=2),
+                                progress=seen.append, progress_every=every)
+    assert summary.counts["sent"] == 40
+    assert least <= len(seen) <= most, len(seen)
+    assert seen[-1]["sent"] == 40
