@@ -463,9 +463,14 @@ def test_postgres_gone_for_good_stops_the_send_and_a_rerun_recovers(own_postgres
     from campaign import sending
     from campaign.config import load_config
     from campaign.db import make_engine
+    from campaign.store import deliveries
     run = _own_cli(own_postgres.url)
     _ready_on(run, tmp_path, SLOW.replace("rate_per_second = 40", "rate_per_second = 10"))
     monkeypatch.setattr(sending, "RECONNECT_FOR", 2.0)
+    # The rerun takes back what was in flight once its leases run out (their worker, this process, is alive):
+    # short leases, renewed often, so that the test does not wait out a minute.
+    monkeypatch.setattr(deliveries, "LEASE", dt.timedelta(seconds=10))
+    monkeypatch.setattr(sending, "HEARTBEAT", 1.0)
     config = load_config({"database_url": own_postgres.url, "smtp_url": smtpd.url,
                           "templates": str(ROOT / "templates"), "actor": "tester"})
     engine = make_engine(own_postgres.url)
