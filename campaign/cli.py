@@ -179,7 +179,7 @@ class Progress:
     def __init__(self, label: str, unit: str, enabled: bool = True, interval: float = 10.0) -> None:
         self.label, self.unit, self.enabled, self.interval = label, unit, enabled, interval
         self.tty = enabled and sys.stderr.isatty()
-        # how often the work need tell its progress: the bar moves twice a second, a plain line waits `interval`
+        # how often the work needs to report: the bar moves twice a second, a plain line waits `interval`
         self.every = 0.5 if self.tty else interval
         self._bar: Any = None
         self._shown = 0
