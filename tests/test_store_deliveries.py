@@ -398,3 +398,64 @@ def test_a_claim_after_a_claim_at_the_same_instant_takes_only_its_own_rows(engin
     ids = [c.id for c in first + second + third]
     assert len(first) == 2 and len(second) == 2 and len(third) == 1
     assert len(set(ids)) == 5
+
+
+@pytest.mark.parametrize("db_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
+def test_record_looks_rows_up_by_key_whatever_the_statistics_say(engine: Engine, wave: tuple[int, int]) -> None:
+    """PostgreSQL: the statement that records outcomes runs prepared, on connections set to plan it once
+    (`RECORD_OPTIONS`), and that one plan finds each row by its key. The statistics, taken when the wave was
+    made, say no row is `sending`; a plan trusting them scans the table, or every `sending` entry of the claim
+    index (2,000 here, every worker's), for each commit of a few (before the ids were given as an array too:
+    a sequential scan here, the claim index in a send of 20,000). The commit lane's connection keeps the URL's
+    own options too."""
+    import re
+
+    import psycopg
+
+    from campaign.sending import Database
+
+    campaign_id, wave_id = wave
+    with db.write(engine) as conn:
+        conn.execute(insert(ACCOUNT), [
+            {"id": f"m{i:04}", "email": f"many{i}@example.com", "name": "M", "locale": "en-US", "timezone": "UTC",
+             "country": "US", "created_at": T0, "updated_at": T0} for i in range(3000)])
+        assert store.materialize(conn, campaign_id, wave_id, select(ACCOUNT.c.id), EXPIRES, T0) == 3000  # ANALYZE
+        claimed = store.claim(conn, wave_id, "w1", 2000, T0)
+    assert len(claimed) == 2000
+    outcomes = [[Result(c.id, "sent", T0, message_id=f"<{c.id}@x>", locale="en") for c in claimed[k:k + 6]]
+                for k in range(0, 60, 6)]
+    sql, params = store.record_statement(engine.dialect, "w1", outcomes[0])
+
+    url = engine.url.update_query_dict({"options": "-c application_name=campaign-test"})
+    database = Database(db.make_engine(url), commit_lanes=1)
+
+    async def lane() -> tuple[str, str, int, int]:
+        for rows in outcomes:  # more than psycopg's threshold: the statement is prepared on the server
+            await database.alone("commit0", store.record_statement(engine.dialect, "w1", rows))
+        conn = database._loop_connections["commit0"]
+        mode = (await (await conn.execute("SHOW plan_cache_mode")).fetchone())[0]
+        name = (await (await conn.execute("SHOW application_name")).fetchone())[0]
+        plans = await (await conn.execute("SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+                                          "WHERE statement LIKE 'UPDATE delivery%'")).fetchone()
+        return mode, name, plans[0], plans[1]
+
+    try:
+        mode, name, generic, custom = asyncio.run(lane())
+    finally:
+        asyncio.run(database.aclose())
+    assert (mode, name) == ("force_generic_plan", "campaign-test")
+    assert generic >= 1 and custom == 0
+    with engine.connect() as conn:
+        assert conn.execute(select(DELIVERY.c.state, DELIVERY.c.message_id).where(
+            DELIVERY.c.id == claimed[59].id)).one() == ("sent", f"<{claimed[59].id}@x>")
+
+    # The plan itself, as the lane's connection gets it: generic, from the statistics of a wave all pending.
+    names: list[str] = []
+    numbered = re.sub(r"%\((\w+)\)s", lambda m: names.append(m[1]) or f"${len(names)}", sql)
+    args, kwargs = engine.dialect.create_connect_args(engine.url)
+    with psycopg.connect(*args, **kwargs, options=store.RECORD_OPTIONS,
+                         cursor_factory=psycopg.ClientCursor) as pg:
+        pg.execute(f"PREPARE rec AS {numbered}")
+        plan = "\n".join(r[0] for r in pg.execute(
+            f"EXPLAIN EXECUTE rec({', '.join(['%s'] * len(names))})", [params[n] for n in names]))
+    assert "pk_delivery" in plan and "ix_delivery_claim" not in plan, plan
