@@ -459,3 +459,44 @@ def test_record_looks_rows_up_by_key_whatever_the_statistics_say(engine: Engine,
         plan = "\n".join(r[0] for r in pg.execute(
             f"EXPLAIN EXECUTE rec({', '.join(['%s'] * len(names))})", [params[n] for n in names]))
     assert "pk_delivery" in plan and "ix_delivery_claim" not in plan, plan
+
+
+@pytest.mark.parametrize("db_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
+def test_claims_and_leases_find_rows_by_index_not_by_reading_the_table(engine: Engine,
+                                                                      wave: tuple[int, int]) -> None:
+    """PostgreSQL: a claim, a renewal of leases and a reclaim each find their rows through an index, and
+    fetch them by key; none reads the whole table. With the statistics of a wave just made (every row
+    pending), `IN (subquery)` was planned as a join to a scan of the table, and the claim's own pick as a
+    scan from the table's start: every claim read every row, so a wave of n rows cost O(n²)."""
+    from sqlalchemy import event
+
+    campaign_id, wave_id = wave
+    with db.write(engine) as conn:
+        conn.execute(insert(ACCOUNT), [
+            {"id": f"m{i:04}", "email": f"many{i}@example.com", "name": "M", "locale": "en-US", "timezone": "UTC",
+             "country": "US", "created_at": T0, "updated_at": T0} for i in range(3000)])
+        assert store.materialize(conn, campaign_id, wave_id, select(ACCOUNT.c.id), EXPIRES, T0) == 3000  # ANALYZE
+    seen: list[tuple[str, Any]] = []
+
+    def keep(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        if statement.startswith("UPDATE delivery"):
+            seen.append((statement, parameters))
+
+    event.listen(engine, "before_cursor_execute", keep)
+    try:
+        with db.write(engine) as conn:
+            claimed = store.claim(conn, wave_id, "w1", 250, T0)
+        with db.write(engine) as conn:
+            assert store.renew(conn, "w1", [c.id for c in claimed[:10]], T0) == 10
+        with db.write(engine) as conn:
+            assert store.reclaim(conn, wave_id, T0 + 2 * LEASE) == 250
+    finally:
+        event.remove(engine, "before_cursor_execute", keep)
+    assert len(claimed) == 250 and len(seen) == 3
+    with engine.connect() as conn:
+        cursor = conn.connection.driver_connection.cursor()
+        for statement, parameters in seen:
+            plan = "\n".join(row[0] for row in cursor.execute("EXPLAIN " + statement, parameters))
+            assert "Seq Scan" not in plan, plan
+            assert "Index Scan using pk_delivery" in plan, plan
+        conn.rollback()
