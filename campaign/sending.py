@@ -69,6 +69,7 @@ RECOUNT = 1.0  # seconds between counts of the live workers (a read): the rate s
 HEARTBEAT_STALE = dt.timedelta(seconds=20)
 FORGET_AFTER = dt.timedelta(minutes=10)  # a worker silent this long is removed from the worker table
 IDLE_POLL_MAX = 1.0
+IDLE_POLL_FIRST = 0.05  # the first look again while other workers' messages are under way (then 1.5 times longer)
 PROGRESS_EVERY = 0.5  # seconds between counts for the progress, unless the caller asks less often
 COMMIT_GATHER = 0.010  # seconds a commit may wait for company: fewer, larger transactions (see `_committer`)
 # Transactions of outcomes written at once, each by a thread and a connection of its own. On PostgreSQL a commit
@@ -746,6 +747,7 @@ class Worker:
             heart = asyncio.create_task(self._heartbeat())
             async with self.transport:
                 fetch = asyncio.create_task(self._fetch())
+                idle = IDLE_POLL_FIRST
                 while self.paused is None:
                     batch = await self._waited(fetch)
                     fetch = None
@@ -762,11 +764,17 @@ class Worker:
                             wait = IDLE_POLL_MAX
                             if look.next_due is not None:
                                 wait = min(wait, max(0.05, (look.next_due - db.utcnow()).total_seconds()))
+                            if look.in_flight:
+                                # Other workers' messages under way: this one is done when they are recorded,
+                                # most within a second. Look soon, then less and less often (each look counts
+                                # the wave's rows): a second's sleep here kept the whole send waiting.
+                                wait, idle = min(wait, idle), min(1.5 * idle, IDLE_POLL_MAX)
                             await asyncio.sleep(wait)
                             if not self._in_flight:  # nothing of ours left unrecorded: lost leases come back now
                                 await self._beat()
                         fetch = asyncio.create_task(self._fetch())
                         continue
+                    idle = IDLE_POLL_FIRST
                     # Claim the next batch while this one is composed and sent.
                     fetch = asyncio.create_task(self._fetch())
                     await self._feed(batch)
