@@ -500,3 +500,31 @@ def test_claims_and_leases_find_rows_by_index_not_by_reading_the_table(engine: E
             assert "Seq Scan" not in plan, plan
             assert "Index Scan using pk_delivery" in plan, plan
         conn.rollback()
+
+
+def test_a_list_of_values_is_one_parameter_on_postgresql(engine: Engine, wave: tuple[int, int]) -> None:
+    """`among` (a batch's ids, addresses): the rows asked for, none for an empty list, on both databases. On
+    PostgreSQL the statement's text does not depend on how many values there are (one array parameter): it
+    is converted and planned once, where an IN list of 250 was parsed and planned anew each time."""
+    from sqlalchemy import event
+
+    from campaign.store._lists import among
+
+    texts: list[str] = []
+
+    def keep(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        if statement.startswith("SELECT"):
+            texts.append(statement)
+
+    event.listen(engine, "before_cursor_execute", keep)
+    try:
+        with engine.connect() as conn:
+            found = [set(conn.execute(select(ACCOUNT.c.id).where(among(conn, ACCOUNT.c.id, ids))).scalars())
+                     for ids in (["a1", "a3"], [f"a{i}" for i in range(250)], [], ["nobody"])]
+    finally:
+        event.remove(engine, "before_cursor_execute", keep)
+    assert found == [{"a1", "a3"}, {f"a{i}" for i in range(N)}, set(), set()]
+    if engine.dialect.name == "postgresql":
+        assert len(set(texts)) == 1
+    else:
+        assert len(set(texts)) == 4  # SQLite: an IN list of each length

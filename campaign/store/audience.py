@@ -12,6 +12,7 @@ from sqlalchemy import ColumnElement, Connection, Select, distinct, func, select
 from campaign.definition import Definition
 from campaign.models import ACCOUNT, CHANGED, DEVICE, DEVICE_SETTING, SETTING_CHANGE
 from campaign.rendering import DeviceView, Recipient
+from campaign.store._lists import among
 
 A, D, S, SC = ACCOUNT, DEVICE, DEVICE_SETTING, SETTING_CHANGE
 RULES = ("affected", "changed", "all")
@@ -81,12 +82,14 @@ def iter_affected(conn: Connection, d: Definition, account_ids: Iterable[str] | 
                   locale: str | None = None) -> Iterator[tuple[Recipient, list[DeviceView]]]:
     """Each affected account with its affected devices, in account order, streamed from the database."""
     stmt = affected(d, A.c.id, A.c.email, A.c.name, A.c.locale, A.c.timezone, D.c.id, D.c.name, D.c.model)
-    if account_ids is not None:
-        stmt = stmt.where(A.c.id.in_(list(account_ids)))
+    stmt = stmt.order_by(A.c.id, D.c.id)
     if locale is not None:
         stmt = stmt.where(A.c.locale == locale)
-    # Options on the statement, not the connection: they would stick to the connection for what follows.
-    result = conn.execute(stmt.order_by(A.c.id, D.c.id).execution_options(stream_results=True, yield_per=2000))
+    if account_ids is not None:  # a batch: fetched at once, in one round trip, by a statement prepared once
+        result = conn.execute(stmt.where(among(conn, A.c.id, account_ids)))
+    else:
+        # Options on the statement, not the connection: they would stick to the connection for what follows.
+        result = conn.execute(stmt.execution_options(stream_results=True, yield_per=2000))
     current: Recipient | None = None
     devices: list[DeviceView] = []
     for row in result:
@@ -106,7 +109,7 @@ def changed_devices(conn: Connection, campaign_id: int, account_ids: Iterable[st
     rows = conn.execute(select(SC.c.account_id, D.c.id, D.c.name, D.c.model, SC.c.flipped_at)
                         .select_from(SC.join(D, D.c.id == SC.c.device_id))
                         .where(SC.c.campaign_id == campaign_id, SC.c.state == CHANGED,
-                               SC.c.account_id.in_(list(account_ids)))
+                               among(conn, SC.c.account_id, account_ids))
                         .order_by(SC.c.account_id, D.c.id)).all()
     return [(r[0], DeviceView(r[1], r[2], r[3], r[4])) for r in rows]
 
@@ -121,7 +124,7 @@ def locales(conn: Connection, d: Definition) -> list[tuple[str, int, str]]:
 def recipients(conn: Connection, account_ids: Iterable[str]) -> dict[str, Recipient]:
     """The accounts with these ids, as recipients (missing ids are simply absent)."""
     rows = conn.execute(select(A.c.id, A.c.email, A.c.name, A.c.locale, A.c.timezone)
-                        .where(A.c.id.in_(list(account_ids)))).all()
+                        .where(among(conn, A.c.id, account_ids))).all()
     return {r[0]: Recipient(r[0], r[1], r[2], r[3], r[4]) for r in rows}
 
 

@@ -52,6 +52,7 @@ from campaign.models import (
 )
 from campaign.policies import WindowCache
 from campaign.store import suppressions
+from campaign.store._lists import among
 from campaign.store._upsert import insert as upsert_insert
 
 LEASE = dt.timedelta(seconds=60)
@@ -176,7 +177,7 @@ def renew(conn: Connection, owner: str, ids: Sequence[int], now: dt.datetime) ->
     how PostgreSQL deadlocks."""
     if not ids:
         return 0
-    held = (select(D.c.id).where(D.c.lease_owner == owner, D.c.state == SENDING, D.c.id.in_(list(ids)))
+    held = (select(D.c.id).where(D.c.lease_owner == owner, D.c.state == SENDING, among(conn, D.c.id, ids))
             .with_for_update(skip_locked=True))
     result = conn.execute(update(D).where(_among(held, conn.dialect), D.c.lease_owner == owner, D.c.state == SENDING)
                           .values(lease_expires_at=now + LEASE))

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, RowMapping, exists, func, select
 
 from campaign.models import SUPPRESSION
+from campaign.store._lists import among
 from campaign.store._upsert import insert as upsert_insert
 
 SU = SUPPRESSION
@@ -40,7 +41,8 @@ def suppressed(conn: Connection, emails: Iterable[str]) -> set[str]:
     lowered = sorted({e.lower() for e in emails})
     if not lowered:
         return set()
-    return set(conn.execute(select(func.lower(SU.c.email)).where(func.lower(SU.c.email).in_(lowered))).scalars())
+    lower = func.lower(SU.c.email, type_=SU.c.email.type)
+    return set(conn.execute(select(lower).where(among(conn, lower, lowered))).scalars())
 
 
 def entries(conn: Connection) -> list[RowMapping]:
