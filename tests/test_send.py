@@ -330,20 +330,28 @@ class _SlowTransport:
         return Outcome("sent")
 
 
+def _notice_job(engine: Engine, db_url: str, smtpd: SmtpServer) -> Any:
+    """A worker's job for the notice wave, outside the send window's rule."""
+    from campaign import sending
+    from campaign.config import load_config
+
+    config = load_config({"database_url": db_url, "templates": str(ROOT / "templates"), "actor": "tester",
+                          "smtp_url": smtpd.url})
+    [(campaign_id, wave_id)] = rows(engine, "SELECT campaign_id, id FROM wave WHERE name = 'notice'")
+    return sending._Job(config, int(campaign_id), SLUG, "notice", int(wave_id),  # type: ignore[call-overload]
+                        sending.SendOptions(ignore_window=True))
+
+
 def test_who_counts_as_a_dead_worker(run_cli: CliRun, engine: Engine, smtpd: SmtpServer, ready: object,
                                      db_url: str) -> None:
     # A worker's pid is checked only by a process sharing its process table (same host name, boot and PID
     # namespace); another machine's worker is left to its lease, unless silent for FORGET_AFTER.
     from campaign import db, sending
-    from campaign.config import load_config
     from campaign.store import deliveries
     from campaign.store import workers as worker_rows
 
-    config = load_config({"database_url": db_url, "templates": str(ROOT / "templates"), "actor": "tester",
-                          "smtp_url": smtpd.url})
-    [(campaign_id, wave_id)] = rows(engine, "SELECT campaign_id, id FROM wave WHERE name = 'notice'")
-    job = sending._Job(config, int(campaign_id), SLUG, "notice", int(wave_id),  # type: ignore[call-overload]
-                       sending.SendOptions(ignore_window=True))
+    job = _notice_job(engine, db_url, smtpd)
+    campaign_id, wave_id = job.campaign_id, job.wave_id
     now = db.utcnow()
     with db.write(engine) as conn:
         sending.prepare(conn, SLUG, "notice", True, now)
@@ -375,15 +383,11 @@ def test_a_worker_left_without_work_ends_soon_after_the_others_messages_are_reco
     import threading
 
     from campaign import db, sending
-    from campaign.config import load_config
     from campaign.store import deliveries
     from campaign.store import workers as worker_rows
 
-    config = load_config({"database_url": db_url, "templates": str(ROOT / "templates"), "actor": "tester",
-                          "smtp_url": smtpd.url})
-    [(campaign_id, wave_id)] = rows(engine, "SELECT campaign_id, id FROM wave WHERE name = 'notice'")
-    job = sending._Job(config, int(campaign_id), SLUG, "notice", int(wave_id),  # type: ignore[call-overload]
-                       sending.SendOptions(ignore_window=True))
+    job = _notice_job(engine, db_url, smtpd)
+    campaign_id, wave_id = job.campaign_id, job.wave_id
     now = db.utcnow()
     with db.write(engine) as conn:
         sending.prepare(conn, SLUG, "notice", True, now)

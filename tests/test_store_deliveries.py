@@ -44,6 +44,14 @@ def wave(engine: Engine) -> Iterator[tuple[int, int]]:
     yield campaign_id, wave_id
 
 
+def add_to_wave(conn: Any, campaign_id: int, wave_id: int, n: int) -> None:
+    """n more accounts, and their rows in the wave (PostgreSQL analyzes the ledger after 1,000 at once)."""
+    conn.execute(insert(ACCOUNT), [
+        {"id": f"m{i:04}", "email": f"many{i}@example.com", "name": "M", "locale": "en-US", "timezone": "UTC",
+         "country": "US", "created_at": T0, "updated_at": T0} for i in range(n)])
+    assert store.materialize(conn, campaign_id, wave_id, select(ACCOUNT.c.id), EXPIRES, T0) == n
+
+
 def state(engine: Engine) -> dict[str, tuple[str, int, str | None]]:
     with engine.connect() as conn:
         rows = conn.execute(select(DELIVERY.c.account_id, DELIVERY.c.state, DELIVERY.c.attempts,
@@ -106,10 +114,7 @@ def test_record_many_at_once(engine: Engine, wave: tuple[int, int]) -> None:
     campaign_id, wave_id = wave
     many = 2 * store.ONE_STATEMENT_ROWS + 7
     with db.write(engine) as conn:
-        conn.execute(insert(ACCOUNT), [
-            {"id": f"m{i:04}", "email": f"many{i}@example.com", "name": "M", "locale": "en-US", "timezone": "UTC",
-             "country": "US", "created_at": T0, "updated_at": T0} for i in range(many)])
-        store.materialize(conn, campaign_id, wave_id, select(ACCOUNT.c.id), EXPIRES, T0)
+        add_to_wave(conn, campaign_id, wave_id, many)
         claimed = store.claim(conn, wave_id, "w1", 10_000, T0)
         moved = [c.id for c in claimed[::50]]  # another worker holds these now
         conn.execute(update(DELIVERY).where(DELIVERY.c.id.in_(moved)).values(lease_owner="w2"))
@@ -416,10 +421,7 @@ def test_record_looks_rows_up_by_key_whatever_the_statistics_say(engine: Engine,
 
     campaign_id, wave_id = wave
     with db.write(engine) as conn:
-        conn.execute(insert(ACCOUNT), [
-            {"id": f"m{i:04}", "email": f"many{i}@example.com", "name": "M", "locale": "en-US", "timezone": "UTC",
-             "country": "US", "created_at": T0, "updated_at": T0} for i in range(3000)])
-        assert store.materialize(conn, campaign_id, wave_id, select(ACCOUNT.c.id), EXPIRES, T0) == 3000  # ANALYZE
+        add_to_wave(conn, campaign_id, wave_id, 3000)  # ANALYZE: every row pending
         claimed = store.claim(conn, wave_id, "w1", 2000, T0)
     assert len(claimed) == 2000
     outcomes = [[Result(c.id, "sent", T0, message_id=f"<{c.id}@x>", locale="en") for c in claimed[k:k + 6]]
@@ -472,10 +474,7 @@ def test_claims_and_leases_find_rows_by_index_not_by_reading_the_table(engine: E
 
     campaign_id, wave_id = wave
     with db.write(engine) as conn:
-        conn.execute(insert(ACCOUNT), [
-            {"id": f"m{i:04}", "email": f"many{i}@example.com", "name": "M", "locale": "en-US", "timezone": "UTC",
-             "country": "US", "created_at": T0, "updated_at": T0} for i in range(3000)])
-        assert store.materialize(conn, campaign_id, wave_id, select(ACCOUNT.c.id), EXPIRES, T0) == 3000  # ANALYZE
+        add_to_wave(conn, campaign_id, wave_id, 3000)  # ANALYZE: every row pending
     seen: list[tuple[str, Any]] = []
 
     def keep(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
