@@ -365,10 +365,9 @@ class Database:
             try:
                 if conn is None or conn.closed:
                     args, kwargs = self.engine.dialect.create_connect_args(self.engine.url)
-                    # The URL's own options first, then the one for record statements (deliveries.RECORD_OPTIONS).
-                    kwargs["options"] = " ".join(filter(None, (kwargs.get("options"), deliveries.RECORD_OPTIONS)))
-                    conn = self._loop_connections[lane] = await psycopg.AsyncConnection.connect(
-                        *args, **kwargs, autocommit=True)
+                    conn = await psycopg.AsyncConnection.connect(*args, **kwargs, autocommit=True)
+                    await conn.execute(deliveries.RECORD_SESSION)  # it runs record statements only
+                    self._loop_connections[lane] = conn
                 await conn.execute(*statement)
                 return
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:

@@ -408,7 +408,7 @@ def test_a_claim_after_a_claim_at_the_same_instant_takes_only_its_own_rows(engin
 @pytest.mark.parametrize("db_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
 def test_record_looks_rows_up_by_key_whatever_the_statistics_say(engine: Engine, wave: tuple[int, int]) -> None:
     """PostgreSQL: the statement that records outcomes runs prepared, on connections set to plan it once
-    (`RECORD_OPTIONS`), and that one plan finds each row by its key. The statistics, taken when the wave was
+    (`RECORD_SESSION`), and that one plan finds each row by its key. The statistics, taken when the wave was
     made, say no row is `sending`; a plan trusting them scans the table, or every `sending` entry of the claim
     index (2,000 here, every worker's), for each commit of a few (before the ids were given as an array too:
     a sequential scan here, the claim index in a send of 20,000). The commit lane's connection keeps the URL's
@@ -455,8 +455,8 @@ def test_record_looks_rows_up_by_key_whatever_the_statistics_say(engine: Engine,
     names: list[str] = []
     numbered = re.sub(r"%\((\w+)\)s", lambda m: names.append(m[1]) or f"${len(names)}", sql)
     args, kwargs = engine.dialect.create_connect_args(engine.url)
-    with psycopg.connect(*args, **kwargs, options=store.RECORD_OPTIONS,
-                         cursor_factory=psycopg.ClientCursor) as pg:
+    with psycopg.connect(*args, **kwargs, cursor_factory=psycopg.ClientCursor) as pg:
+        pg.execute(store.RECORD_SESSION)
         pg.execute(f"PREPARE rec AS {numbered}")
         plan = "\n".join(r[0] for r in pg.execute(
             f"EXPLAIN EXECUTE rec({', '.join(['%s'] * len(names))})", [params[n] for n in names]))

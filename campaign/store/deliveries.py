@@ -337,8 +337,9 @@ def record(conn: Connection, owner: str, results: Sequence[Result]) -> int:
 # PostgreSQL: the setting of a connection that runs `record_statement` over and over. Its plan (each row
 # looked up by its key, among the ids given) is right whatever the values; left to choose, PostgreSQL plans
 # the prepared statement anew for every commit (its generic plan's estimate is the dearer), and that planning
-# costs as much server CPU as the update. A libpq option, not SQL: it holds from the connection's start.
-RECORD_OPTIONS = "-c plan_cache_mode=force_generic_plan"
+# costs as much server CPU as the update. Raw SQL: Core has no SET. A statement rather than a libpq startup
+# option, which connection poolers (PgBouncer) refuse unless told to ignore it.
+RECORD_SESSION = "SET plan_cache_mode = force_generic_plan"
 
 
 def record_statement(dialect: Dialect, owner: str, results: Sequence[Result]) -> tuple[str, Any]:
@@ -431,7 +432,7 @@ def first_pending(conn: Connection, wave_id: int, limit: int = 10) -> list[dict[
 
 __all__ = [
     "LEASE",
-    "RECORD_OPTIONS",
+    "RECORD_SESSION",
     "Claimed",
     "Outlook",
     "Result",
