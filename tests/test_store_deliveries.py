@@ -4,6 +4,7 @@ lease, record, a lease lost and reclaimed, attempts counted, a record refused on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 from collections.abc import Iterator
 from typing import Any
@@ -50,6 +51,24 @@ def add_to_wave(conn: Any, campaign_id: int, wave_id: int, n: int) -> None:
         {"id": f"m{i:04}", "email": f"many{i}@example.com", "name": "M", "locale": "en-US", "timezone": "UTC",
          "country": "US", "created_at": T0, "updated_at": T0} for i in range(n)])
     assert store.materialize(conn, campaign_id, wave_id, select(ACCOUNT.c.id), EXPIRES, T0) == n
+
+
+@contextlib.contextmanager
+def statements(engine: Engine, prefix: str) -> Iterator[list[tuple[str, Any]]]:
+    """The statements (and their parameters) starting with `prefix` that `engine` runs meanwhile."""
+    from sqlalchemy import event
+
+    seen: list[tuple[str, Any]] = []
+
+    def keep(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        if statement.startswith(prefix):
+            seen.append((statement, parameters))
+
+    event.listen(engine, "before_cursor_execute", keep)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", keep)
 
 
 def state(engine: Engine) -> dict[str, tuple[str, int, str | None]]:
@@ -470,27 +489,16 @@ def test_claims_and_leases_find_rows_by_index_not_by_reading_the_table(engine: E
     fetch them by key; none reads the whole table. With the statistics of a wave just made (every row
     pending), `IN (subquery)` was planned as a join to a scan of the table, and the claim's own pick as a
     scan from the table's start: every claim read every row, so a wave of n rows cost O(n²)."""
-    from sqlalchemy import event
-
     campaign_id, wave_id = wave
     with db.write(engine) as conn:
         add_to_wave(conn, campaign_id, wave_id, 3000)  # ANALYZE: every row pending
-    seen: list[tuple[str, Any]] = []
-
-    def keep(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
-        if statement.startswith("UPDATE delivery"):
-            seen.append((statement, parameters))
-
-    event.listen(engine, "before_cursor_execute", keep)
-    try:
+    with statements(engine, "UPDATE delivery") as seen:
         with db.write(engine) as conn:
             claimed = store.claim(conn, wave_id, "w1", 250, T0)
         with db.write(engine) as conn:
             assert store.renew(conn, "w1", [c.id for c in claimed[:10]], T0) == 10
         with db.write(engine) as conn:
             assert store.reclaim(conn, wave_id, T0 + 2 * LEASE) == 250
-    finally:
-        event.remove(engine, "before_cursor_execute", keep)
     assert len(claimed) == 250 and len(seen) == 3
     with engine.connect() as conn:
         cursor = conn.connection.driver_connection.cursor()
@@ -505,23 +513,12 @@ def test_a_list_of_values_is_one_parameter_on_postgresql(engine: Engine, wave: t
     """`among` (a batch's ids, addresses): the rows asked for, none for an empty list, on both databases. On
     PostgreSQL the statement's text does not depend on how many values there are (one array parameter): it
     is converted and planned once, where an IN list of 250 was parsed and planned anew each time."""
-    from sqlalchemy import event
-
     from campaign.store._lists import among
 
-    texts: list[str] = []
-
-    def keep(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
-        if statement.startswith("SELECT"):
-            texts.append(statement)
-
-    event.listen(engine, "before_cursor_execute", keep)
-    try:
-        with engine.connect() as conn:
-            found = [set(conn.execute(select(ACCOUNT.c.id).where(among(conn, ACCOUNT.c.id, ids))).scalars())
-                     for ids in (["a1", "a3"], [f"a{i}" for i in range(250)], [], ["nobody"])]
-    finally:
-        event.remove(engine, "before_cursor_execute", keep)
+    with statements(engine, "SELECT") as seen, engine.connect() as conn:
+        found = [set(conn.execute(select(ACCOUNT.c.id).where(among(conn, ACCOUNT.c.id, ids))).scalars())
+                 for ids in (["a1", "a3"], [f"a{i}" for i in range(250)], [], ["nobody"])]
+    texts = [statement for statement, _ in seen]
     assert found == [{"a1", "a3"}, {f"a{i}" for i in range(N)}, set(), set()]
     if engine.dialect.name == "postgresql":
         assert len(set(texts)) == 1

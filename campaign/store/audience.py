@@ -80,7 +80,8 @@ def summary(conn: Connection, d: Definition, by: str | None = None, sample: int 
 
 def iter_affected(conn: Connection, d: Definition, account_ids: Iterable[str] | None = None,
                   locale: str | None = None) -> Iterator[tuple[Recipient, list[DeviceView]]]:
-    """Each affected account with its affected devices, in account order, streamed from the database."""
+    """Each affected account with its affected devices, in account order: the whole audience streamed from the
+    database, or the accounts `account_ids` names (a batch) fetched at once."""
     stmt = affected(d, A.c.id, A.c.email, A.c.name, A.c.locale, A.c.timezone, D.c.id, D.c.name, D.c.model)
     stmt = stmt.order_by(A.c.id, D.c.id)
     if locale is not None:

@@ -124,16 +124,6 @@ def _due(now: dt.datetime, ignore_window: bool) -> ColumnElement[bool]:
     return due
 
 
-def _among(ids: Select[Any], dialect: Dialect) -> ColumnElement[bool]:
-    """`delivery.id` is one of those `ids` selects. On PostgreSQL `= ANY(ARRAY(ids))`: the ids are selected
-    once, then each row is fetched by its key. `IN (ids)` is planned as a join instead, and with the
-    statistics of a wave just made it joins the ids to a scan of the whole table: every claim would read
-    every row (O(n²) for a wave). SQLite looks each up by its rowid either way, and has no arrays."""
-    if dialect.name == "postgresql":
-        return D.c.id == any_(func.array(ids.scalar_subquery()))
-    return D.c.id.in_(ids)
-
-
 def claim(conn: Connection, wave_id: int, owner: str, limit: int, now: dt.datetime,
           ignore_window: bool = False) -> list[Claimed]:
     """Move up to `limit` due deliveries of the wave into `sending`, leased to `owner`; in id order.
@@ -151,7 +141,7 @@ def claim(conn: Connection, wave_id: int, owner: str, limit: int, now: dt.dateti
     # through every row already claimed or sent, on each claim.
     pick = (select(D.c.id).where(D.c.wave_id == wave_id, D.c.state == PENDING, _due(now, ignore_window))
             .order_by(D.c.next_attempt_at).limit(limit).with_for_update(skip_locked=True))
-    stmt = (update(D).where(_among(pick, conn.dialect))
+    stmt = (update(D).where(among(conn, D.c.id, pick))
             .values(state=SENDING, lease_owner=owner, lease_expires_at=now + LEASE, attempts=D.c.attempts + 1,
                     updated_at=now))
     if conn.dialect.name != "sqlite":
@@ -179,7 +169,7 @@ def renew(conn: Connection, owner: str, ids: Sequence[int], now: dt.datetime) ->
         return 0
     held = (select(D.c.id).where(D.c.lease_owner == owner, D.c.state == SENDING, among(conn, D.c.id, ids))
             .with_for_update(skip_locked=True))
-    result = conn.execute(update(D).where(_among(held, conn.dialect), D.c.lease_owner == owner, D.c.state == SENDING)
+    result = conn.execute(update(D).where(among(conn, D.c.id, held), D.c.lease_owner == owner, D.c.state == SENDING)
                           .values(lease_expires_at=now + LEASE))
     return int(result.rowcount or 0)
 
@@ -192,7 +182,7 @@ def reclaim(conn: Connection, wave_id: int, now: dt.datetime, dead_owners: Itera
     if dead:
         lost = or_(lost, D.c.lease_owner.in_(dead))
     gone = select(D.c.id).where(D.c.wave_id == wave_id, D.c.state == SENDING, lost).with_for_update(skip_locked=True)
-    result = conn.execute(update(D).where(_among(gone, conn.dialect), D.c.state == SENDING, lost)
+    result = conn.execute(update(D).where(among(conn, D.c.id, gone), D.c.state == SENDING, lost)
                           .values(state=PENDING, lease_owner=None, lease_expires_at=None, updated_at=now))
     return int(result.rowcount or 0)
 
