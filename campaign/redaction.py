@@ -1,0 +1,88 @@
+"""The one redaction step (G11): every text that comes from another system — an HTTP reason phrase or body, a
+settings service's result field, an SMTP reply, an IMAP response, a returned message's diagnostic — goes
+through `redact` before it is stored, logged or shown.
+
+`redact` removes every secret this process holds: the ones it was told of (`hold`, called where a secret is
+read: the apply token, the SMTP and IMAP passwords, the bounce keys) and the ones in the well-known
+environment variables (so a worker process that never read them itself still knows them). A secret is removed
+as written, percent-encoded and base64-encoded (an SMTP server echoing an AUTH exchange), and whatever is left
+is one printable line: control characters, line and paragraph separators become spaces, runs of white space
+one space, and the text is cut to `limit` characters.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import os
+import unicodedata
+import urllib.parse
+from collections.abc import Iterable
+
+# Variables that hold secrets by name; the apply token's variable is named by the definition, so `hold` it.
+SECRET_ENV = ("CAMPAIGN_SMTP_PASSWORD", "CAMPAIGN_IMAP_PASSWORD", "CAMPAIGN_BOUNCE_KEY",
+              "CAMPAIGN_BOUNCE_KEY_PREVIOUS")
+MASK = "***"
+LIMIT = 500  # characters of an outside text kept by default
+
+_held: set[str] = set()
+
+
+def hold(*secrets: str | None) -> None:
+    """Remember secrets this process read, so `redact` removes them from every outside text from now on."""
+    for s in secrets:
+        if s and s.strip():
+            _held.add(s)
+            _held.add(s.strip())
+
+
+def _env_secrets() -> Iterable[str]:
+    for var in SECRET_ENV:
+        value = os.environ.get(var)
+        if value and value.strip():
+            yield value
+            # a list of keys (CAMPAIGN_BOUNCE_KEY="new,old"): each one alone too
+            yield from (k.strip() for k in value.split(",") if k.strip())
+
+
+def _forms(secret: str) -> Iterable[str]:
+    yield secret
+    quoted = urllib.parse.quote(secret, safe="")
+    if quoted != secret:
+        yield quoted
+        yield urllib.parse.quote_plus(secret)
+    raw = secret.encode("utf-8")
+    yield base64.b64encode(raw).decode("ascii")
+
+
+def secrets() -> list[str]:
+    """Every form of every secret known now, longest first (so a longer secret is masked whole)."""
+    return list(_all_forms(frozenset((*_held, *_env_secrets()))))
+
+
+@functools.lru_cache(maxsize=8)
+def _all_forms(known: frozenset[str]) -> tuple[str, ...]:
+    found = {form for s in known for form in _forms(s)}
+    return tuple(sorted(found, key=lambda s: (-len(s), s)))
+
+
+def _printable(ch: str) -> str:
+    return " " if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn") else ch
+
+
+def redact(text: object, limit: int | None = LIMIT) -> str:
+    """`text` from another system, safe to store and show: every secret masked, one printable line, at most
+    `limit` characters (None: no cut)."""
+    s = text if isinstance(text, str) else str(text)
+    known = secrets()
+    for secret in known:
+        if secret in s:
+            s = s.replace(secret, MASK)
+    s = " ".join("".join(_printable(ch) for ch in s).split())
+    # Masking again after the clean-up: a secret split by a control character is whole again now.
+    for secret in known:
+        if secret in s:
+            s = s.replace(secret, MASK)
+    if limit is not None and len(s) > limit:
+        s = s[: max(limit - 3, 0)] + "..."
+    return s
