@@ -1,5 +1,6 @@
-"""No one flips alone (`[approval] required = true`): `schedule` and `flip` wait until a person other than the
-author of the definition — who created it, or last replaced it — has run `campaign approve`.
+"""No one flips alone (`[approval] required = true`): `schedule`, `send` and `flip` wait until a person other than
+the author of the definition — who created it, or last replaced it — has run `campaign approve`. Once a version
+of the definition required it, every later version does (a replacement cannot drop the rule on its own).
 
 Approvals are audit events (`campaign.approve`, `campaign.revoke_approval`), read back in the order they were
 written with the definition's own events (`campaign.create`, `campaign.replace`): a replacement starts a new
@@ -57,6 +58,7 @@ class Standing:
     defined_at: dt.datetime
     approvals: tuple[Approval, ...] = ()  # those that count: this version, not revoked
     voided: tuple[Approval, ...] = field(default=())  # given for an earlier version (or another text)
+    kept: bool = False  # required because an earlier version required it (this one says it is not)
 
     @property
     def approved(self) -> bool:
@@ -76,24 +78,29 @@ class Standing:
         voided = f"; {len(self.voided)} earlier approval(s) voided by a replacement" if self.voided else ""
         if not self.required:
             return f"not required by the definition (not given){voided}"
-        return f"required, not given: {need} (version {self.version}, {self.digest[:19]}…){voided}"
+        kept = "; an earlier version required it, so it stays required" if self.kept else ""
+        return f"required, not given: {need} (version {self.version}, {self.digest[:19]}…){voided}{kept}"
 
     def as_json(self) -> dict[str, Any]:
-        return {"required": self.required, "approved": self.approved, "allowed": self.allowed,
+        return {"required": self.required, "required_by_earlier_version": self.kept,
+                "approved": self.approved, "allowed": self.allowed,
                 "version": self.version, "digest": self.digest, "defined_by": self.defined_by,
                 "defined_at": self.defined_at.isoformat(), "approvals": [a.as_json() for a in self.approvals],
                 "voided": [a.as_json() for a in self.voided]}
 
 
 def standing(conn: Connection, c: CampaignRow) -> Standing:
-    """Replay the campaign's definition and approval events, oldest first."""
+    """Replay the campaign's definition and approval events, oldest first. Once a version of the definition
+    required an approval, every later one does: a replacement cannot drop the rule on its own."""
     current = digest(c.definition.text)
     version, defined_by, defined_at = 0, c.created_by, c.created_at
+    once_required = False
     given: dict[str, Approval] = {}  # by actor: an actor's approval counts once
     voided: list[Approval] = []
     for e in store.events(conn, c.id, (*DEFINED, APPROVE, REVOKE)):
         if e.action in DEFINED:
             version += 1
+            once_required = once_required or e.detail.get("approval_required") is True
             defined_by, defined_at = e.actor, e.at
             voided += given.values()
             given = {}
@@ -107,8 +114,9 @@ def standing(conn: Connection, c: CampaignRow) -> Standing:
             given.pop(e.actor, None)
     valid = [a for a in given.values() if a.digest == current and a.by != defined_by]
     voided += [a for a in given.values() if a not in valid]
-    return Standing(c.definition.approval_required, max(version, 1), current, defined_by, defined_at,
-                    tuple(valid), tuple(voided))
+    own = c.definition.approval_required
+    return Standing(own or once_required, max(version, 1), current, defined_by, defined_at,
+                    tuple(valid), tuple(voided), kept=once_required and not own)
 
 
 def require(conn: Connection, c: CampaignRow, what: str, dry_run: bool = False) -> Standing:

@@ -81,7 +81,7 @@ def create(engine: Engine, definition: Definition, actor: str, *, replace: bool 
         tx.action = "campaign.replace" if existing else "campaign.create"
         tx.campaign_id = campaign_id
         tx.note(source=definition.source, cutoff=definition.cutoff.isoformat(),
-                waves=[w.name for w in definition.waves])
+                waves=[w.name for w in definition.waves], approval_required=definition.approval_required)
     return {"campaign": definition.slug, "id": campaign_id, "replaced": existing is not None,
             "dry_run": dry_run, "cutoff": definition.cutoff.isoformat(), "checked": checked,
             "waves": [{"name": w.name, "at": w.at.isoformat(), "expires": w.expires.isoformat(),

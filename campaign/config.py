@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from campaign.errors import ConfigError
+from campaign.validation import check_actor
 
 CONFIG_FILE = "campaign.toml"
 
@@ -97,4 +98,9 @@ def load_config(
 
     if "templates" in values:
         values["templates"] = Path(values["templates"])
+    if "actor" in values:
+        try:
+            values["actor"] = check_actor(values["actor"])
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     return Config(**values)

@@ -268,6 +268,10 @@ class AuditEvent(SQLModel, table=True):
     campaign_id: int | None = _fk("campaign.id", nullable=True)
     action: str = Field(max_length=64)
     detail: str = Field(default="{}", sa_column=Column(Text, nullable=False))  # JSON
+    # The process's own login name and host, when the login differs from the declared actor (--actor is a
+    # claim; these say where it was made).
+    login: str | None = Field(default=None, max_length=128)
+    host: str | None = Field(default=None, max_length=255)
 
 
 class Step(SQLModel, table=True):

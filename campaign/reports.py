@@ -38,6 +38,7 @@ from campaign.store import campaigns as campaign_store
 from campaign.store import changes as change_store
 from campaign.store import reports as store
 from campaign.store import suppressions as suppression_store
+from campaign.validation import escape_controls
 
 RATE_WINDOW = dt.timedelta(seconds=60)
 
@@ -367,7 +368,8 @@ def story_text(s: dict[str, Any]) -> str:
     if not s["events"]:
         out.append("  none")
     for e in s["events"]:
-        out.append(f"  {_when(e['at'], zone)}  {e['actor']}  {e['action']}  {summarize(e['detail'])}".rstrip())
+        out.append(escape_controls(f"  {_when(e['at'], zone)}  {_who(e)}  {e['action']}  "
+                                   f"{summarize(e['detail'])}".rstrip()))
     return "\n".join(out)
 
 
@@ -412,7 +414,13 @@ def parse_since(value: str | None) -> dt.datetime | None:
 
 
 def _event(e: audit.Event, slug: str | None) -> dict[str, Any]:
-    return {"at": _iso(e.at), "actor": e.actor, "action": e.action, "campaign": slug, "detail": e.detail}
+    return {"at": _iso(e.at), "actor": e.actor, "login": e.login, "host": e.host, "action": e.action,
+            "campaign": slug, "detail": e.detail}
+
+
+def _who(e: dict[str, Any]) -> str:
+    """The actor as a log line shows it: with the process's login and host when the login is someone else."""
+    return f"{e['actor']} ({e['login']}@{e['host']})" if e.get("login") else e["actor"]
 
 
 def log(conn: Connection, slug: str, since: dt.datetime | None = None,
@@ -448,8 +456,10 @@ def summarize(detail: dict[str, Any]) -> str:
 def log_text(events: list[dict[str, Any]]) -> str:
     if not events:
         return "no audit events"
-    return "\n".join(f"{e['at']}  {e['actor']:<10} {e['action']:<18}{'' if e['campaign'] else ' (all campaigns)'} "
-                     f"{summarize(e['detail'])}".rstrip() for e in events)
+    # Every field escaped: a name or a relay's text holding a line break must not forge a line of the log.
+    return "\n".join(escape_controls(f"{e['at']}  {_who(e):<10} {e['action']:<18}"
+                                     f"{'' if e['campaign'] else ' (all campaigns)'} "
+                                     f"{summarize(e['detail'])}".rstrip()) for e in events)
 
 
 # -- the HTML report's data ------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from campaign import approval as approvals
 from campaign import campaigns, db, suppressions, verp
 from campaign.config import Config
 from campaign.definition import Definition, WaveDef
@@ -398,9 +399,10 @@ class Database:
 # -- preparing a wave ------------------------------------------------------------------------------------
 
 def prepare(conn: Connection, slug: str, wave_name: str, ignore_window: bool,
-            now: dt.datetime) -> tuple[campaigns.CampaignRow, WaveDef, int, int]:
-    """Check the campaign may send this wave now, add the wave's missing ledger rows and their send
-    windows. Returns (campaign, wave, wave id, rows added). Raises StateError when it may not."""
+            now: dt.datetime, dry_run: bool = False) -> tuple[campaigns.CampaignRow, WaveDef, int, int]:
+    """Check the campaign may send this wave now (its approval too, when required; a dry run only says it
+    would wait), add the wave's missing ledger rows and their send windows. Returns (campaign, wave, wave id,
+    rows added). Raises StateError when it may not."""
     c = campaigns.get(conn, slug)
     d = c.definition
     try:
@@ -420,6 +422,7 @@ def prepare(conn: Connection, slug: str, wave_name: str, ignore_window: bool,
                          f"`campaign resume {slug}`")
     if now >= wave.expires:
         raise WaveExpired(c.id, row.id, wave_name, wave.expires)
+    approvals.require(conn, c, "send", dry_run=dry_run)
     added = deliveries.materialize(conn, c.id, row.id, audience.accounts(d, c.id, wave.audience), wave.expires,
                                    now)
     if not d.send_window.always_open and not ignore_window:
@@ -980,7 +983,8 @@ def send_wave(engine: Engine, config: Config, slug: str, wave_name: str, options
     now = db.utcnow()
     try:
         with db.transaction(engine, config.actor, "wave.send", dry_run=options.dry_run) as tx:
-            c, _wave, wave_id, added = prepare(tx.conn, slug, wave_name, options.ignore_window, now)
+            c, _wave, wave_id, added = prepare(tx.conn, slug, wave_name, options.ignore_window, now,
+                                                 options.dry_run)
             tx.campaign_id = c.id
             tx.note(wave=wave_name, added=added, ignore_window=options.ignore_window)
             if options.dry_run:

@@ -15,6 +15,43 @@ def has_crlf(value: str) -> bool:
     return "\r" in value or "\n" in value
 
 
+# What may not stand in a line of text we keep and later put in a header, a log line or a cell: C0 and C1
+# control characters (NUL, ESC, VT, tab, CR, LF, DEL …), the line and paragraph separators U+2028/U+2029, and
+# lone surrogates (JSON can carry one; UTF-8 cannot encode it).
+UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+MAX_ACTOR = 128
+
+
+def unprintable(value: str) -> str | None:
+    """Why `value` is not one printable line (its first offending character, named), or None."""
+    m = UNPRINTABLE.search(value)
+    if m is None:
+        return None
+    ch = m.group()
+    what = "a line break" if ch in "\r\n\u2028\u2029" else "a control character"
+    return f"contains {what} (U+{ord(ch):04X} at character {m.start() + 1})"
+
+
+def check_actor(value: str) -> str:
+    """Who acts, for the audit log: a non-empty printable name of at most 128 characters, without the white
+    space around it (`"bob "` is bob); ValueError says what is wrong."""
+    name = value.strip() if isinstance(value, str) else ""
+    if not name:
+        raise ValueError("the actor must be a non-empty name (--actor NAME or CAMPAIGN_ACTOR)")
+    problem = unprintable(name)
+    if problem:
+        raise ValueError(f"the actor {name!r} {problem}: an actor is one printable name")
+    if len(name) > MAX_ACTOR:
+        raise ValueError(f"the actor is longer than {MAX_ACTOR} characters")
+    return name
+
+
+def escape_controls(text: str) -> str:
+    """`text` for a terminal or a log line: every control character or line break written as an escape
+    (`\\n`, `\\x1b`, `\\u2028`), so that no value can start a line or move the cursor."""
+    return UNPRINTABLE.sub(lambda m: repr(m.group())[1:-1], text)
+
+
 def check_email(value: str) -> str:
     """The stored form of an address; ValueError naming the problem. The rule is `campaign.addresses`."""
     return addresses.normalize(value)

@@ -277,3 +277,92 @@ def test_the_schedulers_flip_step_waits_for_the_approval(run_cli: CliRun, engine
     assert rows(engine, "SELECT state FROM step WHERE name = 'flip'") == [("done",)]
     assert rows(engine, "SELECT COUNT(*) FROM setting_change WHERE state = 'changed'") == [(N,)]
     assert rows(engine, "SELECT actor FROM audit_event WHERE action = 'flip'") == [("scheduler",)]
+
+
+# -- who acts (issue 21: an actor is a printable name; the rule stays; send waits too) ---------------------
+
+@pytest.mark.parametrize("actor", ["", " ", "\t", "rivka\nforged line", "ri\x1bvka", "ri\x00vka", "ri\u2028vka",
+                                   "r" * 129])
+def test_an_actor_that_is_no_printable_name_is_refused(run_cli: CliRun, engine: Engine, created: Path,
+                                                       actor: str) -> None:
+    before = table_counts(engine)
+    by_option = run_cli("--actor", actor, "approve", SLUG, env=BEFORE)
+    assert by_option.exit_code == 2, by_option.output
+    assert "actor" in by_option.stderr and "Traceback" not in by_option.output
+    if actor and "\x00" not in actor:  # an empty variable is an unset one; NUL cannot be in one
+        by_env = run_cli("approve", SLUG, env=as_(actor))
+        assert by_env.exit_code == 2, by_env.output
+        assert "actor" in by_env.stderr
+    assert table_counts(engine) == before
+    assert status(run_cli)["approved"] is False
+
+
+def test_white_space_around_a_name_makes_no_second_person(run_cli: CliRun, engine: Engine, created: Path) -> None:
+    own = run_cli("--actor", f" {AUTHOR} ", "approve", SLUG, env=BEFORE)
+    assert own.exit_code == 1 and f"{AUTHOR} created or last replaced the definition" in own.stderr
+    assert status(run_cli)["approved"] is False
+
+
+def test_each_event_records_the_login_and_host_beside_a_declared_actor(run_cli: CliRun, engine: Engine,
+                                                                      created: Path) -> None:
+    import getpass
+    import socket
+    login, host = getpass.getuser(), socket.gethostname()
+    assert login not in (REVIEWER, AUTHOR)
+    assert run_cli("approve", SLUG, env=as_(REVIEWER)).exit_code == 0
+    assert rows(engine, "SELECT actor, login, host FROM audit_event WHERE action = 'campaign.approve'") == [
+        (REVIEWER, login, host)]
+    # Acting under one's own login name: nothing to add.
+    assert run_cli("pause", SLUG, env=as_(login)).exit_code == 0
+    assert rows(engine, "SELECT actor, login, host FROM audit_event WHERE action = 'campaign.pause'") == [
+        (login, None, None)]
+    events = json.loads(run_cli("log", SLUG, "--json", env=BEFORE).stdout)["events"]
+    approve = next(e for e in events if e["action"] == "campaign.approve")
+    assert (approve["actor"], approve["login"], approve["host"]) == (REVIEWER, login, host)
+    assert f"{REVIEWER} ({login}@{host})" in run_cli("log", SLUG, env=BEFORE).stdout
+
+
+def test_the_log_escapes_control_characters_in_every_field(run_cli: CliRun, engine: Engine, created: Path,
+                                                           write_file: Callable[..., Path]) -> None:
+    # A file name is the one text of an event that no import rule checks: it may hold a line break.
+    forged = "x\n2031-03-08T00:00:00+00:00  admin      campaign.approve \x1b[2K"
+    path = write_file(f"{forged}.csv", ACCOUNTS)
+    assert run_cli("import", "accounts", str(path), env=BEFORE).exit_code == 0
+    shown = run_cli("log", SLUG, env=BEFORE).stdout
+    lines = shown.splitlines()
+    assert not any(line.startswith("2031-03-08T00:00:00+00:00  admin") for line in lines), shown
+    assert "\x1b" not in shown
+    assert "x\\n2031-03-08T00:00:00+00:00  admin" in shown and "\\x1b[2K" in shown
+    # The JSON keeps the value as it is (its encoding escapes it).
+    events = json.loads(run_cli("log", SLUG, "--json", env=BEFORE).stdout)["events"]
+    assert any(e["detail"].get("file") == str(path) for e in events)
+
+
+def test_approval_once_required_stays_required_and_send_waits_for_it(run_cli: CliRun, engine: Engine,
+                                                                    created: Path,
+                                                                    write_file: Callable[..., Path]) -> None:
+    # The author replaces the definition with one that drops the rule: it stays required.
+    dropped = write_file("def-no-approval.toml", definition_text("[approval]\nrequired = false\n"))
+    replaced = run_cli("create", str(dropped), "--replace", env=as_(AUTHOR))
+    assert replaced.exit_code == 0, replaced.output
+    st = status(run_cli)
+    assert st["required"] is True and st["required_by_earlier_version"] is True and st["approved"] is False
+    assert "an earlier version required it" in run_cli("status", SLUG, env=BEFORE).stdout
+    assert run_cli("schedule", SLUG, env=as_(AUTHOR)).exit_code == 1
+
+    # A real send refuses and writes nothing; its dry run shows what it would do; a test send is not a send.
+    before = table_counts(engine)
+    send = run_cli("send", SLUG, "--wave", "notice", env=as_(AUTHOR))
+    assert send.exit_code == 1, send.output
+    assert "needs an approval before its send" in send.stderr
+    assert table_counts(engine) == before
+    dry = run_cli("send", SLUG, "--wave", "notice", "--dry-run", "--json", env=as_(AUTHOR))
+    assert dry.exit_code == 0, dry.output
+    assert table_counts(engine) == before
+    test_send = run_cli("test-send", SLUG, "--to", "qa@example.com", "--wave", "notice", env=as_(AUTHOR))
+    assert test_send.exit_code == 0, test_send.output
+
+    assert run_cli("approve", SLUG, env=as_(REVIEWER)).exit_code == 0
+    sent = run_cli("send", SLUG, "--wave", "notice", "--ignore-window", "--json", env=as_(AUTHOR))
+    assert sent.exit_code == 0, sent.output
+    assert json.loads(sent.stdout)["counts"]["sent"] == N

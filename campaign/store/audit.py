@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import getpass
 import json
+import socket
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,10 +19,24 @@ from campaign.models import AUDIT_EVENT
 A = AUDIT_EVENT
 
 
+@functools.cache
+def _process() -> tuple[str, str]:
+    """This process's login name and host name, read once."""
+    try:
+        login = getpass.getuser()
+    except Exception:  # no login name in some containers
+        login = "unknown"
+    return login[:128], socket.gethostname()[:255]
+
+
 def record(conn: Connection, actor: str, action: str, campaign_id: int | None = None, **detail: Any) -> None:
+    """One audit event; with the process's login and host beside the actor when the login is someone else."""
+    login, host = _process()
+    differs = login != actor
     conn.execute(insert(A).values(
         at=utcnow(), actor=actor, campaign_id=campaign_id, action=action,
-        detail=json.dumps(detail, sort_keys=True, default=str, ensure_ascii=False)))
+        detail=json.dumps(detail, sort_keys=True, default=str, ensure_ascii=False),
+        login=login if differs else None, host=host if differs else None))
 
 
 @dataclass(frozen=True)
@@ -29,6 +46,8 @@ class Event:
     action: str
     campaign_id: int | None
     detail: dict[str, Any]
+    login: str | None = None  # the process's login, when it differs from the actor
+    host: str | None = None
 
 
 def events(conn: Connection, campaign_id: int | None = None, since: dt.datetime | None = None,
@@ -37,7 +56,8 @@ def events(conn: Connection, campaign_id: int | None = None, since: dt.datetime 
     """Audit events, oldest first; filtered by campaign, time, actor and action when given. `include_global`
     adds, to a campaign's events, those that belong to no campaign (imports, suppressions): they shape every
     campaign's audience."""
-    stmt = select(A.c.at, A.c.actor, A.c.action, A.c.campaign_id, A.c.detail).order_by(A.c.at, A.c.id)
+    stmt = select(A.c.at, A.c.actor, A.c.action, A.c.campaign_id, A.c.detail, A.c.login, A.c.host) \
+        .order_by(A.c.at, A.c.id)
     if campaign_id is not None:
         own = A.c.campaign_id == campaign_id
         stmt = stmt.where(or_(own, A.c.campaign_id.is_(None)) if include_global else own)
@@ -48,4 +68,4 @@ def events(conn: Connection, campaign_id: int | None = None, since: dt.datetime 
     if actions is not None:
         stmt = stmt.where(A.c.action.in_(list(actions)))
     for r in conn.execute(stmt.execution_options(stream_results=True, yield_per=1000)):
-        yield Event(r.at, r.actor, r.action, r.campaign_id, json.loads(r.detail))
+        yield Event(r.at, r.actor, r.action, r.campaign_id, json.loads(r.detail), r.login, r.host)
