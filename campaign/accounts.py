@@ -21,7 +21,15 @@ from campaign.addresses import normalize as normalize_address
 from campaign.errors import MAX_SHOWN, InputError, Problem
 from campaign.readers import RecordReader
 from campaign.store import people
-from campaign.validation import check_timezone, normalize_country, normalize_locale
+from campaign.validation import (
+    MAX_SETTING_VALUE,
+    check_timezone,
+    normalize_country,
+    normalize_locale,
+    setting_value_problem,
+    unprintable,
+    unprintable_in,
+)
 
 BATCH = 5000
 ACCOUNT_COLUMNS = ("account_id", "email", "name", "locale", "timezone", "country")
@@ -83,8 +91,9 @@ class _Lookup:
 def _text_problem(key: str, value: str, limit: int) -> str | None:
     if not value or value.isspace():
         return f"{key}: must not be empty"
-    if "\n" in value or "\r" in value:
-        return f"{key}: must be a single line (contains a line break)"
+    problem = unprintable(value)
+    if problem:
+        return f"{key}: must be one printable line ({problem})"
     if len(value) > limit:
         return f"{key}: longer than {limit} characters"
     return None
@@ -163,7 +172,8 @@ class _Import:
     def run_accounts(self) -> ImportResult:
         locales, zones, countries = _Lookup(normalize_locale), _Lookup(check_timezone), _Lookup(normalize_country)
         known_locales, known_zones, known_countries = locales.known, zones.known, countries.known
-        with RecordReader(self.path) as reader, self._transaction("import.accounts") as tx:
+        with RecordReader(self.path, text_keys=ACCOUNT_COLUMNS) as reader, \
+                self._transaction("import.accounts") as tx:
             conn = tx.conn
             header = reader.header()
             if header:
@@ -202,7 +212,7 @@ class _Import:
                     email = normalize_address(email)
                 except ValueError as exc:
                     errs.append(f"email: {exc}")
-                if not name or len(name) > 256 or "\n" in name or "\r" in name:
+                if not name or len(name) > 256 or unprintable_in(name):
                     errs.append(_text_problem("name", name, 256))
                 locale, msg = known_locales.get(locale) or locales(locale)
                 if msg:
@@ -254,7 +264,8 @@ class _Import:
         # One staging row per device, its settings as extra columns s0, s1, … (keys in `keys`); a JSON
         # Lines file may bring a new key on any line, which adds a column.
         keys: list[str] = []
-        with RecordReader(self.path) as reader, self._transaction("import.devices") as tx:
+        with RecordReader(self.path, text_keys=DEVICE_COLUMNS) as reader, \
+                self._transaction("import.devices") as tx:
             conn = tx.conn
             header = reader.header()
             setting_index: list[int] = []
@@ -319,8 +330,7 @@ class _Import:
                 if not (0 < len(ident) <= 128 and 0 < len(account_id) <= 128 and ident.isprintable()
                         and account_id.isprintable() and " " not in ident and " " not in account_id):
                     errs = [m for m in (_id_problem("device_id", ident), _id_problem("account_id", account_id)) if m]
-                nm = name + model
-                if not name or not model or len(name) > 256 or len(model) > 256 or "\n" in nm or "\r" in nm:
+                if not name or not model or len(name) > 256 or len(model) > 256 or unprintable_in(name + model):
                     errs = (errs or []) + [m for m in (_text_problem("name", name, 256),
                                                        _text_problem("model", model, 256)) if m]
                 row = [line, ident, account_id, name, model]
@@ -328,8 +338,8 @@ class _Import:
                     value = raw[j].strip()
                     if not value:
                         row.append(None)  # an empty cell leaves the setting as it is
-                    elif "\n" in value or "\r" in value or len(value) > 128:
-                        errs = (errs or []) + [f"{keys[j]}: must be one line of at most 128 characters"]
+                    elif len(value) > MAX_SETTING_VALUE or unprintable_in(value):
+                        errs = (errs or []) + [f"{keys[j]}: {setting_value_problem(value)}"]
                     else:
                         row.append(value)
                 if errs:

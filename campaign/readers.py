@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,8 +57,9 @@ class RecordReader:
     """Opens PATH and iterates its records. Raises InputError for an unreadable file or one that is
     not UTF-8 (naming the line)."""
 
-    def __init__(self, path: Path | str, fmt: str | None = None) -> None:
+    def __init__(self, path: Path | str, fmt: str | None = None, text_keys: Iterable[str] = ()) -> None:
         self.path = Path(path)
+        self.text_keys = frozenset(text_keys)  # JSON Lines: keys whose values must be JSON strings
         try:
             self._raw = self.path.open("rb")
         except OSError as exc:
@@ -146,13 +147,20 @@ class RecordReader:
             raise self._bad_bytes() from None
 
     def _jsonl_records(self) -> Iterator[Record]:
+        text_keys = self.text_keys
         for n, text in enumerate(self._text, start=1):
             if not text.strip():
                 continue
             try:
-                obj: Any = json.loads(text)
+                obj: Any = json.loads(text, object_pairs_hook=_object)
             except json.JSONDecodeError as exc:
                 yield Record(n, problem=f"not valid JSON: {exc.msg} (column {exc.colno})")
+                continue
+            except _RepeatedKey as exc:
+                yield Record(n, problem=f"the key {exc.key!r} appears twice in one object")
+                continue
+            except RecursionError:
+                yield Record(n, problem="not valid JSON: nested too deeply")
                 continue
             if not isinstance(obj, dict):
                 yield Record(n, problem="expected a JSON object on each line")
@@ -168,8 +176,34 @@ class RecordReader:
                     continue
                 if value is None:
                     continue
+                if key in text_keys and not isinstance(value, str):
+                    bad = f"{key}: expected a string, found {_json_type(value)}"
+                    continue
                 if isinstance(value, bool) or not isinstance(value, str | int | float):
-                    bad = f"{key}: expected a string, found {type(value).__name__}"
+                    bad = f"{key}: expected a string, found {_json_type(value)}"
                     continue
                 values[str(key)] = str(value)
             yield Record(n, values=values, problem=bad)
+
+
+class _RepeatedKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refused when a key appears twice (json.loads would keep the last one silently)."""
+    obj = dict(pairs)
+    if len(obj) < len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _RepeatedKey(key)
+            seen.add(key)
+    return obj
+
+
+def _json_type(value: Any) -> str:
+    return {bool: "true/false", int: "a number", float: "a number", list: "a list", dict: "an object"}.get(
+        type(value), type(value).__name__)

@@ -13,8 +13,9 @@ from campaign.addresses import normalize as normalize_address
 from campaign.errors import InputError, Problem, UsageError
 from campaign.models import SUPPRESSION
 from campaign.readers import RecordReader
+from campaign.redaction import redact
 from campaign.store import suppressions as store
-from campaign.validation import has_crlf
+from campaign.validation import unprintable
 
 SOURCES = ("manual", "import", "bounce", "complaint")
 _T = SUPPRESSION
@@ -27,15 +28,19 @@ def add(conn: Connection, email: str, reason: str, actor: str, source: str = "ma
         address = normalize_address(email.strip())
     except ValueError as exc:
         raise UsageError(f"cannot suppress {email!r}: {exc}") from None
-    reason = " ".join(reason.split())  # one line, whatever the SMTP reply looked like
+    reason = redact(reason, limit=1024)  # one printable line, whatever the SMTP reply looked like
     if not reason:
         raise UsageError("a reason is needed (--reason)")
-    new = store.add(conn, [{"email": address, "reason": reason[:1024], "source": source,
+    new = store.add(conn, [{"email": address, "reason": reason, "source": source,
                             "campaign_id": campaign_id, "created_at": db.utcnow(), "created_by": actor}])
     return new == 1
 
 
 def add_one(engine: Engine, email: str, reason: str, actor: str, dry_run: bool = False) -> bool:
+    """`suppress add EMAIL --reason R`: a reason typed by a person is one printable line, or refused."""
+    problem = unprintable(reason.strip())
+    if problem:
+        raise UsageError(f"--reason must be one printable line: it {problem}")
     with db.transaction(engine, actor, "suppress.add", dry_run=dry_run) as tx:
         new = add(tx.conn, email, reason, actor)
         tx.note(email=normalize_address(email.strip()), reason=reason, new=new)
@@ -57,7 +62,8 @@ def import_file(engine: Engine, path: Path | str, actor: str, dry_run: bool = Fa
     problems: list[Problem] = []
     total_problems = 0
     records = added = 0
-    with RecordReader(path) as reader, db.transaction(engine, actor, "suppress.import", dry_run=dry_run) as tx:
+    with RecordReader(path, text_keys=("email", "reason")) as reader, \
+            db.transaction(engine, actor, "suppress.import", dry_run=dry_run) as tx:
         conn = tx.conn
         header = reader.header()
         if header and ("email" not in header or set(header) - {"email", "reason"}):
@@ -79,8 +85,9 @@ def import_file(engine: Engine, path: Path | str, actor: str, dry_run: bool = Fa
                 except ValueError as exc:
                     msg = f"email: {exc}"
             reason = values.get("reason", "").strip() or default_reason
-            if msg is None and has_crlf(reason):
-                msg = "reason: must be a single line"
+            problem = unprintable(reason)
+            if msg is None and problem:
+                msg = f"reason: must be one printable line ({problem})"
             if msg is not None:
                 total_problems += 1
                 if len(problems) < 20:

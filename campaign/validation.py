@@ -20,6 +20,8 @@ def has_crlf(value: str) -> bool:
 # lone surrogates (JSON can carry one; UTF-8 cannot encode it).
 UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 MAX_ACTOR = 128
+MAX_SETTING_VALUE = 128
+unprintable_in = UNPRINTABLE.search  # the fast check of an import's loop: a match, or None
 
 
 def unprintable(value: str) -> str | None:
@@ -30,6 +32,21 @@ def unprintable(value: str) -> str | None:
     ch = m.group()
     what = "a line break" if ch in "\r\n\u2028\u2029" else "a control character"
     return f"contains {what} (U+{ord(ch):04X} at character {m.start() + 1})"
+
+
+def setting_value_problem(value: object) -> str | None:
+    """Why `value` cannot be a setting's value — the rule for an imported value and for one a settings
+    service reports alike: a string, one printable line, not empty, at most 128 characters — or None."""
+    if not isinstance(value, str):
+        return f"must be a string, not {type(value).__name__}"
+    if not value.strip():
+        return "must not be empty"
+    problem = unprintable(value)
+    if problem:
+        return f"must be one printable line ({problem})"
+    if len(value) > MAX_SETTING_VALUE:
+        return f"must be at most {MAX_SETTING_VALUE} characters (found {len(value)})"
+    return None
 
 
 def check_actor(value: str) -> str:

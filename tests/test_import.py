@@ -68,7 +68,7 @@ def test_name_with_line_break_is_refused(run_cli: CliRun, engine: Engine, write_
                       + 'a3,yuki@example.jp,"山田\n太郎",ja-JP,Asia/Tokyo,JP\n')
     result = run_cli("import", "accounts", str(path))
     assert result.exit_code == 2
-    assert f"{path}:3: name: must be a single line" in result.stderr
+    assert f"{path}:3: name: must be one printable line (contains a line break" in result.stderr
     assert rows(engine, "SELECT COUNT(*) FROM account") == [(0,)]
 
 
@@ -80,7 +80,7 @@ def test_jsonl_import(run_cli: CliRun, engine: Engine, write_file: Callable[...,
     lines = [json.dumps({"account_id": "j1", "email": "j1@example.com", "name": "Jörg \"J\" Ölz",
                          "locale": "de-AT", "timezone": "Europe/Vienna", "country": "AT"}, ensure_ascii=False),
              "",
-             json.dumps({"account_id": 2, "email": "j2@example.com", "name": "Two", "locale": "en-GB",
+             json.dumps({"account_id": "2", "email": "j2@example.com", "name": "Two", "locale": "en-GB",
                          "timezone": "Europe/London", "country": "GB"})]
     path = write_file("accounts.jsonl", "\n".join(lines) + "\n")
     result = run_cli("import", "accounts", str(path), "--json")
@@ -284,5 +284,98 @@ def test_error_after_multiline_record_names_its_own_line(run_cli: CliRun, write_
     path = write_file("accounts.csv", HEADER + 'a1,a@example.com,"Ann\nLee",en-US,UTC,US\n'
                       "a2,b@example.com,Bob,en-US,UTC,ZZ\n")
     result = run_cli("import", "accounts", str(path))
-    assert f"{path}:2: name: must be a single line" in result.stderr
+    assert f"{path}:2: name: must be one printable line (contains a line break" in result.stderr
     assert f"{path}:4: country: unknown country 'ZZ'" in result.stderr
+
+
+# -- hostile text (issue 21, item 11): refused at the door, with FILE:LINE, nothing written ---------------
+
+CONTROLS = {"NUL": "\x00", "ESC": "\x1b", "VT": "\x0b", "DEL": "\x7f", "NEL": "\x85", "U+2028": "\u2028",
+            "U+2029": "\u2029"}
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+@pytest.mark.parametrize("char", list(CONTROLS), ids=list(CONTROLS))
+def test_control_characters_in_names_and_values_are_refused(run_cli: CliRun, engine: Engine,
+                                                           write_file: Callable[..., Path], fmt: str,
+                                                           char: str) -> None:
+    bad = CONTROLS[char]
+    account = {"account_id": "a9", "email": "x@example.com", "name": f"Eve{bad}Evil", "locale": "en-US",
+               "timezone": "America/New_York", "country": "US"}
+    devices = [{"device_id": "d9", "account_id": "a1", "name": f"Ha{bad}ll", "model": "Echo Show 10",
+                "voice_recordings": "do_not_send"},
+               {"device_id": "d10", "account_id": "a1", "name": "Hall", "model": f"Echo{bad}Show",
+                "voice_recordings": "do_not_send"},
+               {"device_id": "d11", "account_id": "a1", "name": "Hall", "model": "Echo Show 10",
+                "voice_recordings": f"do_not{bad}send"}]
+
+    def as_file(name: str, records: list[dict[str, str]], header: str) -> Path:
+        if fmt == "jsonl":
+            return write_file(f"{name}.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        return write_file(f"{name}.csv", header + "".join(
+            ",".join('"' + v.replace('"', '""') + '"' for v in r.values()) + "\n" for r in records))
+
+    assert run_cli("import", "accounts", str(write_file("ok.csv", GOOD))).exit_code == 0
+    before = table_counts(engine)
+    path = as_file("accounts", [account], HEADER)
+    result = run_cli("import", "accounts", str(path))
+    assert result.exit_code == 2, result.output
+    assert f"{path}:{2 if fmt == 'csv' else 1}: name: must be one printable line (contains" in result.stderr
+    assert "Traceback" not in result.output
+
+    path = as_file("devices", devices, "device_id,account_id,name,model,voice_recordings\n")
+    result = run_cli("import", "devices", str(path))
+    assert result.exit_code == 2, result.output
+    first = 2 if fmt == "csv" else 1
+    assert f"{path}:{first}: name: must be one printable line" in result.stderr
+    assert f"{path}:{first + 1}: model: must be one printable line" in result.stderr
+    assert f"{path}:{first + 2}: voice_recordings: must be one printable line" in result.stderr
+
+    path = as_file("suppressions", [{"email": "s@example.com", "reason": f"asked{bad}us"}], "email,reason\n")
+    result = run_cli("suppress", "import", str(path))
+    assert result.exit_code == 2, result.output
+    assert f"{path}:{first}: reason: must be one printable line" in result.stderr
+    if bad != "\x00":  # an argument cannot hold NUL
+        typed = run_cli("suppress", "add", "s@example.com", "--reason", f"asked{bad}us")
+        assert typed.exit_code == 2 and "--reason must be one printable line" in typed.stderr
+    assert table_counts(engine) == before
+
+
+def test_jsonl_ids_must_be_strings_and_keys_appear_once(run_cli: CliRun, engine: Engine,
+                                                        write_file: Callable[..., Path]) -> None:
+    base = {"email": "n@example.com", "name": "N", "locale": "en-US", "timezone": "America/New_York",
+            "country": "US"}
+    lines = [json.dumps({"account_id": 7, **base}),
+             json.dumps({"account_id": ["a"], **base}),
+             json.dumps({"account_id": True, **base}),
+             '{"account_id": "a8", "account_id": "admin", "email": "m@example.com", "name": "M", '
+             '"locale": "en-US", "timezone": "America/New_York", "country": "US"}',
+             json.dumps({"account_id": "a9", **base, "name": 12})]
+    path = write_file("accounts.jsonl", "\n".join(lines) + "\n")
+    result = run_cli("import", "accounts", str(path))
+    assert result.exit_code == 2, result.output
+    err = result.stderr
+    assert f"{path}:1: account_id: expected a string, found a number" in err
+    assert f"{path}:2: account_id: expected a string, found a list" in err
+    assert f"{path}:3: account_id: expected a string, found true/false" in err
+    assert f"{path}:4: the key 'account_id' appears twice in one object" in err
+    assert f"{path}:5: name: expected a string, found a number" in err
+    assert rows(engine, "SELECT COUNT(*) FROM account") == [(0,)]
+    dev = write_file("devices.jsonl", json.dumps({"device_id": 1, "account_id": "a1", "name": "K",
+                                                  "model": "M", "voice_recordings": "x"}) + "\n")
+    result = run_cli("import", "devices", str(dev))
+    assert result.exit_code == 2 and f"{dev}:1: device_id: expected a string, found a number" in result.stderr
+
+
+def test_jsonl_nested_deep_is_a_clear_error(run_cli: CliRun, engine: Engine, write_file: Callable[..., Path]) -> None:
+    deep = '{"account_id": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    path = write_file("accounts.jsonl", GOOD_JSONL + deep + "\n")
+    result = run_cli("import", "accounts", str(path))
+    assert result.exit_code == 2, result.output
+    assert f"{path}:2: not valid JSON: nested too deeply" in result.stderr
+    assert "Traceback" not in result.output
+    assert rows(engine, "SELECT COUNT(*) FROM account") == [(0,)]
+
+
+GOOD_JSONL = json.dumps({"account_id": "j1", "email": "j1@example.com", "name": "J", "locale": "de-AT",
+                         "timezone": "Europe/Vienna", "country": "AT"}) + "\n"
