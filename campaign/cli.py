@@ -14,8 +14,7 @@ from typing import Any, NoReturn
 
 import click
 from sqlalchemy import Engine
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from campaign import (
     accounts,
@@ -69,10 +68,7 @@ class App:
 
 def _require_sqlite_file(url: str) -> None:
     """Refuse a SQLite database that does not exist, rather than create an empty file on the way to saying so."""
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        return  # make_engine words this one
+    parsed = db.parse_url(url)
     path = parsed.database
     if parsed.get_backend_name() == "sqlite" and path and path != ":memory:" and not path.startswith("file:") \
             and not Path(path).exists():

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import DateTime, Engine, TypeDecorator, create_engine, event
-from sqlalchemy.engine import Connection, Dialect, make_url
+from sqlalchemy.engine import URL, Connection, Dialect, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from campaign.config import redact_url
@@ -71,13 +71,23 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         return value.astimezone(UTC)
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
-    """An engine for `url`, with SQLite set up for several processes (WAL, busy timeout, real BEGIN)."""
+def parse_url(url: str) -> URL:
+    """The database URL, parsed; ConfigError (exit 2, the password hidden) for one that is not a URL or whose
+    port is not a number from 1 to 65535."""
     try:
         parsed = make_url(url)
-    except ArgumentError:
-        raise ConfigError(f"not a database URL: {redact_url(url)!r} "
-                          "(expected sqlite:///PATH or postgresql+psycopg://USER@HOST/DB)") from None
+    except (ArgumentError, ValueError) as exc:
+        why = "its host or port is not valid" if isinstance(exc, ValueError) else "expected sqlite:///PATH or " \
+            "postgresql+psycopg://USER@HOST/DB"
+        raise ConfigError(f"not a database URL: {redact_url(url)!r} ({why})") from None
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        raise ConfigError(f"not a database URL: {redact_url(url)!r} (port {parsed.port} is not from 1 to 65535)")
+    return parsed
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """An engine for `url`, with SQLite set up for several processes (WAL, busy timeout, real BEGIN)."""
+    parsed = parse_url(url)
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S}, **kwargs)

@@ -62,6 +62,7 @@ from campaign.store import suppressions as suppression_rows
 from campaign.store import workers as worker_rows
 from campaign.store.deliveries import Claimed, Result
 from campaign.transport import Envelope, Outcome, Transport, make_transport
+from campaign.transport import parse_url as parse_smtp_url
 
 log = logging.getLogger(__name__)
 
@@ -981,6 +982,8 @@ def send_wave(engine: Engine, config: Config, slug: str, wave_name: str, options
     a caller that shows a line every ten seconds asks for them that often), and once at the end."""
     start = time.perf_counter()
     now = db.utcnow()
+    if transport is None:
+        parse_smtp_url(config.smtp_url)  # a bad URL is refused here, before any row moves, not in a worker
     try:
         with db.transaction(engine, config.actor, "wave.send", dry_run=options.dry_run) as tx:
             c, _wave, wave_id, added = prepare(tx.conn, slug, wave_name, options.ignore_window, now,

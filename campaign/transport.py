@@ -151,7 +151,10 @@ def parse_url(url: str) -> TransportURL:
     if scheme not in DEFAULT_PORTS:
         raise bad(f"unknown scheme {scheme!r}; expected one of {URL_FORMS}")
 
-    parts = urlsplit(url.strip())
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError as exc:  # "Invalid IPv6 URL" (smtp://[::1)
+        raise bad(f"not a valid URL ({exc}); expected one of {URL_FORMS}") from None
     if parts.password is not None:
         raise bad("a password may not be written in the URL; set CAMPAIGN_SMTP_PASSWORD instead")
     host = parts.hostname or ""

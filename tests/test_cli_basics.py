@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from campaign.cli import cli
@@ -88,3 +90,23 @@ def test_a_missing_sqlite_database_is_not_created(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert f"no database at {missing}" in result.stderr and "campaign db upgrade" in result.stderr
     assert not missing.exists()
+
+
+@pytest.mark.parametrize(("url", "says"), [
+    ("postgresql+psycopg://u:secret-pw@127.0.0.1:notaport/db", "its host or port is not valid"),
+    ("postgresql+psycopg://u@127.0.0.1:99999/db", "port 99999 is not from 1 to 65535"),
+    ("postgresql+psycopg://u@[::1/db", "its host or port is not valid"),
+    ("not a url at all", "expected sqlite:///PATH"),
+])
+def test_a_bad_database_url_is_a_clear_error(url: str, says: str | None, tmp_path: Path) -> None:
+    """Issue 21 item 10: a database URL that cannot be read is exit 2 with what is wrong, never a traceback,
+    and its password is not shown."""
+    env = {**os.environ, "CAMPAIGN_DATABASE_URL": url}
+    for args in (["list"], ["db", "upgrade"]):
+        done = subprocess.run([sys.executable, "-m", "campaign", *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert "Traceback" not in done.stderr, done.stderr
+        assert "secret-pw" not in done.stderr + done.stdout
+        if says is not None:
+            assert done.returncode == 2, done.stderr
+            assert says in done.stderr

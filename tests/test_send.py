@@ -108,6 +108,22 @@ def test_send_everyone_once(run_cli: CliRun, engine: Engine, smtpd: SmtpServer, 
     assert actions == ["wave.send", "wave.sent", "wave.send", "wave.sent"]
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_broken_smtp_url_is_a_clear_error_and_leaves_nothing_sending(db_url: str, engine: Engine, ready: object,
+                                                                       workdir: Path, workers: str) -> None:
+    # As the scheduler runs it: a process of its own (a worker's failure came back as a RemoteTraceback).
+    env = {**os.environ, "CAMPAIGN_DATABASE_URL": db_url, "CAMPAIGN_SMTP_URL": "smtp://[::1",
+           "CAMPAIGN_TEMPLATES": str(ROOT / "templates")}
+    before = table_counts(engine)
+    done = subprocess.run([sys.executable, "-m", "campaign", "send", SLUG, "--wave", "notice", "--workers", workers],
+                          cwd=workdir, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "CAMPAIGN_SMTP_URL 'smtp://[::1': not a valid URL" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert rows(engine, "SELECT COUNT(*) FROM delivery WHERE state = 'sending'") == [(0,)]
+    assert table_counts(engine) == before
+
+
 def test_suppressed_never_mailed(run_cli: CliRun, engine: Engine, smtpd: SmtpServer, ready: object) -> None:
     assert run_cli("suppress", "add", "USER3@example.com", "--reason", "asked").exit_code == 0
     assert send(run_cli, smtpd).exit_code == 0  # type: ignore[attr-defined]

@@ -128,6 +128,8 @@ def test_parse_url_accepts(url: str, expected: TransportURL) -> None:
     ("smtp://:25", "no host"),
     ("smtp://mail.example.com:99999", "port"),
     ("smtp://mail.example.com:smtp", "port"),
+    ("smtp://[::1", "not a valid URL"),
+    ("smtp://[::1:25", "not a valid URL"),
     ("smtp://mail.example.com/relay", "unexpected path"),
     ("smtp://mail.example.com#x", "fragment"),
     ("maildir:", "needs a directory"),
