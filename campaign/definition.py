@@ -43,6 +43,7 @@ class Limits:
     retry_base_seconds: float = 60.0
     retry_max_seconds: float = 6 * 3600.0
     pause_on_failure_rate: float = 0.2
+    max_message_bytes: int = 1024 * 1024  # a larger message is a render failure of that delivery
 
 
 @dataclass(frozen=True)
@@ -360,7 +361,7 @@ def parse_definition(text: str, source: str = "<definition>", templates: Path | 
     lim = c.take(top.get("limits", {}), "limits", {
         "rate_per_second": (int, float), "concurrency": int, "max_attempts": int,
         "retry_base_seconds": (int, float), "retry_max_seconds": (int, float),
-        "pause_on_failure_rate": (int, float)})
+        "pause_on_failure_rate": (int, float), "max_message_bytes": int})
     limits = Limits(**{k: v for k, v in lim.items()})
     for key, ok, rule in (
         ("rate_per_second", limits.rate_per_second > 0, "must be greater than 0"),
@@ -370,6 +371,8 @@ def parse_definition(text: str, source: str = "<definition>", templates: Path | 
         ("retry_max_seconds", limits.retry_max_seconds >= limits.retry_base_seconds,
          "must be at least retry_base_seconds"),
         ("pause_on_failure_rate", 0 < limits.pause_on_failure_rate <= 1, "must be above 0 and at most 1"),
+        ("max_message_bytes", 4096 <= limits.max_message_bytes <= 100 * 1024 * 1024,
+         "must be between 4096 and 104857600 (100 MiB)"),
     ):
         if key in lim and not ok:
             c.fail("limits", key, rule)

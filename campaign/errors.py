@@ -61,3 +61,8 @@ class InputError(UsageError):
 
 class TemplateProblem(UsageError):
     """A template does not render; names the template file and line."""
+
+
+class RenderFailure(TemplateProblem):
+    """One message did not render for its recipient's data (an exception while rendering, an empty subject,
+    a message above `[limits] max_message_bytes`): that delivery fails; the template itself loads."""

@@ -38,6 +38,10 @@ class HeaderInjection(CampaignError):
     """A header value holds a line break: the message is not built."""
 
 
+class MessageTooLarge(ValueError):
+    """The built message is larger than the campaign allows (`[limits] max_message_bytes`)."""
+
+
 @dataclass(frozen=True)
 class Parts:
     """What differs from one message of a wave to the next."""
@@ -168,8 +172,9 @@ class MessageBuilder:
     """Builds the bytes of one (campaign, wave)'s messages; the shared headers are encoded once."""
 
     def __init__(self, sender: str, reply_to: str | None = None, extra_headers: dict[str, str] | None = None,
-                 boundary_seed: str = "campaign") -> None:
+                 boundary_seed: str = "campaign", max_bytes: int | None = None) -> None:
         check_header("From", sender)
+        self.max_bytes = max_bytes
         sender_name, sender_address = parseaddr(sender)
         if not sender_address:
             raise HeaderInjection(f"From: {sender!r} is not an address")
@@ -214,8 +219,12 @@ class MessageBuilder:
                        f"Subject: {encode_unstructured(subject)}\r\n"
                        f"Date: {self._date_header(p.date)}\r\n"
                        f"Message-ID: {p.message_id}\r\n").encode()  # UTF-8 only in an RFC 6532 address
-        return b"".join((self._head, per_message, self._content_type, self._text_head, text,
+        data = b"".join((self._head, per_message, self._content_type, self._text_head, text,
                          self._html_head, html, self._tail))
+        if self.max_bytes is not None and len(data) > self.max_bytes:
+            raise MessageTooLarge(f"the message is {len(data):,} bytes, more than [limits] max_message_bytes "
+                                  f"({self.max_bytes:,})")
+        return data
 
 
 def build_plain(sender: str, reply_to: str | None, p: Parts, extra_headers: dict[str, str] | None = None) -> bytes:

@@ -15,8 +15,8 @@ from campaign import db
 from campaign.addresses import normalize as normalize_address
 from campaign.config import Config
 from campaign.definition import Definition, WaveDef
-from campaign.errors import NotFound, TemplateProblem, UsageError
-from campaign.mime import MessageBuilder, Parts, message_id
+from campaign.errors import NotFound, RenderFailure, TemplateProblem, UsageError
+from campaign.mime import HeaderInjection, MessageBuilder, MessageTooLarge, Parts, message_id
 from campaign.rendering import DeviceView, Recipient, Rendered, Renderer
 from campaign.store import audience
 from campaign.transport import Envelope, RecordingTransport, Transport, make_transport, send_all_sync
@@ -38,17 +38,21 @@ class Sample:
     message: bytes
 
 
+STAND_IN = "preview"  # the account id of the stand-in a preview renders for when nobody of a locale is affected
+
+
 def builder_for(definition: Definition, wave: WaveDef, test: bool = False) -> MessageBuilder:
     extra = {"X-Campaign": definition.slug, "X-Campaign-Wave": wave.name}
     if test:
         extra["X-Campaign-Test"] = "yes"
     return MessageBuilder(definition.sender, definition.reply_to, extra_headers=extra,
-                          boundary_seed=f"{definition.slug}/{wave.name}")
+                          boundary_seed=f"{definition.slug}/{wave.name}",
+                          max_bytes=definition.limits.max_message_bytes)
 
 
 def _stand_in(definition: Definition, locale: str) -> tuple[Recipient, list[DeviceView]]:
     model = definition.device_models[0] if definition.device_models else "Smart speaker"
-    return (Recipient("preview", "preview@example.com", "Alex Example", locale, "UTC"),
+    return (Recipient(STAND_IN, "preview@example.com", "Alex Example", locale, "UTC"),
             [DeviceView("preview-1", "Kitchen", model)])
 
 
@@ -59,15 +63,20 @@ def _affected(conn: Connection, d: Definition, account_ids: list[str] | None = N
 
 def _build(renderer: Renderer, d: Definition, wave: WaveDef, recipient: Recipient, devices: list[DeviceView],
            recipients: int, test: bool = False, to: str | None = None) -> Sample:
-    rendered = renderer.render(wave, recipient, devices)
-    subject = TEST_PREFIX + rendered.subject if test else rendered.subject
-    address = to or recipient.email
-    mid = message_id(d.slug, wave.name, recipient.account_id, d.sender_domain) if not test else \
-        message_id(d.slug, f"{wave.name}-test", f"{recipient.locale}/{address}/{db.utcnow().isoformat()}",
-                   d.sender_domain)
-    parts = Parts(recipient.name, address, subject, rendered.text, rendered.html, mid, db.utcnow())
-    return Sample(wave.name, recipient.locale, recipients, recipient, tuple(devices), rendered,
-                  builder_for(d, wave, test).build(parts))
+    try:
+        rendered = renderer.render(wave, recipient, devices)
+        subject = TEST_PREFIX + rendered.subject if test else rendered.subject
+        address = to or recipient.email
+        mid = message_id(d.slug, wave.name, recipient.account_id, d.sender_domain) if not test else \
+            message_id(d.slug, f"{wave.name}-test", f"{recipient.locale}/{address}/{db.utcnow().isoformat()}",
+                       d.sender_domain)
+        parts = Parts(recipient.name, address, subject, rendered.text, rendered.html, mid, db.utcnow())
+        data = builder_for(d, wave, test).build(parts)
+    except (RenderFailure, MessageTooLarge, HeaderInjection) as exc:
+        # One person's data: say whose (a stand-in is nobody's).
+        who = "" if recipient.account_id == STAND_IN else f"account {recipient.account_id}: "
+        raise RenderFailure(f"{who}{exc}") from None
+    return Sample(wave.name, recipient.locale, recipients, recipient, tuple(devices), rendered, data)
 
 
 def samples(conn: Connection, d: Definition, renderer: Renderer, waves: list[WaveDef] | None = None,
@@ -129,7 +138,7 @@ def render_all(conn: Connection, d: Definition, renderer: Renderer, wave: WaveDe
                                 rendered.html, message_id(d.slug, wave.name, recipient.account_id,
                                                           d.sender_domain), now))
             ok += 1
-        except (TemplateProblem, ValueError) as exc:
+        except (TemplateProblem, ValueError, HeaderInjection) as exc:  # RenderFailure, MessageTooLarge among them
             if len(problems) < limit_errors:
                 problems.append(f"account {recipient.account_id}: {exc}")
     return ok, problems

@@ -26,7 +26,7 @@ from jinja2.environment import TemplateModule
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 from campaign.definition import Definition, WaveDef
-from campaign.errors import TemplateProblem
+from campaign.errors import RenderFailure, TemplateProblem
 
 PARTS = ("subject", "txt", "html")
 
@@ -161,7 +161,7 @@ class Renderer:
             out.append(self._render_one(name, ctx))
         subject = " ".join(out[0].split())  # one line, whatever the template's layout
         if not subject:
-            raise TemplateProblem(f"{self.root / folder / (wave.name + '.subject.j2')}: renders an empty subject")
+            raise RenderFailure(f"{self.root / folder / (wave.name + '.subject.j2')}: renders an empty subject")
         text = out[1].strip("\n") + "\n"
         html = out[2].strip("\n") + "\n"
         return Rendered(folder, subject, text, html)
@@ -185,11 +185,20 @@ class Renderer:
         except jinja2.TemplateNotFound as exc:
             raise TemplateProblem(f"{self.root / name}: includes a template that does not exist: {exc.name}") \
                 from None
-        except (jinja2.UndefinedError, SecurityError, TypeError, ValueError, LookupError, AttributeError,
-                ArithmeticError) as exc:
+        except Exception as exc:  # anything else the template ran into, with this recipient's data
             where = _template_frame(exc) or f"{self.root / name}"
-            kind = "not allowed in a template" if isinstance(exc, SecurityError) else type(exc).__name__
-            raise TemplateProblem(f"{where}: {kind}: {exc}") from None
+            if isinstance(exc, SecurityError):
+                kind = "not allowed in a template"
+            elif isinstance(exc, RecursionError):
+                kind = "RecursionError (a macro or include calls itself without end)"
+            else:
+                kind = type(exc).__name__
+            raise RenderFailure(f"{where}: {kind}: {_short(exc)}") from None
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def _template_frame(exc: BaseException) -> str | None:

@@ -50,8 +50,8 @@ from campaign import approval as approvals
 from campaign import campaigns, db, suppressions, verp
 from campaign.config import Config
 from campaign.definition import Definition, WaveDef
-from campaign.errors import CampaignError, StateError, UsageError
-from campaign.mime import HeaderInjection, Parts, message_id
+from campaign.errors import CampaignError, RenderFailure, StateError, UsageError
+from campaign.mime import HeaderInjection, MessageTooLarge, Parts, message_id
 from campaign.models import BOUNCED, CANCELLED, EXPIRED, FAILED, PAUSED, PENDING, SENT, SKIPPED, SUPPRESSED
 from campaign.policies import FailureTracker, RateLimiter, RetryPolicy, WindowCache, share
 from campaign.previews import builder_for
@@ -182,7 +182,13 @@ def after_send(c: Claimed, outcome: Outcome, message_id: str, locale: str, retry
 # -- the composer ---------------------------------------------------------------------------------------
 
 class ComposeError(Exception):
-    """A message that cannot be built (a template or data error): it is not sent, the wave pauses (G5)."""
+    """No message of the wave can be built (a template that does not load, a broken sender): it is not sent,
+    the wave pauses (G5)."""
+
+
+class MessageFailed(Exception):
+    """This one message could not be built for its recipient (an exception while rendering their data, a
+    message above `max_message_bytes`): that delivery is `failed` with the reason; the wave goes on."""
 
 
 @dataclass(frozen=True)
@@ -206,8 +212,12 @@ class Composer:
             data = self.builder.build(Parts(person.name, person.email, rendered.subject, rendered.text,
                                             rendered.html, mid, now))
             sender = verp.envelope_sender(self.d, mid, self.sender)  # [bounces]: a signed return path per delivery
-        except (CampaignError, HeaderInjection, ValueError) as exc:
+        except (RenderFailure, HeaderInjection, MessageTooLarge) as exc:
+            raise MessageFailed(str(exc)) from exc
+        except (CampaignError, ValueError) as exc:
             raise ComposeError(str(exc)) from exc
+        except Exception as exc:  # whatever else one person's data ran into: that message, not the send
+            raise MessageFailed(f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from exc
         return Composed(Envelope(sender, (person.email,), data, mid, wire=True), rendered.template_locale)
 
 
@@ -839,6 +849,13 @@ class Worker:
                 continue
             try:
                 composed = self.compose(verdict.person, verdict.devices, now)
+            except MessageFailed as exc:
+                # Issue 21: one person's message fails, with why; the rest of the wave goes on (and a
+                # template that fails for many trips the failure rate below, pausing the wave).
+                settled.append(Result(c.id, FAILED, now, error=f"not sent, the message could not be built: {exc}"))
+                self.failures.record(True)
+                self._last_error = f"account {verdict.person.account_id}: {exc}"
+                continue
             except ComposeError as exc:
                 # G5: this message is not sent, and the wave pauses with the error for a person to fix.
                 settled.append(handed_back(c, now, error=str(exc)))

@@ -244,15 +244,65 @@ def test_broken_template_during_send_pauses_the_wave(run_cli: CliRun, engine: En
     templates = tmp_path / "tpl"
     shutil.copytree(ROOT / "templates", templates)
     path = templates / SLUG / "ja-JP" / "notice.txt.j2"
-    path.write_text(path.read_text(encoding="utf-8").replace("{{", "{{ 1 // 0 }}{{", 1), encoding="utf-8")
+    # A template that no longer loads (edited after `create`): no message of that locale can be built.
+    path.write_text(path.read_text(encoding="utf-8").replace("{{", "{% if %}{{", 1), encoding="utf-8")
     result = run_cli("send", SLUG, "--wave", "notice", "--workers", "1",
                      env={"CAMPAIGN_SMTP_URL": smtpd.url, "CAMPAIGN_TEMPLATES": str(templates)})
-    assert result.exit_code == 1 and "ZeroDivisionError" in result.stderr
+    assert result.exit_code == 1 and "syntax error" in result.stderr
     assert str(path) in result.stderr
     sent_to = {m.recipients[0] for m in smtpd.messages}
     ja = {f"user{i}@example.com" for i in range(2, 40, 4)}
     assert not sent_to & ja  # no Japanese message went out broken
     assert notice(run_cli)["pending"] >= 1
+
+
+# One person's data breaks their message (issue 21 item 8): a macro that recurses without end for one name, and
+# a message above max_message_bytes for another. Those two fail, with why; everyone else is sent.
+BREAKS_FOR_TWO = ('{% macro deeper(n) %}{{ deeper(n + 1) }}{% endmacro %}'
+                  '{% if account.name == "User 4" %}{{ deeper(1) }}{% endif %}'
+                  '{% if account.name == "User 8" %}{{ "x" * 2000000 }}{% endif %}')
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_message_that_fails_for_one_account_fails_alone(run_cli: CliRun, engine: Engine, smtpd: SmtpServer,
+                                                         ready: object, tmp_path: Path, workers: str) -> None:
+    templates = tmp_path / "tpl"
+    shutil.copytree(ROOT / "templates", templates)
+    path = templates / SLUG / "en-US" / "notice.txt.j2"
+    path.write_text(BREAKS_FOR_TWO + path.read_text(encoding="utf-8"), encoding="utf-8")
+    env = {"CAMPAIGN_SMTP_URL": smtpd.url, "CAMPAIGN_TEMPLATES": str(templates)}
+
+    # schedule renders every recipient first and refuses, naming both accounts, before anything is frozen.
+    refused = run_cli("schedule", SLUG, env=env)
+    assert refused.exit_code == 2, refused.output
+    assert "account a004:" in refused.stderr and "RecursionError" in refused.stderr
+    assert f"{path}:" in refused.stderr
+    assert "account a008:" in refused.stderr and "max_message_bytes" in refused.stderr
+    assert "Traceback" not in refused.output
+    assert status(run_cli)["state"] == "draft"
+
+    result = run_cli("send", SLUG, "--wave", "notice", "--workers", workers, env=env)
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output
+    counts = notice(run_cli)
+    assert counts["sent"] == 38 and counts["failed"] == 2 and counts["sending"] == 0 and counts["pending"] == 0
+    assert {m.recipients[0] for m in smtpd.messages} == {f"user{i}@example.com" for i in range(40)} - {
+        "user4@example.com", "user8@example.com"}
+    errors = dict(rows(engine, "SELECT account_id, last_error FROM delivery WHERE state = 'failed'"))
+    assert set(errors) == {"a004", "a008"}
+    assert "RecursionError" in str(errors["a004"]) and f"{path}:" in str(errors["a004"])
+    assert "more than [limits] max_message_bytes (1,048,576)" in str(errors["a008"])
+
+
+def test_create_refuses_a_sample_that_fails_naming_its_account(run_cli: CliRun, ready: object, tmp_path: Path) -> None:
+    templates = tmp_path / "tpl"
+    shutil.copytree(ROOT / "templates", templates)
+    path = templates / SLUG / "en-US" / "notice.txt.j2"
+    path.write_text(BREAKS_FOR_TWO.replace("User 4", "User 0") + path.read_text(encoding="utf-8"), encoding="utf-8")
+    refused = run_cli("create", str(definition(tmp_path)), "--replace", env={"CAMPAIGN_TEMPLATES": str(templates)})
+    assert refused.exit_code == 2, refused.output
+    assert "account a000:" in refused.stderr and "RecursionError" in refused.stderr
+    assert "Traceback" not in refused.output
 
 
 def test_pause_resume_cancel(run_cli: CliRun, engine: Engine, smtpd: SmtpServer, ready: object) -> None:
