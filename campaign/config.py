@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from campaign.errors import ConfigError
+from campaign.redaction import hold
 from campaign.validation import check_actor
 
 CONFIG_FILE = "campaign.toml"
@@ -98,6 +99,7 @@ def load_config(
 
     if "templates" in values:
         values["templates"] = Path(values["templates"])
+    hold(values.get("smtp_password"))  # redacted from every outside text from now on
     if "actor" in values:
         try:
             values["actor"] = check_actor(values["actor"])

@@ -78,7 +78,7 @@ def redact(text: object, limit: int | None = LIMIT) -> str:
     for secret in known:
         if secret in s:
             s = s.replace(secret, MASK)
-    s = " ".join("".join(_printable(ch) for ch in s).split())
+    s = " ".join((s if s.isprintable() else "".join(_printable(ch) for ch in s)).split())
     # Masking again after the clean-up: a secret split by a control character is whole again now.
     for secret in known:
         if secret in s:

@@ -50,6 +50,7 @@ from aiosmtplib.typing import Default
 from campaign.addresses import is_plain_ascii, needs_smtputf8, wire_form
 from campaign.config import Config, redact_url
 from campaign.errors import CampaignError, ConfigError
+from campaign.redaction import hold, redact
 
 __all__ = [
     "Envelope",
@@ -229,17 +230,12 @@ class Outcome:
     detail: str = ""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "detail", one_line(self.detail))
+        # What a relay said goes through the one redaction step before anything stores or shows it (G11).
+        object.__setattr__(self, "detail", redact(self.detail, MAX_DETAIL))
 
     @property
     def ok(self) -> bool:
         return self.status == "sent"
-
-
-def one_line(text: str, limit: int = MAX_DETAIL) -> str:
-    """Collapse whitespace (CR/LF included) and cut to `limit` characters."""
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 Gate = Callable[[], Awaitable[None]]
@@ -543,6 +539,7 @@ class SmtpTransport:
             raise ConfigError("CAMPAIGN_SMTP_PASSWORD is set but CAMPAIGN_SMTP_USER is not")
         self.url = url
         self.user = user or url.user
+        hold(password)
         self.__password = password  # name-mangled, and kept out of repr
         self._concurrency = concurrency
         self.timeout = timeout
@@ -632,9 +629,7 @@ class SmtpTransport:
         return outcome
 
     def _scrub(self, text: str) -> str:
-        if self.__password:
-            text = text.replace(self.__password, "***")
-        return one_line(text)
+        return redact(text, MAX_DETAIL)
 
     def _fail(self, message: str) -> TransportError:
         self._fatal = TransportError(self._scrub(message))

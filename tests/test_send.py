@@ -124,6 +124,31 @@ def test_a_broken_smtp_url_is_a_clear_error_and_leaves_nothing_sending(db_url: s
     assert table_counts(engine) == before
 
 
+def test_a_relay_echoing_a_secret_leaves_no_trace_of_it(run_cli: CliRun, engine: Engine, smtpd: SmtpServer,
+                                                         ready: object, tmp_path: Path) -> None:
+    """Issue 21 item 1 (G11): a reply carrying a secret the process holds is stored and shown masked —
+    the delivery's error, the suppression's reason, status, log, the report and the person's story."""
+    secret = "imap-secret-pw-0123456789"
+    smtpd.script("user1@example.com", [f"550 5.1.1 no such user {secret}\x1b]0;owned\x07"])
+    smtpd.script("user2@example.com", [f"451 4.3.0 later {secret}"] * 5)
+    env = {"CAMPAIGN_SMTP_URL": smtpd.url, "CAMPAIGN_IMAP_PASSWORD": secret}
+    assert run_cli("send", SLUG, "--wave", "notice", "--workers", "1", env=env).exit_code == 0
+    out = tmp_path / "r.html"
+    shown = [run_cli(*args, env=env).output for args in (
+        ("status", SLUG), ("status", SLUG, "--json"), ("log", SLUG), ("log", SLUG, "--json"),
+        ("report", SLUG, "--format", "jsonl"), ("report", SLUG, "--account", "a001"),
+        ("report", SLUG, "--account", "a002", "--json"), ("suppress", "list"),
+        ("report", SLUG, "--format", "html", "--out", str(out)))]
+    shown.append(out.read_text(encoding="utf-8"))
+    for text_ in shown:
+        assert secret not in text_
+    assert any("no such user ***" in t for t in shown)
+    assert any("later ***" in t for t in shown)
+    stored = " ".join(str(v) for table in table_counts(engine).values() for row in table for v in row)
+    assert secret not in stored and "\x1b" not in stored and "\x07" not in stored
+    assert "no such user ***" in stored
+
+
 def test_suppressed_never_mailed(run_cli: CliRun, engine: Engine, smtpd: SmtpServer, ready: object) -> None:
     assert run_cli("suppress", "add", "USER3@example.com", "--reason", "asked").exit_code == 0
     assert send(run_cli, smtpd).exit_code == 0  # type: ignore[attr-defined]

@@ -493,6 +493,26 @@ def test_login_refused_raises_once_without_the_password(smtpd_factory: Callable[
         assert PASSWORD not in text
 
 
+def test_a_relay_echoing_a_secret_is_redacted(smtpd_factory: Callable[..., SmtpServer],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 21 item 1: every reply passes the one redaction step — the SMTP password this transport holds,
+    and the secrets of the environment (a bounce key), as written and base64-encoded; one printable line."""
+    import base64
+    key = "bounce-key-0123456789abcdef0123456789"
+    monkeypatch.setenv("CAMPAIGN_BOUNCE_KEY", key)
+    server = smtpd_factory(users={"bob": PASSWORD})
+    b64 = base64.b64encode(PASSWORD.encode()).decode()
+    server.script("user1@example.com", [f"550 5.1.1 you said {PASSWORD} \x1b[31m and {key}"])
+    server.script("user2@example.com", [f"451 4.3.0 AUTH {b64} later"])
+    outcomes = send_each(smtp(server, user="bob", password=PASSWORD), envelope("user1@example.com"),
+                         envelope("user2@example.com", n=2))
+    assert [o.status for o in outcomes] == ["permanent", "transient"]
+    for o in outcomes:
+        assert PASSWORD not in o.detail and key not in o.detail and b64 not in o.detail and "\x1b" not in o.detail
+    assert "you said *** [31m and ***" in outcomes[0].detail
+    assert "AUTH *** later" in outcomes[1].detail
+
+
 def test_login_refused_through_send_all(smtpd_factory: Callable[..., SmtpServer]) -> None:
     server = smtpd_factory(users={"bob": "another-password"})
     with pytest.raises(TransportError) as info:
