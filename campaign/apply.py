@@ -5,7 +5,9 @@ try, and the retry policy around it.
 `Transient` (a 5xx, 408 or 429, a timeout, a refused or dropped connection: the same batch goes again under
 the same Idempotency-Key) or `Refused` (any other answer: a 4xx for the whole batch, or one outside the
 contract; the flip pauses with it). `Retry` says how long to wait between tries. The bearer token is read
-from the environment when the service is opened, sent in one header, and never stored, logged or printed.
+from the environment when the service is opened, sent in one header, and never stored, logged or printed:
+every text the service sends back goes through `redaction.redact` before it is put in a reason, and a value
+it reports is checked as an imported setting value is before it is kept.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from typing import Any, Protocol
 
 import httpx
 
+from campaign import redaction
 from campaign.definition import Apply
 from campaign.errors import CampaignError, ConfigError
+from campaign.validation import setting_value_problem
 
 STATUSES = ("applied", "conflict", "unknown_device")
 TRANSIENT_4XX = (408, 429)  # "request timeout", "too many requests": later, the same batch may well pass
@@ -83,12 +87,39 @@ class Retry:
 
 
 def token_from_env(a: Apply) -> str:
-    """The bearer token from the variable `token_env` names; a clear error when it is not set."""
+    """The bearer token from the variable `token_env` names; a clear error when it is not set. From then on the
+    redaction step removes it from every text another system sends back."""
     token = os.environ.get(a.token_env, "")
     if not token.strip():
         raise ConfigError(f"[apply] kind = \"http\": set the environment variable {a.token_env} to the settings "
                           "service's bearer token (the definition's token_env names it)")
+    redaction.hold(token)
     return token.strip()
+
+
+def answer_problem(change: Change, status: Any, value: Any, secrets: Sequence[str] = ()) -> str | None:
+    """None when (`status`, `value`) is an answer the contract allows for `change`; else what is wrong, in words
+    that never quote what the service sent (it may carry a secret, or junk that must not be stored).
+
+    A device counts as switched only when the service holds the value asked for: an `applied` must report that
+    value (or none); any value reported must be one a device may hold (`validation.setting_value_problem`, the
+    rule of an imported setting value), and hold none of `secrets` (`redaction.secrets()`): a value is kept as
+    it is, so it cannot be redacted."""
+    if status not in STATUSES:
+        return f"a result's status is none of {', '.join(STATUSES)}"
+    if value is None:
+        return "a conflict must say the value the device holds" if status == "conflict" else None
+    if not isinstance(value, str):
+        return "a result's value is neither a string nor null"
+    problem = setting_value_problem(value)
+    if problem:
+        return f"the value the settings service reports is not a setting value: it {problem}"
+    if any(secret in value for secret in secrets):
+        return "the value the settings service reports holds a secret of this process (the token it was sent?)"
+    if status == "applied" and value != change.value:
+        return (f"the settings service answered applied, but reports another value than {change.value!r}, the one "
+                "it was asked to set: the device does not count as switched")
+    return None
 
 
 class HttpSettingsService:
@@ -99,7 +130,7 @@ class HttpSettingsService:
         assert a.url is not None
         self.url = a.url
         self.campaign = campaign
-        self._token = token
+        redaction.hold(token)
         self._client = httpx.Client(timeout=httpx.Timeout(a.timeout_seconds), follow_redirects=False,
                                     headers={"Authorization": f"Bearer {token}",
                                              "Content-Type": "application/json",
@@ -128,49 +159,40 @@ class HttpSettingsService:
         except httpx.TimeoutException as exc:
             raise Transient(f"no answer within the timeout ({type(exc).__name__})") from None
         except httpx.TransportError as exc:  # refused, reset, dropped, TLS
-            raise Transient(f"connection failed: {self._clean(str(exc)) or type(exc).__name__}") from None
+            raise Transient(f"connection failed: {redaction.redact(exc, SHOWN) or type(exc).__name__}") from None
         code = response.status_code
+        said = f"HTTP {code} {redaction.redact(response.reason_phrase, SHOWN)}".rstrip()
         if code >= 500 or code in TRANSIENT_4XX:
-            raise Transient(f"HTTP {code} {response.reason_phrase}".rstrip())
+            raise Transient(said)
         if code != 200:
-            text = self._clean(response.text.strip())[:SHOWN]
-            raise Refused(f"HTTP {code} {response.reason_phrase}".rstrip() + (f": {text}" if text else ""))
-        return self._answers(response, changes)
+            text = redaction.redact(response.text, SHOWN)
+            raise Refused(said + (f": {text}" if text else ""))
+        return self._answers(response.content, changes)
 
-    def _answers(self, response: httpx.Response, changes: Sequence[Change]) -> dict[str, Answer]:
+    def _answers(self, body: bytes, changes: Sequence[Change]) -> dict[str, Answer]:
         try:
-            data: Any = response.json()
-        except ValueError:
+            data: Any = json.loads(body)
+        except (ValueError, RecursionError):  # not JSON (or not UTF-8), or nested beyond the parser's depth
             raise Refused("HTTP 200, but the body is not JSON (the contract: {\"results\": [...]})") from None
         results = data.get("results") if isinstance(data, dict) else None
         if not isinstance(results, list):
             raise Refused("HTTP 200, but the body has no \"results\" list")
-        sent = {c.change_id for c in changes}
+        sent = {c.change_id: c for c in changes}
+        secrets = redaction.secrets()
         out: dict[str, Answer] = {}
         for r in results:
             change_id = r.get("change_id") if isinstance(r, dict) else None
-            if change_id not in sent:
-                raise Refused(f"a result for a change this batch does not hold: {self._clean(json.dumps(r))[:SHOWN]}")
+            if not isinstance(change_id, str) or change_id not in sent:
+                raise Refused("a result for a change this batch does not hold: "
+                              f"{redaction.redact(json.dumps(r, ensure_ascii=False), SHOWN)}")
+            if change_id in out:
+                raise Refused(f"two results for change {change_id!r}")
             status, value = r.get("status"), r.get("value")
-            if status not in STATUSES or (value is not None and not isinstance(value, str)) or \
-                    (value is None and status == "conflict") or change_id in out:
-                raise Refused(self._wrong(change_id, status, value, change_id in out))
+            problem = answer_problem(sent[change_id], status, value, secrets)
+            if problem:
+                raise Refused(f"change {change_id!r}: {problem}")
             out[change_id] = Answer(status, value)
         if len(out) < len(sent):
-            missing = sent - out.keys()
+            missing = sent.keys() - out.keys()
             raise Refused(f"no result for {len(missing)} change(s) of the batch (e.g. {min(missing)!r})")
         return out
-
-    @staticmethod
-    def _wrong(change_id: str, status: Any, value: Any, twice: bool) -> str:
-        if twice:
-            return f"two results for change {change_id!r}"
-        if status not in STATUSES:
-            return f"change {change_id!r}: status {status!r} is none of {', '.join(STATUSES)}"
-        if value is None:
-            return f"change {change_id!r}: a conflict must say the value the device holds"
-        return f"change {change_id!r}: value {value!r} is not a string"
-
-    def _clean(self, text: str) -> str:
-        """What the service said, safe to show: one line, and never the token, should it echo it."""
-        return " ".join(text.replace(self._token, "***").split())

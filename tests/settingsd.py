@@ -7,6 +7,12 @@
     svc.script("hang")                  # the next request gets no answer (for `hang_seconds`), nothing applied
     svc.script("apply_then_hang")       # the next request is applied (and its answer kept), then no answer
     svc.script("401")                   # any 4xx: refused with a reason, nothing applied, the key not kept
+    svc.script("503 echo")              # any code, its reason phrase and body echoing the Authorization header
+
+and, served (applied, and the answer kept under its key) but answered as a broken or hostile service would:
+
+    svc.script("status echo")           # each result's status is the Authorization header it got
+    svc.script("value EVIL")            # each `applied` result reports this value, not the one set
 
 It answers as the contract says: a change whose device holds `expect` is applied (`applied`), one whose device
 holds something else is a `conflict` (with what it holds), a device it does not have is `unknown_device`. An
@@ -126,8 +132,10 @@ class SettingsService:
         with self._lock:
             return self._script.popleft() if self._script else "serve"
 
-    def answer(self, key: str, body: dict[str, Any]) -> tuple[bytes, bool]:
-        """The answer for a batch (the kept one for a key seen before) and whether it was a replay."""
+    def answer(self, key: str, body: dict[str, Any], status: str | None = None,
+               value: str | None = None) -> tuple[bytes, bool]:
+        """The answer for a batch (the kept one for a key seen before) and whether it was a replay; `status`: each
+        result's status says this instead; `value`: each `applied` result reports this value."""
         with self._lock:
             if key in self.answers:
                 return self.answers[key], True
@@ -146,7 +154,11 @@ class SettingsService:
                 settings[setting] = change["value"]
                 self.applications[change["change_id"]] += 1
                 self.device_applications[device, operation] += 1
-                results.append({"change_id": change["change_id"], "status": "applied", "value": change["value"]})
+                results.append({"change_id": change["change_id"], "status": "applied",
+                                "value": change["value"] if value is None else value})
+            if status is not None:
+                for r in results:
+                    r["status"] = status
             out = json.dumps({"results": results}).encode()
             self.answers[key] = out
             return out, False
@@ -217,13 +229,26 @@ class _Handler(BaseHTTPRequestHandler):
                 svc.bodies.append(body)
 
         action = svc._next()
+        name, _, arg = action.partition(" ")
         if action == "hang":
             seen("hang")
             self._hang()
             return
-        if action.isdigit():
-            code = int(action)
+        if name.isdigit():
+            code = int(name)
             seen(action)
+            if arg == "echo":  # a careless service: what it got, in its reason phrase and its body
+                got = self.headers.get("Authorization") or ""
+                body = json.dumps({"error": f"scripted {code}", "got": got}).encode()
+                try:
+                    self.send_response(code, f"Scripted {code} for {got}")
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except OSError:
+                    self.close_connection = True
+                return
             self._reply(code, json.dumps({"error": f"scripted {code}"}).encode())
             return
         if not auth_ok:
@@ -234,12 +259,17 @@ class _Handler(BaseHTTPRequestHandler):
             seen("400")
             self._reply(400, b'{"error": "Idempotency-Key is required"}')
             return
-        out, replay = svc.answer(key, body)
+        if name == "status" and arg == "echo":
+            out, replay = svc.answer(key, body, status=self.headers.get("Authorization") or "")
+        elif name == "value":
+            out, replay = svc.answer(key, body, value=arg)
+        else:
+            out, replay = svc.answer(key, body)
         if action == "apply_then_hang":
             seen("apply_then_hang")
             self._hang()
             return
-        seen("200 replay" if replay else "200")
+        seen(("200 replay" if replay else "200") + (f" {action}" if name in ("status", "value") else ""))
         self._reply(200, out)
 
 

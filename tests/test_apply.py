@@ -3,7 +3,9 @@ against a real HTTP settings service on loopback (tests/settingsd.py): every cha
 is sent; a 503, a hang past the timeout and a refused connection are tried again under the same Idempotency-Key;
 a 4xx pauses the flip with its reason until it is run again; a conflict leaves the device and takes the service's
 value into the local copy; a device counts as switched only once the service applied it; `kill -9` in the
-middle of an apply, then a re-run, leaves every device applied exactly once at the service."""
+middle of an apply, then a re-run, leaves every device applied exactly once at the service. And whatever the
+service does: a token it echoes is shown and stored nowhere; an answer outside the contract (an unknown status,
+`applied` with another value, a value no setting may hold) pauses the batch with nothing of it stored."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from sqlalchemy import Engine, text
 from campaign import apply, flip
 from campaign.definition import parse_definition
 from campaign.errors import ConfigError, InputError
+from campaign.validation import setting_value_problem
 from tests.conftest import ROOT, CliRun, table_counts
 from tests.settingsd import TOKEN, SettingsService, settingsd  # noqa: F401  (the fixture)
 from tests.test_flip import FROM, OTHERS, SLUG, TO, accounts_csv, changes, definition, devices_csv, settings
@@ -266,6 +269,83 @@ def test_4xx_pauses_the_flip_with_its_reason_until_run_again(
     assert all(r["state"] == "changed" for r in changes(engine).values())
 
 
+def test_a_service_echoing_the_token_leaks_it_nowhere(
+        run_cli: CliRun, engine: Engine, setup: Callable[..., None], settingsd: SettingsService,  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """G11: a 401 and 503s whose reason phrase (and body) carry the bearer token, a result whose status is the token,
+    a conflict whose value is: neither the CLI's output nor any table nor `status`, `log` or the HTML report holds
+    it."""
+    setup()
+    monkeypatch.setattr(apply.Retry, "delay", lambda self, failed, rnd=None: 0.0)  # the CLI's 8 tries at once
+    env = {"CAMPAIGN_APPLY_TOKEN": TOKEN}
+    said = []
+    settingsd.script("401 echo")
+    refused = run_cli("flip", SLUG, "--before-cutoff", env=env)
+    assert refused.exit_code == 1 and "HTTP 401 Scripted 401 for Bearer ***" in refused.stderr
+    said.append(refused)
+    settingsd.script(*["503 echo"] * apply.Retry().attempts)
+    unavailable = run_cli("flip", SLUG, env=env)
+    assert unavailable.exit_code == 1 and "HTTP 503 Scripted 503 for Bearer ***" in unavailable.stderr
+    said.append(unavailable)
+    settingsd.script("status echo")
+    outside = run_cli("flip", SLUG, env=env)
+    assert outside.exit_code == 1
+    assert "a result's status is none of applied, conflict, unknown_device" in outside.stderr
+    said.append(outside)
+    # A conflict whose value is the token (the service forgot its answer, and took the token for a value).
+    settingsd.answers.clear()
+    settingsd.hold("d00000", SETTING, f"Bearer {TOKEN}")
+    value = run_cli("flip", SLUG, env=env)
+    assert value.exit_code == 1 and "the value the settings service reports holds a secret" in value.stderr
+    said.append(value)
+    assert [r.answered for r in settingsd.requests] == ["401 echo"] + ["503 echo"] * 8 + ["200 status echo", "200"]
+    assert all(r.key == settingsd.requests[0].key for r in settingsd.requests)  # the first batch, each time
+    assert [b["state"] for b in batches(engine)] == ["paused", "waiting", "waiting"]
+    report = tmp_path / "report.html"
+    for args in (("status", SLUG), ("status", SLUG, "--json"), ("log", SLUG), ("log", SLUG, "--json"),
+                 ("report", SLUG, "--format", "html", "--out", str(report)),
+                 ("report", SLUG, "--account", "a00000")):
+        result = run_cli(*args)
+        assert result.exit_code == 0, result.output
+        said.append(result)
+    assert "holds a secret" in said[4].stdout and "Scripted 503 for Bearer ***" in said[6].stdout
+    shown = "".join(r.stdout + r.stderr for r in said) + report.read_text(encoding="utf-8")
+    assert TOKEN not in shown
+    assert TOKEN not in json.dumps(table_counts(engine))  # every column of every table
+
+
+JUNK = "EVIL\r\n" + 300 * "z"
+
+
+@pytest.mark.parametrize("how", ["applied with junk", "applied with another value", "conflict with junk"])
+def test_a_value_outside_the_rule_pauses_the_batch_and_is_stored_nowhere(
+        engine: Engine, setup: Callable[..., None], settingsd: SettingsService, token: str,  # noqa: F811
+        how: str) -> None:
+    """A device counts as switched only when the service holds the value asked for; any value it reports must be
+    one a setting may hold. Otherwise the batch pauses, nothing of it is settled, and the value is not kept."""
+    setup()
+    if how == "applied with junk":
+        settingsd.script("value " + JUNK)
+    elif how == "applied with another value":
+        settingsd.script("value save_all")
+    else:
+        settingsd.hold("d00003", SETTING, JUNK)  # a conflict that reports it
+    result = flip.flip(engine, SLUG, "ops", now=AFTER, retry=FAST, sleep=lambda _s: None)
+    assert result.apply is not None and result.changed == 0 and result.apply["applied"] == 0
+    paused = str(result.apply["paused"])
+    assert "the settings service refused batch" in paused
+    if how == "applied with another value":
+        assert "reports another value than 'dont_save'" in paused and "save_all" not in paused
+    else:
+        assert "is not a setting value" in paused
+    assert [r.answered.split(" ")[0] for r in settingsd.requests] == ["200"]  # not retried: a person must look
+    rows = changes(engine)
+    assert sorted(d for d, r in rows.items() if r["state"] == "applying") == devices()
+    assert all(settings(engine)[d] == (FROM, None) for d in devices())  # nobody counts as switched
+    assert [b["state"] for b in batches(engine)] == ["paused", "waiting", "waiting"]
+    assert "EVIL" not in json.dumps(table_counts(engine)) and "zzzz" not in json.dumps(table_counts(engine))
+
+
 def test_rollback_through_the_service(run_cli: CliRun, engine: Engine, setup: Callable[..., None],
                                       settingsd: SettingsService, write_file: Callable[..., Path]) -> None:  # noqa: F811
     setup()
@@ -427,8 +507,16 @@ def test_answers_outside_the_contract_are_refused(settingsd: SettingsService) ->
             svc.send("k2", "flip", changes_)
         settingsd.answers["k3"] = json.dumps({"results": [{"change_id": "1", "status": "done"},
                                                            {"change_id": "2", "status": "applied"}]}).encode()
-        with pytest.raises(apply.Refused, match="status 'done'"):
+        with pytest.raises(apply.Refused, match=r"change '1': a result's status is none of applied, conflict, "
+                                                r"unknown_device$"):
             svc.send("k3", "flip", changes_)
+        # A change_id that is not a string (a list: unhashable), and a body nested beyond the parser: refused too.
+        settingsd.answers["k5"] = json.dumps({"results": [{"change_id": ["1"], "status": "applied"}]}).encode()
+        with pytest.raises(apply.Refused, match="a result for a change this batch does not hold"):
+            svc.send("k5", "flip", changes_)
+        settingsd.answers["k6"] = b"[" * 200_000 + b"]" * 200_000
+        with pytest.raises(apply.Refused, match="not JSON"):
+            svc.send("k6", "flip", changes_)
         settingsd.script("503")
         with pytest.raises(apply.Transient, match="HTTP 503"):
             svc.send("k4", "flip", changes_)
@@ -438,6 +526,21 @@ def test_answers_outside_the_contract_are_refused(settingsd: SettingsService) ->
         settingsd.script("404")
         with pytest.raises(apply.Refused, match="HTTP 404"):
             svc.send("k4", "flip", changes_)
+
+
+@pytest.mark.parametrize("junk", [JUNK, "a\u2028b", "a\u2029b", "a\x00b", "a\x1bb", "a\x85b", "\ud800", "x" * 129,
+                                  " ", ""])
+def test_a_reported_value_must_be_a_setting_value(settingsd: SettingsService, junk: str) -> None:  # noqa: F811
+    """A conflict's value is kept (the local copy takes it): it must pass the rule of an imported setting value."""
+    assert setting_value_problem(junk) is not None and setting_value_problem("save_all") is None
+    a = parse_definition(_definition(apply_section(settingsd.url))).apply
+    settingsd.hold("d1", SETTING, junk)
+    with apply.HttpSettingsService(a, SLUG, TOKEN) as svc, \
+            pytest.raises(apply.Refused, match="change '1': the value the settings service reports is not a "
+                                               "setting value") as info:
+        svc.send("k1", "flip", [apply.Change("1", "d1", SETTING, FROM, TO)])
+    if junk.strip():
+        assert junk not in str(info.value)
 
 
 def test_retry_policy_backs_off_and_is_capped() -> None:

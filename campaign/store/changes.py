@@ -389,10 +389,12 @@ class Settled:
 def settle(conn: Connection, campaign_id: int, d: Definition, batch: ApplyBatchRow,
            answers: dict[int, tuple[str, str | None]], attempts: int, now: dt.datetime) -> Settled:
     """Write the service's answer for each change of `batch` (change id → (status, the value the device holds
-    now)): `applied` — the change is `changed` (flip) or `rolled_back`, and the local copy takes the value;
-    `conflict` — the change is `left`, with what the device holds there, and the local copy takes that value
-    as the person's own; `unknown_device` — the change is `unknown` (flip) or `left` (rollback). Then the
-    batch is done. Only changes still waiting are written, so a batch settled twice changes nothing more."""
+    now)), as checked against the contract by `campaign.apply` (a known status; a value reported is a setting
+    value, and for `applied` the one asked for): `applied` — the change is `changed` (flip) or `rolled_back`,
+    and the local copy takes the value asked for (`to`, or `from` for a rollback), never another the service
+    names; `conflict` — the change is `left`, with what the device holds there, and the local copy takes that
+    value as the person's own; `unknown_device` — the change is `unknown` (flip) or `left` (rollback). Then
+    the batch is done. Only changes still waiting are written, so a batch settled twice changes nothing more."""
     flip = batch.operation == FLIP_OP
     waiting = APPLYING if flip else UNDOING
     done = Settled()
@@ -409,8 +411,7 @@ def settle(conn: Connection, campaign_id: int, d: Definition, batch: ApplyBatchR
                                                   .returning(SC.c.device_id))]
             done.applied += len(devices)
             if devices:
-                _local_copy(conn, campaign_id, d, devices, value if value is not None else
-                            (d.to_value if flip else d.from_value), now, ours=True)
+                _local_copy(conn, campaign_id, d, devices, d.to_value if flip else d.from_value, now, ours=True)
         elif status == "conflict":
             held = "nothing" if value is None else repr(value)
             note = (f"left: the settings service holds {held}, not {d.from_value!r}: its owner changed it there"
