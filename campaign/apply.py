@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -123,15 +124,18 @@ def answer_problem(change: Change, status: Any, value: Any, secrets: Sequence[st
 
 
 class HttpSettingsService:
-    """The contract over HTTP with httpx: one persistent connection, TLS verified, `timeout_seconds` for each of
-    connecting, sending, waiting for the answer (redirects are not followed: the URL is the endpoint)."""
+    """The contract over HTTP with httpx: one persistent connection, TLS verified (the system's authorities; a
+    private one goes in SSL_CERT_FILE), no proxy but the definition's (none from the environment: the request
+    carries the token), redirects not followed (the URL is the endpoint); `timeout_seconds` for each of
+    connecting, sending, waiting for the answer."""
 
     def __init__(self, a: Apply, campaign: str, token: str) -> None:
         assert a.url is not None
         self.url = a.url
         self.campaign = campaign
         redaction.hold(token)
-        self._client = httpx.Client(timeout=httpx.Timeout(a.timeout_seconds), follow_redirects=False,
+        self._client = httpx.Client(verify=ssl.create_default_context(), proxy=a.proxy, trust_env=False,
+                                    timeout=httpx.Timeout(a.timeout_seconds), follow_redirects=False,
                                     headers={"Authorization": f"Bearer {token}",
                                              "Content-Type": "application/json",
                                              "Accept": "application/json",

@@ -66,6 +66,7 @@ class Apply:
     batch: int = 500
     token_env: str = "CAMPAIGN_APPLY_TOKEN"  # noqa: S105  (the variable's name; the token never comes here)
     timeout_seconds: float = 10.0
+    proxy: str | None = None  # an explicit proxy for an https:// url; never one from the environment
 
     @property
     def http(self) -> bool:
@@ -482,16 +483,16 @@ MAX_APPLY_TIMEOUT = 600.0
 
 
 def _apply(c: _Checker, raw: dict[str, Any]) -> Apply:
-    """`[apply]`: kind, and for `http` the service's URL, batch size, token variable and timeout."""
+    """`[apply]`: kind, and for `http` the service's URL, batch size, token variable, timeout and proxy."""
     a = c.take(raw, "apply", {"kind": str, "url": str, "batch": int, "token_env": str,
-                              "timeout_seconds": (int, float)})
+                              "timeout_seconds": (int, float), "proxy": str})
     kind = a.get("kind", "local")
     if kind not in APPLY_KINDS:
         c.fail("apply", "kind", f"{kind!r} is not a kind: use \"local\" (this database is where the setting "
                                 "lives) or \"http\" (the product's settings service)")
         return Apply()
     if kind == "local":
-        for key in ("url", "batch", "token_env", "timeout_seconds"):
+        for key in ("url", "batch", "token_env", "timeout_seconds", "proxy"):
             if key in a:
                 c.fail("apply", key, "goes with kind = \"http\" (kind is \"local\": this database is where the "
                                      "setting lives)")
@@ -514,7 +515,12 @@ def _apply(c: _Checker, raw: dict[str, Any]) -> Apply:
     timeout = float(a.get("timeout_seconds", Apply.timeout_seconds))
     if not 0 < timeout <= MAX_APPLY_TIMEOUT:
         c.fail("apply", "timeout_seconds", f"must be above 0 and at most {MAX_APPLY_TIMEOUT:g}")
-    return Apply(kind, url, batch, token_env, timeout)
+    proxy = a.get("proxy")
+    if proxy is not None:
+        problem = _apply_proxy_problem(proxy, url)
+        if problem:
+            c.fail("apply", "proxy", problem)
+    return Apply(kind, url, batch, token_env, timeout, proxy)
 
 
 def _apply_url_problem(url: str) -> str | None:
@@ -535,6 +541,29 @@ def _apply_url_problem(url: str) -> str | None:
     if parts.scheme == "http" and not _loopback(parts.hostname):
         return (f"http:// is allowed only to a loopback host (127.0.0.1, ::1, localhost), not {parts.hostname!r}: "
                 "use https://")
+    return None
+
+
+def _apply_proxy_problem(proxy: str, url: str | None) -> str | None:
+    """None when `proxy` is an http:// or https:// proxy URL for an https:// `url`; else what is wrong. Through
+    a proxy the request goes inside TLS (CONNECT), so the proxy never sees the token; a plain http:// url would
+    hand it the token, so it is refused."""
+    if url is not None and not url.lower().startswith("https://"):
+        return (f"goes only with an https:// url (url is {url!r}: through a proxy, plain http:// would hand it "
+                "the bearer token)")
+    if has_crlf(proxy) or any(ch.isspace() for ch in proxy):
+        return "must be a URL without spaces or line breaks"
+    try:
+        parts = urlsplit(proxy)
+        parts.port  # noqa: B018  (raises ValueError on a bad port)
+    except ValueError as exc:
+        return f"{proxy!r} is not a URL: {exc}"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"{proxy!r} must be an http:// or https:// proxy URL such as 'http://proxy.internal:3128'"
+    if parts.username is not None or parts.password is not None:
+        return "must carry no user or password (the definition holds no secret)"
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        return f"{proxy!r} must be the proxy's address alone (scheme, host and port), without a path"
     return None
 
 

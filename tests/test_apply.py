@@ -5,7 +5,8 @@ a 4xx pauses the flip with its reason until it is run again; a conflict leaves t
 value into the local copy; a device counts as switched only once the service applied it; `kill -9` in the
 middle of an apply, then a re-run, leaves every device applied exactly once at the service. And whatever the
 service does: a token it echoes is shown and stored nowhere; an answer outside the contract (an unknown status,
-`applied` with another value, a value no setting may hold) pauses the batch with nothing of it stored."""
+`applied` with another value, a value no setting may hold) pauses the batch with nothing of it stored; no proxy
+from the environment is used."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ import datetime as dt
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -346,6 +349,68 @@ def test_a_value_outside_the_rule_pauses_the_batch_and_is_stored_nowhere(
     assert "EVIL" not in json.dumps(table_counts(engine)) and "zzzz" not in json.dumps(table_counts(engine))
 
 
+class Listener:
+    """A loopback port that records whether anyone connected, and the first bytes each sent (then hangs up):
+    a stand-in proxy."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.sock.settimeout(0.05)  # to see `_done` soon: closing a socket does not end an accept() under way
+        self.received: list[bytes] = []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        while not self._done.is_set():
+            try:
+                conn, _addr = self.sock.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(2)
+                got = b""
+                try:
+                    while b"\r\n\r\n" not in got and len(got) < 65536:
+                        more = conn.recv(65536)
+                        if not more:
+                            break
+                        got += more
+                except OSError:
+                    pass
+                self.received.append(got)
+
+    def __enter__(self) -> Listener:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join(timeout=5)
+        self.sock.close()
+
+
+@pytest.fixture
+def no_proxy_excluded(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def test_proxies_from_the_environment_are_not_used(
+        engine: Engine, setup: Callable[..., None], settingsd: SettingsService, token: str,  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch, no_proxy_excluded: None) -> None:
+    """HTTP_PROXY, HTTPS_PROXY and ALL_PROXY would carry the request, bearer token included, to whoever listens
+    there: the flip goes straight to the service."""
+    setup()
+    with Listener() as proxy:
+        for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+            monkeypatch.setenv(var, proxy.url)
+        result = flip.flip(engine, SLUG, "ops", now=AFTER, retry=FAST, sleep=lambda _s: None)
+    assert proxy.received == []
+    assert result.apply is not None and (result.changed, result.apply["retries"]) == (N, 0)
+    assert [r.answered for r in settingsd.requests] == ["200"] * 3
+
+
 def test_rollback_through_the_service(run_cli: CliRun, engine: Engine, setup: Callable[..., None],
                                       settingsd: SettingsService, write_file: Callable[..., Path]) -> None:  # noqa: F811
     setup()
@@ -458,6 +523,9 @@ def test_apply_section_parses_with_defaults() -> None:
     assert (d.apply.kind, d.apply.url, d.apply.batch, d.apply.token_env, d.apply.timeout_seconds) == (
         "http", "https://settings.internal.example/v1/x", 500, "CAMPAIGN_APPLY_TOKEN", 10.0)
     assert parse_definition(_definition("")).apply.kind == "local"
+    assert d.apply.proxy is None
+    proxied = '\n[apply]\nkind = "http"\nurl = "https://s.example/x"\nproxy = "http://proxy.internal:3128"\n'
+    assert parse_definition(_definition(proxied)).apply.proxy == "http://proxy.internal:3128"
     for url in ("http://127.0.0.1:8080/x", "http://[::1]/x", "http://localhost/x", "http://127.0.0.2/x"):
         assert parse_definition(_definition(f'\n[apply]\nkind = "http"\nurl = "{url}"\n')).apply.url == url
 
@@ -474,6 +542,15 @@ def test_apply_section_parses_with_defaults() -> None:
     ('kind = "http"\nurl = "https://s.example/x"\ntoken = "abc"', "token", "unknown key"),
     ('kind = "carrier-pigeon"', "kind", "is not a kind"),
     ('url = "https://s.example/x"', "url", 'goes with kind = "http"'),
+    ('proxy = "http://proxy.internal:3128"', "proxy", 'goes with kind = "http"'),
+    ('kind = "http"\nurl = "http://127.0.0.1:8080/x"\nproxy = "http://proxy.internal:3128"', "proxy",
+     "goes only with an https:// url"),
+    ('kind = "http"\nurl = "https://s.example/x"\nproxy = "socks5://proxy.internal:1080"', "proxy",
+     "must be an http:// or https:// proxy URL"),
+    ('kind = "http"\nurl = "https://s.example/x"\nproxy = "http://u:pw@proxy.internal:3128"', "proxy",
+     "no user or password"),
+    ('kind = "http"\nurl = "https://s.example/x"\nproxy = "http://proxy.internal:3128/x"', "proxy",
+     "without a path"),
 ])
 def test_apply_section_errors_name_file_and_line(extra: str, key: str, message: str) -> None:
     text_ = _definition("\n[apply]\n" + extra + "\n")
@@ -541,6 +618,18 @@ def test_a_reported_value_must_be_a_setting_value(settingsd: SettingsService, ju
         svc.send("k1", "flip", [apply.Change("1", "d1", SETTING, FROM, TO)])
     if junk.strip():
         assert junk not in str(info.value)
+
+
+def test_the_definitions_proxy_takes_an_https_request_inside_connect() -> None:
+    """`[apply] proxy`: the request goes through it, as a CONNECT tunnel, so the proxy never sees the token."""
+    with Listener() as proxy:
+        a = parse_definition(_definition(apply_section("https://settings.invalid/v1/x", timeout=5,
+                                                       extra=f'proxy = "{proxy.url}"\n'))).apply
+        assert a.proxy == proxy.url
+        with apply.HttpSettingsService(a, SLUG, TOKEN) as svc, pytest.raises(apply.Transient):
+            svc.send("k1", "flip", [apply.Change("1", "d1", SETTING, FROM, TO)])
+    assert len(proxy.received) == 1 and proxy.received[0].startswith(b"CONNECT settings.invalid:443 HTTP/1.1\r\n")
+    assert TOKEN.encode() not in proxy.received[0] and b"Authorization" not in proxy.received[0]
 
 
 def test_retry_policy_backs_off_and_is_capped() -> None:
