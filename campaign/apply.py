@@ -2,12 +2,12 @@
 try, and the retry policy around it.
 
 `HttpSettingsService.send` POSTs one batch and returns the service's answer for each change, or raises
-`Transient` (a 5xx, 408 or 429, a timeout, a refused or dropped connection: the same batch goes again under
-the same Idempotency-Key) or `Refused` (any other answer: a 4xx for the whole batch, or one outside the
-contract; the flip pauses with it). `Retry` says how long to wait between tries. The bearer token is read
-from the environment when the service is opened, sent in one header, and never stored, logged or printed:
-every text the service sends back goes through `redaction.redact` before it is put in a reason, and a value
-it reports is checked as an imported setting value is before it is kept.
+`Transient` (a 5xx, 408 or 429, no whole answer within `timeout_seconds`, a refused or dropped connection: the
+same batch goes again under the same Idempotency-Key) or `Refused` (any other answer: a 4xx for the whole
+batch, or one outside the contract; the flip pauses with it). `Retry` says how long to wait between tries.
+The bearer token is read from the environment when the service is opened, sent in one header, and never
+stored, logged or printed: every text the service sends back goes through `redaction.redact` before it is
+put in a reason, and a value it reports is checked as an imported setting value is before it is kept.
 """
 
 from __future__ import annotations
@@ -16,11 +16,13 @@ import json
 import os
 import random
 import ssl
-from collections.abc import Sequence
+import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol
 
+import httpcore
 import httpx
 
 from campaign import redaction
@@ -31,6 +33,9 @@ from campaign.validation import setting_value_problem
 STATUSES = ("applied", "conflict", "unknown_device")
 TRANSIENT_4XX = (408, 429)  # "request timeout", "too many requests": later, the same batch may well pass
 SHOWN = 300  # characters of a refusal's body quoted in the reason
+MAX_ANSWER_BYTES = 16 * 1024 * 1024  # a 200's body, read at most; a larger one is outside the contract
+REFUSAL_BYTES = 64 * 1024  # of a refusal's body, read at most (its first SHOWN characters are quoted)
+WRITE_CHUNK = 64 * 1024  # a request body goes out in pieces, each given what is left of the deadline
 
 
 @dataclass(frozen=True)
@@ -123,22 +128,89 @@ def answer_problem(change: Change, status: Any, value: Any, secrets: Sequence[st
     return None
 
 
+class _Deadline(httpcore.NetworkBackend):
+    """httpcore's network I/O under one deadline for a whole request: each connect, TLS handshake, write and
+    read waits at most what is left of it. httpx's timeouts bound each operation alone, so a service that drips
+    its answer a byte at a time would hold a request for as long as it likes. (Name resolution is not bounded:
+    it happens inside the socket library.)"""
+
+    def __init__(self, inner: httpcore.NetworkBackend) -> None:
+        self.inner = inner
+        self.at: float | None = None  # time.monotonic() by which the request must be over; None: no deadline
+
+    def left(self, timeout: float | None, late: type[httpcore.TimeoutException]) -> float | None:
+        if self.at is None:
+            return timeout
+        left = self.at - time.monotonic()
+        if left <= 0:
+            raise late("timeout_seconds is over for this request")
+        return left if timeout is None else min(timeout, left)
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
+                    socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
+        return _DeadlineStream(self.inner.connect_tcp(host, port, self.left(timeout, httpcore.ConnectTimeout),
+                                                      local_address, socket_options), self)
+
+    def connect_unix_socket(self, path: str, timeout: float | None = None,
+                            socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
+        return _DeadlineStream(self.inner.connect_unix_socket(path, self.left(timeout, httpcore.ConnectTimeout),
+                                                              socket_options), self)
+
+    def sleep(self, seconds: float) -> None:
+        self.inner.sleep(seconds)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    def __init__(self, inner: httpcore.NetworkStream, deadline: _Deadline) -> None:
+        self.inner, self.deadline = inner, deadline
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self.inner.read(max_bytes, self.deadline.left(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        # In pieces: one write call gives the whole buffer a single timeout, however slowly the peer takes it.
+        for k in range(0, len(buffer), WRITE_CHUNK):
+            self.inner.write(buffer[k:k + WRITE_CHUNK], self.deadline.left(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
+                  timeout: float | None = None) -> httpcore.NetworkStream:
+        return _DeadlineStream(self.inner.start_tls(ssl_context, server_hostname,
+                                                    self.deadline.left(timeout, httpcore.ConnectTimeout)),
+                               self.deadline)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self.inner.get_extra_info(info)
+
+
 class HttpSettingsService:
     """The contract over HTTP with httpx: one persistent connection, TLS verified (the system's authorities; a
     private one goes in SSL_CERT_FILE), no proxy but the definition's (none from the environment: the request
-    carries the token), redirects not followed (the URL is the endpoint); `timeout_seconds` for each of
-    connecting, sending, waiting for the answer."""
+    carries the token), redirects not followed (the URL is the endpoint). `timeout_seconds` bounds each request
+    whole — connecting, sending and the whole answer — and a 200's body is read up to `MAX_ANSWER_BYTES`."""
 
     def __init__(self, a: Apply, campaign: str, token: str) -> None:
         assert a.url is not None
         self.url = a.url
         self.campaign = campaign
+        self.timeout = a.timeout_seconds
         redaction.hold(token)
-        self._client = httpx.Client(verify=ssl.create_default_context(), proxy=a.proxy, trust_env=False,
-                                    timeout=httpx.Timeout(a.timeout_seconds), follow_redirects=False,
+        transport = httpx.HTTPTransport(verify=ssl.create_default_context(), proxy=a.proxy, trust_env=False)
+        # The one way into httpx's I/O: its transport takes no network backend, its connection pool does.
+        pool: Any = getattr(transport, "_pool", None)
+        if pool is None or not isinstance(getattr(pool, "_network_backend", None), httpcore.NetworkBackend):
+            raise RuntimeError("this httpx/httpcore cannot bound a whole request by a deadline: pin httpx to a "
+                               "version with HTTPTransport._pool._network_backend")
+        self._deadline = _Deadline(pool._network_backend)
+        pool._network_backend = self._deadline
+        self._client = httpx.Client(transport=transport, trust_env=False, follow_redirects=False,
+                                    timeout=httpx.Timeout(a.timeout_seconds),
                                     headers={"Authorization": f"Bearer {token}",
                                              "Content-Type": "application/json",
                                              "Accept": "application/json",
+                                             "Accept-Encoding": "identity",
                                              "User-Agent": "campaign"})
 
     def __enter__(self) -> HttpSettingsService:
@@ -156,22 +228,49 @@ class HttpSettingsService:
              "value": c.value} for c in changes]}, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
     def send(self, key: str, operation: str, changes: Sequence[Change]) -> dict[str, Answer]:
-        """One try: POST the batch; the answer for each change by its change_id."""
+        """One try, over within `timeout_seconds` whatever the service does: POST the batch; the answer for each
+        change by its change_id."""
+        self._deadline.at = time.monotonic() + self.timeout
         try:
-            response = self._client.post(self.url, content=self.body(operation, changes),
-                                         headers={"Idempotency-Key": key})
+            with self._client.stream("POST", self.url, content=self.body(operation, changes),
+                                     headers={"Idempotency-Key": key}) as response:
+                code = response.status_code
+                said = f"HTTP {code} {redaction.redact(response.reason_phrase, SHOWN)}".rstrip()
+                if code >= 500 or code in TRANSIENT_4XX:
+                    raise Transient(said)
+                if code != 200:
+                    body, _whole = self._read(response, REFUSAL_BYTES)
+                    text = redaction.redact(body.decode("utf-8", "replace"), SHOWN)
+                    raise Refused(said + (f": {text}" if text else ""))
+                body, whole = self._read(response, MAX_ANSWER_BYTES)
+                if not whole:
+                    raise Refused(f"HTTP 200, but the answer is larger than {MAX_ANSWER_BYTES // 2**20} MiB (the "
+                                  "contract's answer to one batch is far smaller): not read")
         except httpx.TimeoutException as exc:
-            raise Transient(f"no answer within the timeout ({type(exc).__name__})") from None
+            raise Transient(f"no whole answer within timeout_seconds = {self.timeout:g} ({type(exc).__name__})") \
+                from None
         except httpx.TransportError as exc:  # refused, reset, dropped, TLS
             raise Transient(f"connection failed: {redaction.redact(exc, SHOWN) or type(exc).__name__}") from None
-        code = response.status_code
-        said = f"HTTP {code} {redaction.redact(response.reason_phrase, SHOWN)}".rstrip()
-        if code >= 500 or code in TRANSIENT_4XX:
-            raise Transient(said)
-        if code != 200:
-            text = redaction.redact(response.text, SHOWN)
-            raise Refused(said + (f": {text}" if text else ""))
-        return self._answers(response.content, changes)
+        except httpx.DecodingError:
+            raise Refused("HTTP 200, but its body cannot be decoded (Content-Encoding)") from None
+        finally:
+            self._deadline.at = None
+        return self._answers(body, changes)
+
+    def _read(self, response: httpx.Response, cap: int) -> tuple[bytes, bool]:
+        """At most `cap` bytes of the body, and whether that was all of it; a body that says it is longer is not
+        read at all. Each read waits at most what is left of the request's deadline (`_Deadline`)."""
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > cap:
+            return b"", False
+        chunks: list[bytes] = []
+        size = 0
+        for chunk in response.iter_bytes():
+            size += len(chunk)
+            if size > cap:
+                return b"".join(chunks)[:cap], False
+            chunks.append(chunk)
+        return b"".join(chunks), True
 
     def _answers(self, body: bytes, changes: Sequence[Change]) -> dict[str, Answer]:
         try:

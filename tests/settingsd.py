@@ -13,12 +13,17 @@ and, served (applied, and the answer kept under its key) but answered as a broke
 
     svc.script("status echo")           # each result's status is the Authorization header it got
     svc.script("value EVIL")            # each `applied` result reports this value, not the one set
+    svc.script("drip")                  # the whole answer a byte every `drip_seconds`, from its status line
+    svc.script("drip body")             # the head at once, then the body a byte every `drip_seconds`
+    svc.script("huge")                  # a body of `huge_bytes` spaces, Content-Length saying so
+    svc.script("huge chunked")          # the same, chunked, with no length said
 
 It answers as the contract says: a change whose device holds `expect` is applied (`applied`), one whose device
 holds something else is a `conflict` (with what it holds), a device it does not have is `unknown_device`. An
 Idempotency-Key it has answered before gets the same answer again, and nothing is applied twice. It records
 every request (`requests`: key, operation, change ids, what it answered), and counts the applications per
-change_id (`applications`) and per device and operation (`device_applications`).
+change_id (`applications`) and per device and operation (`device_applications`); `written` gets the bytes a
+dripped or huge answer put on the wire once it is over (the client went away, or all was sent).
 
 `python -m tests.settingsd [--port P]` runs one in the foreground (for bench/apply.py); besides the contract's
 endpoint it then answers `POST /_control/hold` (a JSON object {device_id: {setting: value}}), `POST
@@ -30,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import threading
+import time
 from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -61,6 +67,10 @@ class SettingsService:
     def __init__(self, token: str = TOKEN, hang_seconds: float = 30.0) -> None:
         self.token = token
         self.hang_seconds = hang_seconds
+        self.drip_seconds = 1.0  # between two bytes of a dripped answer
+        self.drip_for = 15.0  # seconds a dripped answer goes on at most, then the connection is closed
+        self.huge_bytes = 64 * 1024 * 1024
+        self.written: list[int] = []  # bytes of each dripped or huge answer, once it is over
         self.devices: dict[str, dict[str, str]] = {}
         self.requests: list[Seen] = []
         self.bodies: list[dict[str, Any]] = []
@@ -184,6 +194,51 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:  # the client went away (it timed out)
             self.close_connection = True
 
+    def _write(self, data: bytes) -> bool:
+        try:
+            self.wfile.write(data)
+            return True
+        except OSError:  # the client went away
+            self.close_connection = True
+            return False
+
+    def _drip(self, body: bytes, head_too: bool) -> None:
+        head = (f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+                .encode())
+        svc, written = self.svc, 0
+        if not head_too:
+            if not self._write(head):
+                svc.written.append(written)
+                return
+            written, head = len(head), b""
+        data = head + body
+        until = time.monotonic() + svc.drip_for
+        for i in range(len(data)):
+            if not self._write(data[i:i + 1]):
+                break
+            written += 1
+            if svc._release.wait(svc.drip_seconds) or time.monotonic() > until:
+                break
+        self.close_connection = True
+        svc.written.append(written)
+
+    def _huge(self, chunked: bool) -> None:
+        svc = self.svc
+        size = svc.huge_bytes
+        length = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {size}"
+        written = 0
+        if self._write(f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{length}\r\n\r\n".encode()):
+            piece = b" " * 65536
+            while written < size:
+                part = piece[:size - written]
+                if not self._write(f"{len(part):x}\r\n".encode() + part + b"\r\n" if chunked else part):
+                    break
+                written += len(part)
+            if written == size and chunked:
+                self._write(b"0\r\n\r\n")
+        self.close_connection = True
+        svc.written.append(written)
+
     def _hang(self) -> None:
         self.svc._release.wait(self.svc.hang_seconds)
         self.close_connection = True
@@ -268,6 +323,13 @@ class _Handler(BaseHTTPRequestHandler):
         if action == "apply_then_hang":
             seen("apply_then_hang")
             self._hang()
+            return
+        if name in ("drip", "huge"):
+            seen(action)
+            if name == "drip":
+                self._drip(out, head_too=arg != "body")
+            else:
+                self._huge(chunked=arg == "chunked")
             return
         seen(("200 replay" if replay else "200") + (f" {action}" if name in ("status", "value") else ""))
         self._reply(200, out)

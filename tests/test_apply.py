@@ -6,7 +6,7 @@ value into the local copy; a device counts as switched only once the service app
 middle of an apply, then a re-run, leaves every device applied exactly once at the service. And whatever the
 service does: a token it echoes is shown and stored nowhere; an answer outside the contract (an unknown status,
 `applied` with another value, a value no setting may hold) pauses the batch with nothing of it stored; no proxy
-from the environment is used."""
+from the environment is used; a dripping or endless answer ends within `timeout_seconds` and 16 MiB."""
 
 from __future__ import annotations
 
@@ -349,6 +349,22 @@ def test_a_value_outside_the_rule_pauses_the_batch_and_is_stored_nowhere(
     assert "EVIL" not in json.dumps(table_counts(engine)) and "zzzz" not in json.dumps(table_counts(engine))
 
 
+def test_a_dripping_answer_is_cut_at_timeout_seconds_then_tried_again(
+        engine: Engine, setup: Callable[..., None], settingsd: SettingsService, token: str) -> None:  # noqa: F811
+    """A service that sends its answer a byte a second does not hold the flip: the try ends after timeout_seconds
+    (the whole exchange), and the batch goes again under its key."""
+    setup(timeout=2)
+    settingsd.script("drip")
+    started = time.monotonic()
+    result = flip.flip(engine, SLUG, "ops", now=AFTER, retry=FAST, sleep=lambda _s: None)
+    took = time.monotonic() - started
+    assert result.apply is not None and (result.changed, result.apply["retries"]) == (N, 1)
+    assert 2 <= took < 6, took
+    assert [r.answered for r in settingsd.requests] == ["drip", "200 replay", "200", "200"]
+    assert settingsd.keys()[0] == settingsd.keys()[1]
+    assert sorted(settingsd.applications.values()) == [1] * N
+
+
 class Listener:
     """A loopback port that records whether anyone connected, and the first bytes each sent (then hangs up):
     a stand-in proxy."""
@@ -618,6 +634,34 @@ def test_a_reported_value_must_be_a_setting_value(settingsd: SettingsService, ju
         svc.send("k1", "flip", [apply.Change("1", "d1", SETTING, FROM, TO)])
     if junk.strip():
         assert junk not in str(info.value)
+
+
+@pytest.mark.parametrize("how", ["drip", "drip body"])
+def test_timeout_seconds_bounds_the_whole_exchange(settingsd: SettingsService, how: str) -> None:  # noqa: F811
+    """A byte a second resets no clock: one try ends after timeout_seconds, whether the head or the body drips."""
+    a = parse_definition(_definition(apply_section(settingsd.url, timeout=2))).apply
+    settingsd.script(how)
+    with apply.HttpSettingsService(a, SLUG, TOKEN) as svc:
+        started = time.monotonic()
+        with pytest.raises(apply.Transient, match="no whole answer within timeout_seconds = 2"):
+            svc.send("k1", "flip", [apply.Change("1", "d1", SETTING, FROM, TO)])
+        took = time.monotonic() - started
+    assert 1.9 <= took < 3, took
+
+
+@pytest.mark.parametrize("how", ["huge", "huge chunked"])
+def test_a_huge_answer_is_refused_unread(settingsd: SettingsService, how: str) -> None:  # noqa: F811
+    """A 200 larger than 16 MiB is outside the contract (the batch pauses): refused, without reading it all."""
+    a = parse_definition(_definition(apply_section(settingsd.url))).apply
+    settingsd.script(how)
+    with apply.HttpSettingsService(a, SLUG, TOKEN) as svc, \
+            pytest.raises(apply.Refused, match="HTTP 200, but the answer is larger than 16 MiB"):
+        svc.send("k1", "flip", [apply.Change("1", "d1", SETTING, FROM, TO)])
+    deadline = time.monotonic() + 10
+    while not settingsd.written and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert settingsd.written and settingsd.written[0] < settingsd.huge_bytes  # the service could not send it all
+    assert apply.MAX_ANSWER_BYTES == 16 * 2**20
 
 
 def test_the_definitions_proxy_takes_an_https_request_inside_connect() -> None:
