@@ -368,8 +368,8 @@ def story_text(s: dict[str, Any]) -> str:
     if not s["events"]:
         out.append("  none")
     for e in s["events"]:
-        out.append(escape_controls(f"  {_when(e['at'], zone)}  {_who(e)}  {e['action']}  "
-                                   f"{summarize(e['detail'])}".rstrip()))
+        out.append(escape_controls(f"  {_when(e['at'], zone)}  {e['actor']}  {e['action']}  "
+                                   f"{summarize(e['detail'])}".rstrip() + _process(e)))
     return "\n".join(out)
 
 
@@ -418,9 +418,9 @@ def _event(e: audit.Event, slug: str | None) -> dict[str, Any]:
             "campaign": slug, "detail": e.detail}
 
 
-def _who(e: dict[str, Any]) -> str:
-    """The actor as a log line shows it: with the process's login and host when the login is someone else."""
-    return f"{e['actor']} ({e['login']}@{e['host']})" if e.get("login") else e["actor"]
+def _process(e: dict[str, Any]) -> str:
+    """The end of a log line: the process's login and host, when its login is not the declared actor."""
+    return f"  ({e['login']}@{e['host']})" if e.get("login") else ""
 
 
 def log(conn: Connection, slug: str, since: dt.datetime | None = None,
@@ -457,9 +457,9 @@ def log_text(events: list[dict[str, Any]]) -> str:
     if not events:
         return "no audit events"
     # Every field escaped: a name or a relay's text holding a line break must not forge a line of the log.
-    return "\n".join(escape_controls(f"{e['at']}  {_who(e):<10} {e['action']:<18}"
+    return "\n".join(escape_controls(f"{e['at']}  {e['actor']:<10} {e['action']:<18}"
                                      f"{'' if e['campaign'] else ' (all campaigns)'} "
-                                     f"{summarize(e['detail'])}".rstrip()) for e in events)
+                                     f"{summarize(e['detail'])}".rstrip() + _process(e)) for e in events)
 
 
 # -- the HTML report's data ------------------------------------------------------------------------------
