@@ -338,7 +338,7 @@ class _Import:
                     value = raw[j].strip()
                     if not value:
                         row.append(None)  # an empty cell leaves the setting as it is
-                    elif len(value) > MAX_SETTING_VALUE or unprintable_in(value):
+                    elif len(value) > MAX_SETTING_VALUE or not value.isprintable():
                         errs = (errs or []) + [f"{keys[j]}: {setting_value_problem(value)}"]
                     else:
                         row.append(value)

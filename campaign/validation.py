@@ -36,14 +36,20 @@ def unprintable(value: str) -> str | None:
 
 def setting_value_problem(value: object) -> str | None:
     """Why `value` cannot be a setting's value — the rule for an imported value and for one a settings
-    service reports alike: a string, one printable line, not empty, at most 128 characters — or None."""
+    service reports alike: a string of printable characters only (`str.isprintable`: no control or format
+    character, no line break), not empty, no white space around it, at most 128 characters — or None."""
     if not isinstance(value, str):
         return f"must be a string, not {type(value).__name__}"
     if not value.strip():
         return "must not be empty"
-    problem = unprintable(value)
-    if problem:
-        return f"must be one printable line ({problem})"
+    if not value.isprintable():  # a machine's value: no control, format (U+202E, U+200B …) or odd space
+        problem = unprintable(value)
+        if problem:
+            return f"must be one printable line ({problem})"
+        ch = next(c for c in value if not c.isprintable())
+        return f"must be one printable line (contains U+{ord(ch):04X}, which is not printed)"
+    if value != value.strip():
+        return "must not begin or end with white space"
     if len(value) > MAX_SETTING_VALUE:
         return f"must be at most {MAX_SETTING_VALUE} characters (found {len(value)})"
     return None

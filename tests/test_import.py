@@ -379,3 +379,18 @@ def test_jsonl_nested_deep_is_a_clear_error(run_cli: CliRun, engine: Engine, wri
 
 GOOD_JSONL = json.dumps({"account_id": "j1", "email": "j1@example.com", "name": "J", "locale": "de-AT",
                          "timezone": "Europe/Vienna", "country": "AT"}) + "\n"
+
+
+@pytest.mark.parametrize("char", ["\u202e", "\u200b", "\u00a0", "\ufeff"], ids=["RLO", "ZWSP", "NBSP", "BOM"])
+def test_a_setting_value_is_printable_characters_only(run_cli: CliRun, engine: Engine,
+                                                     write_file: Callable[..., Path], char: str) -> None:
+    """A setting's value is a machine's word: no format character (a right-to-left override, a zero-width
+    space) and no odd space, which a name may hold (a joiner in an emoji, a no-break space)."""
+    assert run_cli("import", "accounts", str(write_file("ok.csv", GOOD))).exit_code == 0
+    path = write_file("d.csv", "device_id,account_id,name,model,voice_recordings\n"
+                               f"d1,a1,Kü{char}che,Echo Show 10,do_not{char}send\n")
+    result = run_cli("import", "devices", str(path))
+    assert result.exit_code == 2, result.output
+    assert f"{path}:2: voice_recordings: must be one printable line (contains U+{ord(char):04X}" in result.stderr
+    assert "name:" not in result.stderr  # the name may hold it
+    assert rows(engine, "SELECT COUNT(*) FROM device") == [(0,)]
