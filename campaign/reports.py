@@ -138,14 +138,31 @@ def csv_header(wave_names: list[str]) -> list[str]:
             *evidence.DEVICE_COLUMNS]
 
 
+# A spreadsheet takes a cell that begins with one of these for a formula (OWASP, "CSV Injection"), also after
+# blanks (an import may trim them). A cell that begins with an apostrophe gets one more, so that every cell of
+# the report that starts with one had it put there: dropping it gives the value back.
+FORMULA_START = frozenset("=+-@")
+QUOTED_START = FORMULA_START | frozenset("\t\r'")
+
+
+def csv_cell(value: str | None) -> str | None:
+    """A cell as a spreadsheet must read it: as text. One whose text could start a formula (`=`, `+`, `-`, `@`,
+    a tab or a carriage return first, or `=`, `+`, `-`, `@` after blanks) or that starts with an apostrophe
+    gets a leading apostrophe; the rest, times and states among them, are written as they are."""
+    if value and (value[0] in QUOTED_START or (value[0].isspace() and value.lstrip()[:1] in FORMULA_START)):
+        return "'" + value
+    return value
+
+
 def _write_csv(out: TextIO, rows: Iterator[Any], wave_names: list[str], written: Written) -> None:
     writer = csv.writer(out)
     writer.writerow(csv_header(wave_names))
     write = writer.writerow
+    cell = csv_cell
     last: str | None = None
     accounts = count = 0
     for r in rows:  # the store gives each row as it is written: text, in column order
-        write(r)
+        write([cell(v) for v in r])
         count += 1
         if r[0] != last:
             accounts += 1

@@ -309,3 +309,63 @@ def test_report_streams_in_account_order_with_a_small_batch(story: Engine) -> No
         waves = list(conn.execute(select(WAVE.c.id).order_by(WAVE.c.position)).scalars())
         ids = [r[0] for r in evidence.account_rows(conn, cid, waves, "held", "waiting", yield_per=2)]
     assert ids == sorted(ids) and len(ids) == 7
+
+
+# Text a spreadsheet would run as a formula (OWASP "CSV Injection"), in every kind of cell that comes from data.
+FORMULA_ACCOUNTS = """account_id,email,name,locale,timezone,country
+=1+2,=cmd@example.com,Eq,en-US,America/New_York,US
++3-4,+x@example.com,Plus,en-US,America/New_York,US
+-5+6,-y@example.com,Minus,en-US,America/New_York,US
+@SUM(7),'q@example.com,At,en-US,America/New_York,US
+'quoted,plain@example.com,Apostrophe,en-US,America/New_York,US
+"""
+FORMULA_DEVICES = """device_id,account_id,name,model,voice_recordings
+=d1,=1+2,Kitchen,Echo Show 10,do_not_send
++d2,+3-4,Kitchen,Echo Show 10,do_not_send
+-d3,-5+6,Kitchen,Echo Show 10,do_not_send
+@d4,@SUM(7),Kitchen,Echo Show 10,do_not_send
+'d5,'quoted,Kitchen,Echo Show 10,do_not_send
+"""
+# A relay's reply is not checked at all: a tab, a carriage return, blanks before the formula.
+FORMULA_ERRORS = {"=1+2": "\t=1+1", "+3-4": "\r=2+2", "-5+6": "  =HYPERLINK(\"http://x\")", "@SUM(7)": "@x",
+                  "'quoted": "-1"}
+
+
+def test_csv_cells_that_could_start_a_formula_get_an_apostrophe(run_cli: CliRun, engine: Engine,
+                                                                 write_file: Callable[..., Path],
+                                                                 tmp_path: Path) -> None:
+    assert run_cli("import", "accounts", str(write_file("a.csv", FORMULA_ACCOUNTS))).exit_code == 0
+    assert run_cli("import", "devices", str(write_file("d.csv", FORMULA_DEVICES))).exit_code == 0
+    assert run_cli("create", str(definition(tmp_path))).exit_code == 0
+    deliver(engine, [(a, "notice", "bounced", EARLY, error) for a, error in FORMULA_ERRORS.items()])
+    flip.flip(engine, SLUG, "ops", now=AFTER)  # every device held back (no delivered notice): a change row each
+
+    result = run_cli("report", SLUG, "--format", "csv")
+    assert result.exit_code == 0, result.output
+    rows = rows_of(result.output)
+    quoted = {"=1+2": "=cmd@example.com", "+3-4": "+x@example.com", "-5+6": "-y@example.com",
+              "@SUM(7)": "'q@example.com", "'quoted": "plain@example.com"}
+    devices = {"=1+2": "=d1", "+3-4": "+d2", "-5+6": "-d3", "@SUM(7)": "@d4", "'quoted": "'d5"}
+    assert sorted(r["account_id"] for r in rows) == sorted(f"'{a}" for a in quoted)
+    for r in rows:
+        account = r["account_id"][1:]
+        email = quoted[account]
+        assert r["email"] == (f"'{email}" if email[0] in "=+-'" else email)
+        assert r["device_id"] == f"'{devices[account]}"
+        assert r["notice_error"] == f"'{FORMULA_ERRORS[account]}"
+        # what is not text from data is written as it is: states, times, the campaign's own words
+        assert (r["notice_state"], r["notice_at"], r["change"]) == ("bounced", iso(EARLY), "held_back")
+        assert (r["locale"], r["held_back"], r["held_back_why"]) == ("en-US", "true", "no delivered notice")
+    # No cell of the file starts a formula, whatever a spreadsheet trims first.
+    cells = [c for line in csv.reader(io.StringIO(result.output)) for c in line]
+    assert [c for c in cells if c and (c[0] in "=+-@\t\r" or c.lstrip()[:1] in ("=", "+", "-", "@"))] == []
+    # Every apostrophe first was put there: dropping it gives the value back (the `'quoted` account).
+    assert "''quoted" in cells and "''q@example.com" in cells and "''d5" in cells
+
+    # JSON Lines keeps the values as they are.
+    lines = [json.loads(line) for line in run_cli("report", SLUG, "--format", "jsonl").output.splitlines()]
+    assert sorted(x["account_id"] for x in lines) == sorted(quoted)
+    for x in lines:
+        assert x["email"] == quoted[x["account_id"]]
+        assert [d["device_id"] for d in x["devices"]] == [devices[x["account_id"]]]
+        assert x["waves"]["notice"]["error"] == FORMULA_ERRORS[x["account_id"]]
