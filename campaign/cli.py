@@ -642,7 +642,7 @@ def report_cmd(app: App, slug: str, fmt: str, out: Path | None, account_id: str 
     if as_json:
         raise click.UsageError("--json goes with --account or --email (the report's formats: --format)")
     written = reports.report(app.engine(), slug, fmt, out, sys.stdout)
-    if out is not None:
+    if written.path is not None:  # not when --out led to stdout (/dev/stdout): the report is all it gets
         what = f"{written.accounts} accounts" if fmt != "html" else "the HTML report"
         click.echo(f"{slug}: {what} written to {out}")
 

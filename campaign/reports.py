@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
-import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import Connection, Engine
 
-from campaign import approval, campaigns, db
+from campaign import approval, campaigns, db, outfiles
 from campaign.addresses import normalize as normalize_address
 from campaign.errors import NotFound, UsageError
 from campaign.models import (
@@ -192,11 +191,15 @@ def _write_jsonl(out: TextIO, rows: Iterator[Any], wave_names: list[str], writte
     written.accounts = written.rows = accounts
 
 
+def _check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown report format {fmt!r} (expected {', '.join(FORMATS)})")
+
+
 def write_report(conn: Connection, slug: str, fmt: str, out: TextIO, now: dt.datetime | None = None) -> Written:
     """Write the campaign's report in `fmt` to `out`. CSV and JSON Lines stream every account of the campaign
     (a ledger row or a change row) in account order; HTML is one self-contained page."""
-    if fmt not in FORMATS:
-        raise UsageError(f"unknown report format {fmt!r} (expected {', '.join(FORMATS)})")
+    _check_format(fmt)
     c = campaigns.get(conn, slug)
     written = Written(slug, fmt)
     if fmt == "html":
@@ -215,18 +218,18 @@ def write_report(conn: Connection, slug: str, fmt: str, out: TextIO, now: dt.dat
 
 
 def report(engine: Engine, slug: str, fmt: str, out: Path | None, stdout: TextIO) -> Written:
-    """`campaign report SLUG --format F [--out FILE]`: to FILE (written whole or not at all: a partial file
-    is renamed into place only at the end), else to `stdout`."""
+    """`campaign report SLUG --format F [--out FILE]`: to FILE, else to `stdout` (also when FILE leads to it:
+    `--out /dev/stdout`). A regular file is written whole or not at all; a FIFO or a character device is written
+    through; a link, a directory and the rest are refused (`campaign.outfiles`)."""
+    if out is not None and outfiles.same_file(out, stdout):
+        out = None
     with db.read(engine) as conn:
         if out is None:
             return write_report(conn, slug, fmt, stdout)
-        partial = out.with_name(out.name + ".partial")
-        try:
-            with partial.open("w", encoding="utf-8", newline="") as f:
-                written = write_report(conn, slug, fmt, f)
-            os.replace(partial, out)
-        finally:
-            partial.unlink(missing_ok=True)
+        _check_format(fmt)  # an unknown format or campaign is said as such before a FIFO is waited for
+        campaigns.get(conn, slug)
+        with outfiles.text(out) as f:
+            written = write_report(conn, slug, fmt, f)
     written.path = str(out)
     return written
 
