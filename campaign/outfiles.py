@@ -1,4 +1,5 @@
-"""Files written where the user says (`report --out FILE`), without touching anything else on the way.
+"""Files written where the user says (`report --out FILE`, `preview --out DIR`), without touching anything
+else on the way.
 
 A regular file (or a name with nothing at it) is replaced whole at the end: written into a new file beside
 it, created exclusively under an unpredictable name (never through a link planted there), renamed over it
@@ -16,7 +17,7 @@ import io
 import os
 import secrets
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any, TextIO, cast
@@ -104,6 +105,13 @@ def _open_parent(path: Path, shown: str) -> int:
         raise UsageError(f"{shown}: no directory {parent}") from None
     except NotADirectoryError:
         raise UsageError(f"{shown}: {parent} is not a directory") from None
+    except OSError as exc:
+        raise _cannot(shown, exc) from None
+
+
+def _stat_or_refuse(path: Path, shown: str) -> os.stat_result:
+    try:
+        return os.lstat(path)
     except OSError as exc:
         raise _cannot(shown, exc) from None
 
@@ -213,3 +221,51 @@ def text(path: Path) -> Iterator[TextIO]:
     """`path` opened to write UTF-8 text, newlines as written (see the module's docstring for what it may be)."""
     with _opened(path, binary=False) as f:
         yield cast(TextIO, f)
+
+
+class Directory:
+    """A directory to write regular files into, opened once: each file replaced whole (as `text` does), none
+    written through a link, a FIFO or a device found at its name."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.shown = str(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.mkdir(path)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise _cannot(self.shown, exc) from None
+        st = _stat_or_refuse(path, self.shown)
+        if stat.S_ISLNK(st.st_mode):
+            raise UsageError(f"{self.shown} is a symbolic link: campaign does not write through links; name the "
+                             "directory itself")
+        if not stat.S_ISDIR(st.st_mode):
+            raise UsageError(f"{self.shown} is {_what(st.st_mode)}, not a directory")
+        try:
+            self.fd = os.open(path, _DIR_FLAGS | os.O_NOFOLLOW)
+        except OSError as exc:
+            raise _cannot(self.shown, exc) from None
+
+    def __enter__(self) -> Directory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)
+
+    def check(self, names: Iterable[str]) -> None:
+        """Refuse, before anything is written, if one of `names` is there and not a regular file."""
+        for name in names:
+            st = _lstat(name, self.fd)
+            if st is not None and not stat.S_ISREG(st.st_mode):
+                raise UsageError(f"{self.path / name} is {_what(st.st_mode)}: only regular files are written into "
+                                 f"{self.shown} (links are not followed); remove it or name another directory")
+
+    def write(self, name: str, data: bytes) -> Path:
+        """`data` as the file `name` of the directory, replaced whole."""
+        shown = str(self.path / name)
+        self.check([name])
+        with _replacing(self.fd, name, shown, binary=True) as f:
+            f.write(data)
+        return self.path / name

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from sqlalchemy import Connection, Engine
 
-from campaign import db
+from campaign import db, outfiles
 from campaign.addresses import normalize as normalize_address
 from campaign.config import Config
 from campaign.definition import Definition, WaveDef
@@ -145,13 +145,14 @@ def render_all(conn: Connection, d: Definition, renderer: Renderer, wave: WaveDe
 
 
 def write_gallery(items: list[Sample], out: Path, d: Definition) -> Path:
-    """Per wave × locale an .eml and an .html, and an index.html that shows them all."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Per wave × locale an .eml and an .html, and an index.html that shows them all: each a regular file
+    replaced whole, none written through a link or into whatever else is at its name (`campaign.outfiles`)."""
+    files: dict[str, bytes] = {}
     rows = []
     for s in items:
         stem = f"{s.wave}.{s.locale}"
-        (out / f"{stem}.eml").write_bytes(s.message)
-        (out / f"{stem}.html").write_text(s.rendered.html, encoding="utf-8")
+        files[f"{stem}.eml"] = s.message
+        files[f"{stem}.html"] = s.rendered.html.encode("utf-8")
         who = (f"{s.recipients} recipient{'s' if s.recipients != 1 else ''}" if s.recipients
                else "no recipient (stand-in account)")
         rows.append(
@@ -161,8 +162,7 @@ def write_gallery(items: list[Sample], out: Path, d: Definition) -> Path:
             f'<p><a href="{html.escape(stem)}.html">HTML</a> · <a href="{html.escape(stem)}.eml">.eml</a></p>\n'
             f'<div class="pair"><iframe title="HTML of {html.escape(stem)}" src="{html.escape(stem)}.html">'
             f'</iframe>\n<pre>{html.escape(s.rendered.text)}</pre></div>\n</section>')
-    index = out / "index.html"
-    index.write_text(
+    files["index.html"] = (
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
         f"<title>Preview: {html.escape(d.name)}</title>\n<style>\n"
         "body{font-family:system-ui,sans-serif;margin:24px;color:#111827;background:#f9fafb}\n"
@@ -174,8 +174,12 @@ def write_gallery(items: list[Sample], out: Path, d: Definition) -> Path:
         f"<h1>{html.escape(d.name)}</h1>\n<p>Campaign <code>{html.escape(d.slug)}</code>, cutoff "
         f"{html.escape(d.cutoff.isoformat())}. Generated {html.escape(dt.datetime.now(dt.UTC).isoformat())}. "
         "Each wave × locale of the audience, rendered for a real account of that locale.</p>\n"
-        + "\n".join(rows) + "\n</body>\n</html>\n", encoding="utf-8")
-    return index
+        + "\n".join(rows) + "\n</body>\n</html>\n").encode("utf-8")
+    with outfiles.Directory(out) as directory:
+        directory.check(files)  # nothing written when one of them cannot be
+        for name, data in files.items():
+            directory.write(name, data)
+    return out / "index.html"
 
 
 @dataclass(frozen=True)

@@ -244,3 +244,38 @@ def test_dev_stdout_is_the_commands_own_output(run_cli: CliRun, campaign: Engine
         done = run("/dev/stdout", f)
     assert done.returncode == 0, done.stderr
     assert saved.read_bytes().decode("utf-8") == want
+
+
+def test_the_gallery_writes_regular_files_only(run_cli: CliRun, campaign: Engine, out_dir: Path,
+                                               tmp_path: Path) -> None:
+    gallery = out_dir / "gallery"
+    result = run_cli("preview", SLUG, "--out", str(gallery))
+    assert result.exit_code == 0, result.output
+    names = sorted(os.listdir(gallery))
+    assert "index.html" in names and "notice.en-US.eml" in names and not [n for n in names if n.startswith(".")]
+    # Again, over itself: each file replaced.
+    assert run_cli("preview", SLUG, "--out", str(gallery)).exit_code == 0
+    assert sorted(os.listdir(gallery)) == names
+
+    # A link planted at one of its names: refused before anything is written, the link's target untouched.
+    victim = tmp_path / "victim.txt"
+    victim.write_text(PRECIOUS, encoding="utf-8")
+    fresh = out_dir / "fresh"
+    fresh.mkdir()
+    (fresh / "notice.en-US.eml").symlink_to(victim)
+    refused(run_cli("preview", SLUG, "--out", str(fresh)), fresh / "notice.en-US.eml", "symbolic link")
+    assert victim.read_text(encoding="utf-8") == PRECIOUS
+    assert os.listdir(fresh) == ["notice.en-US.eml"] and (fresh / "notice.en-US.eml").is_symlink()
+    # A directory at one of its names: the same.
+    (fresh / "notice.en-US.eml").unlink()
+    (fresh / "index.html").mkdir()
+    refused(run_cli("preview", SLUG, "--out", str(fresh)), fresh / "index.html", "directory")
+    assert os.listdir(fresh) == ["index.html"]
+
+    # The directory itself a link (planted where the gallery was to go): refused, nothing written behind it.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    linked = out_dir / "linked"
+    linked.symlink_to(elsewhere)
+    refused(run_cli("preview", SLUG, "--out", str(linked)), linked, "symbolic link")
+    assert os.listdir(elsewhere) == []
