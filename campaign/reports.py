@@ -157,11 +157,16 @@ def _write_csv(out: TextIO, rows: Iterator[Any], wave_names: list[str], written:
     writer = csv.writer(out)
     writer.writerow(csv_header(wave_names))
     write = writer.writerow
-    cell = csv_cell
+    cell, quoted = csv_cell, QUOTED_START
     last: str | None = None
     accounts = count = 0
     for r in rows:  # the store gives each row as it is written: text, in column order
-        write([cell(v) for v in r])
+        for v in r:  # most rows have no cell csv_cell would change: a look at first characters says so
+            if v and (v[0] in quoted or v[0].isspace()):
+                write([cell(v) for v in r])
+                break
+        else:
+            write(r)
         count += 1
         if r[0] != last:
             accounts += 1
