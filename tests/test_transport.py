@@ -12,8 +12,10 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import aiosmtplib
 import pytest
 
+from campaign import transport as transport_module
 from campaign.config import Config
 from campaign.errors import CampaignError, ConfigError
 from campaign.transport import (
@@ -652,3 +654,29 @@ def test_a_send_that_ends_after_the_transport_closed_leaves_no_connection_open(s
     while smtpd.active and time.monotonic() < deadline:
         time.sleep(0.01)
     assert smtpd.active == 0
+
+
+def test_the_private_names_the_fast_path_reaches_are_there(smtpd: SmtpServer) -> None:
+    """The transport reaches inside aiosmtplib (pyproject pins it to the range tested): its protocol's command
+    lock, loop, buffer and reply parser, the client's EHLO helper, and a protocol whose class can be swapped.
+    A release that renames one fails here, loudly, instead of in a send."""
+    import inspect
+
+    from aiosmtplib.protocol import SMTPProtocol
+
+    assert callable(getattr(aiosmtplib.SMTP, "_ehlo_or_helo_if_needed", None))
+    assert inspect.iscoroutinefunction(aiosmtplib.SMTP._ehlo_or_helo_if_needed)
+    assert callable(getattr(SMTPProtocol, "_read_response_from_buffer", None))
+
+    async def connected() -> tuple[type, object, object, object]:
+        client = transport_module._Client(hostname="127.0.0.1", port=smtpd.port, start_tls=False)
+        await client.connect()
+        try:
+            p = client.protocol
+            return type(p), getattr(p, "_command_lock", None), getattr(p, "_loop", None), getattr(p, "_buffer", None)
+        finally:
+            await client.quit()
+
+    kind, lock, loop, buffer = asyncio.run(connected())
+    assert kind is transport_module._Protocol  # the swap took
+    assert lock is not None and loop is not None and isinstance(buffer, bytearray)
