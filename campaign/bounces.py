@@ -14,8 +14,11 @@ Each message is read (`campaign.returned`), then matched to its delivery: by the
   guess a Message-ID can write one) takes the notice back but suppresses nothing: it is listed as `unsigned`.
 
 Every message taken in is kept (`bounce` table) under its own Message-ID (or its digest), so taking in the same
-mail again changes nothing. Messages are read in chunks; each chunk is one transaction with its audit event
-(`--dry-run`: one transaction for all, rolled back). The parsing happens outside the transaction.
+mail again changes nothing. Messages are read in chunks, bounded by count and by bytes; each chunk is one
+transaction with its audit event (`--dry-run`: one transaction for all, rolled back). Each message is parsed as
+it is read, outside the transaction, and only what it says is kept. What cannot be read safely is listed,
+never read: in a Maildir anything that is not a regular file (a symlink is not followed, a FIFO not waited on),
+and any message above `MAX_MESSAGE_BYTES`.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import imaplib
 import os
 import re
 import ssl
+import stat
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
@@ -45,18 +49,24 @@ from campaign.store import bounces as store
 from campaign.store import suppressions as suppression_rows
 from campaign.transport import is_loopback
 
-CHUNK = 500  # messages per transaction
+MiB = 1024 * 1024
+CHUNK = 500  # messages per transaction, at most
+CHUNK_BYTES = 32 * MiB  # and the bytes they were read from, at most (a chunk ends with the message that passes it)
+MAX_MESSAGE_BYTES = 10 * MiB  # a returned message larger than this is listed as too large, never read whole
+MBOX_PIECE = 64 * 1024  # an mbox is read a line at a time, a long line in pieces of this size
 LISTED = 1000  # messages listed by origin in a result; the counts are always whole
 PASSWORD_ENV = "CAMPAIGN_IMAP_PASSWORD"  # noqa: S105  (the variable's name, not a password)
 PROCESSED = "Processed"
 IMAP_TIMEOUT = 30.0
 IMAP_FETCH = 100  # messages per IMAP FETCH
 
-# outcomes
+# outcomes: of a message taken in, then of what was found and not read (listed, never kept)
 APPLIED, RECORDED, UNSIGNED, UNMATCHED, FORGED, IGNORED = (
     "applied", "recorded", "unsigned", "unmatched", "forged", "ignored")
-OUTCOMES = (APPLIED, RECORDED, UNSIGNED, UNMATCHED, FORGED, IGNORED)
-LISTED_OUTCOMES = (UNSIGNED, UNMATCHED, FORGED, IGNORED)
+NOT_A_FILE, TOO_LARGE = "not_a_file", "too_large"
+OUTCOMES = (APPLIED, RECORDED, UNSIGNED, UNMATCHED, FORGED, IGNORED, NOT_A_FILE, TOO_LARGE)
+LISTED_OUTCOMES = (UNSIGNED, UNMATCHED, FORGED, IGNORED, NOT_A_FILE, TOO_LARGE)
+
 
 
 @dataclass(frozen=True)
@@ -68,13 +78,26 @@ class Message:
     uid: str | None = None
 
 
+@dataclass(frozen=True)
+class Unread:
+    """Something found where messages are and not read: not a regular file, or too large. Listed, not kept."""
+
+    origin: str
+    outcome: str  # NOT_A_FILE | TOO_LARGE
+    why: str
+
+
+Found = Message | Unread
+
+
+
 @dataclass
 class ImportResult:
     """What an import or fetch did (or, under `dry_run`, would do)."""
 
     source: str
     dry_run: bool
-    messages: int = 0  # read from the source
+    messages: int = 0  # found in the source (read, or listed as not_a_file or too_large)
     new: int = 0  # taken in now
     already: int = 0  # taken in before (or twice in this source): nothing changes
     kinds: dict[str, int] = field(default_factory=lambda: dict.fromkeys(returned.KINDS, 0))
@@ -104,18 +127,21 @@ class ImportResult:
 
 # -- reading a Maildir or an mbox -----------------------------------------------------------------------
 
-def read_path(path: Path) -> Iterator[Message]:
-    """The messages of a Maildir folder (new/ and cur/) or of an mbox file, in order."""
+def read_path(path: Path) -> Iterator[Found]:
+    """The messages of a Maildir folder (new/ and cur/) or of an mbox file, in order; what is not read listed
+    (`Unread`)."""
     if path.is_dir():
         if not (path / "cur").is_dir() and not (path / "new").is_dir():
             raise UsageError(f"{path}: not a Maildir (it has no cur/ or new/ folder), nor an mbox file")
         return _maildir(path)
     if not path.exists():
         raise UsageError(f"{path}: no such file or folder (give a Maildir folder or an mbox file)")
+    if not path.is_file():  # a FIFO would wait for a writer, a device never ends
+        raise UsageError(f"{path}: not a regular file (give a Maildir folder or an mbox file)")
     return _mbox(path)
 
 
-def _maildir(path: Path) -> Iterator[Message]:
+def _maildir(path: Path) -> Iterator[Found]:
     for sub in ("new", "cur"):
         folder = path / sub
         if not folder.is_dir():
@@ -123,35 +149,106 @@ def _maildir(path: Path) -> Iterator[Message]:
         for name in sorted(os.listdir(folder)):
             if name.startswith("."):
                 continue
-            file = folder / name
-            with contextlib.suppress(FileNotFoundError):  # moved away meanwhile by a mail reader
-                yield Message(str(file), file.read_bytes())
+            found = _read_file(folder / name)
+            if found is not None:
+                yield found
+
+
+def _kind_of(mode: int) -> str:
+    for test, what in ((stat.S_ISLNK, "a symbolic link: not followed"), (stat.S_ISDIR, "a folder"),
+                       (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"),
+                       (stat.S_ISBLK, "a device")):
+        if test(mode):
+            return what
+    return "not a regular file"
+
+
+def _too_large(size: int | str) -> str:
+    return f"larger than {MAX_MESSAGE_BYTES // MiB} MiB ({size} bytes): not read"
+
+
+def _read_file(file: Path) -> Found | None:
+    """One file of a Maildir, read only if it is a regular file (never through a symlink, never waiting on a
+    FIFO) of at most MAX_MESSAGE_BYTES; None when it went away meanwhile (a mail reader moved it)."""
+    origin = str(file)
+    try:
+        st = os.lstat(file)
+        if not stat.S_ISREG(st.st_mode):
+            return Unread(origin, NOT_A_FILE, _kind_of(st.st_mode))
+        if st.st_size > MAX_MESSAGE_BYTES:
+            return Unread(origin, TOO_LARGE, _too_large(st.st_size))
+        # O_NOFOLLOW, O_NONBLOCK: what was swapped in since the lstat is not followed, and does not hang the open
+        fd = os.open(file, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return Unread(origin, NOT_A_FILE, f"cannot be opened ({exc.strerror or exc}): not read")
+    with open(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            return Unread(origin, NOT_A_FILE, _kind_of(st.st_mode))
+        want = min(st.st_size, MAX_MESSAGE_BYTES) + 1
+        raw = f.read(want)
+        if len(raw) == want and want <= MAX_MESSAGE_BYTES:  # it grew since: read on, up to the cap
+            raw += f.read(MAX_MESSAGE_BYTES + 1 - want)
+    if len(raw) > MAX_MESSAGE_BYTES:
+        return Unread(origin, TOO_LARGE, _too_large(f"over {MAX_MESSAGE_BYTES}"))
+    return Message(origin, raw)
 
 
 _FROM_QUOTED = re.compile(rb"^>+From ")
 
 
-def _mbox(path: Path) -> Iterator[Message]:
+def _mbox(path: Path) -> Iterator[Found]:
     """An mbox: each message starts with a `From ` line at the start of the file or after an empty line
-    (`>From ` lines are unquoted once, as mboxrd writes them). Origins are PATH:LINE of the `From ` line."""
+    (`>From ` lines are unquoted once, as mboxrd writes them). Origins are PATH:LINE of the `From ` line. Read
+    a line at a time, a long line in pieces; a message is kept in memory only up to MAX_MESSAGE_BYTES (a
+    larger one is passed over to its end and listed as too large)."""
     with path.open("rb") as f:
-        first = f.readline()
+        first = f.readline(MBOX_PIECE)
         if not first:
             return
         if not first.startswith(b"From "):
             raise InputError(str(path), [Problem(1, "not an mbox: its first line should start with 'From ' "
                                                     "(or give a Maildir folder)")])
         start, n, blank = 1, 1, False
-        lines: list[bytes] = []
-        for line in f:
-            n += 1
-            if blank and line.startswith(b"From "):
-                yield Message(f"{path}:{start}", b"".join(lines[:-1]))
-                start, lines, blank = n, [], False
+        in_from = not first.endswith(b"\n")  # the rest of a long `From ` line is no part of the message
+        line_start = not in_from
+        pieces: list[bytes] = []
+        size = 0
+        for piece in iter(lambda: f.readline(MBOX_PIECE), b""):
+            if in_from:
+                in_from = not piece.endswith(b"\n")
+                line_start = not in_from
                 continue
-            lines.append(line[1:] if _FROM_QUOTED.match(line) else line)
-            blank = line in (b"\n", b"\r\n")
-        yield Message(f"{path}:{start}", b"".join(lines))
+            if line_start:
+                n += 1
+                if blank and piece.startswith(b"From "):
+                    yield _mbox_message(path, start, pieces[:-1], size)
+                    start, pieces, size, blank = n, [], 0, False
+                    in_from = not piece.endswith(b"\n")
+                    line_start = not in_from
+                    continue
+                blank = piece in (b"\n", b"\r\n")
+                if _FROM_QUOTED.match(piece):
+                    piece = piece[1:]
+            else:
+                blank = False  # the rest of a long line
+            line_start = piece.endswith(b"\n")
+            size += len(piece)
+            if size <= MAX_MESSAGE_BYTES + 2:  # (+ the empty line before the next `From `, no part of it)
+                pieces.append(piece)
+            else:
+                pieces.clear()  # too large: nothing of it is kept
+        yield _mbox_message(path, start, pieces, size)
+
+
+def _mbox_message(path: Path, start: int, pieces: list[bytes], size: int) -> Found:
+    origin = f"{path}:{start}"
+    raw = b"".join(pieces)
+    if size > MAX_MESSAGE_BYTES + 2 or len(raw) > MAX_MESSAGE_BYTES:
+        return Unread(origin, TOO_LARGE, _too_large(size))
+    return Message(origin, raw)
 
 
 # -- taking messages in ------------------------------------------------------------------------------------
@@ -186,10 +283,19 @@ class _Campaigns:
 Tx = Callable[[], AbstractContextManager[db.Tx]]
 
 
-def take_in(engine: Engine, messages: Iterable[Message], actor: str, source: str, dry_run: bool = False,
+@dataclass(frozen=True)
+class _Read:
+    """A message read and parsed: where it lies (its bytes are let go at once) and what it says."""
+
+    message: Message
+    report: returned.Report
+
+
+def take_in(engine: Engine, found: Iterable[Found], actor: str, source: str, dry_run: bool = False,
             after_chunk: Callable[[list[Message]], int] | None = None) -> ImportResult:
-    """Take in `messages` chunk by chunk; `after_chunk` (not under a dry run) runs once a chunk is committed —
-    the IMAP fetch moves the chunk's messages away there — and returns how many it moved."""
+    """Take in what was `found` chunk by chunk (what was not read is counted and listed); `after_chunk` (not
+    under a dry run) runs once a chunk is committed — the IMAP fetch moves the chunk's messages away there —
+    and returns how many it moved."""
     result = ImportResult(source, dry_run)
     keys, campaigns = _Keys(), _Campaigns()
     with contextlib.ExitStack() as stack:
@@ -203,17 +309,31 @@ def take_in(engine: Engine, messages: Iterable[Message], actor: str, source: str
         else:
             def chunk_tx() -> AbstractContextManager[db.Tx]:
                 return db.transaction(engine, actor, "bounces.import")
-        chunk: list[Message] = []
-        for message in messages:
-            chunk.append(message)
-            if len(chunk) >= CHUNK:
+        chunk: list[_Read] = []
+        size = 0
+        for item in found:
+            if isinstance(item, Unread):
+                _unread(item, result)
+                continue
+            # Parsed as it is read, outside any transaction; only what it says is kept, not its bytes.
+            chunk.append(_Read(Message(item.origin, b"", item.uid), returned.read(item.raw)))
+            size += len(item.raw)
+            if len(chunk) >= CHUNK or size >= CHUNK_BYTES:
                 _chunk(chunk_tx, chunk, actor, source, keys, campaigns, result, after_chunk, dry_run)
-                chunk = []
+                chunk, size = [], 0
         if chunk:
             _chunk(chunk_tx, chunk, actor, source, keys, campaigns, result, after_chunk, dry_run)
         if dry_run:
             tx_all.note(**_note(result))
     return result
+
+
+def _unread(item: Unread, result: ImportResult) -> None:
+    result.messages += 1
+    result.outcomes[item.outcome] += 1
+    if len(result.listed) < LISTED:
+        result.listed.append({"origin": item.origin, "kind": None, "outcome": item.outcome,
+                              "why": item.why, "status": None, "recipient": None})
 
 
 def _note(r: ImportResult) -> dict[str, Any]:
@@ -222,18 +342,17 @@ def _note(r: ImportResult) -> dict[str, Any]:
             "bounced": r.bounced, "failed": r.failed, "suppressed": r.suppressed}
 
 
-def _chunk(chunk_tx: Tx, chunk: list[Message], actor: str, source: str, keys: _Keys, campaigns: _Campaigns,
+def _chunk(chunk_tx: Tx, chunk: list[_Read], actor: str, source: str, keys: _Keys, campaigns: _Campaigns,
            result: ImportResult, after_chunk: Callable[[list[Message]], int] | None, dry_run: bool) -> None:
-    reports = [returned.read(m.raw) for m in chunk]  # outside the transaction: parsing is the slow part
     part = ImportResult(source, dry_run, messages=len(chunk))
     with chunk_tx() as tx:
-        _apply(tx.conn, list(zip(chunk, reports, strict=True)), actor, keys, campaigns, part)
+        _apply(tx.conn, chunk, actor, keys, campaigns, part)
         if not dry_run:
             tx.note(**_note(part))
             if not part.new:
                 tx.action = None  # mail taken in before: nothing changes, not even the audit log
     if after_chunk is not None and not dry_run and chunk:
-        part.moved = after_chunk(chunk)
+        part.moved = after_chunk([r.message for r in chunk])
     result.add(part)
 
 
@@ -288,17 +407,17 @@ class _Match:
     why: str = ""
 
 
-def _apply(conn: Connection, items: list[tuple[Message, returned.Report]], actor: str, keys: _Keys,
-           campaigns: _Campaigns, out: ImportResult) -> None:
+def _apply(conn: Connection, items: list[_Read], actor: str, keys: _Keys, campaigns: _Campaigns,
+           out: ImportResult) -> None:
     store.take_turn(conn)
-    seen = store.known(conn, [r.key for _, r in items])
+    seen = store.known(conn, [i.report.key for i in items])
     todo: list[_Match] = []
-    for message, report in items:
-        if report.key in seen:
+    for item in items:
+        if item.report.key in seen:
             out.already += 1
             continue
-        seen.add(report.key)
-        todo.append(_reference(message, report, keys))
+        seen.add(item.report.key)
+        todo.append(_reference(item.message, item.report, keys))
     found = store.deliveries(conn, [m.ref for m in todo if m.ref is not None])
     campaigns.load(conn, [row.campaign_id for rows in found.values() for row in rows])
     now = db.utcnow()

@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,7 +24,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, text
 
-from campaign import flip, verp
+from campaign import bounces, flip, verp
 from campaign.definition import parse_definition
 from campaign.errors import InputError
 from campaign.store.bounces import IMPORT_LOCK
@@ -212,7 +213,7 @@ def check_taken_in(engine: Engine, result: dict[str, Any], run_cli: CliRun) -> N
     assert result["messages"] == 12 and result["new"] == 12 and result["already"] == 0
     assert result["kinds"] == EXPECTED_KINDS
     assert result["outcomes"] == {"applied": 8, "recorded": 1, "unsigned": 0, "unmatched": 1, "forged": 1,
-                                  "ignored": 1}
+                                  "ignored": 1, "not_a_file": 0, "too_large": 0}
     assert (result["bounced"], result["failed"], result["suppressed"]) == (6, 1, 7)
     assert result["campaigns"] == {SLUG: {"bounced": 6, "failed": 1, "suppressed": 7}}
     listed = {r["outcome"]: r for r in result["listed"]}
@@ -442,6 +443,119 @@ def test_a_token_needs_the_key_to_be_read(run_cli: CliRun, engine: Engine, smtpd
     result = run_cli("bounces", "import", str(box), env={"CAMPAIGN_BOUNCE_KEY": ""})
     assert result.exit_code == 2 and "CAMPAIGN_BOUNCE_KEY is empty" in result.output
     assert table_counts(engine) == before
+
+
+# -- what cannot be read safely -------------------------------------------------------------------------------
+
+MiB = 1024 * 1024
+
+
+def import_process(db_url: str, env: Env, path: Path, memory_limit: int | None = None,
+                   timeout: float = 120) -> tuple[int, str, str, int]:
+    """`campaign bounces import PATH --json` in a process of its own (its memory measured alone, and a hang or
+    a runaway cannot take the tests with it): (exit code, stdout, stderr, peak resident memory in bytes). With
+    `memory_limit` its address space is capped (a read without end fails instead of taking the machine).
+
+    The peak is the process's own VmHWM, read as it ends: its ru_maxrss would include the resident memory of
+    this test process, which it was forked from (Linux keeps the larger of the two across exec)."""
+    environ = {**os.environ, **env, "CAMPAIGN_DATABASE_URL": db_url, "CAMPAIGN_ACTOR": "tester",
+               "CAMPAIGN_TEMPLATES": str(ROOT / "templates")}
+    cap = "" if memory_limit is None else \
+        f"import resource; resource.setrlimit(resource.RLIMIT_AS, ({memory_limit}, {memory_limit}))\n"
+    peak_path = path.parent / f"{path.name}.peak"
+    code = cap + textwrap.dedent("""\
+        import re, runpy, sys
+        path, peak = sys.argv[1:]
+        sys.argv = ["campaign", "bounces", "import", path, "--json"]
+        try:
+            runpy.run_module("campaign", run_name="__main__")
+        finally:
+            with open("/proc/self/status") as status, open(peak, "w") as out:
+                out.write(re.search(r"VmHWM:\\s+(\\d+) kB", status.read()).group(1))
+        """)
+    proc = subprocess.run([sys.executable, "-c", code, str(path), str(peak_path)], env=environ,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+    peak = int(peak_path.read_text()) * 1024 if peak_path.exists() else 0
+    return proc.returncode, proc.stdout, proc.stderr, peak
+
+
+def test_what_is_not_a_regular_file_is_listed_not_read(db_url: str, engine: Engine, run_cli: CliRun, env: Env,
+                                                       smtpd: SmtpServer, campaign: Callable[..., None],
+                                                       tmp_path: Path) -> None:
+    """In a Maildir's new/: a symlink to /dev/zero (read, it never ends), a FIFO (opened, it waits for a writer
+    forever), a folder (read, it fails), a symlink to a genuine bounce elsewhere (a link is never followed):
+    each is listed as not a file and not read; the genuine bounce beside them is taken in."""
+    campaign()
+    sent = send(run_cli, env, smtpd)
+    box = maildir(tmp_path / "Maildir", [bm.postfix(sent["user0@example.com"])])
+    outside = tmp_path / "elsewhere.eml"
+    outside.write_bytes(bm.postfix(sent["user1@example.com"]))
+    new = box / "new"
+    (new / "1.zero").symlink_to("/dev/zero")
+    os.mkfifo(new / "2.fifo")
+    (new / "3.folder").mkdir()
+    (new / "4.link").symlink_to(outside)
+    code, out, err, _ = import_process(db_url, env, box, memory_limit=1024 * MiB, timeout=60)
+    assert code == 0 and "Traceback" not in err, err
+    result = json.loads(out)
+    assert (result["messages"], result["new"], result["outcomes"]["not_a_file"]) == (5, 1, 4)
+    why = {Path(r["origin"]).name: r["why"] for r in result["listed"] if r["outcome"] == "not_a_file"}
+    assert why == {"1.zero": "a symbolic link: not followed", "2.fifo": "a FIFO", "3.folder": "a folder",
+                   "4.link": "a symbolic link: not followed"}
+    assert states(engine)["user0@example.com"] == "bounced" and states(engine)["user1@example.com"] == "sent"
+    text_ = run_cli("bounces", "import", str(box), env=env).output
+    assert "not acted on: 4 not_a_file" in text_ and f"{new / '2.fifo'}  not_a_file: a FIFO" in text_
+
+
+def test_a_large_message_is_listed_and_memory_stays_bounded(db_url: str, engine: Engine, run_cli: CliRun,
+                                                            env: Env, smtpd: SmtpServer,
+                                                            campaign: Callable[..., None], tmp_path: Path) -> None:
+    """A 50 MB returned message (a relay that returns the whole of a large message, or someone filling the
+    bounce box) is listed as too large and never read whole: the import of a Maildir, or an mbox, holding it
+    peaks under 200 MiB of memory (it took 520 MB). A message just under the cap is taken in, within the same
+    bound, and so is the one after it."""
+    campaign()
+    sent = send(run_cli, env, smtpd)
+    huge = bm.postfix(bm.padded(sent["user0@example.com"], 50 * MiB))
+    large = bm.postfix(bm.padded(sent["user1@example.com"], 9 * MiB))
+    assert len(huge) > 50 * MiB and 9 * MiB < len(large) < 10 * MiB
+    box = maildir(tmp_path / "Maildir", [huge, large, bm.exim(sent["user2@example.com"])])
+    code, out, err, peak = import_process(db_url, env, box)
+    assert code == 0, err
+    result = json.loads(out)
+    assert (result["messages"], result["new"], result["outcomes"]["too_large"]) == (3, 2, 1)
+    (listed,) = result["listed"]
+    assert listed["outcome"] == "too_large" and listed["why"].startswith("larger than 10 MiB")
+    assert 0 < peak < 200 * MiB, f"peak {peak / MiB:.0f} MiB"
+    assert [states(engine)[f"user{i}@example.com"] for i in range(3)] == ["sent", "bounced", "bounced"]
+
+    mbox_path = tmp_path / "returned.mbox"
+    mb = mailbox.mbox(mbox_path)
+    for raw in (huge, bm.qmail(sent["user3@example.com"])):
+        mb.add(raw)
+    mb.close()
+    del huge, large, mb
+    code, out, err, peak = import_process(db_url, env, mbox_path)
+    assert code == 0, err
+    result = json.loads(out)
+    assert (result["messages"], result["new"], result["outcomes"]["too_large"]) == (2, 1, 1)
+    assert result["listed"][0]["origin"] == f"{mbox_path}:1" and result["listed"][0]["outcome"] == "too_large"
+    assert 0 < peak < 200 * MiB, f"peak {peak / MiB:.0f} MiB"
+    assert states(engine)["user3@example.com"] == "bounced"
+
+
+def test_a_chunk_is_bounded_by_bytes(run_cli: CliRun, engine: Engine, smtpd: SmtpServer, env: Env,
+                                     campaign: Callable[..., None], tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chunk (one transaction) ends when its messages' bytes reach CHUNK_BYTES, not only after CHUNK
+    messages: here each message is a chunk of its own, one audit event each."""
+    campaign()
+    sent = send(run_cli, env, smtpd)
+    monkeypatch.setattr(bounces, "CHUNK_BYTES", 1)
+    box = maildir(tmp_path / "Maildir", [bm.postfix(sent[f"user{i}@example.com"]) for i in range(3)])
+    assert import_json(run_cli, env, box)["new"] == 3
+    assert rows(engine, "SELECT count(*) FROM audit_event WHERE action = 'bounces.import' AND campaign_id IS NULL") \
+        == [(3,)]
 
 
 # -- IMAP (Dovecot) ---------------------------------------------------------------------------------------
