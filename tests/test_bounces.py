@@ -30,7 +30,16 @@ from campaign.errors import InputError
 from campaign.store.bounces import IMPORT_LOCK
 from tests import bounce_mail as bm
 from tests.conftest import ROOT, CliRun, table_counts
-from tests.imapd import PASSWORD, ImapServer, imapd  # noqa: F401  (the fixture)
+from tests.imapd import (  # noqa: F401  (fake_imap, imapd: the fixtures)
+    PASSWORD,
+    FakeImap,
+    ImapServer,
+    Script,
+    dripping,
+    fake_imap,
+    imapd,
+    silent,
+)
 from tests.smtpd import SmtpServer
 
 SLUG = "voice-local-processing"
@@ -649,3 +658,59 @@ def test_the_scheduler_polls_the_mailbox(run_cli: CliRun, engine: Engine, env: E
     assert filled.count("INBOX") == 0 and filled.count("Processed") == 12
     assert len(rows(engine, "SELECT id FROM bounce")) == 12
     assert states(engine)["user0@example.com"] == "bounced"
+
+
+def test_fetch_refuses_control_characters_in_what_it_sends(run_cli: CliRun, engine: Engine, env: Env,
+                                                           filled: ImapServer) -> None:
+    """A user name (or a folder, or a password) with CR/LF would end the IMAP command and start another of the
+    URL's choosing (`a1 LOGOUT`, or worse): refused before connecting, exit 2, the password never shown."""
+    before = table_counts(engine)
+    port = filled.imap_port
+    cases = {
+        f"imap://bounces%0D%0Aa1%20LOGOUT@127.0.0.1:{port}/INBOX": "the IMAP user name 'bounces\\r\\na1 LOGOUT'",
+        f"imap://bounces%00@127.0.0.1:{port}/INBOX": "holds a control character",
+        f"imap://bounces@127.0.0.1:{port}/IN%1BBOX": "use a plain ASCII folder name",
+    }
+    for url, message in cases.items():
+        result = run_cli("bounces", "fetch", url, env=env)
+        assert result.exit_code == 2 and message in result.output, (url, result.output)
+    leaky = f"{PASSWORD}\r\na2 DELETE INBOX"
+    result = run_cli("bounces", "fetch", filled.url(), env={**env, "CAMPAIGN_IMAP_PASSWORD": leaky})
+    assert result.exit_code == 2 and "CAMPAIGN_IMAP_PASSWORD holds a control character" in result.output
+    assert PASSWORD not in result.output
+    result = run_cli("bounces", "fetch", filled.url(), "--move-to", "Done\r\na3 LOGOUT", env=env)
+    assert result.exit_code == 2 and "--move-to" in result.output
+    assert table_counts(engine) == before and filled.count("INBOX") == 12
+
+
+@pytest.mark.parametrize("script", [silent, dripping], ids=["silent", "dripping"])
+def test_fetch_ends_when_the_server_stalls(run_cli: CliRun, engine: Engine, env: Env, script: Script,
+                                           fake_imap: Callable[[Script], FakeImap],  # noqa: F811
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that takes the connection and says nothing, or drips its greeting a byte at a time (each read
+    gets a byte in time: only a deadline on the whole answer ends it), cannot hold `bounces fetch` (nor the
+    scheduler that runs it): a clear error, exit 1, within the time allowed."""
+    monkeypatch.setattr(bounces, "IMAP_TIMEOUT", 1.0)
+    monkeypatch.setattr(bounces, "IMAP_EXCHANGE", 2.0)
+    server = fake_imap(script)
+    started = time.monotonic()
+    result = run_cli("bounces", "fetch", server.url(), env=env)
+    took = time.monotonic() - started
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"IMAP server 127.0.0.1:{server.port} did not answer in time" in result.output
+    assert took < 6, took
+
+
+def test_fetch_leaves_a_message_too_large_in_the_folder(run_cli: CliRun, engine: Engine, env: Env,
+                                                        filled: ImapServer, smtpd: SmtpServer) -> None:
+    """A message above the cap (as the server announces its size) is listed as too large, never fetched, and
+    left in the folder; the others are taken in and moved."""
+    last = next(iter(send(run_cli, env, smtpd, wave="reminder").values()))
+    filled.append([bm.postfix(bm.padded(last, 11 * MiB))])
+    result = run_cli("bounces", "fetch", filled.url(), "--json", env=env)
+    assert result.exit_code == 0, result.output
+    got = json.loads(result.stdout)
+    assert (got["messages"], got["new"], got["moved"], got["outcomes"]["too_large"]) == (13, 12, 12, 1)
+    (large,) = [r for r in got["listed"] if r["outcome"] == "too_large"]
+    assert large["why"].startswith("larger than 10 MiB") and large["why"].endswith("left in the folder")
+    assert filled.count("INBOX") == 1 and filled.count("Processed") == 12
