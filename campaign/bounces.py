@@ -10,21 +10,28 @@ Each message is read (`campaign.returned`), then matched to its delivery: by the
 - a complaint (ARF) suppresses the address; the delivery stays `sent` (the person got it);
 - a delay (4.x.x) and any other report are recorded only;
 - a token whose signature does not verify is ignored (forged), and so is what matches no delivery: both are
-  counted and listed. When the campaign signs its return path, a match by Message-ID alone (anyone who can
-  guess a Message-ID can write one) takes the notice back but suppresses nothing: it is listed as `unsigned`.
+  counted and listed. When the campaign signs its return path, a match by a Message-ID that anyone can work
+  out (one sent before Message-IDs were keyed) takes the notice back but suppresses nothing: it is listed as
+  `unsigned`.
+
+A campaign that signs its return path also keys its Message-IDs (`campaign.mime.unique_part`): a match by such a
+Message-ID, verified with the key, proves as much as a token; one made with a key this process does not hold
+is judged forged, like a token that does not verify.
 
 Every message taken in is kept (`bounce` table) under its own Message-ID (or its digest), so taking in the same
-mail again changes nothing. Messages are read in chunks, bounded by count and by bytes; each chunk is one
-transaction with its audit event (`--dry-run`: one transaction for all, rolled back). Each message is parsed as
-it is read, outside the transaction, and only what it says is kept. What cannot be read safely is listed,
-never read: in a Maildir anything that is not a regular file (a symlink is not followed, a FIFO not waited on),
-and any message above `MAX_MESSAGE_BYTES`.
+mail again changes nothing — except mail judged forged, which is judged again each time it is met (a wrong or
+missing key must not lose a bounce: with the right key it takes effect then). Messages are read in chunks,
+bounded by count and by bytes; each chunk is one transaction with its audit event (`--dry-run`: one
+transaction for all, rolled back). Each message is parsed as it is read, outside the transaction, and only
+what it says is kept. What cannot be read safely is listed, never read: in a Maildir anything that is not a
+regular file (a symlink is not followed, a FIFO not waited on), and any message above `MAX_MESSAGE_BYTES`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hmac
 import imaplib
 import io
 import os
@@ -41,7 +48,7 @@ from urllib.parse import unquote, urlsplit
 
 from sqlalchemy import Connection, Engine
 
-from campaign import db, returned, verp
+from campaign import db, mime, returned, verp
 from campaign.addresses import normalize as normalize_address
 from campaign.definition import parse_definition
 from campaign.errors import CampaignError, ConfigError, InputError, Problem, UsageError
@@ -105,6 +112,7 @@ class ImportResult:
     messages: int = 0  # found in the source (read, or listed as not_a_file or too_large)
     new: int = 0  # taken in now
     already: int = 0  # taken in before (or twice in this source): nothing changes
+    judged_again: int = 0  # of `new`: judged forged before, judged otherwise now (the right key at last)
     kinds: dict[str, int] = field(default_factory=lambda: dict.fromkeys(returned.KINDS, 0))
     outcomes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OUTCOMES, 0))
     bounced: int = 0  # deliveries made `bounced`
@@ -118,7 +126,7 @@ class ImportResult:
         return dict(self.__dict__)
 
     def add(self, other: ImportResult) -> None:
-        for key in ("messages", "new", "already", "bounced", "failed", "suppressed", "moved"):
+        for key in ("messages", "new", "already", "judged_again", "bounced", "failed", "suppressed", "moved"):
             setattr(self, key, getattr(self, key) + getattr(other, key))
         for mine, theirs in ((self.kinds, other.kinds), (self.outcomes, other.outcomes)):
             for k, v in theirs.items():
@@ -259,30 +267,33 @@ def _mbox_message(path: Path, start: int, pieces: list[bytes], size: int) -> Fou
 # -- taking messages in ------------------------------------------------------------------------------------
 
 class _Keys:
-    """The bounce keys, read from the environment when the first token needs them."""
+    """The bounce keys, read from the environment when the first token or keyed Message-ID needs them."""
 
     def __init__(self) -> None:
         self._keys: tuple[bytes, ...] | None = None
 
     def get(self) -> tuple[bytes, ...]:
         if self._keys is None:
-            self._keys = verp.keys("returned mail carries signed return path tokens, and verifying them needs "
-                                   "the key they were signed with; what was taken in so far stays, and importing "
-                                   "again changes nothing for it")
+            self._keys = verp.keys("returned mail names its delivery by a signed return path token or a keyed "
+                                   "Message-ID, and verifying either needs the key it was made with; what was "
+                                   "taken in so far stays, and importing again changes nothing for it")
         return self._keys
 
 
 @dataclass
 class _Campaigns:
-    """Slug and whether it signs its return path, per campaign id, read once per import."""
+    """Slug, whether it signs its return path and its waves' names, per campaign, read once per import."""
 
     slugs: dict[int, str] = field(default_factory=dict)
     signs: dict[int, bool] = field(default_factory=dict)
+    waves: dict[int, str] = field(default_factory=dict)  # wave id → name
 
     def load(self, conn: Connection, ids: Iterable[int]) -> None:
-        for cid, (slug, text, source) in store.definitions(conn, [i for i in ids if i not in self.slugs]).items():
+        new = [i for i in set(ids) if i not in self.slugs]
+        for cid, (slug, text, source) in store.definitions(conn, new).items():
             self.slugs[cid] = slug
             self.signs[cid] = parse_definition(text, source).return_path is not None
+        self.waves.update(store.wave_names(conn, new))
 
 
 Tx = Callable[[], AbstractContextManager[db.Tx]]
@@ -343,6 +354,7 @@ def _unread(item: Unread, result: ImportResult) -> None:
 
 def _note(r: ImportResult) -> dict[str, Any]:
     return {"source": r.source, "messages": r.messages, "new": r.new, "already": r.already,
+            "judged_again": r.judged_again,
             "kinds": {k: v for k, v in r.kinds.items() if v}, "outcomes": {k: v for k, v in r.outcomes.items() if v},
             "bounced": r.bounced, "failed": r.failed, "suppressed": r.suppressed}
 
@@ -410,30 +422,36 @@ class _Match:
     message_id: str | None = None  # matched by Message-ID: the one it must equal
     outcome: str | None = None  # decided before matching: forged, unmatched, ignored
     why: str = ""
+    proven: bool = False  # matched by a Message-ID made with a bounce key held: as good as a token
+    forged_before: int | None = None  # the id of its row when it was taken in before and judged forged
 
 
 def _apply(conn: Connection, items: list[_Read], actor: str, keys: _Keys, campaigns: _Campaigns,
            out: ImportResult) -> None:
     store.take_turn(conn)
-    seen = store.known(conn, [i.report.key for i in items])
+    before = store.known(conn, [i.report.key for i in items])
+    taken: set[str] = set()
     todo: list[_Match] = []
     for item in items:
-        if item.report.key in seen:
+        key = item.report.key
+        was = before.get(key)
+        if key in taken or (was is not None and was[1] != FORGED):
             out.already += 1
             continue
-        seen.add(item.report.key)
-        todo.append(_reference(item.message, item.report, keys))
-    found = store.deliveries(conn, [m.ref for m in todo if m.ref is not None])
+        taken.add(key)
+        m = _reference(item.message, item.report, keys)
+        m.forged_before = was[0] if was is not None else None  # judged again: the key may be the right one now
+        todo.append(m)
+    found = store.deliveries(conn, [m.ref for m in todo if m.ref is not None and m.outcome is None])
     campaigns.load(conn, [row.campaign_id for rows in found.values() for row in rows])
     now = db.utcnow()
     writes = _Writes(actor, now, suppression_rows.suppressed(
         conn, [row.email for rows in found.values() for row in rows if row.email]))
     rows: list[dict[str, Any]] = []
+    again: list[dict[str, Any]] = []
     per_campaign: dict[int, dict[str, int]] = {}
     for m in todo:
         r = m.report
-        out.new += 1
-        out.kinds[r.kind] += 1
         delivery = None
         if m.outcome is None:
             candidates = found.get(m.ref or "", [])
@@ -445,27 +463,41 @@ def _apply(conn: Connection, items: list[_Read], actor: str, keys: _Keys, campai
                 m.outcome = UNMATCHED
                 m.why = ("matches no delivery" if not candidates else
                          f"matches {len(candidates)} deliveries: none is guessed") + \
-                    (" (by its return path token)" if m.via == "token" else f" (Message-ID {m.message_id})")
+                    (" (by its return path token)" if m.message_id is None else
+                     f" (Message-ID {m.message_id})")
+        if delivery is not None and m.via == "message_id":
+            _prove(m, delivery, campaigns, keys)
+            if m.outcome == FORGED:
+                delivery = None
+        if m.forged_before is not None and m.outcome == FORGED:
+            out.already += 1  # judged forged again: nothing changes
+            continue
+        out.new += 1
+        out.judged_again += m.forged_before is not None
+        out.kinds[r.kind] += 1
         if delivery is not None:
             counts = per_campaign.setdefault(delivery.campaign_id, {"bounced": 0, "failed": 0, "suppressed": 0})
             _effect(writes, m, delivery, campaigns.signs.get(delivery.campaign_id, False), out, counts)
         outcome = m.outcome or RECORDED
         out.outcomes[outcome] += 1
+        origin = m.message.origin[:1024]
         if outcome in LISTED_OUTCOMES and len(out.listed) < LISTED:
-            out.listed.append({"origin": m.message.origin, "kind": r.kind, "outcome": outcome, "why": m.why,
+            out.listed.append({"origin": origin, "kind": r.kind, "outcome": outcome, "why": m.why,
                                "status": r.status, "recipient": r.recipient})
-        rows.append({"key": r.key, "kind": r.kind, "outcome": outcome, "matched_by": m.via if delivery else None,
-                     "delivery_id": delivery.id if delivery else None,
-                     "campaign_id": delivery.campaign_id if delivery else None,
-                     "email": (delivery.email if delivery else r.recipient or None),
-                     "status": r.status, "detail": ("; ".join(p for p in (m.why, r.detail) if p))[:1024] or None,
-                     "origin": m.message.origin[:1024], "reported_at": r.reported_at, "imported_at": now,
-                     "imported_by": actor})
-    for row in rows:
-        if row["email"] is not None:
-            row["email"] = row["email"][:254]
+        email = delivery.email if delivery else r.recipient or None
+        row = {"kind": r.kind, "outcome": outcome, "matched_by": m.via if delivery else None,
+               "delivery_id": delivery.id if delivery else None,
+               "campaign_id": delivery.campaign_id if delivery else None,
+               "email": email[:254] if email is not None else None,
+               "status": r.status, "detail": ("; ".join(p for p in (m.why, r.detail) if p))[:1024] or None,
+               "origin": origin, "reported_at": r.reported_at, "imported_at": now, "imported_by": actor}
+        if m.forged_before is None:
+            rows.append({"key": r.key, **row})
+        else:
+            again.append({"id": m.forged_before, **row})
     writes.write(conn)
     store.record(conn, rows)
+    store.judge_again(conn, again, FORGED)
     for cid, counts in per_campaign.items():
         slug = campaigns.slugs.get(cid, str(cid))
         audit.record(conn, actor, "bounces.import", cid, source=out.source, **counts)
@@ -487,7 +519,9 @@ def _reference(message: Message, report: returned.Report, keys: _Keys) -> _Match
             if ref is not None:
                 m.ref, m.via = ref, "token"
                 return m
-        m.outcome, m.why = FORGED, "its return path token does not verify (forged or damaged): ignored"
+        m.outcome, m.why = FORGED, ("its return path token does not verify (forged or damaged, or signed with a key "
+                                    f"this import does not hold: see {verp.KEY_ENV}): ignored, and judged again "
+                                    "when met again")
         return m
     for mid in report.message_ids:
         ref = verp.reference(mid)
@@ -500,11 +534,28 @@ def _reference(message: Message, report: returned.Report, keys: _Keys) -> _Match
     return m
 
 
+def _prove(m: _Match, delivery: Any, campaigns: _Campaigns, keys: _Keys) -> None:
+    """A match by Message-ID, for a campaign that signs its return path: proven (as good as a token) when the
+    delivery's Message-ID was made with a bounce key held; the plain digest (a Message-ID from before they were
+    keyed) proves nothing and leaves the match unsigned; made with another key, it is judged forged, as a token
+    that does not verify."""
+    if not campaigns.signs.get(delivery.campaign_id, False):
+        return
+    slug, wave = campaigns.slugs[delivery.campaign_id], campaigns.waves[delivery.wave_id]
+    unique = str(delivery.message_id)[1:33]
+    if any(hmac.compare_digest(unique, mime.unique_part(slug, wave, delivery.account_id, key))
+           for key in keys.get()):
+        m.proven = True
+    elif unique != mime.unique_part(slug, wave, delivery.account_id):
+        m.outcome, m.why = FORGED, ("its Message-ID is one of ours but does not verify with the bounce keys this "
+                                    f"import holds (see {verp.KEY_ENV}): ignored, and judged again when met again")
+
+
 def _effect(writes: _Writes, m: _Match, delivery: Any, signs: bool, out: ImportResult,
             counts: dict[str, int]) -> None:
     """What a matched report does to its delivery and its address; sets the match's outcome."""
     r = m.report
-    signed = m.via == "token" or not signs
+    signed = m.via == "token" or m.proven or not signs
     what = f"{r.status} {r.detail}".strip() if r.status else r.detail
     bounced = failed = suppressed = False
     if r.kind == returned.BOUNCE:
@@ -520,7 +571,8 @@ def _effect(writes: _Writes, m: _Match, delivery: Any, signs: bool, out: ImportR
     changed = bounced or failed or suppressed
     if not signed and r.kind in (returned.BOUNCE, returned.COMPLAINT):
         m.outcome = UNSIGNED
-        m.why = ("matched by Message-ID alone while the campaign signs its return path: "
+        m.why = ("matched by a Message-ID that anyone can work out (sent before Message-IDs were keyed) while the "
+                 "campaign signs its return path: "
                  + ("the notice no longer counts as delivered, but " if changed else "")
                  + "the address is not suppressed (`campaign suppress add` if it should be)")
         return

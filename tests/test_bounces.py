@@ -27,8 +27,10 @@ from sqlalchemy import Engine, text
 from campaign import bounces, flip, verp
 from campaign.definition import parse_definition
 from campaign.errors import InputError
+from campaign.mime import message_id
 from campaign.store.bounces import IMPORT_LOCK
 from tests import bounce_mail as bm
+from tests.bounce_mail import Sent
 from tests.conftest import ROOT, CliRun, table_counts
 from tests.imapd import (  # noqa: F401  (fake_imap, imapd: the fixtures)
     PASSWORD,
@@ -368,15 +370,57 @@ def test_message_id_matches_when_the_campaign_has_no_return_path(run_cli: CliRun
                                   "user2@example.com": "complaint"}
 
 
-def test_message_id_alone_does_not_suppress_when_the_campaign_signs(run_cli: CliRun, engine: Engine,
-                                                                    smtpd: SmtpServer, env: Env,
-                                                                    campaign: Callable[..., None],
-                                                                    tmp_path: Path) -> None:
-    """Anyone who can guess a Message-ID can write a bounce without a token: with a signed return path, that
-    takes the notice back (the safe side) but suppresses no one."""
+def without_token(s: Sent, message_id: str | None = None) -> bm.Sent:
+    """The message as a relay that returns it without the return path would quote it (the campaign's own sender
+    instead), its Message-ID replaced by `message_id` if given."""
+    data = s.data
+    if message_id is not None:
+        data = re.sub(rb"(?m)^Message-ID: <[^>]*>", f"Message-ID: {message_id}".encode(), data)
+    return bm.Sent("privacy@example.com", s.recipient, data)
+
+
+def stored_message_id(engine: Engine, email: str, wave: str = "notice") -> str:
+    (mid,) = rows(engine, "SELECT d.message_id FROM delivery d JOIN wave w ON w.id = d.wave_id "
+                          "WHERE d.email = :e AND w.name = :w", e=email, w=wave)[0]
+    return str(mid)
+
+
+def test_a_guessable_message_id_bounces_nothing(run_cli: CliRun, engine: Engine, smtpd: SmtpServer, env: Env,
+                                                campaign: Callable[..., None], tmp_path: Path) -> None:
+    """A campaign that signs its return path keys its Message-IDs with the bounce key: the Message-ID that anyone
+    can work out (sha256 of slug, wave, account) is not one of its deliveries', so a bounce quoting it to the
+    bounce address changes nothing; the genuine one, which only the key makes, proves as much as a token."""
+    campaign()
+    sent = send(run_cli, env, smtpd)
+    domain = "example.com"
+    guessable = message_id(SLUG, "notice", "a000", domain)  # the attacker's formula
+    keyed = stored_message_id(engine, "user0@example.com")
+    assert keyed == message_id(SLUG, "notice", "a000", domain, KEY.encode()) != guessable
+    assert f"Message-ID: {keyed}" in sent["user0@example.com"].message  # the header is the stored one
+    forged = bm.postfix(without_token(sent["user0@example.com"], guessable), headers_only=True)
+    genuine = bm.postfix(without_token(sent["user1@example.com"]), headers_only=True)
+    assert not verp.tokens(forged.decode()) and not verp.tokens(genuine.decode())
+    result = import_json(run_cli, env, maildir(tmp_path / "Maildir", [forged, genuine]))
+    assert result["outcomes"]["unmatched"] == 1 and result["outcomes"]["applied"] == 1
+    assert (result["bounced"], result["suppressed"]) == (1, 1)
+    assert states(engine)["user0@example.com"] == "sent"  # still counts for the flip
+    assert states(engine)["user1@example.com"] == "bounced"
+    assert suppressed(engine) == {"user1@example.com": "bounce"}
+    assert {r for r in rows(engine, "SELECT email, outcome, matched_by FROM bounce")} == {
+        ("user1@example.com", "applied", "message_id"), ("user0@example.com", "unmatched", None)}
+
+
+def test_an_old_guessable_message_id_alone_does_not_suppress(run_cli: CliRun, engine: Engine, smtpd: SmtpServer,
+                                                             env: Env, campaign: Callable[..., None],
+                                                             tmp_path: Path) -> None:
+    """A delivery sent before Message-IDs were keyed keeps its guessable one: a bounce quoting it, without a
+    token, takes the notice back (the safe side) but suppresses no one."""
     campaign()
     s0 = send(run_cli, env, smtpd)["user0@example.com"]
-    unsigned = bm.postfix(bm.Sent("privacy@example.com", s0.recipient, s0.data), headers_only=True)
+    guessable = message_id(SLUG, "notice", "a000", "example.com")
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE delivery SET message_id = :m WHERE email = 'user0@example.com'"), {"m": guessable})
+    unsigned = bm.postfix(without_token(s0, guessable), headers_only=True)
     result = import_json(run_cli, env, maildir(tmp_path / "Maildir", [unsigned]))
     assert result["outcomes"]["unsigned"] == 1 and result["suppressed"] == 0 and result["bounced"] == 1
     assert "not suppressed" in result["listed"][0]["why"]
@@ -452,6 +496,88 @@ def test_a_token_needs_the_key_to_be_read(run_cli: CliRun, engine: Engine, smtpd
     result = run_cli("bounces", "import", str(box), env={"CAMPAIGN_BOUNCE_KEY": ""})
     assert result.exit_code == 2 and "CAMPAIGN_BOUNCE_KEY is empty" in result.output
     assert table_counts(engine) == before
+
+
+# -- keys: a wrong one loses nothing, a retired one still verifies ------------------------------------------
+
+WRONG = "a-wrong-bounce-key-typed-by-someone-0123"
+NEW_KEY = "the-new-bounce-key-after-rotation-456789"
+
+
+def bounce_rows(engine: Engine) -> set[tuple[Any, ...]]:
+    return set(rows(engine, "SELECT email, kind, outcome, matched_by FROM bounce"))
+
+
+def test_a_wrong_key_loses_no_bounce(run_cli: CliRun, engine: Engine, smtpd: SmtpServer, env: Env,
+                                     campaign: Callable[..., None], tmp_path: Path) -> None:
+    """Genuine returned mail taken in while CAMPAIGN_BOUNCE_KEY is wrong (a typo, a rotation gone wrong) is
+    judged forged, and judged again at the next import: with the right key it takes effect then — the notice
+    no longer counts, the address is suppressed — instead of being "taken in before" for good."""
+    campaign()
+    sent = send(run_cli, env, smtpd)
+    box = maildir(tmp_path / "Maildir", [bm.postfix(sent["user0@example.com"]),  # by its token
+                                         bm.postfix(without_token(sent["user1@example.com"]), headers_only=True)])
+    wrong = {**env, "CAMPAIGN_BOUNCE_KEY": WRONG}  # ... by its keyed Message-ID
+    first = import_json(run_cli, wrong, box)
+    assert (first["new"], first["outcomes"]["forged"], first["bounced"]) == (2, 2, 0)
+    assert all("judged again" in r["why"] for r in first["listed"])
+    assert set(states(engine).values()) == {"sent"} and suppressed(engine) == {}
+    assert bounce_rows(engine) == {("user0@example.com", "bounce", "forged", None),
+                                   ("user1@example.com", "bounce", "forged", None)}
+
+    # Still the wrong key: judged forged again, nothing changes, not even the audit log.
+    before = table_counts(engine)
+    again = import_json(run_cli, wrong, box)
+    assert (again["new"], again["already"], again["judged_again"]) == (0, 2, 0)
+    assert table_counts(engine) == before
+
+    # The right key: both take effect now.
+    right = import_json(run_cli, env, box)
+    assert (right["new"], right["already"], right["judged_again"]) == (2, 0, 2)
+    assert (right["outcomes"]["applied"], right["bounced"], right["suppressed"]) == (2, 2, 2)
+    assert states(engine)["user0@example.com"] == states(engine)["user1@example.com"] == "bounced"
+    assert suppressed(engine) == {"user0@example.com": "bounce", "user1@example.com": "bounce"}
+    assert bounce_rows(engine) == {("user0@example.com", "bounce", "applied", "token"),
+                                   ("user1@example.com", "bounce", "applied", "message_id")}
+    (error,) = rows(engine, "SELECT last_error FROM delivery WHERE email = 'user0@example.com'")[0]
+    assert error.startswith("returned after it was sent: 5.1.1")
+
+    # Taken in for good now: a further import changes nothing.
+    after = table_counts(engine)
+    assert import_json(run_cli, env, box)["already"] == 2
+    assert table_counts(engine) == after
+
+
+def test_a_retired_key_verifies_and_never_signs(run_cli: CliRun, engine: Engine, smtpd: SmtpServer, env: Env,
+                                                campaign: Callable[..., None], tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Changing keys: CAMPAIGN_BOUNCE_KEY=NEW signs, CAMPAIGN_BOUNCE_KEY_PREVIOUS=OLD still verifies what went
+    out under OLD (tokens and Message-IDs), and never signs; CAMPAIGN_BOUNCE_KEY=NEW,OLD works as before."""
+    campaign()
+    sent = send(run_cli, env, smtpd)
+    rotated = {**env, "CAMPAIGN_BOUNCE_KEY": NEW_KEY, "CAMPAIGN_BOUNCE_KEY_PREVIOUS": KEY}
+    monkeypatch.setenv("CAMPAIGN_BOUNCE_KEY", NEW_KEY)
+    monkeypatch.setenv("CAMPAIGN_BOUNCE_KEY_PREVIOUS", KEY)
+    result = import_json(run_cli, rotated, maildir(tmp_path / "one", [
+        bm.postfix(sent["user0@example.com"]),
+        bm.postfix(without_token(sent["user1@example.com"]), headers_only=True)]))
+    assert (result["outcomes"]["applied"], result["bounced"], result["suppressed"]) == (2, 2, 2)
+    listed = import_json(run_cli, {**env, "CAMPAIGN_BOUNCE_KEY": f"{NEW_KEY},{KEY}"},
+                         maildir(tmp_path / "two", [bm.exim(sent["user2@example.com"])]))
+    assert listed["outcomes"]["applied"] == 1 and states(engine)["user2@example.com"] == "bounced"
+
+    # The reminder goes out signed with the new key only, and its Message-IDs are keyed with it.
+    reminded = send(run_cli, rotated, smtpd, wave="reminder")
+    m = VERP_RE.match(reminded["user3@example.com"].sender)
+    assert m is not None
+    assert verp.verify(m.group(1), (NEW_KEY.encode(),)) is not None
+    assert verp.verify(m.group(1), (KEY.encode(),)) is None
+    assert stored_message_id(engine, "user3@example.com", "reminder") == \
+        message_id(SLUG, "reminder", "a003", "example.com", NEW_KEY.encode())
+
+    short = run_cli("bounces", "import", str(maildir(tmp_path / "three", [bm.qmail(sent["user4@example.com"])])),
+                    env={**rotated, "CAMPAIGN_BOUNCE_KEY_PREVIOUS": "short"})
+    assert short.exit_code == 2 and "CAMPAIGN_BOUNCE_KEY_PREVIOUS: each key must have at least 32" in short.output
 
 
 # -- what cannot be read safely -------------------------------------------------------------------------------
