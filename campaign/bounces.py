@@ -25,6 +25,9 @@ bounded by count and by bytes; each chunk is one transaction with its audit even
 transaction for all, rolled back). Each message is parsed as it is read, outside the transaction, and only
 what it says is kept. What cannot be read safely is listed, never read: in a Maildir anything that is not a
 regular file (a symlink is not followed, a FIFO not waited on), and any message above `MAX_MESSAGE_BYTES`.
+
+Every text that comes from the returned mail or the IMAP server goes through `campaign.redaction` before it
+is stored or shown.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ from urllib.parse import unquote, urlsplit
 
 from sqlalchemy import Connection, Engine
 
-from campaign import db, mime, returned, verp
+from campaign import db, mime, redaction, returned, verp
 from campaign.addresses import normalize as normalize_address
 from campaign.definition import parse_definition
 from campaign.errors import CampaignError, ConfigError, InputError, Problem, UsageError
@@ -80,7 +83,6 @@ OUTCOMES = (APPLIED, RECORDED, UNSIGNED, UNMATCHED, FORGED, IGNORED, NOT_A_FILE,
 LISTED_OUTCOMES = (UNSIGNED, UNMATCHED, FORGED, IGNORED, NOT_A_FILE, TOO_LARGE)
 
 
-
 @dataclass(frozen=True)
 class Message:
     """One message as found: where (for the listing), its bytes, and its IMAP UID (to move it once taken in)."""
@@ -100,7 +102,6 @@ class Unread:
 
 
 Found = Message | Unread
-
 
 
 @dataclass
@@ -348,7 +349,7 @@ def _unread(item: Unread, result: ImportResult) -> None:
     result.messages += 1
     result.outcomes[item.outcome] += 1
     if len(result.listed) < LISTED:
-        result.listed.append({"origin": item.origin, "kind": None, "outcome": item.outcome,
+        result.listed.append({"origin": returned.safe(item.origin, 1024), "kind": None, "outcome": item.outcome,
                               "why": item.why, "status": None, "recipient": None})
 
 
@@ -464,7 +465,7 @@ def _apply(conn: Connection, items: list[_Read], actor: str, keys: _Keys, campai
                 m.why = ("matches no delivery" if not candidates else
                          f"matches {len(candidates)} deliveries: none is guessed") + \
                     (" (by its return path token)" if m.message_id is None else
-                     f" (Message-ID {m.message_id})")
+                     f" (Message-ID {returned.safe(m.message_id, 300)})")
         if delivery is not None and m.via == "message_id":
             _prove(m, delivery, campaigns, keys)
             if m.outcome == FORGED:
@@ -480,7 +481,7 @@ def _apply(conn: Connection, items: list[_Read], actor: str, keys: _Keys, campai
             _effect(writes, m, delivery, campaigns.signs.get(delivery.campaign_id, False), out, counts)
         outcome = m.outcome or RECORDED
         out.outcomes[outcome] += 1
-        origin = m.message.origin[:1024]
+        origin = returned.safe(m.message.origin, 1024)
         if outcome in LISTED_OUTCOMES and len(out.listed) < LISTED:
             out.listed.append({"origin": origin, "kind": r.kind, "outcome": outcome, "why": m.why,
                                "status": r.status, "recipient": r.recipient})
@@ -530,7 +531,7 @@ def _reference(message: Message, report: returned.Report, keys: _Keys) -> _Match
             return m
     m.outcome = UNMATCHED
     m.why = ("no return path token and no Message-ID of ours in the returned headers" if not report.message_ids
-             else f"the returned Message-ID {report.message_ids[0]} is not one of ours")
+             else f"the returned Message-ID {returned.safe(report.message_ids[0], 300)} is not one of ours")
     return m
 
 
@@ -744,12 +745,12 @@ class _Imap:
         url = self.url
         try:
             self._do(self.conn.login, url.user, password)
-        except imaplib.IMAP4.error:
-            raise CampaignError(f"the IMAP server {url.host}:{url.port} refused the login of {url.user!r} "
-                                f"(check the user and {PASSWORD_ENV})") from None
+        except imaplib.IMAP4.error as exc:
+            raise CampaignError(f"the IMAP server {url.host}:{url.port} refused the login of {url.user!r}: "
+                                f"{_said(exc)} (check the user and {PASSWORD_ENV})") from None
         # What the server can do once logged in (Dovecot, for one, tells MOVE only then).
         typ, data = self._do(self.conn.capability)
-        caps = set(_said(data[0] or b"").upper().split()) if typ == "OK" else set()
+        caps = set(_said(data[0] or b"", None).upper().split()) if typ == "OK" else set()
         self.moves, self.uidplus = "MOVE" in caps, "UIDPLUS" in caps
         typ, data = self._do(self.conn.select, _quote(url.folder), readonly)
         if typ != "OK":
@@ -857,12 +858,14 @@ class _Imap:
                 self.conn.shutdown()
 
 
-def _said(data: Any) -> str:
-    """What the IMAP server said (a response's data, an error), for a message."""
+def _said(data: Any, limit: int | None = 300) -> str:
+    """What the IMAP server said (a response's data, an error), for a message: secrets masked, one line."""
     if isinstance(data, BaseException):
         data = list(data.args) or str(data)
     parts = data if isinstance(data, (list, tuple)) else [data]
-    return " ".join(p.decode(errors="replace") if isinstance(p, bytes) else str(p) for p in parts if p) or "refused"
+    text = " ".join(p.decode(errors="replace") if isinstance(p, bytes) else str(p) for p in parts if p)
+    return redaction.redact(text, limit) or "refused"
+
 
 def fetch(engine: Engine, url: str, actor: str, move_to: str = PROCESSED, dry_run: bool = False) -> ImportResult:
     """`campaign bounces fetch URL`: take in the messages of an IMAP folder, then move each chunk taken in to
@@ -873,6 +876,7 @@ def fetch(engine: Engine, url: str, actor: str, move_to: str = PROCESSED, dry_ru
     password = os.environ.get(PASSWORD_ENV)
     if not password:
         raise ConfigError(f"{PASSWORD_ENV} is not set: the IMAP password is taken from there (never from the URL)")
+    redaction.hold(password)
     if not password.isascii() or not password.isprintable():
         raise ConfigError(f"{PASSWORD_ENV} holds a control character, a line break or a character outside ASCII: "
                           "IMAP LOGIN cannot send it")

@@ -37,6 +37,7 @@ from tests.imapd import (  # noqa: F401  (fake_imap, imapd: the fixtures)
     FakeImap,
     ImapServer,
     Script,
+    answering,
     dripping,
     fake_imap,
     imapd,
@@ -580,6 +581,36 @@ def test_a_retired_key_verifies_and_never_signs(run_cli: CliRun, engine: Engine,
     assert short.exit_code == 2 and "CAMPAIGN_BOUNCE_KEY_PREVIOUS: each key must have at least 32" in short.output
 
 
+# -- secrets in returned mail --------------------------------------------------------------------------------
+
+def test_secrets_in_returned_mail_are_masked(run_cli: CliRun, engine: Engine, smtpd: SmtpServer, env: Env,
+                                             campaign: Callable[..., None], tmp_path: Path) -> None:
+    """A returned message's diagnostic that carries the IMAP password or the bounce key (a relay echoing what it
+    got, or someone probing) is stored and shown with both masked: the bounce row, the delivery's last error,
+    the suppression's reason, the import's listing and a person's report."""
+    campaign()
+    sent = send(run_cli, env, smtpd)
+    leaky = bm.postfix(sent["user0@example.com"]).replace(b"User unknown", f"User {PASSWORD} unknown {KEY}".encode())
+    stranger = bm.postfix(Sent("someone@elsewhere.example", f"{PASSWORD}@example.org",
+                               b"From: someone@elsewhere.example\nSubject: x\nMessage-ID: <x1@elsewhere.example>\n\n"
+                               b"hello\n"), headers_only=True, to="bounces@example.com")
+    box = maildir(tmp_path / "Maildir", [leaky, stranger])
+    shown = run_cli("bounces", "import", str(box), "--dry-run", env=env).output  # the listing, as text
+    result = import_json(run_cli, env, box)
+    assert result["listed"][0]["recipient"] == "***@example.org"
+    shown += json.dumps(result) + run_cli("report", SLUG, "--account", "a000").output + \
+        run_cli("report", SLUG, "--account", "a000", "--json").output
+    assert "unmatched" in shown
+    stored = " ".join(str(v) for table in table_counts(engine).values() for row in table for v in row)
+    assert "User *** unknown ***" in rows(engine, "SELECT detail FROM bounce WHERE email = 'user0@example.com'")[0][0]
+    assert "User *** unknown ***" in rows(engine, "SELECT last_error FROM delivery WHERE email = 'user0@example.com'"
+                                          )[0][0]
+    assert "User *** unknown ***" in rows(engine, "SELECT reason FROM suppression")[0][0]
+    assert "User *** unknown ***" in shown
+    for secret in (PASSWORD, KEY):
+        assert secret not in stored and secret not in shown
+
+
 # -- what cannot be read safely -------------------------------------------------------------------------------
 
 MiB = 1024 * 1024
@@ -758,9 +789,9 @@ def test_fetch_over_tls_checks_the_certificate(run_cli: CliRun, engine: Engine, 
 
 def test_fetch_refuses_what_is_unsafe(run_cli: CliRun, engine: Engine, env: Env, filled: ImapServer) -> None:
     before = table_counts(engine)
-    wrong = run_cli("bounces", "fetch", filled.url(), env={**env, "CAMPAIGN_IMAP_PASSWORD": "wrong"})
-    assert wrong.exit_code == 1 and "refused the login of 'bounces'" in wrong.output and "wrong" not in \
-        wrong.output.replace("refused the login", "")
+    wrong = run_cli("bounces", "fetch", filled.url(), env={**env, "CAMPAIGN_IMAP_PASSWORD": "a-wrong-imap-password"})
+    assert wrong.exit_code == 1 and "refused the login of 'bounces'" in wrong.output
+    assert "a-wrong-imap-password" not in wrong.output
     cases = {
         "imap://bounces@mail.example.com/INBOX": "only for a loopback host",
         f"imap://bounces:{PASSWORD}@127.0.0.1:{filled.imap_port}/INBOX": "holds a password",
@@ -825,6 +856,29 @@ def test_fetch_ends_when_the_server_stalls(run_cli: CliRun, engine: Engine, env:
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert f"IMAP server 127.0.0.1:{server.port} did not answer in time" in result.output
     assert took < 6, took
+
+
+def test_what_the_imap_server_says_is_shown_with_secrets_masked(run_cli: CliRun, engine: Engine, env: Env,
+                                                                fake_imap: Callable[[Script], FakeImap],  # noqa: F811
+                                                                ) -> None:
+    """What an IMAP server answers is shown in the error (it helps), and goes through the one redaction step
+    first: a server echoing the password or the bounce key shows neither."""
+    said = f"for {PASSWORD} with {KEY} and {PASSWORD.encode().hex()}"
+    refused = fake_imap(answering({"LOGIN": "{tag} NO [AUTHENTICATIONFAILED] wrong password " + PASSWORD}))
+    result = run_cli("bounces", "fetch", refused.url(), env=env)
+    assert result.exit_code == 1 and "refused the login of 'bounces': [AUTHENTICATIONFAILED] wrong password ***" \
+        in result.output
+    no_folder = fake_imap(answering({"SELECT": "{tag} NO [NONEXISTENT] no folder INBOX " + said}))
+    result2 = run_cli("bounces", "fetch", no_folder.url(), env=env)
+    assert result2.exit_code == 2 and "IMAP folder 'INBOX' on 127.0.0.1: [NONEXISTENT] no folder INBOX for *** " \
+        "with ***" in result2.output
+    broken = fake_imap(answering({"UID": "{tag} BAD \x1b[31m" + said}))
+    result3 = run_cli("bounces", "fetch", broken.url(), env=env)
+    assert result3.exit_code == 1 and "UID command error: BAD" in result3.output and "for *** with ***" in \
+        result3.output
+    for secret in (PASSWORD, KEY):
+        assert secret not in result.output + result2.output + result3.output
+    assert "\x1b" not in result3.output
 
 
 def test_fetch_leaves_a_message_too_large_in_the_folder(run_cli: CliRun, engine: Engine, env: Env,
