@@ -10,32 +10,48 @@ Each message is read (`campaign.returned`), then matched to its delivery: by the
 - a complaint (ARF) suppresses the address; the delivery stays `sent` (the person got it);
 - a delay (4.x.x) and any other report are recorded only;
 - a token whose signature does not verify is ignored (forged), and so is what matches no delivery: both are
-  counted and listed. When the campaign signs its return path, a match by Message-ID alone (anyone who can
-  guess a Message-ID can write one) takes the notice back but suppresses nothing: it is listed as `unsigned`.
+  counted and listed. When the campaign signs its return path, a match by a Message-ID that anyone can work
+  out (one sent before Message-IDs were keyed) takes the notice back but suppresses nothing: it is listed as
+  `unsigned`.
+
+A campaign that signs its return path also keys its Message-IDs (`campaign.mime.unique_part`): a match by such a
+Message-ID, verified with the key, proves as much as a token; one made with a key this process does not hold
+is judged forged, like a token that does not verify.
 
 Every message taken in is kept (`bounce` table) under its own Message-ID (or its digest), so taking in the same
-mail again changes nothing. Messages are read in chunks; each chunk is one transaction with its audit event
-(`--dry-run`: one transaction for all, rolled back). The parsing happens outside the transaction.
+mail again changes nothing — except mail judged forged, which is judged again each time it is met (a wrong or
+missing key must not lose a bounce: with the right key it takes effect then). Messages are read in chunks,
+bounded by count and by bytes; each chunk is one transaction with its audit event (`--dry-run`: one
+transaction for all, rolled back). Each message is parsed as it is read, outside the transaction, and only
+what it says is kept. What cannot be read safely is listed, never read: in a Maildir anything that is not a
+regular file (a symlink is not followed, a FIFO not waited on), and any message above `MAX_MESSAGE_BYTES`.
+
+Every text that comes from the returned mail or the IMAP server goes through `campaign.redaction` before it
+is stored or shown.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hmac
 import imaplib
+import io
 import os
 import re
 import ssl
+import stat
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 from sqlalchemy import Connection, Engine
 
-from campaign import db, returned, verp
+from campaign import db, mime, redaction, returned, verp
 from campaign.addresses import normalize as normalize_address
 from campaign.definition import parse_definition
 from campaign.errors import CampaignError, ConfigError, InputError, Problem, UsageError
@@ -45,18 +61,26 @@ from campaign.store import bounces as store
 from campaign.store import suppressions as suppression_rows
 from campaign.transport import is_loopback
 
-CHUNK = 500  # messages per transaction
+MiB = 1024 * 1024
+CHUNK = 500  # messages per transaction, at most
+CHUNK_BYTES = 32 * MiB  # and the bytes they were read from, at most (a chunk ends with the message that passes it)
+MAX_MESSAGE_BYTES = 10 * MiB  # a returned message larger than this is listed as too large, never read whole
+MBOX_PIECE = 64 * 1024  # an mbox is read a line at a time, a long line in pieces of this size
 LISTED = 1000  # messages listed by origin in a result; the counts are always whole
 PASSWORD_ENV = "CAMPAIGN_IMAP_PASSWORD"  # noqa: S105  (the variable's name, not a password)
 PROCESSED = "Processed"
-IMAP_TIMEOUT = 30.0
-IMAP_FETCH = 100  # messages per IMAP FETCH
+IMAP_TIMEOUT = 30.0  # seconds: connecting, and each wait for the server's next bytes
+IMAP_EXCHANGE = 300.0  # seconds: one command and the whole of its answer (a server dripping bytes ends here)
+IMAP_FETCH = 100  # messages per IMAP FETCH, at most
+IMAP_FETCH_BYTES = 16 * MiB  # and their bytes as the server announces them (RFC822.SIZE), at most
+IMAP_MAX_LINE = 1_000_000  # bytes of one line of the server's (imaplib's own limit)
 
-# outcomes
+# outcomes: of a message taken in, then of what was found and not read (listed, never kept)
 APPLIED, RECORDED, UNSIGNED, UNMATCHED, FORGED, IGNORED = (
     "applied", "recorded", "unsigned", "unmatched", "forged", "ignored")
-OUTCOMES = (APPLIED, RECORDED, UNSIGNED, UNMATCHED, FORGED, IGNORED)
-LISTED_OUTCOMES = (UNSIGNED, UNMATCHED, FORGED, IGNORED)
+NOT_A_FILE, TOO_LARGE = "not_a_file", "too_large"
+OUTCOMES = (APPLIED, RECORDED, UNSIGNED, UNMATCHED, FORGED, IGNORED, NOT_A_FILE, TOO_LARGE)
+LISTED_OUTCOMES = (UNSIGNED, UNMATCHED, FORGED, IGNORED, NOT_A_FILE, TOO_LARGE)
 
 
 @dataclass(frozen=True)
@@ -68,15 +92,28 @@ class Message:
     uid: str | None = None
 
 
+@dataclass(frozen=True)
+class Unread:
+    """Something found where messages are and not read: not a regular file, or too large. Listed, not kept."""
+
+    origin: str
+    outcome: str  # NOT_A_FILE | TOO_LARGE
+    why: str
+
+
+Found = Message | Unread
+
+
 @dataclass
 class ImportResult:
     """What an import or fetch did (or, under `dry_run`, would do)."""
 
     source: str
     dry_run: bool
-    messages: int = 0  # read from the source
+    messages: int = 0  # found in the source (read, or listed as not_a_file or too_large)
     new: int = 0  # taken in now
     already: int = 0  # taken in before (or twice in this source): nothing changes
+    judged_again: int = 0  # of `new`: judged forged before, judged otherwise now (the right key at last)
     kinds: dict[str, int] = field(default_factory=lambda: dict.fromkeys(returned.KINDS, 0))
     outcomes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OUTCOMES, 0))
     bounced: int = 0  # deliveries made `bounced`
@@ -90,7 +127,7 @@ class ImportResult:
         return dict(self.__dict__)
 
     def add(self, other: ImportResult) -> None:
-        for key in ("messages", "new", "already", "bounced", "failed", "suppressed", "moved"):
+        for key in ("messages", "new", "already", "judged_again", "bounced", "failed", "suppressed", "moved"):
             setattr(self, key, getattr(self, key) + getattr(other, key))
         for mine, theirs in ((self.kinds, other.kinds), (self.outcomes, other.outcomes)):
             for k, v in theirs.items():
@@ -104,18 +141,21 @@ class ImportResult:
 
 # -- reading a Maildir or an mbox -----------------------------------------------------------------------
 
-def read_path(path: Path) -> Iterator[Message]:
-    """The messages of a Maildir folder (new/ and cur/) or of an mbox file, in order."""
+def read_path(path: Path) -> Iterator[Found]:
+    """The messages of a Maildir folder (new/ and cur/) or of an mbox file, in order; what is not read listed
+    (`Unread`)."""
     if path.is_dir():
         if not (path / "cur").is_dir() and not (path / "new").is_dir():
             raise UsageError(f"{path}: not a Maildir (it has no cur/ or new/ folder), nor an mbox file")
         return _maildir(path)
     if not path.exists():
         raise UsageError(f"{path}: no such file or folder (give a Maildir folder or an mbox file)")
+    if not path.is_file():  # a FIFO would wait for a writer, a device never ends
+        raise UsageError(f"{path}: not a regular file (give a Maildir folder or an mbox file)")
     return _mbox(path)
 
 
-def _maildir(path: Path) -> Iterator[Message]:
+def _maildir(path: Path) -> Iterator[Found]:
     for sub in ("new", "cur"):
         folder = path / sub
         if not folder.is_dir():
@@ -123,73 +163,156 @@ def _maildir(path: Path) -> Iterator[Message]:
         for name in sorted(os.listdir(folder)):
             if name.startswith("."):
                 continue
-            file = folder / name
-            with contextlib.suppress(FileNotFoundError):  # moved away meanwhile by a mail reader
-                yield Message(str(file), file.read_bytes())
+            found = _read_file(folder / name)
+            if found is not None:
+                yield found
+
+
+def _kind_of(mode: int) -> str:
+    for test, what in ((stat.S_ISLNK, "a symbolic link: not followed"), (stat.S_ISDIR, "a folder"),
+                       (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"),
+                       (stat.S_ISBLK, "a device")):
+        if test(mode):
+            return what
+    return "not a regular file"
+
+
+def _too_large(size: int | str) -> str:
+    return f"larger than {MAX_MESSAGE_BYTES // MiB} MiB ({size} bytes): not read"
+
+
+def _read_file(file: Path) -> Found | None:
+    """One file of a Maildir, read only if it is a regular file (never through a symlink, never waiting on a
+    FIFO) of at most MAX_MESSAGE_BYTES; None when it went away meanwhile (a mail reader moved it)."""
+    origin = str(file)
+    try:
+        st = os.lstat(file)
+        if not stat.S_ISREG(st.st_mode):
+            return Unread(origin, NOT_A_FILE, _kind_of(st.st_mode))
+        if st.st_size > MAX_MESSAGE_BYTES:
+            return Unread(origin, TOO_LARGE, _too_large(st.st_size))
+        # O_NOFOLLOW, O_NONBLOCK: what was swapped in since the lstat is not followed, and does not hang the open
+        fd = os.open(file, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return Unread(origin, NOT_A_FILE, f"cannot be opened ({exc.strerror or exc}): not read")
+    with open(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            return Unread(origin, NOT_A_FILE, _kind_of(st.st_mode))
+        want = min(st.st_size, MAX_MESSAGE_BYTES) + 1
+        raw = f.read(want)
+        if len(raw) == want and want <= MAX_MESSAGE_BYTES:  # it grew since: read on, up to the cap
+            raw += f.read(MAX_MESSAGE_BYTES + 1 - want)
+    if len(raw) > MAX_MESSAGE_BYTES:
+        return Unread(origin, TOO_LARGE, _too_large(f"over {MAX_MESSAGE_BYTES}"))
+    return Message(origin, raw)
 
 
 _FROM_QUOTED = re.compile(rb"^>+From ")
 
 
-def _mbox(path: Path) -> Iterator[Message]:
+def _mbox(path: Path) -> Iterator[Found]:
     """An mbox: each message starts with a `From ` line at the start of the file or after an empty line
-    (`>From ` lines are unquoted once, as mboxrd writes them). Origins are PATH:LINE of the `From ` line."""
+    (`>From ` lines are unquoted once, as mboxrd writes them). Origins are PATH:LINE of the `From ` line. Read
+    a line at a time, a long line in pieces; a message is kept in memory only up to MAX_MESSAGE_BYTES (a
+    larger one is passed over to its end and listed as too large)."""
     with path.open("rb") as f:
-        first = f.readline()
+        first = f.readline(MBOX_PIECE)
         if not first:
             return
         if not first.startswith(b"From "):
             raise InputError(str(path), [Problem(1, "not an mbox: its first line should start with 'From ' "
                                                     "(or give a Maildir folder)")])
         start, n, blank = 1, 1, False
-        lines: list[bytes] = []
-        for line in f:
-            n += 1
-            if blank and line.startswith(b"From "):
-                yield Message(f"{path}:{start}", b"".join(lines[:-1]))
-                start, lines, blank = n, [], False
+        in_from = not first.endswith(b"\n")  # the rest of a long `From ` line is no part of the message
+        line_start = not in_from
+        pieces: list[bytes] = []
+        size = 0
+        for piece in iter(lambda: f.readline(MBOX_PIECE), b""):
+            if in_from:
+                in_from = not piece.endswith(b"\n")
+                line_start = not in_from
                 continue
-            lines.append(line[1:] if _FROM_QUOTED.match(line) else line)
-            blank = line in (b"\n", b"\r\n")
-        yield Message(f"{path}:{start}", b"".join(lines))
+            if line_start:
+                n += 1
+                if blank and piece.startswith(b"From "):
+                    yield _mbox_message(path, start, pieces[:-1], size)
+                    start, pieces, size, blank = n, [], 0, False
+                    in_from = not piece.endswith(b"\n")
+                    line_start = not in_from
+                    continue
+                blank = piece in (b"\n", b"\r\n")
+                if _FROM_QUOTED.match(piece):
+                    piece = piece[1:]
+            else:
+                blank = False  # the rest of a long line
+            line_start = piece.endswith(b"\n")
+            size += len(piece)
+            if size <= MAX_MESSAGE_BYTES + 2:  # (+ the empty line before the next `From `, no part of it)
+                pieces.append(piece)
+            else:
+                pieces.clear()  # too large: nothing of it is kept
+        yield _mbox_message(path, start, pieces, size)
+
+
+def _mbox_message(path: Path, start: int, pieces: list[bytes], size: int) -> Found:
+    origin = f"{path}:{start}"
+    raw = b"".join(pieces)
+    if size > MAX_MESSAGE_BYTES + 2 or len(raw) > MAX_MESSAGE_BYTES:
+        return Unread(origin, TOO_LARGE, _too_large(size))
+    return Message(origin, raw)
 
 
 # -- taking messages in ------------------------------------------------------------------------------------
 
 class _Keys:
-    """The bounce keys, read from the environment when the first token needs them."""
+    """The bounce keys, read from the environment when the first token or keyed Message-ID needs them."""
 
     def __init__(self) -> None:
         self._keys: tuple[bytes, ...] | None = None
 
     def get(self) -> tuple[bytes, ...]:
         if self._keys is None:
-            self._keys = verp.keys("returned mail carries signed return path tokens, and verifying them needs "
-                                   "the key they were signed with; what was taken in so far stays, and importing "
-                                   "again changes nothing for it")
+            self._keys = verp.keys("returned mail names its delivery by a signed return path token or a keyed "
+                                   "Message-ID, and verifying either needs the key it was made with; what was "
+                                   "taken in so far stays, and importing again changes nothing for it")
         return self._keys
 
 
 @dataclass
 class _Campaigns:
-    """Slug and whether it signs its return path, per campaign id, read once per import."""
+    """Slug, whether it signs its return path and its waves' names, per campaign, read once per import."""
 
     slugs: dict[int, str] = field(default_factory=dict)
     signs: dict[int, bool] = field(default_factory=dict)
+    waves: dict[int, str] = field(default_factory=dict)  # wave id → name
 
     def load(self, conn: Connection, ids: Iterable[int]) -> None:
-        for cid, (slug, text, source) in store.definitions(conn, [i for i in ids if i not in self.slugs]).items():
+        new = [i for i in set(ids) if i not in self.slugs]
+        for cid, (slug, text, source) in store.definitions(conn, new).items():
             self.slugs[cid] = slug
             self.signs[cid] = parse_definition(text, source).return_path is not None
+        self.waves.update(store.wave_names(conn, new))
 
 
 Tx = Callable[[], AbstractContextManager[db.Tx]]
 
 
-def take_in(engine: Engine, messages: Iterable[Message], actor: str, source: str, dry_run: bool = False,
+@dataclass(frozen=True)
+class _Read:
+    """A message read and parsed: where it lies (its bytes are let go at once) and what it says."""
+
+    message: Message
+    report: returned.Report
+
+
+def take_in(engine: Engine, found: Iterable[Found], actor: str, source: str, dry_run: bool = False,
             after_chunk: Callable[[list[Message]], int] | None = None) -> ImportResult:
-    """Take in `messages` chunk by chunk; `after_chunk` (not under a dry run) runs once a chunk is committed —
-    the IMAP fetch moves the chunk's messages away there — and returns how many it moved."""
+    """Take in what was `found` chunk by chunk (what was not read is counted and listed); `after_chunk` (not
+    under a dry run) runs once a chunk is committed — the IMAP fetch moves the chunk's messages away there —
+    and returns how many it moved."""
     result = ImportResult(source, dry_run)
     keys, campaigns = _Keys(), _Campaigns()
     with contextlib.ExitStack() as stack:
@@ -203,12 +326,18 @@ def take_in(engine: Engine, messages: Iterable[Message], actor: str, source: str
         else:
             def chunk_tx() -> AbstractContextManager[db.Tx]:
                 return db.transaction(engine, actor, "bounces.import")
-        chunk: list[Message] = []
-        for message in messages:
-            chunk.append(message)
-            if len(chunk) >= CHUNK:
+        chunk: list[_Read] = []
+        size = 0
+        for item in found:
+            if isinstance(item, Unread):
+                _unread(item, result)
+                continue
+            # Parsed as it is read, outside any transaction; only what it says is kept, not its bytes.
+            chunk.append(_Read(Message(item.origin, b"", item.uid), returned.read(item.raw)))
+            size += len(item.raw)
+            if len(chunk) >= CHUNK or size >= CHUNK_BYTES:
                 _chunk(chunk_tx, chunk, actor, source, keys, campaigns, result, after_chunk, dry_run)
-                chunk = []
+                chunk, size = [], 0
         if chunk:
             _chunk(chunk_tx, chunk, actor, source, keys, campaigns, result, after_chunk, dry_run)
         if dry_run:
@@ -216,24 +345,32 @@ def take_in(engine: Engine, messages: Iterable[Message], actor: str, source: str
     return result
 
 
+def _unread(item: Unread, result: ImportResult) -> None:
+    result.messages += 1
+    result.outcomes[item.outcome] += 1
+    if len(result.listed) < LISTED:
+        result.listed.append({"origin": returned.safe(item.origin, 1024), "kind": None, "outcome": item.outcome,
+                              "why": item.why, "status": None, "recipient": None})
+
+
 def _note(r: ImportResult) -> dict[str, Any]:
     return {"source": r.source, "messages": r.messages, "new": r.new, "already": r.already,
+            "judged_again": r.judged_again,
             "kinds": {k: v for k, v in r.kinds.items() if v}, "outcomes": {k: v for k, v in r.outcomes.items() if v},
             "bounced": r.bounced, "failed": r.failed, "suppressed": r.suppressed}
 
 
-def _chunk(chunk_tx: Tx, chunk: list[Message], actor: str, source: str, keys: _Keys, campaigns: _Campaigns,
+def _chunk(chunk_tx: Tx, chunk: list[_Read], actor: str, source: str, keys: _Keys, campaigns: _Campaigns,
            result: ImportResult, after_chunk: Callable[[list[Message]], int] | None, dry_run: bool) -> None:
-    reports = [returned.read(m.raw) for m in chunk]  # outside the transaction: parsing is the slow part
     part = ImportResult(source, dry_run, messages=len(chunk))
     with chunk_tx() as tx:
-        _apply(tx.conn, list(zip(chunk, reports, strict=True)), actor, keys, campaigns, part)
+        _apply(tx.conn, chunk, actor, keys, campaigns, part)
         if not dry_run:
             tx.note(**_note(part))
             if not part.new:
                 tx.action = None  # mail taken in before: nothing changes, not even the audit log
     if after_chunk is not None and not dry_run and chunk:
-        part.moved = after_chunk(chunk)
+        part.moved = after_chunk([r.message for r in chunk])
     result.add(part)
 
 
@@ -286,30 +423,36 @@ class _Match:
     message_id: str | None = None  # matched by Message-ID: the one it must equal
     outcome: str | None = None  # decided before matching: forged, unmatched, ignored
     why: str = ""
+    proven: bool = False  # matched by a Message-ID made with a bounce key held: as good as a token
+    forged_before: int | None = None  # the id of its row when it was taken in before and judged forged
 
 
-def _apply(conn: Connection, items: list[tuple[Message, returned.Report]], actor: str, keys: _Keys,
-           campaigns: _Campaigns, out: ImportResult) -> None:
+def _apply(conn: Connection, items: list[_Read], actor: str, keys: _Keys, campaigns: _Campaigns,
+           out: ImportResult) -> None:
     store.take_turn(conn)
-    seen = store.known(conn, [r.key for _, r in items])
+    before = store.known(conn, [i.report.key for i in items])
+    taken: set[str] = set()
     todo: list[_Match] = []
-    for message, report in items:
-        if report.key in seen:
+    for item in items:
+        key = item.report.key
+        was = before.get(key)
+        if key in taken or (was is not None and was[1] != FORGED):
             out.already += 1
             continue
-        seen.add(report.key)
-        todo.append(_reference(message, report, keys))
-    found = store.deliveries(conn, [m.ref for m in todo if m.ref is not None])
+        taken.add(key)
+        m = _reference(item.message, item.report, keys)
+        m.forged_before = was[0] if was is not None else None  # judged again: the key may be the right one now
+        todo.append(m)
+    found = store.deliveries(conn, [m.ref for m in todo if m.ref is not None and m.outcome is None])
     campaigns.load(conn, [row.campaign_id for rows in found.values() for row in rows])
     now = db.utcnow()
     writes = _Writes(actor, now, suppression_rows.suppressed(
         conn, [row.email for rows in found.values() for row in rows if row.email]))
     rows: list[dict[str, Any]] = []
+    again: list[dict[str, Any]] = []
     per_campaign: dict[int, dict[str, int]] = {}
     for m in todo:
         r = m.report
-        out.new += 1
-        out.kinds[r.kind] += 1
         delivery = None
         if m.outcome is None:
             candidates = found.get(m.ref or "", [])
@@ -321,27 +464,41 @@ def _apply(conn: Connection, items: list[tuple[Message, returned.Report]], actor
                 m.outcome = UNMATCHED
                 m.why = ("matches no delivery" if not candidates else
                          f"matches {len(candidates)} deliveries: none is guessed") + \
-                    (" (by its return path token)" if m.via == "token" else f" (Message-ID {m.message_id})")
+                    (" (by its return path token)" if m.message_id is None else
+                     f" (Message-ID {returned.safe(m.message_id, 300)})")
+        if delivery is not None and m.via == "message_id":
+            _prove(m, delivery, campaigns, keys)
+            if m.outcome == FORGED:
+                delivery = None
+        if m.forged_before is not None and m.outcome == FORGED:
+            out.already += 1  # judged forged again: nothing changes
+            continue
+        out.new += 1
+        out.judged_again += m.forged_before is not None
+        out.kinds[r.kind] += 1
         if delivery is not None:
             counts = per_campaign.setdefault(delivery.campaign_id, {"bounced": 0, "failed": 0, "suppressed": 0})
             _effect(writes, m, delivery, campaigns.signs.get(delivery.campaign_id, False), out, counts)
         outcome = m.outcome or RECORDED
         out.outcomes[outcome] += 1
+        origin = returned.safe(m.message.origin, 1024)
         if outcome in LISTED_OUTCOMES and len(out.listed) < LISTED:
-            out.listed.append({"origin": m.message.origin, "kind": r.kind, "outcome": outcome, "why": m.why,
+            out.listed.append({"origin": origin, "kind": r.kind, "outcome": outcome, "why": m.why,
                                "status": r.status, "recipient": r.recipient})
-        rows.append({"key": r.key, "kind": r.kind, "outcome": outcome, "matched_by": m.via if delivery else None,
-                     "delivery_id": delivery.id if delivery else None,
-                     "campaign_id": delivery.campaign_id if delivery else None,
-                     "email": (delivery.email if delivery else r.recipient or None),
-                     "status": r.status, "detail": ("; ".join(p for p in (m.why, r.detail) if p))[:1024] or None,
-                     "origin": m.message.origin[:1024], "reported_at": r.reported_at, "imported_at": now,
-                     "imported_by": actor})
-    for row in rows:
-        if row["email"] is not None:
-            row["email"] = row["email"][:254]
+        email = delivery.email if delivery else r.recipient or None
+        row = {"kind": r.kind, "outcome": outcome, "matched_by": m.via if delivery else None,
+               "delivery_id": delivery.id if delivery else None,
+               "campaign_id": delivery.campaign_id if delivery else None,
+               "email": email[:254] if email is not None else None,
+               "status": r.status, "detail": ("; ".join(p for p in (m.why, r.detail) if p))[:1024] or None,
+               "origin": origin, "reported_at": r.reported_at, "imported_at": now, "imported_by": actor}
+        if m.forged_before is None:
+            rows.append({"key": r.key, **row})
+        else:
+            again.append({"id": m.forged_before, **row})
     writes.write(conn)
     store.record(conn, rows)
+    store.judge_again(conn, again, FORGED)
     for cid, counts in per_campaign.items():
         slug = campaigns.slugs.get(cid, str(cid))
         audit.record(conn, actor, "bounces.import", cid, source=out.source, **counts)
@@ -363,7 +520,9 @@ def _reference(message: Message, report: returned.Report, keys: _Keys) -> _Match
             if ref is not None:
                 m.ref, m.via = ref, "token"
                 return m
-        m.outcome, m.why = FORGED, "its return path token does not verify (forged or damaged): ignored"
+        m.outcome, m.why = FORGED, ("its return path token does not verify (forged or damaged, or signed with a key "
+                                    f"this import does not hold: see {verp.KEY_ENV}): ignored, and judged again "
+                                    "when met again")
         return m
     for mid in report.message_ids:
         ref = verp.reference(mid)
@@ -372,15 +531,32 @@ def _reference(message: Message, report: returned.Report, keys: _Keys) -> _Match
             return m
     m.outcome = UNMATCHED
     m.why = ("no return path token and no Message-ID of ours in the returned headers" if not report.message_ids
-             else f"the returned Message-ID {report.message_ids[0]} is not one of ours")
+             else f"the returned Message-ID {returned.safe(report.message_ids[0], 300)} is not one of ours")
     return m
+
+
+def _prove(m: _Match, delivery: Any, campaigns: _Campaigns, keys: _Keys) -> None:
+    """A match by Message-ID, for a campaign that signs its return path: proven (as good as a token) when the
+    delivery's Message-ID was made with a bounce key held; the plain digest (a Message-ID from before they were
+    keyed) proves nothing and leaves the match unsigned; made with another key, it is judged forged, as a token
+    that does not verify."""
+    if not campaigns.signs.get(delivery.campaign_id, False):
+        return
+    slug, wave = campaigns.slugs[delivery.campaign_id], campaigns.waves[delivery.wave_id]
+    unique = str(delivery.message_id)[1:33]
+    if any(hmac.compare_digest(unique, mime.unique_part(slug, wave, delivery.account_id, key))
+           for key in keys.get()):
+        m.proven = True
+    elif unique != mime.unique_part(slug, wave, delivery.account_id):
+        m.outcome, m.why = FORGED, ("its Message-ID is one of ours but does not verify with the bounce keys this "
+                                    f"import holds (see {verp.KEY_ENV}): ignored, and judged again when met again")
 
 
 def _effect(writes: _Writes, m: _Match, delivery: Any, signs: bool, out: ImportResult,
             counts: dict[str, int]) -> None:
     """What a matched report does to its delivery and its address; sets the match's outcome."""
     r = m.report
-    signed = m.via == "token" or not signs
+    signed = m.via == "token" or m.proven or not signs
     what = f"{r.status} {r.detail}".strip() if r.status else r.detail
     bounced = failed = suppressed = False
     if r.kind == returned.BOUNCE:
@@ -396,7 +572,8 @@ def _effect(writes: _Writes, m: _Match, delivery: Any, signs: bool, out: ImportR
     changed = bounced or failed or suppressed
     if not signed and r.kind in (returned.BOUNCE, returned.COMPLAINT):
         m.outcome = UNSIGNED
-        m.why = ("matched by Message-ID alone while the campaign signs its return path: "
+        m.why = ("matched by a Message-ID that anyone can work out (sent before Message-IDs were keyed) while the "
+                 "campaign signs its return path: "
                  + ("the notice no longer counts as delivered, but " if changed else "")
                  + "the address is not suppressed (`campaign suppress add` if it should be)")
         return
@@ -430,6 +607,11 @@ class ImapURL:
 IMAP_FORM = "imaps://USER@HOST[:PORT]/FOLDER (imap:// only to a loopback host)"
 
 
+def _plain_folder(folder: str) -> bool:
+    return folder.isascii() and folder.isprintable() and not any(ch in folder for ch in '"\\') and \
+        0 < len(folder) <= 200
+
+
 def parse_imap_url(url: str) -> ImapURL:
     try:
         parts = urlsplit(url)
@@ -445,18 +627,94 @@ def parse_imap_url(url: str) -> ImapURL:
         raise ConfigError(f"the IMAP URL needs a user and a host: {IMAP_FORM}")
     if parts.query or parts.fragment:
         raise ConfigError(f"the IMAP URL takes no ?options or #fragment: {IMAP_FORM}")
+    user = unquote(parts.username)
+    if not user.isascii() or not user.isprintable() or len(user) > 255:
+        # CR/LF would end the LOGIN command and start another one of the URL's choosing
+        raise ConfigError(f"the IMAP user name {user[:80]!r} holds a control character, a line break or a "
+                          "character outside ASCII: give a plain ASCII user name (a '@' is written %40)")
     host = parts.hostname
     if scheme == "imap" and not is_loopback(host):
         raise ConfigError(f"imap:// would send the password unencrypted to {host}: use imaps:// "
                           "(plain imap:// is only for a loopback host)")
     folder = unquote(parts.path.lstrip("/")) or "INBOX"
-    if not folder.isascii() or any(ch in folder for ch in '"\\\r\n') or len(folder) > 200:
-        raise ConfigError(f"IMAP folder {folder!r}: use a plain ASCII folder name")
-    return ImapURL(scheme, unquote(parts.username), host, port or (993 if scheme == "imaps" else 143), folder)
+    if not _plain_folder(folder):
+        raise ConfigError(f"IMAP folder {folder[:80]!r}: use a plain ASCII folder name")
+    return ImapURL(scheme, user, host, port or (993 if scheme == "imaps" else 143), folder)
 
 
 def _quote(folder: str) -> str:
     return f'"{folder}"'
+
+
+class _Bounded(imaplib.IMAP4):
+    """imaplib's reads of the server's answers, bounded: each wait for bytes by IMAP_TIMEOUT, each exchange (a
+    command and the whole of its answer, armed by `arm`) by IMAP_EXCHANGE seconds, and by bytes — a server that
+    says nothing, drips its answer a byte at a time or sends without end cannot hold the fetch."""
+
+    _deadline = 0.0
+    _left = 0
+
+    def arm(self, seconds: float | None = None) -> None:
+        """A new exchange begins: its time and its bytes run from now."""
+        self._deadline = time.monotonic() + (IMAP_EXCHANGE if seconds is None else seconds)
+        self._left = IMAP_FETCH_BYTES + MAX_MESSAGE_BYTES + IMAP_MAX_LINE
+
+    def _wait(self) -> None:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"no whole answer within {IMAP_EXCHANGE:g} s")
+        self.sock.settimeout(min(IMAP_TIMEOUT, left))
+
+    def _spend(self, n: int) -> None:
+        self._left -= n
+        if self._left < 0:
+            raise self.error("the server sent more than a fetch of returned mail takes at once")
+
+    def read(self, size: int) -> bytes:
+        """A literal of `size` bytes (a message), read a socket's read at a time."""
+        if size > self._left:
+            raise self.error(f"the server sends {size} bytes at once, more than a fetch of returned mail takes")
+        f = cast(io.BufferedReader, self.file)
+        out = bytearray()
+        while len(out) < size:
+            self._wait()
+            piece = f.read1(min(size - len(out), 1 << 16))
+            if not piece:
+                break
+            out += piece
+        self._spend(len(out))
+        return bytes(out)
+
+    def readline(self) -> bytes:
+        """One line of the server's, read a socket's read at a time."""
+        f = cast(io.BufferedReader, self.file)
+        out = bytearray()
+        while True:
+            self._wait()
+            buffered = f.peek(1)  # at most one read from the socket
+            if not buffered:
+                break
+            end = buffered.find(b"\n")
+            piece = f.read(len(buffered) if end < 0 else end + 1)  # from the buffer
+            out += piece
+            self._spend(len(piece))
+            if end >= 0:
+                break
+            if len(out) > IMAP_MAX_LINE:
+                raise self.error(f"the server sent a line of more than {IMAP_MAX_LINE} bytes")
+        return bytes(out)
+
+
+class _Plain(_Bounded):
+    def __init__(self, host: str, port: int) -> None:
+        self.arm()  # the greeting
+        super().__init__(host, port, timeout=IMAP_TIMEOUT)
+
+
+class _Tls(_Bounded, imaplib.IMAP4_SSL):
+    def __init__(self, host: str, port: int, context: ssl.SSLContext) -> None:
+        self.arm()  # the TLS handshake (bounded by IMAP_TIMEOUT as a whole) and the greeting
+        imaplib.IMAP4_SSL.__init__(self, host, port, ssl_context=context, timeout=IMAP_TIMEOUT)
 
 
 class _Imap:
@@ -466,53 +724,106 @@ class _Imap:
         self.url, self.move_to = url, move_to
         try:
             if url.scheme == "imaps":
-                tls = ssl.create_default_context()
-                self.conn: imaplib.IMAP4 = imaplib.IMAP4_SSL(url.host, url.port, ssl_context=tls, timeout=IMAP_TIMEOUT)
+                self.conn: _Bounded = _Tls(url.host, url.port, ssl.create_default_context())
             else:
-                self.conn = imaplib.IMAP4(url.host, url.port, timeout=IMAP_TIMEOUT)
+                self.conn = _Plain(url.host, url.port)
         except ssl.SSLError as exc:
-            raise CampaignError(f"IMAP server {url.host}:{url.port}: TLS failed ({exc.reason or exc}); a private "
-                                "certificate authority goes in SSL_CERT_FILE") from None
+            raise CampaignError(f"IMAP server {url.host}:{url.port}: TLS failed ({_said(exc.reason or exc)}); a "
+                                "private certificate authority goes in SSL_CERT_FILE") from None
+        except TimeoutError:
+            raise
         except (OSError, imaplib.IMAP4.error) as exc:
             raise CampaignError(f"cannot reach the IMAP server {url.host}:{url.port}: "
-                                f"{getattr(exc, 'strerror', None) or exc}") from None
+                                f"{_said(getattr(exc, 'strerror', None) or exc)}") from None
         try:
-            self.conn.login(url.user, password)
-        except imaplib.IMAP4.error:
-            self.close()
-            raise CampaignError(f"the IMAP server {url.host}:{url.port} refused the login of {url.user!r} "
-                                f"(check the user and {PASSWORD_ENV})") from None
+            self._open(password, readonly)
+        except BaseException as exc:
+            self.close(polite=not isinstance(exc, TimeoutError))
+            raise
+
+    def _open(self, password: str, readonly: bool) -> None:
+        url = self.url
+        try:
+            self._do(self.conn.login, url.user, password)
+        except imaplib.IMAP4.error as exc:
+            raise CampaignError(f"the IMAP server {url.host}:{url.port} refused the login of {url.user!r}: "
+                                f"{_said(exc)} (check the user and {PASSWORD_ENV})") from None
         # What the server can do once logged in (Dovecot, for one, tells MOVE only then).
-        typ, data = self.conn.capability()
-        caps = set((data[0] or b"").decode(errors="replace").upper().split()) if typ == "OK" else set()
+        typ, data = self._do(self.conn.capability)
+        caps = set(_said(data[0] or b"", None).upper().split()) if typ == "OK" else set()
         self.moves, self.uidplus = "MOVE" in caps, "UIDPLUS" in caps
-        typ, data = self.conn.select(_quote(url.folder), readonly=readonly)
+        typ, data = self._do(self.conn.select, _quote(url.folder), readonly)
         if typ != "OK":
-            self.close()
             raise UsageError(f"IMAP folder {url.folder!r} on {url.host}: {_said(data)}")
-        if not readonly and move_to != url.folder:
-            self.conn.create(_quote(move_to))  # refused when it exists already: that is fine
+        if not readonly and self.move_to != url.folder:
+            self._do(self.conn.create, _quote(self.move_to))  # refused when it exists already: that is fine
+
+    def _do(self, command: Callable[..., Any], *args: Any) -> Any:
+        """One exchange with the server, bounded in time and bytes."""
+        self.conn.arm()
+        return command(*args)
 
     def uids(self) -> list[str]:
-        typ, data = self.conn.uid("SEARCH", "UNDELETED")  # what another client marked deleted is on its way out
-        if typ != "OK":
+        typ, data = self._do(self.conn.uid, "SEARCH", "UNDELETED")  # what another client marked deleted is on
+        if typ != "OK":                                               # its way out
             raise CampaignError(f"IMAP SEARCH failed: {_said(data)}")
-        return [u.decode() for u in (data[0] or b"").split()]
+        return [u.decode() for u in (data[0] or b"").split() if u.isdigit()]
 
-    def messages(self) -> Iterator[Message]:
+    def _origin(self, uid: str) -> str:
+        return f"{self.url};UID={uid}"
+
+    def messages(self) -> Iterator[Found]:
+        """The folder's messages, fetched IMAP_FETCH at a time and at most IMAP_FETCH_BYTES at once (as the
+        server announces their sizes); one larger than MAX_MESSAGE_BYTES is listed and left in the folder."""
         uids = self.uids()
         for i in range(0, len(uids), IMAP_FETCH):
-            typ, data = self.conn.uid("FETCH", ",".join(uids[i:i + IMAP_FETCH]), "(UID BODY.PEEK[])")
-            if typ != "OK":
-                raise CampaignError(f"IMAP FETCH failed: {_said(data)}")
-            for item in data:
-                if not isinstance(item, tuple):
+            group = uids[i:i + IMAP_FETCH]
+            sizes = self._sizes(group)
+            batch: list[str] = []
+            size = 0
+            for uid in group:
+                if uid not in sizes:
+                    continue  # gone meanwhile
+                if sizes[uid] > MAX_MESSAGE_BYTES:
+                    yield Unread(self._origin(uid), TOO_LARGE, _too_large(sizes[uid]) + ", left in the folder")
                     continue
-                m = re.search(rb"UID (\d+)", item[0])
-                if m is None:
-                    continue
-                uid = m.group(1).decode()
-                yield Message(f"{self.url};UID={uid}", item[1], uid)
+                if batch and size + sizes[uid] > IMAP_FETCH_BYTES:
+                    yield from self._fetch(batch)
+                    batch, size = [], 0
+                batch.append(uid)
+                size += sizes[uid]
+            if batch:
+                yield from self._fetch(batch)
+
+    def _sizes(self, uids: list[str]) -> dict[str, int]:
+        typ, data = self._do(self.conn.uid, "FETCH", ",".join(uids), "(UID RFC822.SIZE)")
+        if typ != "OK":
+            raise CampaignError(f"IMAP FETCH failed: {_said(data)}")
+        sizes = {}
+        for item in data:
+            line = item[0] if isinstance(item, tuple) else item
+            uid, size = re.search(rb"UID (\d+)", line or b""), re.search(rb"RFC822\.SIZE (\d+)", line or b"")
+            if uid is not None and size is not None:
+                sizes[uid.group(1).decode()] = int(size.group(1))
+        return sizes
+
+    def _fetch(self, uids: list[str]) -> Iterator[Found]:
+        # BODY.PEEK: not marked read; <0.N>: the server sends no more than one byte over the cap
+        typ, data = self._do(self.conn.uid, "FETCH", ",".join(uids), f"(UID BODY.PEEK[]<0.{MAX_MESSAGE_BYTES + 1}>)")
+        if typ != "OK":
+            raise CampaignError(f"IMAP FETCH failed: {_said(data)}")
+        for item in data:
+            if not isinstance(item, tuple):
+                continue
+            m = re.search(rb"UID (\d+)", item[0])
+            if m is None:
+                continue
+            uid = m.group(1).decode()
+            if len(item[1]) > MAX_MESSAGE_BYTES:
+                yield Unread(self._origin(uid), TOO_LARGE, _too_large(f"over {MAX_MESSAGE_BYTES}")
+                             + ", left in the folder")
+                continue
+            yield Message(self._origin(uid), item[1], uid)
 
     def move(self, chunk: list[Message]) -> int:
         """Move the messages of a committed chunk to the processed folder."""
@@ -522,48 +833,66 @@ class _Imap:
         if not uids:
             return 0
         if self.moves:
-            typ, data = self.conn.uid("MOVE", uids, _quote(self.move_to))
+            typ, data = self._do(self.conn.uid, "MOVE", uids, _quote(self.move_to))
         else:
-            typ, data = self.conn.uid("COPY", uids, _quote(self.move_to))
+            typ, data = self._do(self.conn.uid, "COPY", uids, _quote(self.move_to))
             if typ == "OK":
-                self.conn.uid("STORE", uids, "+FLAGS.SILENT", r"(\Deleted)")
+                self._do(self.conn.uid, "STORE", uids, "+FLAGS.SILENT", r"(\Deleted)")
                 if self.uidplus:  # only ours: a plain EXPUNGE would also remove what others marked deleted
-                    self.conn.uid("EXPUNGE", uids)
+                    self._do(self.conn.uid, "EXPUNGE", uids)
                 else:
-                    self.conn.expunge()
+                    self._do(self.conn.expunge)
         if typ != "OK":
             raise CampaignError(f"IMAP: could not move messages to {self.move_to!r}: {_said(data)} (they were "
                                 "taken in; the next fetch finds them again and changes nothing for them)")
         return len(chunk)
 
-    def close(self) -> None:
-        # LOGOUT, not CLOSE: CLOSE would expunge whatever another client marked deleted.
+    def close(self, polite: bool = True) -> None:
+        """LOGOUT (not CLOSE: CLOSE would expunge whatever another client marked deleted), briefly; a server
+        that did not answer in time is not waited for again: the connection is just shut."""
         with contextlib.suppress(Exception):
-            self.conn.logout()
+            if polite:
+                self.conn.arm(min(IMAP_TIMEOUT, 5.0))
+                self.conn.logout()
+            else:
+                self.conn.shutdown()
 
 
-def _said(data: Any) -> str:
-    parts = data if isinstance(data, list) else [data]
-    return " ".join(p.decode(errors="replace") if isinstance(p, bytes) else str(p) for p in parts if p) or "refused"
+def _said(data: Any, limit: int | None = 300) -> str:
+    """What the IMAP server said (a response's data, an error), for a message: secrets masked, one line."""
+    if isinstance(data, BaseException):
+        data = list(data.args) or str(data)
+    parts = data if isinstance(data, (list, tuple)) else [data]
+    text = " ".join(p.decode(errors="replace") if isinstance(p, bytes) else str(p) for p in parts if p)
+    return redaction.redact(text, limit) or "refused"
 
 
 def fetch(engine: Engine, url: str, actor: str, move_to: str = PROCESSED, dry_run: bool = False) -> ImportResult:
     """`campaign bounces fetch URL`: take in the messages of an IMAP folder, then move each chunk taken in to
     `move_to` (nothing moves under a dry run: the folder is opened read-only)."""
     parsed = parse_imap_url(url)
-    if not move_to or not move_to.isascii() or any(ch in move_to for ch in '"\\\r\n'):
-        raise ConfigError(f"--move-to {move_to!r}: use a plain ASCII folder name")
+    if not _plain_folder(move_to):
+        raise ConfigError(f"--move-to {move_to[:80]!r}: use a plain ASCII folder name")
     password = os.environ.get(PASSWORD_ENV)
     if not password:
         raise ConfigError(f"{PASSWORD_ENV} is not set: the IMAP password is taken from there (never from the URL)")
+    redaction.hold(password)
+    if not password.isascii() or not password.isprintable():
+        raise ConfigError(f"{PASSWORD_ENV} holds a control character, a line break or a character outside ASCII: "
+                          "IMAP LOGIN cannot send it")
+    where = f"IMAP server {parsed.host}:{parsed.port}"
+    session, polite = None, True
     try:
         session = _Imap(parsed, password, move_to, readonly=dry_run)
-    except TimeoutError:
-        raise CampaignError(f"the IMAP server {parsed.host}:{parsed.port} did not answer in time") from None
-    try:
         return take_in(engine, session.messages(), actor, str(parsed), dry_run=dry_run, after_chunk=session.move)
+    except TimeoutError:
+        polite = False
+        raise CampaignError(f"the {where} did not answer in time (nothing for {IMAP_TIMEOUT:g} s, or no whole "
+                            f"answer within {IMAP_EXCHANGE:g} s); what was taken in so far stays, and fetching "
+                            "again changes nothing for it") from None
     except (OSError, imaplib.IMAP4.error) as exc:
-        raise CampaignError(f"IMAP server {parsed.host}:{parsed.port}: {exc} (what was taken in so far stays; "
-                            "fetching again changes nothing for it)") from None
+        raise CampaignError(f"{where}: {_said(exc)} (what was taken in so far stays; fetching again changes "
+                            "nothing for it)") from None
     finally:
-        session.close()
+        if session is not None:
+            session.close(polite)

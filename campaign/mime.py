@@ -20,6 +20,7 @@ import base64
 import binascii
 import datetime as dt
 import hashlib
+import hmac
 import re
 from dataclasses import dataclass
 from email.headerregistry import Address
@@ -65,10 +66,21 @@ def check_header(name: str, value: str) -> str:
     return value
 
 
-def message_id(campaign: str, wave: str, account_id: str, domain: str) -> str:
-    """Deterministic per delivery: the same (campaign, wave, account) always gets the same Message-ID."""
-    digest = hashlib.sha256(f"{campaign}\0{wave}\0{account_id}".encode()).hexdigest()[:32]
-    return f"<{digest}.{wave}.{campaign}@{domain}>"
+def message_id(campaign: str, wave: str, account_id: str, domain: str, key: bytes | None = None) -> str:
+    """Deterministic per delivery: the same (campaign, wave, account) — and `key` — always gets the same
+    Message-ID. It opens with its unique part (`unique_part`), whose first 20 hex digits are the delivery's
+    reference for returned mail (`campaign.verp`)."""
+    return f"<{unique_part(campaign, wave, account_id, key)}.{wave}.{campaign}@{domain}>"
+
+
+def unique_part(campaign: str, wave: str, account_id: str, key: bytes | None = None) -> str:
+    """32 hex digits: with `key` (the bounce key of a campaign that signs its return path,
+    `campaign.verp.message_id_key`) an HMAC-SHA256 under it, which nobody without the key can work out; without,
+    a SHA-256 of the delivery, which anyone who knows the campaign, the wave and an account id can."""
+    delivery = f"{campaign}\0{wave}\0{account_id}".encode()
+    if key is None:
+        return hashlib.sha256(delivery).hexdigest()[:32]
+    return hmac.new(key, b"campaign-message-id\0" + delivery, hashlib.sha256).hexdigest()[:32]
 
 
 def _encoded_words(value: str) -> str:
@@ -271,4 +283,5 @@ __all__ = [
     "encode_unstructured",
     "formataddr",
     "message_id",
+    "unique_part",
 ]

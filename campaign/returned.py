@@ -7,7 +7,9 @@ Exchange texts, …). What names the delivery: the signed token of our return pa
 envelope sender shows — the returned message's recipient headers, the report's Original-Mail-From, the
 Return-Path of the returned original — and the original's Message-ID in the returned headers.
 
-Pure: bytes in, a `Report` out; nothing here looks at the database.
+Pure: bytes in, a `Report` out; nothing here looks at the database. Every text of the message a `Report`
+carries to be stored or shown (the diagnostic, the recipient) has been through `campaign.redaction`: every
+secret this process holds masked, one printable line.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from email.utils import parsedate_to_datetime
 
 import flufl.bounce
 
-from campaign import verp
+from campaign import redaction, verp
 
 # kinds, from the most to the least severe
 BOUNCE = "bounce"  # a permanent failure (5.x.x): the address does not take mail
@@ -45,6 +47,8 @@ _flufl_log.propagate = False
 
 MAX_DETAIL = 500
 MAX_KEY = 255
+MAX_RECIPIENT = 254
+MAX_REFERENCES = 20  # tokens, and Message-IDs, kept per message: a real report names one or two
 _STATUS_RE = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
 # In free text, a status only right after an SMTP reply code ("550 5.1.1", "550-5.1.1"): a version number in a
 # quoted header must not pass for one; or as qmail writes it, "(#5.1.1)".
@@ -87,7 +91,10 @@ def _read(raw: bytes) -> Report:
     msg = parse(raw)
     kind, status, recipient, detail = _classify(msg)
     tokens, mids = _references(msg)
-    return Report(_key(msg, raw), kind, status, recipient, _line(detail), tuple(tokens), tuple(mids),
+    secrets = redaction.secrets()
+    return Report(_key(msg, raw, secrets), kind, status,
+                  safe(recipient, MAX_RECIPIENT, secrets) or None if recipient else None,
+                  safe(detail, MAX_DETAIL, secrets), tuple(tokens[:MAX_REFERENCES]), tuple(mids[:MAX_REFERENCES]),
                   _date(msg.get("Date")))
 
 
@@ -255,13 +262,26 @@ def _unique(items: Iterable[str]) -> list[str]:
 
 # -- its identity and date -------------------------------------------------------------------------------
 
-def _key(msg: Message, raw: bytes) -> str:
+def _key(msg: Message, raw: bytes, secrets: list[str]) -> str:
     """Its own Message-ID (the same message read from a Maildir or over IMAP is the same), else its bytes'
     digest."""
     mid = " ".join(str(msg.get("Message-ID") or "").split())
-    if mid.startswith("<") and mid.endswith(">") and 2 < len(mid) <= MAX_KEY - 4:
+    if mid.startswith("<") and mid.endswith(">") and 2 < len(mid) <= MAX_KEY - 4 and plain(mid, secrets):
         return f"mid:{mid}"
     return f"sha256:{hashlib.sha256(raw).hexdigest()}"
+
+
+def plain(text: str, secrets: list[str] | None = None) -> bool:
+    """Whether `campaign.redaction.redact` would leave `text` as it is (one printable line, no secret);
+    `secrets`: `redaction.secrets()`, when the caller has them at hand."""
+    return text.isprintable() and text == text.strip() and "  " not in text and \
+        not any(secret in text for secret in (redaction.secrets() if secrets is None else secrets))
+
+
+def safe(text: str, limit: int, secrets: list[str] | None = None) -> str:
+    """`text` from the outside, safe to store and show: `campaign.redaction.redact(text, limit)`, taking a
+    quick way for the many texts that are plain already (it looks at every character's category)."""
+    return text if len(text) <= limit and plain(text, secrets) else redaction.redact(text, limit)
 
 
 def _date(value: object) -> dt.datetime | None:
@@ -272,7 +292,3 @@ def _date(value: object) -> dt.datetime | None:
     except (TypeError, ValueError, IndexError):
         return None
     return when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when.astimezone(dt.UTC)
-
-
-def _line(text: str) -> str:
-    return " ".join(text.split())[:MAX_DETAIL]

@@ -208,7 +208,8 @@ class Composer:
     def __call__(self, person: Recipient, devices: tuple[DeviceView, ...], now: dt.datetime) -> Composed:
         try:
             rendered = self.renderer.render(self.wave, person, devices)
-            mid = message_id(self.d.slug, self.wave.name, person.account_id, self.domain)
+            mid = message_id(self.d.slug, self.wave.name, person.account_id, self.domain,
+                             verp.message_id_key(self.d))  # keyed when the return path is signed
             data = self.builder.build(Parts(person.name, person.email, rendered.subject, rendered.text,
                                             rendered.html, mid, now))
             sender = verp.envelope_sender(self.d, mid, self.sender)  # [bounces]: a signed return path per delivery

@@ -8,7 +8,12 @@ an HMAC-SHA256 of the reference under the bounce key, cut to 10 bytes (80 bits: 
 
 The key comes from the environment (`CAMPAIGN_BOUNCE_KEY`), like every other secret here: it is never stored,
 logged or printed. Several keys may be given, separated by commas: the first signs, every one verifies (to
-change keys without disowning what is still in flight).
+change keys without disowning what is still in flight). `CAMPAIGN_BOUNCE_KEY_PREVIOUS` (one key, or several
+separated by commas) verifies too and never signs: a key being retired, kept apart from the one in use.
+
+The same signing key keys the Message-ID of a campaign that signs its return path (`message_id_key`,
+`campaign.mime.message_id`): nobody without the key can work out a delivery's Message-ID, so a returned
+message that quotes it proves as much as a token.
 """
 
 from __future__ import annotations
@@ -21,11 +26,13 @@ import hmac
 import os
 import re
 
+from campaign import redaction
 from campaign.addresses import is_plain_ascii
 from campaign.definition import Definition
 from campaign.errors import ConfigError
 
 KEY_ENV = "CAMPAIGN_BOUNCE_KEY"
+PREVIOUS_ENV = "CAMPAIGN_BOUNCE_KEY_PREVIOUS"  # keys that verify only (a key being retired)
 MIN_KEY_CHARS = 32
 REF_BYTES = MAC_BYTES = 10
 TOKEN_CHARS = 32  # base32 of REF_BYTES + MAC_BYTES, no padding
@@ -54,24 +61,40 @@ def parse_return_path(value: str) -> str:
 
 
 @functools.cache
-def _parse_keys(value: str) -> tuple[bytes, ...]:
+def _parse_keys(value: str, var: str = KEY_ENV) -> tuple[bytes, ...]:
+    # Held at once: from now on every outside text this process stores or shows has them masked (G11).
+    redaction.hold(value, *value.split(","))
     keys = tuple(k.strip().encode() for k in value.split(",") if k.strip())
     if not keys:
-        raise ConfigError(f"{KEY_ENV} is empty: set it to a random key of at least {MIN_KEY_CHARS} characters "
+        raise ConfigError(f"{var} is empty: set it to a random key of at least {MIN_KEY_CHARS} characters "
                           f"({KEY_HELP})")
     if any(len(k) < MIN_KEY_CHARS for k in keys):
-        raise ConfigError(f"{KEY_ENV}: each key must have at least {MIN_KEY_CHARS} characters ({KEY_HELP})")
+        raise ConfigError(f"{var}: each key must have at least {MIN_KEY_CHARS} characters ({KEY_HELP})")
     return keys
 
 
 def keys(required: str) -> tuple[bytes, ...]:
-    """The bounce keys from the environment, the signing one first; ConfigError (saying `required`, what needs
-    it) when unset or too short. The keys themselves never appear in a message."""
+    """The bounce keys from the environment: `CAMPAIGN_BOUNCE_KEY`'s, the signing one first, then those of
+    `CAMPAIGN_BOUNCE_KEY_PREVIOUS` (which verify only; unset or empty: none). ConfigError (saying `required`,
+    what needs it) when `CAMPAIGN_BOUNCE_KEY` is unset, or a key is too short. The keys themselves never appear
+    in a message."""
     value = os.environ.get(KEY_ENV)
     if value is None:
         raise ConfigError(f"{KEY_ENV} is not set: {required} ({KEY_HELP}; every process that sends or imports "
                           "returned mail needs the same key)")
-    return _parse_keys(value)
+    current = _parse_keys(value)
+    previous = os.environ.get(PREVIOUS_ENV, "")
+    if not previous.strip():
+        return current
+    return current + tuple(k for k in _parse_keys(previous, PREVIOUS_ENV) if k not in current)
+
+
+def message_id_key(d: Definition) -> bytes | None:
+    """The key of the campaign's Message-IDs (`campaign.mime.message_id`): the signing bounce key when it signs
+    its return path, else None (the Message-ID is then a plain digest). ConfigError as `keys`."""
+    if d.return_path is None:
+        return None
+    return keys(f"the campaign {d.slug!r} signs its return path ([bounces] return_path)")[0]
 
 
 def reference(message_id: str) -> str | None:

@@ -43,6 +43,13 @@ class Sent:
         return f"Return-Path: <{self.sender}>\n" + self.message
 
 
+def padded(sent: Sent, size: int) -> Sent:
+    """The same message grown to about `size` bytes by lines of text at the end of its body (a relay that returns
+    the whole message returns them all)."""
+    line = b"z" * 76 + b"\r\n"
+    return Sent(sent.sender, sent.recipient, sent.data + line * max((size - len(sent.data)) // len(line), 0))
+
+
 def _id(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16].upper()
 

@@ -8,6 +8,9 @@ Use `imapd` in a test module with
 
 Without Dovecot installed (`apt-get install dovecot-imapd`; .ci/run does it) the tests that need it skip, and
 fail under CI=true.
+
+`FakeImap` is not Dovecot: a loopback server that plays a script (says nothing, drips its greeting a byte at a
+time, answers with what the test wants), for what a real server would never do.
 """
 
 from __future__ import annotations
@@ -17,11 +20,13 @@ import imaplib
 import os
 import pwd
 import shutil
+import socket
 import ssl
 import subprocess
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -179,3 +184,104 @@ def imapd(request: pytest.FixtureRequest) -> Iterator[ImapServer]:
     finally:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+# -- a server that plays a script ---------------------------------------------------------------------------
+
+Script = Callable[[socket.socket, threading.Event], None]
+
+
+class FakeImap:
+    """A loopback TCP server that runs `script(connection, stopped)` for each connection, in a thread of its
+    own; `stop()` sets `stopped` and closes everything."""
+
+    def __init__(self, script: Script) -> None:
+        self.script = script
+        self.stopped = threading.Event()
+        self.listener = socket.create_server((HOST, 0))
+        self.port = self.listener.getsockname()[1]
+        self.connections: list[socket.socket] = []
+        self.threads = [threading.Thread(target=self._accept, daemon=True)]
+        self.threads[0].start()
+
+    def url(self, folder: str = "INBOX", user: str = USER) -> str:
+        return f"imap://{user}@{HOST}:{self.port}/{folder}"
+
+    def _accept(self) -> None:
+        self.listener.settimeout(0.1)  # a closed listener does not wake a waiting accept(): look again often
+        while not self.stopped.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            conn.settimeout(None)
+            self.connections.append(conn)
+            thread = threading.Thread(target=self._run, args=(conn,), daemon=True)
+            self.threads.append(thread)
+            thread.start()
+
+    def _run(self, conn: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            self.script(conn, self.stopped)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.listener.close()
+        for conn in self.connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
+        for thread in self.threads:
+            thread.join(10)
+
+
+def silent(conn: socket.socket, stopped: threading.Event) -> None:
+    """Takes the connection and says nothing, ever."""
+    stopped.wait(60)
+
+
+def dripping(conn: socket.socket, stopped: threading.Event) -> None:
+    """Sends a greeting a byte every 0.2 s, never ending it (for at most 40 s)."""
+    conn.sendall(b"* OK ")
+    for _ in range(200):
+        if stopped.wait(0.2):
+            return
+        conn.sendall(b"x")
+
+
+def answering(answers: dict[str, str]) -> Script:
+    """A server that greets, then answers each command by its name: `answers[NAME]` (with {tag}), else OK."""
+    def script(conn: socket.socket, stopped: threading.Event) -> None:
+        conn.sendall(b"* OK fake IMAP ready\r\n")
+        f = conn.makefile("rb")
+        while not stopped.is_set():
+            line = f.readline()
+            if not line:
+                return
+            tag, _, rest = line.decode(errors="replace").partition(" ")
+            name = rest.split(" ", 1)[0].strip().upper()
+            if name == "CAPABILITY":
+                reply = answers.get(name, "* CAPABILITY IMAP4rev1 MOVE\r\n{tag} OK done")
+            elif name == "LOGOUT":
+                reply = "* BYE\r\n{tag} OK bye"
+            else:
+                reply = answers.get(name, "{tag} OK done")
+            conn.sendall((reply.format(tag=tag) + "\r\n").encode())
+            if name == "LOGOUT":
+                return
+    return script
+
+
+@pytest.fixture
+def fake_imap() -> Iterator[Callable[[Script], FakeImap]]:
+    """`fake_imap(script)` starts a `FakeImap`; each is stopped after the test."""
+    servers: list[FakeImap] = []
+
+    def start(script: Script) -> FakeImap:
+        servers.append(FakeImap(script))
+        return servers[-1]
+    yield start
+    for server in servers:
+        server.stop()

@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,13 +24,25 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, text
 
-from campaign import flip, verp
+from campaign import bounces, flip, verp
 from campaign.definition import parse_definition
 from campaign.errors import InputError
+from campaign.mime import message_id
 from campaign.store.bounces import IMPORT_LOCK
 from tests import bounce_mail as bm
+from tests.bounce_mail import Sent
 from tests.conftest import ROOT, CliRun, table_counts
-from tests.imapd import PASSWORD, ImapServer, imapd  # noqa: F401  (the fixture)
+from tests.imapd import (  # noqa: F401  (fake_imap, imapd: the fixtures)
+    PASSWORD,
+    FakeImap,
+    ImapServer,
+    Script,
+    answering,
+    dripping,
+    fake_imap,
+    imapd,
+    silent,
+)
 from tests.smtpd import SmtpServer
 
 SLUG = "voice-local-processing"
@@ -212,7 +225,7 @@ def check_taken_in(engine: Engine, result: dict[str, Any], run_cli: CliRun) -> N
     assert result["messages"] == 12 and result["new"] == 12 and result["already"] == 0
     assert result["kinds"] == EXPECTED_KINDS
     assert result["outcomes"] == {"applied": 8, "recorded": 1, "unsigned": 0, "unmatched": 1, "forged": 1,
-                                  "ignored": 1}
+                                  "ignored": 1, "not_a_file": 0, "too_large": 0}
     assert (result["bounced"], result["failed"], result["suppressed"]) == (6, 1, 7)
     assert result["campaigns"] == {SLUG: {"bounced": 6, "failed": 1, "suppressed": 7}}
     listed = {r["outcome"]: r for r in result["listed"]}
@@ -358,15 +371,57 @@ def test_message_id_matches_when_the_campaign_has_no_return_path(run_cli: CliRun
                                   "user2@example.com": "complaint"}
 
 
-def test_message_id_alone_does_not_suppress_when_the_campaign_signs(run_cli: CliRun, engine: Engine,
-                                                                    smtpd: SmtpServer, env: Env,
-                                                                    campaign: Callable[..., None],
-                                                                    tmp_path: Path) -> None:
-    """Anyone who can guess a Message-ID can write a bounce without a token: with a signed return path, that
-    takes the notice back (the safe side) but suppresses no one."""
+def without_token(s: Sent, message_id: str | None = None) -> bm.Sent:
+    """The message as a relay that returns it without the return path would quote it (the campaign's own sender
+    instead), its Message-ID replaced by `message_id` if given."""
+    data = s.data
+    if message_id is not None:
+        data = re.sub(rb"(?m)^Message-ID: <[^>]*>", f"Message-ID: {message_id}".encode(), data)
+    return bm.Sent("privacy@example.com", s.recipient, data)
+
+
+def stored_message_id(engine: Engine, email: str, wave: str = "notice") -> str:
+    (mid,) = rows(engine, "SELECT d.message_id FROM delivery d JOIN wave w ON w.id = d.wave_id "
+                          "WHERE d.email = :e AND w.name = :w", e=email, w=wave)[0]
+    return str(mid)
+
+
+def test_a_guessable_message_id_bounces_nothing(run_cli: CliRun, engine: Engine, smtpd: SmtpServer, env: Env,
+                                                campaign: Callable[..., None], tmp_path: Path) -> None:
+    """A campaign that signs its return path keys its Message-IDs with the bounce key: the Message-ID that anyone
+    can work out (sha256 of slug, wave, account) is not one of its deliveries', so a bounce quoting it to the
+    bounce address changes nothing; the genuine one, which only the key makes, proves as much as a token."""
+    campaign()
+    sent = send(run_cli, env, smtpd)
+    domain = "example.com"
+    guessable = message_id(SLUG, "notice", "a000", domain)  # the attacker's formula
+    keyed = stored_message_id(engine, "user0@example.com")
+    assert keyed == message_id(SLUG, "notice", "a000", domain, KEY.encode()) != guessable
+    assert f"Message-ID: {keyed}" in sent["user0@example.com"].message  # the header is the stored one
+    forged = bm.postfix(without_token(sent["user0@example.com"], guessable), headers_only=True)
+    genuine = bm.postfix(without_token(sent["user1@example.com"]), headers_only=True)
+    assert not verp.tokens(forged.decode()) and not verp.tokens(genuine.decode())
+    result = import_json(run_cli, env, maildir(tmp_path / "Maildir", [forged, genuine]))
+    assert result["outcomes"]["unmatched"] == 1 and result["outcomes"]["applied"] == 1
+    assert (result["bounced"], result["suppressed"]) == (1, 1)
+    assert states(engine)["user0@example.com"] == "sent"  # still counts for the flip
+    assert states(engine)["user1@example.com"] == "bounced"
+    assert suppressed(engine) == {"user1@example.com": "bounce"}
+    assert {r for r in rows(engine, "SELECT email, outcome, matched_by FROM bounce")} == {
+        ("user1@example.com", "applied", "message_id"), ("user0@example.com", "unmatched", None)}
+
+
+def test_an_old_guessable_message_id_alone_does_not_suppress(run_cli: CliRun, engine: Engine, smtpd: SmtpServer,
+                                                             env: Env, campaign: Callable[..., None],
+                                                             tmp_path: Path) -> None:
+    """A delivery sent before Message-IDs were keyed keeps its guessable one: a bounce quoting it, without a
+    token, takes the notice back (the safe side) but suppresses no one."""
     campaign()
     s0 = send(run_cli, env, smtpd)["user0@example.com"]
-    unsigned = bm.postfix(bm.Sent("privacy@example.com", s0.recipient, s0.data), headers_only=True)
+    guessable = message_id(SLUG, "notice", "a000", "example.com")
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE delivery SET message_id = :m WHERE email = 'user0@example.com'"), {"m": guessable})
+    unsigned = bm.postfix(without_token(s0, guessable), headers_only=True)
     result = import_json(run_cli, env, maildir(tmp_path / "Maildir", [unsigned]))
     assert result["outcomes"]["unsigned"] == 1 and result["suppressed"] == 0 and result["bounced"] == 1
     assert "not suppressed" in result["listed"][0]["why"]
@@ -444,6 +499,231 @@ def test_a_token_needs_the_key_to_be_read(run_cli: CliRun, engine: Engine, smtpd
     assert table_counts(engine) == before
 
 
+# -- keys: a wrong one loses nothing, a retired one still verifies ------------------------------------------
+
+WRONG = "a-wrong-bounce-key-typed-by-someone-0123"
+NEW_KEY = "the-new-bounce-key-after-rotation-456789"
+
+
+def bounce_rows(engine: Engine) -> set[tuple[Any, ...]]:
+    return set(rows(engine, "SELECT email, kind, outcome, matched_by FROM bounce"))
+
+
+def test_a_wrong_key_loses_no_bounce(run_cli: CliRun, engine: Engine, smtpd: SmtpServer, env: Env,
+                                     campaign: Callable[..., None], tmp_path: Path) -> None:
+    """Genuine returned mail taken in while CAMPAIGN_BOUNCE_KEY is wrong (a typo, a rotation gone wrong) is
+    judged forged, and judged again at the next import: with the right key it takes effect then — the notice
+    no longer counts, the address is suppressed — instead of being "taken in before" for good."""
+    campaign()
+    sent = send(run_cli, env, smtpd)
+    box = maildir(tmp_path / "Maildir", [bm.postfix(sent["user0@example.com"]),  # by its token
+                                         bm.postfix(without_token(sent["user1@example.com"]), headers_only=True)])
+    wrong = {**env, "CAMPAIGN_BOUNCE_KEY": WRONG}  # ... by its keyed Message-ID
+    first = import_json(run_cli, wrong, box)
+    assert (first["new"], first["outcomes"]["forged"], first["bounced"]) == (2, 2, 0)
+    assert all("judged again" in r["why"] for r in first["listed"])
+    assert set(states(engine).values()) == {"sent"} and suppressed(engine) == {}
+    assert bounce_rows(engine) == {("user0@example.com", "bounce", "forged", None),
+                                   ("user1@example.com", "bounce", "forged", None)}
+
+    # Still the wrong key: judged forged again, nothing changes, not even the audit log.
+    before = table_counts(engine)
+    again = import_json(run_cli, wrong, box)
+    assert (again["new"], again["already"], again["judged_again"]) == (0, 2, 0)
+    assert table_counts(engine) == before
+
+    # The right key: both take effect now.
+    right = import_json(run_cli, env, box)
+    assert (right["new"], right["already"], right["judged_again"]) == (2, 0, 2)
+    assert (right["outcomes"]["applied"], right["bounced"], right["suppressed"]) == (2, 2, 2)
+    assert states(engine)["user0@example.com"] == states(engine)["user1@example.com"] == "bounced"
+    assert suppressed(engine) == {"user0@example.com": "bounce", "user1@example.com": "bounce"}
+    assert bounce_rows(engine) == {("user0@example.com", "bounce", "applied", "token"),
+                                   ("user1@example.com", "bounce", "applied", "message_id")}
+    (error,) = rows(engine, "SELECT last_error FROM delivery WHERE email = 'user0@example.com'")[0]
+    assert error.startswith("returned after it was sent: 5.1.1")
+
+    # Taken in for good now: a further import changes nothing.
+    after = table_counts(engine)
+    assert import_json(run_cli, env, box)["already"] == 2
+    assert table_counts(engine) == after
+
+
+def test_a_retired_key_verifies_and_never_signs(run_cli: CliRun, engine: Engine, smtpd: SmtpServer, env: Env,
+                                                campaign: Callable[..., None], tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Changing keys: CAMPAIGN_BOUNCE_KEY=NEW signs, CAMPAIGN_BOUNCE_KEY_PREVIOUS=OLD still verifies what went
+    out under OLD (tokens and Message-IDs), and never signs; CAMPAIGN_BOUNCE_KEY=NEW,OLD works as before."""
+    campaign()
+    sent = send(run_cli, env, smtpd)
+    rotated = {**env, "CAMPAIGN_BOUNCE_KEY": NEW_KEY, "CAMPAIGN_BOUNCE_KEY_PREVIOUS": KEY}
+    monkeypatch.setenv("CAMPAIGN_BOUNCE_KEY", NEW_KEY)
+    monkeypatch.setenv("CAMPAIGN_BOUNCE_KEY_PREVIOUS", KEY)
+    result = import_json(run_cli, rotated, maildir(tmp_path / "one", [
+        bm.postfix(sent["user0@example.com"]),
+        bm.postfix(without_token(sent["user1@example.com"]), headers_only=True)]))
+    assert (result["outcomes"]["applied"], result["bounced"], result["suppressed"]) == (2, 2, 2)
+    listed = import_json(run_cli, {**env, "CAMPAIGN_BOUNCE_KEY": f"{NEW_KEY},{KEY}"},
+                         maildir(tmp_path / "two", [bm.exim(sent["user2@example.com"])]))
+    assert listed["outcomes"]["applied"] == 1 and states(engine)["user2@example.com"] == "bounced"
+
+    # The reminder goes out signed with the new key only, and its Message-IDs are keyed with it.
+    reminded = send(run_cli, rotated, smtpd, wave="reminder")
+    m = VERP_RE.match(reminded["user3@example.com"].sender)
+    assert m is not None
+    assert verp.verify(m.group(1), (NEW_KEY.encode(),)) is not None
+    assert verp.verify(m.group(1), (KEY.encode(),)) is None
+    assert stored_message_id(engine, "user3@example.com", "reminder") == \
+        message_id(SLUG, "reminder", "a003", "example.com", NEW_KEY.encode())
+
+    short = run_cli("bounces", "import", str(maildir(tmp_path / "three", [bm.qmail(sent["user4@example.com"])])),
+                    env={**rotated, "CAMPAIGN_BOUNCE_KEY_PREVIOUS": "short"})
+    assert short.exit_code == 2 and "CAMPAIGN_BOUNCE_KEY_PREVIOUS: each key must have at least 32" in short.output
+
+
+# -- secrets in returned mail --------------------------------------------------------------------------------
+
+def test_secrets_in_returned_mail_are_masked(run_cli: CliRun, engine: Engine, smtpd: SmtpServer, env: Env,
+                                             campaign: Callable[..., None], tmp_path: Path) -> None:
+    """A returned message's diagnostic that carries the IMAP password or the bounce key (a relay echoing what it
+    got, or someone probing) is stored and shown with both masked: the bounce row, the delivery's last error,
+    the suppression's reason, the import's listing and a person's report."""
+    campaign()
+    sent = send(run_cli, env, smtpd)
+    leaky = bm.postfix(sent["user0@example.com"]).replace(b"User unknown", f"User {PASSWORD} unknown {KEY}".encode())
+    stranger = bm.postfix(Sent("someone@elsewhere.example", f"{PASSWORD}@example.org",
+                               b"From: someone@elsewhere.example\nSubject: x\nMessage-ID: <x1@elsewhere.example>\n\n"
+                               b"hello\n"), headers_only=True, to="bounces@example.com")
+    box = maildir(tmp_path / "Maildir", [leaky, stranger])
+    shown = run_cli("bounces", "import", str(box), "--dry-run", env=env).output  # the listing, as text
+    result = import_json(run_cli, env, box)
+    assert result["listed"][0]["recipient"] == "***@example.org"
+    shown += json.dumps(result) + run_cli("report", SLUG, "--account", "a000").output + \
+        run_cli("report", SLUG, "--account", "a000", "--json").output
+    assert "unmatched" in shown
+    stored = " ".join(str(v) for table in table_counts(engine).values() for row in table for v in row)
+    assert "User *** unknown ***" in rows(engine, "SELECT detail FROM bounce WHERE email = 'user0@example.com'")[0][0]
+    assert "User *** unknown ***" in rows(engine, "SELECT last_error FROM delivery WHERE email = 'user0@example.com'"
+                                          )[0][0]
+    assert "User *** unknown ***" in rows(engine, "SELECT reason FROM suppression")[0][0]
+    assert "User *** unknown ***" in shown
+    for secret in (PASSWORD, KEY):
+        assert secret not in stored and secret not in shown
+
+
+# -- what cannot be read safely -------------------------------------------------------------------------------
+
+MiB = 1024 * 1024
+
+
+def import_process(db_url: str, env: Env, path: Path, memory_limit: int | None = None,
+                   timeout: float = 120) -> tuple[int, str, str, int]:
+    """`campaign bounces import PATH --json` in a process of its own (its memory measured alone, and a hang or
+    a runaway cannot take the tests with it): (exit code, stdout, stderr, peak resident memory in bytes). With
+    `memory_limit` its address space is capped (a read without end fails instead of taking the machine).
+
+    The peak is the process's own VmHWM, read as it ends: its ru_maxrss would include the resident memory of
+    this test process, which it was forked from (Linux keeps the larger of the two across exec)."""
+    environ = {**os.environ, **env, "CAMPAIGN_DATABASE_URL": db_url, "CAMPAIGN_ACTOR": "tester",
+               "CAMPAIGN_TEMPLATES": str(ROOT / "templates")}
+    cap = "" if memory_limit is None else \
+        f"import resource; resource.setrlimit(resource.RLIMIT_AS, ({memory_limit}, {memory_limit}))\n"
+    peak_path = path.parent / f"{path.name}.peak"
+    code = cap + textwrap.dedent("""\
+        import re, runpy, sys
+        path, peak = sys.argv[1:]
+        sys.argv = ["campaign", "bounces", "import", path, "--json"]
+        try:
+            runpy.run_module("campaign", run_name="__main__")
+        finally:
+            with open("/proc/self/status") as status, open(peak, "w") as out:
+                out.write(re.search(r"VmHWM:\\s+(\\d+) kB", status.read()).group(1))
+        """)
+    proc = subprocess.run([sys.executable, "-c", code, str(path), str(peak_path)], env=environ,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+    peak = int(peak_path.read_text()) * 1024 if peak_path.exists() else 0
+    return proc.returncode, proc.stdout, proc.stderr, peak
+
+
+def test_what_is_not_a_regular_file_is_listed_not_read(db_url: str, engine: Engine, run_cli: CliRun, env: Env,
+                                                       smtpd: SmtpServer, campaign: Callable[..., None],
+                                                       tmp_path: Path) -> None:
+    """In a Maildir's new/: a symlink to /dev/zero (read, it never ends), a FIFO (opened, it waits for a writer
+    forever), a folder (read, it fails), a symlink to a genuine bounce elsewhere (a link is never followed):
+    each is listed as not a file and not read; the genuine bounce beside them is taken in."""
+    campaign()
+    sent = send(run_cli, env, smtpd)
+    box = maildir(tmp_path / "Maildir", [bm.postfix(sent["user0@example.com"])])
+    outside = tmp_path / "elsewhere.eml"
+    outside.write_bytes(bm.postfix(sent["user1@example.com"]))
+    new = box / "new"
+    (new / "1.zero").symlink_to("/dev/zero")
+    os.mkfifo(new / "2.fifo")
+    (new / "3.folder").mkdir()
+    (new / "4.link").symlink_to(outside)
+    code, out, err, _ = import_process(db_url, env, box, memory_limit=1024 * MiB, timeout=60)
+    assert code == 0 and "Traceback" not in err, err
+    result = json.loads(out)
+    assert (result["messages"], result["new"], result["outcomes"]["not_a_file"]) == (5, 1, 4)
+    why = {Path(r["origin"]).name: r["why"] for r in result["listed"] if r["outcome"] == "not_a_file"}
+    assert why == {"1.zero": "a symbolic link: not followed", "2.fifo": "a FIFO", "3.folder": "a folder",
+                   "4.link": "a symbolic link: not followed"}
+    assert states(engine)["user0@example.com"] == "bounced" and states(engine)["user1@example.com"] == "sent"
+    text_ = run_cli("bounces", "import", str(box), env=env).output
+    assert "not acted on: 4 not_a_file" in text_ and f"{new / '2.fifo'}  not_a_file: a FIFO" in text_
+
+
+def test_a_large_message_is_listed_and_memory_stays_bounded(db_url: str, engine: Engine, run_cli: CliRun,
+                                                            env: Env, smtpd: SmtpServer,
+                                                            campaign: Callable[..., None], tmp_path: Path) -> None:
+    """A 50 MB returned message (a relay that returns the whole of a large message, or someone filling the
+    bounce box) is listed as too large and never read whole: the import of a Maildir, or an mbox, holding it
+    peaks under 200 MiB of memory (it took 520 MB). A message just under the cap is taken in, within the same
+    bound, and so is the one after it."""
+    campaign()
+    sent = send(run_cli, env, smtpd)
+    huge = bm.postfix(bm.padded(sent["user0@example.com"], 50 * MiB))
+    large = bm.postfix(bm.padded(sent["user1@example.com"], 9 * MiB))
+    assert len(huge) > 50 * MiB and 9 * MiB < len(large) < 10 * MiB
+    box = maildir(tmp_path / "Maildir", [huge, large, bm.exim(sent["user2@example.com"])])
+    code, out, err, peak = import_process(db_url, env, box)
+    assert code == 0, err
+    result = json.loads(out)
+    assert (result["messages"], result["new"], result["outcomes"]["too_large"]) == (3, 2, 1)
+    (listed,) = result["listed"]
+    assert listed["outcome"] == "too_large" and listed["why"].startswith("larger than 10 MiB")
+    assert 0 < peak < 200 * MiB, f"peak {peak / MiB:.0f} MiB"
+    assert [states(engine)[f"user{i}@example.com"] for i in range(3)] == ["sent", "bounced", "bounced"]
+
+    mbox_path = tmp_path / "returned.mbox"
+    mb = mailbox.mbox(mbox_path)
+    for raw in (huge, bm.qmail(sent["user3@example.com"])):
+        mb.add(raw)
+    mb.close()
+    del huge, large, mb
+    code, out, err, peak = import_process(db_url, env, mbox_path)
+    assert code == 0, err
+    result = json.loads(out)
+    assert (result["messages"], result["new"], result["outcomes"]["too_large"]) == (2, 1, 1)
+    assert result["listed"][0]["origin"] == f"{mbox_path}:1" and result["listed"][0]["outcome"] == "too_large"
+    assert 0 < peak < 200 * MiB, f"peak {peak / MiB:.0f} MiB"
+    assert states(engine)["user3@example.com"] == "bounced"
+
+
+def test_a_chunk_is_bounded_by_bytes(run_cli: CliRun, engine: Engine, smtpd: SmtpServer, env: Env,
+                                     campaign: Callable[..., None], tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chunk (one transaction) ends when its messages' bytes reach CHUNK_BYTES, not only after CHUNK
+    messages: here each message is a chunk of its own, one audit event each."""
+    campaign()
+    sent = send(run_cli, env, smtpd)
+    monkeypatch.setattr(bounces, "CHUNK_BYTES", 1)
+    box = maildir(tmp_path / "Maildir", [bm.postfix(sent[f"user{i}@example.com"]) for i in range(3)])
+    assert import_json(run_cli, env, box)["new"] == 3
+    assert rows(engine, "SELECT count(*) FROM audit_event WHERE action = 'bounces.import' AND campaign_id IS NULL") \
+        == [(3,)]
+
+
 # -- IMAP (Dovecot) ---------------------------------------------------------------------------------------
 
 @pytest.fixture
@@ -509,9 +789,9 @@ def test_fetch_over_tls_checks_the_certificate(run_cli: CliRun, engine: Engine, 
 
 def test_fetch_refuses_what_is_unsafe(run_cli: CliRun, engine: Engine, env: Env, filled: ImapServer) -> None:
     before = table_counts(engine)
-    wrong = run_cli("bounces", "fetch", filled.url(), env={**env, "CAMPAIGN_IMAP_PASSWORD": "wrong"})
-    assert wrong.exit_code == 1 and "refused the login of 'bounces'" in wrong.output and "wrong" not in \
-        wrong.output.replace("refused the login", "")
+    wrong = run_cli("bounces", "fetch", filled.url(), env={**env, "CAMPAIGN_IMAP_PASSWORD": "a-wrong-imap-password"})
+    assert wrong.exit_code == 1 and "refused the login of 'bounces'" in wrong.output
+    assert "a-wrong-imap-password" not in wrong.output
     cases = {
         "imap://bounces@mail.example.com/INBOX": "only for a loopback host",
         f"imap://bounces:{PASSWORD}@127.0.0.1:{filled.imap_port}/INBOX": "holds a password",
@@ -535,3 +815,82 @@ def test_the_scheduler_polls_the_mailbox(run_cli: CliRun, engine: Engine, env: E
     assert filled.count("INBOX") == 0 and filled.count("Processed") == 12
     assert len(rows(engine, "SELECT id FROM bounce")) == 12
     assert states(engine)["user0@example.com"] == "bounced"
+
+
+def test_fetch_refuses_control_characters_in_what_it_sends(run_cli: CliRun, engine: Engine, env: Env,
+                                                           filled: ImapServer) -> None:
+    """A user name (or a folder, or a password) with CR/LF would end the IMAP command and start another of the
+    URL's choosing (`a1 LOGOUT`, or worse): refused before connecting, exit 2, the password never shown."""
+    before = table_counts(engine)
+    port = filled.imap_port
+    cases = {
+        f"imap://bounces%0D%0Aa1%20LOGOUT@127.0.0.1:{port}/INBOX": "the IMAP user name 'bounces\\r\\na1 LOGOUT'",
+        f"imap://bounces%00@127.0.0.1:{port}/INBOX": "holds a control character",
+        f"imap://bounces@127.0.0.1:{port}/IN%1BBOX": "use a plain ASCII folder name",
+    }
+    for url, message in cases.items():
+        result = run_cli("bounces", "fetch", url, env=env)
+        assert result.exit_code == 2 and message in result.output, (url, result.output)
+    leaky = f"{PASSWORD}\r\na2 DELETE INBOX"
+    result = run_cli("bounces", "fetch", filled.url(), env={**env, "CAMPAIGN_IMAP_PASSWORD": leaky})
+    assert result.exit_code == 2 and "CAMPAIGN_IMAP_PASSWORD holds a control character" in result.output
+    assert PASSWORD not in result.output
+    result = run_cli("bounces", "fetch", filled.url(), "--move-to", "Done\r\na3 LOGOUT", env=env)
+    assert result.exit_code == 2 and "--move-to" in result.output
+    assert table_counts(engine) == before and filled.count("INBOX") == 12
+
+
+@pytest.mark.parametrize("script", [silent, dripping], ids=["silent", "dripping"])
+def test_fetch_ends_when_the_server_stalls(run_cli: CliRun, engine: Engine, env: Env, script: Script,
+                                           fake_imap: Callable[[Script], FakeImap],  # noqa: F811
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that takes the connection and says nothing, or drips its greeting a byte at a time (each read
+    gets a byte in time: only a deadline on the whole answer ends it), cannot hold `bounces fetch` (nor the
+    scheduler that runs it): a clear error, exit 1, within the time allowed."""
+    monkeypatch.setattr(bounces, "IMAP_TIMEOUT", 1.0)
+    monkeypatch.setattr(bounces, "IMAP_EXCHANGE", 2.0)
+    server = fake_imap(script)
+    started = time.monotonic()
+    result = run_cli("bounces", "fetch", server.url(), env=env)
+    took = time.monotonic() - started
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"IMAP server 127.0.0.1:{server.port} did not answer in time" in result.output
+    assert took < 6, took
+
+
+def test_what_the_imap_server_says_is_shown_with_secrets_masked(run_cli: CliRun, engine: Engine, env: Env,
+                                                                fake_imap: Callable[[Script], FakeImap],  # noqa: F811
+                                                                ) -> None:
+    """What an IMAP server answers is shown in the error (it helps), and goes through the one redaction step
+    first: a server echoing the password or the bounce key shows neither."""
+    said = f"for {PASSWORD} with {KEY} and {PASSWORD.encode().hex()}"
+    refused = fake_imap(answering({"LOGIN": "{tag} NO [AUTHENTICATIONFAILED] wrong password " + PASSWORD}))
+    result = run_cli("bounces", "fetch", refused.url(), env=env)
+    assert result.exit_code == 1 and "refused the login of 'bounces': [AUTHENTICATIONFAILED] wrong password ***" \
+        in result.output
+    no_folder = fake_imap(answering({"SELECT": "{tag} NO [NONEXISTENT] no folder INBOX " + said}))
+    result2 = run_cli("bounces", "fetch", no_folder.url(), env=env)
+    assert result2.exit_code == 2 and "IMAP folder 'INBOX' on 127.0.0.1: [NONEXISTENT] no folder INBOX for *** " \
+        "with ***" in result2.output
+    broken = fake_imap(answering({"UID": "{tag} BAD \x1b[31m" + said}))
+    result3 = run_cli("bounces", "fetch", broken.url(), env=env)
+    assert result3.exit_code == 1 and "UID command error: BAD" in result3.output and "for *** with ***" in \
+        result3.output
+    for secret in (PASSWORD, KEY):
+        assert secret not in result.output + result2.output + result3.output
+    assert "\x1b" not in result3.output
+
+
+def test_fetch_leaves_a_message_too_large_in_the_folder(run_cli: CliRun, engine: Engine, env: Env,
+                                                        filled: ImapServer, smtpd: SmtpServer) -> None:
+    """A message above the cap (as the server announces its size) is listed as too large, never fetched, and
+    left in the folder; the others are taken in and moved."""
+    last = next(iter(send(run_cli, env, smtpd, wave="reminder").values()))
+    filled.append([bm.postfix(bm.padded(last, 11 * MiB))])
+    result = run_cli("bounces", "fetch", filled.url(), "--json", env=env)
+    assert result.exit_code == 0, result.output
+    got = json.loads(result.stdout)
+    assert (got["messages"], got["new"], got["moved"], got["outcomes"]["too_large"]) == (13, 12, 12, 1)
+    (large,) = [r for r in got["listed"] if r["outcome"] == "too_large"]
+    assert large["why"].startswith("larger than 10 MiB") and large["why"].endswith("left in the folder")
+    assert filled.count("INBOX") == 1 and filled.count("Processed") == 12

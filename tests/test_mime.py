@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import email
+import hashlib
+import re
 from email.message import EmailMessage
 from email.policy import default
 
@@ -11,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from campaign import verp
 from campaign.addresses import needs_smtputf8, normalize, wire_form
 from campaign.mime import HeaderInjection, MessageBuilder, Parts, _LineCodec, _qp, build_plain, message_id
 from campaign.transport import wire_ready
@@ -154,6 +157,25 @@ def test_message_id_is_deterministic_per_delivery() -> None:
     assert a != message_id("voice-local-processing", "notice", "acc-2", "example.com")
     assert a.startswith("<") and a.endswith("@example.com>")
     assert str(parsed(assert_same(parts()))["Message-ID"]) == parts().message_id
+
+
+def test_message_id_is_keyed_with_the_bounce_key() -> None:
+    """With the bounce key (a campaign that signs its return path) the unique part is an HMAC under it: not the
+    digest anyone can compute from the campaign, the wave and an account id; still the same for the same
+    delivery (a message sent again keeps its Message-ID), and still opening with the reference that return
+    path tokens carry."""
+    key, other = b"0123456789abcdef0123456789abcdef-key", b"another key, of at least 32 characters"
+    args = ("voice-local-processing", "notice", "acc-1", "example.com")
+    guessable = hashlib.sha256(b"voice-local-processing\0notice\0acc-1").hexdigest()[:32]  # the attacker's formula
+    assert message_id(*args) == f"<{guessable}.notice.voice-local-processing@example.com>"
+    keyed = message_id(*args, key)
+    assert keyed == message_id(*args, key)  # deterministic per delivery
+    assert keyed != message_id(*args) and guessable not in keyed
+    assert keyed != message_id(*args, other)
+    assert keyed != message_id("voice-local-processing", "notice", "acc-2", "example.com", key)
+    assert re.fullmatch(r"<[0-9a-f]{32}\.notice\.voice-local-processing@example\.com>", keyed)
+    ref = verp.reference(keyed)
+    assert ref is not None and keyed.startswith(f"<{ref}") and ref != guessable[:20]
 
 
 def test_bodies_with_dots_long_lines_and_crlf() -> None:

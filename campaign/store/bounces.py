@@ -15,9 +15,9 @@ from typing import Any
 from sqlalchemy import Connection, Row, bindparam, func, insert, select, update
 
 from campaign.db import UTCDateTime
-from campaign.models import BOUNCE, CAMPAIGN, DELIVERY
+from campaign.models import BOUNCE, CAMPAIGN, DELIVERY, WAVE
 
-B, C, DL = BOUNCE, CAMPAIGN, DELIVERY
+B, C, DL, W = BOUNCE, CAMPAIGN, DELIVERY, WAVE
 CHUNK = 1000
 IMPORT_LOCK = 0x63616D70_626F756E  # "campbounc": the transaction-level advisory lock of `bounces import`
 
@@ -30,24 +30,27 @@ def take_turn(conn: Connection) -> None:
         conn.execute(select(func.pg_advisory_xact_lock(IMPORT_LOCK)))
 
 
-def known(conn: Connection, keys: Iterable[str]) -> set[str]:
-    """Which of `keys` were taken in before."""
+def known(conn: Connection, keys: Iterable[str]) -> dict[str, tuple[int, str]]:
+    """The `keys` taken in before: (the row's id, its outcome), by key."""
     keys = sorted(set(keys))
-    out: set[str] = set()
+    out: dict[str, tuple[int, str]] = {}
     for i in range(0, len(keys), CHUNK):
-        out.update(conn.execute(select(B.c.key).where(B.c.key.in_(keys[i:i + CHUNK]))).scalars())
+        for key, id_, outcome in conn.execute(select(B.c.key, B.c.id, B.c.outcome)
+                                              .where(B.c.key.in_(keys[i:i + CHUNK]))):
+            out[key] = (id_, outcome)
     return out
 
 
 def deliveries(conn: Connection, refs: Iterable[str]) -> dict[str, list[Any]]:
-    """The deliveries whose Message-ID opens with each reference: (id, campaign_id, account_id, state, email,
-    message_id), by reference. More than one under a reference would be a digest collision: the caller
+    """The deliveries whose Message-ID opens with each reference: (id, campaign_id, wave_id, account_id, state,
+    email, message_id), by reference. More than one under a reference would be a digest collision: the caller
     matches none of them."""
     refs = sorted(set(refs))
     out: dict[str, list[Any]] = {}
     ref = func.substr(DL.c.message_id, 2, 20)
     for i in range(0, len(refs), CHUNK):
-        stmt = (select(ref, DL.c.id, DL.c.campaign_id, DL.c.account_id, DL.c.state, DL.c.email, DL.c.message_id)
+        stmt = (select(ref, DL.c.id, DL.c.campaign_id, DL.c.wave_id, DL.c.account_id, DL.c.state, DL.c.email,
+                       DL.c.message_id)
                 .where(DL.c.message_id.is_not(None), ref.in_(refs[i:i + CHUNK])))
         for row in conn.execute(stmt):
             out.setdefault(row[0], []).append(row)
@@ -61,6 +64,14 @@ def definitions(conn: Connection, campaign_ids: Iterable[int]) -> dict[int, tupl
         return {}
     rows = conn.execute(select(C.c.id, C.c.slug, C.c.definition, C.c.source).where(C.c.id.in_(ids)))
     return {r[0]: (r[1], r[2], r[3]) for r in rows}
+
+
+def wave_names(conn: Connection, campaign_ids: Iterable[int]) -> dict[int, str]:
+    """The name of each wave of these campaigns, by its id."""
+    ids = sorted(set(campaign_ids))
+    if not ids:
+        return {}
+    return {r[0]: r[1] for r in conn.execute(select(W.c.id, W.c.name).where(W.c.campaign_id.in_(ids)))}
 
 
 _MOVE = (update(DL).where(DL.c.id == bindparam("d_id"), DL.c.state == bindparam("d_from"))
@@ -78,6 +89,20 @@ def record(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
     """Keep the returned messages taken in (their keys are new: the caller checked with `known`)."""
     if rows:
         conn.execute(insert(B), [dict(r) for r in rows])
+
+
+_JUDGED = ("kind", "outcome", "matched_by", "delivery_id", "campaign_id", "email", "status", "detail", "origin",
+           "reported_at", "imported_at", "imported_by")
+_JUDGE_AGAIN = (update(B).where(B.c.id == bindparam("b_id"), B.c.outcome == bindparam("b_was"))
+                .values({c: bindparam(f"b_{c}", type_=B.c[c].type) for c in _JUDGED}))
+
+
+def judge_again(conn: Connection, rows: Sequence[Mapping[str, Any]], was: str) -> None:
+    """Replace what was kept of returned messages judged `was` before (`id`) by what they are judged now (the
+    columns of `record`, without the key): one executemany."""
+    if rows:
+        conn.execute(_JUDGE_AGAIN, [{"b_id": r["id"], "b_was": was, **{f"b_{c}": r[c] for c in _JUDGED}}
+                                    for r in rows])
 
 
 def of_deliveries(conn: Connection, delivery_ids: Iterable[int]) -> list[Row[Any]]:
