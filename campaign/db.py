@@ -142,7 +142,7 @@ def _setup_sqlite(engine: Engine) -> None:
             conn.exec_driver_sql(f"PRAGMA foreign_keys={'ON' if keys_on else 'OFF'}")
             info["foreign_keys"] = keys_on
         if options.get("campaign_alone"):
-            return  # each statement commits by itself (the driver's autocommit): see sending.Database.write
+            return  # each statement commits by itself (the driver's autocommit): see store.connection.Database.write
         conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get("campaign_write") else "BEGIN")
 
 

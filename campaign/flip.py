@@ -17,7 +17,6 @@ service down, a refusal) is sent again first, under the same key. The rollback g
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -26,19 +25,16 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import DBAPIError, OperationalError
 
 from campaign import apply as service_api
 from campaign import approval as approvals
 from campaign import campaigns, db
-from campaign.errors import CampaignError, StateError
+from campaign.errors import StateError
 from campaign.models import APPLYING, CANCELLED, CHANGED, HELD_BACK, WAITING
 from campaign.store import changes as store
-from campaign.store import steps
+from campaign.store import connection, steps
 
 BATCH = 5000
-RECONNECT_FOR = 60.0  # seconds a lost database is waited for before the flip stops (see `_reconnecting`)
-RECONNECT_MAX_DELAY = 5.0
 LISTED = 1000  # devices listed by name in a result (held back, waiting, left); the counts are always whole
 RETRY = service_api.Retry()  # between tries of a batch the settings service did not answer
 
@@ -614,44 +610,18 @@ def _record_rollback(batches: Batches, c: campaigns.CampaignRow, clock: Callable
 
 # -- a database that goes away -----------------------------------------------------------------------------
 
-log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-class DatabaseLost(CampaignError):
-    """The database stayed unreachable for `RECONNECT_FOR` seconds: the flip stopped. Every batch it committed
-    is kept; `flip` run again goes on where it stopped."""
-
-
-def _lost(engine: Engine, exc: DBAPIError) -> bool:
-    """A failure that a new connection may cure: PostgreSQL gone (restarted, refused, terminated). SQLite's
-    errors are not waited out here (its busy timeout already waits for a lock)."""
-    return engine.dialect.name != "sqlite" and (exc.connection_invalidated or isinstance(exc, OperationalError))
 
 
 def _reconnecting(engine: Engine, slug: str, once: Callable[[], T], progress: Callable[[], int] = lambda: 0,
                   command: str = "flip") -> T:
-    """`once()`, run again while the database is unreachable, for up to `RECONNECT_FOR` seconds without
-    `progress()` growing (each run must be safe to repeat: a flip's batch is one transaction, and a new run
-    goes on with the devices still at `from`); `DatabaseLost` after that."""
-    deadline, delay, seen = time.monotonic() + RECONNECT_FOR, 0.05, progress()
-    while True:
-        try:
-            return once()
-        except DBAPIError as exc:
-            if not _lost(engine, exc):
-                raise
-            if progress() != seen:  # batches committed since the last loss: a new minute
-                deadline, delay, seen = time.monotonic() + RECONNECT_FOR, 0.05, progress()
-            why = " ".join(str(exc.orig).split())[:200]
-            if time.monotonic() + delay > deadline:
-                raise DatabaseLost(f"the database is unreachable ({why}); the {command} of {slug!r} stopped. Every "
-                                   f"batch it committed is kept: run `campaign {command}` again once the database is "
-                                   f"back, it goes on where it stopped and "
-                                   f"{'switches' if command == 'flip' else 'undoes'} each device once") from exc
-            log.warning("database connection lost (%s); trying again in %.2f s", why, delay)
-            time.sleep(delay)
-            delay = min(delay * 2, RECONNECT_MAX_DELAY)
+    """`once()`, run again while the database is unreachable (the connector's rule and backoff), for up to
+    `RECONNECT_FOR` seconds without `progress()` growing (each run must be safe to repeat: a flip's batch is
+    one transaction, and a new run goes on with the devices still at `from`); `DatabaseLost` after that."""
+    stopped = (f"the {command} of {slug!r} stopped. Every batch it committed is kept: run `campaign {command}` "
+               f"again once the database is back, it goes on where it stopped and "
+               f"{'switches' if command == 'flip' else 'undoes'} each device once")
+    return connection.retrying(engine.dialect.name, once, stopped=stopped, progress=progress)
 
 
 def _resuming(engine: Engine, slug: str, plan: store.Plan,

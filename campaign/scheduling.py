@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError
 
 from campaign import approval as approvals
 from campaign import campaigns, db, previews
@@ -40,7 +40,7 @@ from campaign.definition import Definition
 from campaign.errors import StateError, TemplateProblem, UsageError
 from campaign.models import CANCELLED, DRAFT, PAUSED, SCHEDULED
 from campaign.rendering import Renderer
-from campaign.store import audience, deliveries, steps
+from campaign.store import audience, connection, deliveries, steps
 from campaign.store import campaigns as campaign_rows
 
 log = logging.getLogger("campaign.scheduler")
@@ -322,17 +322,17 @@ class Scheduler:
     async def _settle(self, write: Callable[[Connection], None]) -> None:
         """A step's last write, tried again while the database is away (for as long as the lead lasts): without it
         the step would stay `running` until another leader hands it back and runs it again."""
-        deadline = time.monotonic() + LEASE_TTL.total_seconds()
+        backoff = connection.Backoff(LEASE_TTL.total_seconds(), "the scheduler stopped; start it again once the "
+                                     "database is back: the step is handed back and runs again")
         while True:
             try:
                 with db.write(self.engine) as conn:
                     write(conn)
                 return
             except DBAPIError as exc:
-                if not _unreachable(exc) or time.monotonic() > deadline:
+                if not connection.lost(exc, self.engine.dialect.name):
                     raise
-                log.warning("the database is unreachable (%s); trying again", _why(exc))
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(backoff.next(exc))
 
     async def _wave(self, step: steps.StepRow, wave: str) -> tuple[str, str | None, bool]:
         code, out, err = await self._campaign("send", step.slug, "--wave", wave, "--workers", str(self.workers),
@@ -453,9 +453,9 @@ class Scheduler:
                 led = await asyncio.to_thread(self.leadership.try_lead, db.utcnow())
                 holder = None if led else self.leadership.holder_now(db.utcnow())
             except DBAPIError as exc:
-                if once or not _unreachable(exc):
+                if once or not connection.lost(exc, self.engine.dialect.name):
                     raise
-                log.warning("the database is unreachable (%s); trying again", _why(exc))
+                log.warning("the database is unreachable (%s); trying again", connection.why(exc))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), timeout=min(self.tick_seconds, 10.0))
                 continue
@@ -499,9 +499,9 @@ class Scheduler:
                     self._alarms(scheduler)
                     await self._tick()
                 except DBAPIError as exc:
-                    if not _unreachable(exc):
+                    if not connection.lost(exc, self.engine.dialect.name):
                         raise
-                    log.warning("the database is unreachable (%s); trying again at the next tick", _why(exc))
+                    log.warning("the database is unreachable (%s); trying again at the next tick", connection.why(exc))
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=self.tick_seconds)
@@ -539,13 +539,6 @@ def run(engine: Engine, config: Config, once: bool = False, workers: int = 1, po
     return performed, scheduler.also
 
 
-def _unreachable(exc: DBAPIError) -> bool:
-    """A database that went away (restarted, refused, a connection cut): waited out, not a reason to stop."""
-    return exc.connection_invalidated or isinstance(exc, OperationalError)
-
-
-def _why(exc: DBAPIError) -> str:
-    return " ".join(str(exc.orig).split())[:200]
 
 
 def _last_line(text: str) -> str:

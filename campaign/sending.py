@@ -38,13 +38,11 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import DBAPIError, OperationalError
 
 from campaign import approval as approvals
 from campaign import campaigns, db, suppressions, verp
@@ -60,6 +58,7 @@ from campaign.store import audience, audit, deliveries
 from campaign.store import campaigns as campaign_rows
 from campaign.store import suppressions as suppression_rows
 from campaign.store import workers as worker_rows
+from campaign.store.connection import Database, DatabaseLost, call
 from campaign.store.deliveries import Claimed, Result
 from campaign.transport import Envelope, Outcome, Transport, make_transport
 from campaign.transport import parse_url as parse_smtp_url
@@ -78,16 +77,8 @@ COMMIT_GATHER = 0.010  # seconds a commit may wait for company: fewer, larger tr
 # waits for its WAL to reach the disk (fsync): while one waits, the next is written, and the server flushes
 # both at once. SQLite has one writer at a time: a second would only wait for the lock.
 COMMIT_LANES = {"postgresql": 2}
-RECONNECT_FOR = 60.0  # seconds a lost database is retried before the send stops
-RECONNECT_MAX_DELAY = 5.0
 SWITCH_INTERVAL = 0.0005  # seconds a thread may keep the GIL while another wants it (see `Worker.run`)
 
-T = TypeVar("T")
-
-
-class DatabaseLost(CampaignError):
-    """The database stayed unreachable: the send stopped. What was accepted is recorded or goes again
-    with the same Message-ID; run `send` again once the database is back."""
 
 
 class WaveExpired(StateError):
@@ -220,192 +211,6 @@ class Composer:
         except Exception as exc:  # whatever else one person's data ran into: that message, not the send
             raise MessageFailed(f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from exc
         return Composed(Envelope(sender, (person.email,), data, mid, wire=True), rendered.template_locale)
-
-
-# -- the database, off the event loop ----------------------------------------------------------------------
-
-def _connection_lost(exc: BaseException, dialect: str) -> bool:
-    """A failure that a new connection (or a moment's wait, on SQLite) may cure."""
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-        return True
-    if isinstance(exc, OperationalError):
-        # PostgreSQL: refused, reset, terminated by an administrator. SQLite: only a lock held too long;
-        # its other OperationalErrors (no such table, …) would not be cured by waiting.
-        return dialect != "sqlite" or "locked" in str(exc.orig)
-    return False
-
-
-class _Backoff:
-    """Waits between tries while the database is unreachable: 50 ms doubling up to `RECONNECT_MAX_DELAY`,
-    until `retry_for` seconds (default `RECONNECT_FOR`) have passed; then `DatabaseLost`."""
-
-    def __init__(self, retry_for: float | None) -> None:
-        self.deadline = time.monotonic() + (RECONNECT_FOR if retry_for is None else retry_for)
-        self.delay = 0.05
-
-    def next(self, exc: BaseException, reason: str) -> float:
-        """The seconds to wait before the next try after `exc` (whose cause is `reason`)."""
-        delay = self.delay
-        if time.monotonic() + delay > self.deadline:
-            raise DatabaseLost(f"the database is unreachable ({' '.join(reason.split())[:200]}); the send stopped. "
-                               "Run it again once the database is back: nobody gets the wave twice, except at "
-                               "most the messages in flight, with the same Message-ID") from exc
-        log.warning("database connection lost (%s); trying again in %.2f s", reason.strip()[:200], delay)
-        self.delay = min(delay * 2, RECONNECT_MAX_DELAY)
-        return delay
-
-
-def _retrying(dialect: str, once: Callable[[], T], retry_for: float | None) -> T:
-    """`once()`, tried again with a bounded backoff while the database is unreachable; `DatabaseLost` after
-    `retry_for` seconds (default `RECONNECT_FOR`). Each statement of the send may safely run twice: a claim
-    whose commit was lost leaves leases that run out, and recording an outcome again writes nothing."""
-    backoff = _Backoff(retry_for)
-    while True:
-        try:
-            return once()
-        except (OperationalError, DBAPIError) as exc:
-            if not _connection_lost(exc, dialect):
-                raise
-            time.sleep(backoff.next(exc, str(exc.orig)))
-
-
-def call(engine: Engine, fn: Callable[..., T], *args: Any, write: bool = True,
-         retry_for: float | None = None) -> T:
-    """`fn(conn, *args)` in one transaction (committed when `write`), retried on a new connection while the
-    database is unreachable (see `_retrying`)."""
-    def once() -> T:
-        with (db.write(engine) if write else db.read(engine)) as conn:
-            return fn(conn, *args)
-    return _retrying(engine.dialect.name, once, retry_for)
-
-
-def _alone(conn: Connection, on: bool) -> dict[str, Any]:
-    """The execution options that make each statement commit by itself (on), or put transactions back (off):
-    PostgreSQL's autocommit; on SQLite, whose driver already commits a bare statement, no BEGIN (db.py)."""
-    if conn.dialect.name == "postgresql":
-        return {"isolation_level": "AUTOCOMMIT" if on else conn.default_isolation_level}
-    return {"campaign_alone": on}
-
-
-class Database:
-    """The worker's database threads: every statement of the send loop runs there, while the event loop goes
-    on with SMTP. Each thread keeps its own connection (no pool checkout, no ping per transaction) and makes
-    a new one when it is lost. Lanes, a thread each: "commit0", "commit1", … for the outcomes (see
-    COMMIT_LANES), "main" for the rest (claims, the reads after them, heartbeats, looks), so that a commit
-    never waits behind a batch's reads.
-    On SQLite the two write transactions (a commit, a claim) are short, and reads do not block writers (WAL)."""
-
-    def __init__(self, engine: Engine, commit_lanes: int = 1) -> None:
-        self.engine = engine
-        self.on_loop = engine.dialect.name == "postgresql"  # see `alone`
-        self._loop_connections: dict[str, Any] = {}  # `alone`'s, by lane
-        self._local = threading.local()
-        self._opened: list[tuple[ThreadPoolExecutor, Connection]] = []
-        main = ThreadPoolExecutor(1, thread_name_prefix="campaign-db")
-        self._lanes = {"main": main}
-        for i in range(commit_lanes):
-            self._lanes[f"commit{i}"] = ThreadPoolExecutor(1, thread_name_prefix=f"campaign-db-c{i}")
-
-    def _connection(self, lane: ThreadPoolExecutor) -> Connection:
-        conn: Connection | None = getattr(self._local, "conn", None)
-        if conn is None or conn.closed or conn.invalidated:
-            conn = self._local.conn = self.engine.connect()
-            self._opened.append((lane, conn))
-            if lane is not self._lanes["main"]:
-                db.leave_checkpoints(conn)  # the main lane's claims and beats copy the log back
-        return conn
-
-    def _once(self, lane: ThreadPoolExecutor, fn: Callable[..., T], args: tuple[Any, ...], write: bool,
-              alone: bool = False) -> T:
-        conn = self._connection(lane)
-        try:
-            if alone:
-                # Each statement commits on its own: on PostgreSQL one round trip instead of three (BEGIN, it,
-                # COMMIT); on SQLite no BEGIN IMMEDIATE and COMMIT, each a hand-off of the GIL.
-                conn.execution_options(**_alone(conn, True))
-                try:
-                    out = fn(conn, *args)
-                    conn.commit()  # ends SQLAlchemy's own record of a transaction; the database has committed
-                except BaseException:
-                    with contextlib.suppress(Exception):
-                        conn.close()  # left in autocommit: the next transaction gets a new connection
-                    self._local.conn = None
-                    raise
-                conn.execution_options(**_alone(conn, False))
-                return out
-            conn.execution_options(campaign_write=write)  # BEGIN IMMEDIATE on SQLite when it will write
-            with conn.begin() as tx:
-                out = fn(conn, *args)
-                if not write:
-                    tx.rollback()
-                return out
-        except (OperationalError, DBAPIError):
-            with contextlib.suppress(Exception):
-                conn.close()  # an invalidated connection is discarded by the pool, a live one goes back
-            self._local.conn = None
-            raise
-
-    def _run(self, lane: ThreadPoolExecutor, fn: Callable[..., T], args: tuple[Any, ...], write: bool,
-             retry_for: float | None, alone: bool = False) -> T:
-        return _retrying(self.engine.dialect.name, lambda: self._once(lane, fn, args, write, alone), retry_for)
-
-    async def write(self, fn: Callable[..., T], *args: Any, retry_for: float | None = None,
-                    lane: str = "main", alone: bool = False) -> T:
-        """`fn(conn, *args)` in a transaction that commits, in the lane's thread. `alone`: each of fn's
-        statements stands on its own (nothing to undo if a later one fails), so each commits by itself, without
-        a transaction around them."""
-        executor = self._lanes[lane]
-        return await asyncio.get_running_loop().run_in_executor(executor, self._run, executor, fn, args, True,
-                                                                retry_for, alone)
-
-    async def read(self, fn: Callable[..., T], *args: Any) -> T:
-        """`fn(conn, *args)` in a transaction that is rolled back, in the main lane's thread."""
-        executor = self._lanes["main"]
-        return await asyncio.get_running_loop().run_in_executor(executor, self._run, executor, fn, args, False,
-                                                                None)
-
-    async def alone(self, lane: str, statement: tuple[str, Any], retry_for: float | None = None) -> None:
-        """PostgreSQL (`on_loop`): one statement of the driver's own (see `deliveries.record_statement`) that
-        stands alone and commits by itself, over the lane's asynchronous psycopg connection, awaited on the
-        event loop like a socket: no thread, no hand-off of the GIL there and back — a commit of outcomes
-        costs the worker a third of the CPU it does through a thread, and returns as soon as the server
-        answers. Retried on a new connection while the database is unreachable, as `write` is."""
-        import psycopg  # PostgreSQL's driver: installed with it (`pip install 'campaign[postgres]'`)
-
-        backoff = _Backoff(retry_for)
-        while True:
-            conn = self._loop_connections.get(lane)
-            try:
-                if conn is None or conn.closed:
-                    args, kwargs = self.engine.dialect.create_connect_args(self.engine.url)
-                    conn = await psycopg.AsyncConnection.connect(*args, **kwargs, autocommit=True)
-                    await conn.execute(deliveries.RECORD_SESSION)  # it runs record statements only
-                    self._loop_connections[lane] = conn
-                await conn.execute(*statement)
-                return
-            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-                if isinstance(exc, psycopg.InterfaceError) and not (conn is None or conn.closed or conn.broken):
-                    raise  # a mistake of ours, not a lost connection
-                self._loop_connections.pop(lane, None)
-                if conn is not None:
-                    with contextlib.suppress(Exception):
-                        await conn.close()
-                await asyncio.sleep(backoff.next(exc, str(exc)))
-
-    async def aclose(self) -> None:
-        """Close `alone`'s connections, then the threads' (`close`)."""
-        for conn in self._loop_connections.values():
-            with contextlib.suppress(Exception):
-                await conn.close()
-        self._loop_connections.clear()
-        self.close()
-
-    def close(self) -> None:
-        for lane, conn in self._opened:  # each in the thread that made it
-            with contextlib.suppress(Exception):
-                lane.submit(conn.close).result()
-        for lane in set(self._lanes.values()):
-            lane.shutdown(wait=True)
 
 
 # -- preparing a wave ------------------------------------------------------------------------------------

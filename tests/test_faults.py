@@ -245,12 +245,13 @@ def test_flip_stops_with_a_clear_error_when_postgres_stays_away_and_a_rerun_fini
 
     from campaign import flip
     from campaign.db import make_engine
+    from campaign.store import connection
     url = own_postgres.url
     run = own_cli(url)
     _import_sample(run, tmp_path, 5_000)
     assert run("create", str(_flip_definition(tmp_path))).exit_code == 0
     devices = _affected(url)
-    monkeypatch.setattr(flip, "RECONNECT_FOR", 2.0)
+    monkeypatch.setattr(connection, "RECONNECT_FOR", 2.0)
     engine = make_engine(url)
     raised: list[BaseException] = []
 
@@ -266,7 +267,7 @@ def test_flip_stops_with_a_clear_error_when_postgres_stays_away_and_a_rerun_fini
     own_postgres.stop()
     thread.join(60)
     assert not thread.is_alive()  # it stopped instead of waiting forever
-    assert len(raised) == 1 and isinstance(raised[0], flip.DatabaseLost), raised
+    assert len(raised) == 1 and isinstance(raised[0], connection.DatabaseLost), raised
     assert "run `campaign flip` again" in str(raised[0]) and "database is unreachable" in str(raised[0])
     engine.dispose()
     own_postgres.start()

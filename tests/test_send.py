@@ -601,10 +601,10 @@ def test_postgres_gone_for_good_stops_the_send_and_a_rerun_recovers(own_postgres
     from campaign import sending
     from campaign.config import load_config
     from campaign.db import make_engine
-    from campaign.store import deliveries
+    from campaign.store import connection, deliveries
     run = _own_cli(own_postgres.url)
     _ready_on(run, tmp_path, SLOW.replace("rate_per_second = 40", "rate_per_second = 10"))
-    monkeypatch.setattr(sending, "RECONNECT_FOR", 2.0)
+    monkeypatch.setattr(connection, "RECONNECT_FOR", 2.0)
     # The rerun takes back what was in flight once its leases run out (their worker, this process, is alive):
     # short leases, renewed often, so that the test does not wait out a minute.
     monkeypatch.setattr(deliveries, "LEASE", dt.timedelta(seconds=10))
@@ -628,7 +628,7 @@ def test_postgres_gone_for_good_stops_the_send_and_a_rerun_recovers(own_postgres
     own_postgres.pg_ctl("-m", "fast", "stop")
     thread.join(60)
     assert not thread.is_alive()  # it stopped instead of waiting forever
-    assert len(raised) == 1 and isinstance(raised[0], sending.DatabaseLost), raised
+    assert len(raised) == 1 and isinstance(raised[0], connection.DatabaseLost), raised
     assert "send again" in str(raised[0]).lower() or "run it again" in str(raised[0]).lower()
     engine.dispose()
     own_postgres.start()
