@@ -27,7 +27,7 @@ import httpx
 
 from campaign import redaction
 from campaign.definition import Apply
-from campaign.errors import CampaignError, ConfigError
+from campaign.errors import ConfigError
 from campaign.validation import setting_value_problem
 
 STATUSES = ("applied", "conflict", "unknown_device")
@@ -63,11 +63,6 @@ class Transient(Exception):
 
 class Refused(Exception):
     """The service refused the whole batch (4xx), or answered outside the contract: a person must look."""
-
-
-class ApplyStopped(CampaignError):
-    """The flip or rollback stopped with changes still waiting for the service: run it again once the cause is
-    fixed (the waiting batches go again under their Idempotency-Keys)."""
 
 
 class SettingsService(Protocol):

@@ -30,6 +30,8 @@ DEFINED = ("campaign.create", "campaign.replace")
 class NotApproved(StateError):
     """The definition requires a second person's approval, and it has not been given (or was voided)."""
 
+    code = "not_approved"
+
 
 def digest(text: str) -> str:
     """The definition's fingerprint, as approvals and `status` name it."""

@@ -30,7 +30,7 @@ from campaign import (
     suppressions,
 )
 from campaign.config import Config, load_config, redact_url
-from campaign.errors import CampaignError
+from campaign.errors import PAUSED, CampaignError
 from campaign.store import audience as audience_store
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -83,6 +83,8 @@ class Group(click.Group):
         try:
             return super().invoke(ctx)
         except CampaignError as exc:
+            if ctx.meta.get(JSON_ASKED) and not exc.printed:
+                _json({"error": exc.as_json()})  # with --json, the outcome for a program: its stable code
             _fail(str(exc), exc.exit_code)
         except OperationalError as exc:
             _fail(f"database error: {_db_message(exc)}", 1)
@@ -114,7 +116,26 @@ def _json(obj: Any) -> None:
 pass_app = click.make_pass_decorator(App)
 dry_run_option = click.option("--dry-run", is_flag=True,
                               help="Show what would happen; change no row and send nothing.")
-json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+JSON_ASKED = "campaign.json"  # ctx.meta: the command was asked for --json (meta is shared by every context)
+
+
+def _asked_json(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+    ctx.meta[JSON_ASKED] = value
+    return value
+
+
+json_option = click.option("--json", "as_json", is_flag=True, callback=_asked_json,
+                           help="Print the result as JSON (on failure: {\"error\": {\"code\", \"message\"}}).")
+
+
+def _json_result(result: dict[str, Any], error: CampaignError | None) -> None:
+    """A result that ends in failure, as one JSON document: the result with its `error`; then the failure."""
+    if error is None:
+        _json(result)
+        return
+    _json({**result, "error": error.as_json()})
+    error.printed = True  # Group prints no second document
+    raise error
 
 
 @click.group(cls=Group, context_settings=CONTEXT)
@@ -555,8 +576,9 @@ def send(app: App, slug: str, wave: str, ignore_window: bool, workers: int | Non
                                     progress_every=bar.every)
     finally:
         bar.close()
+    paused = CampaignError(f"the wave paused: {summary.paused}", code=PAUSED) if summary.paused else None
     if as_json:
-        _json(summary.__dict__)
+        _json_result(summary.__dict__, paused)
     elif dry_run:
         p = summary.preview
         click.echo(f"{slug} / {wave}: would send {p['due_now']} messages now"
@@ -575,8 +597,8 @@ def send(app: App, slug: str, wave: str, ignore_window: bool, workers: int | Non
         if summary.waiting_window:
             click.echo(f"{summary.waiting_window} deliveries wait for their recipient's send window: the "
                        "scheduler or a later `send` will send them (or use --ignore-window)")
-    if summary.paused:
-        raise CampaignError(f"the wave paused: {summary.paused}")
+    if paused is not None:
+        raise paused
 
 
 @cli.command("status")
@@ -869,16 +891,18 @@ def _print_apply(result: Any, done: str) -> None:
         click.echo(f"waiting for the settings service: {a['waiting']} change(s) recorded and not yet answered for")
 
 
-def _stopped(result: Any, verb: str) -> None:
-    """A flip or rollback that stopped with changes waiting for the settings service fails, saying why."""
+def _stopped(result: Any, verb: str) -> CampaignError | None:
+    """The failure of a flip or rollback that stopped with changes waiting for the settings service (code
+    `apply_paused`: a refusal, a person must look; `apply_unavailable`: the service did not answer), or None."""
     a = result.apply
     if a is None or not (a["paused"] or a["unavailable"]):
-        return
+        return None
     how = "paused" if a["paused"] else "stopped"
-    raise CampaignError(f"the {verb} of {result.campaign!r} {how}: {a['paused'] or a['unavailable']}. "
-                        f"{a['waiting']} change(s) wait for the settings service; "
-                        f"{'fix the cause, then ' if a['paused'] else ''}run `campaign {verb} {result.campaign}` "
-                        "again: it sends them again under the same Idempotency-Key")
+    return CampaignError(f"the {verb} of {result.campaign!r} {how}: {a['paused'] or a['unavailable']}. "
+                         f"{a['waiting']} change(s) wait for the settings service; "
+                         f"{'fix the cause, then ' if a['paused'] else ''}run `campaign {verb} {result.campaign}` "
+                         "again: it sends them again under the same Idempotency-Key",
+                         code="apply_paused" if a["paused"] else "apply_unavailable")
 
 
 def _listed(rows: list[dict[str, Any]], total: int, line: Callable[[dict[str, Any]], str]) -> None:
@@ -912,11 +936,13 @@ def flip_cmd(app: App, slug: str, before_cutoff: bool, include_unnotified: bool,
 
     result = flipping.flip(app.engine(), slug, app.config.actor, before_cutoff=before_cutoff,
                            include_unnotified=include_unnotified, dry_run=dry_run, batch_size=batch_size)
+    stopped = _stopped(result, "flip")
     if as_json:
-        _json(result.as_json())
+        _json_result(result.as_json(), stopped)
     else:
         _print_flip(result)
-    _stopped(result, "flip")
+    if stopped is not None:
+        raise stopped
 
 
 @cli.command("rollback")
@@ -933,9 +959,9 @@ def rollback_cmd(app: App, slug: str, batch_size: int, dry_run: bool, as_json: b
     from campaign import flip as flipping
 
     result = flipping.rollback(app.engine(), slug, app.config.actor, dry_run=dry_run, batch_size=batch_size)
+    stopped = _stopped(result, "rollback")
     if as_json:
-        _json(result.as_json())
-        _stopped(result, "rollback")
+        _json_result(result.as_json(), stopped)
         return
     would = "would " if result.dry_run else ""
     if result.apply is not None:
@@ -945,7 +971,8 @@ def rollback_cmd(app: App, slug: str, batch_size: int, dry_run: bool, as_json: b
     _listed(result.left_devices, result.left, lambda r: f"{r['device_id']}  account {r['account_id']}  {r['note']}")
     if result.dry_run:
         click.echo("dry run: nothing was written")
-    _stopped(result, "rollback")
+    if stopped is not None:
+        raise stopped
 
 
 @cli.command("demo")

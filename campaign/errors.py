@@ -9,15 +9,29 @@ MAX_SHOWN = 20
 
 
 class CampaignError(Exception):
-    """An expected failure: its message tells the user what happened and what to do."""
+    """An expected failure: its message tells the user what happened and what to do; its `code` says the same
+    to a program (stable, listed in docs/commands.md): with `--json` a failing command prints
+    `{"error": {"code": CODE, "message": MESSAGE}}`, and the scheduler decides a step's outcome by it, never
+    by the wording of the message."""
 
     exit_code = 1
+    code = "failed"
+    printed = False  # its JSON was printed already, with the result it ends (the CLI's `_json_result`)
+
+    def __init__(self, *args: object, code: str | None = None) -> None:
+        super().__init__(*args)
+        if code is not None:
+            self.code = code  # kept in the instance's __dict__: it survives pickling (a worker's error)
+
+    def as_json(self) -> dict[str, str]:
+        return {"code": self.code, "message": str(self)}
 
 
 class UsageError(CampaignError):
     """Bad usage or bad input (exit 2)."""
 
     exit_code = 2
+    code = "usage"
 
 
 class ConfigError(UsageError):
@@ -29,7 +43,14 @@ class NotFound(UsageError):
 
 
 class StateError(CampaignError):
-    """The operation is not allowed in the campaign's present state."""
+    """The operation is not allowed in the campaign's present state. Its code says which state when a
+    program must tell: EXPIRED, PAUSED, CANCELLED, ROLLED_BACK (final for a scheduled step), else "state"."""
+
+    code = "state"
+
+
+# The codes of a state that ends a scheduled step for good (the scheduler does not try it again).
+EXPIRED, PAUSED, CANCELLED, ROLLED_BACK = "expired", "paused", "cancelled", "rolled_back"
 
 
 @dataclass(frozen=True, order=True)

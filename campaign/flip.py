@@ -28,7 +28,7 @@ from sqlalchemy import Connection, Engine
 
 from campaign import apply as service_api
 from campaign import approval as approvals
-from campaign import campaigns, db
+from campaign import campaigns, db, errors
 from campaign.errors import StateError
 from campaign.models import APPLYING, CANCELLED, CHANGED, HELD_BACK, WAITING
 from campaign.store import changes as store
@@ -140,9 +140,9 @@ def _batches(engine: Engine, dry_conn: Connection | None) -> Batches:
 def _refuse(slug: str, state: str, rolled_back_at: dt.datetime | None) -> None:
     if rolled_back_at is not None:
         raise StateError(f"campaign {slug!r} was rolled back at {rolled_back_at.isoformat()}: its flip refuses "
-                         "(create a new campaign to retire the setting again)")
+                         "(create a new campaign to retire the setting again)", code=errors.ROLLED_BACK)
     if state == CANCELLED:
-        raise StateError(f"campaign {slug!r} is cancelled: it flips nothing")
+        raise StateError(f"campaign {slug!r} is cancelled: it flips nothing", code=errors.CANCELLED)
 
 
 def flip(engine: Engine, slug: str, actor: str, *, now: dt.datetime | None = None, before_cutoff: bool = False,

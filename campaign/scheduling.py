@@ -34,7 +34,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from campaign import approval as approvals
-from campaign import campaigns, db, previews
+from campaign import campaigns, db, errors, previews
 from campaign.config import ENV, Config
 from campaign.definition import Definition
 from campaign.errors import StateError, TemplateProblem, UsageError
@@ -294,11 +294,11 @@ class Scheduler:
             if step.name.startswith("wave:"):
                 state, error, retry = await self._wave(step, step.name.removeprefix("wave:"))
             elif step.name == FLIP:
-                code, _out, err = await self._campaign("flip", step.slug)
+                code, out, err = await self._campaign("flip", step.slug, "--json")
                 if code != 0:
-                    error = _last_line(err)
+                    outcome, error = _outcome(out, err)
                     # Rolled back or cancelled meanwhile: final, not a passing failure to try again.
-                    final = "rolled back" in error or "cancelled" in error
+                    final = outcome in (errors.ROLLED_BACK, errors.CANCELLED)
                     state, retry = (steps.CANCELLED if final else steps.FAILED), not final
             else:
                 state, error = steps.FAILED, f"unknown step {step.name!r}"
@@ -343,10 +343,10 @@ class Scheduler:
         if summary is not None and summary.get("paused"):
             # The wave paused itself (a broken relay, a template error): a person resumes it; the tick goes on.
             return steps.DONE, f"paused: {summary['paused']}", False
-        message = _last_line(err)
-        if "expired" in message:
+        outcome, message = _outcome(out, err)
+        if outcome == errors.EXPIRED:
             return steps.EXPIRED, message, False
-        if "paused" in message or "cancelled" in message:
+        if outcome in (errors.PAUSED, errors.CANCELLED):
             return steps.DONE, message, False
         return steps.FAILED, message, True
 
@@ -539,6 +539,16 @@ def run(engine: Engine, config: Config, once: bool = False, workers: int = 1, po
     return performed, scheduler.also
 
 
+
+
+def _outcome(out: str, err: str) -> tuple[str, str]:
+    """A failed child's outcome: the stable code of its `--json` error (`errors.EXPIRED`, `PAUSED`, …; "failed"
+    when it printed none: it died, say) and its message. Never read from the wording of the message."""
+    doc = _json_or_none(out)
+    error = doc.get("error") if doc is not None else None
+    if isinstance(error, dict) and isinstance(error.get("code"), str):
+        return error["code"], str(error.get("message") or _last_line(err))
+    return "failed", _last_line(err)
 
 
 def _last_line(text: str) -> str:

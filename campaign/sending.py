@@ -45,7 +45,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 
 from campaign import approval as approvals
-from campaign import campaigns, db, suppressions, verp
+from campaign import campaigns, db, errors, suppressions, verp
 from campaign.config import Config
 from campaign.definition import Definition, WaveDef
 from campaign.errors import CampaignError, RenderFailure, StateError, UsageError
@@ -83,6 +83,8 @@ SWITCH_INTERVAL = 0.0005  # seconds a thread may keep the GIL while another want
 
 class WaveExpired(StateError):
     """The wave's `expires` has passed: nothing of it goes out any more."""
+
+    code = errors.EXPIRED
 
     def __init__(self, campaign_id: int, wave_id: int, wave: str, expires: dt.datetime) -> None:
         super().__init__(f"wave {wave!r} expired at {expires.isoformat()}")
@@ -230,13 +232,13 @@ def prepare(conn: Connection, slug: str, wave_name: str, ignore_window: bool,
     row = campaign_rows.wave(conn, c.id, wave_name)
     assert row is not None, f"campaign {slug} has no wave row {wave_name!r}"
     if c.state == CANCELLED:
-        raise StateError(f"campaign {slug!r} is cancelled: nothing more is sent")
+        raise StateError(f"campaign {slug!r} is cancelled: nothing more is sent", code=errors.CANCELLED)
     if c.state == PAUSED:
         raise StateError(f"campaign {slug!r} is paused ({c.state_reason or 'no reason given'}): "
-                         f"`campaign resume {slug}` first")
+                         f"`campaign resume {slug}` first", code=errors.PAUSED)
     if row.state == campaign_rows.PAUSED:
         raise StateError(f"wave {wave_name!r} paused itself: {row.paused_reason}. Fix the cause, then "
-                         f"`campaign resume {slug}`")
+                         f"`campaign resume {slug}`", code=errors.PAUSED)
     if now >= wave.expires:
         raise WaveExpired(c.id, row.id, wave_name, wave.expires)
     approvals.require(conn, c, "send", dry_run=dry_run)
@@ -825,7 +827,7 @@ def send_wave(engine: Engine, config: Config, slug: str, wave_name: str, options
             tx.note(wave=wave_name, expired=n)
         verb = "would be marked" if options.dry_run else "marked"
         raise StateError(f"wave {wave_name!r} expired at {exc.expires.isoformat()}: it is never sent after that "
-                         f"({n} pending deliveries {verb} expired)") from None
+                         f"({n} pending deliveries {verb} expired)", code=errors.EXPIRED) from None
     if options.dry_run:
         return SendSummary(slug, wave_name, counts, dry_run=True, preview=preview)
     db_seconds = time.perf_counter() - start

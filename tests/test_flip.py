@@ -243,6 +243,10 @@ def test_rollback_leaves_a_persons_own_later_choice(run_cli: CliRun, engine: Eng
     # Afterwards the flip refuses, and a second rollback changes nothing.
     refused = run_cli("flip", SLUG, "--include-unnotified")
     assert refused.exit_code == 1 and "rolled back" in refused.stderr
+    # A program (the scheduler) reads the outcome's stable code, not the words.
+    as_json = run_cli("flip", SLUG, "--include-unnotified", "--json")
+    assert as_json.exit_code == 1
+    assert json.loads(as_json.stdout)["error"]["code"] == "rolled_back"
     with pytest.raises(StateError):
         flip.flip_due(engine, SLUG, "scheduler")
     again = json.loads(run_cli("rollback", SLUG, "--json").stdout)

@@ -330,6 +330,40 @@ def test_create_refuses_a_sample_that_fails_naming_its_account(run_cli: CliRun, 
     assert "Traceback" not in refused.output
 
 
+def test_a_refused_send_says_its_outcome_as_a_stable_code(run_cli: CliRun, smtpd: SmtpServer,
+                                                          ready: Callable[..., None]) -> None:
+    """Issue 22: with --json, a failing command prints {"error": {"code", "message"}} (one JSON document):
+    the scheduler decides a step's outcome by the code, never by the message's words."""
+    def code(*args: str) -> str:
+        result = run_cli("send", SLUG, "--wave", "notice", "--workers", "1", "--json", *args,
+                         env={"CAMPAIGN_SMTP_URL": smtpd.url})
+        assert result.exit_code == 1, result.output
+        error = json.loads(result.stdout)["error"]
+        assert error["message"] and error["message"] in result.stderr
+        return str(error["code"])
+
+    ready(cutoff_in=dt.timedelta(seconds=-5))  # the definition replaced: its notice expired
+    assert code() == "expired"
+    ready()
+    assert run_cli("pause", SLUG).exit_code == 0
+    assert code() == "paused"
+    assert run_cli("resume", SLUG).exit_code == 0
+    assert run_cli("cancel", SLUG).exit_code == 0
+    assert code() == "cancelled"
+    unknown = run_cli("send", SLUG, "--wave", "nonesuch", "--json")
+    assert unknown.exit_code == 2 and json.loads(unknown.stdout)["error"]["code"] == "usage"
+    assert smtpd.messages == []
+
+
+def test_the_scheduler_reads_codes_not_words() -> None:
+    from campaign.scheduling import _outcome
+    worded = "campaign: wave 'notice' expired, paused, cancelled and rolled back"
+    assert _outcome('{"error": {"code": "expired", "message": "gone"}}', worded) == ("expired", "gone")
+    assert _outcome('{"error": {"code": "not_approved", "message": "wait"}}', worded) == ("not_approved", "wait")
+    assert _outcome("", worded) == ("failed", worded.removeprefix("campaign: "))  # no code: tried again
+    assert _outcome("not json", "") == ("failed", "failed without a message")
+
+
 def test_pause_resume_cancel(run_cli: CliRun, engine: Engine, smtpd: SmtpServer, ready: object) -> None:
     assert run_cli("pause", SLUG).exit_code == 0
     assert status(run_cli)["state"] == "paused"

@@ -40,6 +40,8 @@ class DatabaseLost(CampaignError):
     """The database stayed unreachable: the command stopped. What it committed is kept; run it again once the
     database is back (each command says how it goes on)."""
 
+    code = "database_lost"
+
 
 def lost(exc: BaseException, dialect: str) -> bool:
     """Whether `exc` means the database went away — a failure a new connection (or, on SQLite, a moment's
