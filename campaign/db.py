@@ -2,73 +2,24 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import functools
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import DateTime, Engine, TypeDecorator, create_engine, event
-from sqlalchemy.engine import URL, Connection, Dialect, make_url
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
+from campaign.clock import CLOCK_ENV as CLOCK_ENV  # the clock is `campaign.clock`'s; re-exported for callers
+from campaign.clock import UTC as UTC
+from campaign.clock import UTCDateTime as UTCDateTime
+from campaign.clock import utcnow as utcnow
 from campaign.config import redact_url
 from campaign.errors import ConfigError
 
-UTC = dt.UTC
 SQLITE_BUSY_TIMEOUT_S = 30.0
 SQLITE_AUTOCHECKPOINT = 1000  # pages: SQLite's default
-
-
-CLOCK_ENV = "CAMPAIGN_CLOCK"
-
-
-@functools.cache
-def _clock_offset(value: str) -> dt.timedelta:
-    """How far the clock `CAMPAIGN_CLOCK=INSTANT` (ISO 8601 with an offset) is set from the real one: it starts at
-    INSTANT when first read in this process and runs at normal speed from there. For rehearsals and the demo,
-    which replays a campaign whose dates have passed; unset, the clock is the real one."""
-    try:
-        start = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise ConfigError(f"{CLOCK_ENV}={value!r} is not an ISO 8601 instant (e.g. 2025-03-14T09:00:00Z)") from None
-    if start.tzinfo is None:
-        raise ConfigError(f"{CLOCK_ENV}={value!r} needs an offset (e.g. Z or -07:00)")
-    return start - dt.datetime.now(UTC)
-
-
-def utcnow() -> dt.datetime:
-    """Now, as an aware UTC datetime (`CAMPAIGN_CLOCK` simulates another time: see `_clock_offset`)."""
-    simulated = os.environ.get(CLOCK_ENV)
-    offset = _clock_offset(simulated) if simulated else None  # first, so the first reading is the instant itself
-    now = dt.datetime.now(UTC)
-    return now + offset if offset is not None else now
-
-
-class UTCDateTime(TypeDecorator[dt.datetime]):
-    """An aware UTC datetime: stored as naive UTC on SQLite, as timestamptz on PostgreSQL."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError(f"naive datetime {value!r}: timestamps must be aware")
-        value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
-        if value is None:
-            return None
-        if isinstance(value, str):  # raw SQL on SQLite can hand back the stored text
-            value = dt.datetime.fromisoformat(value)
-        if value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value.astimezone(UTC)
 
 
 def parse_url(url: str) -> URL:

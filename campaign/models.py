@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import BigInteger, Column, ForeignKey, Index, Integer, String, Table, Text, UniqueConstraint, func
 from sqlmodel import Field, SQLModel
 
-from campaign.db import UTCDateTime
+from campaign.clock import UTCDateTime
 
 metadata = SQLModel.metadata
 # Stable constraint names, so that migrations name the same things on SQLite and PostgreSQL.

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -550,8 +549,3 @@ def html_data(conn: Connection, slug: str, now: dt.datetime | None = None) -> di
         "events": [_event(e, slug) for e in audit.events(conn, c.id)],
         "approval": _approval(conn, c),
     }
-
-
-def html_report(engine: Engine, slug: str, out: Path) -> Written:
-    """The HTML report into `out` (the demo's last step)."""
-    return report(engine, slug, "html", out, stdout=sys.stdout)

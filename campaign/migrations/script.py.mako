@@ -12,6 +12,7 @@ import sqlalchemy as sa
 import sqlmodel
 from alembic import op
 
+import campaign.clock  # the UTCDateTime column type
 import campaign.db
 ${imports if imports else ""}
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import Connection, insert, or_, select
 
-from campaign.db import utcnow
+from campaign.clock import utcnow
 from campaign.models import AUDIT_EVENT
 
 A = AUDIT_EVENT

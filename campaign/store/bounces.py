@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, bindparam, func, insert, select, update
 
-from campaign.db import UTCDateTime
+from campaign.clock import UTCDateTime
 from campaign.models import BOUNCE, CAMPAIGN, DELIVERY, WAVE
 
 B, C, DL, W = BOUNCE, CAMPAIGN, DELIVERY, WAVE

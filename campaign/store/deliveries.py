@@ -38,7 +38,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.elements import ColumnElement
 
-from campaign.db import UTCDateTime
+from campaign.clock import UTCDateTime
 from campaign.definition import SendWindow
 from campaign.models import (
     ACCOUNT,

@@ -28,7 +28,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.elements import ColumnElement
 
-from campaign.db import UTCDateTime
+from campaign.clock import UTCDateTime
 from campaign.definition import Definition
 from campaign.models import (
     ACCOUNT,
