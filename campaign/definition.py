@@ -20,6 +20,7 @@ from campaign.addresses import ascii_domain_form
 from campaign.addresses import normalize as normalize_address
 from campaign.errors import InputError, Problem
 from campaign.validation import has_crlf, normalize_country, normalize_locale
+from campaign.verp import parse_return_path  # the token's rules live with the token
 
 SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
@@ -459,8 +460,6 @@ def parse_definition(text: str, source: str = "<definition>", templates: Path | 
 
 def _bounces(c: _Checker, table: dict[str, Any] | None) -> str | None:
     """`[bounces] return_path`: a plain ASCII address whose local part leaves room for `+TOKEN` (campaign.verp)."""
-    from campaign.verp import parse_return_path  # the token's rules live with the token
-
     if table is None:
         return None
     b = c.take(table, "bounces", {"return_path": str}, required=("return_path",))

@@ -25,10 +25,10 @@ import hashlib
 import hmac
 import os
 import re
+from typing import Protocol
 
 from campaign import redaction
 from campaign.addresses import is_plain_ascii
-from campaign.definition import Definition
 from campaign.errors import ConfigError
 
 KEY_ENV = "CAMPAIGN_BOUNCE_KEY"
@@ -89,7 +89,17 @@ def keys(required: str) -> tuple[bytes, ...]:
     return current + tuple(k for k in _parse_keys(previous, PREVIOUS_ENV) if k not in current)
 
 
-def message_id_key(d: Definition) -> bytes | None:
+class Signed(Protocol):
+    """What the return path's signing needs of a campaign definition (`campaign.definition.Definition`)."""
+
+    @property
+    def slug(self) -> str: ...
+
+    @property
+    def return_path(self) -> str | None: ...
+
+
+def message_id_key(d: Signed) -> bytes | None:
     """The key of the campaign's Message-IDs (`campaign.mime.message_id`): the signing bounce key when it signs
     its return path, else None (the Message-ID is then a plain digest). ConfigError as `keys`."""
     if d.return_path is None:
@@ -132,7 +142,7 @@ def tokens(text: str) -> list[str]:
     return [t.lower() for t in TOKEN_RE.findall(text)]
 
 
-def envelope_sender(d: Definition, message_id: str, sender: str) -> str:
+def envelope_sender(d: Signed, message_id: str, sender: str) -> str:
     """The envelope sender (MAIL FROM) of one message: `sender` (the definition's), or, with `[bounces] return_path`,
     the return path signed for this delivery. ConfigError without a usable key, ValueError for a Message-ID that
     is not ours (the send path turns either into a paused wave: nothing goes out unsigned)."""
