@@ -28,6 +28,7 @@ from campaign import (
     scheduling,
     sending,
     suppressions,
+    walkthrough,
 )
 from campaign.config import Config, load_config, redact_url
 from campaign.errors import PAUSED, CampaignError
@@ -988,9 +989,7 @@ def demo(directory: Path) -> None:
     a rollback dry run. On the embedded defaults (SQLite, a Maildir outbox): nothing
     leaves this machine. Each step is a real `campaign` command, shown as it runs.
     """
-    from campaign import walkthrough
-
-    code = walkthrough.run(directory)
+    code = walkthrough.run(directory, cli)
     if code:
         raise CampaignError(f"the demo stopped: a step failed with exit code {code}")
 

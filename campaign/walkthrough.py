@@ -244,18 +244,14 @@ Content-Type: text/rfc822-headers
     return f"(the relay's report, to {return_path}: bounces/new/{name})"
 
 
-def available(args: tuple[str, ...]) -> bool:
+def available(args: tuple[str, ...], cli: click.Group) -> bool:
     """Whether this version has the command (the demo shows what exists)."""
-    from campaign.cli import cli
-
     return args[0] in cli.commands
 
 
-def _campaign(args: tuple[str, ...], env: dict[str, str], cwd: Path) -> int:
+def _campaign(args: tuple[str, ...], env: dict[str, str], cwd: Path, cli: click.Group) -> int:
     """Run one `campaign` command in this process (the same command line, without starting Python again for each
     step), with its environment and working directory; returns its exit code."""
-    from campaign.cli import cli
-
     saved_env, saved_cwd = dict(os.environ), Path.cwd()
     os.environ.clear()
     os.environ.update(env)
@@ -275,17 +271,9 @@ def _campaign(args: tuple[str, ...], env: dict[str, str], cwd: Path) -> int:
         os.chdir(saved_cwd)
 
 
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="campaign demo", description=__doc__)
-    parser.add_argument("--dir", dest="dir", default=None, help="working directory (default: ./demo-run)")
-    parser.add_argument("legacy_dir", nargs="?", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    return run(Path(args.dir or args.legacy_dir or "demo-run"))
-
-
-def run(work: Path) -> int:
+def run(work: Path, cli: click.Group) -> int:
+    """The demo in `work`, each step a command of `cli` (the command line: given, not imported, so that the
+    command line may import the demo)."""
     work = work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     db_file = work / "campaign.db"
@@ -309,7 +297,7 @@ def run(work: Path) -> int:
     print(f"The author is {env['CAMPAIGN_ACTOR']!r}; CAMPAIGN_BOUNCE_KEY is a fixed demo key, set for these steps "
           "only (not a secret).\n")
     for step in story(work):
-        if not available(step.args):
+        if not available(step.args, cli):
             continue
         when = step.when.strftime("%Y-%m-%d %H:%M UTC")
         print(f"== {when} · {step.title}")
@@ -319,7 +307,7 @@ def run(work: Path) -> int:
             print(f"   {step.before(work, step.when)}")
         args = ("--actor", approver, *step.args) if step.actor else step.args
         print(f"$ campaign {shlex.join(args)}", flush=True)
-        code = _campaign(args, {**env, "CAMPAIGN_CLOCK": step.when.isoformat()}, work)
+        code = _campaign(args, {**env, "CAMPAIGN_CLOCK": step.when.isoformat()}, work, cli)
         if step.refused and code == 0:
             print("step should have been refused, and went through", file=sys.stderr)
             return 1
@@ -336,7 +324,3 @@ def run(work: Path) -> int:
     print(f"  the database:                              {db_file}")
     print(f"  try: CAMPAIGN_DATABASE_URL=sqlite:///{db_file} campaign status {SLUG}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
