@@ -59,7 +59,7 @@ from campaign.models import BOUNCED, FAILED, SENT
 from campaign.store import audit
 from campaign.store import bounces as store
 from campaign.store import suppressions as suppression_rows
-from campaign.transport import is_loopback
+from campaign.urls import is_loopback
 
 MiB = 1024 * 1024
 CHUNK = 500  # messages per transaction, at most

@@ -6,7 +6,6 @@ Every error names the file, the line where that can be found, and the key: `PATH
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 import re
 import tomllib
 from collections.abc import Mapping
@@ -19,6 +18,7 @@ from urllib.parse import urlsplit
 from campaign.addresses import ascii_domain_form
 from campaign.addresses import normalize as normalize_address
 from campaign.errors import InputError, Problem
+from campaign.urls import is_loopback
 from campaign.validation import has_crlf, normalize_country, normalize_locale
 from campaign.verp import parse_return_path  # the token's rules live with the token
 
@@ -537,7 +537,7 @@ def _apply_url_problem(url: str) -> str | None:
         return "must carry no user or password (the bearer token comes from the variable named by token_env)"
     if parts.fragment:
         return "must have no #fragment"
-    if parts.scheme == "http" and not _loopback(parts.hostname):
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
         return (f"http:// is allowed only to a loopback host (127.0.0.1, ::1, localhost), not {parts.hostname!r}: "
                 "use https://")
     return None
@@ -564,15 +564,6 @@ def _apply_proxy_problem(proxy: str, url: str | None) -> str | None:
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         return f"{proxy!r} must be the proxy's address alone (scheme, host and port), without a path"
     return None
-
-
-def _loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _bad(value: Any) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import itertools
 import os
 import re
@@ -51,6 +50,7 @@ from campaign.addresses import is_plain_ascii, needs_smtputf8, wire_form
 from campaign.config import Config, redact_url
 from campaign.errors import CampaignError, ConfigError
 from campaign.redaction import hold, redact
+from campaign.urls import is_loopback
 
 __all__ = [
     "Envelope",
@@ -87,16 +87,6 @@ class TransportError(CampaignError):
 
 
 # --- the URL -----------------------------------------------------------------------------------
-
-
-def is_loopback(host: str) -> bool:
-    """True for localhost, 127.0.0.0/8 and ::1: the only places mail may go unencrypted."""
-    if host.lower().rstrip(".") == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass(frozen=True)
