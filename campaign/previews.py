@@ -4,14 +4,13 @@ and the render-everyone pass that `schedule` runs. No ledger row is written here
 from __future__ import annotations
 
 import datetime as dt
-import html
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import Connection, Engine
 
-from campaign import db, outfiles
+from campaign import db, outfiles, pages
 from campaign.addresses import normalize as normalize_address
 from campaign.config import Config
 from campaign.definition import Definition, WaveDef
@@ -148,33 +147,17 @@ def write_gallery(items: list[Sample], out: Path, d: Definition) -> Path:
     """Per wave × locale an .eml and an .html, and an index.html that shows them all: each a regular file
     replaced whole, none written through a link or into whatever else is at its name (`campaign.outfiles`)."""
     files: dict[str, bytes] = {}
-    rows = []
+    entries = []
     for s in items:
         stem = f"{s.wave}.{s.locale}"
         files[f"{stem}.eml"] = s.message
         files[f"{stem}.html"] = s.rendered.html.encode("utf-8")
         who = (f"{s.recipients} recipient{'s' if s.recipients != 1 else ''}" if s.recipients
                else "no recipient (stand-in account)")
-        rows.append(
-            f'<section id="{html.escape(stem)}">\n<h2>{html.escape(s.wave)} · {html.escape(s.locale)} '
-            f'<small>({html.escape(who)}; template {html.escape(s.rendered.template_locale)})</small></h2>\n'
-            f'<p><strong>Subject:</strong> {html.escape(s.rendered.subject)}</p>\n'
-            f'<p><a href="{html.escape(stem)}.html">HTML</a> · <a href="{html.escape(stem)}.eml">.eml</a></p>\n'
-            f'<div class="pair"><iframe title="HTML of {html.escape(stem)}" src="{html.escape(stem)}.html">'
-            f'</iframe>\n<pre>{html.escape(s.rendered.text)}</pre></div>\n</section>')
-    files["index.html"] = (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-        f"<title>Preview: {html.escape(d.name)}</title>\n<style>\n"
-        "body{font-family:system-ui,sans-serif;margin:24px;color:#111827;background:#f9fafb}\n"
-        "section{background:#fff;border:1px solid #d1d5db;border-radius:8px;padding:16px;margin:0 0 24px}\n"
-        ".pair{display:grid;grid-template-columns:1fr 1fr;gap:16px}\n"
-        "iframe{width:100%;height:640px;border:1px solid #e5e7eb}\n"
-        "pre{white-space:pre-wrap;font-size:13px;background:#f3f4f6;padding:12px;margin:0;overflow:auto;"
-        "height:616px}\nsmall{font-weight:normal;color:#4b5563}\n</style>\n</head>\n<body>\n"
-        f"<h1>{html.escape(d.name)}</h1>\n<p>Campaign <code>{html.escape(d.slug)}</code>, cutoff "
-        f"{html.escape(d.cutoff.isoformat())}. Generated {html.escape(dt.datetime.now(dt.UTC).isoformat())}. "
-        "Each wave × locale of the audience, rendered for a real account of that locale.</p>\n"
-        + "\n".join(rows) + "\n</body>\n</html>\n").encode("utf-8")
+        entries.append({"stem": stem, "who": who, "sample": s})
+    files["index.html"] = pages.render("gallery.html.j2", name=d.name, slug=d.slug, cutoff=d.cutoff.isoformat(),
+                                       generated=dt.datetime.now(dt.UTC).isoformat(), entries=entries
+                                       ).encode("utf-8")
     with outfiles.Directory(out) as directory:
         directory.check(files)  # nothing written when one of them cannot be
         for name, data in files.items():
