@@ -6,17 +6,24 @@ Skipped when Chromium is not installed, except under CI=true, where it fails (`.
 
 from __future__ import annotations
 
+import fnmatch
+import importlib.resources
 import re
 import shutil
 import struct
 import subprocess
+import tomllib
 import zlib
+from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
+import jinja2
 import pytest
 from sqlalchemy import Engine
 
-from tests.conftest import IN_CI, CliRun
+from campaign import htmlreport, pages, reports
+from tests.conftest import IN_CI, ROOT, CliRun
 from tests.test_reports import SLUG, story  # noqa: F401  (the fixture: every kind of story, flipped)
 
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -118,3 +125,101 @@ def test_chromium_renders_the_report(chromium: str, run_cli: CliRun, story: Engi
     browse(chromium, tmp_path, f"--print-to-pdf={pdf}", "--no-pdf-header-footer", page.as_uri())
     body = pdf.read_bytes()
     assert body.startswith(b"%PDF-") and 1 <= len(re.findall(rb"/Type\s*/Page\b", body)) <= 6
+
+
+# Every character that means something in HTML, in text and in a quoted attribute.
+HOSTILE = """<script>alert("x") & 'y'</script>"""
+REPORT_TAGS = {"html", "head", "meta", "title", "style", "body", "main", "header", "footer", "section", "h1", "h2",
+               "h3", "p", "b", "i", "code", "small", "div", "span", "ul", "ol", "li", "time", "table", "thead",
+               "tbody", "tr", "th", "td", "svg", "line", "rect", "text"}
+
+
+class Page(HTMLParser):
+    """What a browser makes of a page: its elements with their attributes, and its text, entities decoded."""
+
+    def __init__(self, page: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.text: list[str] = []
+        self.feed(page)
+        self.close()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+    def attribute_values(self) -> list[str]:
+        return [v for _, attrs in self.tags for v in attrs.values() if v is not None]
+
+
+def assert_escaped(page: str, allowed_tags: set[str], in_text: int, in_attributes: int) -> Page:
+    """`HOSTILE` is on the page as text only: at least `in_text` times in the text and `in_attributes` times
+    inside attribute values, whole; no element or attribute came of it."""
+    parsed = Page(page)
+    assert {tag for tag, _ in parsed.tags} <= allowed_tags
+    assert not [name for _, attrs in parsed.tags for name in attrs if name.startswith("on")]
+    assert "".join(parsed.text).count(HOSTILE) >= in_text
+    assert sum(v.count(HOSTILE) for v in parsed.attribute_values()) >= in_attributes
+    assert "<script" not in page and HOSTILE not in page
+    return parsed
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_hostile_data_is_escaped_everywhere_on_the_report(story: Engine) -> None:  # noqa: F811
+    with story.connect() as conn:
+        data: dict[str, Any] = reports.html_data(conn, SLUG)
+    for key in ("name", "campaign", "setting", "from", "to", "created_by", "state"):
+        data[key] = HOSTILE
+    first = data["waves"][0]["name"]
+    data["waves"][0].update(name=HOSTILE, audience=HOSTILE, paused_reason=HOSTILE)
+    for s in data["sends"]:
+        s["wave"] = HOSTILE if s["wave"] == first else s["wave"]
+    data["by_locale"] = {HOSTILE: {HOSTILE: {"sent": 1, HOSTILE: 2}}}
+    data["held_back_why"] = {HOSTILE: 2}
+    data["steps"] = [{"step": HOSTILE, "state": "pending", "due_at": data["cutoff"]}]
+    data["events"][-1].update(actor=HOSTILE, action=HOSTILE, detail={"error": HOSTILE})
+    data["approval"].update(required=True, digest=HOSTILE, defined_by=HOSTILE,
+                            approvals=[{"by": HOSTILE, "at": data["cutoff"]}])
+    page = htmlreport.render(data)
+    # In the text: the title, eyebrow, heading, lede (setting, from, to, state, creator, approver), the chart's
+    # due line and bars and legend, the wave's heading, line and table row, the locale table, the flip's
+    # notes, the timeline. In attributes: the digest, bars' titles, the locale cell's other outcomes.
+    parsed = assert_escaped(page, REPORT_TAGS, in_text=25, in_attributes=2)
+    assert ("code", {"title": HOSTILE}) in parsed.tags
+
+
+def test_the_pages_environment_is_strict_autoescaped_and_built_once() -> None:
+    env = pages.environment()
+    assert pages.environment() is env and env.undefined is jinja2.StrictUndefined and not env.auto_reload
+    autoescape = env.autoescape
+    assert callable(autoescape) and autoescape("report.html.j2") and autoescape("gallery.html.j2")
+    assert not autoescape("report.css")  # included as it is: our own stylesheet, no data in it
+    with pytest.raises(jinja2.UndefinedError, match="report"):
+        pages.render("report.html.j2")
+
+
+def test_the_pages_are_package_data() -> None:
+    """A non-editable install carries the templates: pyproject's package-data names every file of
+    campaign/pages, and the loader finds each template the code renders through importlib.resources."""
+    globs = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"][
+        "package-data"]["campaign"]
+    folder = importlib.resources.files("campaign") / "pages"
+    names = {f.name for f in folder.iterdir() if f.is_file() and not f.name.endswith((".py", ".pyc"))}
+    assert {"report.html.j2", "report.css", "gallery.html.j2"} <= names
+    assert [n for n in names if not any(fnmatch.fnmatch(f"pages/{n}", g) for g in globs)] == []
+    assert names <= set(pages.environment().list_templates())
+
+
+def test_no_html_is_escaped_by_hand() -> None:
+    """HTML is escaped by Jinja2's autoescape alone: no code of the package escapes by hand or marks a string
+    safe, and no template of the pages turns autoescape off or marks a value safe."""
+    by_hand = re.compile(r"\bhtml\.escape\b|\bimport html\b|\bfrom html import\b|\bmarkupsafe\b|\bMarkup\b")
+    found = [f"{path.relative_to(ROOT)}:{n}: {line.strip()}" for path in sorted((ROOT / "campaign").rglob("*.py"))
+             for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if by_hand.search(line)]
+    assert found == []
+    unsafe = re.compile(r"\|\s*safe\b|autoescape\s+false|\bMarkup\b", re.IGNORECASE)
+    found = [f"{path.name}:{n}" for path in sorted((ROOT / "campaign" / "pages").glob("*.j2"))
+             for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if unsafe.search(line)]
+    assert found == []

@@ -3,6 +3,7 @@ template's file and line (G5); previews and the gallery."""
 
 from __future__ import annotations
 
+import dataclasses
 import email
 import json
 import shutil
@@ -199,6 +200,34 @@ def test_preview_gallery(run_cli: CliRun, tmp_path: Path) -> None:
     by_locale = json.loads(run_cli("audience", "voice-local-processing", "--by", "locale", "--json").stdout)["by"]
     assert f"({by_locale['es-US']['accounts']} recipients; template es-US)" in index
 
+
+
+def test_the_gallery_shows_hostile_data_as_text(templates: Path, tmp_path: Path) -> None:
+    """The gallery's index escapes whatever it shows (Jinja2's autoescape): a campaign's name and slug, an
+    account's and a device's name in the text part, a subject, a template folder, and a wave's name in the ids,
+    links and frame it names the files by."""
+    from campaign.previews import Sample, write_gallery
+    from tests.test_html_report import HOSTILE, Page, assert_escaped
+
+    in_a_name = """notice<b onclick="x">&'y'"""  # a file's name holds no slash
+    r = renderer(templates)
+    d = dataclasses.replace(r.definition, name=HOSTILE, slug=HOSTILE)
+    person = recipient("de-DE", "Europe/Berlin", name=HOSTILE)
+    devices = (*DEVICES, DeviceView("d3", HOSTILE, "Echo Show 10"))
+    rendered = r.render(d.waves[0], person, list(devices))
+    rendered = dataclasses.replace(rendered, subject=HOSTILE, template_locale=HOSTILE)
+    index = write_gallery([Sample(in_a_name, "de-DE", 0, person, devices, rendered, b"")], tmp_path, d)
+    page = index.read_text(encoding="utf-8")
+    parsed: Page = assert_escaped(page, {"html", "head", "meta", "title", "style", "body", "h1", "h2", "p", "code",
+                                         "small", "strong", "section", "a", "div", "iframe", "pre"},
+                                  in_text=7, in_attributes=0)  # title, h1, slug, template, subject, name, device
+    assert [a for _, a in parsed.tags if in_a_name in "".join(v or "" for v in a.values())] == [
+        {"id": f"{in_a_name}.de-DE"}, {"href": f"{in_a_name}.de-DE.html"}, {"href": f"{in_a_name}.de-DE.eml"},
+        {"title": f"HTML of {in_a_name}.de-DE", "src": f"{in_a_name}.de-DE.html"}]
+    assert "onclick" not in {name for _, a in parsed.tags for name in a}
+    # The text part is shown whole, as it is: the hostile names in it, and its lines.
+    assert rendered.text in "".join(parsed.text)
+    assert (tmp_path / f"{in_a_name}.de-DE.html").read_text(encoding="utf-8") == rendered.html
 
 def test_render_all_streams_every_recipient(run_cli: CliRun, engine: object, templates: Path) -> None:
     from campaign import campaigns, db, previews
