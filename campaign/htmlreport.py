@@ -351,12 +351,10 @@ def _flip(data: dict[str, Any]) -> FlipView:
 
 
 def _timeline(data: dict[str, Any]) -> tuple[Moment, ...]:
-    from campaign.reports import summarize  # one wording of an event's detail, shared with `campaign log`
-
     items: list[tuple[str, int, Moment]] = []
     for e in data["events"]:
         label = ACTIONS.get(e["action"], e["action"])
-        items.append((e["at"], 1, Moment("event", _when(e["at"]), e["actor"], label, summarize(e["detail"]))))
+        items.append((e["at"], 1, Moment("event", _when(e["at"]), e["actor"], label, e["summary"])))
     items.append((data["cutoff"], 0, Moment("cutoff", _when(data["cutoff"]), "", "The cutoff", "")))
     for s in data["steps"]:
         if s["state"] in ("pending", "running"):

@@ -546,6 +546,7 @@ def html_data(conn: Connection, slug: str, now: dt.datetime | None = None) -> di
         "by_locale": by_locale,
         "steps": [{"step": s.name, "due_at": _iso(s.due_at), "state": s.state, "error": s.error}
                   for s in steps.of_campaign(conn, c.id)],
-        "events": [_event(e, slug) for e in audit.events(conn, c.id)],
+        # each with its detail worded as `campaign log` words it
+        "events": [{**_event(e, slug), "summary": summarize(e.detail)} for e in audit.events(conn, c.id)],
         "approval": _approval(conn, c),
     }

@@ -179,7 +179,7 @@ def test_hostile_data_is_escaped_everywhere_on_the_report(story: Engine) -> None
     data["by_locale"] = {HOSTILE: {HOSTILE: {"sent": 1, HOSTILE: 2}}}
     data["held_back_why"] = {HOSTILE: 2}
     data["steps"] = [{"step": HOSTILE, "state": "pending", "due_at": data["cutoff"]}]
-    data["events"][-1].update(actor=HOSTILE, action=HOSTILE, detail={"error": HOSTILE})
+    data["events"][-1].update(actor=HOSTILE, action=HOSTILE, detail={"error": HOSTILE}, summary=f"error={HOSTILE}")
     data["approval"].update(required=True, digest=HOSTILE, defined_by=HOSTILE,
                             approvals=[{"by": HOSTILE, "at": data["cutoff"]}])
     page = htmlreport.render(data)
