@@ -34,7 +34,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from campaign import approval as approvals
-from campaign import campaigns, db, errors, previews
+from campaign import campaigns, db, errors, proofs
 from campaign.config import ENV, Config
 from campaign.definition import Definition
 from campaign.errors import StateError, TemplateProblem, UsageError
@@ -120,7 +120,7 @@ def _render_everyone(conn: Connection, d: Definition, renderer: Renderer) -> int
     stand-ins): G5, errors found here and not by a customer."""
     total, problems = 0, []
     for wave in d.waves:
-        ok, found = previews.render_all(conn, d, renderer, wave)
+        ok, found = proofs.render_all(conn, d, renderer, wave)
         total += ok
         problems += [f"wave {wave.name}, {p}" for p in found]
     if problems:

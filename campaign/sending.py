@@ -52,7 +52,7 @@ from campaign.errors import CampaignError, RenderFailure, StateError, UsageError
 from campaign.mime import HeaderInjection, MessageTooLarge, Parts, message_id
 from campaign.models import BOUNCED, CANCELLED, EXPIRED, FAILED, PAUSED, PENDING, SENT, SKIPPED, SUPPRESSED
 from campaign.policies import FailureTracker, RateLimiter, RetryPolicy, WindowCache, share
-from campaign.previews import builder_for
+from campaign.proofs import builder_for
 from campaign.rendering import DeviceView, Recipient, Renderer
 from campaign.store import audience, audit, deliveries
 from campaign.store import campaigns as campaign_rows

@@ -250,7 +250,7 @@ def test_whole_shipped_example_fast_equals_plain() -> None:
     from pathlib import Path
 
     from campaign.definition import load_definition
-    from campaign.previews import builder_for
+    from campaign.proofs import builder_for
     from campaign.rendering import DeviceView, Recipient, Renderer
 
     root = Path(__file__).resolve().parent.parent

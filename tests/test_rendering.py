@@ -206,7 +206,8 @@ def test_the_gallery_shows_hostile_data_as_text(templates: Path, tmp_path: Path)
     """The gallery's index escapes whatever it shows (Jinja2's autoescape): a campaign's name and slug, an
     account's and a device's name in the text part, a subject, a template folder, and a wave's name in the ids,
     links and frame it names the files by."""
-    from campaign.previews import Sample, write_gallery
+    from campaign.previews import write_gallery
+    from campaign.proofs import Sample
     from tests.test_html_report import HOSTILE, Page, assert_escaped
 
     in_a_name = """notice<b onclick="x">&'y'"""  # a file's name holds no slash
@@ -230,19 +231,19 @@ def test_the_gallery_shows_hostile_data_as_text(templates: Path, tmp_path: Path)
     assert (tmp_path / f"{in_a_name}.de-DE.html").read_text(encoding="utf-8") == rendered.html
 
 def test_render_all_streams_every_recipient(run_cli: CliRun, engine: object, templates: Path) -> None:
-    from campaign import campaigns, db, previews
+    from campaign import campaigns, db, proofs
     import_example(run_cli)
     assert create(run_cli, templates).exit_code == 0
     audience = json.loads(run_cli("audience", "voice-local-processing", "--by", "locale", "--json").stdout)
     with db.read(engine) as conn:  # type: ignore[arg-type]
         c = campaigns.get(conn, "voice-local-processing")
         r = Renderer(c.definition, templates)
-        ok, problems = previews.render_all(conn, c.definition, r, c.definition.waves[0])
+        ok, problems = proofs.render_all(conn, c.definition, r, c.definition.waves[0])
         assert (ok, problems) == (audience["accounts"], [])
         # A template that breaks only for some data: found for every account it breaks for.
         break_template(templates, "ja-JP/notice.txt.j2", "{{", "{{ 1 // (devices | length - 1) }}{{")
         r = Renderer(c.definition, templates)
-        ok, problems = previews.render_all(conn, c.definition, r, c.definition.waves[0])
+        ok, problems = proofs.render_all(conn, c.definition, r, c.definition.waves[0])
     assert problems and all("ZeroDivisionError" in p for p in problems)
     assert ok < audience["accounts"]
 

@@ -1,0 +1,138 @@
+"""Messages rendered to prove they build, before anyone is mailed: a sample per wave × locale of the audience (the
+render check at `create`, the previews and the gallery show them), and every recipient's message of a wave (the
+pass `schedule` runs). A failure names the template file and line, and the account. No ledger row is written."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from sqlalchemy import Connection
+
+from campaign import db
+from campaign.definition import Definition, WaveDef
+from campaign.errors import NotFound, RenderFailure, TemplateProblem, UsageError
+from campaign.mime import HeaderInjection, MessageBuilder, MessageTooLarge, Parts, message_id
+from campaign.rendering import DeviceView, Recipient, Rendered, Renderer
+from campaign.store import audience
+
+TEST_PREFIX = "[TEST] "
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One message of a wave as it would be sent to one recipient."""
+
+    wave: str
+    locale: str  # the recipient's locale
+    recipients: int  # how many accounts of the audience have this locale (0 for a stand-in)
+    recipient: Recipient
+    devices: tuple[DeviceView, ...]
+    rendered: Rendered
+    message: bytes
+
+
+STAND_IN = "preview"  # the account id of the stand-in a preview renders for when nobody of a locale is affected
+
+
+def builder_for(definition: Definition, wave: WaveDef, test: bool = False) -> MessageBuilder:
+    extra = {"X-Campaign": definition.slug, "X-Campaign-Wave": wave.name}
+    if test:
+        extra["X-Campaign-Test"] = "yes"
+    return MessageBuilder(definition.sender, definition.reply_to, extra_headers=extra,
+                          boundary_seed=f"{definition.slug}/{wave.name}",
+                          max_bytes=definition.limits.max_message_bytes)
+
+
+def _stand_in(definition: Definition, locale: str) -> tuple[Recipient, list[DeviceView]]:
+    model = definition.device_models[0] if definition.device_models else "Smart speaker"
+    return (Recipient(STAND_IN, "preview@example.com", "Alex Example", locale, "UTC"),
+            [DeviceView("preview-1", "Kitchen", model)])
+
+
+def _affected(conn: Connection, d: Definition, account_ids: list[str] | None = None
+              ) -> Iterator[tuple[Recipient, list[DeviceView]]]:
+    return audience.iter_affected(conn, d, account_ids=account_ids)
+
+
+def _build(renderer: Renderer, d: Definition, wave: WaveDef, recipient: Recipient, devices: list[DeviceView],
+           recipients: int, test: bool = False, to: str | None = None) -> Sample:
+    try:
+        rendered = renderer.render(wave, recipient, devices)
+        subject = TEST_PREFIX + rendered.subject if test else rendered.subject
+        address = to or recipient.email
+        mid = message_id(d.slug, wave.name, recipient.account_id, d.sender_domain) if not test else \
+            message_id(d.slug, f"{wave.name}-test", f"{recipient.locale}/{address}/{db.utcnow().isoformat()}",
+                       d.sender_domain)
+        parts = Parts(recipient.name, address, subject, rendered.text, rendered.html, mid, db.utcnow())
+        data = builder_for(d, wave, test).build(parts)
+    except (RenderFailure, MessageTooLarge, HeaderInjection) as exc:
+        # One person's data: say whose (a stand-in is nobody's).
+        who = "" if recipient.account_id == STAND_IN else f"account {recipient.account_id}: "
+        raise RenderFailure(f"{who}{exc}") from None
+    return Sample(wave.name, recipient.locale, recipients, recipient, tuple(devices), rendered, data)
+
+
+def samples(conn: Connection, d: Definition, renderer: Renderer, waves: list[WaveDef] | None = None,
+            locale: str | None = None, test: bool = False, to: str | None = None) -> Iterator[Sample]:
+    """One message per wave × locale of the audience now, each for a real account of that locale (the
+    first by id). With `locale` given and nobody of it in the audience, a stand-in account is used."""
+    found = audience.locales(conn, d)
+    if locale is not None:
+        found = [f for f in found if f[0] == locale] or [(locale, 0, "")]
+    for wave in waves if waves is not None else list(d.waves):
+        for loc, count, first in found:
+            if count:
+                recipient, devices = next(_affected(conn, d, account_ids=[first]))
+            else:
+                recipient, devices = _stand_in(d, loc)
+            yield _build(renderer, d, wave, recipient, devices, count, test=test, to=to)
+
+
+def check_campaign(conn: Connection, d: Definition, renderer: Renderer) -> int:
+    """Render every wave × locale present in the audience (and the default locale): raises
+    TemplateProblem naming the template file and line. Returns how many messages were rendered."""
+    n = 0
+    for wave in d.waves:
+        renderer.template_locale(wave.name, d.default_locale)  # the fallback must exist for every wave
+    for _ in samples(conn, d, renderer):
+        n += 1
+    for _ in samples(conn, d, renderer, locale=d.default_locale):
+        n += 1
+    return n
+
+
+def preview_one(conn: Connection, d: Definition, renderer: Renderer, wave: WaveDef, locale: str | None,
+                account_id: str | None) -> Sample:
+    if account_id is not None:
+        recipient = audience.recipient(conn, account_id)
+        if recipient is None:
+            raise NotFound(f"no account {account_id!r}")
+        found = list(_affected(conn, d, account_ids=[account_id]))
+        if not found:
+            raise UsageError(f"account {account_id!r} has no device with {d.setting} = {d.from_value} "
+                             "in this campaign's audience")
+        recipient, devices = found[0]
+        return _build(renderer, d, wave, recipient, devices, 1)
+    locale = locale or d.default_locale
+    return next(samples(conn, d, renderer, waves=[wave], locale=locale))
+
+
+def render_all(conn: Connection, d: Definition, renderer: Renderer, wave: WaveDef,
+               limit_errors: int = 20) -> tuple[int, list[str]]:
+    """Render `wave` for every recipient in the audience now, streamed (for `schedule`): returns how many
+    rendered and the first problems (`account: problem`)."""
+    builder = builder_for(d, wave)
+    ok, problems = 0, list[str]()
+    now = db.utcnow()
+    for recipient, devices in _affected(conn, d):
+        try:
+            rendered = renderer.render(wave, recipient, devices)
+            builder.build(Parts(recipient.name, recipient.email, rendered.subject, rendered.text,
+                                rendered.html, message_id(d.slug, wave.name, recipient.account_id,
+                                                          d.sender_domain), now))
+            ok += 1
+        except (TemplateProblem, ValueError, HeaderInjection) as exc:  # RenderFailure, MessageTooLarge among them
+            if len(problems) < limit_errors:
+                problems.append(f"account {recipient.account_id}: {exc}")
+    return ok, problems
