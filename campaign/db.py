@@ -17,6 +17,7 @@ from campaign.clock import UTCDateTime as UTCDateTime
 from campaign.clock import utcnow as utcnow
 from campaign.config import redact_url
 from campaign.errors import ConfigError
+from campaign.store import audit
 
 SQLITE_BUSY_TIMEOUT_S = 30.0
 SQLITE_AUTOCHECKPOINT = 1000  # pages: SQLite's default
@@ -93,7 +94,7 @@ def _setup_sqlite(engine: Engine) -> None:
             conn.exec_driver_sql(f"PRAGMA foreign_keys={'ON' if keys_on else 'OFF'}")
             info["foreign_keys"] = keys_on
         if options.get("campaign_alone"):
-            return  # each statement commits by itself (the driver's autocommit): see store.connection.Database.write
+            return  # each statement commits by itself (the driver's autocommit): see campaign.connection.Database.write
         conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get("campaign_write") else "BEGIN")
 
 
@@ -138,8 +139,6 @@ def transaction(engine: Engine, actor: str, action: str | None = None, *, campai
     """The one way a command changes something: begins the transaction (BEGIN IMMEDIATE on SQLite), records
     the audit event `action` with what the body noted, and commits — or, under `dry_run`, rolls it all back,
     the audit event included, so that a dry run changes no row. An exception rolls back too."""
-    from campaign.store import audit  # the store imports this module: import it when first used
-
     with write(engine, bulk=bulk) as conn:
         tx = Tx(conn, actor, action, campaign_id, dry_run=dry_run)
         yield tx

@@ -28,11 +28,11 @@ from sqlalchemy import Connection, Engine
 
 from campaign import apply as service_api
 from campaign import approval as approvals
-from campaign import campaigns, db, errors
+from campaign import campaigns, connection, db, errors
 from campaign.errors import StateError
 from campaign.models import APPLYING, CANCELLED, CHANGED, HELD_BACK, WAITING
 from campaign.store import changes as store
-from campaign.store import connection, steps
+from campaign.store import steps
 
 BATCH = 5000
 LISTED = 1000  # devices listed by name in a result (held back, waiting, left); the counts are always whole

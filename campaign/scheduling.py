@@ -34,13 +34,13 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from campaign import approval as approvals
-from campaign import campaigns, db, errors, proofs
+from campaign import campaigns, connection, db, errors, proofs
 from campaign.config import ENV, Config
 from campaign.definition import Definition
 from campaign.errors import StateError, TemplateProblem, UsageError
 from campaign.models import CANCELLED, DRAFT, PAUSED, SCHEDULED
 from campaign.rendering import Renderer
-from campaign.store import audience, connection, deliveries, steps
+from campaign.store import audience, deliveries, steps
 from campaign.store import campaigns as campaign_rows
 
 log = logging.getLogger("campaign.scheduler")

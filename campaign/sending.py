@@ -47,6 +47,7 @@ from sqlalchemy import Connection, Engine
 from campaign import approval as approvals
 from campaign import campaigns, db, errors, suppressions, verp
 from campaign.config import Config
+from campaign.connection import Database, DatabaseLost, call
 from campaign.definition import Definition, WaveDef
 from campaign.errors import CampaignError, RenderFailure, StateError, UsageError
 from campaign.mime import HeaderInjection, MessageTooLarge, Parts, message_id
@@ -58,7 +59,6 @@ from campaign.store import audience, audit, deliveries
 from campaign.store import campaigns as campaign_rows
 from campaign.store import suppressions as suppression_rows
 from campaign.store import workers as worker_rows
-from campaign.store.connection import Database, DatabaseLost, call
 from campaign.store.deliveries import Claimed, Result
 from campaign.transport import Envelope, Outcome, Transport, make_transport
 from campaign.transport import parse_url as parse_smtp_url

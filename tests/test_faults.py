@@ -243,9 +243,8 @@ def test_flip_stops_with_a_clear_error_when_postgres_stays_away_and_a_rerun_fini
         own_postgres: OwnPostgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import threading
 
-    from campaign import flip
+    from campaign import connection, flip
     from campaign.db import make_engine
-    from campaign.store import connection
     url = own_postgres.url
     run = own_cli(url)
     _import_sample(run, tmp_path, 5_000)

@@ -632,10 +632,10 @@ def test_postgres_gone_for_good_stops_the_send_and_a_rerun_recovers(own_postgres
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     import threading
 
-    from campaign import sending
+    from campaign import connection, sending
     from campaign.config import load_config
     from campaign.db import make_engine
-    from campaign.store import connection, deliveries
+    from campaign.store import deliveries
     run = _own_cli(own_postgres.url)
     _ready_on(run, tmp_path, SLOW.replace("rate_per_second = 40", "rate_per_second = 10"))
     monkeypatch.setattr(connection, "RECONNECT_FOR", 2.0)

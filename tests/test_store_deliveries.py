@@ -273,7 +273,7 @@ def test_dry_run_preview_queries(engine: Engine, wave: tuple[int, int]) -> None:
 def test_a_lane_writes_alone_then_whole_transactions_again(engine: Engine) -> None:
     """`alone` (outcomes without bounces: on PostgreSQL each statement commits by itself) leaves the lane's
     connection as it found it: the next transaction on it is all or nothing again."""
-    from campaign.store.connection import Database
+    from campaign.connection import Database
 
     def add(conn: Any, email: str, fail: bool = False) -> None:
         conn.execute(insert(SUPPRESSION).values(email=email, reason="test", source="manual", created_at=T0,
@@ -306,7 +306,7 @@ def test_outcomes_committed_on_the_event_loop_outlive_a_lost_connection(engine: 
     holds."""
     from sqlalchemy import text
 
-    from campaign.store.connection import Database
+    from campaign.connection import Database
 
     _, wave_id = wave
     with db.write(engine) as conn:
@@ -344,7 +344,7 @@ def test_commits_on_the_event_loop_give_up_on_a_database_that_stays_away() -> No
     pytest.importorskip("psycopg")
     import socket
 
-    from campaign.store.connection import Database, DatabaseLost
+    from campaign.connection import Database, DatabaseLost
 
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
@@ -389,7 +389,7 @@ def test_sqlite_commit_lanes_leave_checkpoints_to_the_main_lane(engine: Engine) 
     """SQLite: a commit lane's connection does not copy the write-ahead log back after its commits (a copy
     stalls the commit that runs it, and every connection waiting at the gate with it); the main lane's
     does; a connection back in the pool copies again, whoever takes it next."""
-    from campaign.store.connection import Database
+    from campaign.connection import Database
 
     def autocheckpoint(conn: Any) -> int:
         return int(conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one())
@@ -436,7 +436,7 @@ def test_record_looks_rows_up_by_key_whatever_the_statistics_say(engine: Engine,
 
     import psycopg
 
-    from campaign.store.connection import Database
+    from campaign.connection import Database
 
     campaign_id, wave_id = wave
     with db.write(engine) as conn:

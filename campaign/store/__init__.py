@@ -16,10 +16,8 @@ The verbs (import, create, send, status, flip, …) say what happens; the module
 - `reports`      rates, the flip's counts
 - `audit`        audit events
 - `schema`       the schema's revision (Alembic's table)
-- `connection`   the one connector: a database that went away (`DatabaseLost`, `lost`, one backoff), the send's
-                 lanes
 
-Every function (but `connection`'s) takes the caller's `Connection` and never commits: the caller owns the transaction
+Every function takes the caller's `Connection` and never commits: the caller owns the transaction
 (`campaign.db.transaction` for commands). Raw SQL appears only where Core cannot say it (a pragma, COPY,
 temporary-table DDL), each with a comment.
 """

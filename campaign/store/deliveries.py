@@ -128,7 +128,7 @@ def claim(conn: Connection, wave_id: int, owner: str, limit: int, now: dt.dateti
           ignore_window: bool = False) -> list[Claimed]:
     """Move up to `limit` due deliveries of the wave into `sending`, leased to `owner`; in id order.
 
-    On SQLite, run outside a transaction (`store.connection.Database.write(…, alone=True)`), the one write lock that
+    On SQLite, run outside a transaction (`campaign.connection.Database.write(…, alone=True)`), the one write lock that
     every process shares is held only while the UPDATE runs: the rows it took are read afterwards, as the
     owner's `sending` rows that were not its own before. (With RETURNING, the lock would be held until the
     last row is fetched, each fetch a hand-off of the GIL with a busy event loop: 13 ms a claim of 250 under
@@ -334,7 +334,7 @@ RECORD_SESSION = "SET plan_cache_mode = force_generic_plan"
 
 def record_statement(dialect: Dialect, owner: str, results: Sequence[Result]) -> tuple[str, Any]:
     """PostgreSQL: `record`'s statement and its parameters in the driver's own terms, for a caller that runs
-    it on a connection of the driver's (the send loop's asynchronous commits: `store.connection.Database.alone`)."""
+    it on a connection of the driver's (the send loop's asynchronous commits: `campaign.connection.Database.alone`)."""
     names = [name for name, _ in _COLUMNS]
     rows = json.dumps([{name: _json(v, dialect) for name, v in zip(names, _values(r), strict=True)}
                        for r in results])
