@@ -5,7 +5,7 @@ keep-alive connection and their answers parsed: the HTTP and the service alone, 
 
     ./run bench apply [--devices N] [--runs K] [--batch B] [--only sqlite|postgres] [--keep]
 
-Ours is `campaign.flip.flip`, the verb `campaign flip` calls, in this process (start-up left out), on a copy of a
+Ours is `campaign.cutoff.flip.flip`, the verb `campaign flip` calls, in this process (start-up left out), on a copy of a
 prepared database each run: SQLite, and PostgreSQL on a server of its own with fsync and synchronous_commit on
 (bench/flip.py's). It records each batch's changes (`applying`, the batch and its Idempotency-Key) in one
 transaction, sends it, and writes the answers (change rows `changed`, the local copy) in another. Before each
@@ -118,7 +118,7 @@ def run_reference(url: str, bodies: list[tuple[str, bytes]]) -> tuple[int, float
 
 
 def run_ours(url: str) -> tuple[int, float]:
-    from campaign import flip
+    from campaign.cutoff import flip
     from campaign.db import make_engine
 
     engine = make_engine(url)

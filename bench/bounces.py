@@ -75,8 +75,8 @@ def prepare(work: Path, n: int) -> tuple[Path, Path]:
     os.environ.update(env_url)
     cli(url, "send", SLUG, "--wave", "notice", "--ignore-window")
 
-    from campaign import verp
     from campaign.definition import parse_definition
+    from campaign.delivery import verp
 
     d = parse_definition(text)
     makers = [bm.postfix, bm.exim, bm.exchange, bm.google, bm.qmail, bm.arf,
@@ -93,8 +93,8 @@ def prepare(work: Path, n: int) -> tuple[Path, Path]:
 
 
 def ours(db_path: Path, box: Path, work: Path) -> tuple[float, int]:
-    from campaign import bounces
     from campaign.db import make_engine
+    from campaign.returns import bounces
 
     run_db = work / "run.db"
     shutil.copyfile(db_path, run_db)

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 from campaign.definition import load_definition
-from campaign.mime import MessageBuilder, Parts, build_plain, message_id
-from campaign.rendering import DeviceView, Recipient, Renderer
+from campaign.notices.mime import MessageBuilder, Parts, build_plain, message_id
+from campaign.notices.rendering import DeviceView, Recipient, Renderer
 from campaign.sample import rows
 
 ROOT = Path(__file__).resolve().parent.parent

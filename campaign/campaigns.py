@@ -14,8 +14,8 @@ from campaign import db
 from campaign.definition import Definition, load_definition, parse_definition
 from campaign.errors import NotFound, StateError
 from campaign.models import CANCELLED, DRAFT, PAUSED, SCHEDULED
-from campaign.proofs import check_campaign
-from campaign.rendering import Renderer
+from campaign.notices.proofs import check_campaign
+from campaign.notices.rendering import Renderer
 from campaign.store import audience
 from campaign.store import campaigns as store
 

@@ -16,22 +16,16 @@ import click
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from campaign import (
-    accounts,
-    approval,
-    bounces,
-    campaigns,
-    db,
-    migrate,
-    previews,
-    reports,
-    scheduling,
-    sending,
-    suppressions,
-    walkthrough,
-)
+from campaign import campaigns, db, migrate
 from campaign.config import Config, load_config, redact_url
+from campaign.cutoff import approval, scheduling
+from campaign.delivery import sending
+from campaign.demo import walkthrough
 from campaign.errors import PAUSED, CampaignError
+from campaign.evidence import reports
+from campaign.intake import accounts, suppressions
+from campaign.notices import previews
+from campaign.returns import bounces
 from campaign.store import audience as audience_store
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -933,7 +927,7 @@ def flip_cmd(app: App, slug: str, before_cutoff: bool, include_unnotified: bool,
     [apply] kind = "http", through the settings service: a device counts as switched once the service
     applied it; a refusal pauses the flip (exit 1) until it is run again.
     """
-    from campaign import flip as flipping
+    from campaign.cutoff import flip as flipping
 
     result = flipping.flip(app.engine(), slug, app.config.actor, before_cutoff=before_cutoff,
                            include_unnotified=include_unnotified, dry_run=dry_run, batch_size=batch_size)
@@ -957,7 +951,7 @@ def rollback_cmd(app: App, slug: str, batch_size: int, dry_run: bool, as_json: b
 
     Change rows are marked rolled back or left, never deleted. Afterwards `flip` refuses for this campaign.
     """
-    from campaign import flip as flipping
+    from campaign.cutoff import flip as flipping
 
     result = flipping.rollback(app.engine(), slug, app.config.actor, dry_run=dry_run, batch_size=batch_size)
     stopped = _stopped(result, "rollback")

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, text
 
-from campaign import apply, flip
+from campaign.cutoff import apply, flip
 from campaign.definition import parse_definition
 from campaign.errors import ConfigError, InputError
 from campaign.validation import setting_value_problem

@@ -24,10 +24,12 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, text
 
-from campaign import bounces, flip, verp
+from campaign.cutoff import flip
 from campaign.definition import parse_definition
+from campaign.delivery import verp
 from campaign.errors import InputError
-from campaign.mime import message_id
+from campaign.notices.mime import message_id
+from campaign.returns import bounces
 from campaign.store.bounces import IMPORT_LOCK
 from tests import bounce_mail as bm
 from tests.bounce_mail import Sent

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from campaign import walkthrough
 from campaign.cli import cli
+from campaign.demo import walkthrough
 
 
 @pytest.mark.slow

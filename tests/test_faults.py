@@ -243,7 +243,8 @@ def test_flip_stops_with_a_clear_error_when_postgres_stays_away_and_a_rerun_fini
         own_postgres: OwnPostgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import threading
 
-    from campaign import connection, flip
+    from campaign import connection
+    from campaign.cutoff import flip
     from campaign.db import make_engine
     url = own_postgres.url
     run = own_cli(url)
@@ -332,7 +333,7 @@ def test_flip_and_rollback_through_a_settings_service_wait_out_a_database_that_g
     """`[apply] kind = "http"`: the database goes away while a batch is at the service (applied there, its answer
     not yet back). The flip, then the rollback, wait for the database, send the batch again under its
     Idempotency-Key (the service answers as before), and go on: every device changed once, undone once."""
-    from campaign import apply, flip
+    from campaign.cutoff import apply, flip
     url, n = own_postgres.url, 40
     _through_a_service(url, settingsd, tmp_path, n)
     monkeypatch.setenv("CAMPAIGN_APPLY_TOKEN", SETTINGS_TOKEN)

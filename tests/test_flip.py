@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, insert, select, text
 
-from campaign import flip
+from campaign.cutoff import flip
 from campaign.errors import StateError
 from campaign.models import DELIVERY, WAVE
 from tests.conftest import ROOT, CliRun, table_counts

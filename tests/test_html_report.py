@@ -22,13 +22,14 @@ import jinja2
 import pytest
 from sqlalchemy import Engine
 
-from campaign import htmlreport, pages, reports
+from campaign import pages
+from campaign.evidence import htmlreport, reports
 from tests.conftest import IN_CI, ROOT, CliRun
 from tests.test_reports import SLUG, story  # noqa: F401  (the fixture: every kind of story, flipped)
 
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run")
-# Colours the page draws with (campaign.htmlreport): the first wave, sent, the cutoff.
+# Colours the page draws with (campaign.evidence.htmlreport): the first wave, sent, the cutoff.
 EXPECTED = {"first wave": (0x15, 0x65, 0xC0), "sent": (0x2E, 0x7D, 0x32), "cutoff": (0xC6, 0x28, 0x28)}
 
 

@@ -272,7 +272,7 @@ def test_shipped_example_imports(run_cli: CliRun, engine: Engine) -> None:
 
 
 def test_reader_keeps_quoted_line_breaks_and_counts_lines(write_file: Callable[..., Path]) -> None:
-    from campaign.readers import RecordReader
+    from campaign.intake.readers import RecordReader
     path = write_file("r.csv", 'a,b\n"x\ny",1\n"p,""q""",2\n\nz,3\n', newline="\r\n")
     with RecordReader(path) as reader:
         assert reader.header() == ["a", "b"]

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, text
 
-from campaign.transport import Envelope, SmtpTransport, parse_url, send_all_sync
+from campaign.delivery.transport import Envelope, SmtpTransport, parse_url, send_all_sync
 from tests.conftest import CliRun
 from tests.smtpd import Received, SmtpServer, smtpd, smtpd_factory  # noqa: F401  (fixtures)
 from tests.test_send import ACCOUNTS, DEVICES, SLUG, definition

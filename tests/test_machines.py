@@ -26,7 +26,7 @@ from sqlalchemy import Engine, text
 
 from campaign.cli import cli
 from campaign.db import make_engine
-from campaign.sending import HEARTBEAT, RECOUNT
+from campaign.delivery.sending import HEARTBEAT, RECOUNT
 from tests.conftest import IN_CI, ROOT, _fresh_database
 from tests.smtpd import SmtpServer
 

@@ -13,10 +13,10 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from campaign import verp
-from campaign.addresses import needs_smtputf8, normalize, wire_form
-from campaign.mime import HeaderInjection, MessageBuilder, Parts, _LineCodec, _qp, build_plain, message_id
-from campaign.transport import wire_ready
+from campaign.delivery import verp
+from campaign.delivery.transport import wire_ready
+from campaign.intake.addresses import needs_smtputf8, normalize, wire_form
+from campaign.notices.mime import HeaderInjection, MessageBuilder, Parts, _LineCodec, _qp, build_plain, message_id
 
 SENDER = "Device Privacy <privacy@example.com>"
 REPLY_TO = "privacy-help@example.com"
@@ -250,8 +250,8 @@ def test_whole_shipped_example_fast_equals_plain() -> None:
     from pathlib import Path
 
     from campaign.definition import load_definition
-    from campaign.proofs import builder_for
-    from campaign.rendering import DeviceView, Recipient, Renderer
+    from campaign.notices.proofs import builder_for
+    from campaign.notices.rendering import DeviceView, Recipient, Renderer
 
     root = Path(__file__).resolve().parent.parent
     d = load_definition(root / "data" / "voice-local-processing.toml", root / "templates")

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
-from campaign import outfiles, reports
+from campaign import outfiles
+from campaign.evidence import reports
 from tests.conftest import ROOT, CliRun
 from tests.test_reports import ACCOUNTS, DEVICES, EARLY, SLUG, definition, deliver
 

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from campaign.definition import Limits, SendWindow
-from campaign.policies import (
+from campaign.delivery.policies import (
     FailureTracker,
     RateLimiter,
     RetryDecision,

@@ -15,7 +15,7 @@ from click.testing import Result
 
 from campaign.definition import load_definition
 from campaign.errors import TemplateProblem
-from campaign.rendering import DeviceView, Recipient, Renderer
+from campaign.notices.rendering import DeviceView, Recipient, Renderer
 from tests.conftest import ROOT, CliRun
 
 EXAMPLE = ROOT / "data" / "voice-local-processing.toml"
@@ -206,8 +206,8 @@ def test_the_gallery_shows_hostile_data_as_text(templates: Path, tmp_path: Path)
     """The gallery's index escapes whatever it shows (Jinja2's autoescape): a campaign's name and slug, an
     account's and a device's name in the text part, a subject, a template folder, and a wave's name in the ids,
     links and frame it names the files by."""
-    from campaign.previews import write_gallery
-    from campaign.proofs import Sample
+    from campaign.notices.previews import write_gallery
+    from campaign.notices.proofs import Sample
     from tests.test_html_report import HOSTILE, Page, assert_escaped
 
     in_a_name = """notice<b onclick="x">&'y'"""  # a file's name holds no slash
@@ -231,7 +231,8 @@ def test_the_gallery_shows_hostile_data_as_text(templates: Path, tmp_path: Path)
     assert (tmp_path / f"{in_a_name}.de-DE.html").read_text(encoding="utf-8") == rendered.html
 
 def test_render_all_streams_every_recipient(run_cli: CliRun, engine: object, templates: Path) -> None:
-    from campaign import campaigns, db, proofs
+    from campaign import campaigns, db
+    from campaign.notices import proofs
     import_example(run_cli)
     assert create(run_cli, templates).exit_code == 0
     audience = json.loads(run_cli("audience", "voice-local-processing", "--by", "locale", "--json").stdout)

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, insert, select
 
-from campaign import flip, reports
+from campaign.cutoff import flip
+from campaign.evidence import reports
 from campaign.models import DELIVERY, WAVE
 from tests.conftest import ROOT, CliRun, table_counts
 

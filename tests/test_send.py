@@ -356,7 +356,7 @@ def test_a_refused_send_says_its_outcome_as_a_stable_code(run_cli: CliRun, smtpd
 
 
 def test_the_scheduler_reads_codes_not_words() -> None:
-    from campaign.scheduling import _outcome
+    from campaign.cutoff.scheduling import _outcome
     worded = "campaign: wave 'notice' expired, paused, cancelled and rolled back"
     assert _outcome('{"error": {"code": "expired", "message": "gone"}}', worded) == ("expired", "gone")
     assert _outcome('{"error": {"code": "not_approved", "message": "wait"}}', worded) == ("not_approved", "wait")
@@ -447,7 +447,7 @@ class _SlowTransport:
     async def send(self, envelope: object, gate: Any = None) -> object:
         import asyncio
 
-        from campaign.transport import Outcome
+        from campaign.delivery.transport import Outcome
         await asyncio.sleep(self.seconds)
         if gate is not None:
             await gate()
@@ -457,8 +457,8 @@ class _SlowTransport:
 
 def _notice_job(engine: Engine, db_url: str, smtpd: SmtpServer) -> Any:
     """A worker's job for the notice wave, outside the send window's rule."""
-    from campaign import sending
     from campaign.config import load_config
+    from campaign.delivery import sending
 
     config = load_config({"database_url": db_url, "templates": str(ROOT / "templates"), "actor": "tester",
                           "smtp_url": smtpd.url})
@@ -471,7 +471,8 @@ def test_who_counts_as_a_dead_worker(run_cli: CliRun, engine: Engine, smtpd: Smt
                                      db_url: str) -> None:
     # A worker's pid is checked only by a process sharing its process table (same host name, boot and PID
     # namespace); another machine's worker is left to its lease, unless silent for FORGET_AFTER.
-    from campaign import db, sending
+    from campaign import db
+    from campaign.delivery import sending
     from campaign.store import deliveries
     from campaign.store import workers as worker_rows
 
@@ -507,7 +508,8 @@ def test_a_worker_left_without_work_ends_soon_after_the_others_messages_are_reco
     sleeping a second first (which held every send of several workers up by up to a second at its end)."""
     import threading
 
-    from campaign import db, sending
+    from campaign import db
+    from campaign.delivery import sending
     from campaign.store import deliveries
     from campaign.store import workers as worker_rows
 
@@ -540,7 +542,7 @@ def test_a_worker_left_without_work_ends_soon_after_the_others_messages_are_reco
 
 
 def test_machine_differs_across_pid_namespaces() -> None:
-    code = "from campaign.sending import machine; print(machine())"
+    code = "from campaign.delivery.sending import machine; print(machine())"
     here = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert here.startswith(os.uname().nodename + "#")
     unshare = shutil.which("unshare")
@@ -559,8 +561,9 @@ def test_leases_are_renewed_while_a_slow_batch_is_in_flight(run_cli: CliRun, eng
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     import threading
 
-    from campaign import db, sending
+    from campaign import db
     from campaign.config import load_config
+    from campaign.delivery import sending
     from campaign.store import deliveries
     monkeypatch.setattr(deliveries, "LEASE", dt.timedelta(seconds=1.2))
     monkeypatch.setattr(sending, "HEARTBEAT", 0.1)
@@ -632,9 +635,10 @@ def test_postgres_gone_for_good_stops_the_send_and_a_rerun_recovers(own_postgres
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     import threading
 
-    from campaign import connection, sending
+    from campaign import connection
     from campaign.config import load_config
     from campaign.db import make_engine
+    from campaign.delivery import sending
     from campaign.store import deliveries
     run = _own_cli(own_postgres.url)
     _ready_on(run, tmp_path, SLOW.replace("rate_per_second = 40", "rate_per_second = 10"))
@@ -698,7 +702,7 @@ def test_the_send_clocks_only_the_idle_time_spent_waiting_on_the_database() -> N
     import asyncio
     from types import SimpleNamespace
 
-    from campaign import sending
+    from campaign.delivery import sending
 
     worker = SimpleNamespace(_on_db=0)
     clock = sending._IdleClock(worker)  # type: ignore[arg-type]
@@ -727,8 +731,8 @@ def test_progress_is_counted_as_often_as_asked(run_cli: CliRun, engine: Engine, 
     """Each progress report is a count of the wave's deliveries (on a large wave, a scan of it): the workers'
     parent counts as often as its caller asks — the bar on a terminal twice a second, a plain line every ten
     seconds — and once at the end, not twice a second whoever reads it."""
-    from campaign import sending
     from campaign.config import load_config
+    from campaign.delivery import sending
     ready(limits=SLOW)  # 40 messages at 40 a second, shared by the two workers: about a second
     config = load_config({"database_url": db_url, "smtp_url": smtpd.url, "templates": str(ROOT / "templates"),
                           "actor": "tester"})

@@ -7,11 +7,11 @@ import datetime as dt
 import random
 
 from campaign.definition import SendWindow
-from campaign.policies import RetryPolicy, WindowCache
-from campaign.rendering import DeviceView, Recipient
-from campaign.sending import Compose, Triage, after_send, handed_back
+from campaign.delivery.policies import RetryPolicy, WindowCache
+from campaign.delivery.sending import Compose, Triage, after_send, handed_back
+from campaign.delivery.transport import Outcome
+from campaign.notices.rendering import DeviceView, Recipient
 from campaign.store.deliveries import Claimed, Result
-from campaign.transport import Outcome
 
 NOW = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)  # 12:00 in UTC, 21:00 in Tokyo
 EXPIRES = NOW + dt.timedelta(days=1)

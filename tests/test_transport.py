@@ -15,10 +15,9 @@ from pathlib import Path
 import aiosmtplib
 import pytest
 
-from campaign import transport as transport_module
 from campaign.config import Config
-from campaign.errors import CampaignError, ConfigError
-from campaign.transport import (
+from campaign.delivery import transport as transport_module
+from campaign.delivery.transport import (
     Envelope,
     MaildirTransport,
     Outcome,
@@ -34,6 +33,7 @@ from campaign.transport import (
     send_all_sync,
     wire_ready,
 )
+from campaign.errors import CampaignError, ConfigError
 from tests.conftest import IN_CI
 from tests.ports import free_port
 from tests.smtpd import (  # noqa: F401  (smtpd_factory is a fixture)
@@ -207,7 +207,7 @@ def test_dots_are_stuffed_and_bare_line_ends_repaired(smtpd: SmtpServer, body: b
 @pytest.mark.parametrize("text", ["Hallo Zoë,\nx" + "y" * 300, "Hallo Zoë,\n.ein Punkt am Zeilenanfang\n."])
 def test_a_built_notice_goes_byte_for_byte_with_its_size(smtpd_factory: Callable[..., SmtpServer],
                                                          text: str) -> None:
-    from campaign.mime import MessageBuilder, Parts
+    from campaign.notices.mime import MessageBuilder, Parts
 
     parts = Parts("Zoë Ünal", "zoe@example.com", "Änderung", text, "<p>Hallo Zoë</p>", "<m1@example.com>",
                   dt.datetime(2025, 3, 1, tzinfo=dt.UTC))

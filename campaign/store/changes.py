@@ -389,7 +389,7 @@ class Settled:
 def settle(conn: Connection, campaign_id: int, d: Definition, batch: ApplyBatchRow,
            answers: dict[int, tuple[str, str | None]], attempts: int, now: dt.datetime) -> Settled:
     """Write the service's answer for each change of `batch` (change id → (status, the value the device holds
-    now)), as checked against the contract by `campaign.apply` (a known status; a value reported is a setting
+    now)), as checked against the contract by `campaign.cutoff.apply` (a known status; a value reported is a setting
     value, and for `applied` the one asked for): `applied` — the change is `changed` (flip) or `rolled_back`,
     and the local copy takes the value asked for (`to`, or `from` for a rollback), never another the service
     names; `conflict` — the change is `left`, with what the device holds there, and the local copy takes that

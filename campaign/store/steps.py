@@ -1,5 +1,5 @@
 """A campaign's scheduled steps (each wave, the flip), claimed exactly once before they run, and the
-scheduler's leadership (a lease row; PostgreSQL also takes an advisory lock, see `campaign.scheduling`)."""
+scheduler's leadership (a lease row; PostgreSQL also takes an advisory lock, see `campaign.cutoff.scheduling`)."""
 
 from __future__ import annotations
 

@@ -12,8 +12,8 @@ from sqlalchemy import Connection
 from campaign import db
 from campaign.definition import Definition, WaveDef
 from campaign.errors import NotFound, RenderFailure, TemplateProblem, UsageError
-from campaign.mime import HeaderInjection, MessageBuilder, MessageTooLarge, Parts, message_id
-from campaign.rendering import DeviceView, Recipient, Rendered, Renderer
+from campaign.notices.mime import HeaderInjection, MessageBuilder, MessageTooLarge, Parts, message_id
+from campaign.notices.rendering import DeviceView, Recipient, Rendered, Renderer
 from campaign.store import audience
 
 TEST_PREFIX = "[TEST] "

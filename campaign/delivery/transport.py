@@ -46,9 +46,9 @@ from aiosmtplib.email import parse_address
 from aiosmtplib.protocol import MAX_RESPONSE_LENGTH, SMTPProtocol
 from aiosmtplib.typing import Default
 
-from campaign.addresses import is_plain_ascii, needs_smtputf8, wire_form
 from campaign.config import Config, redact_url
 from campaign.errors import CampaignError, ConfigError
+from campaign.intake.addresses import is_plain_ascii, needs_smtputf8, wire_form
 from campaign.redaction import hold, redact
 from campaign.urls import is_loopback
 
@@ -247,7 +247,7 @@ class Transport(Protocol):
     async def send(self, envelope: Envelope, gate: Gate | None = None) -> Outcome:
         """Send one message. `gate`, when given, is awaited once just before the message can be accepted
         (on SMTP: after the server said 354, before the data goes): the caller's chance to make sure it can
-        record the outcome (see `campaign.sending`). An exception from it abandons the message unsent."""
+        record the outcome (see `campaign.delivery.sending`). An exception from it abandons the message unsent."""
         ...
 
 

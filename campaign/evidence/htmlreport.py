@@ -1,5 +1,5 @@
 """The HTML report: one self-contained page (inline CSS and SVG, no script, no outside resource) drawn from
-`campaign.reports.html_data` — headline numbers, sends over time per wave against the cutoff, outcomes by
+`campaign.evidence.reports.html_data` — headline numbers, sends over time per wave against the cutoff, outcomes by
 wave and state and by locale, the flip, and the campaign's timeline. It reads on screen and on paper (a
 print stylesheet). Here the data becomes view values (numbers formatted, times worded, the chart placed);
 `campaign/pages/report.html.j2` lays them out, and Jinja2's autoescape escapes every one of them."""

@@ -1,5 +1,5 @@
 """Reports: a campaign's status (deliveries per wave, the flip); the evidence — every account's story as CSV or
-JSON Lines, one person's whole story, the audit log — and the HTML report (`campaign.htmlreport` draws it)."""
+JSON Lines, one person's whole story, the audit log — and the HTML report (`campaign.evidence.htmlreport` draws it)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import Connection, Engine
 
-from campaign import approval, campaigns, db, outfiles
-from campaign.addresses import normalize as normalize_address
+from campaign import campaigns, db, outfiles
+from campaign.cutoff import approval
 from campaign.errors import NotFound, UsageError
+from campaign.intake.addresses import normalize as normalize_address
 from campaign.models import (
     APPLY_STATES,
     APPLYING,
@@ -207,7 +208,7 @@ def write_report(conn: Connection, slug: str, fmt: str, out: TextIO, now: dt.dat
     c = campaigns.get(conn, slug)
     written = Written(slug, fmt)
     if fmt == "html":
-        from campaign import htmlreport
+        from campaign.evidence import htmlreport
 
         out.write(htmlreport.render(html_data(conn, slug, now)))
         return written

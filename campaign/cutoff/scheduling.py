@@ -33,13 +33,14 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from campaign import approval as approvals
-from campaign import campaigns, connection, db, errors, proofs
+from campaign import campaigns, connection, db, errors
 from campaign.config import ENV, Config
+from campaign.cutoff import approval as approvals
 from campaign.definition import Definition
 from campaign.errors import StateError, TemplateProblem, UsageError
 from campaign.models import CANCELLED, DRAFT, PAUSED, SCHEDULED
-from campaign.rendering import Renderer
+from campaign.notices import proofs
+from campaign.notices.rendering import Renderer
 from campaign.store import audience, deliveries, steps
 from campaign.store import campaigns as campaign_rows
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import click
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: data/ and templates/ of the shipped example
 DATA = ROOT / "data"
 SLUG = "voice-local-processing"
 CUTOFF = dt.datetime(2025, 3, 28, 7, 0, tzinfo=dt.UTC)  # 2025-03-28T00:00:00-07:00, the shipped cutoff
@@ -162,7 +162,7 @@ def write_inputs(inputs: Path) -> None:
 def write_bounce(work: Path, when: dt.datetime) -> str:
     """The relay's delivery report for Hannah's notice, as Postfix writes one (RFC 3464: 5.1.1, user unknown), sent
     to the signed return path her notice went out with, into the Maildir `bounces/`; returns what it wrote."""
-    from campaign import verp
+    from campaign.delivery import verp
 
     parser = BytesHeaderParser()
     for f in sorted((work / "outbox" / "new").iterdir()):

@@ -9,10 +9,10 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 
 from campaign import db
-from campaign.addresses import normalize as normalize_address
 from campaign.errors import InputError, Problem, UsageError
+from campaign.intake.addresses import normalize as normalize_address
+from campaign.intake.readers import RecordReader
 from campaign.models import SUPPRESSION
-from campaign.readers import RecordReader
 from campaign.redaction import redact
 from campaign.store import suppressions as store
 from campaign.validation import unprintable

@@ -1,8 +1,8 @@
 """`campaign bounces import PATH` and `campaign bounces fetch imaps://USER@HOST/FOLDER`: take in returned mail
 that arrives after a message was accepted — bounces, delays, complaints — and act on it.
 
-Each message is read (`campaign.returned`), then matched to its delivery: by the signed token of its return path
-(`campaign.verp`), else by the original Message-ID in the returned headers; nothing is guessed. Then:
+Each message is read (`campaign.returns.returned`), then matched to its delivery: by the signed token of its return path
+(`campaign.delivery.verp`), else by the original Message-ID in the returned headers; nothing is guessed. Then:
 
 - a permanent failure (5.x.x) makes the delivery `bounced`, even after `sent` (so the notice no longer counts for
   `require_notice` or fair notice), and suppresses the address it went to;
@@ -14,7 +14,7 @@ Each message is read (`campaign.returned`), then matched to its delivery: by the
   out (one sent before Message-IDs were keyed) takes the notice back but suppresses nothing: it is listed as
   `unsigned`.
 
-A campaign that signs its return path also keys its Message-IDs (`campaign.mime.unique_part`): a match by such a
+A campaign that signs its return path also keys its Message-IDs (`campaign.notices.mime.unique_part`): a match by such a
 Message-ID, verified with the key, proves as much as a token; one made with a key this process does not hold
 is judged forged, like a token that does not verify.
 
@@ -51,11 +51,14 @@ from urllib.parse import unquote, urlsplit
 
 from sqlalchemy import Connection, Engine
 
-from campaign import db, mime, redaction, returned, verp
-from campaign.addresses import normalize as normalize_address
+from campaign import db, redaction
 from campaign.definition import parse_definition
+from campaign.delivery import verp
 from campaign.errors import CampaignError, ConfigError, InputError, Problem, UsageError
+from campaign.intake.addresses import normalize as normalize_address
 from campaign.models import BOUNCED, FAILED, SENT
+from campaign.notices import mime
+from campaign.returns import returned
 from campaign.store import audit
 from campaign.store import bounces as store
 from campaign.store import suppressions as suppression_rows

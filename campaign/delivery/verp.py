@@ -12,7 +12,7 @@ change keys without disowning what is still in flight). `CAMPAIGN_BOUNCE_KEY_PRE
 separated by commas) verifies too and never signs: a key being retired, kept apart from the one in use.
 
 The same signing key keys the Message-ID of a campaign that signs its return path (`message_id_key`,
-`campaign.mime.message_id`): nobody without the key can work out a delivery's Message-ID, so a returned
+`campaign.notices.mime.message_id`): nobody without the key can work out a delivery's Message-ID, so a returned
 message that quotes it proves as much as a token.
 """
 
@@ -28,8 +28,8 @@ import re
 from typing import Protocol
 
 from campaign import redaction
-from campaign.addresses import is_plain_ascii
 from campaign.errors import ConfigError
+from campaign.intake.addresses import is_plain_ascii
 
 KEY_ENV = "CAMPAIGN_BOUNCE_KEY"
 PREVIOUS_ENV = "CAMPAIGN_BOUNCE_KEY_PREVIOUS"  # keys that verify only (a key being retired)
@@ -40,7 +40,7 @@ MAX_LOCAL = 64  # RFC 5321 §4.5.3.1.1: octets in a local part
 MAX_BASE_LOCAL = MAX_LOCAL - 1 - TOKEN_CHARS  # the return path's own local part, before "+TOKEN"
 # A token in an address: anywhere a relay or a complaint report quotes our envelope sender.
 TOKEN_RE = re.compile(r"\+([a-z2-7]{32})@", re.IGNORECASE)
-# The Message-ID's opening digest (campaign.mime.message_id): `<` and 32 hex digits, then `.`
+# The Message-ID's opening digest (campaign.notices.mime.message_id): `<` and 32 hex digits, then `.`
 _MID_RE = re.compile(r"^<([0-9a-f]{32})\.")
 KEY_HELP = f"e.g. {KEY_ENV}=$(python3 -c 'import secrets; print(secrets.token_hex(32))')"
 
@@ -100,7 +100,7 @@ class Signed(Protocol):
 
 
 def message_id_key(d: Signed) -> bytes | None:
-    """The key of the campaign's Message-IDs (`campaign.mime.message_id`): the signing bounce key when it signs
+    """The key of the campaign's Message-IDs (`campaign.notices.mime.message_id`): the signing bounce key when it signs
     its return path, else None (the Message-ID is then a plain digest). ConfigError as `keys`."""
     if d.return_path is None:
         return None

@@ -26,9 +26,9 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine
 
-from campaign import apply as service_api
-from campaign import approval as approvals
 from campaign import campaigns, connection, db, errors
+from campaign.cutoff import apply as service_api
+from campaign.cutoff import approval as approvals
 from campaign.errors import StateError
 from campaign.models import APPLYING, CANCELLED, CHANGED, HELD_BACK, WAITING
 from campaign.store import changes as store

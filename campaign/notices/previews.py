@@ -1,5 +1,5 @@
 """What a campaign's messages will look like, for people: `preview`, the gallery, `test-send` (the rendering they
-show is `campaign.proofs`'s). No ledger row is written here."""
+show is `campaign.notices.proofs`'s). No ledger row is written here."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from pathlib import Path
 from sqlalchemy import Connection, Engine
 
 from campaign import db, outfiles, pages
-from campaign.addresses import normalize as normalize_address
 from campaign.config import Config
 from campaign.definition import Definition, WaveDef
+from campaign.delivery.transport import Envelope, RecordingTransport, Transport, make_transport, send_all_sync
 from campaign.errors import UsageError
-from campaign.proofs import Sample, preview_one, samples
-from campaign.rendering import Renderer
-from campaign.transport import Envelope, RecordingTransport, Transport, make_transport, send_all_sync
+from campaign.intake.addresses import normalize as normalize_address
+from campaign.notices.proofs import Sample, preview_one, samples
+from campaign.notices.rendering import Renderer
 from campaign.validation import normalize_locale
 
 

@@ -1,0 +1,2 @@
+"""Sending a wave: the send loop and its workers, the transports (SMTP, Maildir), the sending policies, signed return
+paths."""

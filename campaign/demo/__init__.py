@@ -1,0 +1,1 @@
+"""`campaign demo`: the shipped story, end to end, in simulated time."""
