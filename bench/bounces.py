@@ -75,8 +75,8 @@ def prepare(work: Path, n: int) -> tuple[Path, Path]:
     os.environ.update(env_url)
     cli(url, "send", SLUG, "--wave", "notice", "--ignore-window")
 
+    from campaign import verp
     from campaign.definition import parse_definition
-    from campaign.delivery import verp
 
     d = parse_definition(text)
     makers = [bm.postfix, bm.exim, bm.exchange, bm.google, bm.qmail, bm.arf,

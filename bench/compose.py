@@ -15,7 +15,8 @@ from pathlib import Path
 
 from campaign.definition import load_definition
 from campaign.notices.mime import MessageBuilder, Parts, build_plain, message_id
-from campaign.notices.rendering import DeviceView, Recipient, Renderer
+from campaign.notices.rendering import Renderer
+from campaign.recipients import DeviceView, Recipient
 from campaign.sample import rows
 
 ROOT = Path(__file__).resolve().parent.parent

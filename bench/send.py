@@ -205,7 +205,8 @@ def build_messages(definition_path: Path, n: int) -> list[Prebuilt]:
     """N notices for sample recipients, rendered and built with MessageBuilder: the bytes we would send."""
     from campaign.definition import load_definition
     from campaign.notices.mime import MessageBuilder, Parts, message_id
-    from campaign.notices.rendering import DeviceView, Recipient, Renderer
+    from campaign.notices.rendering import Renderer
+    from campaign.recipients import DeviceView, Recipient
     from campaign.sample import rows
 
     definition = load_definition(definition_path, TEMPLATES)
@@ -268,7 +269,8 @@ def prepare_mailmerge(work: Path, definition_path: Path, port: int, rows: int) -
     """mailmerge's three inputs: a text + HTML template of our English notice with the recipient's name as a
     field, a CSV of sample recipients, a plaintext server config for smtp-sink. Returns its command line."""
     from campaign.definition import load_definition
-    from campaign.notices.rendering import DeviceView, Recipient, Renderer
+    from campaign.notices.rendering import Renderer
+    from campaign.recipients import DeviceView, Recipient
     from campaign.sample import rows as sample_rows
 
     definition = load_definition(definition_path, TEMPLATES)

@@ -16,7 +16,7 @@ import click
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from campaign import campaigns, db, migrate
+from campaign import campaigns, db, migrate, previews
 from campaign.config import Config, load_config, redact_url
 from campaign.cutoff import approval, scheduling
 from campaign.delivery import sending
@@ -24,7 +24,6 @@ from campaign.demo import walkthrough
 from campaign.errors import PAUSED, CampaignError
 from campaign.evidence import reports
 from campaign.intake import accounts, suppressions
-from campaign.notices import previews
 from campaign.returns import bounces
 from campaign.store import audience as audience_store
 

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from campaign import urls
-from campaign.delivery.verp import parse_return_path  # the token's rules live with the token
+from campaign.addresses import ascii_domain_form
+from campaign.addresses import normalize as normalize_address
 from campaign.errors import InputError, Problem
-from campaign.intake.addresses import ascii_domain_form
-from campaign.intake.addresses import normalize as normalize_address
 from campaign.validation import has_crlf, normalize_country, normalize_locale
+from campaign.verp import parse_return_path  # the token's rules live with the token
 
 SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
@@ -101,7 +101,7 @@ class Definition:
     send_window: SendWindow = field(default_factory=SendWindow)
     limits: Limits = field(default_factory=Limits)
     context: Mapping[str, str] = field(default_factory=dict)  # free values for the templates (URLs, …)
-    return_path: str | None = None  # [bounces]: the envelope sender's base, signed per delivery (delivery.verp)
+    return_path: str | None = None  # [bounces]: the envelope sender's base, signed per delivery (verp)
     approval_required: bool = False  # `[approval] required`: schedule and flip wait for a second person
     apply: Apply = field(default_factory=Apply)
     source: str = ""
@@ -458,7 +458,7 @@ def parse_definition(text: str, source: str = "<definition>", templates: Path | 
 
 
 def _bounces(c: _Checker, table: dict[str, Any] | None) -> str | None:
-    """`[bounces] return_path`: a plain ASCII address whose local part leaves room for `+TOKEN` (delivery.verp)."""
+    """`[bounces] return_path`: a plain ASCII address whose local part leaves room for `+TOKEN` (verp)."""
     if table is None:
         return None
     b = c.take(table, "bounces", {"return_path": str}, required=("return_path",))

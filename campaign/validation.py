@@ -1,4 +1,4 @@
-"""Checks and normalizations of single values: locales, time zones, countries (addresses: `intake.addresses`)."""
+"""Checks and normalizations of single values: locales, time zones, countries (addresses: `addresses`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import zoneinfo
 
 from babel import Locale, UnknownLocaleError
 
-from campaign.intake import addresses
+from campaign import addresses
 
 
 def has_crlf(value: str) -> bool:
@@ -76,7 +76,7 @@ def escape_controls(text: str) -> str:
 
 
 def check_email(value: str) -> str:
-    """The stored form of an address; ValueError naming the problem. The rule is `campaign.intake.addresses`."""
+    """The stored form of an address; ValueError naming the problem. The rule is `campaign.addresses`."""
     return addresses.normalize(value)
 
 

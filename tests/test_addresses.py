@@ -6,8 +6,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from campaign.intake import addresses
-from campaign.intake.addresses import (
+from campaign import addresses
+from campaign.addresses import (
     ascii_domain_form,
     is_plain_ascii,
     needs_smtputf8,

@@ -24,9 +24,9 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, text
 
+from campaign import verp
 from campaign.cutoff import flip
 from campaign.definition import parse_definition
-from campaign.delivery import verp
 from campaign.errors import InputError
 from campaign.notices.mime import message_id
 from campaign.returns import bounces

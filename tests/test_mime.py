@@ -13,9 +13,9 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from campaign.delivery import verp
+from campaign import verp
+from campaign.addresses import needs_smtputf8, normalize, wire_form
 from campaign.delivery.transport import wire_ready
-from campaign.intake.addresses import needs_smtputf8, normalize, wire_form
 from campaign.notices.mime import HeaderInjection, MessageBuilder, Parts, _LineCodec, _qp, build_plain, message_id
 
 SENDER = "Device Privacy <privacy@example.com>"
@@ -251,7 +251,8 @@ def test_whole_shipped_example_fast_equals_plain() -> None:
 
     from campaign.definition import load_definition
     from campaign.notices.proofs import builder_for
-    from campaign.notices.rendering import DeviceView, Recipient, Renderer
+    from campaign.notices.rendering import Renderer
+    from campaign.recipients import DeviceView, Recipient
 
     root = Path(__file__).resolve().parent.parent
     d = load_definition(root / "data" / "voice-local-processing.toml", root / "templates")

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from campaign.definition import Limits, SendWindow
-from campaign.delivery.policies import (
+from campaign.policies import (
     FailureTracker,
     RateLimiter,
     RetryDecision,

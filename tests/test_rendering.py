@@ -15,7 +15,8 @@ from click.testing import Result
 
 from campaign.definition import load_definition
 from campaign.errors import TemplateProblem
-from campaign.notices.rendering import DeviceView, Recipient, Renderer
+from campaign.notices.rendering import Renderer
+from campaign.recipients import DeviceView, Recipient
 from tests.conftest import ROOT, CliRun
 
 EXAMPLE = ROOT / "data" / "voice-local-processing.toml"
@@ -206,8 +207,8 @@ def test_the_gallery_shows_hostile_data_as_text(templates: Path, tmp_path: Path)
     """The gallery's index escapes whatever it shows (Jinja2's autoescape): a campaign's name and slug, an
     account's and a device's name in the text part, a subject, a template folder, and a wave's name in the ids,
     links and frame it names the files by."""
-    from campaign.notices.previews import write_gallery
     from campaign.notices.proofs import Sample
+    from campaign.previews import write_gallery
     from tests.test_html_report import HOSTILE, Page, assert_escaped
 
     in_a_name = """notice<b onclick="x">&'y'"""  # a file's name holds no slash

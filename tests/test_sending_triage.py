@@ -7,10 +7,10 @@ import datetime as dt
 import random
 
 from campaign.definition import SendWindow
-from campaign.delivery.policies import RetryPolicy, WindowCache
 from campaign.delivery.sending import Compose, Triage, after_send, handed_back
 from campaign.delivery.transport import Outcome
-from campaign.notices.rendering import DeviceView, Recipient
+from campaign.policies import RetryPolicy, WindowCache
+from campaign.recipients import DeviceView, Recipient
 from campaign.store.deliveries import Claimed, Result
 
 NOW = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)  # 12:00 in UTC, 21:00 in Tokyo

@@ -18,7 +18,7 @@ Three parts, each testable alone:
 `send_wave` prepares the wave (the ledger rows, their send windows), runs one worker in-process or N worker
 processes, reports progress, and returns a summary. The campaign's rate is shared: each live worker
 (heartbeat within `HEARTBEAT_STALE`) sends at `rate_per_second / live workers`, recounted at every heartbeat
-(see `campaign.delivery.policies`).
+(see `campaign.policies`).
 """
 
 from __future__ import annotations
@@ -44,13 +44,11 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 
-from campaign import campaigns, db, errors
+from campaign import campaigns, db, errors, verp
 from campaign.config import Config
 from campaign.connection import Database, DatabaseLost, call
 from campaign.cutoff import approval as approvals
 from campaign.definition import Definition, WaveDef
-from campaign.delivery import verp
-from campaign.delivery.policies import FailureTracker, RateLimiter, RetryPolicy, WindowCache, share
 from campaign.delivery.transport import Envelope, Outcome, Transport, make_transport
 from campaign.delivery.transport import parse_url as parse_smtp_url
 from campaign.errors import CampaignError, RenderFailure, StateError, UsageError
@@ -58,7 +56,9 @@ from campaign.intake import suppressions
 from campaign.models import BOUNCED, CANCELLED, EXPIRED, FAILED, PAUSED, PENDING, SENT, SKIPPED, SUPPRESSED
 from campaign.notices.mime import HeaderInjection, MessageTooLarge, Parts, message_id
 from campaign.notices.proofs import builder_for
-from campaign.notices.rendering import DeviceView, Recipient, Renderer
+from campaign.notices.rendering import Renderer
+from campaign.policies import FailureTracker, RateLimiter, RetryPolicy, WindowCache, share
+from campaign.recipients import DeviceView, Recipient
 from campaign.store import audience, audit, deliveries
 from campaign.store import campaigns as campaign_rows
 from campaign.store import suppressions as suppression_rows

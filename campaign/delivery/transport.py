@@ -46,9 +46,9 @@ from aiosmtplib.email import parse_address
 from aiosmtplib.protocol import MAX_RESPONSE_LENGTH, SMTPProtocol
 from aiosmtplib.typing import Default
 
+from campaign.addresses import is_plain_ascii, needs_smtputf8, wire_form
 from campaign.config import Config, redact_url
 from campaign.errors import CampaignError, ConfigError
-from campaign.intake.addresses import is_plain_ascii, needs_smtputf8, wire_form
 from campaign.redaction import hold, redact
 from campaign.urls import is_loopback
 

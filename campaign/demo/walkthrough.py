@@ -162,7 +162,7 @@ def write_inputs(inputs: Path) -> None:
 def write_bounce(work: Path, when: dt.datetime) -> str:
     """The relay's delivery report for Hannah's notice, as Postfix writes one (RFC 3464: 5.1.1, user unknown), sent
     to the signed return path her notice went out with, into the Maildir `bounces/`; returns what it wrote."""
-    from campaign.delivery import verp
+    from campaign import verp
 
     parser = BytesHeaderParser()
     for f in sorted((work / "outbox" / "new").iterdir()):

@@ -15,9 +15,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from sqlalchemy import Connection, Engine
 
 from campaign import campaigns, db, outfiles
+from campaign.addresses import normalize as normalize_address
 from campaign.cutoff import approval
 from campaign.errors import NotFound, UsageError
-from campaign.intake.addresses import normalize as normalize_address
 from campaign.models import (
     APPLY_STATES,
     APPLYING,

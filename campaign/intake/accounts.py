@@ -17,8 +17,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 
 from campaign import db
+from campaign.addresses import normalize as normalize_address
 from campaign.errors import MAX_SHOWN, InputError, Problem
-from campaign.intake.addresses import normalize as normalize_address
 from campaign.intake.readers import RecordReader
 from campaign.store import people
 from campaign.validation import (
@@ -208,7 +208,7 @@ class _Import:
                 ident, email, name = ident.strip(), email.strip(), name.strip()
                 if not (0 < len(ident) <= 128 and ident.isprintable() and " " not in ident):
                     errs.append(_id_problem("account_id", ident))
-                try:  # the stored (normalized) form; campaign.intake.addresses has the fast path
+                try:  # the stored (normalized) form; campaign.addresses has the fast path
                     email = normalize_address(email)
                 except ValueError as exc:
                     errs.append(f"email: {exc}")

@@ -9,8 +9,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 
 from campaign import db
+from campaign.addresses import normalize as normalize_address
 from campaign.errors import InputError, Problem, UsageError
-from campaign.intake.addresses import normalize as normalize_address
 from campaign.intake.readers import RecordReader
 from campaign.models import SUPPRESSION
 from campaign.redaction import redact

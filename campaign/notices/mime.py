@@ -5,7 +5,7 @@ sending it. `MessageBuilder` encodes what every message of one (campaign, wave) 
 message only encodes what differs: the recipient, subject, date, Message-ID and the two bodies (with
 C-speed quoted-printable). Tests prove both builders parse to the same headers and parts (G10).
 
-Addresses go out in `campaign.intake.addresses.wire_form`: an IDN domain as its A-label when the local part is
+Addresses go out in `campaign.addresses.wire_form`: an IDN domain as its A-label when the local part is
 ASCII (any server and reader takes that), and an address with a UTF-8 local part as it is, in an RFC 6532
 header (only that address is raw UTF-8; names and subjects stay RFC 2047 encoded-words, which RFC 6532
 keeps valid). Such a message can only travel over SMTPUTF8; the transport sees to that.
@@ -28,8 +28,8 @@ from email.message import EmailMessage
 from email.policy import SMTP, SMTPUTF8
 from email.utils import format_datetime, formataddr, parseaddr
 
+from campaign.addresses import needs_smtputf8, wire_form
 from campaign.errors import CampaignError
-from campaign.intake.addresses import needs_smtputf8, wire_form
 
 MAX_ENCODED_WORD_BYTES = 45  # UTF-8 bytes per encoded-word: 60 base64 chars + 12 of wrapping, under 78
 _SPECIALS = re.compile(r'[()<>\[\]:;@\\,."]')
@@ -69,13 +69,13 @@ def check_header(name: str, value: str) -> str:
 def message_id(campaign: str, wave: str, account_id: str, domain: str, key: bytes | None = None) -> str:
     """Deterministic per delivery: the same (campaign, wave, account) — and `key` — always gets the same
     Message-ID. It opens with its unique part (`unique_part`), whose first 20 hex digits are the delivery's
-    reference for returned mail (`campaign.delivery.verp`)."""
+    reference for returned mail (`campaign.verp`)."""
     return f"<{unique_part(campaign, wave, account_id, key)}.{wave}.{campaign}@{domain}>"
 
 
 def unique_part(campaign: str, wave: str, account_id: str, key: bytes | None = None) -> str:
     """32 hex digits: with `key` (the bounce key of a campaign that signs its return path,
-    `delivery.verp.message_id_key`) an HMAC-SHA256 under it, which nobody without the key can work out; without,
+    `verp.message_id_key`) an HMAC-SHA256 under it, which nobody without the key can work out; without,
     a SHA-256 of the delivery, which anyone who knows the campaign, the wave and an account id can."""
     delivery = f"{campaign}\0{wave}\0{account_id}".encode()
     if key is None:

@@ -13,7 +13,8 @@ from campaign import db
 from campaign.definition import Definition, WaveDef
 from campaign.errors import NotFound, RenderFailure, TemplateProblem, UsageError
 from campaign.notices.mime import HeaderInjection, MessageBuilder, MessageTooLarge, Parts, message_id
-from campaign.notices.rendering import DeviceView, Recipient, Rendered, Renderer
+from campaign.notices.rendering import Rendered, Renderer
+from campaign.recipients import DeviceView, Recipient
 from campaign.store import audience
 
 TEST_PREFIX = "[TEST] "

@@ -27,25 +27,9 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 from campaign.definition import Definition, WaveDef
 from campaign.errors import RenderFailure, TemplateProblem
+from campaign.recipients import DeviceView, Recipient
 
 PARTS = ("subject", "txt", "html")
-
-
-@dataclass(frozen=True)
-class Recipient:
-    account_id: str
-    email: str
-    name: str
-    locale: str
-    timezone: str
-
-
-@dataclass(frozen=True)
-class DeviceView:
-    device_id: str
-    name: str
-    model: str
-    changed_at: dt.datetime | None = None  # when the campaign switched it (for `changed` waves)
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """The HTML pages `campaign` writes — the report (`campaign.evidence.htmlreport`) and the preview gallery
-(`campaign.notices.previews.write_gallery`) — from the Jinja2 templates in this folder. The Python side hands them
+(`campaign.previews.write_gallery`) — from the Jinja2 templates in this folder. The Python side hands them
 plain values; the templates do the markup, and every value is escaped by Jinja2's autoescape, nowhere by hand."""
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 that arrives after a message was accepted — bounces, delays, complaints — and act on it.
 
 Each message is read (`campaign.returns.returned`), then matched to its delivery: by the signed token of its return path
-(`campaign.delivery.verp`), else by the original Message-ID in the returned headers; nothing is guessed. Then:
+(`campaign.verp`), else by the original Message-ID in the returned headers; nothing is guessed. Then:
 
 - a permanent failure (5.x.x) makes the delivery `bounced`, even after `sent` (so the notice no longer counts for
   `require_notice` or fair notice), and suppresses the address it went to;
@@ -51,11 +51,10 @@ from urllib.parse import unquote, urlsplit
 
 from sqlalchemy import Connection, Engine
 
-from campaign import db, redaction
+from campaign import db, redaction, verp
+from campaign.addresses import normalize as normalize_address
 from campaign.definition import parse_definition
-from campaign.delivery import verp
 from campaign.errors import CampaignError, ConfigError, InputError, Problem, UsageError
-from campaign.intake.addresses import normalize as normalize_address
 from campaign.models import BOUNCED, FAILED, SENT
 from campaign.notices import mime
 from campaign.returns import returned

@@ -3,7 +3,7 @@
 Read in this order: a complaint report (ARF, RFC 5965: `multipart/report; report-type=feedback-report`), a
 delivery status notification (RFC 3464: a `message/delivery-status` part), else the relays' own formats that
 flufl.bounce (GNU Mailman's detectors) recognizes (Exim's X-Failed-Recipients, qmail, older Postfix and
-Exchange texts, …). What names the delivery: the signed token of our return path (`campaign.delivery.verp`) wherever the
+Exchange texts, …). What names the delivery: the signed token of our return path (`campaign.verp`) wherever the
 envelope sender shows — the returned message's recipient headers, the report's Original-Mail-From, the
 Return-Path of the returned original — and the original's Message-ID in the returned headers.
 
@@ -28,8 +28,7 @@ from email.utils import parsedate_to_datetime
 
 import flufl.bounce
 
-from campaign import redaction
-from campaign.delivery import verp
+from campaign import redaction, verp
 
 # kinds, from the most to the least severe
 BOUNCE = "bounce"  # a permanent failure (5.x.x): the address does not take mail

@@ -11,7 +11,7 @@ from sqlalchemy import ColumnElement, Connection, Select, distinct, func, select
 
 from campaign.definition import Definition
 from campaign.models import ACCOUNT, CHANGED, DEVICE, DEVICE_SETTING, SETTING_CHANGE
-from campaign.notices.rendering import DeviceView, Recipient
+from campaign.recipients import DeviceView, Recipient
 from campaign.store._lists import among
 
 A, D, S, SC = ACCOUNT, DEVICE, DEVICE_SETTING, SETTING_CHANGE

@@ -1,7 +1,7 @@
 """Returned mail: the `bounce` rows (one per message taken in, the evidence and the memory that makes a second
 import change nothing), finding the deliveries they are about, and the late change of a delivery's state.
 
-A delivery is found by its reference — the 20 hex digits that open its stored Message-ID (see `campaign.delivery.verp`).
+A delivery is found by its reference — the 20 hex digits that open its stored Message-ID (see `campaign.verp`).
 There is no index on the Message-ID (it would cost every send an index write): one scan of the ledger per
 `CHUNK` references, as the import is batch work.
 """

@@ -40,7 +40,6 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from campaign.clock import UTCDateTime
 from campaign.definition import SendWindow
-from campaign.delivery.policies import WindowCache
 from campaign.models import (
     ACCOUNT,
     DELIVERY,
@@ -51,6 +50,7 @@ from campaign.models import (
     SENT,
     SUPPRESSED,
 )
+from campaign.policies import WindowCache
 from campaign.store import suppressions
 from campaign.store._lists import among
 from campaign.store._upsert import insert as upsert_insert

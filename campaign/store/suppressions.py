@@ -1,4 +1,4 @@
-"""The suppression list. Addresses are stored normalized (`campaign.intake.addresses`) and matched without regard to
+"""The suppression list. Addresses are stored normalized (`campaign.addresses`) and matched without regard to
 case (`lower(email)`, through a unique expression index): a missed match would mail someone who asked not to be."""
 
 from __future__ import annotations

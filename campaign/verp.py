@@ -28,8 +28,8 @@ import re
 from typing import Protocol
 
 from campaign import redaction
+from campaign.addresses import is_plain_ascii
 from campaign.errors import ConfigError
-from campaign.intake.addresses import is_plain_ascii
 
 KEY_ENV = "CAMPAIGN_BOUNCE_KEY"
 PREVIOUS_ENV = "CAMPAIGN_BOUNCE_KEY_PREVIOUS"  # keys that verify only (a key being retired)

@@ -10,11 +10,11 @@ from pathlib import Path
 from sqlalchemy import Connection, Engine
 
 from campaign import db, outfiles, pages
+from campaign.addresses import normalize as normalize_address
 from campaign.config import Config
 from campaign.definition import Definition, WaveDef
 from campaign.delivery.transport import Envelope, RecordingTransport, Transport, make_transport, send_all_sync
 from campaign.errors import UsageError
-from campaign.intake.addresses import normalize as normalize_address
 from campaign.notices.proofs import Sample, preview_one, samples
 from campaign.notices.rendering import Renderer
 from campaign.validation import normalize_locale
