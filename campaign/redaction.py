@@ -13,8 +13,8 @@ one space, and the text is cut to `limit` characters.
 from __future__ import annotations
 
 import base64
-import functools
 import os
+import re
 import unicodedata
 import urllib.parse
 from collections.abc import Iterable
@@ -26,6 +26,7 @@ MASK = "***"
 LIMIT = 500  # characters of an outside text kept by default
 
 _held: set[str] = set()
+_cache: list[object] = [None, None]  # [the key it was made for, the pattern of every form of every secret]
 
 
 def hold(*secrets: str | None) -> None:
@@ -36,9 +37,8 @@ def hold(*secrets: str | None) -> None:
             _held.add(s.strip())
 
 
-def _env_secrets() -> Iterable[str]:
-    for var in SECRET_ENV:
-        value = os.environ.get(var)
+def _env_secrets(values: Iterable[str | None]) -> Iterable[str]:
+    for value in values:
         if value and value.strip():
             yield value
             # a list of keys (CAMPAIGN_BOUNCE_KEY="new,old"): each one alone too
@@ -57,13 +57,19 @@ def _forms(secret: str) -> Iterable[str]:
 
 def secrets() -> list[str]:
     """Every form of every secret known now, longest first (so a longer secret is masked whole)."""
-    return list(_all_forms(frozenset((*_held, *_env_secrets()))))
+    env = tuple(os.environ.get(var) for var in SECRET_ENV)
+    found = {form for s in (*_held, *_env_secrets(env)) for form in _forms(s)}
+    return sorted(found, key=lambda s: (-len(s), s))
 
 
-@functools.lru_cache(maxsize=8)
-def _all_forms(known: frozenset[str]) -> tuple[str, ...]:
-    found = {form for s in known for form in _forms(s)}
-    return tuple(sorted(found, key=lambda s: (-len(s), s)))
+def _pattern() -> re.Pattern[str] | None:
+    """One pattern for every form of every secret (None: no secret held), made again only when they change:
+    `redact` runs on every relay's reply of a send."""
+    key = (frozenset(_held), tuple(os.environ.get(var) for var in SECRET_ENV))
+    if _cache[0] != key:
+        forms = secrets()
+        _cache[:] = [key, re.compile("|".join(map(re.escape, forms))) if forms else None]
+    return _cache[1]  # type: ignore[return-value]
 
 
 def _printable(ch: str) -> str:
@@ -74,15 +80,12 @@ def redact(text: object, limit: int | None = LIMIT) -> str:
     """`text` from another system, safe to store and show: every secret masked, one printable line, at most
     `limit` characters (None: no cut)."""
     s = text if isinstance(text, str) else str(text)
-    known = secrets()
-    for secret in known:
-        if secret in s:
-            s = s.replace(secret, MASK)
+    pattern = _pattern()
+    if pattern is not None:
+        s = pattern.sub(MASK, s)
     s = " ".join((s if s.isprintable() else "".join(_printable(ch) for ch in s)).split())
-    # Masking again after the clean-up: a secret split by a control character is whole again now.
-    for secret in known:
-        if secret in s:
-            s = s.replace(secret, MASK)
+    if pattern is not None:  # again: a secret split by a control character is whole now
+        s = pattern.sub(MASK, s)
     if limit is not None and len(s) > limit:
         s = s[: max(limit - 3, 0)] + "..."
     return s
