@@ -230,7 +230,7 @@ def _import_progress(file: Path) -> Progress:
 
 def _print_import(result: accounts.ImportResult, what: str, as_json: bool) -> None:
     if as_json:
-        _json(result.as_dict())
+        _json(result.as_json())
         return
     verb = "would import" if result.dry_run else "imported"
     extra = f", {result.settings_changed} setting value(s) changed by their owners" \
@@ -317,7 +317,7 @@ def suppress_import(app: App, file: Path, reason: str, dry_run: bool, as_json: b
     result = suppressions.import_file(app.engine(), file, app.config.actor, dry_run=dry_run,
                                       default_reason=reason)
     if as_json:
-        _json(result.__dict__)
+        _json(result.as_json())
     else:
         verb = "would add" if dry_run else "added"
         click.echo(f"{file}: {result.records} addresses, {verb} {result.added}, "
@@ -526,7 +526,7 @@ def test_send(app: App, slug: str, to: str, wave: str | None, dry_run: bool, as_
     """
     results = previews.test_send_command(app.engine(), app.config, slug, to.split(","), wave=wave, dry_run=dry_run)
     if as_json:
-        _json([r.__dict__ for r in results])
+        _json([r.as_json() for r in results])
     else:
         for r in results:
             verb = "would send" if dry_run else r.status
@@ -572,7 +572,7 @@ def send(app: App, slug: str, wave: str, ignore_window: bool, workers: int | Non
         bar.close()
     paused = CampaignError(f"the wave paused: {summary.paused}", code=PAUSED) if summary.paused else None
     if as_json:
-        _json_result(summary.__dict__, paused)
+        _json_result(summary.as_json(), paused)
     elif dry_run:
         p = summary.preview
         click.echo(f"{slug} / {wave}: would send {p['due_now']} messages now"

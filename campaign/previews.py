@@ -3,6 +3,7 @@ show is `campaign.notices.proofs`'s). No ledger row is written here."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,9 @@ class TestSent:
     to: str
     status: str
     detail: str
+
+    def as_json(self) -> dict[str, str]:
+        return dataclasses.asdict(self)
 
 
 def test_send(conn: Connection, d: Definition, renderer: Renderer, transport: Transport, to: list[str],

@@ -16,6 +16,7 @@ service down, a refusal) is sent again first, under the same key. The rollback g
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import time
 import uuid
@@ -116,8 +117,12 @@ class ApplyTally:
     def stopped(self) -> str | None:
         return self.paused or self.unavailable
 
+    def as_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
     def audit(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k not in ("left_devices", "unknown_devices")}
+        """The audit event's detail: the counts and reasons, without the device lists."""
+        return {k: v for k, v in self.as_json().items() if k not in ("left_devices", "unknown_devices")}
 
 
 Batches = Callable[[], AbstractContextManager[Connection]]
@@ -429,7 +434,7 @@ def _flip_http(engine: Engine, slug: str, c: campaigns.CampaignRow, plan: store.
             tally.sent, tally.batches = recorded + earlier.waiting, len(requests) + earlier.batches_waiting
             result = _flip_result(tx.conn, slug, c.id, recorded, batches, started, dry_run=True)
             tally.waiting = store.apply_state(tx.conn, c.id).waiting
-            result.apply = tally.__dict__
+            result.apply = tally.as_json()
             tx.note(**options, **_flip_counts(result), apply=tally.audit())
         return result
     service = service or _open(c)  # the token first: nothing is recorded without it
@@ -452,7 +457,7 @@ def _flip_http(engine: Engine, slug: str, c: campaigns.CampaignRow, plan: store.
         with db.transaction(engine, plan.actor, "flip", campaign_id=c.id) as tx:
             result = _flip_result(tx.conn, slug, c.id, tally.applied, batches, started, dry_run=False)
             tally.waiting = store.apply_state(tx.conn, c.id).waiting
-            result.apply = tally.__dict__
+            result.apply = tally.as_json()
             if tally.sent or tally.stopped or audit_empty:
                 tx.note(**options, **_flip_counts(result), apply=tally.audit())
             else:
@@ -520,7 +525,7 @@ def _rollback_http(engine: Engine, slug: str, c: campaigns.CampaignRow, actor: s
             tally.sent, tally.batches = recorded + state.waiting + state.undoing, len(requests) + state.batches_waiting
             tally.waiting = store.apply_state(tx.conn, c.id).undoing
             _rollback_totals(tx.conn, c.id, result)
-            result.apply = tally.__dict__
+            result.apply = tally.as_json()
             tx.note(rolled_back=result.rolled_back, left=result.left, batches=result.batches, apply=tally.audit())
         return result
     service = service or _open(c)
@@ -563,7 +568,7 @@ def _rollback_http(engine: Engine, slug: str, c: campaigns.CampaignRow, actor: s
         with db.transaction(engine, actor, "rollback", campaign_id=c.id) as tx:
             _rollback_totals(tx.conn, c.id, result)
             tally.waiting = store.apply_state(tx.conn, c.id).undoing
-            result.apply = tally.__dict__
+            result.apply = tally.as_json()
             tx.note(rolled_back=result.rolled_back, left=result.left, batches=result.batches, apply=tally.audit())
     _reconnecting(engine, slug, finish, command="rollback")
     return result

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
 import logging
@@ -114,6 +115,9 @@ class SendSummary:
     paused: str | None = None
     dry_run: bool = False
     preview: dict[str, Any] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 # -- triage: what becomes of each claimed delivery (pure) --------------------------------------------------

@@ -49,7 +49,7 @@ class ImportResult:
     settings_changed: int = 0
     dry_run: bool = False
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 

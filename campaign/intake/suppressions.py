@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,9 @@ class SuppressImport:
     added: int
     already: int
     dry_run: bool
+
+    def as_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 def import_file(engine: Engine, path: Path | str, actor: str, dry_run: bool = False,
