@@ -638,7 +638,10 @@ def test_a_reported_value_must_be_a_setting_value(settingsd: SettingsService, ju
 
 @pytest.mark.parametrize("how", ["drip", "drip body"])
 def test_timeout_seconds_bounds_the_whole_exchange(settingsd: SettingsService, how: str) -> None:  # noqa: F811
-    """A byte a second resets no clock: one try ends after timeout_seconds, whether the head or the body drips."""
+    """A byte a second resets no clock: one try ends after timeout_seconds, whether the head or the body drips.
+
+    It ends at 2 s, not before; and well before the drip would (15 s): within 6 s, which leaves a loaded machine
+    4 s over the deadline (the bound was 3 s)."""
     a = parse_definition(_definition(apply_section(settingsd.url, timeout=2))).apply
     settingsd.script(how)
     with apply.HttpSettingsService(a, SLUG, TOKEN) as svc:
@@ -646,7 +649,7 @@ def test_timeout_seconds_bounds_the_whole_exchange(settingsd: SettingsService, h
         with pytest.raises(apply.Transient, match="no whole answer within timeout_seconds = 2"):
             svc.send("k1", "flip", [apply.Change("1", "d1", SETTING, FROM, TO)])
         took = time.monotonic() - started
-    assert 1.9 <= took < 3, took
+    assert 1.9 <= took < 6, took
 
 
 @pytest.mark.parametrize("how", ["huge", "huge chunked"])

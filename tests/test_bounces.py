@@ -46,6 +46,7 @@ from tests.imapd import (  # noqa: F401  (fake_imap, imapd: the fixtures)
     silent,
 )
 from tests.smtpd import SmtpServer
+from tests.waiting import LogFile, wait_until
 
 SLUG = "voice-local-processing"
 KEY = "0123456789abcdef0123456789abcdef-test-key"
@@ -320,18 +321,32 @@ def test_two_imports_of_the_same_mail_at_once_take_it_in_once(run_cli: CliRun, e
                                                                campaign: Callable[..., None],
                                                                tmp_path: Path) -> None:
     """Two `bounces import` processes started together on the same mail (a cron job and a person, say): one
-    takes it in, the other finds it taken in — no duplicate key, no mail counted twice."""
+    takes it in, the other finds it taken in — no duplicate key, no mail counted twice.
+
+    Both are let go only once each has read the mail and asked for its turn (said on stderr by tests/announce.py
+    just before the statement that waits for it: SQLite's BEGIN IMMEDIATE, PostgreSQL's advisory lock, where
+    pg_locks shows both waiting too), so that they do meet there."""
     campaign()
     box = maildir(tmp_path / "Maildir", list(returned_mail(send(run_cli, env, smtpd)).values()))
     environ = {**os.environ, **env, "CAMPAIGN_DATABASE_URL": db_url, "CAMPAIGN_ACTOR": "tester",
-               "CAMPAIGN_TEMPLATES": str(ROOT / "templates")}
-    command = [sys.executable, "-m", "campaign", "bounces", "import", str(box), "--json"]
+               "CAMPAIGN_TEMPLATES": str(ROOT / "templates"),
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+               "CAMPAIGN_TEST_ANNOUNCE": r"^BEGIN IMMEDIATE|pg_advisory_xact_lock"}
+    command = [sys.executable, "-m", "tests.announce", "bounces", "import", str(box), "--json"]
+    logs = [LogFile(tmp_path / f"import{i}.stderr") for i in range(2)]
     with imports_held(engine):
-        imports = [subprocess.Popen(command, env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                   for _ in range(2)]
-        time.sleep(3)  # both have read the mail and wait for their turn (they would be done by now otherwise)
-        assert [p.poll() for p in imports] == [None, None]
-    outcomes = [p.communicate(timeout=120) for p in imports]
+        imports = []
+        for log in logs:
+            with log.path.open("w") as err:
+                imports.append(subprocess.Popen(command, env=environ, stdout=subprocess.PIPE, stderr=err, text=True))
+        for log in logs:  # each has read the mail and asks for its turn, which the test holds
+            log.wait_for("announce: ")
+        if engine.dialect.name == "postgresql":
+            wait_until(lambda: rows(engine, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT "
+                                            "granted AND database = (SELECT oid FROM pg_database WHERE datname = "
+                                            "current_database())") == [(2,)], 60, what="both waiting for the lock")
+        assert [p.poll() for p in imports] == [None, None], [log.text() for log in logs]
+    outcomes = [(p.communicate(timeout=120)[0], log.text()) for p, log in zip(imports, logs, strict=True)]
     assert [p.returncode for p in imports] == [0, 0], [err for _, err in outcomes]
     counts = sorted((json.loads(out)["new"], json.loads(out)["already"]) for out, _ in outcomes)
     assert counts == [(0, 12), (12, 0)]

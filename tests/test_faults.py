@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import email
 import json
+import logging
 import os
 import re
 import signal
@@ -35,6 +36,7 @@ from tests.settingsd import TOKEN as SETTINGS_TOKEN
 from tests.settingsd import SettingsService, settingsd  # noqa: F401  (the fixture)
 from tests.smtpd import SmtpServer
 from tests.test_send import SLOW, SLUG, _ready_on
+from tests.waiting import LogFile, logged, wait_until
 
 pytestmark = pytest.mark.postgres
 
@@ -46,9 +48,15 @@ def _env(url: str, **more: str) -> dict[str, str]:
             "CAMPAIGN_ACTOR": "tester", **more}
 
 
-def _campaign(url: str, cwd: Path, *args: str, **env: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "campaign", *args], env=_env(url, **env), cwd=cwd,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def _campaign(url: str, cwd: Path, *args: str, log: LogFile | None = None, **env: str) -> subprocess.Popen[str]:
+    """`campaign ARGS…` in a process of its own; its stderr to `log`, read while it runs, if given."""
+    command = [sys.executable, "-m", "campaign", *args]
+    if log is None:
+        return subprocess.Popen(command, env=_env(url, **env), cwd=cwd, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    with log.path.open("w", encoding="utf-8") as err:
+        return subprocess.Popen(command, env=_env(url, **env), cwd=cwd, stdout=subprocess.PIPE, stderr=err,
+                                text=True)
 
 
 def _scalar(url: str, sql: str) -> Any:
@@ -71,11 +79,7 @@ def _rows(url: str, sql: str) -> list[tuple[Any, ...]]:
 
 
 def _wait_for(what: str, ready: Any, timeout: float = 120.0, every: float = 0.02) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready():
-        if time.monotonic() > deadline:
-            pytest.fail(f"gave up waiting for {what}")
-        time.sleep(every)
+    wait_until(ready, timeout, every, what=what)
 
 
 # -- send --workers 2 ------------------------------------------------------------------------------------------
@@ -299,7 +303,9 @@ def _through_a_service(url: str, service: SettingsService, tmp_path: Path, n: in
 def _while_the_database_is_away(own_postgres: OwnPostgres, service: SettingsService,
                                 step: Callable[[Any], object]) -> None:
     """Run `step(engine)` in a thread; stop the database while its first request is at the service (applied
-    there, its answer held back), start it again 4 s later; the step must have waited, and finish."""
+    there, its answer held back); start it again once the step has asked the service again (its client gave up
+    on the answer after 2 s) and has found the database gone, and waited, twice (its log says so); the step must
+    have waited, and finish."""
     import threading
 
     from campaign.db import make_engine
@@ -314,12 +320,16 @@ def _while_the_database_is_away(own_postgres: OwnPostgres, service: SettingsServ
         except BaseException as exc:
             raised.append(exc)
 
-    thread = threading.Thread(target=run)
-    thread.start()
-    _wait_for("a batch at the service", lambda: len(service.requests) > seen or not thread.is_alive())
-    own_postgres.stop()  # before the client gives up on the answer (2 s) and asks again
-    time.sleep(4)
-    assert thread.is_alive(), raised  # waiting for the database, not stopped
+    with logged("campaign", logging.WARNING) as said:
+        thread = threading.Thread(target=run)
+        thread.start()
+        _wait_for("a batch at the service", lambda: len(service.requests) > seen or not thread.is_alive())
+        own_postgres.stop()  # before the client gives up on the answer (2 s) and asks again
+        stopped = len(said)
+        _wait_for("the batch asked again, and two tries of the database after it",
+                  lambda: not thread.is_alive() or (len(service.requests) > seen + 1 and sum(
+                      "database connection lost" in m for m in said[stopped:]) >= 2), timeout=60)
+        assert thread.is_alive(), (raised, said)  # waiting for the database, not stopped
     own_postgres.start()
     thread.join(60)
     assert not thread.is_alive() and raised == [], raised
@@ -357,8 +367,8 @@ def test_flip_and_rollback_through_a_settings_service_wait_out_a_database_that_g
 CUTOFF = dt.datetime(2031, 3, 28, 7, 0, tzinfo=dt.UTC)
 
 
-def _scheduler(url: str, cwd: Path, smtpd: SmtpServer) -> subprocess.Popen[str]:
-    return _campaign(url, cwd, "scheduler", "run", "--poll", "1", CAMPAIGN_SMTP_URL=smtpd.url,
+def _scheduler(url: str, cwd: Path, smtpd: SmtpServer, log: LogFile) -> subprocess.Popen[str]:
+    return _campaign(url, cwd, "scheduler", "run", "--poll", "1", log=log, CAMPAIGN_SMTP_URL=smtpd.url,
                      CAMPAIGN_CLOCK=(CUTOFF + dt.timedelta(minutes=1)).isoformat())
 
 
@@ -385,33 +395,45 @@ def test_scheduler_flips_once_through_a_postgres_restart(own_postgres: OwnPostgr
     devices = _affected(url)
     assert devices > 15_000
     # A leader and a standby, the cutoff a minute ago: the leader expires the unsent notices and flips.
-    leader = _scheduler(url, tmp_path, smtpd)
+    files = [LogFile(tmp_path / "leader.log"), LogFile(tmp_path / "standby.log")]
+    leader = _scheduler(url, tmp_path, smtpd, files[0])
     _wait_for("a leader", lambda: _scalar(url, "SELECT holder FROM lease WHERE name = 'scheduler'") is not None
               or leader.poll() is not None)
-    assert leader.poll() is None, leader.communicate()
+    assert leader.poll() is None, files[0].text()
     (holder,) = _rows(url, "SELECT holder FROM lease WHERE name = 'scheduler'")[0]
-    standby = _scheduler(url, tmp_path, smtpd)
+    standby = _scheduler(url, tmp_path, smtpd, files[1])
+    waits = "another scheduler leads"  # what a scheduler that does not lead says at each look (one a second)
     try:
         _wait_for("the flip step", lambda: _scalar(url, "SELECT state FROM step WHERE name = 'flip'") != "pending")
         assert _changes(url) < devices
-        (expired_then,) = _rows(url, "SELECT expires_at FROM lease WHERE name = 'scheduler'")[0]
         own_postgres.restart()
-        restarted = time.monotonic()
+        looked = sum(f.count(waits) for f in files)
+        expired_then = wait_until(lambda: _quiet(url, "SELECT expires_at FROM lease WHERE name = 'scheduler'"),
+                                  60, 0.2, what="the lease, read after the restart")
         _wait_for("the flip to be done", lambda: _quiet(url, "SELECT state FROM step WHERE name = 'flip'") == "done",
                   timeout=RESUMES_WITHIN + 60, every=0.2)
-        # Give the schedulers time to find out who leads now (the lead is renewed every 15 s), then more.
-        time.sleep(max(0.0, 35 - (time.monotonic() - restarted)))
+        # Who leads now, after the restart: the lease renewed since (the lead is renewed every 15 s), the lead's
+        # advisory lock taken again, and the one that does not lead has looked for the lead twice since — each an
+        # event that comes after the point where a scheduler that does not live through a restart would have
+        # stopped.
+
+        def settled() -> bool:
+            expires = _quiet(url, "SELECT expires_at FROM lease WHERE name = 'scheduler'")
+            return expires is not None and expires > expired_then and sum(f.count(waits) for f in files) >= looked + 2 \
+                and _quiet(url, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted") == 1
+
+        _wait_for("the lead renewed and its lock taken again, and the standby looking on", settled,
+                  timeout=RESUMES_WITHIN, every=0.2)
         alive = [leader.poll(), standby.poll()]
-        # One leads, seen by the lease (renewed since the restart) and by its advisory lock, taken again.
-        ((now_holder, expires),) = _rows(url, "SELECT holder, expires_at FROM lease WHERE name = 'scheduler'")
-        assert expires > expired_then  # renewed since the restart
-        assert _scalar(url, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted") == 1
+        ((now_holder, _expires),) = _rows(url, "SELECT holder, expires_at FROM lease WHERE name = 'scheduler'")
     finally:
         for proc in (leader, standby):
             proc.send_signal(signal.SIGTERM)
-        logs = [proc.communicate(timeout=60)[1] for proc in (leader, standby)]
+        for proc in (leader, standby):
+            proc.communicate(timeout=60)
+        logs = [f.text() for f in files]
     both = f"leader's log:\n{logs[0]}\nstandby's log:\n{logs[1]}"
-    assert alive == [None, None], both  # both were still running, 35 s after the restart
+    assert alive == [None, None], both  # both were still running, each having gone on after the restart
     assert leader.returncode == standby.returncode == 0, logs
     assert all("Traceback" not in log for log in logs), logs
     _flipped_once(url, devices)

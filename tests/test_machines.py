@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,6 +29,7 @@ from campaign.db import make_engine
 from campaign.delivery.sending import HEARTBEAT, RECOUNT
 from tests.conftest import IN_CI, ROOT, _fresh_database
 from tests.smtpd import SmtpServer
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -128,13 +129,6 @@ def rows(engine: Engine, sql: str, **params: object) -> list[tuple[object, ...]]
         return [tuple(r) for r in conn.execute(text(sql), params).all()]
 
 
-def wait_until(check: Callable[[], bool], timeout: float, every: float = 0.1) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(every)
-
-
 def finished(proc: subprocess.Popen[str], timeout: float = 200) -> dict[str, object]:
     out, err = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, f"exit {proc.returncode}\n{out}\n{err}"
@@ -189,9 +183,10 @@ def test_a_worker_killed_on_the_other_machine_keeps_its_leases_until_they_run_ou
     prepared(pg_url, tmp_path, n, rate, concurrency)
     b = on_machine("machine-b", pg_url, smtpd, tmp_path, "send", SLUG, "--wave", "notice", "--workers", "1", "--json")
     victim = campaign_pid(b)
-    wait_until(lambda: len(smtpd.messages) >= 40, timeout=120)
+    wait_until(lambda: len(smtpd.messages) >= 40, timeout=120, what="40 messages from machine B")
     a = on_machine("machine-a", pg_url, smtpd, tmp_path, "send", SLUG, "--wave", "notice", "--workers", "1", "--json")
-    wait_until(lambda: bool(rows(pg, "SELECT 1 FROM worker WHERE host LIKE 'machine-a#%'")), timeout=60)
+    wait_until(lambda: rows(pg, "SELECT 1 FROM worker WHERE host LIKE 'machine-a#%'"), timeout=60,
+               what="a worker of machine A")
 
     os.kill(victim, signal.SIGKILL)
     killed = time.monotonic()

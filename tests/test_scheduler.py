@@ -21,6 +21,7 @@ from sqlalchemy import Engine, text
 
 from tests.conftest import ROOT, CliRun, table_counts
 from tests.smtpd import SmtpServer
+from tests.waiting import LogFile, wait_until
 
 SLUG = "voice-local-processing"
 CUTOFF = dt.datetime(2031, 3, 28, 7, 0, tzinfo=dt.UTC)
@@ -72,11 +73,16 @@ def run_once(db_url: str, smtpd: SmtpServer, cwd: Path, clock: str, *args: str) 
     return Done(scheduler(db_url, smtpd, cwd, clock, "--once", *args))
 
 
-def scheduler(db_url: str, smtpd: SmtpServer, cwd: Path, clock: str, *args: str) -> subprocess.Popen[str]:
+def scheduler(db_url: str, smtpd: SmtpServer, cwd: Path, clock: str, *args: str,
+              log: LogFile | None = None) -> subprocess.Popen[str]:
+    """`campaign scheduler run ARGS…`; its stderr (its log) to `log`, read while it runs, if given."""
     env = {**os.environ, "CAMPAIGN_DATABASE_URL": db_url, "CAMPAIGN_SMTP_URL": smtpd.url,
            "CAMPAIGN_TEMPLATES": str(ROOT / "templates"), "CAMPAIGN_CLOCK": clock, "CAMPAIGN_ACTOR": "ops"}
-    return subprocess.Popen([sys.executable, "-m", "campaign", "scheduler", "run", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    command = [sys.executable, "-m", "campaign", "scheduler", "run", *args]
+    if log is None:
+        return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with log.path.open("w", encoding="utf-8") as err:
+        return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
 
 
 def received(smtpd: SmtpServer) -> Counter[tuple[str, str]]:
@@ -195,40 +201,58 @@ def test_two_schedulers_do_each_step_once(engine: Engine, db_url: str, smtpd: Sm
 
 @pytest.mark.slow
 def test_a_waiting_scheduler_takes_over_when_the_leader_dies(engine: Engine, db_url: str, smtpd: SmtpServer,
-                                                             workdir: Path, scheduled: None) -> None:
+                                                             workdir: Path, scheduled: None, tmp_path: Path) -> None:
+    """A standby does not take the lead while the leader lives: it has looked twice (its log says so; each look
+    is a try for the lead, a second a look apart) and the lease is still the leader's. The leader killed (-9),
+    the standby leads within a minute (G8: the lease, 45 s, runs out and the standby's next look takes it).
+    That bound is the point; it leaves 15 s over the lease for a loaded machine."""
     clock = at(-dt.timedelta(days=15))  # nothing due yet
     leader = scheduler(db_url, smtpd, workdir, clock, "--poll", "1")
-    deadline = time.monotonic() + 60
-    while not rows(engine, "SELECT holder FROM lease WHERE name = 'scheduler'") and time.monotonic() < deadline:
-        time.sleep(0.2)
-    (holder,) = rows(engine, "SELECT holder FROM lease WHERE name = 'scheduler'")[0]
-    standby = scheduler(db_url, smtpd, workdir, clock, "--poll", "1")
-    time.sleep(3)
-    assert standby.poll() is None and rows(engine, "SELECT holder FROM lease") == [(holder,)]
+
+    def holder_now() -> str | None:
+        held = rows(engine, "SELECT holder FROM lease WHERE name = 'scheduler'")
+        return str(held[0][0]) if held else None
+
+    holder = wait_until(holder_now, 60, 0.2, what="a leader")
+    log = LogFile(tmp_path / "standby.log")
+    standby = scheduler(db_url, smtpd, workdir, clock, "--poll", "1", log=log)
+    log.wait_for("another scheduler leads", times=2)  # a look, a wait, a look again: the leader's lease held
+    assert standby.poll() is None and rows(engine, "SELECT holder FROM lease") == [(holder,)], log.text()
     os.kill(leader.pid, signal.SIGKILL)
     leader.communicate(timeout=10)
     killed = time.monotonic()
-    while time.monotonic() - killed < 70:
-        now_held = rows(engine, "SELECT holder FROM lease WHERE name = 'scheduler'")
-        if now_held and now_held[0][0] != holder:
-            break
-        time.sleep(0.5)
+    wait_until(lambda: holder_now() not in (None, holder), 70, 0.5, what="the standby to lead")
     took = time.monotonic() - killed
     standby.send_signal(signal.SIGTERM)
-    _out, err = standby.communicate(timeout=30)
-    assert standby.returncode == 0, err
-    assert "leads" in err and took < 60, (took, err)
+    standby.communicate(timeout=30)
+    assert standby.returncode == 0, log.text()
+    assert " leads\n" in log.text() and took < 60, (took, log.text())
     # SIGTERM let it go cleanly: the lease is given up.
     assert rows(engine, "SELECT COUNT(*) FROM lease") == [(0,)]
 
 
 def test_scheduler_once_with_nothing_due(db_url: str, smtpd: SmtpServer, workdir: Path, scheduled: None,
                                          engine: Engine) -> None:
+    """Started before anything is due, the scheduler leads, finds nothing to do and does nothing. Nothing done
+    proves little alone (a scheduler that never looked at its steps would pass): the same start once the notice
+    is due does that step, and only it."""
     proc = run_once(db_url, smtpd, workdir, at(-dt.timedelta(days=19)))
     assert proc.returncode == 0, proc.stderr
-    assert "did 0 step(s)" in proc.stdout
+    assert "did 0 step(s)" in proc.stdout and " leads\n" in proc.stderr, proc.stderr
     assert not smtpd.messages
     assert set(steps(engine).values()) == {"pending"}
+    assert rows(engine, "SELECT COUNT(*) FROM delivery") == [(0,)]
+    assert rows(engine, "SELECT COUNT(*) FROM audit_event WHERE actor = 'scheduler'") == [(0,)]
+    assert rows(engine, "SELECT COUNT(*) FROM lease") == [(0,)]  # it led, and gave the lead up at the end
+    # Six days later the notice is due (the reminder, the flip and the confirmation are not).
+    proc = run_once(db_url, smtpd, workdir, at(-dt.timedelta(days=13)))
+    assert proc.returncode == 0, proc.stderr
+    assert steps(engine) == {"wave:notice": "done", "wave:reminder": "pending", "flip": "pending",
+                             "wave:confirmation": "pending"}
+    assert received(smtpd) == Counter({("notice", f"user{i}@example.com"): 1 for i in range(N)})
+    assert rows(engine, "SELECT state, COUNT(*) FROM delivery GROUP BY state") == [("sent", N)]
+    assert [a for (a,) in rows(engine, "SELECT action FROM audit_event WHERE actor = 'scheduler' ORDER BY id")] \
+        == ["wave.send", "wave.sent"]
 
 
 @pytest.mark.slow

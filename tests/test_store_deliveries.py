@@ -6,11 +6,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import Engine, insert, select, update
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import Engine, bindparam, insert, select, update
 
 from campaign import db
 from campaign.definition import SendWindow
@@ -524,3 +527,170 @@ def test_a_list_of_values_is_one_parameter_on_postgresql(engine: Engine, wave: t
         assert len(set(texts)) == 1
     else:
         assert len(set(texts)) == 4  # SQLite: an IN list of each length
+
+
+# -- the fast paths of `record` against a plain UPDATE per outcome (STYLE 12) ----------------------------------
+
+ZONES = [dt.UTC, dt.timezone(dt.timedelta(hours=9)), dt.timezone(-dt.timedelta(hours=9, minutes=30)),
+         dt.timezone(dt.timedelta(hours=5, minutes=45, seconds=17)), ZoneInfo("America/New_York"),
+         ZoneInfo("Europe/Berlin"), ZoneInfo("Australia/Lord_Howe"), ZoneInfo("Pacific/Kiritimati")]
+STATES = ["sent", "pending", "failed", "bounced", "suppressed", "skipped", "expired"]
+HOSTILE = ["", "'", "''", "'; DROP TABLE delivery; --", '"', "\\", "\\'", "%s", "%(r_owner)s", ":r_owner", "?", "$1",
+           "null", "NULL", '{"r_id": 1}', "[]", "\\u0000", "\u202e\u200b\ufeff", "\r\n", "\t", "日本語", "😀", "𝔘"]
+ROWS = 20  # the wave's deliveries
+
+instants = st.datetimes(min_value=dt.datetime(1970, 1, 2), max_value=dt.datetime(2200, 1, 1),
+                        timezones=st.sampled_from(ZONES))
+
+
+def texts(cap: int, nul: bool = False, longer: int = 0) -> st.SearchStrategy[str]:
+    """Hostile text: quotes, placeholders, JSON, line breaks, bidi controls, any plane of Unicode (no lone
+    surrogates: they are not text), NUL if asked; short, or a piece of it repeated to `cap` characters and up to
+    `longer` more."""
+    chars = st.characters(blacklist_categories=["Cs"], blacklist_characters=[] if nul else ["\0"])
+    short = st.builds(lambda pieces: "".join(pieces)[:cap], st.lists(
+        st.sampled_from([h for h in HOSTILE if nul or "\0" not in h]) | st.text(chars, max_size=12), max_size=4))
+    long = st.builds(lambda piece, n: ((piece or "x") * (cap + n))[:cap + n], short, st.integers(-3, longer))
+    return short | long
+
+
+@st.composite
+def outcome(draw: st.DrawFn, delivery_id: int) -> Result:
+    def maybe(strategy: st.SearchStrategy[Any]) -> Any:
+        return draw(st.none() | strategy)
+
+    return Result(delivery_id, draw(st.sampled_from(STATES)), draw(instants), message_id=maybe(texts(255)),
+                  locale=maybe(texts(35)), error=maybe(texts(1024, nul=True, longer=500)),
+                  next_attempt_at=maybe(instants),
+                  not_before=maybe(instants), attempts_back=draw(st.integers(0, 1)))
+
+
+@st.composite
+def start(draw: st.DrawFn) -> dict[str, Any]:
+    """A delivery as a record may find it: under w1's lease (its own), w2's, or none (pending, sent, failed…),
+    with or without the values an earlier attempt left."""
+    owner, state_ = draw(st.sampled_from([("w1", "sending")] * 3 + [("w2", "sending"), (None, "pending"),
+                                                                    (None, "sent"), (None, "failed"), ("w1", "sent")]))
+    return {"b_state": state_, "b_owner": owner, "b_lease": None if owner is None else draw(instants),
+            "b_sent_at": draw(st.none() | instants), "b_message_id": draw(st.none() | st.just("<earlier@x>")),
+            "b_locale": draw(st.none() | st.just("de-DE")), "b_error": draw(st.none() | st.just("421 earlier")),
+            "b_next": draw(st.none() | instants), "b_not_before": draw(st.none() | instants),
+            "b_attempts": draw(st.integers(0, 5)), "b_updated": draw(instants)}
+
+
+@st.composite
+def cases(draw: st.DrawFn, ids: list[int]) -> tuple[list[dict[str, Any]], list[Result]]:
+    """The ledger's rows as the record finds them, and the outcomes w1 records: one at most per delivery (as
+    the send has them), some of deliveries it does not hold, some of none at all."""
+    starts = [draw(start()) for _ in ids]
+    chosen = draw(st.lists(st.sampled_from(ids) | st.integers(ids[-1] + 1, ids[-1] + 10**6) | st.just(-1),
+                           max_size=ROWS + 3, unique=True))
+    return starts, [draw(outcome(i)) for i in chosen]
+
+
+def _put(conn: Any, ids: list[int], starts: list[dict[str, Any]]) -> None:
+    """Every delivery of the wave back to its drawn start."""
+    D = DELIVERY
+    conn.execute(update(D).where(D.c.id == bindparam("b_id")).values(
+        state=bindparam("b_state"), lease_owner=bindparam("b_owner"), lease_expires_at=bindparam("b_lease"),
+        sent_at=bindparam("b_sent_at"), message_id=bindparam("b_message_id"), locale=bindparam("b_locale"),
+        last_error=bindparam("b_error"), next_attempt_at=bindparam("b_next"), not_before=bindparam("b_not_before"),
+        attempts=bindparam("b_attempts"), updated_at=bindparam("b_updated")),
+        [{"b_id": i, **s} for i, s in zip(ids, starts, strict=True)])
+
+
+def _plain(conn: Any, owner: str, results: list[Result]) -> int:
+    """The obviously right record: one UPDATE an outcome, written only while `owner` holds the row's lease.
+    Its state, its attempt's error (no NUL, at most 1,024 characters; none if empty) and retry time, an
+    attempt that did not happen taken back from the count, the lease given up; the sending time when sent, and
+    the Message-ID, locale and send window when the outcome has them, else those the row had."""
+    D, written = DELIVERY, 0
+    for r in results:
+        values: dict[str, Any] = {
+            "state": r.state, "last_error": r.error.replace("\0", "")[:1024] if r.error else None,
+            "next_attempt_at": r.next_attempt_at, "attempts": D.c.attempts - r.attempts_back,
+            "lease_owner": None, "lease_expires_at": None, "updated_at": r.at}
+        if r.state == "sent":
+            values["sent_at"] = r.at
+        for name in ("message_id", "locale", "not_before"):
+            if getattr(r, name) is not None:
+                values[name] = getattr(r, name)
+        written += conn.execute(update(D).where(D.c.id == r.id, D.c.lease_owner == owner, D.c.state == "sending")
+                                .values(**values)).rowcount
+    return written
+
+
+def test_record_fast_paths_leave_the_rows_a_plain_update_leaves(engine: Engine, wave: tuple[int, int],
+                                                                request: pytest.FixtureRequest) -> None:
+    """STYLE 12: `record`'s statements made for speed — SQLite's `UPDATE … FROM (VALUES …)`, PostgreSQL's
+    `UPDATE … FROM jsonb_to_recordset(…)` with the ids as an array — run as the send runs them (the commit
+    lane's `Database.alone` or its thread without a transaction; in a transaction with a bounce), each leave
+    exactly the rows (every column, as the driver reads them back) that a plain UPDATE per outcome leaves, and
+    count as many. Drawn: the rows' states, leases and earlier values; outcomes of every state, times in
+    several zones (DST gaps too), values or none, long and hostile texts, ids in and out of w1's lease (one
+    outcome a delivery, as the send has them)."""
+    from campaign.sending import Database
+
+    if engine.dialect.name == "sqlite":
+        # Found by this test (issue 22): `_compiled` takes each parameter's processor from its type as written,
+        # not as the dialect adapts it, so a time goes to sqlite3 as a datetime and its adapter writes a whole
+        # second as '2026-03-01 12:00:00', where Core writes '2026-03-01 12:00:00.000000' (the example below).
+        # SQLite compares the texts: `sent_since(T0)` misses a row recorded at T0. Fixed by
+        # `type.dialect_impl(dialect).bind_processor(dialect)` there; strict, so that the fix takes this away.
+        request.applymarker(pytest.mark.xfail(strict=True, reason="the SQLite fast path writes a time at a whole "
+                                                                  "second without its microseconds"))
+    campaign_id, wave_id = wave
+    with db.write(engine) as conn:
+        add_to_wave(conn, campaign_id, wave_id, ROWS - N)
+        ids = sorted(conn.execute(select(DELIVERY.c.id).where(DELIVERY.c.wave_id == wave_id)).scalars())
+    assert len(ids) == ROWS
+    database = Database(engine, commit_lanes=1)
+    runner = asyncio.Runner()
+
+    def ledger() -> list[tuple[Any, ...]]:
+        with engine.connect() as conn:
+            return [tuple(r) for r in conn.exec_driver_sql("SELECT * FROM delivery ORDER BY id")]
+
+    Rows = list[tuple[Any, ...]]
+
+    def after(starts: list[dict[str, Any]], write: Callable[[list[Result]], int | None],
+              results: list[Result]) -> tuple[Rows, int | None]:
+        """The ledger put back to `starts`, then `write(results)`: the rows it leaves, and the count it gives."""
+        with db.write(engine) as conn:
+            _put(conn, ids, starts)
+        written = write(results)
+        return ledger(), written
+
+    def in_lane(results: list[Result]) -> int | None:
+        if database.on_loop:  # PostgreSQL: the driver's own statement, on the lane's asynchronous connection
+            runner.run(database.alone("commit0", store.record_statement(engine.dialect, "w1", results)))
+            return None
+        return runner.run(database.write(store.record, "w1", results, lane="commit0", alone=True))
+
+    def in_transaction(results: list[Result]) -> int:
+        return runner.run(database.write(store.record, "w1", results, lane="commit0"))
+
+    def plainly(results: list[Result]) -> int:
+        with db.write(engine) as conn:
+            return _plain(conn, "w1", results)
+
+    whole_second = ([{"b_state": "sending", "b_owner": "w1", "b_lease": T0, "b_sent_at": None, "b_message_id": None,
+                      "b_locale": None, "b_error": None, "b_next": None, "b_not_before": None, "b_attempts": 1,
+                      "b_updated": T0}] * ROWS, [Result(ids[0], "sent", T0)])
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @example(case=whole_second)
+    @given(case=cases(ids))
+    def agree(case: tuple[list[dict[str, Any]], list[Result]]) -> None:
+        starts, results = case
+        want, want_n = after(starts, plainly, results)
+        for name, write in (("lane", in_lane), ("transaction", in_transaction)):
+            got, got_n = after(starts, write, results)
+            assert got == want, name
+            assert got_n in (None, want_n), name
+
+    try:
+        agree()
+    finally:
+        runner.run(database.aclose())
+        runner.close()
