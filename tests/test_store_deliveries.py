@@ -629,16 +629,12 @@ def test_record_fast_paths_leave_the_rows_a_plain_update_leaves(engine: Engine, 
     count as many. Drawn: the rows' states, leases and earlier values; outcomes of every state, times in
     several zones (DST gaps too), values or none, long and hostile texts, ids in and out of w1's lease (one
     outcome a delivery, as the send has them)."""
-    from campaign.sending import Database
+    from campaign.connection import Database
 
-    if engine.dialect.name == "sqlite":
-        # Found by this test (issue 22): `_compiled` takes each parameter's processor from its type as written,
-        # not as the dialect adapts it, so a time goes to sqlite3 as a datetime and its adapter writes a whole
-        # second as '2026-03-01 12:00:00', where Core writes '2026-03-01 12:00:00.000000' (the example below).
-        # SQLite compares the texts: `sent_since(T0)` misses a row recorded at T0. Fixed by
-        # `type.dialect_impl(dialect).bind_processor(dialect)` there; strict, so that the fix takes this away.
-        request.applymarker(pytest.mark.xfail(strict=True, reason="the SQLite fast path writes a time at a whole "
-                                                                  "second without its microseconds"))
+    # Found by this test (issue 22): the SQLite fast path took each parameter's processor from its type as
+    # written, not as the dialect adapts it, so a time went to sqlite3 as a datetime and its adapter wrote a
+    # whole second as '2026-03-01 12:00:00', where Core writes '2026-03-01 12:00:00.000000': SQLite compares the
+    # texts, and `sent_since(T0)` missed a row recorded at T0. Fixed in `deliveries._compiled`.
     campaign_id, wave_id = wave
     with db.write(engine) as conn:
         add_to_wave(conn, campaign_id, wave_id, ROWS - N)

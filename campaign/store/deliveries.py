@@ -250,7 +250,10 @@ def _compiled(stmt: Any, dialect: Dialect) -> _Compiled:
     compiled = stmt.compile(dialect=dialect)
     binds = {name: bind for bind, name in compiled.bind_names.items()}  # by the names the SQL uses
     names = tuple(compiled.positiontup or binds)
-    processors = tuple(binds[name].type.bind_processor(dialect) for name in names)
+    # Each parameter as the dialect writes it (SQLite: a time as Core's text, microseconds included, which the
+    # type as written would leave to sqlite3's adapter: '12:00:00' at a whole second, which sorts before
+    # '12:00:00.000000' and so before Core's own bounds).
+    processors = tuple(binds[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names)
     fixed = {name: binds[name].value for name in names}  # the statement's own literals (`sending`)
     return _Compiled(str(compiled), names, compiled.positiontup is not None, processors,
                      {k: v for k, v in fixed.items() if v is not None})
