@@ -10,7 +10,7 @@ from pathlib import Path
 
 from sqlalchemy import Connection, Engine
 
-from campaign import db, outfiles, pages
+from campaign import campaigns, db, outfiles, pages
 from campaign.addresses import normalize as normalize_address
 from campaign.config import Config
 from campaign.definition import Definition, WaveDef
@@ -78,9 +78,7 @@ def _waves(d: Definition, wave: str | None) -> list[WaveDef]:
 
 
 def _campaign(conn: Connection, slug: str, templates: Path) -> tuple[int, Definition, Renderer]:
-    from campaign.campaigns import get  # campaigns registers through check_campaign above
-
-    c = get(conn, slug)
+    c = campaigns.get(conn, slug)
     return c.id, c.definition, Renderer(c.definition, templates)
 
 

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import click
 
+from campaign import verp
+
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: data/ and templates/ of the shipped example
 DATA = ROOT / "data"
 SLUG = "voice-local-processing"
@@ -162,8 +164,6 @@ def write_inputs(inputs: Path) -> None:
 def write_bounce(work: Path, when: dt.datetime) -> str:
     """The relay's delivery report for Hannah's notice, as Postfix writes one (RFC 3464: 5.1.1, user unknown), sent
     to the signed return path her notice went out with, into the Maildir `bounces/`; returns what it wrote."""
-    from campaign import verp
-
     parser = BytesHeaderParser()
     for f in sorted((work / "outbox" / "new").iterdir()):
         headers = parser.parsebytes(f.read_bytes())
