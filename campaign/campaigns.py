@@ -98,7 +98,7 @@ def list_campaigns(conn: Connection) -> list[dict[str, Any]]:
     progress = store.progress(conn)
     out = []
     for row in store.all_rows(conn):
-        p = progress.get(row["id"], store.Progress())
+        p = progress.get(row["id"], store.NO_PROGRESS)
         out.append({"campaign": row["slug"], "name": row["name"], "state": row["state"],
                     "cutoff": row["cutoff"].isoformat(), "deliveries": p.deliveries, "settled": p.settled,
                     "sent": p.sent, "devices_changed": p.devices_changed})

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
+from urllib.parse import SplitResult
 
 from campaign import urls
 from campaign.addresses import ascii_domain_form
@@ -521,19 +522,29 @@ def _apply(c: _Checker, raw: dict[str, Any]) -> Apply:
     return Apply(kind, url, batch, token_env, timeout, proxy)
 
 
-def _apply_url_problem(url: str) -> str | None:
-    """None when `url` is an https:// URL, or http:// to a loopback host; else what is wrong."""
+def _web_url(url: str, not_web: str, why_no_password: str) -> SplitResult | str:
+    """The parts of an http:// or https:// URL with a host and neither user nor password; else what is wrong
+    (`not_web` when it is no such URL; `why_no_password` says where the secret belongs instead)."""
     try:
         parts = urls.split(url)
     except ValueError as exc:
         return str(exc)
     if parts.scheme not in ("https", "http") or not parts.hostname:
-        return f"{url!r} must be an https:// URL (http:// only to a loopback host such as 127.0.0.1)"
+        return not_web
     if parts.username is not None or parts.password is not None:
-        return "must carry no user or password (the bearer token comes from the variable named by token_env)"
+        return f"must carry no user or password ({why_no_password})"
+    return parts
+
+
+def _apply_url_problem(url: str) -> str | None:
+    """None when `url` is an https:// URL, or http:// to a loopback host; else what is wrong."""
+    parts = _web_url(url, f"{url!r} must be an https:// URL (http:// only to a loopback host such as 127.0.0.1)",
+                     "the bearer token comes from the variable named by token_env")
+    if isinstance(parts, str):
+        return parts
     if parts.fragment:
         return "must have no #fragment"
-    if parts.scheme == "http" and not urls.is_loopback(parts.hostname):
+    if parts.scheme == "http" and not urls.is_loopback(parts.hostname or ""):
         return (f"http:// is allowed only to a loopback host (127.0.0.1, ::1, localhost), not {parts.hostname!r}: "
                 "use https://")
     return None
@@ -546,14 +557,10 @@ def _apply_proxy_problem(proxy: str, url: str | None) -> str | None:
     if url is not None and not url.lower().startswith("https://"):
         return (f"goes only with an https:// url (url is {url!r}: through a proxy, plain http:// would hand it "
                 "the bearer token)")
-    try:
-        parts = urls.split(proxy)
-    except ValueError as exc:
-        return str(exc)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return f"{proxy!r} must be an http:// or https:// proxy URL such as 'http://proxy.internal:3128'"
-    if parts.username is not None or parts.password is not None:
-        return "must carry no user or password (the definition holds no secret)"
+    parts = _web_url(proxy, f"{proxy!r} must be an http:// or https:// proxy URL such as 'http://proxy.internal:3128'",
+                     "the definition holds no secret")
+    if isinstance(parts, str):
+        return parts
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         return f"{proxy!r} must be the proxy's address alone (scheme, host and port), without a path"
     return None

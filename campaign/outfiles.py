@@ -45,20 +45,13 @@ def _temp_name(name: str) -> str:
     return f".{name[:NAME_KEPT]}.{_token()}.partial"
 
 
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISSOCK, "a socket"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"))
+
+
 def _what(mode: int) -> str:
-    if stat.S_ISDIR(mode):
-        return "a directory"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    if stat.S_ISBLK(mode):
-        return "a block device"
-    if stat.S_ISLNK(mode):
-        return "a symbolic link"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat.S_ISCHR(mode):
-        return "a character device"
-    return "not a regular file"
+    """What a file of `mode` is, in words, when it is not a regular file."""
+    return next((words for kind, words in _KINDS if kind(mode)), "not a regular file")
 
 
 def _refuse_directory(shown: str) -> UsageError:

@@ -3,7 +3,6 @@ show is `campaign.notices.proofs`'s). No ledger row is written here."""
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from campaign.delivery.transport import Envelope, RecordingTransport, Transport,
 from campaign.errors import UsageError
 from campaign.notices.proofs import Sample, preview_one, samples
 from campaign.notices.rendering import Renderer
+from campaign.results import Fields
 from campaign.validation import normalize_locale
 
 
@@ -44,15 +44,12 @@ def write_gallery(items: list[Sample], out: Path, d: Definition) -> Path:
 
 
 @dataclass(frozen=True)
-class TestSent:
+class TestSent(Fields):
     wave: str
     locale: str
     to: str
     status: str
     detail: str
-
-    def as_json(self) -> dict[str, str]:
-        return dataclasses.asdict(self)
 
 
 def test_send(conn: Connection, d: Definition, renderer: Renderer, transport: Transport, to: list[str],

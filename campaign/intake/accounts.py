@@ -167,6 +167,26 @@ class _Import:
         if self.progress is not None:
             self.progress(self.result.records, reader.bytes_read, reader.bytes_total)
 
+    def _records(self, reader: RecordReader, header: list[str]) -> Iterator[tuple[int, Any]]:
+        """(line, record) for each record that reads: a CSV row's fields, or a JSON Lines record (its
+        `values`). Every record is counted; one that does not read is noted as a problem of its line."""
+        add_problem = self.problems.add
+        result = self.result
+        if header:
+            for line, fields in reader.csv_rows():
+                result.records += 1
+                if isinstance(fields, str):
+                    add_problem(line, fields)
+                else:
+                    yield line, fields
+        else:
+            for item in reader:
+                result.records += 1
+                if item.problem:
+                    add_problem(item.line, item.problem)
+                else:
+                    yield item.line, item
+
     # -- accounts ---------------------------------------------------------------------------------
 
     def run_accounts(self) -> ImportResult:
@@ -184,20 +204,10 @@ class _Import:
             people.create_stage(conn, stage)
             batch: list[tuple[Any, ...]] = []
             add_problem = self.problems.add
-            records: Iterator[Any] = reader.csv_rows() if header else iter(reader)
-            for item in records:
-                self.result.records += 1
+            for line, item in self._records(reader, header):
                 if header:
-                    line, f = item
-                    if isinstance(f, str):
-                        add_problem(line, f)
-                        continue
-                    ident, email, name, locale, tz, country = (f[i] for i in order)
+                    ident, email, name, locale, tz, country = (item[i] for i in order)
                 else:
-                    line = item.line
-                    if item.problem:
-                        add_problem(line, item.problem)
-                        continue
                     col_problems = _check_columns(item.values, ACCOUNT_COLUMNS, lambda c: False,
                                                   line)
                     if col_problems:
@@ -288,23 +298,14 @@ class _Import:
                 people.stage(conn, stage, devices)
                 devices.clear()
 
-            records: Iterator[Any] = reader.csv_rows() if header else iter(reader)
             o0, o1, o2, o3 = order if header else (0, 1, 2, 3)
             n_keys = len(keys)
-            for item in records:
-                self.result.records += 1
+            for line, item in self._records(reader, header):
                 if header:
-                    line, f = item
-                    if isinstance(f, str):
-                        add_problem(line, f)
-                        continue
+                    f = item
                     ident, account_id, name, model = f[o0].strip(), f[o1].strip(), f[o2].strip(), f[o3].strip()
                     raw = [f[i] for i in setting_index] if n_keys else []
                 else:
-                    line = item.line
-                    if item.problem:
-                        add_problem(line, item.problem)
-                        continue
                     # JSON Lines: the settings are the keys beyond the device's own.
                     values = item.values
                     row_errs = []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from campaign.errors import InputError, Problem, UsageError
 from campaign.intake.readers import RecordReader
 from campaign.models import SUPPRESSION
 from campaign.redaction import redact
+from campaign.results import Fields
 from campaign.store import suppressions as store
 from campaign.validation import unprintable
 
@@ -49,14 +49,11 @@ def add_one(engine: Engine, email: str, reason: str, actor: str, dry_run: bool =
 
 
 @dataclass
-class SuppressImport:
+class SuppressImport(Fields):
     records: int
     added: int
     already: int
     dry_run: bool
-
-    def as_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def import_file(engine: Engine, path: Path | str, actor: str, dry_run: bool = False,

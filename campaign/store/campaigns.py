@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -53,10 +54,13 @@ def replace_waves(conn: Connection, campaign_id: int, waves: Iterable[Mapping[st
 
 @dataclass(frozen=True)
 class Progress:
-    deliveries: int = 0
-    settled: int = 0
-    sent: int = 0
-    devices_changed: int = 0
+    deliveries: int
+    settled: int
+    sent: int
+    devices_changed: int
+
+
+NO_PROGRESS = Progress(0, 0, 0, 0)
 
 
 def progress(conn: Connection) -> dict[int, Progress]:
@@ -65,10 +69,10 @@ def progress(conn: Connection) -> dict[int, Progress]:
     sent = func.sum(case((D.c.state == SENT, 1), else_=0))
     out: dict[int, Progress] = {}
     for r in conn.execute(select(D.c.campaign_id, func.count(), settled, sent).group_by(D.c.campaign_id)):
-        out[r[0]] = Progress(int(r[1]), int(r[2] or 0), int(r[3] or 0))
+        out[r[0]] = Progress(int(r[1]), int(r[2] or 0), int(r[3] or 0), 0)
     for r in conn.execute(select(SC.c.campaign_id, func.count()).where(SC.c.state == CHANGED)
                           .group_by(SC.c.campaign_id)):
-        out[r[0]] = Progress(**{**out.get(r[0], Progress()).__dict__, "devices_changed": int(r[1])})
+        out[r[0]] = dataclasses.replace(out.get(r[0], NO_PROGRESS), devices_changed=int(r[1]))
     return out
 
 
