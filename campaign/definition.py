@@ -6,9 +6,10 @@ Every error names the file, the line where that can be found, and the key: `PATH
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from email.utils import parseaddr
 from pathlib import Path
@@ -99,6 +100,7 @@ class Definition:
     min_notice: dt.timedelta | None = None  # fair notice: flip no device sooner than this after its first notice
     countries: tuple[str, ...] = ()
     device_models: tuple[str, ...] = ()
+    required_locales: tuple[str, ...] = ()  # locales that must have their own templates (check: missing-translation)
     send_window: SendWindow = field(default_factory=SendWindow)
     limits: Limits = field(default_factory=Limits)
     context: Mapping[str, str] = field(default_factory=dict)  # free values for the templates (URLs, …)
@@ -174,8 +176,8 @@ class _Checker:
                 self.fail(table, None, f"missing key {key!r}", index)
         for key, value in data.items():
             if key not in allowed:
-                known = ", ".join(sorted(allowed))
-                self.fail(table, key, f"unknown key (known here: {known})", index)
+                self.fail(table, key, f"unknown key{did_you_mean(key, allowed)} (known here: "
+                                      f"{', '.join(sorted(allowed))})", index)
                 continue
             expected = allowed[key]
             if isinstance(value, bool) and expected is not bool and bool not in (
@@ -189,6 +191,13 @@ class _Checker:
                 continue
             out[key] = value
         return out
+
+
+def did_you_mean(word: str, known: Iterable[str]) -> str:
+    """' — did you mean `X`?' for the known word closest to a misspelt one (case aside), or ''."""
+    by_folded = {k.casefold(): k for k in known}
+    close = difflib.get_close_matches(word.casefold(), list(by_folded), n=1, cutoff=0.75)
+    return f" — did you mean `{by_folded[close[0]]}`?" if close else ""
 
 
 def _kind(name: str) -> str:
@@ -276,6 +285,7 @@ def parse_definition(text: str, source: str = "<definition>", templates: Path | 
         "slug": str, "name": str, "sender": str, "reply_to": str, "template": str, "default_locale": str,
         "cutoff": (str, dt.datetime), "migration": dict, "audience": dict, "send_window": dict,
         "limits": dict, "waves": list, "context": dict, "bounces": dict, "approval": dict, "apply": dict,
+        "required_locales": list,
     }, required=("slug", "name", "sender", "template", "default_locale", "cutoff", "migration", "waves"))
 
     slug = top.get("slug", "")
@@ -310,6 +320,16 @@ def parse_definition(text: str, source: str = "<definition>", templates: Path | 
             default_locale = normalize_locale(default_locale)
         except ValueError as exc:
             c.fail("", "default_locale", str(exc))
+
+    required_locales: list[str] = []
+    for value in top.get("required_locales", []):
+        try:
+            locale = normalize_locale(value) if isinstance(value, str) else _bad(value)
+        except ValueError as exc:
+            c.fail("", "required_locales", str(exc))
+            continue
+        if locale not in required_locales:
+            required_locales.append(locale)
 
     cutoff = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
     cutoff_ok = False
@@ -451,7 +471,7 @@ def parse_definition(text: str, source: str = "<definition>", templates: Path | 
         slug=slug, name=name, sender=sender, reply_to=reply_to, template=template,
         default_locale=default_locale, cutoff=cutoff, setting=mig["setting"], from_value=mig["from"],
         to_value=mig["to"], require_notice=mig.get("require_notice", True), min_notice=min_notice,
-        countries=tuple(countries),
+        countries=tuple(countries), required_locales=tuple(required_locales),
         device_models=tuple(models), send_window=window, limits=limits, context=context, return_path=return_path,
         approval_required=approval.get("required", False), apply=apply,
         waves=tuple(sorted(waves, key=lambda w: w.at)), source=source, text=text,

@@ -42,6 +42,12 @@ class NotFound(UsageError):
     """A campaign, wave or account named on the command line does not exist."""
 
 
+class PreflightFailed(UsageError):
+    """The preflight found errors (`campaign check`'s codes): the verb refuses, nothing written (exit 2)."""
+
+    code = "preflight"
+
+
 class StateError(CampaignError):
     """The operation is not allowed in the campaign's present state. Its code says which state when a
     program must tell: EXPIRED, PAUSED, CANCELLED, ROLLED_BACK (final for a scheduled step), else "state"."""

@@ -138,3 +138,16 @@ def suppressed_devices(conn: Connection, d: Definition) -> int:
     from campaign.store.suppressions import matches  # one rule for a suppressed address
 
     return int(conn.execute(affected(d, func.count()).where(matches(A.c.email))).scalar_one())
+
+
+def setting_keys(conn: Connection) -> dict[str, int]:
+    """Every setting key the imported devices hold, with how many devices hold it."""
+    rows = conn.execute(select(S.c.key, func.count()).group_by(S.c.key).order_by(S.c.key)).all()
+    return {r[0]: int(r[1]) for r in rows}
+
+
+def setting_values(conn: Connection, key: str) -> dict[str, int]:
+    """Every value of setting `key` among the imported devices, with how many devices hold it."""
+    rows = conn.execute(select(S.c.value, func.count()).where(S.c.key == key)
+                        .group_by(S.c.value).order_by(func.count().desc(), S.c.value)).all()
+    return {r[0]: int(r[1]) for r in rows}

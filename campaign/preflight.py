@@ -1,0 +1,316 @@
+"""The preflight: the mistakes people make with a campaign, found before anyone is mailed (`campaign check`).
+
+Each finding has a stable code (docs/commands.md lists them) and is an error or a warning depending on the
+verb that asks: an audience of nobody is an error before `schedule` and a warning at `create`; a secret missing
+here is an error for `check` and `send --dry-run`, a warning for `create` and `schedule`, which may run on a host
+other than the one that sends. The checks read the database and the templates; they write nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine
+
+from campaign import db, verp
+from campaign.definition import SLUG_RE, Definition, WaveDef, did_you_mean, load_definition, parse_definition
+from campaign.errors import ConfigError, NotFound, PreflightFailed, TemplateProblem
+from campaign.notices import proofs
+from campaign.notices.rendering import PARTS, Renderer
+from campaign.store import audience
+from campaign.store import campaigns as campaign_rows
+from campaign.wording import duration
+
+ERROR, WARNING = "error", "warning"
+# Who asks: `campaign check`, and the verbs that run the preflight before they act.
+CHECK, CREATE, SCHEDULE, SEND, SCHEDULER = "check", "create", "schedule", "send", "scheduler"
+
+# The codes, each with the verbs for which it is only a warning (an error for the others).
+CODES: Mapping[str, frozenset[str]] = {
+    "unknown-setting": frozenset(),
+    "unknown-value": frozenset(),
+    "empty-audience": frozenset({CREATE}),
+    "missing-secret": frozenset({CREATE, SCHEDULE}),
+    "missing-templates": frozenset(),
+    "template-error": frozenset(),
+    "fallback": frozenset({CHECK, CREATE, SCHEDULE, SEND, SCHEDULER}),
+    "missing-translation": frozenset(),
+    "notice-too-late": frozenset({CHECK, CREATE, SCHEDULE, SEND, SCHEDULER}),
+    "wave-too-long": frozenset({CHECK, CREATE, SCHEDULE, SEND, SCHEDULER}),
+    "cutoff-moved": frozenset({CHECK, CREATE, SCHEDULE, SEND, SCHEDULER}),
+    "smtp-unreachable": frozenset(),
+    "smtp-auth": frozenset(),
+}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing the preflight found: a stable code, what is wrong in words, and the facts behind it."""
+
+    code: str
+    message: str
+    facts: Mapping[str, Any] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, **self.facts}
+
+
+@dataclass(frozen=True)
+class Preflight:
+    """What the preflight found for one campaign, sorted into errors and warnings for the verb that asked."""
+
+    campaign: str
+    asked_by: str
+    errors: tuple[Finding, ...]
+    warnings: tuple[Finding, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def as_json(self) -> dict[str, Any]:
+        return {"campaign": self.campaign, "errors": [f.as_json() for f in self.errors],
+                "warnings": [f.as_json() for f in self.warnings]}
+
+    def lines(self) -> list[str]:
+        """The findings as lines for a person: errors first."""
+        return ([f"error [{f.code}]: {f.message}" for f in self.errors]
+                + [f"warning [{f.code}]: {f.message}" for f in self.warnings])
+
+
+def check(engine: Engine, templates: Path, target: str, asked_by: str = CHECK,
+          extra: Iterable[Finding] = ()) -> Preflight:
+    """`campaign check SLUG|FILE`: the preflight of a registered campaign (its frozen definition) or of a
+    definition file not registered yet."""
+    with db.read(engine) as conn:
+        row = campaign_rows.row(conn, target) if SLUG_RE.match(target) else None
+        if row is not None:
+            d = parse_definition(row["definition"], row["source"])
+        elif Path(target).is_file():
+            d = load_definition(Path(target), templates)
+        else:
+            known = campaign_rows.slugs(conn)
+            raise NotFound(f"{target!r} is neither a campaign (known: {', '.join(known) or 'none yet'}) nor a "
+                           "definition file")
+        try:
+            renderer = Renderer(d, templates)
+        except TemplateProblem as exc:
+            return sort(d.slug, [Finding("missing-templates", str(exc)), *extra], asked_by)
+        return run(conn, d, renderer, asked_by, extra)
+
+
+def refuse_on_errors(result: Preflight) -> Preflight:
+    """`result`, or PreflightFailed naming its errors (for the verbs that must not go on)."""
+    if result.errors:
+        raise PreflightFailed(f"{result.campaign}: the preflight found {len(result.errors)} error(s):\n  "
+                              + "\n  ".join(result.lines()))
+    return result
+
+
+def sort(campaign: str, findings: Iterable[Finding], asked_by: str) -> Preflight:
+    errors: list[Finding] = []
+    warnings: list[Finding] = []
+    for f in findings:
+        (warnings if asked_by in CODES[f.code] else errors).append(f)
+    return Preflight(campaign, asked_by, tuple(errors), tuple(warnings))
+
+
+def run(conn: Connection, d: Definition, renderer: Renderer, asked_by: str = CHECK,
+        extra: Iterable[Finding] = ()) -> Preflight:
+    """Every check that needs no network, for the verb `asked_by` (secrets are looked for in this process's
+    environment); `extra` adds findings made elsewhere (the SMTP check of `--connect`)."""
+    findings: list[Finding] = []
+    findings += audience_findings(conn, d)
+    findings += secret_findings(d)
+    template_problems = template_findings(d, renderer)
+    findings += template_problems
+    if not template_problems:
+        findings += locale_findings(conn, d, renderer)
+        findings += render_findings(conn, d, renderer)
+    findings += timing_findings(conn, d)
+    findings += extra
+    return sort(d.slug, findings, asked_by)
+
+
+# -- the audience -------------------------------------------------------------------------------------
+
+
+def _counted(values: Mapping[str, int], limit: int = 8) -> str:
+    shown = ", ".join(f"`{k}` ({n:,} device{'s' if n != 1 else ''})" for k, n in list(values.items())[:limit])
+    more = len(values) - limit
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+def audience_findings(conn: Connection, d: Definition) -> list[Finding]:
+    """unknown-setting, unknown-value, empty-audience."""
+    keys = audience.setting_keys(conn)
+    if d.setting not in keys:
+        if not keys:
+            return [Finding("unknown-setting", f"no device has any setting: import devices first "
+                                               f"(the campaign changes `{d.setting}`)", {"setting": d.setting})]
+        by_count = dict(sorted(keys.items(), key=lambda kv: (-kv[1], kv[0])))
+        return [Finding("unknown-setting",
+                        f"no imported device has the setting `{d.setting}`; the devices have {_counted(by_count)}"
+                        f"{did_you_mean(d.setting, keys)}",
+                        {"setting": d.setting, "known": by_count})]
+    values = audience.setting_values(conn, d.setting)
+    if d.from_value not in values:
+        return [Finding("unknown-value",
+                        f"no device holds `{d.setting}` = `{d.from_value}`; the devices hold {_counted(values)}"
+                        f"{did_you_mean(d.from_value, values)}",
+                        {"setting": d.setting, "value": d.from_value, "known": values})]
+    s = audience.summary(conn, d)
+    if s.accounts == 0:
+        filters = "; ".join(x for x in (
+            f"countries {', '.join(d.countries)}" if d.countries else "",
+            f"device models {', '.join(d.device_models)}" if d.device_models else "") if x)
+        return [Finding("empty-audience",
+                        f"{values[d.from_value]:,} device(s) hold `{d.setting}` = `{d.from_value}`, but the audience "
+                        f"filters ({filters}) leave nobody: the campaign would tell no one",
+                        {"devices_with_value": values[d.from_value]})]
+    return []
+
+
+# -- secrets ------------------------------------------------------------------------------------------
+
+
+def secret_findings(d: Definition) -> list[Finding]:
+    """missing-secret: the bounce key for signed return paths, the settings service's token."""
+    out = []
+    if d.return_path is not None:
+        try:
+            verp.keys("[bounces] signs each message's return path")
+        except ConfigError as exc:
+            out.append(Finding("missing-secret", str(exc), {"variable": verp.KEY_ENV}))
+    if d.apply.kind == "http" and not os.environ.get(d.apply.token_env, "").strip():
+        out.append(Finding("missing-secret",
+                           f"{d.apply.token_env} is not set: [apply] kind = \"http\" sends the settings service this "
+                           "bearer token (set it in the environment of the process that flips)",
+                           {"variable": d.apply.token_env}))
+    return out
+
+
+# -- templates and locales ----------------------------------------------------------------------------
+
+
+def _files(renderer: Renderer, locale: str, wave: str) -> list[str]:
+    return [f"{locale}/{wave}.{part}.j2" for part in PARTS]
+
+
+def template_findings(d: Definition, renderer: Renderer) -> list[Finding]:
+    """missing-templates: the default locale lacks a wave's templates, or a locale has some parts of a wave's
+    message and not the others."""
+    out = []
+    for wave in d.waves:
+        for locale in [d.default_locale] + [x for x in renderer.available_locales() if x != d.default_locale]:
+            files = _files(renderer, locale, wave.name)
+            missing = [f for f in files if not (renderer.root / f).is_file()]
+            if locale == d.default_locale and missing:
+                out.append(Finding("missing-templates",
+                                   f"no template for `{locale}` / `{wave.name}` (looked for "
+                                   f"{', '.join(str(renderer.root / f) for f in missing)}): the default locale "
+                                   "must have every wave's message", {"wave": wave.name, "locale": locale,
+                                                                      "missing": missing}))
+            elif missing and len(missing) < len(files):
+                out.append(Finding("missing-templates",
+                                   f"`{locale}` / `{wave.name}` is incomplete: no {', '.join(missing)} (looked in "
+                                   f"{renderer.root / locale})", {"wave": wave.name, "locale": locale,
+                                                                  "missing": missing}))
+    return out
+
+
+def _language(tag: str) -> str:
+    return tag.split("-")[0]
+
+
+def _told(wave: WaveDef) -> bool:
+    """Whether a wave goes to the affected people (before the flip)."""
+    return wave.audience in ("affected", "all")
+
+
+def locale_findings(conn: Connection, d: Definition, renderer: Renderer) -> list[Finding]:
+    """fallback (a locale of the audience served by another language's templates) and missing-translation (a
+    required locale that would be)."""
+    out = []
+    present = audience.locales(conn, d)
+    for wave in d.waves:
+        by_folder: dict[str, list[tuple[str, int]]] = {}
+        for locale, accounts, _first in present:
+            folder = renderer.template_locale(wave.name, locale)
+            if _language(folder) != _language(locale):
+                by_folder.setdefault(folder, []).append((locale, accounts))
+        for folder, served in by_folder.items():
+            for locale, accounts in served:
+                out.append(Finding("fallback",
+                                   f"wave `{wave.name}`: {accounts:,} account(s) in {locale} get the {folder} message "
+                                   f"(no {locale}/ or {_language(locale)}/{wave.name}.subject.j2)",
+                                   {"wave": wave.name, "locale": locale, "template_locale": folder,
+                                    "accounts": accounts}))
+        for locale in d.required_locales:
+            folder = renderer.template_locale(wave.name, locale)
+            if _language(folder) != _language(locale):
+                out.append(Finding("missing-translation",
+                                   f"wave `{wave.name}`: {locale} is a required locale, but has no template "
+                                   f"(looked for {renderer.root / locale}/ and {renderer.root / _language(locale)}/"
+                                   f"{wave.name}.subject.j2; it would get {folder})",
+                                   {"wave": wave.name, "locale": locale, "template_locale": folder}))
+    return out
+
+
+def render_findings(conn: Connection, d: Definition, renderer: Renderer) -> list[Finding]:
+    """template-error: a sample of every wave × locale of the audience does not render."""
+    try:
+        proofs.check_campaign(conn, d, renderer)
+    except TemplateProblem as exc:
+        return [Finding("template-error", str(exc))]
+    return []
+
+
+# -- time ---------------------------------------------------------------------------------------------
+
+
+def _open_share(d: Definition) -> float:
+    """The share of a day the send window is open (1.0 when it always is)."""
+    w = d.send_window
+    start = w.start.hour * 60 + w.start.minute
+    end = w.end.hour * 60 + w.end.minute
+    minutes = (end - start) % (24 * 60) or 24 * 60
+    return minutes / (24 * 60)
+
+
+def timing_findings(conn: Connection, d: Definition) -> list[Finding]:
+    """notice-too-late (the first wave that tells the affected people, plus min_notice, after the cutoff: later
+    waves remind those it told) and wave-too-long (the audience at the rate limit, within the send window, does
+    not fit before the wave expires)."""
+    out = []
+    min_notice = d.min_notice or dt.timedelta(0)
+    accounts = audience.summary(conn, d).accounts
+    share = _open_share(d)
+    told = [w for w in d.waves if _told(w)]
+    if told and told[0].at + min_notice > d.cutoff:
+        wave = told[0]
+        late = (wave.at + min_notice - d.cutoff).total_seconds()
+        out.append(Finding("notice-too-late",
+                           f"wave `{wave.name}`, the first to tell the affected people, goes out "
+                           f"{wave.at.isoformat()}: "
+                           + (f"with min_notice {duration(min_notice.total_seconds())}, " if min_notice else "")
+                           + f"that is {duration(late)} too late for the cutoff {d.cutoff.isoformat()}: those it "
+                           "tells are switched late" + (" (fair notice holds them back)" if min_notice else ""),
+                           {"wave": wave.name, "late_seconds": late}))
+    for wave in told:
+        need = accounts / d.limits.rate_per_second
+        have = (wave.expires - wave.at).total_seconds() * share
+        if accounts and need > have:
+            out.append(Finding("wave-too-long",
+                               f"wave `{wave.name}`: {accounts:,} message(s) at {d.limits.rate_per_second:g}/s need "
+                               f"{duration(need)} of sending; between {wave.at.isoformat()} and its expiry "
+                               f"{wave.expires.isoformat()} the send window is open about {duration(have)}",
+                               {"wave": wave.name, "messages": accounts, "seconds_needed": round(need, 1),
+                                "seconds_open": round(have, 1)}))
+    return out
+
