@@ -4,9 +4,11 @@ template's file and line (G5); previews and the gallery."""
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import email
 import json
 import shutil
+import zoneinfo
 from email.policy import default
 from pathlib import Path
 
@@ -270,3 +272,39 @@ def test_confirmation_names_each_switched_device_and_when_in_the_readers_zone_an
     # Before the flip (preview, create) a device has no switch time yet: the cutoff stands in.
     preview = r.render(wave, recipient("en-US", "America/Los_Angeles"), [DeviceView("d1", "Kitchen", "Echo Show 10")])
     assert "switched March 28, 2025, 12:00 AM PDT" in preview.text
+
+
+def _gmt(offset: dt.timedelta) -> str:
+    """The offset as the shipped notices must print it, worked out from zoneinfo alone: GMT+05:30, GMT-03:00."""
+    minutes = int(offset.total_seconds() // 60)
+    sign = "-" if minutes < 0 else "+"
+    return f"GMT{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+
+
+@pytest.mark.parametrize("month", [1, 7], ids=["winter", "summer"])
+def test_the_zone_label_is_right_for_every_zone(templates: Path, month: int) -> None:
+    """Every zone of tzdata, a winter and a summer cutoff: the notice prints the offset that zoneinfo gives for
+    that instant (CLDR's long names got Dublin backwards: 'Greenwich Mean Time' in Irish summer), and the zone's
+    city beside it unless the zone is only an offset (Etc/GMT+5 is five hours behind: no 'GMT+5' city)."""
+    base = renderer(templates)
+    cutoff = dt.datetime(2025, month, 15, 23, 0, tzinfo=dt.UTC)
+    r = Renderer(dataclasses.replace(base.definition, cutoff=cutoff), templates)
+    wave = r.definition.waves[0]
+    wrong = []
+    for key in sorted(zoneinfo.available_timezones()):
+        if key in ("Factory", "localtime"):
+            continue
+        zone = zoneinfo.ZoneInfo(key)
+        expected = _gmt(cutoff.astimezone(zone).utcoffset() or dt.timedelta(0))
+        for locale in ("en-US", "es-US", "de-DE", "ja-JP"):
+            text = r.render(wave, recipient(locale, key), DEVICES).text
+            start = text.find(expected)
+            if start < 0:
+                wrong.append(f"{key} {locale}: no {expected}")
+            elif not key.startswith(("Etc/", "UTC", "UCT", "GMT", "Universal", "Zulu", "Greenwich")) and \
+                    not text[start + len(expected):].startswith(", "):
+                wrong.append(f"{key} {locale}: no city after {expected}")
+    assert not wrong, wrong[:20]
+    dublin = r.render(wave, recipient("en-US", "Europe/Dublin"), DEVICES).text
+    assert ("GMT+00:00, Dublin" if month == 1 else "GMT+01:00, Dublin") in dublin
+    assert "Greenwich Mean Time" not in dublin and "Irish Standard Time" not in dublin

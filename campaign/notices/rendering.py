@@ -22,6 +22,7 @@ import jinja2
 from babel import Locale
 from babel.dates import format_date as babel_format_date
 from babel.dates import format_datetime as babel_format_datetime
+from babel.dates import get_timezone_gmt, get_timezone_location
 from jinja2.environment import TemplateModule
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
@@ -88,6 +89,7 @@ class Renderer:
         )
         self.env.filters["format_date"] = _format_date
         self.env.filters["format_datetime"] = _format_datetime
+        self.env.filters["zone_label"] = _zone_label
         self._globals = dict(self.env.globals)  # what a template sees besides our context (range, dict, ...)
         self._templates: dict[str, jinja2.Template] = {}
         self.campaign_view = MappingProxyType({
@@ -224,3 +226,25 @@ def _format_date(ctx: Any, value: dt.datetime | dt.date, format: str = "long") -
 def _format_datetime(ctx: Any, value: dt.datetime, format: str = "long") -> str:
     locale, zone = _format_args(ctx)
     return _cached_datetime(value, format, locale, zone)
+
+
+# Zones whose CLDR "city" is a name of an offset (Etc/GMT+5 is five hours *behind*): their label is the offset alone.
+_NO_CITY = ("Etc/", "UTC", "UCT", "GMT", "Universal", "Zulu", "Greenwich")
+
+
+@functools.lru_cache(maxsize=65536)
+def _cached_zone_label(value: dt.datetime, locale: str, zone: ZoneInfo) -> str:
+    local = value.astimezone(zone)
+    gmt = str(get_timezone_gmt(local, width="long", locale=_locale(locale)))
+    if zone.key.startswith(_NO_CITY):
+        return gmt
+    return f"{gmt}, {get_timezone_location(zone, locale=_locale(locale), return_city=True)}"
+
+
+@jinja2.pass_context
+def _zone_label(ctx: Any, value: dt.datetime) -> str:
+    """The reader's zone at `value`: its offset then, from tzdata, and the zone's city ('GMT+01:00, Dublin').
+    CLDR's long names (`format_datetime("zzzz")`) are wrong where tzdata and CLDR disagree: Dublin's winter
+    read 'Irish Standard Time', its summer 'Greenwich Mean Time'."""
+    locale, zone = _format_args(ctx)
+    return _cached_zone_label(value, locale, zone)
