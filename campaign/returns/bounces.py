@@ -23,8 +23,7 @@ mail again changes nothing — except mail judged forged, which is judged again 
 missing key must not lose a bounce: with the right key it takes effect then). Messages are read in chunks,
 bounded by count and by bytes; each chunk is one transaction with its audit event (`--dry-run`: one
 transaction for all, rolled back). Each message is parsed as it is read, outside the transaction, and only
-what it says is kept. What cannot be read safely is listed, never read: in a Maildir anything that is not a
-regular file (a symlink is not followed, a FIFO not waited on), and any message above `MAX_MESSAGE_BYTES`.
+what it says is kept. What cannot be read safely is listed, never read (`campaign.returns.mailboxes`).
 
 Every text that comes from the returned mail or the IMAP server goes through `campaign.redaction` before it
 is stored or shown.
@@ -40,7 +39,6 @@ import io
 import os
 import re
 import ssl
-import stat
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -54,20 +52,28 @@ from sqlalchemy import Connection, Engine
 from campaign import db, redaction, verp
 from campaign.addresses import normalize as normalize_address
 from campaign.definition import parse_definition
-from campaign.errors import CampaignError, ConfigError, InputError, Problem, UsageError
+from campaign.errors import CampaignError, ConfigError, UsageError
 from campaign.models import BOUNCED, FAILED, SENT
 from campaign.notices import mime
 from campaign.returns import returned
+from campaign.returns.mailboxes import (
+    MAX_MESSAGE_BYTES,
+    NOT_A_FILE,
+    TOO_LARGE,
+    Found,
+    Message,
+    MiB,
+    Unread,
+    read_path,
+    why_too_large,
+)
 from campaign.store import audit
 from campaign.store import bounces as store
 from campaign.store import suppressions as suppression_rows
 from campaign.urls import is_loopback
 
-MiB = 1024 * 1024
 CHUNK = 500  # messages per transaction, at most
 CHUNK_BYTES = 32 * MiB  # and the bytes they were read from, at most (a chunk ends with the message that passes it)
-MAX_MESSAGE_BYTES = 10 * MiB  # a returned message larger than this is listed as too large, never read whole
-MBOX_PIECE = 64 * 1024  # an mbox is read a line at a time, a long line in pieces of this size
 LISTED = 1000  # messages listed by origin in a result; the counts are always whole
 PASSWORD_ENV = "CAMPAIGN_IMAP_PASSWORD"  # noqa: S105  (the variable's name, not a password)
 PROCESSED = "Processed"
@@ -80,30 +86,8 @@ IMAP_MAX_LINE = 1_000_000  # bytes of one line of the server's (imaplib's own li
 # outcomes: of a message taken in, then of what was found and not read (listed, never kept)
 APPLIED, RECORDED, UNSIGNED, UNMATCHED, FORGED, IGNORED = (
     "applied", "recorded", "unsigned", "unmatched", "forged", "ignored")
-NOT_A_FILE, TOO_LARGE = "not_a_file", "too_large"
 OUTCOMES = (APPLIED, RECORDED, UNSIGNED, UNMATCHED, FORGED, IGNORED, NOT_A_FILE, TOO_LARGE)
 LISTED_OUTCOMES = (UNSIGNED, UNMATCHED, FORGED, IGNORED, NOT_A_FILE, TOO_LARGE)
-
-
-@dataclass(frozen=True)
-class Message:
-    """One message as found: where (for the listing), its bytes, and its IMAP UID (to move it once taken in)."""
-
-    origin: str
-    raw: bytes
-    uid: str | None = None
-
-
-@dataclass(frozen=True)
-class Unread:
-    """Something found where messages are and not read: not a regular file, or too large. Listed, not kept."""
-
-    origin: str
-    outcome: str  # NOT_A_FILE | TOO_LARGE
-    why: str
-
-
-Found = Message | Unread
 
 
 @dataclass
@@ -139,132 +123,6 @@ class ImportResult:
             for k, v in counts.items():
                 into[k] = into.get(k, 0) + v
         self.listed.extend(other.listed[:max(LISTED - len(self.listed), 0)])
-
-
-# -- reading a Maildir or an mbox -----------------------------------------------------------------------
-
-def read_path(path: Path) -> Iterator[Found]:
-    """The messages of a Maildir folder (new/ and cur/) or of an mbox file, in order; what is not read listed
-    (`Unread`)."""
-    if path.is_dir():
-        if not (path / "cur").is_dir() and not (path / "new").is_dir():
-            raise UsageError(f"{path}: not a Maildir (it has no cur/ or new/ folder), nor an mbox file")
-        return _maildir(path)
-    if not path.exists():
-        raise UsageError(f"{path}: no such file or folder (give a Maildir folder or an mbox file)")
-    if not path.is_file():  # a FIFO would wait for a writer, a device never ends
-        raise UsageError(f"{path}: not a regular file (give a Maildir folder or an mbox file)")
-    return _mbox(path)
-
-
-def _maildir(path: Path) -> Iterator[Found]:
-    for sub in ("new", "cur"):
-        folder = path / sub
-        if not folder.is_dir():
-            continue
-        for name in sorted(os.listdir(folder)):
-            if name.startswith("."):
-                continue
-            found = _read_file(folder / name)
-            if found is not None:
-                yield found
-
-
-def _kind_of(mode: int) -> str:
-    for test, what in ((stat.S_ISLNK, "a symbolic link: not followed"), (stat.S_ISDIR, "a folder"),
-                       (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"),
-                       (stat.S_ISBLK, "a device")):
-        if test(mode):
-            return what
-    return "not a regular file"
-
-
-def _too_large(size: int | str) -> str:
-    return f"larger than {MAX_MESSAGE_BYTES // MiB} MiB ({size} bytes): not read"
-
-
-def _read_file(file: Path) -> Found | None:
-    """One file of a Maildir, read only if it is a regular file (never through a symlink, never waiting on a
-    FIFO) of at most MAX_MESSAGE_BYTES; None when it went away meanwhile (a mail reader moved it)."""
-    origin = str(file)
-    try:
-        st = os.lstat(file)
-        if not stat.S_ISREG(st.st_mode):
-            return Unread(origin, NOT_A_FILE, _kind_of(st.st_mode))
-        if st.st_size > MAX_MESSAGE_BYTES:
-            return Unread(origin, TOO_LARGE, _too_large(st.st_size))
-        # O_NOFOLLOW, O_NONBLOCK: what was swapped in since the lstat is not followed, and does not hang the open
-        fd = os.open(file, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        return Unread(origin, NOT_A_FILE, f"cannot be opened ({exc.strerror or exc}): not read")
-    with open(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            return Unread(origin, NOT_A_FILE, _kind_of(st.st_mode))
-        want = min(st.st_size, MAX_MESSAGE_BYTES) + 1
-        raw = f.read(want)
-        if len(raw) == want and want <= MAX_MESSAGE_BYTES:  # it grew since: read on, up to the cap
-            raw += f.read(MAX_MESSAGE_BYTES + 1 - want)
-    if len(raw) > MAX_MESSAGE_BYTES:
-        return Unread(origin, TOO_LARGE, _too_large(f"over {MAX_MESSAGE_BYTES}"))
-    return Message(origin, raw)
-
-
-_FROM_QUOTED = re.compile(rb"^>+From ")
-
-
-def _mbox(path: Path) -> Iterator[Found]:
-    """An mbox: each message starts with a `From ` line at the start of the file or after an empty line
-    (`>From ` lines are unquoted once, as mboxrd writes them). Origins are PATH:LINE of the `From ` line. Read
-    a line at a time, a long line in pieces; a message is kept in memory only up to MAX_MESSAGE_BYTES (a
-    larger one is passed over to its end and listed as too large)."""
-    with path.open("rb") as f:
-        first = f.readline(MBOX_PIECE)
-        if not first:
-            return
-        if not first.startswith(b"From "):
-            raise InputError(str(path), [Problem(1, "not an mbox: its first line should start with 'From ' "
-                                                    "(or give a Maildir folder)")])
-        start, n, blank = 1, 1, False
-        in_from = not first.endswith(b"\n")  # the rest of a long `From ` line is no part of the message
-        line_start = not in_from
-        pieces: list[bytes] = []
-        size = 0
-        for piece in iter(lambda: f.readline(MBOX_PIECE), b""):
-            if in_from:
-                in_from = not piece.endswith(b"\n")
-                line_start = not in_from
-                continue
-            if line_start:
-                n += 1
-                if blank and piece.startswith(b"From "):
-                    yield _mbox_message(path, start, pieces[:-1], size)
-                    start, pieces, size, blank = n, [], 0, False
-                    in_from = not piece.endswith(b"\n")
-                    line_start = not in_from
-                    continue
-                blank = piece in (b"\n", b"\r\n")
-                if _FROM_QUOTED.match(piece):
-                    piece = piece[1:]
-            else:
-                blank = False  # the rest of a long line
-            line_start = piece.endswith(b"\n")
-            size += len(piece)
-            if size <= MAX_MESSAGE_BYTES + 2:  # (+ the empty line before the next `From `, no part of it)
-                pieces.append(piece)
-            else:
-                pieces.clear()  # too large: nothing of it is kept
-        yield _mbox_message(path, start, pieces, size)
-
-
-def _mbox_message(path: Path, start: int, pieces: list[bytes], size: int) -> Found:
-    origin = f"{path}:{start}"
-    raw = b"".join(pieces)
-    if size > MAX_MESSAGE_BYTES + 2 or len(raw) > MAX_MESSAGE_BYTES:
-        return Unread(origin, TOO_LARGE, _too_large(size))
-    return Message(origin, raw)
 
 
 # -- taking messages in ------------------------------------------------------------------------------------
@@ -787,7 +645,7 @@ class _Imap:
                 if uid not in sizes:
                     continue  # gone meanwhile
                 if sizes[uid] > MAX_MESSAGE_BYTES:
-                    yield Unread(self._origin(uid), TOO_LARGE, _too_large(sizes[uid]) + ", left in the folder")
+                    yield Unread(self._origin(uid), TOO_LARGE, why_too_large(sizes[uid]) + ", left in the folder")
                     continue
                 if batch and size + sizes[uid] > IMAP_FETCH_BYTES:
                     yield from self._fetch(batch)
@@ -822,7 +680,7 @@ class _Imap:
                 continue
             uid = m.group(1).decode()
             if len(item[1]) > MAX_MESSAGE_BYTES:
-                yield Unread(self._origin(uid), TOO_LARGE, _too_large(f"over {MAX_MESSAGE_BYTES}")
+                yield Unread(self._origin(uid), TOO_LARGE, why_too_large(f"over {MAX_MESSAGE_BYTES}")
                              + ", left in the folder")
                 continue
             yield Message(self._origin(uid), item[1], uid)
