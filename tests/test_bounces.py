@@ -29,7 +29,7 @@ from campaign.cutoff import flip
 from campaign.definition import parse_definition
 from campaign.errors import InputError
 from campaign.notices.mime import message_id
-from campaign.returns import bounces
+from campaign.returns import bounces, imap
 from campaign.store.bounces import IMPORT_LOCK
 from tests import bounce_mail as bm
 from tests.bounce_mail import Sent
@@ -864,8 +864,8 @@ def test_fetch_ends_when_the_server_stalls(run_cli: CliRun, engine: Engine, env:
     """A server that takes the connection and says nothing, or drips its greeting a byte at a time (each read
     gets a byte in time: only a deadline on the whole answer ends it), cannot hold `bounces fetch` (nor the
     scheduler that runs it): a clear error, exit 1, within the time allowed."""
-    monkeypatch.setattr(bounces, "IMAP_TIMEOUT", 1.0)
-    monkeypatch.setattr(bounces, "IMAP_EXCHANGE", 2.0)
+    monkeypatch.setattr(imap, "IMAP_TIMEOUT", 1.0)
+    monkeypatch.setattr(imap, "IMAP_EXCHANGE", 2.0)
     server = fake_imap(script)
     started = time.monotonic()
     result = run_cli("bounces", "fetch", server.url(), env=env)

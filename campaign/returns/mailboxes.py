@@ -2,7 +2,7 @@
 time; what is found but cannot be read safely is listed (`Unread`), never read — in a Maildir anything that is
 not a regular file (a symlink is not followed, a FIFO not waited on), and any message above `MAX_MESSAGE_BYTES`.
 
-The IMAP fetch finds messages in an IMAP folder in the same shapes; `campaign.returns.bounces` takes
+`campaign.returns.imap` finds messages in an IMAP folder in the same shapes; `campaign.returns.bounces` takes
 them in. Nothing here looks at the database.
 """
 
