@@ -27,9 +27,10 @@ from sqlalchemy import Engine, text
 from campaign import verp
 from campaign.cutoff import flip
 from campaign.definition import parse_definition
-from campaign.errors import InputError
+from campaign.errors import CampaignError, InputError
 from campaign.notices.mime import message_id
-from campaign.returns import bounces, imap
+from campaign.returns import bounces
+from campaign.returns.imap import ImapTimes
 from campaign.store.bounces import IMPORT_LOCK
 from tests import bounce_mail as bm
 from tests.bounce_mail import Sent
@@ -728,15 +729,14 @@ def test_a_large_message_is_listed_and_memory_stays_bounded(db_url: str, engine:
 
 
 def test_a_chunk_is_bounded_by_bytes(run_cli: CliRun, engine: Engine, smtpd: SmtpServer, env: Env,
-                                     campaign: Callable[..., None], tmp_path: Path,
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    """A chunk (one transaction) ends when its messages' bytes reach CHUNK_BYTES, not only after CHUNK
-    messages: here each message is a chunk of its own, one audit event each."""
+                                     campaign: Callable[..., None], tmp_path: Path) -> None:
+    """A chunk (one transaction) ends when its messages' bytes reach `Chunks.max_bytes`, not only after
+    `max_messages` messages: here each message is a chunk of its own, one audit event each."""
     campaign()
     sent = send(run_cli, env, smtpd)
-    monkeypatch.setattr(bounces, "CHUNK_BYTES", 1)
     box = maildir(tmp_path / "Maildir", [bm.postfix(sent[f"user{i}@example.com"]) for i in range(3)])
-    assert import_json(run_cli, env, box)["new"] == 3
+    result = bounces.import_path(engine, box, "tester", chunks=bounces.Chunks(max_bytes=1))
+    assert (result.new, result.bounced) == (3, 3)
     assert rows(engine, "SELECT count(*) FROM audit_event WHERE action = 'bounces.import' AND campaign_id IS NULL") \
         == [(3,)]
 
@@ -858,20 +858,22 @@ def test_fetch_refuses_control_characters_in_what_it_sends(run_cli: CliRun, engi
 
 
 @pytest.mark.parametrize("script", [silent, dripping], ids=["silent", "dripping"])
-def test_fetch_ends_when_the_server_stalls(run_cli: CliRun, engine: Engine, env: Env, script: Script,
+def test_fetch_ends_when_the_server_stalls(engine: Engine, env: Env, script: Script,
                                            fake_imap: Callable[[Script], FakeImap],  # noqa: F811
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """A server that takes the connection and says nothing, or drips its greeting a byte at a time (each read
     gets a byte in time: only a deadline on the whole answer ends it), cannot hold `bounces fetch` (nor the
-    scheduler that runs it): a clear error, exit 1, within the time allowed."""
-    monkeypatch.setattr(imap, "IMAP_TIMEOUT", 1.0)
-    monkeypatch.setattr(imap, "IMAP_EXCHANGE", 2.0)
+    scheduler that runs it): a clear error (a CampaignError: exit 1), within the time allowed. The fetch is
+    given short waits (production's: 30 s, 300 s)."""
+    monkeypatch.setenv("CAMPAIGN_IMAP_PASSWORD", env["CAMPAIGN_IMAP_PASSWORD"])
     server = fake_imap(script)
     started = time.monotonic()
-    result = run_cli("bounces", "fetch", server.url(), env=env)
+    with pytest.raises(CampaignError) as err:
+        bounces.fetch(engine, server.url(), "tester", times=ImapTimes(wait=1.0, exchange=2.0))
     took = time.monotonic() - started
-    assert result.exit_code == 1 and "Traceback" not in result.output
-    assert f"IMAP server 127.0.0.1:{server.port} did not answer in time" in result.output
+    assert err.value.exit_code == 1
+    assert f"IMAP server 127.0.0.1:{server.port} did not answer in time (nothing for 1 s, or no whole answer " \
+        "within 2 s)" in str(err.value)
     assert took < 6, took
 
 

@@ -23,7 +23,7 @@ is judged forged, like a token that does not verify.
 Every message taken in is kept (`bounce` table) under its own Message-ID (or its digest), so taking in the same
 mail again changes nothing — except mail judged forged, which is judged again each time it is met (a wrong or
 missing key must not lose a bounce: with the right key it takes effect then). Messages are read in chunks,
-bounded by count and by bytes; each chunk is one transaction with its audit event (`--dry-run`: one
+bounded by count and by bytes (`Chunks`); each chunk is one transaction with its audit event (`--dry-run`: one
 transaction for all, rolled back). Each message is parsed as it is read, outside the transaction, and only
 what it says is kept. What cannot be read safely is listed, never read (`campaign.returns.mailboxes`).
 
@@ -51,14 +51,12 @@ from campaign.errors import ConfigError
 from campaign.models import BOUNCED, FAILED, SENT
 from campaign.notices import mime
 from campaign.returns import imap, returned
-from campaign.returns.imap import PROCESSED
+from campaign.returns.imap import PROCESSED, TIMES, ImapTimes
 from campaign.returns.mailboxes import NOT_A_FILE, TOO_LARGE, Found, Message, MiB, Unread, read_path
 from campaign.store import audit
 from campaign.store import bounces as store
 from campaign.store import suppressions as suppression_rows
 
-CHUNK = 500  # messages per transaction, at most
-CHUNK_BYTES = 32 * MiB  # and the bytes they were read from, at most (a chunk ends with the message that passes it)
 LISTED = 1000  # messages listed by origin in a result; the counts are always whole
 
 # outcomes: of a message taken in, then of what was found and not read (listed, never kept)
@@ -66,6 +64,17 @@ APPLIED, RECORDED, UNSIGNED, UNMATCHED, FORGED, IGNORED = (
     "applied", "recorded", "unsigned", "unmatched", "forged", "ignored")
 OUTCOMES = (APPLIED, RECORDED, UNSIGNED, UNMATCHED, FORGED, IGNORED, NOT_A_FILE, TOO_LARGE)
 LISTED_OUTCOMES = (UNSIGNED, UNMATCHED, FORGED, IGNORED, NOT_A_FILE, TOO_LARGE)
+
+
+@dataclass(frozen=True)
+class Chunks:
+    """How much one transaction takes in at most; the defaults are production's (tests pass smaller)."""
+
+    max_messages: int = 500
+    max_bytes: int = 32 * MiB  # read from (a chunk ends with the message that passes it)
+
+
+CHUNKS = Chunks()
 
 
 @dataclass
@@ -147,10 +156,10 @@ class _Read:
 
 
 def take_in(engine: Engine, found: Iterable[Found], actor: str, source: str, dry_run: bool = False,
-            after_chunk: Callable[[list[Message]], int] | None = None) -> ImportResult:
-    """Take in what was `found` chunk by chunk (what was not read is counted and listed); `after_chunk` (not
-    under a dry run) runs once a chunk is committed — the IMAP fetch moves the chunk's messages away there —
-    and returns how many it moved."""
+            after_chunk: Callable[[list[Message]], int] | None = None, chunks: Chunks = CHUNKS) -> ImportResult:
+    """Take in what was `found` chunk by chunk, each at most `chunks` (what was not read is counted and listed);
+    `after_chunk` (not under a dry run) runs once a chunk is committed — the IMAP fetch moves the chunk's
+    messages away there — and returns how many it moved."""
     result = ImportResult(source, dry_run)
     keys, campaigns = _Keys(), _Campaigns()
     with contextlib.ExitStack() as stack:
@@ -173,7 +182,7 @@ def take_in(engine: Engine, found: Iterable[Found], actor: str, source: str, dry
             # Parsed as it is read, outside any transaction; only what it says is kept, not its bytes.
             chunk.append(_Read(Message(item.origin, b"", item.uid), returned.read(item.raw)))
             size += len(item.raw)
-            if len(chunk) >= CHUNK or size >= CHUNK_BYTES:
+            if len(chunk) >= chunks.max_messages or size >= chunks.max_bytes:
                 _chunk(chunk_tx, chunk, actor, source, keys, campaigns, result, after_chunk, dry_run)
                 chunk, size = [], 0
         if chunk:
@@ -418,19 +427,22 @@ def _effect(writes: _Writes, m: _Match, delivery: Any, signs: bool, out: ImportR
     m.outcome = APPLIED if changed else RECORDED
 
 
-def import_path(engine: Engine, path: Path | str, actor: str, dry_run: bool = False) -> ImportResult:
+def import_path(engine: Engine, path: Path | str, actor: str, dry_run: bool = False,
+                chunks: Chunks = CHUNKS) -> ImportResult:
     """`campaign bounces import PATH`: a Maildir folder or an mbox file of returned mail."""
     path = Path(path)
     messages = read_path(path)
-    return take_in(engine, messages, actor, str(path), dry_run=dry_run)
+    return take_in(engine, messages, actor, str(path), dry_run=dry_run, chunks=chunks)
 
 
-def fetch(engine: Engine, url: str, actor: str, move_to: str = PROCESSED, dry_run: bool = False) -> ImportResult:
+def fetch(engine: Engine, url: str, actor: str, move_to: str = PROCESSED, dry_run: bool = False,
+          times: ImapTimes = TIMES, chunks: Chunks = CHUNKS) -> ImportResult:
     """`campaign bounces fetch URL`: take in the messages of an IMAP folder, then move each chunk taken in to
     `move_to` (nothing moves under a dry run: the folder is opened read-only)."""
     parsed = imap.parse_imap_url(url)
     if not imap.plain_folder(move_to):
         raise ConfigError(f"--move-to {move_to[:80]!r}: use a plain ASCII folder name")
     password = imap.password()
-    with imap.session(parsed, password, move_to, readonly=dry_run) as session:
-        return take_in(engine, session.messages(), actor, str(parsed), dry_run=dry_run, after_chunk=session.move)
+    with imap.session(parsed, password, move_to, readonly=dry_run, times=times) as session:
+        return take_in(engine, session.messages(), actor, str(parsed), dry_run=dry_run, after_chunk=session.move,
+                       chunks=chunks)

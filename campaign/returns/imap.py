@@ -3,7 +3,7 @@ and one session — log in, select the folder, fetch its messages in bounded bat
 
 The URL follows the rules every URL of ours follows (`campaign.urls`): plain imap:// only to a loopback host,
 and no password in it (it comes from CAMPAIGN_IMAP_PASSWORD). Every read of the server's answers is bounded in
-time and bytes: a server that says nothing, drips or sends without end cannot hold the fetch. What
+time (`ImapTimes`) and bytes: a server that says nothing, drips or sends without end cannot hold the fetch. What
 the server says goes through `campaign.redaction` before it is shown. Messages come out as
 `campaign.returns.mailboxes` finds them in a Maildir; `campaign.returns.bounces` takes them in.
 """
@@ -32,8 +32,17 @@ PROCESSED = "Processed"  # where messages taken in are moved, unless told otherw
 IMAP_FETCH = 100  # messages per IMAP FETCH, at most
 IMAP_FETCH_BYTES = 16 * MiB  # and their bytes as the server announces them (RFC822.SIZE), at most
 IMAP_MAX_LINE = 1_000_000  # bytes of one line of the server's (imaplib's own limit)
-IMAP_TIMEOUT = 30.0  # seconds: connecting, and each wait for the server's next bytes
-IMAP_EXCHANGE = 300.0  # seconds: one command and the whole of its answer (a server dripping bytes ends here)
+
+
+@dataclass(frozen=True)
+class ImapTimes:
+    """How long the IMAP server is waited for, in seconds; the defaults are production's (tests pass shorter)."""
+
+    wait: float = 30.0  # connecting, and each wait for the server's next bytes
+    exchange: float = 300.0  # one command and the whole of its answer (a server dripping bytes ends here)
+
+
+TIMES = ImapTimes()
 
 
 @dataclass(frozen=True)
@@ -94,23 +103,24 @@ def _quote(folder: str) -> str:
 
 
 class _Bounded(imaplib.IMAP4):
-    """imaplib's reads of the server's answers, bounded: each wait for bytes by IMAP_TIMEOUT, each exchange (a
-    command and the whole of its answer, armed by `arm`) by IMAP_EXCHANGE seconds, and by bytes — a server that
-    says nothing, drips its answer a byte at a time or sends without end cannot hold the fetch."""
+    """imaplib's reads of the server's answers, bounded: each wait for bytes by `times.wait`, each exchange (a
+    command and the whole of its answer, armed by `arm`) by `times.exchange` seconds, and by bytes — a server
+    that says nothing, drips its answer a byte at a time or sends without end cannot hold the fetch."""
 
+    times = TIMES
     _deadline = 0.0
     _left = 0
 
     def arm(self, seconds: float | None = None) -> None:
         """A new exchange begins: its time and its bytes run from now."""
-        self._deadline = time.monotonic() + (IMAP_EXCHANGE if seconds is None else seconds)
+        self._deadline = time.monotonic() + (self.times.exchange if seconds is None else seconds)
         self._left = IMAP_FETCH_BYTES + MAX_MESSAGE_BYTES + IMAP_MAX_LINE
 
     def _wait(self) -> None:
         left = self._deadline - time.monotonic()
         if left <= 0:
-            raise TimeoutError(f"no whole answer within {IMAP_EXCHANGE:g} s")
-        self.sock.settimeout(min(IMAP_TIMEOUT, left))
+            raise TimeoutError(f"no whole answer within {self.times.exchange:g} s")
+        self.sock.settimeout(min(self.times.wait, left))
 
     def _spend(self, n: int) -> None:
         self._left -= n
@@ -153,27 +163,29 @@ class _Bounded(imaplib.IMAP4):
 
 
 class _Plain(_Bounded):
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, times: ImapTimes) -> None:
+        self.times = times
         self.arm()  # the greeting
-        super().__init__(host, port, timeout=IMAP_TIMEOUT)
+        super().__init__(host, port, timeout=times.wait)
 
 
 class _Tls(_Bounded, imaplib.IMAP4_SSL):
-    def __init__(self, host: str, port: int, context: ssl.SSLContext) -> None:
-        self.arm()  # the TLS handshake (bounded by IMAP_TIMEOUT as a whole) and the greeting
-        imaplib.IMAP4_SSL.__init__(self, host, port, ssl_context=context, timeout=IMAP_TIMEOUT)
+    def __init__(self, host: str, port: int, context: ssl.SSLContext, times: ImapTimes) -> None:
+        self.times = times
+        self.arm()  # the TLS handshake (bounded by `times.wait` as a whole) and the greeting
+        imaplib.IMAP4_SSL.__init__(self, host, port, ssl_context=context, timeout=times.wait)
 
 
 class Session:
     """One IMAP session: log in, select the folder, fetch its messages, move those taken in."""
 
-    def __init__(self, url: ImapURL, password: str, move_to: str, readonly: bool) -> None:
+    def __init__(self, url: ImapURL, password: str, move_to: str, readonly: bool, times: ImapTimes = TIMES) -> None:
         self.url, self.move_to = url, move_to
         try:
             if url.scheme == "imaps":
-                self.conn: _Bounded = _Tls(url.host, url.port, ssl.create_default_context())
+                self.conn: _Bounded = _Tls(url.host, url.port, ssl.create_default_context(), times)
             else:
-                self.conn = _Plain(url.host, url.port)
+                self.conn = _Plain(url.host, url.port, times)
         except ssl.SSLError as exc:
             raise CampaignError(f"IMAP server {url.host}:{url.port}: TLS failed ({said(exc.reason or exc)}); a "
                                 "private certificate authority goes in SSL_CERT_FILE") from None
@@ -299,7 +311,7 @@ class Session:
         that did not answer in time is not waited for again: the connection is just shut."""
         with contextlib.suppress(Exception):
             if polite:
-                self.conn.arm(min(IMAP_TIMEOUT, 5.0))
+                self.conn.arm(min(self.conn.times.wait, 5.0))
                 self.conn.logout()
             else:
                 self.conn.shutdown()
@@ -328,18 +340,19 @@ def password() -> str:
 
 
 @contextlib.contextmanager
-def session(url: ImapURL, password: str, move_to: str, readonly: bool) -> Iterator[Session]:
+def session(url: ImapURL, password: str, move_to: str, readonly: bool, times: ImapTimes = TIMES
+            ) -> Iterator[Session]:
     """An IMAP session for the time of the `with`, closed after it (politely, unless the server stopped
     answering); a timeout or a lost connection, there or in the `with`, is a CampaignError saying so."""
     where = f"IMAP server {url.host}:{url.port}"
     opened, polite = None, True
     try:
-        opened = Session(url, password, move_to, readonly)
+        opened = Session(url, password, move_to, readonly, times)
         yield opened
     except TimeoutError:
         polite = False
-        raise CampaignError(f"the {where} did not answer in time (nothing for {IMAP_TIMEOUT:g} s, or no whole "
-                            f"answer within {IMAP_EXCHANGE:g} s); what was taken in so far stays, and fetching "
+        raise CampaignError(f"the {where} did not answer in time (nothing for {times.wait:g} s, or no whole "
+                            f"answer within {times.exchange:g} s); what was taken in so far stays, and fetching "
                             "again changes nothing for it") from None
     except (OSError, imaplib.IMAP4.error) as exc:
         raise CampaignError(f"{where}: {said(exc)} (what was taken in so far stays; fetching again changes "
