@@ -729,16 +729,25 @@ def test_a_large_message_is_listed_and_memory_stays_bounded(db_url: str, engine:
 
 
 def test_a_chunk_is_bounded_by_bytes(run_cli: CliRun, engine: Engine, smtpd: SmtpServer, env: Env,
-                                     campaign: Callable[..., None], tmp_path: Path) -> None:
+                                     campaign: Callable[..., None], tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """A chunk (one transaction) ends when its messages' bytes reach `Chunks.max_bytes`, not only after
-    `max_messages` messages: here each message is a chunk of its own, one audit event each."""
+    `max_messages` messages: here each message is a chunk of its own, one audit event each. The campaign's
+    definition is read once for the whole import, not once a chunk."""
     campaign()
     sent = send(run_cli, env, smtpd)
+    parsed: list[str] = []
+
+    def parse(text_: str, source: str) -> Any:
+        parsed.append(source)
+        return parse_definition(text_, source)
+    monkeypatch.setattr(bounces, "parse_definition", parse)  # a spy: it counts, and parses as before
     box = maildir(tmp_path / "Maildir", [bm.postfix(sent[f"user{i}@example.com"]) for i in range(3)])
     result = bounces.import_path(engine, box, "tester", chunks=bounces.Chunks(max_bytes=1))
     assert (result.new, result.bounced) == (3, 3)
     assert rows(engine, "SELECT count(*) FROM audit_event WHERE action = 'bounces.import' AND campaign_id IS NULL") \
         == [(3,)]
+    assert len(parsed) == 1
 
 
 # -- IMAP (Dovecot) ---------------------------------------------------------------------------------------
