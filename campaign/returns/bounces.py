@@ -50,6 +50,7 @@ from campaign.definition import parse_definition
 from campaign.errors import ConfigError
 from campaign.models import BOUNCED, FAILED, SENT
 from campaign.notices import mime
+from campaign.results import Fields
 from campaign.returns import imap, returned
 from campaign.returns.imap import PROCESSED, TIMES, ImapTimes
 from campaign.returns.mailboxes import NOT_A_FILE, TOO_LARGE, Found, Message, MiB, Unread, read_path
@@ -78,8 +79,8 @@ CHUNKS = Chunks()
 
 
 @dataclass
-class ImportResult:
-    """What an import or fetch did (or, under `dry_run`, would do)."""
+class ImportResult(Fields):
+    """What an import or fetch did (or, under `dry_run`, would do); `as_json()` is its fields."""
 
     source: str
     dry_run: bool
@@ -95,9 +96,6 @@ class ImportResult:
     listed: list[dict[str, Any]] = field(default_factory=list)  # unsigned, unmatched, forged, ignored: the first
     moved: int = 0  # IMAP: messages moved to the processed folder
     campaigns: dict[str, dict[str, int]] = field(default_factory=dict)  # per campaign: bounced, failed, suppressed
-
-    def as_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
     def add(self, other: ImportResult) -> None:
         for key in ("messages", "new", "already", "judged_again", "bounced", "failed", "suppressed", "moved"):
