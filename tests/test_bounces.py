@@ -214,7 +214,8 @@ def test_return_path_errors_name_file_and_line(tmp_path: Path, value: str, messa
     with pytest.raises(InputError) as err:
         parse_definition(text_, str(path))
     assert f"{path}:{line}: bounces.return_path: " in str(err.value) and message in str(err.value)
-    with pytest.raises(InputError, match=r"bounces.returnpath: unknown key \(known here: return_path\)"):
+    with pytest.raises(InputError, match=r"bounces.returnpath: unknown key — did you mean `return_path`\? "
+                                         r"\(known here: return_path\)"):
         parse_definition(text_.replace(f"return_path = {value}", '"returnpath" = "x@example.com"'), str(path))
     assert parse_definition(definition(tmp_path).read_text(encoding="utf-8")).return_path == "bounces@example.com"
 
