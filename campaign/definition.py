@@ -6,15 +6,13 @@ Every error names the file, the line where that can be found, and the key: `PATH
 from __future__ import annotations
 
 import datetime as dt
-import difflib
 import re
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
-from urllib.parse import SplitResult
 
 from campaign import urls
 from campaign.addresses import ascii_domain_form
@@ -22,6 +20,7 @@ from campaign.addresses import normalize as normalize_address
 from campaign.errors import InputError, Problem
 from campaign.validation import has_crlf, normalize_country, normalize_locale
 from campaign.verp import parse_return_path  # the token's rules live with the token
+from campaign.wording import did_you_mean
 
 SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
@@ -191,13 +190,6 @@ class _Checker:
                 continue
             out[key] = value
         return out
-
-
-def did_you_mean(word: str, known: Iterable[str]) -> str:
-    """' — did you mean `X`?' for the known word closest to a misspelt one (case aside), or ''."""
-    by_folded = {k.casefold(): k for k in known}
-    close = difflib.get_close_matches(word.casefold(), list(by_folded), n=1, cutoff=0.75)
-    return f" — did you mean `{by_folded[close[0]]}`?" if close else ""
 
 
 def _kind(name: str) -> str:
@@ -542,23 +534,9 @@ def _apply(c: _Checker, raw: dict[str, Any]) -> Apply:
     return Apply(kind, url, batch, token_env, timeout, proxy)
 
 
-def _web_url(url: str, not_web: str, why_no_password: str) -> SplitResult | str:
-    """The parts of an http:// or https:// URL with a host and neither user nor password; else what is wrong
-    (`not_web` when it is no such URL; `why_no_password` says where the secret belongs instead)."""
-    try:
-        parts = urls.split(url)
-    except ValueError as exc:
-        return str(exc)
-    if parts.scheme not in ("https", "http") or not parts.hostname:
-        return not_web
-    if parts.username is not None or parts.password is not None:
-        return f"must carry no user or password ({why_no_password})"
-    return parts
-
-
 def _apply_url_problem(url: str) -> str | None:
     """None when `url` is an https:// URL, or http:// to a loopback host; else what is wrong."""
-    parts = _web_url(url, f"{url!r} must be an https:// URL (http:// only to a loopback host such as 127.0.0.1)",
+    parts = urls.web_parts(url, f"{url!r} must be an https:// URL (http:// only to a loopback host such as 127.0.0.1)",
                      "the bearer token comes from the variable named by token_env")
     if isinstance(parts, str):
         return parts
@@ -577,7 +555,7 @@ def _apply_proxy_problem(proxy: str, url: str | None) -> str | None:
     if url is not None and not url.lower().startswith("https://"):
         return (f"goes only with an https:// url (url is {url!r}: through a proxy, plain http:// would hand it "
                 "the bearer token)")
-    parts = _web_url(proxy, f"{proxy!r} must be an http:// or https:// proxy URL such as 'http://proxy.internal:3128'",
+    parts = urls.web_parts(proxy, f"{proxy!r} must be an http:// or https:// proxy URL such as 'http://proxy.internal:3128'",
                      "the definition holds no secret")
     if isinstance(parts, str):
         return parts

@@ -18,13 +18,13 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 
 from campaign import db, verp
-from campaign.definition import SLUG_RE, Definition, WaveDef, did_you_mean, load_definition, parse_definition
+from campaign.definition import SLUG_RE, Definition, WaveDef, load_definition, parse_definition
 from campaign.errors import ConfigError, NotFound, PreflightFailed, TemplateProblem
 from campaign.notices import proofs
 from campaign.notices.rendering import PARTS, Renderer
 from campaign.store import audience
 from campaign.store import campaigns as campaign_rows
-from campaign.wording import duration
+from campaign.wording import did_you_mean, duration
 
 ERROR, WARNING = "error", "warning"
 # Who asks: `campaign check`, and the verbs that run the preflight before they act.

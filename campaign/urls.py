@@ -4,6 +4,7 @@ this machine, the one place where plain text (no TLS) and a password over it are
 from __future__ import annotations
 
 import ipaddress
+import re
 from urllib.parse import SplitResult, urlsplit
 
 
@@ -17,6 +18,11 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def without_userinfo(url: str) -> str:
+    """`url` with any user and password between `//` and `@` shown as `…` (for a message about the URL)."""
+    return re.sub(r"(//)[^/?#]*@", r"\1…@", url, count=1)
+
+
 def split(url: str) -> SplitResult:
     """`url` split, its port read; ValueError saying what is wrong (white space or a line break in it, a host or
     port that cannot be read)."""
@@ -26,5 +32,19 @@ def split(url: str) -> SplitResult:
         parts = urlsplit(url)
         parts.port  # noqa: B018  (raises ValueError on a bad port)
     except ValueError as exc:
-        raise ValueError(f"{url!r} is not a URL: {exc}") from None
+        raise ValueError(f"{without_userinfo(url)!r} is not a URL: {exc}") from None
+    return parts
+
+
+def web_parts(url: str, not_web: str, why_no_password: str) -> SplitResult | str:
+    """The parts of an http:// or https:// URL with a host and neither user nor password; else what is wrong
+    (`not_web` when it is no such URL; `why_no_password` says where the secret belongs instead)."""
+    try:
+        parts = split(url)
+    except ValueError as exc:
+        return str(exc)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        return not_web
+    if parts.username is not None or parts.password is not None:
+        return f"must carry no user or password ({why_no_password})"
     return parts

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 def duration(seconds: float) -> str:
     """A duration in the two largest units that say it: '4 days', '2 days 6 hours', '90 minutes', '45 seconds'."""
@@ -15,3 +18,10 @@ def duration(seconds: float) -> str:
         if len(parts) == 2 or (parts and not n):
             break
     return " ".join(parts) or "0 seconds"
+
+
+def did_you_mean(word: str, known: Iterable[str]) -> str:
+    """' — did you mean `X`?' for the known word closest to a misspelt one (case aside), or ''."""
+    by_folded = {k.casefold(): k for k in known}
+    close = difflib.get_close_matches(word.casefold(), list(by_folded), n=1, cutoff=0.75)
+    return f" — did you mean `{by_folded[close[0]]}`?" if close else ""

@@ -160,3 +160,21 @@ def test_min_notice_is_a_duration() -> None:
         text = base.replace("require_notice = true", f"require_notice = true\nmin_notice = {bad}")
         msg = problems(text)
         assert f"def.toml:{line_of(text, 'min_notice =')}: migration.min_notice: " in msg and expected in msg, msg
+
+
+def test_an_unknown_key_says_what_was_meant_and_a_required_locale_is_read() -> None:
+    text = example_text().replace("[limits]\n", "[limits]\nrate_per_secnd = 5\n")
+    text = text.replace('default_locale = "en-US"', 'default_locale = "en-US"\nrequired_locales = ["de-de", "ja"]')
+    msg = problems(text)
+    assert (f"def.toml:{line_of(text, 'rate_per_secnd')}: limits.rate_per_secnd: unknown key — did you mean "
+            "`rate_per_second`?") in msg
+    d = parse_definition(text.replace("rate_per_secnd = 5\n", ""), "def.toml")
+    assert d.required_locales == ("de-DE", "ja")
+    bad = text.replace("rate_per_secnd = 5\n", "").replace('"ja"]', '"xx-123"]')
+    assert f"def.toml:{line_of(bad, 'required_locales')}: required_locales: unknown locale 'xx-123'" in problems(bad)
+
+
+def test_a_url_that_cannot_be_read_is_named_without_its_password() -> None:
+    text = example_text().replace("[limits]\n", '[apply]\nkind = "http"\nurl = "https://u:hunter2@[::1/x"\n\n[limits]\n')
+    msg = problems(text)
+    assert "apply.url: 'https://…@[::1/x' is not a URL" in msg and "hunter2" not in msg
