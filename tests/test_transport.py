@@ -16,7 +16,7 @@ import aiosmtplib
 import pytest
 
 from campaign.config import Config
-from campaign.delivery import transport as transport_module
+from campaign.delivery import pipelining
 from campaign.delivery.transport import (
     Envelope,
     MaildirTransport,
@@ -669,7 +669,7 @@ def test_the_private_names_the_fast_path_reaches_are_there(smtpd: SmtpServer) ->
     assert callable(getattr(SMTPProtocol, "_read_response_from_buffer", None))
 
     async def connected() -> tuple[type, object, object, object]:
-        client = transport_module._Client(hostname="127.0.0.1", port=smtpd.port, start_tls=False)
+        client = pipelining.SmtpClient(hostname="127.0.0.1", port=smtpd.port, start_tls=False)
         await client.connect()
         try:
             p = client.protocol
@@ -678,5 +678,5 @@ def test_the_private_names_the_fast_path_reaches_are_there(smtpd: SmtpServer) ->
             await client.quit()
 
     kind, lock, loop, buffer = asyncio.run(connected())
-    assert kind is transport_module._Protocol  # the swap took
+    assert kind is pipelining.PipeliningProtocol  # the swap took
     assert lock is not None and loop is not None and isinstance(buffer, bytearray)
