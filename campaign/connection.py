@@ -125,13 +125,14 @@ def _alone(conn: Connection, on: bool) -> dict[str, Any]:
 class Database:
     """The worker's database threads: every statement of the send loop runs there, while the event loop goes
     on with SMTP. Each thread keeps its own connection (no pool checkout, no ping per transaction) and makes
-    a new one when it is lost. Lanes, a thread each: "commit0", "commit1", … for the outcomes (see
-    COMMIT_LANES), "main" for the rest (claims, the reads after them, heartbeats, looks), so that a commit
+    a new one when it is lost. Lanes, a thread each: "commit0", "commit1", … for the outcomes (see the send's
+    `COMMIT_LANES`), "main" for the rest (claims, the reads after them, heartbeats, looks), so that a commit
     never waits behind a batch's reads.
     On SQLite the two write transactions (a commit, a claim) are short, and reads do not block writers (WAL)."""
 
-    def __init__(self, engine: Engine, commit_lanes: int = 1) -> None:
+    def __init__(self, engine: Engine, commit_lanes: int = 1, retry_for: float | None = None) -> None:
         self.engine = engine
+        self.retry_for = retry_for  # seconds a lost database is waited for (None: RECONNECT_FOR), unless a call says
         self.on_loop = engine.dialect.name == "postgresql"  # see `alone`
         self._loop_connections: dict[str, Any] = {}  # `alone`'s, by lane
         self._local = threading.local()
@@ -182,8 +183,8 @@ class Database:
 
     def _run(self, lane: ThreadPoolExecutor, fn: Callable[..., T], args: tuple[Any, ...], write: bool,
              retry_for: float | None, alone: bool = False) -> T:
-        return retrying(self.engine.dialect.name, lambda: self._once(lane, fn, args, write, alone), retry_for,
-                        stopped=SEND_STOPPED)
+        return retrying(self.engine.dialect.name, lambda: self._once(lane, fn, args, write, alone),
+                        self.retry_for if retry_for is None else retry_for, stopped=SEND_STOPPED)
 
     async def write(self, fn: Callable[..., T], *args: Any, retry_for: float | None = None,
                     lane: str = "main", alone: bool = False) -> T:
@@ -208,7 +209,7 @@ class Database:
         answers. Retried on a new connection while the database is unreachable, as `write` is."""
         import psycopg  # PostgreSQL's driver: installed with it (`pip install 'campaign[postgres]'`)
 
-        backoff = Backoff(retry_for, SEND_STOPPED)
+        backoff = Backoff(self.retry_for if retry_for is None else retry_for, SEND_STOPPED)
         while True:
             conn = self._loop_connections.get(lane)
             try:

@@ -55,7 +55,7 @@ from campaign.store import suppressions
 from campaign.store._lists import among
 from campaign.store._upsert import insert as upsert_insert
 
-LEASE = dt.timedelta(seconds=60)
+LEASE = dt.timedelta(seconds=60)  # the default; a send passes its own (`campaign.delivery.job.Timings`)
 D, A = DELIVERY, ACCOUNT
 EXPIRED_ERROR = "the wave expired before it could be sent"
 
@@ -125,8 +125,8 @@ def _due(now: dt.datetime, ignore_window: bool) -> ColumnElement[bool]:
 
 
 def claim(conn: Connection, wave_id: int, owner: str, limit: int, now: dt.datetime,
-          ignore_window: bool = False) -> list[Claimed]:
-    """Move up to `limit` due deliveries of the wave into `sending`, leased to `owner`; in id order.
+          ignore_window: bool = False, lease: dt.timedelta = LEASE) -> list[Claimed]:
+    """Move up to `limit` due deliveries of the wave into `sending`, leased to `owner` for `lease`; in id order.
 
     On SQLite, run outside a transaction (`campaign.connection.Database.write(…, alone=True)`), the one write lock that
     every process shares is held only while the UPDATE runs: the rows it took are read afterwards, as the
@@ -142,7 +142,7 @@ def claim(conn: Connection, wave_id: int, owner: str, limit: int, now: dt.dateti
     pick = (select(D.c.id).where(D.c.wave_id == wave_id, D.c.state == PENDING, _due(now, ignore_window))
             .order_by(D.c.next_attempt_at).limit(limit).with_for_update(skip_locked=True))
     stmt = (update(D).where(among(conn, D.c.id, pick))
-            .values(state=SENDING, lease_owner=owner, lease_expires_at=now + LEASE, attempts=D.c.attempts + 1,
+            .values(state=SENDING, lease_owner=owner, lease_expires_at=now + lease, attempts=D.c.attempts + 1,
                     updated_at=now))
     if conn.dialect.name != "sqlite":
         rows = conn.execute(stmt.returning(D.c.id, D.c.account_id, D.c.attempts)).all()
@@ -160,17 +160,17 @@ def claim(conn: Connection, wave_id: int, owner: str, limit: int, now: dt.dateti
     return claimed
 
 
-def renew(conn: Connection, owner: str, ids: Sequence[int], now: dt.datetime) -> int:
-    """Extend `owner`'s leases on `ids` (those it still holds); returns how many. A row that a commit of its
-    outcome holds locked at that moment is skipped (it is leaving `sending`; if that commit fails, the next
-    heartbeat renews it): waiting for it, while that commit might wait for a row this transaction holds, is
-    how PostgreSQL deadlocks."""
+def renew(conn: Connection, owner: str, ids: Sequence[int], now: dt.datetime, lease: dt.timedelta = LEASE) -> int:
+    """Extend `owner`'s leases on `ids` (those it still holds) to `lease` from now; returns how many. A row
+    that a commit of its outcome holds locked at that moment is skipped (it is leaving `sending`; if that commit
+    fails, the next heartbeat renews it): waiting for it, while that commit might wait for a row this
+    transaction holds, is how PostgreSQL deadlocks."""
     if not ids:
         return 0
     held = (select(D.c.id).where(D.c.lease_owner == owner, D.c.state == SENDING, among(conn, D.c.id, ids))
             .with_for_update(skip_locked=True))
     result = conn.execute(update(D).where(among(conn, D.c.id, held), D.c.lease_owner == owner, D.c.state == SENDING)
-                          .values(lease_expires_at=now + LEASE))
+                          .values(lease_expires_at=now + lease))
     return int(result.rowcount or 0)
 
 
