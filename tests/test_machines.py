@@ -26,7 +26,7 @@ from sqlalchemy import Engine, text
 
 from campaign.cli import cli
 from campaign.db import make_engine
-from campaign.delivery.sending import HEARTBEAT, RECOUNT
+from campaign.delivery.job import Timings
 from tests.conftest import IN_CI, ROOT, _fresh_database
 from tests.smtpd import SmtpServer
 from tests.waiting import wait_until
@@ -34,8 +34,9 @@ from tests.waiting import wait_until
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 SLUG = "voice-local-processing"
-LEASE_SECONDS = 60  # campaign.store.deliveries.LEASE
-HEARTBEAT_SECONDS = HEARTBEAT  # leases are renewed, lost ones reclaimed and the rate recounted this often
+LEASE_SECONDS = Timings().lease.total_seconds()  # a send's production timings: `campaign send` runs with them
+HEARTBEAT_SECONDS = Timings().heartbeat  # leases are renewed, lost ones reclaimed and the rate recounted this often
+RECOUNT = Timings().recount
 
 
 def _unshare_problem() -> str | None:

@@ -458,21 +458,24 @@ class _SlowTransport:
 def _notice_job(engine: Engine, db_url: str, smtpd: SmtpServer) -> Any:
     """A worker's job for the notice wave, outside the send window's rule."""
     from campaign.config import load_config
-    from campaign.delivery import sending
+    from campaign.delivery.job import Job, SendOptions
 
     config = load_config({"database_url": db_url, "templates": str(ROOT / "templates"), "actor": "tester",
                           "smtp_url": smtpd.url})
     [(campaign_id, wave_id)] = rows(engine, "SELECT campaign_id, id FROM wave WHERE name = 'notice'")
-    return sending._Job(config, int(campaign_id), SLUG, "notice", int(wave_id),  # type: ignore[call-overload]
-                        sending.SendOptions(ignore_window=True))
+    return Job(config, int(campaign_id), SLUG, "notice", int(wave_id),  # type: ignore[call-overload]
+               SendOptions(ignore_window=True))
 
 
 def test_who_counts_as_a_dead_worker(run_cli: CliRun, engine: Engine, smtpd: SmtpServer, ready: object,
                                      db_url: str) -> None:
     # A worker's pid is checked only by a process sharing its process table (same host name, boot and PID
-    # namespace); another machine's worker is left to its lease, unless silent for FORGET_AFTER.
+    # namespace); another machine's worker is left to its lease, unless silent for `forget_after`.
     from campaign import db
     from campaign.delivery import sending
+    from campaign.delivery.heartbeat import machine
+    from campaign.delivery.job import Timings
+    from campaign.delivery.worker import Worker
     from campaign.store import deliveries
     from campaign.store import workers as worker_rows
 
@@ -482,17 +485,17 @@ def test_who_counts_as_a_dead_worker(run_cli: CliRun, engine: Engine, smtpd: Smt
     with db.write(engine) as conn:
         sending.prepare(conn, SLUG, "notice", True, now)
     gone = 2 ** 22 + 12345  # above any pid this machine gives out (pid_max is at most 2**22)
-    me = sending.machine()
+    me = machine()
     owners = {"here-dead": (me, gone, now), "elsewhere": (me.split("#")[0] + "#000000000000", gone, now),
-              "silent": ("far-away#0", 1, now - sending.FORGET_AFTER - dt.timedelta(seconds=1))}
+              "silent": ("far-away#0", 1, now - Timings().forget_after - dt.timedelta(seconds=1))}
     with db.write(engine) as conn:
         for owner, (host, pid, beat) in owners.items():
             worker_rows.beat(conn, owner, host, pid, int(campaign_id), int(wave_id), beat)
             deliveries.claim(conn, int(wave_id), owner, 3, now, True)
-    worker = sending.Worker(engine, job)
+    worker = Worker(engine, job)
     try:
         with db.write(engine) as conn:
-            worker._beat_tx(conn, [], now)
+            worker.heart.beat_tx(conn, [], now)
     finally:
         worker.db.close()
     left = {r[0] for r in rows(engine, "SELECT id FROM worker")}
@@ -516,6 +519,8 @@ def test_a_worker_left_without_work_ends_soon_after_the_others_messages_are_reco
 
     from campaign import db
     from campaign.delivery import sending
+    from campaign.delivery.heartbeat import machine
+    from campaign.delivery.worker import Worker
     from campaign.store import deliveries
     from campaign.store import workers as worker_rows
 
@@ -524,7 +529,7 @@ def test_a_worker_left_without_work_ends_soon_after_the_others_messages_are_reco
     now = db.utcnow()
     with db.write(engine) as conn:
         sending.prepare(conn, SLUG, "notice", True, now)
-        worker_rows.beat(conn, "other", sending.machine(), os.getpid(), int(campaign_id), int(wave_id), now)
+        worker_rows.beat(conn, "other", machine(), os.getpid(), int(campaign_id), int(wave_id), now)
         held = deliveries.claim(conn, int(wave_id), "other", 100, now, True)
     assert len(held) == 40
     looks: list[tuple[float, int]] = []  # when each look of the worker began, and what it found under way
@@ -549,7 +554,7 @@ def test_a_worker_left_without_work_ends_soon_after_the_others_messages_are_reco
                                                                     message_id=f"<{c.id}@x>") for c in held])
             recorded.append((time.monotonic(), len(looks)))
 
-    worker = sending.Worker(engine, job)
+    worker = Worker(engine, job)
     recorder = threading.Thread(target=record)
     recorder.start()
     try:
@@ -567,7 +572,7 @@ def test_a_worker_left_without_work_ends_soon_after_the_others_messages_are_reco
 
 
 def test_machine_differs_across_pid_namespaces() -> None:
-    code = "from campaign.delivery.sending import machine; print(machine())"
+    code = "from campaign.delivery.heartbeat import machine; print(machine())"
     here = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert here.startswith(os.uname().nodename + "#")
     unshare = shutil.which("unshare")
@@ -582,21 +587,20 @@ def test_machine_differs_across_pid_namespaces() -> None:
 
 
 def test_leases_are_renewed_while_a_slow_batch_is_in_flight(run_cli: CliRun, engine: Engine, smtpd: SmtpServer,
-                                                           ready: object, db_url: str,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+                                                           ready: object, db_url: str) -> None:
     import threading
 
     from campaign import db
     from campaign.config import load_config
     from campaign.delivery import sending
     from campaign.store import deliveries
-    monkeypatch.setattr(deliveries, "LEASE", dt.timedelta(seconds=1.2))
-    monkeypatch.setattr(sending, "HEARTBEAT", 0.1)
+    timings = sending.Timings(lease=dt.timedelta(seconds=1.2), heartbeat=0.1)
     config = load_config({"database_url": db_url, "templates": str(ROOT / "templates"), "actor": "tester"})
     slow = _SlowTransport(0.4)  # 40 messages, 4 at a time: about 4 s, over three leases long
     done: list[object] = []
     thread = threading.Thread(target=lambda: done.append(sending.send_wave(
-        engine, config, SLUG, "notice", sending.SendOptions(ignore_window=True, workers=1), transport=slow)))
+        engine, config, SLUG, "notice", sending.SendOptions(ignore_window=True, workers=1, timings=timings),
+        transport=slow)))
     thread.start()
     taken = 0
     wave_id = rows(engine, "SELECT id FROM wave WHERE name = 'notice'")[0][0]
@@ -656,22 +660,18 @@ def test_postgres_restarting_mid_send_does_not_hang_it(own_postgres: _OwnPostgre
 @pytest.mark.slow
 @pytest.mark.postgres
 def test_postgres_gone_for_good_stops_the_send_and_a_rerun_recovers(own_postgres: _OwnPostgres, smtpd: SmtpServer,
-                                                                   tmp_path: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                   tmp_path: Path) -> None:
     import threading
 
     from campaign import connection
     from campaign.config import load_config
     from campaign.db import make_engine
     from campaign.delivery import sending
-    from campaign.store import deliveries
     run = _own_cli(own_postgres.url)
     _ready_on(run, tmp_path, SLOW.replace("rate_per_second = 40", "rate_per_second = 10"))
-    monkeypatch.setattr(connection, "RECONNECT_FOR", 2.0)
-    # The rerun takes back what was in flight once its leases run out (their worker, this process, is alive):
-    # short leases, renewed often, so that the test does not wait out a minute.
-    monkeypatch.setattr(deliveries, "LEASE", dt.timedelta(seconds=10))
-    monkeypatch.setattr(sending, "HEARTBEAT", 1.0)
+    # The database given up after 2 s. The rerun takes back what was in flight once its leases run out (their
+    # worker, this process, is alive): short leases, renewed often, so that the test does not wait out a minute.
+    timings = sending.Timings(reconnect_for=2.0, lease=dt.timedelta(seconds=10), heartbeat=1.0)
     config = load_config({"database_url": own_postgres.url, "smtp_url": smtpd.url,
                           "templates": str(ROOT / "templates"), "actor": "tester"})
     engine = make_engine(own_postgres.url)
@@ -679,7 +679,7 @@ def test_postgres_gone_for_good_stops_the_send_and_a_rerun_recovers(own_postgres
 
     def send_now() -> None:
         try:
-            sending.send_wave(engine, config, SLUG, "notice", sending.SendOptions(workers=1))
+            sending.send_wave(engine, config, SLUG, "notice", sending.SendOptions(workers=1, timings=timings))
         except BaseException as exc:
             raised.append(exc)
 
@@ -729,17 +729,16 @@ def test_the_send_clocks_only_the_idle_time_spent_waiting_on_the_database() -> N
     the idle wait counted is at most the time it took, and at least half of the 0.2 s slept — the loop begins
     to wait moments after the sleep does, and the half leaves a loaded machine 0.1 s for those moments."""
     import asyncio
-    from types import SimpleNamespace
 
-    from campaign.delivery import sending
+    from campaign.delivery.waits import IdleClock, Waits
 
-    worker = SimpleNamespace(_on_db=0)
-    clock = sending._IdleClock(worker)  # type: ignore[arg-type]
+    waits = Waits()
+    clock = IdleClock(waits)
 
     async def main() -> None:
         await asyncio.sleep(0.2)  # idle, nothing waits on the database: not counted
         assert clock.held == 0.0
-        worker._on_db = 1
+        waits.on_db = 1
         started = time.perf_counter()
         await asyncio.sleep(0.2)  # idle while a task waits on the database: counted
         took = time.perf_counter() - started

@@ -7,8 +7,8 @@ import datetime as dt
 import random
 
 from campaign.definition import SendWindow
-from campaign.delivery.sending import Compose, Triage, after_send, handed_back
 from campaign.delivery.transport import Outcome
+from campaign.delivery.triage import Compose, Triage, after_send, handed_back
 from campaign.policies import RetryPolicy, WindowCache
 from campaign.recipients import DeviceView, Recipient
 from campaign.store.deliveries import Claimed, Result

@@ -83,5 +83,5 @@ class Transport(Protocol):
     async def send(self, envelope: Envelope, gate: Gate | None = None) -> Outcome:
         """Send one message. `gate`, when given, is awaited once just before the message can be accepted
         (on SMTP: after the server said 354, before the data goes): the caller's chance to make sure it can
-        record the outcome (see `campaign.delivery.sending`). An exception from it abandons the message unsent."""
+        record the outcome (see `campaign.delivery.recorder`). An exception from it abandons the message unsent."""
         ...
