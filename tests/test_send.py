@@ -505,8 +505,7 @@ def test_who_counts_as_a_dead_worker(run_cli: CliRun, engine: Engine, smtpd: Smt
 
 
 def test_a_worker_left_without_work_ends_soon_after_the_others_messages_are_recorded(
-        run_cli: CliRun, engine: Engine, smtpd: SmtpServer, ready: object, db_url: str,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        run_cli: CliRun, engine: Engine, smtpd: SmtpServer, ready: object, db_url: str) -> None:
     """Every delivery is under way with another live worker (this process): the worker finds nothing to claim
     and waits for them, looking again soon, then less often. Once they are recorded it ends, rather than
     sleeping a second first (which held every send of several workers up by up to a second at its end).
@@ -534,17 +533,18 @@ def test_a_worker_left_without_work_ends_soon_after_the_others_messages_are_reco
     assert len(held) == 40
     looks: list[tuple[float, int]] = []  # when each look of the worker began, and what it found under way
     looked_twice = threading.Event()
-    outlook = deliveries.outlook
+    worker = Worker(engine, job)
+    outlook = worker.feed.look
 
-    def look(conn: Any, *args: Any) -> Any:
+    async def look() -> deliveries.Outlook:  # this worker's looks, seen as they happen
         began = time.monotonic()
-        seen = outlook(conn, *args)
+        seen = await outlook()
         looks.append((began, seen.in_flight))
         if len(looks) == 2:
             looked_twice.set()
         return seen
 
-    monkeypatch.setattr(deliveries, "outlook", look)
+    worker.feed.look = look  # type: ignore[method-assign]
     recorded: list[tuple[float, int]] = []  # when the record was committed, and the looks that had begun by then
 
     def record() -> None:
@@ -554,7 +554,6 @@ def test_a_worker_left_without_work_ends_soon_after_the_others_messages_are_reco
                                                                     message_id=f"<{c.id}@x>") for c in held])
             recorded.append((time.monotonic(), len(looks)))
 
-    worker = Worker(engine, job)
     recorder = threading.Thread(target=record)
     recorder.start()
     try:
