@@ -10,11 +10,10 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 
-from campaign import db
+from campaign import db, preflight
 from campaign.definition import Definition, load_definition, parse_definition
 from campaign.errors import NotFound, StateError
 from campaign.models import CANCELLED, DRAFT, PAUSED, SCHEDULED
-from campaign.notices.proofs import check_campaign
 from campaign.notices.rendering import Renderer
 from campaign.store import audience
 from campaign.store import campaigns as store
@@ -143,9 +142,14 @@ def create_from_file(engine: Engine, path: Path, templates: Path, actor: str, *,
     any template or data error, with its file and line), and register it."""
     definition = load_definition(path, templates)
     renderer = Renderer(definition, templates)
-    result = create(engine, definition, actor, replace=replace, dry_run=dry_run,
-                    check=lambda conn, d: check_campaign(conn, d, renderer))
-    result["rendered"] = result.pop("checked")
+
+    def check(conn: Connection, d: Definition) -> preflight.Preflight:
+        return preflight.refuse_on_errors(preflight.run(conn, d, renderer, preflight.CREATE))
+
+    result = create(engine, definition, actor, replace=replace, dry_run=dry_run, check=check)
+    found: preflight.Preflight = result.pop("checked")
+    result["rendered"] = found.rendered
+    result["warnings"] = [f.as_json() for f in found.warnings]
     return result
 
 

@@ -68,6 +68,7 @@ class Preflight:
     asked_by: str
     errors: tuple[Finding, ...]
     warnings: tuple[Finding, ...]
+    rendered: int = 0  # sample messages rendered without error (one per wave × locale of the audience)
 
     @property
     def ok(self) -> bool:
@@ -112,12 +113,12 @@ def refuse_on_errors(result: Preflight) -> Preflight:
     return result
 
 
-def sort(campaign: str, findings: Iterable[Finding], asked_by: str) -> Preflight:
+def sort(campaign: str, findings: Iterable[Finding], asked_by: str, rendered: int = 0) -> Preflight:
     errors: list[Finding] = []
     warnings: list[Finding] = []
     for f in findings:
         (warnings if asked_by in CODES[f.code] else errors).append(f)
-    return Preflight(campaign, asked_by, tuple(errors), tuple(warnings))
+    return Preflight(campaign, asked_by, tuple(errors), tuple(warnings), rendered)
 
 
 def run(conn: Connection, d: Definition, renderer: Renderer, asked_by: str = CHECK,
@@ -129,12 +130,14 @@ def run(conn: Connection, d: Definition, renderer: Renderer, asked_by: str = CHE
     findings += secret_findings(d)
     template_problems = template_findings(d, renderer)
     findings += template_problems
+    rendered = 0
     if not template_problems:
         findings += locale_findings(conn, d, renderer)
-        findings += render_findings(conn, d, renderer)
+        problem, rendered = render_findings(conn, d, renderer)
+        findings += problem
     findings += timing_findings(conn, d)
     findings += extra
-    return sort(d.slug, findings, asked_by)
+    return sort(d.slug, findings, asked_by, rendered)
 
 
 # -- the audience -------------------------------------------------------------------------------------
@@ -150,9 +153,10 @@ def audience_findings(conn: Connection, d: Definition) -> list[Finding]:
     """unknown-setting, unknown-value, empty-audience."""
     keys = audience.setting_keys(conn)
     if d.setting not in keys:
-        if not keys:
-            return [Finding("unknown-setting", f"no device has any setting: import devices first "
-                                               f"(the campaign changes `{d.setting}`)", {"setting": d.setting})]
+        if not keys:  # nothing imported yet: nobody to reach, and no setting to compare the name with
+            return [Finding("empty-audience", f"no devices are imported yet, so the campaign reaches nobody "
+                                              f"(import devices, then run `campaign check {d.slug}`)",
+                            {"devices_with_value": 0})]
         by_count = dict(sorted(keys.items(), key=lambda kv: (-kv[1], kv[0])))
         return [Finding("unknown-setting",
                         f"no imported device has the setting `{d.setting}`; the devices have {_counted(by_count)}"
@@ -262,13 +266,12 @@ def locale_findings(conn: Connection, d: Definition, renderer: Renderer) -> list
     return out
 
 
-def render_findings(conn: Connection, d: Definition, renderer: Renderer) -> list[Finding]:
-    """template-error: a sample of every wave × locale of the audience does not render."""
+def render_findings(conn: Connection, d: Definition, renderer: Renderer) -> tuple[list[Finding], int]:
+    """template-error: a sample of every wave × locale of the audience does not render. Also how many did."""
     try:
-        proofs.check_campaign(conn, d, renderer)
+        return [], proofs.check_campaign(conn, d, renderer)
     except TemplateProblem as exc:
-        return [Finding("template-error", str(exc))]
-    return []
+        return [Finding("template-error", str(exc))], 0
 
 
 # -- time ---------------------------------------------------------------------------------------------

@@ -69,7 +69,8 @@ def test_create_twice_refuses_and_replace_works(run_cli: CliRun, engine: Engine,
     # A wave without templates is refused, and the campaign keeps its definition.
     renamed = write_file("def2.toml", EXAMPLE.read_text().replace('name = "reminder"', 'name = "last-call"'))
     refused = run_cli("create", str(renamed), "--replace")
-    assert refused.exit_code == 2 and "last-call.subject.j2: missing" in refused.stderr
+    assert refused.exit_code == 2 and "[missing-templates]: no template for `en-US` / `last-call`" in refused.stderr
+    assert "last-call.subject.j2" in refused.stderr  # where it looked
     with engine.connect() as conn:
         assert "reminder" in conn.execute(text("SELECT name FROM wave")).scalars().all()
 

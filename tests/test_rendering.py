@@ -158,7 +158,8 @@ def test_create_refuses_a_missing_default_template(run_cli: CliRun, templates: P
     (templates / TEMPLATE / "en-US" / "reminder.subject.j2").unlink()
     result = create(run_cli, templates)
     assert result.exit_code == 2
-    assert "en-US/reminder.subject.j2: missing" in result.stderr
+    assert "no template for `en-US` / `reminder` (looked for " in result.stderr
+    assert "en-US/reminder.subject.j2" in result.stderr and "Traceback" not in result.output
 
 
 def test_preview_shows_headers_and_text(run_cli: CliRun) -> None:
