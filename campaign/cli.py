@@ -928,8 +928,8 @@ def flip_cmd(app: App, slug: str, before_cutoff: bool, include_unnotified: bool,
     """
     from campaign.cutoff import flip as flipping
 
-    result = flipping.flip(app.engine(), slug, app.config.actor, before_cutoff=before_cutoff,
-                           include_unnotified=include_unnotified, dry_run=dry_run, batch_size=batch_size)
+    result = flipping.flip(app.engine(), slug, app.config.actor, flipping.FlipOptions(
+        before_cutoff=before_cutoff, include_unnotified=include_unnotified, dry_run=dry_run, batch_size=batch_size))
     stopped = _stopped(result, "flip")
     if as_json:
         _json_result(result.as_json(), stopped)
@@ -952,7 +952,8 @@ def rollback_cmd(app: App, slug: str, batch_size: int, dry_run: bool, as_json: b
     """
     from campaign.cutoff import flip as flipping
 
-    result = flipping.rollback(app.engine(), slug, app.config.actor, dry_run=dry_run, batch_size=batch_size)
+    result = flipping.rollback(app.engine(), slug, app.config.actor, flipping.Options(dry_run=dry_run,
+                                                                                      batch_size=batch_size))
     stopped = _stopped(result, "rollback")
     if as_json:
         _json_result(result.as_json(), stopped)

@@ -37,6 +37,7 @@ N = 40
 SETTING = "voice_recordings"
 AFTER = dt.datetime(2025, 3, 28, 7, 5, tzinfo=dt.UTC)
 FAST = apply.Retry(attempts=4, base=0.01, cap=0.05)  # in-process runs: retries without the real waits
+QUICK = flip.Service(retry=FAST, sleep=lambda _s: None)
 
 
 def apply_section(url: str, batch: int = 16, timeout: float = 5.0, extra: str = "") -> str:
@@ -147,7 +148,7 @@ def test_503_then_success_under_the_same_key(engine: Engine, setup: Callable[...
     setup()
     settingsd.script("503", "503")
     waits: list[float] = []
-    result = flip.flip(engine, SLUG, "ops", now=AFTER, retry=FAST, sleep=waits.append)
+    result = flip.flip(engine, SLUG, "ops", now=AFTER, service=flip.Service(retry=FAST, sleep=waits.append))
     assert result.apply is not None
     assert (result.changed, result.apply["retries"], result.apply["batches"]) == (N, 2, 3)
     assert [r.answered for r in settingsd.requests] == ["503", "503", "200", "200", "200"]
@@ -165,7 +166,7 @@ def test_hang_past_the_timeout_then_retry(engine: Engine, setup: Callable[..., N
     # The first batch is applied at the service, but its answer never comes: the retry must not apply it again.
     settingsd.script("apply_then_hang", "hang")
     started = time.monotonic()
-    result = flip.flip(engine, SLUG, "ops", now=AFTER, retry=FAST, sleep=lambda _s: None)
+    result = flip.flip(engine, SLUG, "ops", now=AFTER, service=QUICK)
     assert time.monotonic() - started >= 1.0  # two timeouts of 0.5 s
     assert result.apply is not None and result.apply["retries"] == 2 and result.changed == N
     assert [r.answered for r in settingsd.requests][:3] == ["apply_then_hang", "hang", "200 replay"]
@@ -183,7 +184,7 @@ def test_refused_connection_is_retried_then_waits_for_the_next_run(
     probe.stop()
     setup(url=dead)
     waits: list[float] = []
-    result = flip.flip(engine, SLUG, "ops", now=AFTER, retry=FAST, sleep=waits.append)
+    result = flip.flip(engine, SLUG, "ops", now=AFTER, service=flip.Service(retry=FAST, sleep=waits.append))
     assert result.apply is not None and result.changed == 0 and len(waits) == FAST.attempts - 1
     assert result.apply["unavailable"] and "connection failed" in result.apply["unavailable"]
     assert result.apply["waiting"] == N and result.apply["paused"] is None  # the transaction's three requests
@@ -333,7 +334,7 @@ def test_a_value_outside_the_rule_pauses_the_batch_and_is_stored_nowhere(
         settingsd.script("value save_all")
     else:
         settingsd.hold("d00003", SETTING, JUNK)  # a conflict that reports it
-    result = flip.flip(engine, SLUG, "ops", now=AFTER, retry=FAST, sleep=lambda _s: None)
+    result = flip.flip(engine, SLUG, "ops", now=AFTER, service=QUICK)
     assert result.apply is not None and result.changed == 0 and result.apply["applied"] == 0
     paused = str(result.apply["paused"])
     assert "the settings service refused batch" in paused
@@ -356,7 +357,7 @@ def test_a_dripping_answer_is_cut_at_timeout_seconds_then_tried_again(
     setup(timeout=2)
     settingsd.script("drip")
     started = time.monotonic()
-    result = flip.flip(engine, SLUG, "ops", now=AFTER, retry=FAST, sleep=lambda _s: None)
+    result = flip.flip(engine, SLUG, "ops", now=AFTER, service=QUICK)
     took = time.monotonic() - started
     assert result.apply is not None and (result.changed, result.apply["retries"]) == (N, 1)
     assert 2 <= took < 6, took
@@ -421,7 +422,7 @@ def test_proxies_from_the_environment_are_not_used(
     with Listener() as proxy:
         for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
             monkeypatch.setenv(var, proxy.url)
-        result = flip.flip(engine, SLUG, "ops", now=AFTER, retry=FAST, sleep=lambda _s: None)
+        result = flip.flip(engine, SLUG, "ops", now=AFTER, service=QUICK)
     assert proxy.received == []
     assert result.apply is not None and (result.changed, result.apply["retries"]) == (N, 0)
     assert [r.answered for r in settingsd.requests] == ["200"] * 3
@@ -475,10 +476,10 @@ def test_rollback_settles_the_flips_waiting_batches_first(
         engine: Engine, setup: Callable[..., None], settingsd: SettingsService, token: str) -> None:  # noqa: F811
     setup()
     settingsd.script("401")
-    paused = flip.flip(engine, SLUG, "ops", now=AFTER, retry=FAST, sleep=lambda _s: None)
+    paused = flip.flip(engine, SLUG, "ops", now=AFTER, service=QUICK)
     assert paused.apply is not None and paused.apply["paused"] and paused.apply["waiting"] == N
     # The rollback asks the service about the flip's batches first (applied now), then rolls all back.
-    result = flip.rollback(engine, SLUG, "ops", now=AFTER, retry=FAST, sleep=lambda _s: None)
+    result = flip.rollback(engine, SLUG, "ops", now=AFTER, service=QUICK)
     assert result.apply is not None and result.apply["resent_batches"] == 3
     assert (result.rolled_back, result.left) == (N, 0)
     assert settingsd.keys()[1] == settingsd.keys()[0]
