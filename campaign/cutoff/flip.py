@@ -102,7 +102,7 @@ def _flip_local(s: Session, c: campaigns.CampaignRow, plan: store.Plan, clock: C
     step = flip_step(c.slug, plan, clock, options.batch_size, Local())
     # After a lost connection, the changed count is the campaign's change rows `changed` now, less those before
     # the run; the batches are those that committed, over every run.
-    _progress, since = s.resuming(lambda: run_batches(s.batches, step, progress), lambda: progress.batches,
+    _, since = s.resuming(lambda: run_batches(s.batches, step, progress), lambda: progress.batches,
                           lambda conn: store.outlook(conn, c.id).counts[CHANGED])
     changed = progress.done if since is None else since
     return _close_flip(s, c, changed, progress.batches, started, noted, None, audit_empty)
@@ -116,7 +116,7 @@ def _flip_remote(s: Session, c: campaigns.CampaignRow, plan: store.Plan, clock: 
     assert c.definition.apply.url is not None
     tally = ApplyTally(c.definition.apply.url)
     step = flip_step(c.slug, plan, clock, options.batch_size, Remote(c))
-    batches = 0
+    batches = 0  # the transactions of the run that went to its end: none when the service stopped it
     with s.sender(c, tally, service) as sender:
         def run() -> int:
             # Run again after a lost database (as the flip without a service does): the batches recorded but not
