@@ -3,12 +3,13 @@ service, and the devices it lists by name."""
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+from campaign.results import Fields
 
 LISTED = 1000  # devices listed by name in a result (held back, waiting, left); the counts are always whole
 
@@ -88,7 +89,7 @@ class RollbackResult:
 
 
 @dataclass
-class ApplyTally:
+class ApplyTally(Fields):
     """What one run did with the settings service (under a dry run: would do; the service's answers unknown)."""
 
     url: str
@@ -108,9 +109,6 @@ class ApplyTally:
     @property
     def stopped(self) -> str | None:
         return self.paused or self.unavailable
-
-    def as_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
     def audit(self) -> dict[str, Any]:
         """The audit event's detail: the counts and reasons, without the device lists."""
