@@ -184,8 +184,8 @@ def _min_notice_seconds(d: Definition) -> int | None:
 # -- leadership ------------------------------------------------------------------------------------------
 
 class Leadership:
-    """Who leads: a lease row (both databases; renewed on every tick) and, on PostgreSQL, a session advisory lock
-    held on a connection of its own, which the server releases the moment the leader's process dies."""
+    """Who leads: a lease row (both databases; renewed every third of the lease) and, on PostgreSQL, a session
+    advisory lock held on a connection of its own, which the server releases the moment the leader's process dies."""
 
     def __init__(self, engine: Engine, holder: str, lease: dt.timedelta = dt.timedelta(seconds=LEASE_SECONDS)) -> None:
         self.engine, self.holder, self.lease = engine, holder, lease
