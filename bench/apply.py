@@ -124,7 +124,7 @@ def run_ours(url: str) -> tuple[int, float]:
     engine = make_engine(url)
     try:
         start = time.perf_counter()
-        result = flip.flip(engine, SLUG, "bench", before_cutoff=True)
+        result = flip.flip(engine, SLUG, "bench", flip.FlipOptions(before_cutoff=True))
         elapsed = time.perf_counter() - start
     finally:
         engine.dispose()

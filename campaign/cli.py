@@ -743,14 +743,17 @@ def scheduler_group() -> None:
 @click.option("--poll", type=click.FloatRange(min=0.1), default=scheduling.TICK_SECONDS, show_default=True,
               metavar="SECONDS", help="How often to look for work besides each step's own alarm: send windows "
               "that opened, retries, fair notice that has run; also how often the lead is renewed.")
+@click.option("--lease", type=click.FloatRange(min=3), default=scheduling.LEASE_SECONDS, show_default=True,
+              metavar="SECONDS", help="How long the lead holds unrenewed (it is renewed every third of it): a "
+              "standby takes over within this once the leader dies. Give every scheduler of a database the same.")
 @click.option("--bounces", "bounces_url", metavar="URL", help="Take in returned mail from this IMAP folder "
               "(imaps://USER@HOST/FOLDER, password in CAMPAIGN_IMAP_PASSWORD), as `bounces fetch` does.")
 @click.option("--bounces-every", type=click.FloatRange(min=1), default=scheduling.BOUNCES_EVERY, show_default=True,
               metavar="SECONDS", help="How often --bounces is fetched.")
 @click.option("-v", "--verbose", is_flag=True, help="Log more (one line per step is always logged).")
 @pass_app
-def scheduler_run(app: App, once: bool, workers: int, poll: float, bounces_url: str | None, bounces_every: float,
-                  verbose: bool) -> None:
+def scheduler_run(app: App, once: bool, workers: int, poll: float, lease: float, bounces_url: str | None,
+                  bounces_every: float, verbose: bool) -> None:
     """Run every due wave and flip of every scheduled campaign, now and as they come due.
 
     \b
@@ -769,8 +772,8 @@ def scheduler_run(app: App, once: bool, workers: int, poll: float, bounces_url: 
     if not verbose:
         for noisy in ("apscheduler", "alembic"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
-    performed, also = scheduling.run(app.engine(), app.config, once=once, workers=workers, poll=poll,
-                                     bounces=bounces_url, bounces_every=bounces_every)
+    performed, also = scheduling.run(app.engine(), app.config, once=once, workers=workers, bounces=bounces_url,
+                                     timings=scheduling.Timings(tick=poll, lease=lease, bounces_every=bounces_every))
     if once:
         click.echo(f"did {len(performed)} step(s)" + (f": {', '.join(performed)}" if performed else "")
                    + (f"; also {', '.join(also)}" if also else ""))
@@ -928,8 +931,8 @@ def flip_cmd(app: App, slug: str, before_cutoff: bool, include_unnotified: bool,
     """
     from campaign.cutoff import flip as flipping
 
-    result = flipping.flip(app.engine(), slug, app.config.actor, before_cutoff=before_cutoff,
-                           include_unnotified=include_unnotified, dry_run=dry_run, batch_size=batch_size)
+    result = flipping.flip(app.engine(), slug, app.config.actor, flipping.FlipOptions(
+        before_cutoff=before_cutoff, include_unnotified=include_unnotified, dry_run=dry_run, batch_size=batch_size))
     stopped = _stopped(result, "flip")
     if as_json:
         _json_result(result.as_json(), stopped)
@@ -952,7 +955,8 @@ def rollback_cmd(app: App, slug: str, batch_size: int, dry_run: bool, as_json: b
     """
     from campaign.cutoff import flip as flipping
 
-    result = flipping.rollback(app.engine(), slug, app.config.actor, dry_run=dry_run, batch_size=batch_size)
+    result = flipping.rollback(app.engine(), slug, app.config.actor, flipping.Options(dry_run=dry_run,
+                                                                                      batch_size=batch_size))
     stopped = _stopped(result, "rollback")
     if as_json:
         _json_result(result.as_json(), stopped)

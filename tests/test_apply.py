@@ -37,6 +37,7 @@ N = 40
 SETTING = "voice_recordings"
 AFTER = dt.datetime(2025, 3, 28, 7, 5, tzinfo=dt.UTC)
 FAST = apply.Retry(attempts=4, base=0.01, cap=0.05)  # in-process runs: retries without the real waits
+QUICK = flip.Service(retry=FAST, sleep=lambda _s: None)
 
 
 def apply_section(url: str, batch: int = 16, timeout: float = 5.0, extra: str = "") -> str:
@@ -147,7 +148,7 @@ def test_503_then_success_under_the_same_key(engine: Engine, setup: Callable[...
     setup()
     settingsd.script("503", "503")
     waits: list[float] = []
-    result = flip.flip(engine, SLUG, "ops", now=AFTER, retry=FAST, sleep=waits.append)
+    result = flip.flip(engine, SLUG, "ops", now=AFTER, service=flip.Service(retry=FAST, sleep=waits.append))
     assert result.apply is not None
     assert (result.changed, result.apply["retries"], result.apply["batches"]) == (N, 2, 3)
     assert [r.answered for r in settingsd.requests] == ["503", "503", "200", "200", "200"]
@@ -165,7 +166,7 @@ def test_hang_past_the_timeout_then_retry(engine: Engine, setup: Callable[..., N
     # The first batch is applied at the service, but its answer never comes: the retry must not apply it again.
     settingsd.script("apply_then_hang", "hang")
     started = time.monotonic()
-    result = flip.flip(engine, SLUG, "ops", now=AFTER, retry=FAST, sleep=lambda _s: None)
+    result = flip.flip(engine, SLUG, "ops", now=AFTER, service=QUICK)
     assert time.monotonic() - started >= 1.0  # two timeouts of 0.5 s
     assert result.apply is not None and result.apply["retries"] == 2 and result.changed == N
     assert [r.answered for r in settingsd.requests][:3] == ["apply_then_hang", "hang", "200 replay"]
@@ -183,7 +184,7 @@ def test_refused_connection_is_retried_then_waits_for_the_next_run(
     probe.stop()
     setup(url=dead)
     waits: list[float] = []
-    result = flip.flip(engine, SLUG, "ops", now=AFTER, retry=FAST, sleep=waits.append)
+    result = flip.flip(engine, SLUG, "ops", now=AFTER, service=flip.Service(retry=FAST, sleep=waits.append))
     assert result.apply is not None and result.changed == 0 and len(waits) == FAST.attempts - 1
     assert result.apply["unavailable"] and "connection failed" in result.apply["unavailable"]
     assert result.apply["waiting"] == N and result.apply["paused"] is None  # the transaction's three requests
@@ -276,31 +277,33 @@ def test_a_service_echoing_the_token_leaks_it_nowhere(
         run_cli: CliRun, engine: Engine, setup: Callable[..., None], settingsd: SettingsService,  # noqa: F811
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """G11: a 401 and 503s whose reason phrase (and body) carry the bearer token, a result whose status is the token,
-    a conflict whose value is: neither the CLI's output nor any table nor `status`, `log` or the HTML report holds
-    it."""
+    a conflict whose value is: neither the CLI's output (for the 503s, the result it prints) nor any table nor
+    `status`, `log` or the HTML report holds it."""
     setup()
-    monkeypatch.setattr(apply.Retry, "delay", lambda self, failed, rnd=None: 0.0)  # the CLI's 8 tries at once
     env = {"CAMPAIGN_APPLY_TOKEN": TOKEN}
-    said = []
+    said: list[str] = []
     settingsd.script("401 echo")
     refused = run_cli("flip", SLUG, "--before-cutoff", env=env)
     assert refused.exit_code == 1 and "HTTP 401 Scripted 401 for Bearer ***" in refused.stderr
-    said.append(refused)
+    said.append(refused.stdout + refused.stderr)
+    # The production policy's 8 tries, without its waits: in-process, the policy passed in.
     settingsd.script(*["503 echo"] * apply.Retry().attempts)
-    unavailable = run_cli("flip", SLUG, env=env)
-    assert unavailable.exit_code == 1 and "HTTP 503 Scripted 503 for Bearer ***" in unavailable.stderr
-    said.append(unavailable)
+    monkeypatch.setenv("CAMPAIGN_APPLY_TOKEN", TOKEN)
+    unavailable = flip.flip(engine, SLUG, "tester", service=flip.Service(sleep=lambda _s: None))
+    assert unavailable.apply is not None
+    assert "HTTP 503 Scripted 503 for Bearer ***" in (unavailable.apply["unavailable"] or "")
+    said.append(json.dumps(unavailable.as_json()))
     settingsd.script("status echo")
     outside = run_cli("flip", SLUG, env=env)
     assert outside.exit_code == 1
     assert "a result's status is none of applied, conflict, unknown_device" in outside.stderr
-    said.append(outside)
+    said.append(outside.stdout + outside.stderr)
     # A conflict whose value is the token (the service forgot its answer, and took the token for a value).
     settingsd.answers.clear()
     settingsd.hold("d00000", SETTING, f"Bearer {TOKEN}")
     value = run_cli("flip", SLUG, env=env)
     assert value.exit_code == 1 and "the value the settings service reports holds a secret" in value.stderr
-    said.append(value)
+    said.append(value.stdout + value.stderr)
     assert [r.answered for r in settingsd.requests] == ["401 echo"] + ["503 echo"] * 8 + ["200 status echo", "200"]
     assert all(r.key == settingsd.requests[0].key for r in settingsd.requests)  # the first batch, each time
     assert [b["state"] for b in batches(engine)] == ["paused", "waiting", "waiting"]
@@ -310,9 +313,9 @@ def test_a_service_echoing_the_token_leaks_it_nowhere(
                  ("report", SLUG, "--account", "a00000")):
         result = run_cli(*args)
         assert result.exit_code == 0, result.output
-        said.append(result)
-    assert "holds a secret" in said[4].stdout and "Scripted 503 for Bearer ***" in said[6].stdout
-    shown = "".join(r.stdout + r.stderr for r in said) + report.read_text(encoding="utf-8")
+        said.append(result.stdout + result.stderr)
+    assert "holds a secret" in said[4] and "Scripted 503 for Bearer ***" in said[6]
+    shown = "".join(said) + report.read_text(encoding="utf-8")
     assert TOKEN not in shown
     assert TOKEN not in json.dumps(table_counts(engine))  # every column of every table
 
@@ -333,7 +336,7 @@ def test_a_value_outside_the_rule_pauses_the_batch_and_is_stored_nowhere(
         settingsd.script("value save_all")
     else:
         settingsd.hold("d00003", SETTING, JUNK)  # a conflict that reports it
-    result = flip.flip(engine, SLUG, "ops", now=AFTER, retry=FAST, sleep=lambda _s: None)
+    result = flip.flip(engine, SLUG, "ops", now=AFTER, service=QUICK)
     assert result.apply is not None and result.changed == 0 and result.apply["applied"] == 0
     paused = str(result.apply["paused"])
     assert "the settings service refused batch" in paused
@@ -356,7 +359,7 @@ def test_a_dripping_answer_is_cut_at_timeout_seconds_then_tried_again(
     setup(timeout=2)
     settingsd.script("drip")
     started = time.monotonic()
-    result = flip.flip(engine, SLUG, "ops", now=AFTER, retry=FAST, sleep=lambda _s: None)
+    result = flip.flip(engine, SLUG, "ops", now=AFTER, service=QUICK)
     took = time.monotonic() - started
     assert result.apply is not None and (result.changed, result.apply["retries"]) == (N, 1)
     assert 2 <= took < 6, took
@@ -421,7 +424,7 @@ def test_proxies_from_the_environment_are_not_used(
     with Listener() as proxy:
         for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
             monkeypatch.setenv(var, proxy.url)
-        result = flip.flip(engine, SLUG, "ops", now=AFTER, retry=FAST, sleep=lambda _s: None)
+        result = flip.flip(engine, SLUG, "ops", now=AFTER, service=QUICK)
     assert proxy.received == []
     assert result.apply is not None and (result.changed, result.apply["retries"]) == (N, 0)
     assert [r.answered for r in settingsd.requests] == ["200"] * 3
@@ -475,10 +478,10 @@ def test_rollback_settles_the_flips_waiting_batches_first(
         engine: Engine, setup: Callable[..., None], settingsd: SettingsService, token: str) -> None:  # noqa: F811
     setup()
     settingsd.script("401")
-    paused = flip.flip(engine, SLUG, "ops", now=AFTER, retry=FAST, sleep=lambda _s: None)
+    paused = flip.flip(engine, SLUG, "ops", now=AFTER, service=QUICK)
     assert paused.apply is not None and paused.apply["paused"] and paused.apply["waiting"] == N
     # The rollback asks the service about the flip's batches first (applied now), then rolls all back.
-    result = flip.rollback(engine, SLUG, "ops", now=AFTER, retry=FAST, sleep=lambda _s: None)
+    result = flip.rollback(engine, SLUG, "ops", now=AFTER, service=QUICK)
     assert result.apply is not None and result.apply["resent_batches"] == 3
     assert (result.rolled_back, result.left) == (N, 0)
     assert settingsd.keys()[1] == settingsd.keys()[0]

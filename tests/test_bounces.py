@@ -456,7 +456,7 @@ def test_a_late_bounce_takes_the_notice_back(run_cli: CliRun, engine: Engine, sm
     reminded = send(run_cli, env, smtpd, wave="reminder")
     assert "user0@example.com" not in reminded and len(reminded) == N - 1
     assert states(engine, "reminder")["user0@example.com"] == "suppressed"
-    result = flip.flip(engine, SLUG, "ops", before_cutoff=True)
+    result = flip.flip(engine, SLUG, "ops", flip.FlipOptions(before_cutoff=True))
     assert (result.changed, result.held_back) == (N - 1, 1)
     assert result.held_back_devices[0]["device_id"] == "d000"
     assert rows(engine, "SELECT value FROM device_setting WHERE device_id = 'd000'") == [("do_not_send",)]

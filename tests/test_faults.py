@@ -261,7 +261,7 @@ def test_flip_stops_with_a_clear_error_when_postgres_stays_away_and_a_rerun_fini
 
     def flip_now() -> None:
         try:
-            flip.flip(engine, SLUG, "tester", batch_size=5)
+            flip.flip(engine, SLUG, "tester", flip.FlipOptions(batch_size=5))
         except BaseException as exc:
             raised.append(exc)
 
@@ -347,15 +347,16 @@ def test_flip_and_rollback_through_a_settings_service_wait_out_a_database_that_g
     url, n = own_postgres.url, 40
     _through_a_service(url, settingsd, tmp_path, n)
     monkeypatch.setenv("CAMPAIGN_APPLY_TOKEN", SETTINGS_TOKEN)
-    after, fast = dt.datetime(2025, 3, 28, 7, 5, tzinfo=dt.UTC), apply.Retry(attempts=4, base=0.01, cap=0.05)
+    after = dt.datetime(2025, 3, 28, 7, 5, tzinfo=dt.UTC)
+    fast = flip.Service(retry=apply.Retry(attempts=4, base=0.01, cap=0.05))
 
     _while_the_database_is_away(own_postgres, settingsd,
-                                lambda engine: flip.flip(engine, SLUG, "tester", now=after, retry=fast))
+                                lambda engine: flip.flip(engine, SLUG, "tester", now=after, service=fast))
     assert sorted(settingsd.applications.values()) == [1] * n  # each change applied once
     assert _rows(url, "SELECT count(*), min(state), max(state) FROM setting_change") == [(n, "changed", "changed")]
 
     _while_the_database_is_away(own_postgres, settingsd, lambda engine: flip.rollback(
-        engine, SLUG, "tester", now=after + dt.timedelta(hours=1), retry=fast))
+        engine, SLUG, "tester", now=after + dt.timedelta(hours=1), service=fast))
     undone = {d: k for (d, op), k in settingsd.device_applications.items() if op == "rollback"}
     assert sorted(undone) == [f"d{i:05d}" for i in range(n)] and set(undone.values()) == {1}, undone
     assert _rows(url, "SELECT count(*), min(state), max(state) FROM setting_change") \

@@ -111,7 +111,7 @@ AFTER = CUTOFF + dt.timedelta(minutes=5)
 def test_flip_changes_only_devices_still_at_from(engine: Engine, setup: Callable[..., None]) -> None:
     setup()
     notify(engine, accounts(N), CUTOFF - dt.timedelta(days=14))
-    result = flip.flip(engine, SLUG, "ops", now=AFTER, batch_size=7)
+    result = flip.flip(engine, SLUG, "ops", flip.FlipOptions(batch_size=7), now=AFTER)
     assert (result.changed, result.held_back, result.waiting, result.batches) == (N, 0, 0, 6)
     after = settings(engine)
     assert after["x00001"] == ("save_all", None) and after["x00002"] == (FROM, None)
@@ -139,7 +139,7 @@ def test_refuses_before_the_cutoff_unless_told(run_cli: CliRun, engine: Engine, 
     setup("require_notice = false")
     with pytest.raises(StateError, match="has not come yet"):
         flip.flip(engine, SLUG, "ops", now=CUTOFF - dt.timedelta(seconds=1))
-    result = flip.flip(engine, SLUG, "ops", now=CUTOFF - dt.timedelta(days=1), before_cutoff=True)
+    result = flip.flip(engine, SLUG, "ops", flip.FlipOptions(before_cutoff=True), now=CUTOFF - dt.timedelta(days=1))
     assert result.changed == N
     assert audit(engine, "flip")[0]["before_cutoff"] is True
 

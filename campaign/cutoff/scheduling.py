@@ -48,11 +48,25 @@ log = logging.getLogger("campaign.scheduler")
 
 LEADER = "scheduler"
 ADVISORY_KEY = 0x63616D70  # "camp": the advisory lock of the leading scheduler on PostgreSQL
-LEASE_TTL = dt.timedelta(seconds=45)  # a dead leader is replaced within a minute
+LEASE_SECONDS = 45.0  # a dead leader is replaced within a minute
 TICK_SECONDS = 15.0  # how often the leader looks for work beyond its alarms (send windows, retries, fair notice)
-RETRY_STEP = dt.timedelta(seconds=60)  # a step that failed for a passing reason is tried again after this
+RETRY_STEP_SECONDS = 60.0  # a step that failed for a passing reason is tried again after this
 FLIP = "flip"
 BOUNCES_EVERY = 300.0  # seconds between two fetches of returned mail (`scheduler run --bounces URL`)
+
+
+@dataclass(frozen=True)
+class Timings:
+    """How the scheduler paces itself, in seconds: values passed in, with the production defaults (the command
+    line's options set some; a test takes over with a short lease rather than wait out 45 s)."""
+
+    tick: float = TICK_SECONDS  # the leader's look for work; a standby looks for the lead as often (at most 10 s)
+    lease: float = LEASE_SECONDS  # the lead's lease, renewed every third of it; a dead leader's runs out within it
+    retry_step: float = RETRY_STEP_SECONDS
+    bounces_every: float = BOUNCES_EVERY
+
+
+TIMINGS = Timings()
 
 
 def wave_step(name: str) -> str:
@@ -170,11 +184,11 @@ def _min_notice_seconds(d: Definition) -> int | None:
 # -- leadership ------------------------------------------------------------------------------------------
 
 class Leadership:
-    """Who leads: a lease row (both databases; renewed on every tick) and, on PostgreSQL, a session advisory lock
-    held on a connection of its own, which the server releases the moment the leader's process dies."""
+    """Who leads: a lease row (both databases; renewed every third of the lease) and, on PostgreSQL, a session
+    advisory lock held on a connection of its own, which the server releases the moment the leader's process dies."""
 
-    def __init__(self, engine: Engine, holder: str) -> None:
-        self.engine, self.holder = engine, holder
+    def __init__(self, engine: Engine, holder: str, lease: dt.timedelta = dt.timedelta(seconds=LEASE_SECONDS)) -> None:
+        self.engine, self.holder, self.lease = engine, holder, lease
         self._lock_conn: Connection | None = None
 
     def try_lead(self, now: dt.datetime) -> bool:
@@ -197,7 +211,7 @@ class Leadership:
             # The lease row decides too: a restarted PostgreSQL server frees the advisory lock of a leader that is
             # alive and may be running a step, so the lock alone would make a second leader. A standby holds the
             # lock only while it leads, so that a leader whose connection was cut can take it back.
-            led = steps.take_lease(conn, LEADER, self.holder, now, LEASE_TTL)
+            led = steps.take_lease(conn, LEADER, self.holder, now, self.lease)
         if not led:
             self._unlock()
         return led
@@ -238,12 +252,12 @@ Runner = Callable[[list[str]], "asyncio.Future[tuple[int, str, str]]"]
 class Scheduler:
     """`campaign scheduler run`: lead, reconcile, then perform each step when it comes due."""
 
-    def __init__(self, engine: Engine, config: Config, workers: int = 1, tick: float = TICK_SECONDS,
-                 bounces: str | None = None, bounces_every: float = BOUNCES_EVERY) -> None:
-        self.engine, self.config, self.workers, self.tick_seconds = engine, config, workers, tick
-        self.bounces, self.bounces_every, self._bounces_at = bounces, bounces_every, -float("inf")
+    def __init__(self, engine: Engine, config: Config, workers: int = 1, bounces: str | None = None,
+                 timings: Timings = TIMINGS) -> None:
+        self.engine, self.config, self.workers, self.timings = engine, config, workers, timings
+        self.bounces, self._bounces_at = bounces, -float("inf")
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.leadership = Leadership(engine, self.id)
+        self.leadership = Leadership(engine, self.id, dt.timedelta(seconds=timings.lease))
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
         self._child: asyncio.subprocess.Process | None = None
@@ -310,7 +324,8 @@ class Scheduler:
         def settle(conn: Connection) -> None:
             if retry and not self._stop.is_set() and self._leading:
                 steps.hand_back(conn, self.id)
-                steps.register(conn, step.campaign_id, [(step.name, db.utcnow() + RETRY_STEP)])
+                again = db.utcnow() + dt.timedelta(seconds=self.timings.retry_step)
+                steps.register(conn, step.campaign_id, [(step.name, again)])
             elif retry:
                 steps.hand_back(conn, self.id)
             else:
@@ -323,7 +338,7 @@ class Scheduler:
     async def _settle(self, write: Callable[[Connection], None]) -> None:
         """A step's last write, tried again while the database is away (for as long as the lead lasts): without it
         the step would stay `running` until another leader hands it back and runs it again."""
-        backoff = connection.Backoff(LEASE_TTL.total_seconds(), "the scheduler stopped; start it again once the "
+        backoff = connection.Backoff(self.timings.lease, "the scheduler stopped; start it again once the "
                                      "database is back: the step is handed back and runs again")
         while True:
             try:
@@ -356,7 +371,7 @@ class Scheduler:
     async def _tick(self) -> None:
         """Everything that is due now: overdue steps first, then waves with deliveries due again (a send window
         that opened, a retry), then devices whose fair notice has run."""
-        if self.bounces and time.monotonic() - self._bounces_at >= self.bounces_every:
+        if self.bounces and time.monotonic() - self._bounces_at >= self.timings.bounces_every:
             # First, so that a notice returned meanwhile no longer counts when a flip decides below.
             self._bounces_at = time.monotonic()
             code, out, err = await self._campaign("bounces", "fetch", self.bounces)
@@ -458,7 +473,7 @@ class Scheduler:
                     raise
                 log.warning("the database is unreachable (%s); trying again", connection.why(exc))
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), timeout=min(self.tick_seconds, 10.0))
+                    await asyncio.wait_for(self._stop.wait(), timeout=min(self.timings.tick, 10.0))
                 continue
             if led:
                 log.info("scheduler %s leads", self.id)
@@ -468,12 +483,12 @@ class Scheduler:
                 raise StateError(f"another scheduler leads ({holder or 'unknown'}); nothing was done")
             log.info("another scheduler leads (%s); waiting to take over", holder or "unknown")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), timeout=min(self.tick_seconds, 10.0))
+                await asyncio.wait_for(self._stop.wait(), timeout=min(self.timings.tick, 10.0))
         return False
 
     async def _keep_lead(self) -> None:
         """Renew the lead while leading — also while a long step runs; returns when it is lost."""
-        every = LEASE_TTL.total_seconds() / 3
+        every = self.timings.lease / 3
         while True:
             await asyncio.sleep(every)
             try:
@@ -492,7 +507,7 @@ class Scheduler:
 
         scheduler = AsyncIOScheduler(timezone=dt.UTC, job_defaults={
             "misfire_grace_time": None, "coalesce": True, "max_instances": 1})
-        scheduler.add_job(self._wake.set, "interval", seconds=self.tick_seconds, id="tick", replace_existing=True)
+        scheduler.add_job(self._wake.set, "interval", seconds=self.timings.tick, id="tick", replace_existing=True)
         scheduler.start()
         try:
             while not self._stop.is_set() and not keeper.done():
@@ -505,7 +520,7 @@ class Scheduler:
                     log.warning("the database is unreachable (%s); trying again at the next tick", connection.why(exc))
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=self.tick_seconds)
+                    await asyncio.wait_for(self._wake.wait(), timeout=self.timings.tick)
         finally:
             scheduler.shutdown(wait=False)
 
@@ -531,11 +546,11 @@ def _waves_with_work(conn: Connection, now: dt.datetime) -> list[tuple[str, str]
             and deliveries.outlook(conn, w.id, now, False).due_now]
 
 
-def run(engine: Engine, config: Config, once: bool = False, workers: int = 1, poll: float = TICK_SECONDS,
-        bounces: str | None = None, bounces_every: float = BOUNCES_EVERY) -> tuple[list[str], list[str]]:
+def run(engine: Engine, config: Config, once: bool = False, workers: int = 1, bounces: str | None = None,
+        timings: Timings = TIMINGS) -> tuple[list[str], list[str]]:
     """`campaign scheduler run`: returns (the steps it ran, what else it caught up on). `bounces`: an IMAP URL
-    whose returned mail is taken in (`campaign bounces fetch`) every `bounces_every` seconds."""
-    scheduler = Scheduler(engine, config, workers=workers, tick=poll, bounces=bounces, bounces_every=bounces_every)
+    whose returned mail is taken in (`campaign bounces fetch`) every `timings.bounces_every` seconds."""
+    scheduler = Scheduler(engine, config, workers=workers, bounces=bounces, timings=timings)
     performed = asyncio.run(scheduler.run(once=once))
     return performed, scheduler.also
 

@@ -271,14 +271,18 @@ def mark_left(conn: Connection, campaign_id: int, d: Definition, lo: int, hi: in
               now: dt.datetime) -> list[Row[Any]]:
     """Mark `left` the changes `lo`..`hi` still `changed` (those `undo` did not put back), each with a note of
     what the device holds now; returns (device_id, account_id, note) of each."""
+    stmt = (update(SC).where(SC.c.campaign_id == campaign_id, SC.c.state == CHANGED, SC.c.id >= lo, SC.c.id <= hi)
+            .values(state=LEFT, note=_left_note(d)).returning(SC.c.device_id, SC.c.account_id, SC.c.note))
+    return list(conn.execute(stmt))
+
+
+def _left_note(d: Definition) -> ColumnElement[str]:
+    """A change left by a rollback: what the device holds now, in words."""
     current = select(S.c.value).where(S.c.device_id == SC.c.device_id, S.c.key == d.setting).scalar_subquery()
-    note = case(
+    return case(
         (current.is_(None), literal("left: the device no longer has this setting")),
         (current == d.to_value, literal(f"left: its owner set {d.to_value!r} themselves since the flip")),
         else_=literal("left: its owner changed it since the flip (now '") + current + literal("')"))
-    stmt = (update(SC).where(SC.c.campaign_id == campaign_id, SC.c.state == CHANGED, SC.c.id >= lo, SC.c.id <= hi)
-            .values(state=LEFT, note=note).returning(SC.c.device_id, SC.c.account_id, SC.c.note))
-    return list(conn.execute(stmt))
 
 
 def mark_left_here(conn: Connection, campaign_id: int, d: Definition, lo: int, hi: int,
@@ -288,14 +292,9 @@ def mark_left_here(conn: Connection, campaign_id: int, d: Definition, lo: int, h
     with what it holds now; those are not sent. Returns (device_id, account_id, note, id) of each."""
     ours = (select(S.c.device_id).where(S.c.device_id == SC.c.device_id, S.c.key == d.setting,
                                         S.c.value == d.to_value, S.c.change_id == SC.c.id).exists())
-    current = select(S.c.value).where(S.c.device_id == SC.c.device_id, S.c.key == d.setting).scalar_subquery()
-    note = case(
-        (current.is_(None), literal("left: the device no longer has this setting")),
-        (current == d.to_value, literal(f"left: its owner set {d.to_value!r} themselves since the flip")),
-        else_=literal("left: its owner changed it since the flip (now '") + current + literal("')"))
     stmt = (update(SC).where(SC.c.campaign_id == campaign_id, SC.c.state == CHANGED, SC.c.id >= lo, SC.c.id <= hi,
                              ~ours)
-            .values(state=LEFT, note=note).returning(SC.c.device_id, SC.c.account_id, SC.c.note, SC.c.id))
+            .values(state=LEFT, note=_left_note(d)).returning(SC.c.device_id, SC.c.account_id, SC.c.note, SC.c.id))
     return list(conn.execute(stmt))
 
 
