@@ -33,7 +33,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from campaign import campaigns, connection, db, errors
+from campaign import campaigns, connection, db, errors, preflight
 from campaign.config import ENV, Config
 from campaign.cutoff import approval as approvals
 from campaign.definition import Definition
@@ -91,11 +91,13 @@ class Timeline:
     rendered: int
     items: list[dict[str, Any]] = field(default_factory=list)
     approval: approvals.Standing | None = None
+    warnings: tuple[preflight.Finding, ...] = ()  # what the preflight warns of (its errors refuse)
 
     def as_json(self) -> dict[str, Any]:
         return {"campaign": self.campaign, "cutoff": self.cutoff.isoformat(), "scheduled": self.scheduled,
                 "dry_run": self.dry_run, "rendered": self.rendered, "timeline": self.items,
-                "approval": self.approval.as_json() if self.approval is not None else None}
+                "approval": self.approval.as_json() if self.approval is not None else None,
+                "warnings": [w.as_json() for w in self.warnings]}
 
 
 def schedule(engine: Engine, config: Config, slug: str, dry_run: bool = False) -> Timeline:
@@ -117,7 +119,9 @@ def schedule(engine: Engine, config: Config, slug: str, dry_run: bool = False) -
         if d.cutoff <= now:
             raise UsageError(f"the cutoff {d.cutoff.isoformat()} has passed: a campaign is scheduled before its "
                              "cutoff (to replay one whose date has passed, see `campaign demo`)")
-        rendered = _render_everyone(conn, d, Renderer(d, config.templates))
+        renderer = Renderer(d, config.templates)
+        found = preflight.refuse_on_errors(preflight.run(conn, d, renderer, preflight.SCHEDULE))
+        rendered = _render_everyone(conn, d, renderer)
         items = _timeline(conn, c.id, d)
         if not dry_run:
             campaign_rows.update_campaign(conn, c.id, state=SCHEDULED, scheduled_at=now)
@@ -127,7 +131,7 @@ def schedule(engine: Engine, config: Config, slug: str, dry_run: bool = False) -
         if approval.required:
             tx.note(approved_by=[a.by for a in approval.approvals], version=approval.version,
                     digest=approval.digest)
-    return Timeline(slug, d.cutoff, not dry_run, dry_run, rendered, items, approval)
+    return Timeline(slug, d.cutoff, not dry_run, dry_run, rendered, items, approval, found.warnings)
 
 
 def _render_everyone(conn: Connection, d: Definition, renderer: Renderer) -> int:
