@@ -22,7 +22,7 @@ from campaign.definition import SLUG_RE, Definition, WaveDef, load_definition, p
 from campaign.errors import ConfigError, NotFound, PreflightFailed, TemplateProblem
 from campaign.notices import proofs
 from campaign.notices.rendering import PARTS, Renderer
-from campaign.store import audience
+from campaign.store import audience, audit
 from campaign.store import campaigns as campaign_rows
 from campaign.wording import did_you_mean, duration
 
@@ -317,3 +317,37 @@ def timing_findings(conn: Connection, d: Definition) -> list[Finding]:
                                 "seconds_open": round(have, 1)}))
     return out
 
+
+# -- the scheduler's watch ----------------------------------------------------------------------------
+
+FAILED, PASSED = "preflight.failed", "preflight.passed"
+
+
+def last_word(conn: Connection, campaign_id: int) -> audit.Event | None:
+    """The campaign's latest preflight event of the scheduler (failed or passed again), if any."""
+    last = None
+    for event in audit.events(conn, campaign_id, actions=(FAILED, PASSED)):
+        last = event
+    return last
+
+
+def watch(engine: Engine, templates: Path, actor: str, slugs: Iterable[str]) -> list[Preflight]:
+    """The scheduler's preflight of each campaign in `slugs` (those scheduled): the result of each, and an audit
+    event when what it finds changes — `preflight.failed` with the errors, or `preflight.passed` once they are
+    gone — so that `status` and the log say days ahead what would fail on the day, without an event a poll."""
+    out = []
+    for slug in slugs:
+        result = check(engine, templates, slug, SCHEDULER)
+        said = [f.as_json() for f in result.errors]
+        with db.transaction(engine, actor) as tx:
+            row = campaign_rows.row(tx.conn, slug)
+            if row is None:
+                continue
+            last = last_word(tx.conn, int(row["id"]))
+            if said and (last is None or last.action != FAILED or last.detail.get("errors") != said):
+                tx.action, tx.campaign_id = FAILED, int(row["id"])
+                tx.note(errors=said)
+            elif not said and last is not None and last.action == FAILED:
+                tx.action, tx.campaign_id = PASSED, int(row["id"])
+        out.append(result)
+    return out

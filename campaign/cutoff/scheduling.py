@@ -53,6 +53,7 @@ TICK_SECONDS = 15.0  # how often the leader looks for work beyond its alarms (se
 RETRY_STEP_SECONDS = 60.0  # a step that failed for a passing reason is tried again after this
 FLIP = "flip"
 BOUNCES_EVERY = 300.0  # seconds between two fetches of returned mail (`scheduler run --bounces URL`)
+PREFLIGHT_EVERY = 60.0  # the preflight of each scheduled campaign: when the scheduler starts, then at a poll this apart
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class Timings:
     lease: float = LEASE_SECONDS  # the lead's lease, renewed every third of it; a dead leader's runs out within it
     retry_step: float = RETRY_STEP_SECONDS
     bounces_every: float = BOUNCES_EVERY
+    preflight_every: float = PREFLIGHT_EVERY
 
 
 TIMINGS = Timings()
@@ -260,6 +262,7 @@ class Scheduler:
                  timings: Timings = TIMINGS) -> None:
         self.engine, self.config, self.workers, self.timings = engine, config, workers, timings
         self.bounces, self._bounces_at = bounces, -float("inf")
+        self._preflight_at = -float("inf")
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.leadership = Leadership(engine, self.id, dt.timedelta(seconds=timings.lease))
         self._stop = asyncio.Event()
@@ -380,6 +383,9 @@ class Scheduler:
             self._bounces_at = time.monotonic()
             code, out, err = await self._campaign("bounces", "fetch", self.bounces)
             log.info("bounces: %s", _last_line(out) if code == 0 else _last_line(err))
+        if time.monotonic() - self._preflight_at >= self.timings.preflight_every:
+            self._preflight_at = time.monotonic()
+            await self._preflights()
         now = db.utcnow()
         for step in [s for s in await self._db(steps.pending) if s.due_at <= now]:
             if self._stop.is_set() or not self._leading:
@@ -409,6 +415,20 @@ class Scheduler:
                 code, _out, err = await self._campaign("send", slug, "--wave", wave, "--workers", str(self.workers))
                 if code != 0:
                     log.warning("%s: wave %s: %s", slug, wave, _last_line(err))
+
+    async def _preflights(self) -> None:
+        """The preflight of every campaign with steps still to run: what would fail on the day is said now, in
+        the log (each time) and in `status` (an audit event when it changes)."""
+        slugs = sorted({s.slug for s in await self._db(steps.pending)})
+        try:
+            results = await asyncio.to_thread(preflight.watch, self.engine, self.config.templates,
+                                              self.config.actor, slugs)
+        except errors.CampaignError as exc:
+            log.error("the preflight could not run: %s", exc)
+            return
+        for result in results:
+            for finding in result.errors:
+                log.error("%s: preflight: would fail: [%s] %s", result.campaign, finding.code, finding.message)
 
     async def _db(self, fn: Callable[..., Any], *args: Any) -> Any:
         def work() -> Any:
