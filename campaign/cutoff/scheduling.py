@@ -26,7 +26,7 @@ import tempfile
 import time
 import tomllib
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,7 +41,7 @@ from campaign.errors import StateError, TemplateProblem, UsageError
 from campaign.models import CANCELLED, DRAFT, PAUSED, SCHEDULED
 from campaign.notices import proofs
 from campaign.notices.rendering import Renderer
-from campaign.store import audience, deliveries, steps
+from campaign.store import audience, steps
 from campaign.store import campaigns as campaign_rows
 
 log = logging.getLogger("campaign.scheduler")
@@ -391,7 +391,7 @@ class Scheduler:
             if self._stop.is_set() or not self._leading:
                 return
             await self._run_step(step)
-        for slug, wave in await self._db(_waves_with_work, db.utcnow()):
+        for slug, wave in await self._db(steps.waves_with_work, db.utcnow()):
             if self._stop.is_set() or not self._leading:
                 return
             log.info("%s: wave %s has deliveries due again (send window, retry): sending", slug, wave)
@@ -410,7 +410,7 @@ class Scheduler:
                 continue
             # Those switched now are told too: the campaign's `changed` waves that went out already and have not
             # expired take in the newly changed accounts (each account still gets a wave once).
-            for wave in await self._db(_open_changed_waves, slug, db.utcnow()):
+            for wave in await self._db(steps.open_changed_waves, slug, db.utcnow()):
                 log.info("%s: wave %s for the devices switched after fair notice", slug, wave)
                 code, _out, err = await self._campaign("send", slug, "--wave", wave, "--workers", str(self.workers))
                 if code != 0:
@@ -547,27 +547,6 @@ class Scheduler:
                     await asyncio.wait_for(self._wake.wait(), timeout=self.timings.tick)
         finally:
             scheduler.shutdown(wait=False)
-
-
-def _started_waves(conn: Connection) -> Iterator[tuple[str, campaign_rows.WaveRow]]:
-    """(campaign, wave) of every wave of a scheduled campaign whose step has run."""
-    for step in steps.done_wave_steps(conn):
-        wave = campaign_rows.wave(conn, step.campaign_id, step.name.removeprefix("wave:"))
-        if wave is not None:
-            yield step.slug, wave
-
-
-def _open_changed_waves(conn: Connection, slug: str, now: dt.datetime) -> list[str]:
-    """The `changed` and `all` waves of the campaign whose step has run and that have not expired."""
-    return [w.name for s, w in _started_waves(conn) if s == slug and w.audience in ("changed", "all")
-            and now < w.expires and w.state != campaign_rows.PAUSED]
-
-
-def _waves_with_work(conn: Connection, now: dt.datetime) -> list[tuple[str, str]]:
-    """(campaign, wave) of started waves of scheduled campaigns with deliveries due now."""
-    return [(s, w.name) for s, w in _started_waves(conn)
-            if w.state in (campaign_rows.SENDING, campaign_rows.WAITING) and now < w.expires
-            and deliveries.outlook(conn, w.id, now, False).due_now]
 
 
 def run(engine: Engine, config: Config, once: bool = False, workers: int = 1, bounces: str | None = None,

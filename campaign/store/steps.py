@@ -4,12 +4,13 @@ scheduler's leadership (a lease row; PostgreSQL also takes an advisory lock, see
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, exists, func, select, update
 
 from campaign.models import CAMPAIGN, LEASE, SCHEDULED, SETTING_CHANGE, STEP, WAITING
+from campaign.store import campaigns, deliveries
 from campaign.store._upsert import insert as upsert_insert
 
 ST, C, L, SC = STEP, CAMPAIGN, LEASE, SETTING_CHANGE
@@ -147,3 +148,24 @@ def alive(conn: Connection) -> bool:
         return True
     except Exception:
         return False
+
+
+def started_waves(conn: Connection) -> Iterator[tuple[str, campaigns.WaveRow]]:
+    """(campaign, wave) of every wave of a scheduled campaign whose step has run."""
+    for step in done_wave_steps(conn):
+        wave = campaigns.wave(conn, step.campaign_id, step.name.removeprefix("wave:"))
+        if wave is not None:
+            yield step.slug, wave
+
+
+def open_changed_waves(conn: Connection, slug: str, now: dt.datetime) -> list[str]:
+    """The `changed` and `all` waves of the campaign whose step has run and that have not expired."""
+    return [w.name for s, w in started_waves(conn) if s == slug and w.audience in ("changed", "all")
+            and now < w.expires and w.state != campaigns.PAUSED]
+
+
+def waves_with_work(conn: Connection, now: dt.datetime) -> list[tuple[str, str]]:
+    """(campaign, wave) of started waves of scheduled campaigns with deliveries due now."""
+    return [(s, w.name) for s, w in started_waves(conn)
+            if w.state in (campaigns.SENDING, campaigns.WAITING) and now < w.expires
+            and deliveries.outlook(conn, w.id, now, False).due_now]
