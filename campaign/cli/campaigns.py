@@ -1,0 +1,144 @@
+"""The commands about a campaign itself: register it (`create`), list them, who it affects (`audience`), stop and
+restart it (`pause`, `resume`, `cancel`), and its approval (`approve`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from campaign import campaigns
+from campaign.cli.app import App, dry_run_option, json_option, pass_app, print_json
+from campaign.cutoff import approval
+from campaign.store import audience as audience_store
+
+# -- campaigns --------------------------------------------------------------------------------------
+
+@click.command("create")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--replace", is_flag=True, help="Replace the definition of a campaign not yet scheduled.")
+@dry_run_option
+@json_option
+@pass_app
+def create(app: App, file: Path, replace: bool, dry_run: bool, as_json: bool) -> None:
+    """Register a campaign from its definition FILE (TOML, see data/voice-local-processing.toml).
+
+    Refuses, with the file, line and key, on any problem in the definition.
+    """
+    result = campaigns.create_from_file(app.engine(), file, app.config.templates, app.config.actor,
+                                        replace=replace, dry_run=dry_run)
+    if as_json:
+        print_json(result)
+        return
+    verb = "would create" if dry_run else ("replaced" if result["replaced"] else "created")
+    click.echo(f"{verb} campaign {result['campaign']!r}: cutoff {result['cutoff']}; {result['rendered']} sample "
+               "messages rendered without error (every wave × locale of the audience)")
+    for w in result["waves"]:
+        click.echo(f"  wave {w['name']:<14} at {w['at']}  audience {w['audience']:<9} expires {w['expires']}")
+    if not dry_run:
+        standing = approval.standing_of(app.engine(), result["campaign"])
+        if standing.required or standing.voided:
+            click.echo(f"approval: {standing.words()}")
+
+
+@click.command("list")
+@json_option
+@pass_app
+def list_cmd(app: App, as_json: bool) -> None:
+    """Campaigns with their state, cutoff and progress."""
+    rows = campaigns.listing(app.engine())
+    if as_json:
+        print_json(rows)
+        return
+    if not rows:
+        click.echo("no campaigns yet: `campaign create FILE`", err=True)
+        return
+    click.echo(f"{'CAMPAIGN':<28} {'STATE':<10} {'CUTOFF':<26} {'SENT':>8} {'SETTLED':>15} {'CHANGED':>8}")
+    for r in rows:
+        settled = f"{r['settled']}/{r['deliveries']}"
+        click.echo(f"{r['campaign']:<28} {r['state']:<10} {r['cutoff']:<26} {r['sent']:>8} {settled:>15} "
+                   f"{r['devices_changed']:>8}")
+
+
+@click.command("audience")
+@click.argument("slug")
+@click.option("--by", type=click.Choice(sorted(audience_store.BY_COLUMNS)), help="Break the counts down.")
+@click.option("--sample", type=click.IntRange(min=0), default=0, help="Also list N affected accounts.")
+@json_option
+@pass_app
+def audience(app: App, slug: str, by: str | None, sample: int, as_json: bool) -> None:
+    """Who is affected now: accounts owning a device whose setting still has the `from` value."""
+    report = campaigns.audience_of(app.engine(), slug, by=by, sample=sample)
+    if as_json:
+        print_json(report.as_json())
+        return
+    summary = report.summary
+    click.echo(f"{slug}: {summary.accounts} accounts with {summary.devices} devices set to "
+               f"{report.setting} = {report.from_value}")
+    if summary.by is not None:
+        width = max([len(k) for k in summary.by] + [len(by or "")])
+        click.echo(f"  {(by or '').upper():<{width}} {'ACCOUNTS':>9} {'DEVICES':>9}")
+        for key, n in summary.by.items():
+            click.echo(f"  {key:<{width}} {n['accounts']:>9} {n['devices']:>9}")
+    for s in summary.sample:
+        click.echo(f"  {s['account_id']}  {s['email']}  {s['locale']}  {s['timezone']}  {s['country']}  "
+                   f"{s['devices']} device(s)")
+
+
+def _set_state(app: App, slug: str, action: str, dry_run: bool) -> None:
+    click.echo(campaigns.set_state(app.engine(), slug, action, app.config.actor, dry_run=dry_run))
+
+
+@click.command("pause")
+@click.argument("slug")
+@dry_run_option
+@pass_app
+def pause(app: App, slug: str, dry_run: bool) -> None:
+    """Stop sending: every worker stops after its current batch; `resume` restarts."""
+    _set_state(app, slug, "pause", dry_run)
+
+
+@click.command("resume")
+@click.argument("slug")
+@dry_run_option
+@pass_app
+def resume(app: App, slug: str, dry_run: bool) -> None:
+    """Restart sending after `pause`, or after a wave paused itself (fix the cause first)."""
+    _set_state(app, slug, "resume", dry_run)
+
+
+@click.command("cancel")
+@click.argument("slug")
+@dry_run_option
+@pass_app
+def cancel(app: App, slug: str, dry_run: bool) -> None:
+    """Stop the campaign for good: nothing more is sent, and the scheduled flip is removed."""
+    _set_state(app, slug, "cancel", dry_run)
+
+
+@click.command("approve")
+@click.argument("slug")
+@click.option("--revoke", is_flag=True, help="Withdraw your own approval (a scheduled flip then waits again).")
+@dry_run_option
+@json_option
+@pass_app
+def approve_cmd(app: App, slug: str, revoke: bool, dry_run: bool, as_json: bool) -> None:
+    """Approve the campaign's current definition, so that `schedule` and `flip` may go
+    ([approval] required = true in the definition).
+
+    \b
+    The approval must come from someone other than the person who created or last
+    replaced the definition (--actor or CAMPAIGN_ACTOR names who acts). Replacing the
+    definition (`create --replace`) voids every approval given before. Each approval is an
+    audit event naming the definition's version and SHA-256 digest; `status` and `log` show it.
+    """
+    outcome = approval.approve(app.engine(), slug, app.config.actor, revoke=revoke, dry_run=dry_run)
+    if as_json:
+        print_json(outcome.as_json())
+        return
+    click.echo(outcome.words())
+    if dry_run:
+        click.echo("dry run: nothing was written")
+
+
+COMMANDS = (create, list_cmd, audience, pause, resume, cancel, approve_cmd)

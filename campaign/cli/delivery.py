@@ -1,0 +1,135 @@
+"""The commands about the messages: look at one (`preview`), send test copies to the team (`test-send`), send a
+wave (`send`)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from campaign import previews
+from campaign.cli.app import (
+    App,
+    Progress,
+    counts_line,
+    dry_run_option,
+    json_option,
+    pass_app,
+    print_json,
+    print_json_result,
+)
+from campaign.delivery import sending
+from campaign.errors import PAUSED, CampaignError
+
+
+@click.command("preview")
+@click.argument("slug")
+@click.option("--wave", help="The wave [default: the first].")
+@click.option("--locale", help="Render for the first account of this locale (a stand-in if there is none).")
+@click.option("--account", "account_id", metavar="ID", help="Render for this account.")
+@click.option("--html", "show_html", is_flag=True, help="Show the HTML part instead of the text part.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Write every wave × locale as .eml and .html, with an index.html gallery, into DIR.")
+@pass_app
+def preview(app: App, slug: str, wave: str | None, locale: str | None, account_id: str | None, show_html: bool,
+            out: Path | None) -> None:
+    """Show one message as it would be sent: its raw headers, then its text (or HTML) part.
+
+    \b
+    With --out DIR, write one .eml and one .html per wave × locale of the audience, and an
+    index.html gallery to open in a browser (subject, HTML, text and recipients of each).
+    """
+    if out is not None:
+        written, index = previews.gallery(app.engine(), app.config.templates, slug, out, wave=wave, locale=locale)
+        click.echo(f"wrote {written} messages (.eml and .html) and {index}")
+        return
+    sample = previews.preview(app.engine(), app.config.templates, slug, wave=wave, locale=locale,
+                              account_id=account_id)
+    head, _, _ = sample.message.partition(b"\r\n\r\n")
+    click.echo(head.decode("ascii").replace("\r\n", "\n"))
+    click.echo("")
+    click.echo(sample.rendered.html if show_html else sample.rendered.text, nl=False)
+
+
+@click.command("test-send")
+@click.argument("slug")
+@click.option("--to", "to", required=True, metavar="ADDR[,ADDR...]", help="Internal addresses to send to.")
+@click.option("--wave", help="Only this wave [default: every wave].")
+@dry_run_option
+@json_option
+@pass_app
+def test_send(app: App, slug: str, to: str, wave: str | None, dry_run: bool, as_json: bool) -> None:
+    """Send one message per wave × locale of the audience to internal addresses, marked as a test
+    ("[TEST]" in the subject, X-Campaign-Test: yes). The send ledger is not touched.
+
+    Uses CAMPAIGN_SMTP_URL (default: a Maildir in ./outbox).
+    """
+    results = previews.test_send_command(app.engine(), app.config, slug, to.split(","), wave=wave, dry_run=dry_run)
+    if as_json:
+        print_json([r.as_json() for r in results])
+    else:
+        for r in results:
+            verb = "would send" if dry_run else r.status
+            click.echo(f"{r.wave:<14} {r.locale:<8} -> {r.to}: {verb}{' (' + r.detail + ')' if r.detail else ''}")
+    failed = [r for r in results if r.status != "sent"]
+    if failed:
+        raise CampaignError(f"{len(failed)} of {len(results)} test messages were not accepted")
+
+
+@click.command("send")
+@click.argument("slug")
+@click.option("--wave", "wave", required=True, help="The wave to send (e.g. notice).")
+@click.option("--ignore-window", is_flag=True, help="Send now even to recipients outside their send window.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Worker processes, each with its own connections [default: the number of CPUs].")
+@dry_run_option
+@json_option
+@pass_app
+def send(app: App, slug: str, wave: str, ignore_window: bool, workers: int | None, dry_run: bool,
+         as_json: bool) -> None:
+    """Send a wave now (a manual trigger, ahead of its time if need be, never after it expired).
+
+    Waits out retries until every delivery is settled, except those waiting for their recipient's
+    send window, which are counted and left for the scheduler or a later `send` (--ignore-window sends
+    them now). Resumable: run it again after an interruption; nobody gets the wave twice.
+    """
+    workers = workers or os.cpu_count() or 1
+    options = sending.SendOptions(ignore_window=ignore_window, workers=workers, dry_run=dry_run)
+    engine = app.engine()
+    bar = Progress(f"{slug} / {wave}", "deliveries settled", enabled=not as_json and not dry_run)
+
+    def progress(counts: dict[str, int]) -> None:
+        bar.update(sum(v for k, v in counts.items() if k not in ("pending", "sending")), sum(counts.values()))
+
+    try:
+        summary = sending.send_wave(engine, app.config, slug, wave, options, progress=progress,
+                                    progress_every=bar.every)
+    finally:
+        bar.close()
+    paused = CampaignError(f"the wave paused: {summary.paused}", code=PAUSED) if summary.paused else None
+    if as_json:
+        print_json_result(summary.as_json(), paused)
+    elif dry_run:
+        p = summary.preview
+        click.echo(f"{slug} / {wave}: would send {p['due_now']} messages now"
+                   + (f", {p['waiting_window']} later in their send window" if p["waiting_window"] else ""))
+        for loc, n in p["by_locale"].items():
+            click.echo(f"  {loc:<8} {n:>8}")
+        for r in p["first"]:
+            click.echo(f"  {r['account_id']}  {r['email']}  {r['locale']}")
+        click.echo("dry run: nothing was written or sent")
+    else:
+        rate = summary.attempted / summary.elapsed if summary.elapsed else 0
+        click.echo(f"{slug} / {wave}: {counts_line(summary.counts)}")
+        click.echo(f"{summary.attempted} attempts in {summary.elapsed:.1f} s ({rate:.0f}/s); "
+                   f"db time: {summary.db_seconds:.2f} s of {summary.elapsed:.2f} s (held up by the database); "
+                   f"gate: {summary.gate_seconds:.2f} s (waits on it per connection, busy or not)")
+        if summary.waiting_window:
+            click.echo(f"{summary.waiting_window} deliveries wait for their recipient's send window: the "
+                       "scheduler or a later `send` will send them (or use --ignore-window)")
+    if paused is not None:
+        raise paused
+
+
+COMMANDS = (preview, test_send, send)

@@ -1,0 +1,99 @@
+"""The commands that show the evidence: where a campaign stands (`status`), every account's story or one
+person's (`report`), and the audit log (`log`)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from campaign.cli.app import App, counts_line, duration, json_option, pass_app, print_json
+from campaign.evidence import reports
+
+
+@click.command("status")
+@click.argument("slug")
+@json_option
+@pass_app
+def status_cmd(app: App, slug: str, as_json: bool) -> None:
+    """Per wave: deliveries by state, rate and ETA; the flip: changed, held back, rolled back, left."""
+    st = reports.status_of(app.engine(), slug)
+    if as_json:
+        print_json(st)
+        return
+    click.echo(f"{st['campaign']}: {st['state']}, cutoff {st['cutoff']}")
+    for name, counts in st["waves"].items():
+        det = st["wave_detail"][name]
+        extra = f"  {det['rate_per_second']}/s" if det["rate_per_second"] else ""
+        if det["eta_seconds"] is not None:
+            extra += f", ETA {duration(det['eta_seconds'])}"
+        click.echo(f"  {name:<14} {det['state']:<8} {counts_line(counts)}{extra}")
+        if det["paused_reason"]:
+            click.echo(f"  {'':<14} paused: {det['paused_reason']}")
+    click.echo(f"  flip           {counts_line(st['flip'])}")
+    if st["flip_detail"].get("waiting"):
+        click.echo(f"  {'':<14} {st['flip_detail']['waiting']} device(s) wait for fair notice")
+    a = st["flip_detail"].get("apply")
+    if a is not None:
+        click.echo(f"  apply          {a['url']}: applied {a['applied']}, waiting {a['waiting']}"
+                   + (f", rollback waiting {a['undoing']}" if a["undoing"] else "")
+                   + (f", unknown device {a['unknown_device']}" if a["unknown_device"] else ""))
+        if a["paused"]:
+            click.echo(f"  {'':<14} paused: {a['paused']}")
+        elif a["last_error"]:
+            click.echo(f"  {'':<14} last try: {a['last_error']}")
+    nxt = st.get("next_step")
+    if nxt:
+        click.echo(f"  next step      {nxt['step']} at {nxt['due_at']} ({nxt['state']})")
+    if st["approval"]["required"] or st["approval"]["approvals"]:
+        click.echo(f"  approval       {st['approval']['words']}")
+
+
+@click.command("report")
+@click.argument("slug")
+@click.option("--format", "fmt", type=click.Choice(reports.FORMATS), default="csv", show_default=True,
+              help="csv: a row per account and device; jsonl: an object per account; html: one page with charts.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write here [default: stdout].")
+@click.option("--account", "account_id", metavar="ID", help="One person's whole story instead, by account id.")
+@click.option("--email", metavar="ADDR", help="One person's whole story instead, by address.")
+@json_option
+@pass_app
+def report_cmd(app: App, slug: str, fmt: str, out: Path | None, account_id: str | None, email: str | None,
+               as_json: bool) -> None:
+    """The evidence: per account, each wave's state, time, Message-ID and error, and each device's change
+    (flipped, rolled back, held back and why). With --account or --email: one person's whole story."""
+    if account_id is not None or email is not None:
+        if account_id is not None and email is not None:
+            raise click.UsageError("--account or --email, not both")
+        story = reports.story_of(app.engine(), slug, account_id=account_id, email=email)
+        if as_json:
+            print_json(story)
+        else:
+            click.echo(reports.story_text(story))
+        return
+    if as_json:
+        raise click.UsageError("--json goes with --account or --email (the report's formats: --format)")
+    written = reports.report(app.engine(), slug, fmt, out, sys.stdout)
+    if written.path is not None:  # not when --out led to stdout (/dev/stdout): the report is all it gets
+        what = f"{written.accounts} accounts" if fmt != "html" else "the HTML report"
+        click.echo(f"{slug}: {what} written to {out}")
+
+
+@click.command("log")
+@click.argument("slug")
+@click.option("--since", metavar="ISO", help="Only events at or after this date or instant (UTC unless it says).")
+@click.option("--actor", "who", metavar="NAME", help="Only events of this actor.")
+@json_option
+@pass_app
+def log_cmd(app: App, slug: str, since: str | None, who: str | None, as_json: bool) -> None:
+    """The campaign's audit events, oldest first: who did what, when, with its counts (imports and suppressions,
+    which belong to no campaign, included)."""
+    events = reports.log_of(app.engine(), slug, since=since, actor=who)
+    if as_json:
+        print_json({"campaign": slug, "events": events})
+    else:
+        click.echo(reports.log_text(events))
+
+
+COMMANDS = (status_cmd, report_cmd, log_cmd)
