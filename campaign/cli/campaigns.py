@@ -85,35 +85,23 @@ def audience(app: App, slug: str, by: str | None, sample: int, as_json: bool) ->
                    f"{s['devices']} device(s)")
 
 
-def _set_state(app: App, slug: str, action: str, dry_run: bool) -> None:
-    click.echo(campaigns.set_state(app.engine(), slug, action, app.config.actor, dry_run=dry_run))
+def _state_command(action: str, help: str) -> click.Command:
+    """`pause`, `resume` or `cancel`: one command each, the same but for the state they ask for and their help."""
+
+    @click.command(action, help=help)
+    @click.argument("slug")
+    @dry_run_option
+    @pass_app
+    def command(app: App, slug: str, dry_run: bool) -> None:
+        click.echo(campaigns.set_state(app.engine(), slug, action, app.config.actor, dry_run=dry_run))
+
+    return command
 
 
-@click.command("pause")
-@click.argument("slug")
-@dry_run_option
-@pass_app
-def pause(app: App, slug: str, dry_run: bool) -> None:
-    """Stop sending: every worker stops after its current batch; `resume` restarts."""
-    _set_state(app, slug, "pause", dry_run)
-
-
-@click.command("resume")
-@click.argument("slug")
-@dry_run_option
-@pass_app
-def resume(app: App, slug: str, dry_run: bool) -> None:
-    """Restart sending after `pause`, or after a wave paused itself (fix the cause first)."""
-    _set_state(app, slug, "resume", dry_run)
-
-
-@click.command("cancel")
-@click.argument("slug")
-@dry_run_option
-@pass_app
-def cancel(app: App, slug: str, dry_run: bool) -> None:
-    """Stop the campaign for good: nothing more is sent, and the scheduled flip is removed."""
-    _set_state(app, slug, "cancel", dry_run)
+pause = _state_command("pause", "Stop sending: every worker stops after its current batch; `resume` restarts.")
+resume = _state_command("resume", "Restart sending after `pause`, or after a wave paused itself (fix the cause first).")
+cancel = _state_command("cancel",
+                        "Stop the campaign for good: nothing more is sent, and the scheduled flip is removed.")
 
 
 @click.command("approve")

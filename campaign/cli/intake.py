@@ -3,7 +3,9 @@ returned mail (`bounces`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -11,15 +13,13 @@ from campaign.cli.app import App, Group, Progress, dry_run_option, json_option, 
 from campaign.intake import accounts, suppressions
 from campaign.returns import bounces
 
+Importer = Callable[..., accounts.ImportResult]  # accounts.import_accounts or import_devices
+
 # -- import -----------------------------------------------------------------------------------------
 
 @click.group("import", cls=Group)
 def import_group() -> None:
     """Import accounts and devices from CSV or JSON Lines (all or nothing)."""
-
-
-def _import_progress(file: Path) -> Progress:
-    return Progress(f"importing {file.name}", "records")
 
 
 def _print_import(result: accounts.ImportResult, what: str, as_json: bool) -> None:
@@ -33,51 +33,45 @@ def _print_import(result: accounts.ImportResult, what: str, as_json: bool) -> No
                f"updated, {result.unchanged} unchanged{extra}")
 
 
-@import_group.command("accounts")
-@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@dry_run_option
-@json_option
-@pass_app
-def import_accounts(app: App, file: Path, dry_run: bool, as_json: bool) -> None:
-    """Upsert accounts from FILE (CSV or JSON Lines).
+ACCOUNTS_HELP = """Upsert accounts from FILE (CSV or JSON Lines).
 
-    \b
-    Columns: account_id,email,name,locale,timezone,country
-      locale    BCP 47, e.g. de-AT     timezone  IANA, e.g. Europe/Vienna
-      country   ISO 3166-1 alpha-2, e.g. AT
-    Rows in the file are inserted or updated; other accounts are not touched. Any problem is
-    reported as FILE:LINE: what is wrong, and nothing is written.
-    """
-    bar = _import_progress(file)
-    try:
-        result = accounts.import_accounts(app.engine(), file, app.config.actor, dry_run=dry_run,
-                                     progress=lambda records, done, total: bar.update(done, total, records))
-    finally:
-        bar.close()
-    _print_import(result, "accounts", as_json)
+\b
+Columns: account_id,email,name,locale,timezone,country
+  locale    BCP 47, e.g. de-AT     timezone  IANA, e.g. Europe/Vienna
+  country   ISO 3166-1 alpha-2, e.g. AT
+Rows in the file are inserted or updated; other accounts are not touched. Any problem is
+reported as FILE:LINE: what is wrong, and nothing is written."""
+DEVICES_HELP = """Upsert devices and their settings from FILE (CSV or JSON Lines).
+
+\b
+Columns: device_id,account_id,name,model, then one column per setting key,
+e.g. voice_recordings. An empty cell leaves that setting as it is. A value that
+differs from the stored one is the person's own change: it is stored with its time,
+and a later rollback will not overwrite it. Every account must exist already."""
 
 
-@import_group.command("devices")
-@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@dry_run_option
-@json_option
-@pass_app
-def import_devices(app: App, file: Path, dry_run: bool, as_json: bool) -> None:
-    """Upsert devices and their settings from FILE (CSV or JSON Lines).
+def _import_command(what: str, importer: Importer, help: str) -> click.Command:
+    """`import accounts` or `import devices`: the same command but for what it imports, with its help."""
 
-    \b
-    Columns: device_id,account_id,name,model, then one column per setting key,
-    e.g. voice_recordings. An empty cell leaves that setting as it is. A value that
-    differs from the stored one is the person's own change: it is stored with its time,
-    and a later rollback will not overwrite it. Every account must exist already.
-    """
-    bar = _import_progress(file)
-    try:
-        result = accounts.import_devices(app.engine(), file, app.config.actor, dry_run=dry_run,
-                                     progress=lambda records, done, total: bar.update(done, total, records))
-    finally:
-        bar.close()
-    _print_import(result, "devices", as_json)
+    @import_group.command(what, help=help)
+    @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+    @dry_run_option
+    @json_option
+    @pass_app
+    def command(app: App, file: Path, dry_run: bool, as_json: bool) -> None:
+        bar = Progress(f"importing {file.name}", "records")
+        try:
+            result = importer(app.engine(), file, app.config.actor, dry_run=dry_run,
+                              progress=lambda records, done, total: bar.update(done, total, records))
+        finally:
+            bar.close()
+        _print_import(result, what, as_json)
+
+    return command
+
+
+import_accounts = _import_command("accounts", accounts.import_accounts, ACCOUNTS_HELP)
+import_devices = _import_command("devices", accounts.import_devices, DEVICES_HELP)
 
 
 # -- suppress ---------------------------------------------------------------------------------------
@@ -123,7 +117,10 @@ def suppress_import(app: App, file: Path, reason: str, dry_run: bool, as_json: b
 @pass_app
 def suppress_list(app: App, as_json: bool) -> None:
     """Every suppressed address, oldest first."""
-    rows = suppressions.list_all(app.engine())
+    _print_suppressions(suppressions.list_all(app.engine()), as_json)
+
+
+def _print_suppressions(rows: list[dict[str, Any]], as_json: bool) -> None:
     if as_json:
         print_json(rows)
         return
