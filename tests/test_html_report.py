@@ -23,7 +23,7 @@ import pytest
 from sqlalchemy import Engine
 
 from campaign import pages
-from campaign.evidence import htmlreport, reports
+from campaign.evidence import htmlreport
 from tests.conftest import IN_CI, ROOT, CliRun
 from tests.test_reports import SLUG, story  # noqa: F401  (the fixture: every kind of story, flipped)
 
@@ -170,7 +170,7 @@ def assert_escaped(page: str, allowed_tags: set[str], in_text: int, in_attribute
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_hostile_data_is_escaped_everywhere_on_the_report(story: Engine) -> None:  # noqa: F811
     with story.connect() as conn:
-        data: dict[str, Any] = reports.html_data(conn, SLUG)
+        data: dict[str, Any] = htmlreport.html_data(conn, SLUG)
     for key in ("name", "campaign", "setting", "from", "to", "created_by", "state"):
         data[key] = HOSTILE
     first = data["waves"][0]["name"]

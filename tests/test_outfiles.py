@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import Engine
 
 from campaign import outfiles
-from campaign.evidence import reports
+from campaign.evidence import export
 from tests.conftest import ROOT, CliRun
 from tests.test_reports import ACCOUNTS, DEVICES, EARLY, SLUG, definition, deliver
 
@@ -83,7 +83,7 @@ def test_a_regular_file_is_replaced_whole(run_cli: CliRun, campaign: Engine, out
         out.write("account_id,email\r\n" * 10_000)
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(reports, "_write_csv", fails)
+    monkeypatch.setattr(export, "_write_csv", fails)
     result = run_cli("report", SLUG, "--out", str(report))
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert f"{report}: could not write it (No space left on device)" in result.stderr
@@ -96,8 +96,8 @@ def test_a_directory_is_refused(run_cli: CliRun, campaign: Engine, out_dir: Path
     target.mkdir()
     refused(run_cli("report", SLUG, "--out", str(target)), target, "directory")
     # The core says so too (the demo's HTML report, a directory made after the option was checked).
-    with pytest.raises(reports.UsageError, match=f"{target} is a directory"):
-        reports.report(campaign, SLUG, "csv", target, sys.stdout)
+    with pytest.raises(export.UsageError, match=f"{target} is a directory"):
+        export.report(campaign, SLUG, "csv", target, sys.stdout)
     assert os.listdir(target) == [] and sorted(os.listdir(out_dir)) == ["reports"]
 
 

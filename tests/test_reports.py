@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import Engine, insert, select
 
 from campaign.cutoff import flip
-from campaign.evidence import reports
+from campaign.evidence import htmlreport, status
 from campaign.models import DELIVERY, WAVE
 from tests.conftest import ROOT, CliRun, table_counts
 
@@ -194,9 +194,9 @@ def test_html_is_one_self_contained_escaped_page(run_cli: CliRun, story: Engine,
                          re.IGNORECASE)
     # The numbers: 5 notices in the ledger (4 sent: one bounced); 3 devices switched, 2 held back, 1 waiting.
     with story.connect() as conn:
-        data = reports.html_data(conn, SLUG)
+        data = htmlreport.html_data(conn, SLUG)
         # the one-pass summary agrees with the ledger's own counts
-        assert {w["name"]: w["counts"] for w in data["waves"]} == reports.status(conn, SLUG)["waves"]
+        assert {w["name"]: w["counts"] for w in data["waves"]} == status.status(conn, SLUG).waves
     assert data["waves"][0]["counts"]["sent"] == 4 and data["flip"]["changed"] == 3
     assert data["flip"]["held_back"] == 2 and data["flip"]["waiting"] == 1
     assert sum(s["count"] for s in data["sends"]) == 6  # sent_at on the 5 sent and the bounced one

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from campaign.cli.app import App, counts_line, duration, json_option, pass_app, print_json
-from campaign.evidence import reports
+from campaign.evidence import auditlog, export, status, story
 
 
 @click.command("status")
@@ -18,41 +18,45 @@ from campaign.evidence import reports
 @pass_app
 def status_cmd(app: App, slug: str, as_json: bool) -> None:
     """Per wave: deliveries by state, rate and ETA; the flip: changed, held back, rolled back, left."""
-    st = reports.status_of(app.engine(), slug)
+    st = status.status_of(app.engine(), slug)
     if as_json:
-        print_json(st)
+        print_json(st.as_json())
         return
-    click.echo(f"{st['campaign']}: {st['state']}, cutoff {st['cutoff']}")
-    for name, counts in st["waves"].items():
-        det = st["wave_detail"][name]
-        extra = f"  {det['rate_per_second']}/s" if det["rate_per_second"] else ""
-        if det["eta_seconds"] is not None:
-            extra += f", ETA {duration(det['eta_seconds'])}"
-        click.echo(f"  {name:<14} {det['state']:<8} {counts_line(counts)}{extra}")
-        if det["paused_reason"]:
-            click.echo(f"  {'':<14} paused: {det['paused_reason']}")
-    click.echo(f"  flip           {counts_line(st['flip'])}")
-    if st["flip_detail"].get("waiting"):
-        click.echo(f"  {'':<14} {st['flip_detail']['waiting']} device(s) wait for fair notice")
-    a = st["flip_detail"].get("apply")
+    _print_status(st)
+
+
+def _print_status(st: status.Status) -> None:
+    click.echo(f"{st.campaign}: {st.state}, cutoff {st.cutoff}")
+    for name, counts in st.waves.items():
+        det = st.wave_detail[name]
+        extra = f"  {det.rate_per_second}/s" if det.rate_per_second else ""
+        if det.eta_seconds is not None:
+            extra += f", ETA {duration(det.eta_seconds)}"
+        click.echo(f"  {name:<14} {det.state:<8} {counts_line(counts)}{extra}")
+        if det.paused_reason:
+            click.echo(f"  {'':<14} paused: {det.paused_reason}")
+    click.echo(f"  flip           {counts_line(st.flip)}")
+    if st.flip_detail.waiting:
+        click.echo(f"  {'':<14} {st.flip_detail.waiting} device(s) wait for fair notice")
+    a = st.flip_detail.apply
     if a is not None:
-        click.echo(f"  apply          {a['url']}: applied {a['applied']}, waiting {a['waiting']}"
-                   + (f", rollback waiting {a['undoing']}" if a["undoing"] else "")
-                   + (f", unknown device {a['unknown_device']}" if a["unknown_device"] else ""))
-        if a["paused"]:
-            click.echo(f"  {'':<14} paused: {a['paused']}")
-        elif a["last_error"]:
-            click.echo(f"  {'':<14} last try: {a['last_error']}")
-    nxt = st.get("next_step")
-    if nxt:
-        click.echo(f"  next step      {nxt['step']} at {nxt['due_at']} ({nxt['state']})")
-    if st["approval"]["required"] or st["approval"]["approvals"]:
-        click.echo(f"  approval       {st['approval']['words']}")
+        click.echo(f"  apply          {a.url}: applied {a.applied}, waiting {a.waiting}"
+                   + (f", rollback waiting {a.undoing}" if a.undoing else "")
+                   + (f", unknown device {a.unknown_device}" if a.unknown_device else ""))
+        if a.paused:
+            click.echo(f"  {'':<14} paused: {a.paused}")
+        elif a.last_error:
+            click.echo(f"  {'':<14} last try: {a.last_error}")
+    nxt = st.next_step
+    if nxt is not None:
+        click.echo(f"  next step      {nxt.step} at {nxt.due_at} ({nxt.state})")
+    if st.approval.required or st.approval.approvals:
+        click.echo(f"  approval       {st.approval.words()}")
 
 
 @click.command("report")
 @click.argument("slug")
-@click.option("--format", "fmt", type=click.Choice(reports.FORMATS), default="csv", show_default=True,
+@click.option("--format", "fmt", type=click.Choice(export.FORMATS), default="csv", show_default=True,
               help="csv: a row per account and device; jsonl: an object per account; html: one page with charts.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write here [default: stdout].")
 @click.option("--account", "account_id", metavar="ID", help="One person's whole story instead, by account id.")
@@ -66,15 +70,15 @@ def report_cmd(app: App, slug: str, fmt: str, out: Path | None, account_id: str 
     if account_id is not None or email is not None:
         if account_id is not None and email is not None:
             raise click.UsageError("--account or --email, not both")
-        story = reports.story_of(app.engine(), slug, account_id=account_id, email=email)
+        person = story.story_of(app.engine(), slug, account_id=account_id, email=email)
         if as_json:
-            print_json(story)
+            print_json(person.as_json())
         else:
-            click.echo(reports.story_text(story))
+            click.echo(story.story_text(person))
         return
     if as_json:
         raise click.UsageError("--json goes with --account or --email (the report's formats: --format)")
-    written = reports.report(app.engine(), slug, fmt, out, sys.stdout)
+    written = export.report(app.engine(), slug, fmt, out, sys.stdout)
     if written.path is not None:  # not when --out led to stdout (/dev/stdout): the report is all it gets
         what = f"{written.accounts} accounts" if fmt != "html" else "the HTML report"
         click.echo(f"{slug}: {what} written to {out}")
@@ -89,11 +93,11 @@ def report_cmd(app: App, slug: str, fmt: str, out: Path | None, account_id: str 
 def log_cmd(app: App, slug: str, since: str | None, who: str | None, as_json: bool) -> None:
     """The campaign's audit events, oldest first: who did what, when, with its counts (imports and suppressions,
     which belong to no campaign, included)."""
-    events = reports.log_of(app.engine(), slug, since=since, actor=who)
+    log = auditlog.log_of(app.engine(), slug, since=since, actor=who)
     if as_json:
-        print_json({"campaign": slug, "events": events})
+        print_json(log.as_json())
     else:
-        click.echo(reports.log_text(events))
+        click.echo(auditlog.log_text(log.events))
 
 
 COMMANDS = (status_cmd, report_cmd, log_cmd)

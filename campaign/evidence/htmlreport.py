@@ -1,8 +1,9 @@
 """The HTML report: one self-contained page (inline CSS and SVG, no script, no outside resource) drawn from
-`campaign.evidence.reports.html_data` — headline numbers, sends over time per wave against the cutoff, outcomes by
-wave and state and by locale, the flip, and the campaign's timeline. It reads on screen and on paper (a
-print stylesheet). Here the data becomes view values (numbers formatted, times worded, the chart placed);
-`campaign/pages/report.html.j2` lays them out, and Jinja2's autoescape escapes every one of them."""
+`html_data` — headline numbers, sends over time per wave against the cutoff, outcomes by wave and state and by
+locale, the flip, and the campaign's timeline. It reads on screen and on paper (a print stylesheet). `html_data`
+reads it as plain values, in aggregates whatever the audience's size; `view` makes them view values (numbers
+formatted, times worded, the chart placed); `campaign/pages/report.html.j2` lays them out, and Jinja2's
+autoescape escapes every one of them."""
 
 from __future__ import annotations
 
@@ -11,8 +12,18 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from campaign import pages
+from sqlalchemy import Connection
+
+from campaign import campaigns, db, pages
+from campaign.cutoff import approval
+from campaign.evidence.auditlog import entry, summarize
+from campaign.evidence.status import approval_json
+from campaign.evidence.words import iso
 from campaign.models import CHANGE_STATES, DELIVERY_STATES
+from campaign.store import audit, steps
+from campaign.store import campaigns as campaign_store
+from campaign.store import changes as change_store
+from campaign.store import evidence as store
 
 STATE_COLOURS = {"sent": "#2e7d32", "pending": "#9e9e9e", "sending": "#64b5f6", "failed": "#c62828",
                  "bounced": "#ef6c00", "suppressed": "#6a1b9a", "skipped": "#b0bec5", "expired": "#8d6e63"}
@@ -391,3 +402,69 @@ def view(data: dict[str, Any]) -> Report:
 def render(data: dict[str, Any]) -> str:
     """The whole page."""
     return pages.render("report.html.j2", report=view(data))
+
+
+# -- the data: what the report shows, read in aggregates ---------------------------------------------------
+
+BUCKETS = (1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 2 * 86400, 7 * 86400, 30 * 86400)
+MAX_BUCKETS = 120
+
+
+def _bucket(start: dt.datetime, end: dt.datetime) -> int:
+    span = (end - start).total_seconds()
+    return next((b for b in BUCKETS if span / b <= MAX_BUCKETS), BUCKETS[-1])
+
+
+def html_data(conn: Connection, slug: str, now: dt.datetime | None = None) -> dict[str, Any]:
+    """Everything the HTML report shows, as plain values: aggregates only, whatever the audience's size."""
+    now = now or db.utcnow()
+    c = campaigns.get(conn, slug)
+    d = c.definition
+    waves = campaign_store.waves(conn, c.id)
+    names = {w.id: w.name for w in waves}
+    counts = {w.id: dict.fromkeys(DELIVERY_STATES, 0) for w in waves}
+    fine: dict[tuple[int, dt.datetime], int] = {}
+    for wave_id, state, slot, n in store.delivery_summary(conn, c.id):
+        wave_counts = counts.setdefault(wave_id, dict.fromkeys(DELIVERY_STATES, 0))
+        wave_counts[state] = wave_counts.get(state, 0) + n
+        if slot is not None:
+            fine[wave_id, slot] = fine.get((wave_id, slot), 0) + n
+    slots = [slot for _, slot in fine]
+    first = min(slots, default=None)
+    last = max(slots, default=None)
+    moments = [m for m in (first, last and last + dt.timedelta(seconds=store.FINE), c.cutoff,
+                           *(w.at for w in waves)) if m is not None]
+    start, end = min(moments), max(moments)
+    width = _bucket(start, end)
+    coarse: dict[tuple[int, int], int] = {}
+    for (wave_id, slot), n in fine.items():
+        key = (wave_id, int(slot.timestamp()) // width * width)
+        coarse[key] = coarse.get(key, 0) + n
+    position = {w.id: i for i, w in enumerate(waves)}
+    sends = [{"wave": names.get(w, str(w)), "at": iso(dt.datetime.fromtimestamp(b, dt.UTC)), "count": n}
+             for (w, b), n in sorted(coarse.items(), key=lambda kv: (position.get(kv[0][0], 0), kv[0][1]))]
+    by_locale: dict[str, dict[str, dict[str, int]]] = {}
+    for w, loc, state, n in store.outcomes_by_locale(conn, c.id):
+        by_locale.setdefault(loc, {}).setdefault(names.get(w, str(w)), {})[state] = n
+    outlook = change_store.outlook(conn, c.id)
+    change_accounts, change_devices = store.change_accounts(conn, c.id)
+    return {
+        "campaign": slug, "name": c.name, "state": c.state, "generated_at": iso(now), "cutoff": iso(c.cutoff),
+        "setting": d.setting, "from": d.from_value, "to": d.to_value,
+        "min_notice_seconds": d.min_notice.total_seconds() if d.min_notice else None,
+        "created_at": iso(c.created_at), "created_by": c.created_by, "scheduled_at": iso(c.scheduled_at),
+        "rolled_back_at": iso(c.rolled_back_at),
+        "waves": [{"name": w.name, "at": iso(w.at), "expires": iso(w.expires), "audience": w.audience,
+                   "state": w.state, "paused_reason": w.paused_reason, "counts": counts[w.id]}
+                  for w in waves],
+        "accounts": store.ledger_accounts(conn, c.id),
+        "flip": outlook.counts, "flip_accounts": change_accounts, "flip_devices": change_devices,
+        "next_due": iso(outlook.next_due), "last_due": iso(outlook.last_due), "held_back_why": outlook.held_back_why,
+        "span": {"start": iso(start), "end": iso(end), "bucket_seconds": width}, "sends": sends,
+        "by_locale": by_locale,
+        "steps": [{"step": s.name, "due_at": iso(s.due_at), "state": s.state, "error": s.error}
+                  for s in steps.of_campaign(conn, c.id)],
+        # each with its detail worded as `campaign log` words it
+        "events": [{**entry(e, slug).as_json(), "summary": summarize(e.detail)} for e in audit.events(conn, c.id)],
+        "approval": approval_json(approval.standing(conn, c)),
+    }

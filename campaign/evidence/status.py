@@ -1,0 +1,151 @@
+"""`campaign status`: where a campaign stands — deliveries per wave with their rate and ETA, the flip's counts,
+what waits for the settings service, the next step and the approval — as one typed result."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Engine
+
+from campaign import campaigns, db
+from campaign.cutoff import approval
+from campaign.evidence.words import iso
+from campaign.models import APPLY_STATES, CHANGED, WAITING
+from campaign.results import Fields
+from campaign.store import campaigns as campaign_store
+from campaign.store import changes as change_store
+from campaign.store import deliveries, steps
+from campaign.store import evidence as store
+
+RATE_WINDOW = dt.timedelta(seconds=60)
+
+
+@dataclass(frozen=True)
+class WaveStatus(Fields):
+    """A wave beside its counts: its state, why it paused, when it was due, its rate over the last minute and ETA."""
+
+    state: str
+    paused_reason: str | None
+    at: str
+    rate_per_second: float
+    eta_seconds: int | None
+
+
+@dataclass(frozen=True)
+class ApplyStatus(Fields):
+    """[apply] kind = "http": what the settings service applied and what waits for it."""
+
+    kind: str
+    url: str | None
+    applied: int
+    waiting: int
+    undoing: int
+    unknown_device: int
+    batches_waiting: int
+    paused: str | None
+    last_error: str | None
+
+
+@dataclass(frozen=True)
+class FlipStatus:
+    """The flip beside its counts: devices waiting for fair notice and when the first is due, those held back and
+    why, when it was rolled back; with [apply] kind = "http", the settings service's side."""
+
+    waiting: int
+    next_due: str | None
+    held_back: int
+    held_back_why: dict[str, int]
+    rolled_back_at: str | None
+    apply: ApplyStatus | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"waiting": self.waiting, "next_due": self.next_due, "held_back": self.held_back,
+                               "held_back_why": self.held_back_why, "rolled_back_at": self.rolled_back_at}
+        if self.apply is not None:
+            out["apply"] = self.apply.as_json()
+        return out
+
+
+@dataclass(frozen=True)
+class NextStep(Fields):
+    step: str
+    due_at: str
+    state: str
+
+
+@dataclass(frozen=True)
+class Status:
+    """SPEC §6 `status --json`: per wave every delivery state (zeros included), the flip's counts; beside them each
+    wave's detail, the flip's, the next step and the approval."""
+
+    campaign: str
+    state: str
+    cutoff: str
+    waves: dict[str, dict[str, int]]  # wave -> delivery state -> count
+    flip: dict[str, int]  # change state -> count (without the apply states, which have their own detail)
+    wave_detail: dict[str, WaveStatus]
+    flip_detail: FlipStatus
+    next_step: NextStep | None
+    approval: approval.Standing
+
+    def as_json(self) -> dict[str, Any]:
+        return {"campaign": self.campaign, "state": self.state, "cutoff": self.cutoff, "waves": self.waves,
+                "flip": self.flip, "wave_detail": {name: w.as_json() for name, w in self.wave_detail.items()},
+                "flip_detail": self.flip_detail.as_json(),
+                "next_step": None if self.next_step is None else self.next_step.as_json(),
+                "approval": approval_json(self.approval)}
+
+
+def approval_json(s: approval.Standing) -> dict[str, Any]:
+    """Who approved the definition, when, for which version and digest (`[approval]`), with a line in words."""
+    return {**s.as_json(), "words": s.words()}
+
+
+def status(conn: Connection, slug: str, now: dt.datetime | None = None) -> Status:
+    """The campaign's status now."""
+    now = now or db.utcnow()
+    c = campaigns.get(conn, slug)
+    waves: dict[str, dict[str, int]] = {}
+    detail: dict[str, WaveStatus] = {}
+    for w in campaign_store.waves(conn, c.id):
+        counts = deliveries.counts(conn, w.id)
+        waves[w.name] = counts
+        rate = store.sent_since(conn, w.id, now - RATE_WINDOW) / RATE_WINDOW.total_seconds()
+        left = counts["pending"] + counts["sending"]
+        detail[w.name] = WaveStatus(state=w.state, paused_reason=w.paused_reason, at=w.at.isoformat(),
+                                    rate_per_second=round(rate, 2),
+                                    eta_seconds=round(left / rate) if rate > 0 and left else None)
+    changes = store.change_counts(conn, c.id)
+    waiting = changes.pop(WAITING)
+    outlook = change_store.outlook(conn, c.id)
+    held_back = changes["held_back"]
+    apply = _apply_status(conn, c, changes) if c.definition.apply.http else None
+    flip_detail = FlipStatus(waiting=waiting, next_due=iso(outlook.next_due), held_back=held_back,
+                             held_back_why=outlook.held_back_why, rolled_back_at=iso(c.rolled_back_at), apply=apply)
+    return Status(campaign=slug, state=c.state, cutoff=c.cutoff.isoformat(), waves=waves, flip=changes,
+                  wave_detail=detail, flip_detail=flip_detail, next_step=_next_step(conn, c.id),
+                  approval=approval.standing(conn, c))
+
+
+def _apply_status(conn: Connection, c: campaigns.CampaignRow, changes: dict[str, int]) -> ApplyStatus:
+    """[apply] kind = "http": what the settings service applied and what waits for it (the apply states leave
+    the `flip` counts, which stay those of SPEC §6)."""
+    for state in APPLY_STATES:
+        changes.pop(state, None)
+    a = change_store.apply_state(conn, c.id)
+    return ApplyStatus(kind="http", url=c.definition.apply.url, applied=changes[CHANGED], waiting=a.waiting,
+                       undoing=a.undoing, unknown_device=a.unknown, batches_waiting=a.batches_waiting,
+                       paused=a.paused, last_error=a.last_error)
+
+
+def _next_step(conn: Connection, campaign_id: int) -> NextStep | None:
+    s = steps.next_step(conn, campaign_id)
+    return None if s is None else NextStep(step=s.name, due_at=s.due_at.isoformat(), state=s.state)
+
+
+def status_of(engine: Engine, slug: str) -> Status:
+    """`campaign status`."""
+    with db.read(engine) as conn:
+        return status(conn, slug)
