@@ -123,10 +123,13 @@ batch_size_option = click.option("--batch-size", type=click.IntRange(min=1), def
                                       "[apply] batch instead, a request each).")
 
 
-def _print_flip(result: Any) -> None:
+Result = flipping.FlipResult | flipping.RollbackResult
+
+
+def _print_flip(result: flipping.FlipResult) -> None:
     would = "would " if result.dry_run else ""
     if result.apply is not None:
-        _print_apply(result, "switched")
+        _print_apply(result, result.apply, result.total_changed, "switched")
     else:
         click.echo(f"{result.campaign}: {would}switch {result.changed} device(s) in {result.batches} batch(es); "
                    f"{result.total_changed} switched in all")
@@ -135,6 +138,7 @@ def _print_flip(result: Any) -> None:
                    "(`flip --include-unnotified` switches them too)")
         list_rows(result.held_back_devices, result.held_back, lambda h: f"{h['device_id']}  account {h['account_id']}")
     if result.waiting:
+        assert result.next_due is not None and result.last_due is not None  # devices that wait have their times
         click.echo(f"waiting for fair notice: {result.waiting} device(s), due from {result.next_due.isoformat()} "
                    f"until {result.last_due.isoformat()} (the scheduler or a later `flip` switches them)")
         list_rows(result.waiting_devices, result.waiting, lambda w: f"{w['device_id']}  account {w['account_id']}  "
@@ -145,10 +149,9 @@ def _print_flip(result: Any) -> None:
         click.echo("dry run: nothing was written")
 
 
-def _print_apply(result: Any, done: str) -> None:
-    """What a flip or rollback did through the settings service ([apply] kind = "http")."""
-    a = result.apply
-    total = result.total_changed if done == "switched" else result.total_rolled_back
+def _print_apply(result: Result, a: dict[str, Any], total: int, done: str) -> None:
+    """What a flip or rollback did through the settings service ([apply] kind = "http"): `a`, its `apply`; `total`
+    the campaign's devices `done` in all."""
     if result.dry_run:
         click.echo(f"{result.campaign}: would send {a['sent']} change(s) to the settings service in "
                    f"{a['batches']} batch(es) ({a['url']}); it decides which it applies; {total} {done} in all")
@@ -171,7 +174,7 @@ def _print_apply(result: Any, done: str) -> None:
         click.echo(f"waiting for the settings service: {a['waiting']} change(s) recorded and not yet answered for")
 
 
-def _stopped(result: Any, verb: str) -> CampaignError | None:
+def _stopped(result: Result, verb: str) -> CampaignError | None:
     """The failure of a flip or rollback that stopped with changes waiting for the settings service (code
     `apply_paused`: a refusal, a person must look; `apply_unavailable`: the service did not answer), or None."""
     a = result.apply
@@ -234,7 +237,7 @@ def rollback_cmd(app: App, slug: str, batch_size: int, dry_run: bool, as_json: b
         return
     would = "would " if result.dry_run else ""
     if result.apply is not None:
-        _print_apply(result, "rolled back")
+        _print_apply(result, result.apply, result.total_rolled_back, "rolled back")
     click.echo(f"{result.campaign}: {would}roll back {result.rolled_back} change(s); {would}leave {result.left} "
                "whose device its owner changed since")
     list_rows(result.left_devices, result.left, lambda r: f"{r['device_id']}  account {r['account_id']}  {r['note']}")
