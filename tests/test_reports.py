@@ -309,7 +309,8 @@ def test_report_streams_in_account_order_with_a_small_batch(story: Engine) -> No
         cid = conn.execute(select(WAVE.c.campaign_id)).scalars().first()
         assert cid is not None
         waves = list(conn.execute(select(WAVE.c.id).order_by(WAVE.c.position)).scalars())
-        ids = [r[0] for r in evidence.account_rows(conn, cid, waves, "held", "waiting", yield_per=2)]
+        at = evidence.account_columns(len(waves)).account_id
+        ids = [r[at] for r in evidence.account_rows(conn, cid, waves, "held", "waiting", yield_per=2)]
     assert ids == sorted(ids) and len(ids) == 7
 
 

@@ -62,6 +62,7 @@ def _write_csv(out: TextIO, rows: Iterator[Any], wave_names: list[str], written:
     writer.writerow(csv_header(wave_names))
     write = writer.writerow
     cell, quoted = csv_cell, QUOTED_START
+    account_id = evidence.account_columns(len(wave_names)).account_id
     last: str | None = None
     accounts = count = 0
     for r in rows:  # the store gives each row as it is written: text, in column order
@@ -72,29 +73,34 @@ def _write_csv(out: TextIO, rows: Iterator[Any], wave_names: list[str], written:
         else:
             write(r)
         count += 1
-        if r[0] != last:
+        if r[account_id] != last:
             accounts += 1
-            last = r[0]
+            last = r[account_id]
     written.accounts, written.rows = accounts, count
 
 
 def _write_jsonl(out: TextIO, rows: Iterator[Any], wave_names: list[str], written: Written) -> None:
-    device_at = 4 + 4 * len(wave_names)
+    columns = evidence.account_columns(len(wave_names))
+    waves = list(zip(wave_names, columns.waves, strict=True))
     current: dict[str, Any] | None = None
     accounts = 0
     for r in rows:
-        if current is None or r[0] != current["account_id"]:
+        if current is None or r[columns.account_id] != current["account_id"]:
             if current is not None:
                 out.write(json.dumps(current, ensure_ascii=False) + "\n")
             accounts += 1
-            current = {"account_id": r[0], "email": r[1], "locale": r[2], "timezone": r[3], "waves": {
-                name: {"state": r[4 + 4 * i], "at": r[5 + 4 * i], "message_id": r[6 + 4 * i],
-                       "error": r[7 + 4 * i]} for i, name in enumerate(wave_names)}, "devices": []}
-        device_id, frm, to, state, flipped, rolled, held, why, due, note = r[device_at:device_at + 10]
+            account_id, email, locale, timezone = r[columns.account]
+            by_wave = {}
+            for name, wave in waves:
+                state, at, message_id, error = r[wave]
+                by_wave[name] = {"state": state, "at": at, "message_id": message_id, "error": error}
+            current = {"account_id": account_id, "email": email, "locale": locale, "timezone": timezone,
+                       "waves": by_wave, "devices": []}
+        device_id, frm, to, change, flipped, rolled, held, why, due, note = r[columns.device]
         if device_id is not None:
             current["devices"].append({
                 "device_id": device_id, "from": frm, "to": to, "flipped_at": flipped, "rolled_back_at": rolled,
-                "held_back": held == "true", "state": state, "held_back_why": why, "due_at": due, "note": note})
+                "held_back": held == "true", "state": change, "held_back_why": why, "due_at": due, "note": note})
     if current is not None:
         out.write(json.dumps(current, ensure_ascii=False) + "\n")
     written.accounts = written.rows = accounts
