@@ -136,10 +136,30 @@ def set_state(engine: Engine, slug: str, action: str, actor: str, dry_run: bool 
     return f"would: {message}" if dry_run else message
 
 
+@dataclass(frozen=True)
+class Created:
+    """What `campaign create` did: the campaign registered (or would be), its waves, and what the preflight
+    found that does not refuse it."""
+
+    campaign: str
+    id: int
+    replaced: bool
+    dry_run: bool
+    cutoff: str
+    waves: tuple[dict[str, str], ...]
+    rendered: int
+    warnings: tuple[preflight.Finding, ...]
+
+    def as_json(self) -> dict[str, Any]:
+        return {"campaign": self.campaign, "id": self.id, "replaced": self.replaced, "dry_run": self.dry_run,
+                "cutoff": self.cutoff, "waves": list(self.waves), "rendered": self.rendered,
+                "warnings": [w.as_json() for w in self.warnings]}
+
+
 def create_from_file(engine: Engine, path: Path, templates: Path, actor: str, *, replace: bool = False,
-                     dry_run: bool = False) -> dict[str, Any]:
-    """`campaign create`: load and check the definition, render every wave × locale of the audience (refusing on
-    any template or data error, with its file and line), and register it."""
+                     dry_run: bool = False) -> Created:
+    """`campaign create`: load and check the definition, run the preflight (refusing on its errors: a template
+    or data error with its file and line, a setting no device has, …), and register it."""
     definition = load_definition(path, templates)
     renderer = Renderer(definition, templates)
 
@@ -147,10 +167,9 @@ def create_from_file(engine: Engine, path: Path, templates: Path, actor: str, *,
         return preflight.refuse_on_errors(preflight.run(conn, d, renderer, preflight.CREATE))
 
     result = create(engine, definition, actor, replace=replace, dry_run=dry_run, check=check)
-    found: preflight.Preflight = result.pop("checked")
-    result["rendered"] = found.rendered
-    result["warnings"] = [f.as_json() for f in found.warnings]
-    return result
+    found: preflight.Preflight = result["checked"]
+    return Created(result["campaign"], result["id"], result["replaced"], dry_run, result["cutoff"],
+                   tuple(result["waves"]), found.rendered, found.warnings)
 
 
 def listing(engine: Engine) -> list[dict[str, Any]]:

@@ -7,7 +7,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -16,7 +16,7 @@ import click
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from campaign import db, migrate
+from campaign import db, migrate, preflight
 from campaign.config import Config, load_config, redact_url
 from campaign.errors import CampaignError
 
@@ -185,3 +185,11 @@ def list_rows(rows: list[dict[str, Any]], total: int, line: Callable[[dict[str, 
         click.echo(f"  {line(row)}")
     if total > len(rows):
         click.echo(f"  ... and {total - len(rows)} more (see --json)")
+
+
+def print_findings(errors: Iterable[preflight.Finding], warnings: Iterable[preflight.Finding]) -> None:
+    """The preflight's findings, one a line: errors first."""
+    for f in errors:
+        click.echo(f"error [{f.code}]: {f.message}")
+    for f in warnings:
+        click.echo(f"warning [{f.code}]: {f.message}")

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from campaign import campaigns
-from campaign.cli.app import App, dry_run_option, json_option, pass_app, print_json
+from campaign import campaigns, preflight
+from campaign.cli.app import App, dry_run_option, json_option, pass_app, print_findings, print_json
 from campaign.cutoff import approval
 from campaign.store import audience as audience_store
 
@@ -28,17 +28,44 @@ def create(app: App, file: Path, replace: bool, dry_run: bool, as_json: bool) ->
     result = campaigns.create_from_file(app.engine(), file, app.config.templates, app.config.actor,
                                         replace=replace, dry_run=dry_run)
     if as_json:
-        print_json(result)
+        print_json(result.as_json())
         return
-    verb = "would create" if dry_run else ("replaced" if result["replaced"] else "created")
-    click.echo(f"{verb} campaign {result['campaign']!r}: cutoff {result['cutoff']}; {result['rendered']} sample "
+    verb = "would create" if dry_run else ("replaced" if result.replaced else "created")
+    click.echo(f"{verb} campaign {result.campaign!r}: cutoff {result.cutoff}; {result.rendered} sample "
                "messages rendered without error (every wave × locale of the audience)")
-    for w in result["waves"]:
+    for w in result.waves:
         click.echo(f"  wave {w['name']:<14} at {w['at']}  audience {w['audience']:<9} expires {w['expires']}")
+    print_findings((), result.warnings)
     if not dry_run:
-        standing = approval.standing_of(app.engine(), result["campaign"])
+        standing = approval.standing_of(app.engine(), result.campaign)
         if standing.required or standing.voided:
             click.echo(f"approval: {standing.words()}")
+
+
+@click.command("check")
+@click.argument("target", metavar="SLUG|FILE")
+@json_option
+@pass_app
+def check(app: App, target: str, as_json: bool) -> None:
+    """The preflight: what would make a campaign fail or reach the wrong people, before anyone is mailed.
+
+    \b
+    TARGET is a campaign's slug (its registered definition) or a definition FILE not
+    registered yet. Each finding has a stable code (docs/commands.md lists them):
+    errors (unknown-setting, unknown-value, empty-audience, missing-secret,
+    missing-templates, missing-translation, template-error) and warnings (fallback,
+    notice-too-late, wave-too-long). Exit 0 when there is no error (warnings printed),
+    1 when there is. `create`, `schedule` and the scheduler run it too.
+    """
+    result = preflight.check(app.engine(), app.config.templates, target)
+    if as_json:
+        print_json(result.as_json())
+    else:
+        print_findings(result.errors, result.warnings)
+        verdict = "no errors" if result.ok else f"{len(result.errors)} error(s)"
+        click.echo(f"{result.campaign}: {verdict}, {len(result.warnings)} warning(s)")
+    if not result.ok:
+        raise SystemExit(1)
 
 
 @click.command("list")
@@ -129,4 +156,4 @@ def approve_cmd(app: App, slug: str, revoke: bool, dry_run: bool, as_json: bool)
         click.echo("dry run: nothing was written")
 
 
-COMMANDS = (create, list_cmd, audience, pause, resume, cancel, approve_cmd)
+COMMANDS = (create, check, list_cmd, audience, pause, resume, cancel, approve_cmd)

@@ -17,6 +17,7 @@ from campaign.cli.app import (
     json_option,
     list_rows,
     pass_app,
+    print_findings,
     print_json,
     print_json_result,
 )
@@ -60,6 +61,7 @@ def schedule(app: App, slug: str, dry_run: bool, as_json: bool) -> None:
                 if item["estimated_seconds"] is not None else ""
             click.echo(f"{head} {item['recipients_now']} recipients now ({item['audience']}){est}; "
                        f"expires {item['expires']}")
+    print_findings((), timeline.warnings)
     if timeline.approval is not None and (timeline.approval.required or timeline.approval.approvals):
         click.echo(f"approval: {timeline.approval.words()}")
         if dry_run and not timeline.approval.allowed:

@@ -52,6 +52,11 @@ def _print_status(st: status.Status) -> None:
         click.echo(f"  next step      {nxt.step} at {nxt.due_at} ({nxt.state})")
     if st.approval.required or st.approval.approvals:
         click.echo(f"  approval       {st.approval.words()}")
+    if st.preflight is not None:
+        click.echo(f"  PREFLIGHT      would fail (the scheduler found at {st.preflight.at}; `campaign check "
+                   f"{st.campaign}`):")
+        for e in st.preflight.errors:
+            click.echo(f"  {'':<14} [{e['code']}] {e['message']}")
 
 
 @click.command("report")

@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 
-from campaign import campaigns, db
+from campaign import campaigns, db, preflight
 from campaign.cutoff import approval
 from campaign.evidence.words import iso
 from campaign.models import APPLY_STATES, CHANGED, WAITING
@@ -89,13 +89,33 @@ class Status:
     flip_detail: FlipStatus
     next_step: NextStep | None
     approval: approval.Standing
+    preflight: PreflightWord | None = None  # what the scheduler's preflight says would fail, while it does
 
     def as_json(self) -> dict[str, Any]:
         return {"campaign": self.campaign, "state": self.state, "cutoff": self.cutoff, "waves": self.waves,
                 "flip": self.flip, "wave_detail": {name: w.as_json() for name, w in self.wave_detail.items()},
                 "flip_detail": self.flip_detail.as_json(),
                 "next_step": None if self.next_step is None else self.next_step.as_json(),
-                "approval": approval_json(self.approval)}
+                "approval": approval_json(self.approval),
+                "preflight": None if self.preflight is None else self.preflight.as_json()}
+
+
+@dataclass(frozen=True)
+class PreflightWord:
+    """The scheduler's preflight found errors (when it last looked, they were still there): what would fail."""
+
+    at: str
+    errors: tuple[dict[str, Any], ...]
+
+    def as_json(self) -> dict[str, Any]:
+        return {"at": self.at, "errors": list(self.errors)}
+
+
+def preflight_word(conn: Connection, campaign_id: int) -> PreflightWord | None:
+    last = preflight.last_word(conn, campaign_id)
+    if last is None or last.action != preflight.FAILED:
+        return None
+    return PreflightWord(last.at.isoformat(), tuple(last.detail.get("errors", ())))
 
 
 def approval_json(s: approval.Standing) -> dict[str, Any]:
@@ -126,7 +146,7 @@ def status(conn: Connection, slug: str, now: dt.datetime | None = None) -> Statu
                              held_back_why=outlook.held_back_why, rolled_back_at=iso(c.rolled_back_at), apply=apply)
     return Status(campaign=slug, state=c.state, cutoff=c.cutoff.isoformat(), waves=waves, flip=changes,
                   wave_detail=detail, flip_detail=flip_detail, next_step=_next_step(conn, c.id),
-                  approval=approval.standing(conn, c))
+                  approval=approval.standing(conn, c), preflight=preflight_word(conn, c.id))
 
 
 def _apply_status(conn: Connection, c: campaigns.CampaignRow, changes: dict[str, int]) -> ApplyStatus:

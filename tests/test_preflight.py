@@ -1,0 +1,188 @@
+"""The preflight (`campaign check`, and create / schedule / the scheduler before they act): the mistakes people
+make, each found with a stable code before anyone is mailed (issue 23 item 1)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, text
+
+from tests.conftest import ROOT, CliRun, table_counts
+
+EXAMPLE = ROOT / "data" / "voice-local-processing.toml"
+KEY = {"CAMPAIGN_BOUNCE_KEY": "0123456789abcdef0123456789abcdef"}
+
+ACCOUNTS = ("account_id,email,name,locale,timezone,country\n"
+            "a1,a1@example.com,Anna,de-DE,Europe/Berlin,DE\n"
+            "a2,a2@example.com,Bob,en-US,America/New_York,US\n"
+            "a3,a3@example.com,Yuki,ja-JP,Asia/Tokyo,JP\n"
+            "a4,a4@example.com,Ken,ja-JP,Asia/Tokyo,JP\n"
+            "a5,a5@example.com,Ana,es-US,America/Los_Angeles,US\n")
+DEVICES = ("device_id,account_id,name,model,voice_recordings\n"
+           "d1,a1,Küche,Echo Show 10,do_not_send\n"
+           "d2,a2,Den,Echo Dot (4th Gen),do_not_send\n"
+           "d3,a2,Office,Echo Show 10,dont_save\n"
+           "d4,a3,寝室,Echo Show 10,do_not_send\n"
+           "d5,a4,居間,Echo Show 15,do_not_send\n"
+           "d6,a5,Sala,Echo Show 10,save\n")
+
+
+def imported(run_cli: CliRun, write_file: Callable[..., Path]) -> None:
+    assert run_cli("import", "accounts", str(write_file("a.csv", ACCOUNTS))).exit_code == 0
+    assert run_cli("import", "devices", str(write_file("d.csv", DEVICES))).exit_code == 0
+
+
+def definition(write_file: Callable[..., Path], *edits: tuple[str, str], name: str = "def.toml") -> Path:
+    body = EXAMPLE.read_text(encoding="utf-8").replace("[approval]\nrequired = true", "[approval]\nrequired = false")
+    for old, new in edits:
+        assert old in body, old
+        body = body.replace(old, new)
+    return write_file(name, body)
+
+
+def check(run_cli: CliRun, target: str, *args: str, env: dict[str, str] | None = None) -> tuple[int, dict]:
+    result = run_cli("check", target, "--json", *args, env=env)
+    assert "Traceback" not in result.output
+    return result.exit_code, json.loads(result.stdout)
+
+
+def codes(found: list[dict]) -> list[str]:
+    return [f["code"] for f in found]
+
+
+def test_a_misspelt_setting_is_an_error_that_names_what_exists(run_cli: CliRun, engine: Engine,
+                                                               write_file: Callable[..., Path]) -> None:
+    imported(run_cli, write_file)
+    path = definition(write_file, ('setting = "voice_recordings"', 'setting = "voice_recordngs"'))
+    code, out = check(run_cli, str(path), env=KEY)
+    assert code == 1 and codes(out["errors"]) == ["unknown-setting"]
+    error = out["errors"][0]
+    assert "did you mean `voice_recordings`?" in error["message"] and "(6 devices)" in error["message"]
+    assert error["known"] == {"voice_recordings": 6}
+    # The text form says the same; create refuses it (exit 2) and writes nothing.
+    assert "error [unknown-setting]" in run_cli("check", str(path), env=KEY).stdout
+    before = table_counts(engine)
+    refused = run_cli("create", str(path), env=KEY)
+    assert refused.exit_code == 2 and "[unknown-setting]" in refused.stderr
+    assert table_counts(engine) == before
+
+
+def test_a_wrong_case_value_is_an_error_with_the_values_held(run_cli: CliRun,
+                                                             write_file: Callable[..., Path]) -> None:
+    imported(run_cli, write_file)
+    path = definition(write_file, ('from = "do_not_send"', 'from = "Do_Not_Send"'))
+    code, out = check(run_cli, str(path), env=KEY)
+    assert code == 1 and codes(out["errors"]) == ["unknown-value"]
+    error = out["errors"][0]
+    assert error["known"] == {"do_not_send": 4, "dont_save": 1, "save": 1}
+    assert "did you mean `do_not_send`?" in error["message"]
+
+
+def test_an_audience_of_nobody_warns_at_create_and_refuses_schedule(run_cli: CliRun,
+                                                                      write_file: Callable[..., Path]) -> None:
+    imported(run_cli, write_file)
+    path = definition(write_file, ('countries = ["US", "CA", "GB", "DE", "AT", "JP"]', 'countries = ["FR"]'))
+    code, out = check(run_cli, str(path), env=KEY)
+    assert code == 1 and codes(out["errors"]) == ["empty-audience"]
+    created = run_cli("create", str(path), env=KEY)
+    assert created.exit_code == 0 and "warning [empty-audience]" in created.output
+    refused = run_cli("schedule", "voice-local-processing", env={**KEY, "CAMPAIGN_CLOCK": "2025-03-01T00:00:00Z"})
+    assert refused.exit_code == 2 and "[empty-audience]" in refused.stderr
+
+
+def test_a_missing_secret_is_an_error_for_check_and_a_warning_for_create(run_cli: CliRun,
+                                                                         write_file: Callable[..., Path]) -> None:
+    imported(run_cli, write_file)
+    path = definition(write_file, ("[limits]\n", '[apply]\nkind = "http"\nurl = "https://settings.example/v1"\n\n'
+                                                 "[limits]\n"))
+    code, out = check(run_cli, str(path))
+    assert code == 1 and codes(out["errors"]) == ["missing-secret", "missing-secret"]
+    assert [e["variable"] for e in out["errors"]] == ["CAMPAIGN_BOUNCE_KEY", "CAMPAIGN_APPLY_TOKEN"]
+    code, out = check(run_cli, str(path), env={**KEY, "CAMPAIGN_APPLY_TOKEN": "t0ken-for-the-service"})
+    assert code == 0 and "missing-secret" not in codes(out["errors"] + out["warnings"])
+    created = run_cli("create", str(path))
+    assert created.exit_code == 0 and created.output.count("warning [missing-secret]") == 2
+
+
+def test_fallbacks_warn_and_a_required_locale_without_templates_is_an_error(
+        run_cli: CliRun, write_file: Callable[..., Path], tmp_path: Path) -> None:
+    imported(run_cli, write_file)
+    templates = tmp_path / "templates"
+    shutil.copytree(ROOT / "templates", templates)
+    for folder in ("ja-JP", "ja"):
+        for part in ("subject", "txt", "html"):
+            (templates / "voice-local-processing" / folder / f"reminder.{part}.j2").unlink(missing_ok=True)
+    env = {**KEY, "CAMPAIGN_TEMPLATES": str(templates)}
+    path = definition(write_file)
+    code, out = check(run_cli, str(path), env=env)
+    assert code == 0, out
+    fallback = [w for w in out["warnings"] if w["code"] == "fallback"]
+    assert fallback == [{"code": "fallback", "message": fallback[0]["message"], "wave": "reminder",
+                         "locale": "ja-JP", "template_locale": "en-US", "accounts": 2}]
+    required = definition(write_file, ('default_locale = "en-US"', 'default_locale = "en-US"\n'
+                                                                   'required_locales = ["ja-JP", "de-DE"]'),
+                          name="required.toml")
+    code, out = check(run_cli, str(required), env=env)
+    assert code == 1 and codes(out["errors"]) == ["missing-translation"]
+    assert out["errors"][0]["wave"] == "reminder" and out["errors"][0]["locale"] == "ja-JP"
+
+
+def test_a_locale_with_part_of_a_message_is_missing_templates(run_cli: CliRun, write_file: Callable[..., Path],
+                                                              tmp_path: Path) -> None:
+    imported(run_cli, write_file)
+    templates = tmp_path / "templates"
+    shutil.copytree(ROOT / "templates", templates)
+    (templates / "voice-local-processing" / "de-DE" / "notice.html.j2").unlink()
+    code, out = check(run_cli, str(definition(write_file)), env={**KEY, "CAMPAIGN_TEMPLATES": str(templates)})
+    assert code == 1 and codes(out["errors"]) == ["missing-templates"]
+    assert out["errors"][0]["missing"] == ["de-DE/notice.html.j2"]
+
+
+def test_timing_warnings(run_cli: CliRun, write_file: Callable[..., Path]) -> None:
+    imported(run_cli, write_file)
+    path = definition(write_file, ('at = "cutoff - 14d"', 'at = "cutoff - 2d"'),
+                      ("rate_per_second = 50", "rate_per_second = 0.00001"))
+    code, out = check(run_cli, str(path), env=KEY)
+    assert code == 0
+    assert "notice-too-late" in codes(out["warnings"]) and "wave-too-long" in codes(out["warnings"])
+    late = next(w for w in out["warnings"] if w["code"] == "notice-too-late")
+    # The notice now comes after the reminder (3 days before): the reminder tells first, 4 days short of 7.
+    assert late["wave"] == "reminder" and late["late_seconds"] == 4 * 86400
+
+
+def test_check_by_slug_uses_the_frozen_definition(run_cli: CliRun, write_file: Callable[..., Path]) -> None:
+    imported(run_cli, write_file)
+    assert run_cli("create", str(definition(write_file)), env=KEY).exit_code == 0
+    code, out = check(run_cli, "voice-local-processing", env=KEY)
+    assert code == 0 and out["campaign"] == "voice-local-processing" and out["errors"] == []
+    missing = run_cli("check", "no-such-campaign")
+    assert missing.exit_code == 2 and "neither a campaign" in missing.stderr
+
+
+@pytest.mark.usefixtures("workdir")
+def test_the_scheduler_says_ahead_what_would_fail(run_cli: CliRun, engine: Engine, write_file: Callable[..., Path],
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    imported(run_cli, write_file)
+    clock = {"CAMPAIGN_CLOCK": "2025-03-01T00:00:00Z"}
+    assert run_cli("create", str(definition(write_file)), env=KEY).exit_code == 0
+    assert run_cli("schedule", "voice-local-processing", env={**KEY, **clock}).exit_code == 0
+    # On the scheduler's host the bounce key is missing: said now, weeks before the notice goes out.
+    with caplog.at_level(logging.ERROR):
+        ran = run_cli("scheduler", "run", "--once", env=clock)
+    assert ran.exit_code == 0, ran.output
+    assert "voice-local-processing: preflight: would fail: [missing-secret]" in caplog.text
+    status = run_cli("status", "voice-local-processing", "--json", env=clock)
+    assert [e["code"] for e in json.loads(status.stdout)["preflight"]["errors"]] == ["missing-secret"]
+    assert "missing-secret" in run_cli("status", "voice-local-processing", env=clock).stdout
+    run_cli("scheduler", "run", "--once", env=clock)  # the same findings: no second event
+    assert run_cli("scheduler", "run", "--once", env={**KEY, **clock}).exit_code == 0
+    with engine.connect() as conn:
+        actions = conn.execute(text("SELECT action FROM audit_event WHERE action LIKE 'preflight.%' "
+                                    "ORDER BY id")).scalars().all()
+    assert actions == ["preflight.failed", "preflight.passed"]
+    assert json.loads(run_cli("status", "voice-local-processing", "--json", env=clock).stdout)["preflight"] is None
