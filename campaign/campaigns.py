@@ -15,6 +15,7 @@ from campaign.definition import Definition, load_definition, parse_definition
 from campaign.errors import NotFound, StateError
 from campaign.models import CANCELLED, DRAFT, PAUSED, SCHEDULED
 from campaign.notices.rendering import Renderer
+from campaign.results import Fields
 from campaign.store import audience
 from campaign.store import campaigns as store
 
@@ -92,15 +93,28 @@ def _campaign_values(d: Definition) -> dict[str, Any]:
             "setting": d.setting, "from_value": d.from_value, "to_value": d.to_value, "cutoff": d.cutoff}
 
 
-def list_campaigns(conn: Connection) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class Listed(Fields):
+    """One line of `campaign list`: a campaign, its state, cutoff and progress."""
+
+    campaign: str
+    name: str
+    state: str
+    cutoff: str
+    deliveries: int
+    settled: int
+    sent: int
+    devices_changed: int
+
+
+def list_campaigns(conn: Connection) -> list[Listed]:
     """Every campaign with its state, cutoff and progress (deliveries settled of all, changes made)."""
     progress = store.progress(conn)
     out = []
     for row in store.all_rows(conn):
         p = progress.get(row["id"], store.NO_PROGRESS)
-        out.append({"campaign": row["slug"], "name": row["name"], "state": row["state"],
-                    "cutoff": row["cutoff"].isoformat(), "deliveries": p.deliveries, "settled": p.settled,
-                    "sent": p.sent, "devices_changed": p.devices_changed})
+        out.append(Listed(row["slug"], row["name"], row["state"], row["cutoff"].isoformat(), p.deliveries,
+                          p.settled, p.sent, p.devices_changed))
     return out
 
 
@@ -172,7 +186,7 @@ def create_from_file(engine: Engine, path: Path, templates: Path, actor: str, *,
                    tuple(result["waves"]), found.rendered, found.warnings)
 
 
-def listing(engine: Engine) -> list[dict[str, Any]]:
+def listing(engine: Engine) -> list[Listed]:
     """`campaign list`."""
     with db.read(engine) as conn:
         return list_campaigns(conn)

@@ -75,16 +75,15 @@ def list_cmd(app: App, as_json: bool) -> None:
     """Campaigns with their state, cutoff and progress."""
     rows = campaigns.listing(app.engine())
     if as_json:
-        print_json(rows)
+        print_json([r.as_json() for r in rows])
         return
     if not rows:
         click.echo("no campaigns yet: `campaign create FILE`", err=True)
         return
     click.echo(f"{'CAMPAIGN':<28} {'STATE':<10} {'CUTOFF':<26} {'SENT':>8} {'SETTLED':>15} {'CHANGED':>8}")
     for r in rows:
-        settled = f"{r['settled']}/{r['deliveries']}"
-        click.echo(f"{r['campaign']:<28} {r['state']:<10} {r['cutoff']:<26} {r['sent']:>8} {settled:>15} "
-                   f"{r['devices_changed']:>8}")
+        settled = f"{r.settled}/{r.deliveries}"
+        click.echo(f"{r.campaign:<28} {r.state:<10} {r.cutoff:<26} {r.sent:>8} {settled:>15} {r.devices_changed:>8}")
 
 
 @click.command("audience")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -120,12 +119,12 @@ def suppress_list(app: App, as_json: bool) -> None:
     _print_suppressions(suppressions.list_all(app.engine()), as_json)
 
 
-def _print_suppressions(rows: list[dict[str, Any]], as_json: bool) -> None:
+def _print_suppressions(rows: list[suppressions.Suppressed], as_json: bool) -> None:
     if as_json:
-        print_json(rows)
+        print_json([r.as_json() for r in rows])
         return
     for r in rows:
-        click.echo(f"{r['email']}\t{r['source']}\t{r['created_at']}\t{r['reason']}")
+        click.echo(f"{r.email}\t{r.source}\t{r.created_at}\t{r.reason}")
     if not rows:
         click.echo("no suppressed addresses", err=True)
 

@@ -106,8 +106,19 @@ def import_file(engine: Engine, path: Path | str, actor: str, dry_run: bool = Fa
     return SuppressImport(records, added, records - added, dry_run)
 
 
-def list_all(engine: Engine) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class Suppressed(Fields):
+    """One line of `campaign suppress list`."""
+
+    email: str
+    reason: str
+    source: str
+    created_at: str
+    created_by: str
+
+
+def list_all(engine: Engine) -> list[Suppressed]:
     """`campaign suppress list`: every suppressed address, oldest first."""
     with db.read(engine) as conn:
-        return [{"email": r.email, "reason": r.reason, "source": r.source, "created_at": r.created_at.isoformat(),
-                 "created_by": r.created_by} for r in store.entries(conn)]
+        return [Suppressed(r.email, r.reason, r.source, r.created_at.isoformat(), r.created_by)
+                for r in store.entries(conn)]
