@@ -244,7 +244,7 @@ def test_rollback_resumes_after_a_postgres_restart_each_change_undone_once(own_p
 
 
 def test_flip_stops_with_a_clear_error_when_postgres_stays_away_and_a_rerun_finishes(
-        own_postgres: OwnPostgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        own_postgres: OwnPostgres, tmp_path: Path) -> None:
     import threading
 
     from campaign import connection
@@ -255,13 +255,12 @@ def test_flip_stops_with_a_clear_error_when_postgres_stays_away_and_a_rerun_fini
     _import_sample(run, tmp_path, 5_000)
     assert run("create", str(_flip_definition(tmp_path))).exit_code == 0
     devices = _affected(url)
-    monkeypatch.setattr(connection, "RECONNECT_FOR", 2.0)
     engine = make_engine(url)
     raised: list[BaseException] = []
 
     def flip_now() -> None:
         try:
-            flip.flip(engine, SLUG, "tester", flip.FlipOptions(batch_size=5))
+            flip.flip(engine, SLUG, "tester", flip.FlipOptions(batch_size=5, reconnect_for=2.0))
         except BaseException as exc:
             raised.append(exc)
 

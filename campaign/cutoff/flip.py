@@ -49,6 +49,7 @@ class Options:
 
     dry_run: bool = False
     batch_size: int = BATCH  # devices (changes) per transaction
+    reconnect_for: float | None = None  # seconds a lost database is waited for without progress (None: the default)
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ def flip(engine: Engine, slug: str, actor: str, options: FlipOptions = FlipOptio
         plan = store.Plan(c.id, c.definition, actor, c.definition.require_notice and not options.include_unnotified,
                           tuple(store.notice_waves(conn, c.id)))
     noted = {"before_cutoff": options.before_cutoff, "include_unnotified": options.include_unnotified}
-    with session(engine, slug, actor, "flip", c.id, options.dry_run, clock) as s:
+    with session(engine, slug, actor, "flip", c.id, options.dry_run, clock, options.reconnect_for) as s:
         if c.definition.apply.http:
             result = _flip_remote(s, c, plan, clock, options, service, started, noted, audit_empty)
         else:
@@ -174,7 +175,7 @@ def rollback(engine: Engine, slug: str, actor: str, options: Options = Options()
     with db.read(engine) as conn:
         c = campaigns.get(conn, slug)
     started = clock()
-    with session(engine, slug, actor, "rollback", c.id, options.dry_run, clock) as s:
+    with session(engine, slug, actor, "rollback", c.id, options.dry_run, clock, options.reconnect_for) as s:
         if c.definition.apply.http:
             result, tally = _rollback_remote(s, c, clock, options, service, started)
         else:

@@ -30,9 +30,9 @@ class Real:
     dry_run = False
 
     def __init__(self, engine: Engine, slug: str, actor: str, action: str, campaign_id: int,
-                 clock: Callable[[], dt.datetime]) -> None:
+                 clock: Callable[[], dt.datetime], reconnect_for: float | None = None) -> None:
         self.engine, self.slug, self.actor, self.action, self.campaign_id = engine, slug, actor, action, campaign_id
-        self.clock = clock
+        self.clock, self.reconnect_for = clock, reconnect_for
 
     def batches(self) -> AbstractContextManager[Connection]:
         # `bulk`: every reference a batch writes comes from the rows it joins (the campaign, the device and its
@@ -41,13 +41,15 @@ class Real:
 
     def repeat(self, once: Callable[[], T], progress: Callable[[], int] = lambda: 0) -> T:
         """`once()`, run again while the database is unreachable (the connector's rule and backoff), for up to
-        `RECONNECT_FOR` seconds without `progress()` growing (each run must be safe to repeat: a batch is one
-        transaction, and a new run goes on with what is left); `DatabaseLost` after that."""
+        `reconnect_for` seconds (default `connection.RECONNECT_FOR`) without `progress()` growing (each run must be
+        safe to repeat: a batch is one transaction, and a new run goes on with what is left); `DatabaseLost`
+        after that."""
         verb = self.action
         stopped = (f"the {verb} of {self.slug!r} stopped. Every batch it committed is kept: run `campaign {verb}` "
                    f"again once the database is back, it goes on where it stopped and "
                    f"{'switches' if verb == 'flip' else 'undoes'} each device once")
-        return connection.retrying(self.engine.dialect.name, once, stopped=stopped, progress=progress)
+        return connection.retrying(self.engine.dialect.name, once, self.reconnect_for, stopped=stopped,
+                                   progress=progress)
 
     def resuming(self, once: Callable[[], T], progress: Callable[[], int],
                  count: Callable[[Connection], int]) -> tuple[T, int | None]:
@@ -116,10 +118,10 @@ Session = Real | Dry
 
 @contextmanager
 def session(engine: Engine, slug: str, actor: str, action: str, campaign_id: int, dry_run: bool,
-            clock: Callable[[], dt.datetime]) -> Iterator[Session]:
+            clock: Callable[[], dt.datetime], reconnect_for: float | None = None) -> Iterator[Session]:
     """The run of `action` (`flip`, `rollback`) on the campaign: real, or under `dry_run` the same run undone."""
     if not dry_run:
-        yield Real(engine, slug, actor, action, campaign_id, clock)
+        yield Real(engine, slug, actor, action, campaign_id, clock, reconnect_for)
         return
     with db.transaction(engine, actor, action, campaign_id=campaign_id, dry_run=True, bulk=True) as tx:
         yield Dry(tx)
