@@ -13,7 +13,7 @@ from sqlalchemy import Connection, Engine
 from campaign import db, preflight
 from campaign.definition import Definition, load_definition, parse_definition
 from campaign.errors import NotFound, StateError
-from campaign.models import CANCELLED, DRAFT, PAUSED, SCHEDULED
+from campaign.models import CANCELLED, DONE, DRAFT, PAUSED, SCHEDULED
 from campaign.notices.rendering import Renderer
 from campaign.results import Fields
 from campaign.store import audience
@@ -125,7 +125,10 @@ def set_state(engine: Engine, slug: str, action: str, actor: str, dry_run: bool 
         c = get(conn, slug)
         tx.campaign_id = c.id
         if c.state == CANCELLED:
-            raise StateError(f"campaign {slug!r} is cancelled: it cannot be {action}d")
+            raise StateError(f"campaign {slug!r} is cancelled: it cannot be {action}d (to run it again, create it "
+                             "under a new slug)")
+        if c.state == DONE:
+            raise StateError(f"campaign {slug!r} is done: every step has run, there is nothing to {action}")
         if action == "pause":
             if c.state == PAUSED:
                 tx.action = None
@@ -168,6 +171,19 @@ class Created:
         return {"campaign": self.campaign, "id": self.id, "replaced": self.replaced, "dry_run": self.dry_run,
                 "cutoff": self.cutoff, "waves": list(self.waves), "rendered": self.rendered,
                 "warnings": [w.as_json() for w in self.warnings]}
+
+
+def finish(engine: Engine, slug: str, actor: str) -> bool:
+    """Mark a scheduled campaign whose every step has run `done` (the scheduler, once it sees so), with an audit
+    event; False when it is no longer scheduled (paused, cancelled meanwhile)."""
+    with db.transaction(engine, actor, "campaign.done") as tx:
+        c = get(tx.conn, slug)
+        tx.campaign_id = c.id
+        if c.state != SCHEDULED:
+            tx.action = None
+            return False
+        store.update_campaign(tx.conn, c.id, state=DONE, state_reason=None)
+    return True
 
 
 def create_from_file(engine: Engine, path: Path, templates: Path, actor: str, *, replace: bool = False,

@@ -67,8 +67,12 @@ def test_demo_tells_the_whole_story(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert "dev-0000018" in out.split("rollback voice-local-processing --dry-run")[1]
     assert one("SELECT state FROM setting_change WHERE device_id = 'dev-0000018'") == ("changed",)
     assert db.execute("SELECT COUNT(*) FROM setting_change WHERE state = 'rolled_back'").fetchone() == (0,)
-    # Every wave ended settled.
+    # Every wave ended settled, and the campaign is done once the scheduler saw its last step run (issue 23).
     assert db.execute("SELECT COUNT(*) FROM delivery WHERE state IN ('pending', 'sending')").fetchone() == (0,)
+    assert one("SELECT state FROM campaign") == ("done",)
+    assert "voice-local-processing: done, cutoff" in out.split("Where the campaign stands")[-1]
+    assert "voice-local-processing: scheduled, cutoff" in out.split("Where the campaign stands")[-2]
+    assert db.execute("SELECT COUNT(*) FROM audit_event WHERE action = 'campaign.done'").fetchone() == (1,)
     # The gallery is there.
     assert (work / "gallery" / "index.html").is_file()
     # The story ends with the evidence: Priya's story in her zone, every account in the CSV, the HTML report.

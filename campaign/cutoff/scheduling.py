@@ -415,6 +415,9 @@ class Scheduler:
                 code, _out, err = await self._campaign("send", slug, "--wave", wave, "--workers", str(self.workers))
                 if code != 0:
                     log.warning("%s: wave %s: %s", slug, wave, _last_line(err))
+        for slug in await self._db(steps.finished):
+            if await asyncio.to_thread(campaigns.finish, self.engine, slug, self.config.actor):
+                log.info("%s: every step has run: the campaign is done", slug)
 
     async def _preflights(self) -> None:
         """The preflight of every campaign with steps still to run: what would fail on the day is said now, in

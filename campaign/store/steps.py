@@ -9,7 +9,19 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, exists, func, select, update
 
-from campaign.models import CAMPAIGN, LEASE, SCHEDULED, SETTING_CHANGE, STEP, WAITING
+from campaign.models import (
+    APPLYING,
+    CAMPAIGN,
+    DELIVERY,
+    LEASE,
+    SCHEDULED,
+    SENDING,
+    SETTING_CHANGE,
+    STEP,
+    UNDOING,
+    WAITING,
+)
+from campaign.models import PENDING as DELIVERY_PENDING
 from campaign.store import campaigns, deliveries
 from campaign.store._upsert import insert as upsert_insert
 
@@ -169,3 +181,17 @@ def waves_with_work(conn: Connection, now: dt.datetime) -> list[tuple[str, str]]
     return [(s, w.name) for s, w in started_waves(conn)
             if w.state in (campaigns.SENDING, campaigns.WAITING) and now < w.expires
             and deliveries.outlook(conn, w.id, now, False).due_now]
+
+
+def finished(conn: Connection) -> list[str]:
+    """The scheduled campaigns whose every step has run: none pending, running or failed (to be tried again), no
+    delivery waiting or being sent (a paused wave's wait), no device waiting for fair notice or for the settings
+    service. They are done."""
+    D = DELIVERY
+    open_step = exists().where(ST.c.campaign_id == C.c.id, ST.c.state.in_((PENDING, RUNNING, FAILED)))
+    open_delivery = exists().where(D.c.campaign_id == C.c.id, D.c.state.in_((DELIVERY_PENDING, SENDING)))
+    open_change = exists().where(SC.c.campaign_id == C.c.id, SC.c.state.in_((WAITING, APPLYING, UNDOING)))
+    any_step = exists().where(ST.c.campaign_id == C.c.id)
+    stmt = (select(C.c.slug).where(C.c.state == SCHEDULED, any_step, ~open_step, ~open_delivery, ~open_change)
+            .order_by(C.c.slug))
+    return list(conn.execute(stmt).scalars())
