@@ -139,6 +139,10 @@ def test_refuses_before_the_cutoff_unless_told(run_cli: CliRun, engine: Engine, 
     setup("require_notice = false")
     with pytest.raises(StateError, match="has not come yet"):
         flip.flip(engine, SLUG, "ops", now=CUTOFF - dt.timedelta(seconds=1))
+    # A dry run is a preview, before the cutoff too, without --before-cutoff (issue 23): nothing written.
+    before = table_counts(engine)
+    preview = flip.flip(engine, SLUG, "ops", flip.FlipOptions(dry_run=True), now=CUTOFF - dt.timedelta(days=1))
+    assert preview.dry_run and preview.changed == N and table_counts(engine) == before
     result = flip.flip(engine, SLUG, "ops", flip.FlipOptions(before_cutoff=True), now=CUTOFF - dt.timedelta(days=1))
     assert result.changed == N
     assert audit(engine, "flip")[0]["before_cutoff"] is True

@@ -64,8 +64,8 @@ def flip(engine: Engine, slug: str, actor: str, options: FlipOptions = FlipOptio
          now: dt.datetime | None = None, service: Service = SERVICE, audit_empty: bool = True) -> FlipResult:
     """`campaign flip`: switch every still-affected device whose time has come; hold back the devices of
     accounts without a delivered notice (unless `include_unnotified`), let wait those whose account was
-    notified later than `min_notice` ago. Refuses before the cutoff unless `before_cutoff`, and after a
-    rollback. `now` (default: the clock) is for the scheduler and tests. `audit_empty`: record the audit
+    notified later than `min_notice` ago. Refuses before the cutoff unless `before_cutoff` (or a dry run, a
+    preview), and after a rollback. `now` (default: the clock) is for the scheduler and tests. `audit_empty`: record the audit
     event even when nothing changed. With `[apply] kind = "http"`, through the settings service (`service`;
     each transaction's changes go in requests of the definition's batch): the result's `apply` says what it
     did there, and `apply["paused"]` or `apply["unavailable"]` why it stopped with changes still waiting."""
@@ -75,7 +75,8 @@ def flip(engine: Engine, slug: str, actor: str, options: FlipOptions = FlipOptio
         refuse(slug, c.state, c.rolled_back_at)
         approval = approvals.require(conn, c, "flip", dry_run=options.dry_run)
         started = clock()
-        if started < c.cutoff and not options.before_cutoff:
+        # A dry run is a preview: before the cutoff it shows what a flip now would do, and needs no flag.
+        if started < c.cutoff and not options.before_cutoff and not options.dry_run:
             raise StateError(f"the cutoff of {slug!r} ({c.cutoff.isoformat()}) has not come yet: "
                              "`flip --before-cutoff` flips now")
         plan = store.Plan(c.id, c.definition, actor, c.definition.require_notice and not options.include_unnotified,
