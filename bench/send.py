@@ -492,7 +492,7 @@ class OurRun:
 def run_ours(database: Database, work: Path, port: int, workers: int | None, timeout: float) -> OurRun:
     """One `campaign send` as a whole process on a fresh copy of the prepared database."""
     url = database.fresh_copy()
-    argv = [*CAMPAIGN, "send", SLUG, "--wave", WAVE, "--ignore-window"]
+    argv = [*CAMPAIGN, "send", SLUG, "--wave", WAVE, "--ignore-window", "--verbose"]  # --verbose: db time, gate
     if workers is not None:
         argv += ["--workers", str(workers)]
     out_path, err_path = work / "send.out", work / "send.err"

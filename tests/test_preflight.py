@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 from tests.conftest import ROOT, CliRun, table_counts
+from tests.smtpd import SmtpServer
 
 EXAMPLE = ROOT / "data" / "voice-local-processing.toml"
 KEY = {"CAMPAIGN_BOUNCE_KEY": "0123456789abcdef0123456789abcdef"}
@@ -186,3 +188,29 @@ def test_the_scheduler_says_ahead_what_would_fail(run_cli: CliRun, engine: Engin
                                     "ORDER BY id")).scalars().all()
     assert actions == ["preflight.failed", "preflight.passed"]
     assert json.loads(run_cli("status", "voice-local-processing", "--json", env=clock).stdout)["preflight"] is None
+
+
+def test_send_keeps_the_waves_in_order_and_says_how_far_ahead(run_cli: CliRun, engine: Engine, smtpd: SmtpServer,
+                                                               write_file: Callable[..., Path]) -> None:
+    """A reminder before the notice reminds people of what they were never told: refused unless --out-of-order;
+    a wave sent before its time says how far ahead (issue 23 item 2)."""
+    imported(run_cli, write_file)
+    assert run_cli("create", str(definition(write_file)), env=KEY).exit_code == 0
+    env = {**KEY, "CAMPAIGN_CLOCK": "2025-03-10T07:00:00Z", "CAMPAIGN_SMTP_URL": smtpd.url}
+    before = table_counts(engine)
+    refused = run_cli("send", "voice-local-processing", "--wave", "reminder", env=env)
+    assert refused.exit_code == 2
+    assert "comes after the `affected` wave 'notice', which has not been sent" in refused.stderr
+    assert "--out-of-order" in refused.stderr and table_counts(engine) == before
+    sent = run_cli("send", "voice-local-processing", "--wave", "notice", "--ignore-window", "--workers", "1", "--json",
+                   env=env)
+    assert sent.exit_code == 0, sent.output
+    assert 4 * 86400 - 60 < json.loads(sent.stdout)["ahead_seconds"] <= 4 * 86400  # due 2025-03-14T07:00Z
+    text_run = run_cli("send", "voice-local-processing", "--wave", "reminder", "--ignore-window", "--workers", "1",
+                       env=env)
+    assert text_run.exit_code == 0, text_run.output
+    # The reminder is due 2025-03-25T07:00Z; the simulated clock has moved on a little since 03-10T07:00Z.
+    assert re.search(r"sent (15 days|14 days 23 hours) ahead of the wave's time", text_run.stdout)
+    assert "db time" not in text_run.stdout
+    assert "db time" in run_cli("send", "voice-local-processing", "--wave", "reminder", "--ignore-window",
+                                "--workers", "1", "--verbose", env=env).stdout

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from campaign import previews
+from campaign import previews, wording
 from campaign.cli.app import (
     App,
     Progress,
@@ -83,19 +83,24 @@ def test_send(app: App, slug: str, to: str, wave: str | None, dry_run: bool, as_
 @click.option("--ignore-window", is_flag=True, help="Send now even to recipients outside their send window.")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Worker processes, each with its own connections [default: the number of CPUs].")
+@click.option("--out-of-order", is_flag=True,
+              help="Send this wave although an earlier `affected` wave (the notice) has not gone out yet.")
+@click.option("-v", "--verbose", is_flag=True, help="Also say how long the send waited on the database.")
 @dry_run_option
 @json_option
 @pass_app
-def send(app: App, slug: str, wave: str, ignore_window: bool, workers: int | None, dry_run: bool,
-         as_json: bool) -> None:
+def send(app: App, slug: str, wave: str, ignore_window: bool, workers: int | None, out_of_order: bool,
+         verbose: bool, dry_run: bool, as_json: bool) -> None:
     """Send a wave now (a manual trigger, ahead of its time if need be, never after it expired).
 
     Waits out retries until every delivery is settled, except those waiting for their recipient's
     send window, which are counted and left for the scheduler or a later `send` (--ignore-window sends
-    them now). Resumable: run it again after an interruption; nobody gets the wave twice.
+    them now). Resumable: run it again after an interruption; nobody gets the wave twice. Refuses a wave
+    that comes after an `affected` wave not yet sent (a reminder before the notice) unless --out-of-order.
     """
     workers = workers or os.cpu_count() or 1
-    options = sending.SendOptions(ignore_window=ignore_window, workers=workers, dry_run=dry_run)
+    options = sending.SendOptions(ignore_window=ignore_window, workers=workers, dry_run=dry_run,
+                                  out_of_order=out_of_order)
     engine = app.engine()
     bar = Progress(f"{slug} / {wave}", "deliveries settled", enabled=not as_json and not dry_run)
 
@@ -118,13 +123,21 @@ def send(app: App, slug: str, wave: str, ignore_window: bool, workers: int | Non
             click.echo(f"  {loc:<8} {n:>8}")
         for r in p["first"]:
             click.echo(f"  {r['account_id']}  {r['email']}  {r['locale']}")
+        if summary.ahead_seconds:
+            click.echo(f"ahead of its time: the wave is due in {wording.duration(summary.ahead_seconds)}")
         click.echo("dry run: nothing was written or sent")
     else:
         rate = summary.attempted / summary.elapsed if summary.elapsed else 0
-        click.echo(f"{slug} / {wave}: {counts_line(summary.counts)}")
-        click.echo(f"{summary.attempted} attempts in {summary.elapsed:.1f} s ({rate:.0f}/s); "
-                   f"db time: {summary.db_seconds:.2f} s of {summary.elapsed:.2f} s (held up by the database); "
-                   f"gate: {summary.gate_seconds:.2f} s (waits on it per connection, busy or not)")
+        c = summary.counts
+        click.echo(f"{slug} / {wave}: sent {c['sent']}, failed {c['failed']}, waiting {summary.waiting_window} "
+                   f"for their send window ({counts_line(c)})")
+        click.echo(f"{summary.attempted} message(s) handed to the relay in {summary.elapsed:.1f} s, {rate:.0f} a "
+                   "second")
+        if summary.ahead_seconds:
+            click.echo(f"sent {wording.duration(summary.ahead_seconds)} ahead of the wave's time")
+        if verbose:
+            click.echo(f"db time: {summary.db_seconds:.2f} s of {summary.elapsed:.2f} s (held up by the database); "
+                       f"gate: {summary.gate_seconds:.2f} s (waits on it per connection, busy or not)")
         if summary.waiting_window:
             click.echo(f"{summary.waiting_window} deliveries wait for their recipient's send window: the "
                        "scheduler or a later `send` will send them (or use --ignore-window)")

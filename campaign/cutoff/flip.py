@@ -65,10 +65,11 @@ def flip(engine: Engine, slug: str, actor: str, options: FlipOptions = FlipOptio
     """`campaign flip`: switch every still-affected device whose time has come; hold back the devices of
     accounts without a delivered notice (unless `include_unnotified`), let wait those whose account was
     notified later than `min_notice` ago. Refuses before the cutoff unless `before_cutoff` (or a dry run, a
-    preview), and after a rollback. `now` (default: the clock) is for the scheduler and tests. `audit_empty`: record the audit
-    event even when nothing changed. With `[apply] kind = "http"`, through the settings service (`service`;
-    each transaction's changes go in requests of the definition's batch): the result's `apply` says what it
-    did there, and `apply["paused"]` or `apply["unavailable"]` why it stopped with changes still waiting."""
+    preview), and after a rollback. `now` (default: the clock) is for the scheduler and tests. `audit_empty`:
+    record the audit event even when nothing changed. With `[apply] kind = "http"`, through the settings
+    service (`service`; each transaction's changes go in requests of the definition's batch): the result's
+    `apply` says what it did there, and `apply["paused"]` or `apply["unavailable"]` why it stopped with changes
+    still waiting."""
     clock = _clock(now)
     with db.read(engine) as conn:
         c = campaigns.get(conn, slug)

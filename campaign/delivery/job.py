@@ -32,6 +32,7 @@ class SendOptions:
     workers: int = 1
     batch: int = 250
     dry_run: bool = False
+    out_of_order: bool = False  # send a wave although an earlier `affected` wave has not gone out
     timings: Timings = field(default_factory=Timings)
 
 

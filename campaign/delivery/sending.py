@@ -61,6 +61,7 @@ class SendSummary:
     paused: str | None = None
     dry_run: bool = False
     preview: dict[str, Any] = field(default_factory=dict)
+    ahead_seconds: float = 0.0  # sent this long before the wave's time (a manual send ahead of it), else 0
 
     def as_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -69,7 +70,8 @@ class SendSummary:
 # -- preparing a wave ------------------------------------------------------------------------------------
 
 def prepare(conn: Connection, slug: str, wave_name: str, ignore_window: bool,
-            now: dt.datetime, dry_run: bool = False) -> tuple[campaigns.CampaignRow, WaveDef, int, int]:
+            now: dt.datetime, dry_run: bool = False,
+            out_of_order: bool = False) -> tuple[campaigns.CampaignRow, WaveDef, int, int]:
     """Check the campaign may send this wave now (its approval too, when required; a dry run only says it
     would wait), add the wave's missing ledger rows and their send windows. Returns (campaign, wave, wave id,
     rows added). Raises StateError when it may not."""
@@ -92,6 +94,8 @@ def prepare(conn: Connection, slug: str, wave_name: str, ignore_window: bool,
                          f"`campaign resume {slug}`", code=errors.PAUSED)
     if now >= wave.expires:
         raise WaveExpired(c.id, row.id, wave_name, wave.expires)
+    if not out_of_order:
+        _in_order(conn, c, wave)
     approvals.require(conn, c, "send", dry_run=dry_run)
     added = deliveries.materialize(conn, c.id, row.id, audience.accounts(d, c.id, wave.audience), wave.expires,
                                    now)
@@ -112,6 +116,19 @@ def _dry_run_preview(conn: Connection, wave_id: int, ignore_window: bool, now: d
 
 # -- the command ----------------------------------------------------------------------------------------
 
+def _in_order(conn: Connection, c: campaigns.CampaignRow, wave: WaveDef) -> None:
+    """UsageError when an `affected` wave that comes before `wave` has not gone out yet (a reminder before the
+    notice would remind people of something they were never told)."""
+    for earlier in c.definition.waves:
+        if earlier.name == wave.name or earlier.at > wave.at:
+            break
+        row = campaign_rows.wave(conn, c.id, earlier.name)
+        if earlier.audience == "affected" and row is not None and row.state == campaign_rows.WAITING:
+            raise UsageError(f"wave {wave.name!r} comes after the `affected` wave {earlier.name!r}, which has not "
+                             f"been sent: send {earlier.name!r} first (it is due {earlier.at.isoformat()}), or "
+                             "`send --out-of-order` to send this one anyway")
+
+
 def send_wave(engine: Engine, config: Config, slug: str, wave_name: str, options: SendOptions,
               progress: Callable[[dict[str, int]], None] | None = None,
               transport: Transport | None = None, progress_every: float = PROGRESS_EVERY) -> SendSummary:
@@ -124,10 +141,13 @@ def send_wave(engine: Engine, config: Config, slug: str, wave_name: str, options
         parse_smtp_url(config.smtp_url)  # a bad URL is refused here, before any row moves, not in a worker
     try:
         with db.transaction(engine, config.actor, "wave.send", dry_run=options.dry_run) as tx:
-            c, _wave, wave_id, added = prepare(tx.conn, slug, wave_name, options.ignore_window, now,
-                                                 options.dry_run)
+            c, wave, wave_id, added = prepare(tx.conn, slug, wave_name, options.ignore_window, now,
+                                                options.dry_run, options.out_of_order)
             tx.campaign_id = c.id
-            tx.note(wave=wave_name, added=added, ignore_window=options.ignore_window)
+            ahead = max(0.0, (wave.at - now).total_seconds())
+            tx.note(wave=wave_name, added=added, ignore_window=options.ignore_window,
+                    **({"ahead_seconds": round(ahead)} if ahead else {}),
+                    **({"out_of_order": True} if options.out_of_order else {}))
             if options.dry_run:
                 preview = _dry_run_preview(tx.conn, wave_id, options.ignore_window, now)
                 counts = deliveries.counts(tx.conn, wave_id)
@@ -142,7 +162,7 @@ def send_wave(engine: Engine, config: Config, slug: str, wave_name: str, options
         raise StateError(f"wave {wave_name!r} expired at {exc.expires.isoformat()}: it is never sent after that "
                          f"({n} pending deliveries {verb} expired)", code=errors.EXPIRED) from None
     if options.dry_run:
-        return SendSummary(slug, wave_name, counts, dry_run=True, preview=preview)
+        return SendSummary(slug, wave_name, counts, dry_run=True, preview=preview, ahead_seconds=ahead)
     db_seconds = time.perf_counter() - start
     job = Job(config, c.id, slug, wave_name, wave_id, options)
 
@@ -162,7 +182,7 @@ def send_wave(engine: Engine, config: Config, slug: str, wave_name: str, options
         progress(counts)
     return SendSummary(slug, wave_name, counts, attempted=attempted, elapsed=time.perf_counter() - start,
                        db_seconds=db_seconds, gate_seconds=gate_seconds, waiting_window=look.waiting_window,
-                       paused=paused)
+                       paused=paused, ahead_seconds=ahead)
 
 
 def _finish(conn: Connection, campaign_id: int, wave_id: int, wave_name: str, actor: str, ignore_window: bool,
