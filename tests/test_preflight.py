@@ -214,3 +214,30 @@ def test_send_keeps_the_waves_in_order_and_says_how_far_ahead(run_cli: CliRun, e
     assert "db time" not in text_run.stdout
     assert "db time" in run_cli("send", "voice-local-processing", "--wave", "reminder", "--ignore-window",
                                 "--workers", "1", "--verbose", env=env).stdout
+
+
+def test_notice_coverage_answers_who_was_told_in_time(run_cli: CliRun, engine: Engine, smtpd: SmtpServer,
+                                                      write_file: Callable[..., Path]) -> None:
+    """status --json's notice_coverage (issue 23 item 7): told = a delivered notice of an `affected` wave before
+    the cutoff (a bounce un-tells); in time = at least min_notice (7 days) before it; the others by why."""
+    imported(run_cli, write_file)
+    assert run_cli("create", str(definition(write_file)), env=KEY).exit_code == 0
+    env = {**KEY, "CAMPAIGN_CLOCK": "2025-03-14T07:00:00Z", "CAMPAIGN_SMTP_URL": smtpd.url}
+    assert run_cli("send", "voice-local-processing", "--wave", "notice", "--ignore-window", "--workers", "1",
+                   env=env).exit_code == 0
+    # The ledger now holds a sent notice for a1, a2, a3, a4 (a5's device is `save`: not affected). Make a2's
+    # notice late (3 days before the cutoff), a3's bounced, a4's suppressed, and give a5 an affected device
+    # with no notice at all.
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE delivery SET sent_at = :t WHERE account_id = 'a2'"),
+                     {"t": "2025-03-25 07:00:00.000000" if engine.dialect.name == "sqlite"
+                      else "2025-03-25T07:00:00+00:00"})
+        conn.execute(text("UPDATE delivery SET state = 'bounced' WHERE account_id = 'a3'"))
+        conn.execute(text("UPDATE delivery SET state = 'suppressed', sent_at = NULL WHERE account_id = 'a4'"))
+        conn.execute(text("UPDATE device_setting SET value = 'do_not_send' WHERE device_id = 'd6'"))
+    out = json.loads(run_cli("status", "voice-local-processing", "--json", env=env).stdout)
+    assert out["notice_coverage"] == {"affected_accounts": 5, "told_before_cutoff": 2, "told_in_time": 1,
+                                      "not_told": {"bounced": 1, "failed": 0, "suppressed": 1, "never_sent": 1}}
+    shown = run_cli("status", "voice-local-processing", env=env).stdout
+    assert "2 of 5 (40 %) affected accounts before the cutoff, 1 in time" in shown
+    assert "not told: 1 bounced, 1 suppressed, 1 never sent" in shown

@@ -27,6 +27,15 @@ def status_cmd(app: App, slug: str, as_json: bool) -> None:
 
 def _print_status(st: status.Status) -> None:
     click.echo(f"{st.campaign}: {st.state}, cutoff {st.cutoff}")
+    cov = st.coverage
+    if cov is not None and cov.affected_accounts:
+        def share(n: int) -> str:
+            return f"{n} of {cov.affected_accounts} ({100 * n / cov.affected_accounts:.0f} %)"
+        untold = ", ".join(f"{n} {why}" for why, n in (("bounced", cov.bounced), ("failed", cov.failed),
+                                                        ("suppressed", cov.suppressed), ("never sent", cov.never_sent))
+                           if n)
+        click.echo(f"  told           {share(cov.told_before_cutoff)} affected accounts before the cutoff, "
+                   f"{cov.told_in_time} in time (min_notice)" + (f"; not told: {untold}" if untold else ""))
     for name, counts in st.waves.items():
         det = st.wave_detail[name]
         extra = f"  {det.rate_per_second}/s" if det.rate_per_second else ""

@@ -90,6 +90,7 @@ class Status:
     next_step: NextStep | None
     approval: approval.Standing
     preflight: PreflightWord | None = None  # what the scheduler's preflight says would fail, while it does
+    coverage: store.Coverage | None = None  # who of the affected people was told, and in time
 
     def as_json(self) -> dict[str, Any]:
         return {"campaign": self.campaign, "state": self.state, "cutoff": self.cutoff, "waves": self.waves,
@@ -97,7 +98,17 @@ class Status:
                 "flip_detail": self.flip_detail.as_json(),
                 "next_step": None if self.next_step is None else self.next_step.as_json(),
                 "approval": approval_json(self.approval),
-                "preflight": None if self.preflight is None else self.preflight.as_json()}
+                "preflight": None if self.preflight is None else self.preflight.as_json(),
+                "notice_coverage": None if self.coverage is None else coverage_json(self.coverage)}
+
+
+def coverage_json(c: store.Coverage) -> dict[str, Any]:
+    """`notice_coverage`: the affected accounts, those told before the cutoff and in time, and why the others
+    were not."""
+    return {"affected_accounts": c.affected_accounts, "told_before_cutoff": c.told_before_cutoff,
+            "told_in_time": c.told_in_time,
+            "not_told": {"bounced": c.bounced, "failed": c.failed, "suppressed": c.suppressed,
+                         "never_sent": c.never_sent}}
 
 
 @dataclass(frozen=True)
@@ -129,7 +140,10 @@ def status(conn: Connection, slug: str, now: dt.datetime | None = None) -> Statu
     c = campaigns.get(conn, slug)
     waves: dict[str, dict[str, int]] = {}
     detail: dict[str, WaveStatus] = {}
+    told_by = []
     for w in campaign_store.waves(conn, c.id):
+        if w.audience == "affected":
+            told_by.append(w.id)
         counts = deliveries.counts(conn, w.id)
         waves[w.name] = counts
         rate = store.sent_since(conn, w.id, now - RATE_WINDOW) / RATE_WINDOW.total_seconds()
@@ -146,7 +160,8 @@ def status(conn: Connection, slug: str, now: dt.datetime | None = None) -> Statu
                              held_back_why=outlook.held_back_why, rolled_back_at=iso(c.rolled_back_at), apply=apply)
     return Status(campaign=slug, state=c.state, cutoff=c.cutoff.isoformat(), waves=waves, flip=changes,
                   wave_detail=detail, flip_detail=flip_detail, next_step=_next_step(conn, c.id),
-                  approval=approval.standing(conn, c), preflight=preflight_word(conn, c.id))
+                  approval=approval.standing(conn, c), preflight=preflight_word(conn, c.id),
+                  coverage=store.notice_coverage(conn, c.id, c.definition, told_by))
 
 
 def _apply_status(conn: Connection, c: campaigns.CampaignRow, changes: dict[str, int]) -> ApplyStatus:

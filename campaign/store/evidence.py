@@ -267,3 +267,58 @@ def change_accounts(conn: Connection, campaign_id: int) -> tuple[int, int]:
                      .where(SC.c.campaign_id == campaign_id)).one()
     return int(r[0]), int(r[1])
 
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """Who of the affected people was told (issue 23: "was everyone told in time?")."""
+
+    affected_accounts: int
+    told_before_cutoff: int
+    told_in_time: int
+    bounced: int
+    failed: int
+    suppressed: int
+    never_sent: int
+
+
+def notice_coverage(conn: Connection, campaign_id: int, d: Definition, affected_wave_ids: Sequence[int]) -> Coverage:
+    """The affected accounts — those the `affected` waves tried to tell (but those who left the audience before,
+    `skipped`), those with a change row, and those still affected now — and how many were told: a delivered
+    notice (`sent`; a late bounce makes it `bounced`, which un-tells) before the cutoff, and at least
+    `min_notice` before it. The others by why: a bounce, a failure, a suppressed address, else never sent."""
+    in_time_by = d.cutoff - (d.min_notice or dt.timedelta(0))
+    sent = DL.c.state == SENT
+
+    def flag(cond: ColumnElement[bool]) -> Any:
+        return func.max(case((cond, 1), else_=0))
+
+    ledger = (select(DL.c.account_id.label("account_id"),
+                     flag(and_(sent, DL.c.sent_at < d.cutoff)).label("told"),
+                     flag(and_(sent, DL.c.sent_at <= in_time_by)).label("in_time"),
+                     flag(DL.c.state == BOUNCED).label("bounced"),
+                     flag(DL.c.state == FAILED).label("failed"),
+                     flag(DL.c.state == SUPPRESSED).label("suppressed"),
+                     flag(DL.c.state != SKIPPED).label("counts"))
+              .where(DL.c.campaign_id == campaign_id, DL.c.wave_id.in_(list(affected_wave_ids)) if affected_wave_ids
+                     else literal(False))
+              .group_by(DL.c.account_id)).subquery()
+    counted = ledger.c.counts == 1
+    untold = ledger.c.told == 0
+    r = conn.execute(select(
+        func.count(),
+        func.coalesce(func.sum(ledger.c.told), 0),
+        func.coalesce(func.sum(ledger.c.in_time), 0),
+        func.coalesce(func.sum(case((and_(untold, ledger.c.bounced == 1), 1), else_=0)), 0),
+        func.coalesce(func.sum(case((and_(untold, ledger.c.bounced == 0, ledger.c.failed == 1), 1), else_=0)), 0),
+        func.coalesce(func.sum(case((and_(untold, ledger.c.bounced == 0, ledger.c.failed == 0,
+                                          ledger.c.suppressed == 1), 1), else_=0)), 0),
+    ).where(counted)).one()
+    others = union(select(SC.c.account_id).where(SC.c.campaign_id == campaign_id), affected(d)).subquery()
+    in_ledger = select(ledger.c.account_id).where(counted)
+    never = int(conn.execute(select(func.count()).select_from(others)
+                             .where(others.c.account_id.not_in(in_ledger))).scalar_one())
+    total, n_told, n_in_time, n_bounced, n_failed, n_suppressed = (int(x) for x in r)
+    return Coverage(affected_accounts=total + never, told_before_cutoff=n_told, told_in_time=n_in_time,
+                    bounced=n_bounced, failed=n_failed, suppressed=n_suppressed,
+                    never_sent=total - n_told - n_bounced - n_failed - n_suppressed + never)
