@@ -241,3 +241,18 @@ def test_notice_coverage_answers_who_was_told_in_time(run_cli: CliRun, engine: E
     shown = run_cli("status", "voice-local-processing", env=env).stdout
     assert "2 of 5 (40 %) affected accounts before the cutoff, 1 in time" in shown
     assert "not told: 1 bounced, 1 suppressed, 1 never sent" in shown
+
+
+def test_status_tells_waiting_for_the_send_window_from_sending(run_cli: CliRun, smtpd: SmtpServer,
+                                                               write_file: Callable[..., Path]) -> None:
+    """At 07:00 UTC Tokyo is inside its 09:00-20:00 window, Berlin and New York are not (issue 23 item 5)."""
+    imported(run_cli, write_file)
+    assert run_cli("create", str(definition(write_file)), env=KEY).exit_code == 0
+    env = {**KEY, "CAMPAIGN_CLOCK": "2025-03-14T07:00:00Z", "CAMPAIGN_SMTP_URL": smtpd.url}
+    assert run_cli("send", "voice-local-processing", "--wave", "notice", "--workers", "1", env=env).exit_code == 0
+    detail = json.loads(run_cli("status", "voice-local-processing", "--json", env=env).stdout)["wave_detail"]
+    assert (detail["notice"]["waiting_window"], detail["notice"]["waiting_retry"]) == (2, 0)
+    line = next(x for x in run_cli("status", "voice-local-processing", env=env).stdout.splitlines()
+                if x.strip().startswith("notice"))
+    assert line.split()[1] == "waiting" and "pending 2, sent 2" in line
+    assert line.endswith("(2 waiting for their send window)")

@@ -41,7 +41,14 @@ def _print_status(st: status.Status) -> None:
         extra = f"  {det.rate_per_second}/s" if det.rate_per_second else ""
         if det.eta_seconds is not None:
             extra += f", ETA {duration(det.eta_seconds)}"
-        click.echo(f"  {name:<14} {det.state:<8} {counts_line(counts)}{extra}")
+        state = det.state
+        if state == "sending" and counts["pending"] and det.waiting_window == counts["pending"] \
+                and not counts["sending"]:
+            state = "waiting"  # every delivery left waits for its send window: nothing is being sent
+        waits = ", ".join(x for x in (
+            f"{det.waiting_window} waiting for their send window" if det.waiting_window else "",
+            f"{det.waiting_retry} waiting to be tried again" if det.waiting_retry else "") if x)
+        click.echo(f"  {name:<14} {state:<8} {counts_line(counts)}{extra}" + (f" ({waits})" if waits else ""))
         if det.paused_reason:
             click.echo(f"  {'':<14} paused: {det.paused_reason}")
     click.echo(f"  flip           {counts_line(st.flip)}")

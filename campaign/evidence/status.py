@@ -31,6 +31,8 @@ class WaveStatus(Fields):
     at: str
     rate_per_second: float
     eta_seconds: int | None
+    waiting_window: int = 0  # pending deliveries waiting for their recipient's send window to open
+    waiting_retry: int = 0  # pending deliveries waiting to be tried again
 
 
 @dataclass(frozen=True)
@@ -148,9 +150,12 @@ def status(conn: Connection, slug: str, now: dt.datetime | None = None) -> Statu
         waves[w.name] = counts
         rate = store.sent_since(conn, w.id, now - RATE_WINDOW) / RATE_WINDOW.total_seconds()
         left = counts["pending"] + counts["sending"]
+        look = deliveries.outlook(conn, w.id, now, False) if counts["pending"] else None
         detail[w.name] = WaveStatus(state=w.state, paused_reason=w.paused_reason, at=w.at.isoformat(),
                                     rate_per_second=round(rate, 2),
-                                    eta_seconds=round(left / rate) if rate > 0 and left else None)
+                                    eta_seconds=round(left / rate) if rate > 0 and left else None,
+                                    waiting_window=look.waiting_window if look else 0,
+                                    waiting_retry=look.waiting_retry if look else 0)
     changes = store.change_counts(conn, c.id)
     waiting = changes.pop(WAITING)
     outlook = change_store.outlook(conn, c.id)
