@@ -92,6 +92,16 @@ def test_a_missing_sqlite_database_is_not_created(tmp_path: Path) -> None:
     assert not missing.exists()
 
 
+def test_a_database_in_a_folder_that_does_not_exist_says_so(tmp_path: Path) -> None:
+    """SQLite says 'unable to open database file' (issue 23 item 5); we name the folder."""
+    inside = tmp_path / "no" / "such" / "folder" / "c.db"
+    for args in (["db", "upgrade"], ["list"]):
+        result = CliRunner().invoke(cli, ["--database-url", f"sqlite:///{inside}", *args])
+        assert result.exit_code == 2, result.output
+        assert f"no folder {inside.parent} for the database" in result.stderr and "mkdir -p" in result.stderr
+        assert "unable to open" not in result.stderr and not inside.parent.exists()
+
+
 @pytest.mark.parametrize(("url", "says"), [
     ("postgresql+psycopg://u:secret-pw@127.0.0.1:notaport/db", "its host or port is not valid"),
     ("postgresql+psycopg://u@127.0.0.1:99999/db", "port 99999 is not from 1 to 65535"),

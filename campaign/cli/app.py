@@ -18,7 +18,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from campaign import db, migrate, preflight
 from campaign.config import Config, load_config, redact_url
-from campaign.errors import CampaignError
+from campaign.errors import CampaignError, UsageError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -39,6 +39,7 @@ class App:
         return self._config
 
     def engine(self, check_schema: bool = True) -> Engine:
+        _require_sqlite_folder(self.config.database_url)
         if check_schema:
             _require_sqlite_file(self.config.database_url)
         if self._engine is None:
@@ -53,12 +54,27 @@ class App:
             self._engine.dispose()
 
 
-def _require_sqlite_file(url: str) -> None:
-    """Refuse a SQLite database that does not exist, rather than create an empty file on the way to saying so."""
+def _sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite database URL (None for another database, or one in memory)."""
     parsed = db.parse_url(url)
     path = parsed.database
-    if parsed.get_backend_name() == "sqlite" and path and path != ":memory:" and not path.startswith("file:") \
-            and not Path(path).exists():
+    if parsed.get_backend_name() == "sqlite" and path and path != ":memory:" and not path.startswith("file:"):
+        return Path(path)
+    return None
+
+
+def _require_sqlite_folder(url: str) -> None:
+    """Say that a SQLite database's folder does not exist (SQLite says 'unable to open database file')."""
+    path = _sqlite_path(url)
+    if path is not None and not path.parent.is_dir():
+        raise UsageError(f"no folder {path.parent} for the database {path}: create it (mkdir -p {path.parent}), or "
+                         "set CAMPAIGN_DATABASE_URL / --database-url to the one you meant")
+
+
+def _require_sqlite_file(url: str) -> None:
+    """Refuse a SQLite database that does not exist, rather than create an empty file on the way to saying so."""
+    path = _sqlite_path(url)
+    if path is not None and not path.exists():
         raise CampaignError(f"no database at {path}: run `campaign db upgrade` to create it "
                             "(or set CAMPAIGN_DATABASE_URL / --database-url to the one you meant)")
 
