@@ -101,8 +101,26 @@ def test_undefined_name_names_file_and_line(templates: Path) -> None:
                           "Hello {{ account.nickname }}")
     with pytest.raises(TemplateProblem) as info:
         renderer(templates).render(renderer(templates).definition.waves[0], recipient(), DEVICES)
-    assert f"{path}:{line_of(path, 'nickname')}: UndefinedError" in str(info.value)
-    assert "nickname" in str(info.value)
+    message = str(info.value)
+    assert f"{path}:{line_of(path, 'nickname')}: `nickname` is not defined" in message
+    # Plain words with what the context has, not "'mappingproxy object' has no attribute" (issue 23 item 5).
+    assert "the context has account, campaign, cutoff, devices, wave" in message
+    assert "campaign.context, from the definition's [context], has " in message and "settings_url" in message
+    assert "mappingproxy" not in message and "UndefinedError" not in message
+
+
+def test_an_undefined_context_value_and_a_missing_part_read_plainly(templates: Path) -> None:
+    path = break_template(templates, "en-US/notice.txt.j2", "Hello {{ account.name }}",
+                          "Hello {{ campaign.context.support_phone }}")
+    with pytest.raises(TemplateProblem) as info:
+        renderer(templates).render(renderer(templates).definition.waves[0], recipient(), DEVICES)
+    assert f"{path}:{line_of(path, 'support_phone')}: `support_phone` is not defined" in str(info.value)
+    (templates / TEMPLATE / "de-DE" / "reminder.html.j2").unlink()
+    r = renderer(templates)
+    with pytest.raises(TemplateProblem) as missing:
+        r.render(r.definition.waves[1], recipient("de-DE", "Europe/Berlin"), DEVICES)
+    assert str(missing.value) == (f"no template for `de-DE` / `reminder` (looked for "
+                                  f"{templates / TEMPLATE / 'de-DE' / 'reminder.html.j2'})")
 
 
 def test_syntax_error_names_file_and_line(templates: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import re
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -169,8 +170,15 @@ class Renderer:
             where = exc.filename or str(self.root / (exc.name or name))
             raise TemplateProblem(f"{where}:{exc.lineno}: syntax error: {exc.message}") from None
         except jinja2.TemplateNotFound as exc:
-            raise TemplateProblem(f"{self.root / name}: includes a template that does not exist: {exc.name}") \
-                from None
+            if exc.name == name:  # the message's own part: "no template for de / notice"
+                folder, _, file = name.partition("/")
+                raise TemplateProblem(f"no template for `{folder}` / `{file.split('.')[0]}` (looked for "
+                                      f"{self.root / name})") from None
+            raise TemplateProblem(f"{self.root / name}: includes or extends {exc.name}, which does not exist "
+                                  f"(looked for {self.root / str(exc.name)})") from None
+        except jinja2.UndefinedError as exc:
+            where = _template_frame(exc) or f"{self.root / name}"
+            raise RenderFailure(f"{where}: {_undefined_words(exc, ctx, self._globals)}") from None
         except Exception as exc:  # anything else the template ran into, with this recipient's data
             where = _template_frame(exc) or f"{self.root / name}"
             if isinstance(exc, SecurityError):
@@ -180,6 +188,24 @@ class Renderer:
             else:
                 kind = type(exc).__name__
             raise RenderFailure(f"{where}: {kind}: {_short(exc)}") from None
+
+
+_ATTRIBUTE = re.compile(r"has no attribute '([^']+)'")
+_NAME = re.compile(r"^'([^']+)' is undefined")
+
+
+def _undefined_words(exc: jinja2.UndefinedError, ctx: dict[str, Any], globals_: dict[str, Any]) -> str:
+    """An undefined name in plain words, with the names the context has (not 'mappingproxy object has no
+    attribute …')."""
+    names = sorted(k for k in ctx if not k.startswith("_") and k not in globals_)
+    campaign = ctx.get("campaign")
+    context = sorted(campaign["context"]) if isinstance(campaign, MappingProxyType) else []
+    text = str(exc)
+    m = _ATTRIBUTE.search(text) or _NAME.search(text)
+    missing = m.group(1) if m else text
+    return (f"`{missing}` is not defined: the template reads a name its context does not have (the context has "
+            f"{', '.join(names)}; campaign.context, from the definition's [context], has "
+            f"{', '.join(context) or 'nothing'})")
 
 
 def _short(exc: BaseException) -> str:
