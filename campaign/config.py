@@ -13,6 +13,7 @@ from typing import Any
 from campaign.errors import ConfigError
 from campaign.redaction import hold
 from campaign.validation import check_actor
+from campaign.wording import did_you_mean
 
 CONFIG_FILE = "campaign.toml"
 
@@ -85,7 +86,9 @@ def load_config(
             raise ConfigError(f"{path}: {exc}") from None
         for key, value in data.items():
             if key not in ENV:
-                raise ConfigError(f"{path}: unknown key {key!r} (known: {', '.join(sorted(ENV))})")
+                known = ", ".join(sorted(k for k in ENV if k not in FILE_FORBIDDEN))
+                raise ConfigError(f"{path}: unknown key {key!r}{did_you_mean(key, ENV)} (known here: {known}; "
+                                  "the SMTP password only from CAMPAIGN_SMTP_PASSWORD)")
             if key in FILE_FORBIDDEN:
                 raise ConfigError(f"{path}: {key} may not be kept in a file; set {ENV[key]} instead")
             if not isinstance(value, str):

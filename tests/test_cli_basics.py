@@ -73,8 +73,11 @@ def test_config_file_refuses_password_and_unknown_keys(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="CAMPAIGN_SMTP_PASSWORD"):
         load_config({}, {}, tmp_path)
     (tmp_path / "campaign.toml").write_text('databse_url = "x"\n')
-    with pytest.raises(ConfigError, match="unknown key 'databse_url'"):
+    with pytest.raises(ConfigError, match="unknown key 'databse_url' — did you mean `database_url`") as info:
         load_config({}, {}, tmp_path)
+    # The keys it lists are those a file may hold: not smtp_password, which it would then refuse (issue 23).
+    known = str(info.value).split("known here: ")[1]
+    assert "database_url" in known and "smtp_password" not in known.split(";")[0]
 
 
 def test_password_never_in_repr() -> None:

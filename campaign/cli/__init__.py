@@ -69,8 +69,8 @@ def demo(directory: Path) -> None:
 
     \b
     Import, create, preview, schedule; the notice; a person who changes their own
-    setting; a customer told late; the reminder; the switch at the cutoff with one device
-    held back (never told) and one waiting for fair notice; the confirmation; the status;
+    setting; a customer told late; the reminder; the switch at the cutoff with two devices
+    held back (one never told, one whose notice bounced) and one waiting for fair notice; the confirmation; the status;
     a rollback dry run. On the embedded defaults (SQLite, a Maildir outbox): nothing
     leaves this machine. Each step is a real `campaign` command, shown as it runs.
     """

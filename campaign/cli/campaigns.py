@@ -21,7 +21,7 @@ from campaign.store import audience as audience_store
 @json_option
 @pass_app
 def create(app: App, file: Path, replace: bool, dry_run: bool, as_json: bool) -> None:
-    """Register a campaign from its definition FILE (TOML, see data/voice-local-processing.toml).
+    """Register a campaign from its definition FILE (TOML; the definition's reference: docs/definition.md).
 
     Refuses, with the file, line and key, on any problem in the definition.
     """
