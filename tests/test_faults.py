@@ -387,11 +387,14 @@ def test_scheduler_flips_once_through_a_postgres_restart(own_postgres: OwnPostgr
     run = own_cli(url)
     before = {"CAMPAIGN_CLOCK": (CUTOFF - dt.timedelta(days=20)).isoformat()}
     assert run("db", "upgrade").exit_code == 0
+    # A few accounts first: `schedule` refuses an audience of nobody (the preflight), and renders each one's
+    # notices, so the 40,000 come after it.
+    _import_sample(run, tmp_path, 50, **before)
     result = run("create", str(_flip_definition(tmp_path, cutoff=CUTOFF.isoformat())), env=before)
     assert result.exit_code == 0, result.output
     result = run("schedule", SLUG, env=before)
     assert result.exit_code == 0, result.output
-    _import_sample(run, tmp_path, 40_000, **before)  # after `schedule`, which would render each one's notices
+    _import_sample(run, tmp_path, 40_000, **before)
     devices = _affected(url)
     assert devices > 15_000
     # A leader and a standby, the cutoff a minute ago: the leader expires the unsent notices and flips.
