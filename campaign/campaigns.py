@@ -60,23 +60,32 @@ def create(engine: Engine, definition: Definition, actor: str, *, replace: bool 
         conn = tx.conn
         existing = store.row(conn, definition.slug)
         if existing is not None:
+            if not replace and existing["state"] == CANCELLED:
+                raise StateError(f"campaign {definition.slug!r} was cancelled: create it under a new slug")
             if not replace:
                 raise StateError(f"campaign {definition.slug!r} exists already (state {existing['state']}); "
                                  "use --replace to change a campaign that is not scheduled yet")
+            if existing["state"] == CANCELLED:
+                raise StateError(f"campaign {definition.slug!r} was cancelled: create it under a new slug")
             if existing["state"] != DRAFT:
-                raise StateError(f"campaign {definition.slug!r} is {existing['state']}: its definition is frozen")
-            if store.has_activity(conn, existing["id"]):
-                raise StateError(f"campaign {definition.slug!r} has already sent or changed something: "
-                                 "its definition is frozen; create a new campaign instead")
+                raise StateError(f"campaign {definition.slug!r} is {existing['state']}: its definition is frozen"
+                                 + (f" (`campaign unschedule {definition.slug}` first, to move its cutoff)"
+                                    if existing["state"] == SCHEDULED else ""))
+            if store.has_changes(conn, existing["id"]):
+                raise StateError(f"campaign {definition.slug!r} has already switched devices: its definition is "
+                                 "frozen; create a new campaign instead")
             campaign_id = int(existing["id"])
             store.update_campaign(conn, campaign_id, **_campaign_values(definition))
         else:
             campaign_id = store.insert_campaign(conn, {"slug": definition.slug, "state": DRAFT,
                                                        "created_at": db.utcnow(), "created_by": actor,
                                                        **_campaign_values(definition)})
-        store.replace_waves(conn, campaign_id, [
+        kept = store.replace_waves(conn, campaign_id, [
             {"name": w.name, "position": i, "at": w.at, "audience": w.audience, "expires": w.expires}
             for i, w in enumerate(definition.waves)])
+        if kept:
+            raise StateError(f"wave(s) {', '.join(kept)} of {definition.slug!r} went out already: keep them in the "
+                             "definition (their ledger is the evidence of who was told what)")
         checked = check(conn, definition) if check is not None else None
         tx.action = "campaign.replace" if existing else "campaign.create"
         tx.campaign_id = campaign_id
@@ -171,6 +180,27 @@ class Created:
         return {"campaign": self.campaign, "id": self.id, "replaced": self.replaced, "dry_run": self.dry_run,
                 "cutoff": self.cutoff, "waves": list(self.waves), "rendered": self.rendered,
                 "warnings": [w.as_json() for w in self.warnings]}
+
+
+def unschedule(engine: Engine, slug: str, actor: str, dry_run: bool = False) -> str:
+    """`campaign unschedule`: a scheduled campaign whose flip has not begun goes back to draft — its steps not
+    yet run dropped, its approvals void, an audit event — so that `create --replace` may move its cutoff. The
+    ledger stays: nobody is told twice."""
+    with db.transaction(engine, actor, "campaign.unschedule", dry_run=dry_run) as tx:
+        c = get(tx.conn, slug)
+        tx.campaign_id = c.id
+        if c.state == CANCELLED:
+            raise StateError(f"campaign {slug!r} is cancelled: create it under a new slug")
+        if c.scheduled_at is None or c.state not in (SCHEDULED, PAUSED):
+            raise StateError(f"campaign {slug!r} is {c.state}, not scheduled: there is nothing to unschedule")
+        if store.has_changes(tx.conn, c.id):
+            raise StateError(f"the flip of {slug!r} has begun: its cutoff can no longer move (`campaign rollback "
+                             f"{slug}` undoes the flip)")
+        dropped = store.unschedule(tx.conn, c.id)
+        tx.note(steps_dropped=dropped)
+    verb = "would go" if dry_run else "went"
+    return (f"{slug} {verb} back to draft: {dropped} step(s) not yet run dropped, approvals void; "
+            f"`campaign create --replace FILE` may now move its cutoff, then `campaign schedule {slug}`")
 
 
 def finish(engine: Engine, slug: str, actor: str) -> bool:

@@ -24,6 +24,7 @@ from campaign.notices import proofs
 from campaign.notices.rendering import PARTS, Renderer
 from campaign.store import audience, audit
 from campaign.store import campaigns as campaign_rows
+from campaign.store import evidence as evidence_rows
 from campaign.wording import did_you_mean, duration
 
 ERROR, WARNING = "error", "warning"
@@ -136,6 +137,7 @@ def run(conn: Connection, d: Definition, renderer: Renderer, asked_by: str = CHE
         problem, rendered = render_findings(conn, d, renderer)
         findings += problem
     findings += timing_findings(conn, d)
+    findings += moved_findings(conn, d)
     findings += extra
     return sort(d.slug, findings, asked_by, rendered)
 
@@ -316,6 +318,33 @@ def timing_findings(conn: Connection, d: Definition) -> list[Finding]:
                                {"wave": wave.name, "messages": accounts, "seconds_needed": round(need, 1),
                                 "seconds_open": round(have, 1)}))
     return out
+
+
+def moved_findings(conn: Connection, d: Definition) -> list[Finding]:
+    """cutoff-moved: notices went out telling another cutoff than the definition's (it was moved since). A wave's
+    messages told the cutoff of the definition in force when it was first sent (the audit events, in order)."""
+    row = campaign_rows.row(conn, d.slug)
+    if row is None:
+        return []
+    in_force: str | None = None
+    told_at: dict[str, str | None] = {}
+    for action, detail in audit.in_order(conn, int(row["id"]), ("campaign.create", "campaign.replace", "wave.send")):
+        if action == "wave.send":
+            told_at.setdefault(str(detail.get("wave")), in_force)
+        else:
+            in_force = detail.get("cutoff")
+    told: dict[str, int] = {}
+    for wave, accounts in evidence_rows.told_by_wave(conn, int(row["id"])).items():
+        cutoff = told_at.get(wave)
+        if cutoff and dt.datetime.fromisoformat(cutoff) != d.cutoff:
+            told[cutoff] = told.get(cutoff, 0) + accounts
+    if not told:
+        return []
+    accounts = sum(told.values())
+    return [Finding("cutoff-moved",
+                    f"{accounts:,} message(s) told another cutoff ({', '.join(told)}) than the definition's "
+                    f"{d.cutoff.isoformat()}: the definition needs a wave, not sent yet, that tells them the new date",
+                    {"accounts": accounts, "told": told})]
 
 
 # -- the scheduler's watch ----------------------------------------------------------------------------

@@ -256,3 +256,67 @@ def test_status_tells_waiting_for_the_send_window_from_sending(run_cli: CliRun, 
                 if x.strip().startswith("notice"))
     assert line.split()[1] == "waiting" and "pending 2, sent 2" in line
     assert line.endswith("(2 waiting for their send window)")
+
+
+def test_unschedule_moves_a_cutoff_and_check_warns_those_told_the_old_one(
+        run_cli: CliRun, engine: Engine, smtpd: SmtpServer, write_file: Callable[..., Path]) -> None:
+    """issue 23 item 3: a scheduled campaign goes back to draft (its steps not yet run dropped, the ledger kept),
+    its cutoff moves by `create --replace`, and those told the old date are named (cutoff-moved)."""
+    imported(run_cli, write_file)
+    path = definition(write_file)
+    assert run_cli("create", str(path), env=KEY).exit_code == 0
+    early = {**KEY, "CAMPAIGN_CLOCK": "2025-03-01T00:00:00Z"}
+    assert run_cli("unschedule", "voice-local-processing", env=early).exit_code == 1  # a draft: nothing to do
+    assert run_cli("schedule", "voice-local-processing", env=early).exit_code == 0
+    sent = {**KEY, "CAMPAIGN_CLOCK": "2025-03-14T07:00:00Z", "CAMPAIGN_SMTP_URL": smtpd.url}
+    assert run_cli("send", "voice-local-processing", "--wave", "notice", "--ignore-window", "--workers", "1",
+                   env=sent).exit_code == 0
+    later = {**KEY, "CAMPAIGN_CLOCK": "2025-03-15T00:00:00Z"}
+    frozen = run_cli("create", str(path), "--replace", env=later)
+    assert frozen.exit_code == 1 and "unschedule voice-local-processing" in frozen.stderr
+    assert run_cli("unschedule", "voice-local-processing", "--dry-run", env=later).exit_code == 0
+    done = run_cli("unschedule", "voice-local-processing", env=later)
+    assert done.exit_code == 0 and "back to draft" in done.stdout, done.output
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT state FROM campaign")).scalar_one() == "draft"
+        assert conn.execute(text("SELECT name FROM step ORDER BY name")).scalars().all() == []
+        notices = conn.execute(text("SELECT count(*) FROM delivery WHERE state = 'sent'")).scalar_one()
+    assert notices == 4
+    moved = definition(write_file, ('cutoff = "2025-03-28T00:00:00-07:00"', 'cutoff = "2025-04-04T00:00:00-07:00"'),
+                       name="moved.toml")
+    replaced = run_cli("create", str(moved), "--replace", "--json", env=later)
+    assert replaced.exit_code == 0, replaced.output
+    warned = [w for w in json.loads(replaced.stdout)["warnings"] if w["code"] == "cutoff-moved"]
+    assert warned and warned[0]["accounts"] == 4 and warned[0]["told"] == {"2025-03-28T07:00:00+00:00": 4}, warned
+    code, out = check(run_cli, "voice-local-processing", env=later)
+    assert code == 0 and "cutoff-moved" in codes(out["warnings"])
+    assert run_cli("schedule", "voice-local-processing", env=later).exit_code == 0
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM delivery")).scalar_one() == 4  # nobody told twice
+        assert conn.execute(text("SELECT cutoff FROM campaign")).scalar_one() is not None
+
+
+def test_a_cancelled_campaign_names_the_way_out(run_cli: CliRun, write_file: Callable[..., Path]) -> None:
+    imported(run_cli, write_file)
+    path = definition(write_file)
+    assert run_cli("create", str(path), env=KEY).exit_code == 0
+    assert run_cli("cancel", "voice-local-processing").exit_code == 0
+    for args in (("create", str(path)), ("create", str(path), "--replace")):
+        refused = run_cli(*args, env=KEY)
+        assert refused.exit_code == 1 and "create it under a new slug" in refused.stderr
+
+
+def test_unschedule_voids_the_approvals(run_cli: CliRun, write_file: Callable[..., Path]) -> None:
+    imported(run_cli, write_file)
+    path = definition(write_file, ("[approval]\nrequired = false", "[approval]\nrequired = true"))
+    early = {**KEY, "CAMPAIGN_CLOCK": "2025-03-01T00:00:00Z"}
+    assert run_cli("create", str(path), env=early).exit_code == 0
+    assert run_cli("--actor", "dana", "approve", "voice-local-processing", env=early).exit_code == 0
+    assert run_cli("schedule", "voice-local-processing", env=early).exit_code == 0
+    assert run_cli("unschedule", "voice-local-processing", env=early).exit_code == 0
+    standing = json.loads(run_cli("status", "voice-local-processing", "--json", env=early).stdout)["approval"]
+    assert standing["approved"] is False and [a["by"] for a in standing["voided"]] == ["dana"]
+    refused = run_cli("schedule", "voice-local-processing", env=early)
+    assert refused.exit_code == 1 and "approval" in refused.stderr
+    assert run_cli("--actor", "dana", "approve", "voice-local-processing", env=early).exit_code == 0
+    assert run_cli("schedule", "voice-local-processing", env=early).exit_code == 0

@@ -155,4 +155,21 @@ def approve_cmd(app: App, slug: str, revoke: bool, dry_run: bool, as_json: bool)
         click.echo("dry run: nothing was written")
 
 
-COMMANDS = (create, check, list_cmd, audience, pause, resume, cancel, approve_cmd)
+@click.command("unschedule")
+@click.argument("slug")
+@dry_run_option
+@pass_app
+def unschedule(app: App, slug: str, dry_run: bool) -> None:
+    """Take a scheduled campaign back to draft, to move its cutoff.
+
+    \b
+    Only before its flip has begun. Its steps not yet run are dropped and its
+    approvals void; what was sent stays sent (nobody is told twice). Then
+    `create --replace FILE` with the new cutoff, `check`, and `schedule` again: if
+    notices went out with the old date, `check` warns `cutoff-moved` and the
+    definition needs a wave that tells those people the new one.
+    """
+    click.echo(campaigns.unschedule(app.engine(), slug, app.config.actor, dry_run=dry_run))
+
+
+COMMANDS = (create, check, unschedule, list_cmd, audience, pause, resume, cancel, approve_cmd)

@@ -25,6 +25,7 @@ from campaign.store import approvals as store
 
 APPROVE, REVOKE = "campaign.approve", "campaign.revoke_approval"
 DEFINED = ("campaign.create", "campaign.replace")
+UNSCHEDULED = "campaign.unschedule"  # voids the approvals given before it, as a new version does
 
 
 class NotApproved(StateError):
@@ -99,8 +100,11 @@ def standing(conn: Connection, c: CampaignRow) -> Standing:
     once_required = False
     given: dict[str, Approval] = {}  # by actor: an actor's approval counts once
     voided: list[Approval] = []
-    for e in store.events(conn, c.id, (*DEFINED, APPROVE, REVOKE)):
-        if e.action in DEFINED:
+    for e in store.events(conn, c.id, (*DEFINED, APPROVE, REVOKE, UNSCHEDULED)):
+        if e.action == UNSCHEDULED:
+            voided += given.values()
+            given = {}
+        elif e.action in DEFINED:
             version += 1
             once_required = once_required or e.detail.get("approval_required") is True
             defined_by, defined_at = e.actor, e.at

@@ -69,3 +69,11 @@ def events(conn: Connection, campaign_id: int | None = None, since: dt.datetime 
         stmt = stmt.where(A.c.action.in_(list(actions)))
     for r in conn.execute(stmt.execution_options(stream_results=True, yield_per=1000)):
         yield Event(r.at, r.actor, r.action, r.campaign_id, json.loads(r.detail), r.login, r.host)
+
+
+def in_order(conn: Connection, campaign_id: int, actions: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
+    """The campaign's events of these actions as (action, detail), in the order they were written (by id: clocks
+    differ between processes, a simulated one among them)."""
+    rows = conn.execute(select(A.c.action, A.c.detail).where(A.c.campaign_id == campaign_id,
+                                                             A.c.action.in_(list(actions))).order_by(A.c.id))
+    return [(r[0], json.loads(r[1])) for r in rows]

@@ -35,21 +35,40 @@ def update_campaign(conn: Connection, campaign_id: int, **values: Any) -> None:
     conn.execute(update(C).where(C.c.id == campaign_id).values(**values))
 
 
-def has_activity(conn: Connection, campaign_id: int) -> bool:
-    """Whether the campaign has written a delivery or a setting change (its definition is then frozen)."""
-    for table in (D, SC):
-        if conn.execute(select(table.c.id).where(table.c.campaign_id == campaign_id).limit(1)).first():
-            return True
-    return False
+def has_changes(conn: Connection, campaign_id: int) -> bool:
+    """Whether the campaign has switched (or tried to switch) any device: its flip has begun."""
+    return conn.execute(select(SC.c.id).where(SC.c.campaign_id == campaign_id).limit(1)).first() is not None
 
 
-def replace_waves(conn: Connection, campaign_id: int, waves: Iterable[Mapping[str, Any]]) -> None:
-    """Drop the campaign's waves and steps and insert `waves` (for a draft whose definition is replaced)."""
-    conn.execute(delete(STEP).where(STEP.c.campaign_id == campaign_id))
-    conn.execute(delete(W).where(W.c.campaign_id == campaign_id))
-    rows = [{"campaign_id": campaign_id, "state": WAITING, **w} for w in waves]
-    if rows:
-        conn.execute(insert(W), rows)
+def replace_waves(conn: Connection, campaign_id: int, waves: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Set a draft's waves to `waves`: a wave of the same name keeps its row (and its ledger), takes the new time,
+    audience and expiry; a new one is added; one no longer defined is dropped, unless it has deliveries — those
+    are returned, and nothing is dropped then. Steps not yet run are dropped (`schedule` registers them)."""
+    conn.execute(delete(STEP).where(STEP.c.campaign_id == campaign_id, STEP.c.state != "done"))
+    existing = {r.name: r.id for r in conn.execute(select(W.c.name, W.c.id).where(W.c.campaign_id == campaign_id))}
+    wanted = {w["name"] for w in waves}
+    gone = [name for name in existing if name not in wanted]
+    kept = [name for name in gone if conn.execute(select(D.c.id).where(D.c.wave_id == existing[name]).limit(1))
+            .first() is not None]
+    if kept:
+        return kept
+    for name in gone:
+        conn.execute(delete(STEP).where(STEP.c.campaign_id == campaign_id, STEP.c.name == f"wave:{name}"))
+        conn.execute(delete(W).where(W.c.id == existing[name]))
+    for w in waves:
+        if w["name"] in existing:
+            conn.execute(update(W).where(W.c.id == existing[w["name"]]).values(**w))
+        else:
+            conn.execute(insert(W).values(campaign_id=campaign_id, state=WAITING, **w))
+    return []
+
+
+def unschedule(conn: Connection, campaign_id: int) -> int:
+    """A scheduled campaign back to draft: its steps not yet run are dropped (those done stay, so a wave sent
+    is not sent again). Returns how many were dropped."""
+    dropped = conn.execute(delete(STEP).where(STEP.c.campaign_id == campaign_id, STEP.c.state != "done")).rowcount
+    conn.execute(update(C).where(C.c.id == campaign_id).values(state="draft", scheduled_at=None, state_reason=None))
+    return int(dropped or 0)
 
 
 @dataclass(frozen=True)

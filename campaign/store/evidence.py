@@ -322,3 +322,11 @@ def notice_coverage(conn: Connection, campaign_id: int, d: Definition, affected_
     return Coverage(affected_accounts=total + never, told_before_cutoff=n_told, told_in_time=n_in_time,
                     bounced=n_bounced, failed=n_failed, suppressed=n_suppressed,
                     never_sent=total - n_told - n_bounced - n_failed - n_suppressed + never)
+
+
+def told_by_wave(conn: Connection, campaign_id: int) -> dict[str, int]:
+    """Per wave name: the accounts it delivered a message to (`sent`)."""
+    rows = conn.execute(select(W.c.name, func.count(DL.c.account_id.distinct()))
+                        .select_from(DL.join(W, W.c.id == DL.c.wave_id))
+                        .where(DL.c.campaign_id == campaign_id, DL.c.state == SENT).group_by(W.c.name)).all()
+    return {r[0]: int(r[1]) for r in rows}
