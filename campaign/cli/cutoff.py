@@ -81,7 +81,8 @@ def scheduler_group() -> None:
               help="Worker processes for each wave it sends.")
 @click.option("--poll", type=click.FloatRange(min=0.1), default=scheduling.TICK_SECONDS, show_default=True,
               metavar="SECONDS", help="How often to look for work besides each step's own alarm: send windows "
-              "that opened, retries, fair notice that has run; also how often the lead is renewed.")
+              "that opened, retries, fair notice that has run; and the preflight of each campaign, at most once a "
+              "minute (the lead is renewed every third of --lease).")
 @click.option("--lease", type=click.FloatRange(min=3), default=scheduling.LEASE_SECONDS, show_default=True,
               metavar="SECONDS", help="How long the lead holds unrenewed (it is renewed every third of it): a "
               "standby takes over within this once the leader dies. Give every scheduler of a database the same.")
