@@ -394,3 +394,14 @@ def test_a_setting_value_is_printable_characters_only(run_cli: CliRun, engine: E
     assert f"{path}:2: voice_recordings: must be one printable line (contains U+{ord(char):04X}" in result.stderr
     assert "name:" not in result.stderr  # the name may hold it
     assert rows(engine, "SELECT COUNT(*) FROM device") == [(0,)]
+
+
+def test_the_last_progress_report_says_the_whole_file_was_read(engine: Engine, write_file: Callable[..., Path]) -> None:
+    """The final report came after the file was closed and read 0 bytes: '1,999,910 records (0%, …)' (issue 23)."""
+    from campaign.intake import accounts
+    rows = "".join(f"a{i},a{i}@example.com,Name {i},en-US,America/New_York,US\n" for i in range(12_000))
+    path = write_file("many.csv", "account_id,email,name,locale,timezone,country\n" + rows)
+    seen: list[tuple[int, int, int]] = []
+    accounts.import_accounts(engine, path, "tester", progress=lambda n, done, total: seen.append((n, done, total)))
+    assert len(seen) >= 2 and seen[-1] == (12_000, path.stat().st_size, path.stat().st_size)
+    assert all(done <= total for _, done, total in seen)

@@ -83,6 +83,10 @@ class RecordReader:
 
     @property
     def bytes_read(self) -> int:
+        """How far into the file reading has come; all of it once the file is closed (read to its end: the last
+        progress line of an import said 0 %)."""
+        if self._raw.closed:
+            return self.bytes_total
         try:
             return self._raw.tell()
         except (OSError, ValueError):
