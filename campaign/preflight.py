@@ -127,7 +127,8 @@ def run(conn: Connection, d: Definition, renderer: Renderer, asked_by: str = CHE
     """Every check that needs no network, for the verb `asked_by` (secrets are looked for in this process's
     environment); `extra` adds findings made elsewhere (the SMTP check of `--connect`)."""
     findings: list[Finding] = []
-    findings += audience_findings(conn, d)
+    accounts = audience.summary(conn, d).accounts  # affected now: read once for the audience and timing checks
+    findings += audience_findings(conn, d, accounts)
     findings += secret_findings(d)
     template_problems = template_findings(d, renderer)
     findings += template_problems
@@ -136,7 +137,7 @@ def run(conn: Connection, d: Definition, renderer: Renderer, asked_by: str = CHE
         findings += locale_findings(conn, d, renderer)
         problem, rendered = render_findings(conn, d, renderer)
         findings += problem
-    findings += timing_findings(conn, d)
+    findings += timing_findings(d, accounts)
     findings += moved_findings(conn, d)
     findings += extra
     return sort(d.slug, findings, asked_by, rendered)
@@ -151,8 +152,8 @@ def _counted(values: Mapping[str, int], limit: int = 8) -> str:
     return shown + (f" and {more} more" if more > 0 else "")
 
 
-def audience_findings(conn: Connection, d: Definition) -> list[Finding]:
-    """unknown-setting, unknown-value, empty-audience."""
+def audience_findings(conn: Connection, d: Definition, accounts: int) -> list[Finding]:
+    """unknown-setting, unknown-value, empty-audience (`accounts`: those affected now)."""
     keys = audience.setting_keys(conn)
     if d.setting not in keys:
         if not keys:  # nothing imported yet: nobody to reach, and no setting to compare the name with
@@ -170,8 +171,7 @@ def audience_findings(conn: Connection, d: Definition) -> list[Finding]:
                         f"no device holds `{d.setting}` = `{d.from_value}`; the devices hold {_counted(values)}"
                         f"{did_you_mean(d.from_value, values)}",
                         {"setting": d.setting, "value": d.from_value, "known": values})]
-    s = audience.summary(conn, d)
-    if s.accounts == 0:
+    if accounts == 0:
         filters = "; ".join(x for x in (
             f"countries {', '.join(d.countries)}" if d.countries else "",
             f"device models {', '.join(d.device_models)}" if d.device_models else "") if x)
@@ -288,13 +288,12 @@ def _open_share(d: Definition) -> float:
     return minutes / (24 * 60)
 
 
-def timing_findings(conn: Connection, d: Definition) -> list[Finding]:
+def timing_findings(d: Definition, accounts: int) -> list[Finding]:
     """notice-too-late (the first wave that tells the affected people, plus min_notice, after the cutoff: later
     waves remind those it told) and wave-too-long (the audience at the rate limit, within the send window, does
     not fit before the wave expires)."""
     out = []
     min_notice = d.min_notice or dt.timedelta(0)
-    accounts = audience.summary(conn, d).accounts
     share = _open_share(d)
     told = [w for w in d.waves if _told(w)]
     if told and told[0].at + min_notice > d.cutoff:
@@ -368,15 +367,20 @@ def watch(engine: Engine, templates: Path, actor: str, slugs: Iterable[str]) -> 
     for slug in slugs:
         result = check(engine, templates, slug, SCHEDULER)
         said = [f.as_json() for f in result.errors]
-        with db.transaction(engine, actor) as tx:
-            row = campaign_rows.row(tx.conn, slug)
-            if row is None:
-                continue
-            last = last_word(tx.conn, int(row["id"]))
-            if said and (last is None or last.action != FAILED or last.detail.get("errors") != said):
-                tx.action, tx.campaign_id = FAILED, int(row["id"])
-                tx.note(errors=said)
-            elif not said and last is not None and last.action == FAILED:
-                tx.action, tx.campaign_id = PASSED, int(row["id"])
+        with db.read(engine) as conn:
+            row = campaign_rows.row(conn, slug)
+            last = last_word(conn, int(row["id"])) if row is not None else None
+        if row is None:
+            continue
+        if said and (last is None or last.action != FAILED or last.detail.get("errors") != said):
+            action: str | None = FAILED
+        elif not said and last is not None and last.action == FAILED:
+            action = PASSED
+        else:
+            action = None  # nothing changed: no write, no lock taken
+        if action is not None:
+            with db.transaction(engine, actor, action, campaign_id=int(row["id"])) as tx:
+                if said:
+                    tx.note(errors=said)
         out.append(result)
     return out

@@ -13,6 +13,7 @@ from campaign.definition import Definition
 from campaign.models import ACCOUNT, CHANGED, DEVICE, DEVICE_SETTING, SETTING_CHANGE
 from campaign.recipients import DeviceView, Recipient
 from campaign.store._lists import among
+from campaign.store.suppressions import matches  # one rule for a suppressed address
 
 A, D, S, SC = ACCOUNT, DEVICE, DEVICE_SETTING, SETTING_CHANGE
 RULES = ("affected", "changed", "all")
@@ -135,8 +136,6 @@ def recipient(conn: Connection, account_id: str) -> Recipient | None:
 
 def suppressed_devices(conn: Connection, d: Definition) -> int:
     """Affected devices whose owner's address is suppressed: never notified, so held back by `require_notice`."""
-    from campaign.store.suppressions import matches  # one rule for a suppressed address
-
     return int(conn.execute(affected(d, func.count()).where(matches(A.c.email))).scalar_one())
 
 
