@@ -19,10 +19,11 @@ from sqlalchemy import Connection, Engine
 
 from campaign import db, verp
 from campaign.definition import SLUG_RE, Definition, WaveDef, load_definition, parse_definition
+from campaign.delivery import transport
 from campaign.errors import ConfigError, NotFound, PreflightFailed, TemplateProblem
 from campaign.notices import proofs
 from campaign.notices.rendering import PARTS, Renderer
-from campaign.store import audience, audit
+from campaign.store import audience, audit, steps
 from campaign.store import campaigns as campaign_rows
 from campaign.store import evidence as evidence_rows
 from campaign.wording import did_you_mean, duration
@@ -86,9 +87,10 @@ class Preflight:
 
 
 def check(engine: Engine, templates: Path, target: str, asked_by: str = CHECK,
-          extra: Iterable[Finding] = ()) -> Preflight:
+          extra: Iterable[Finding] = (), wave: str | None = None) -> Preflight:
     """`campaign check SLUG|FILE`: the preflight of a registered campaign (its frozen definition) or of a
-    definition file not registered yet."""
+    definition file not registered yet. `wave`: the wave about to be sent (`send --dry-run`), for which only
+    what concerns it is checked (a `changed` wave's audience is not who holds the old value)."""
     with db.read(engine) as conn:
         row = campaign_rows.row(conn, target) if SLUG_RE.match(target) else None
         if row is not None:
@@ -103,7 +105,15 @@ def check(engine: Engine, templates: Path, target: str, asked_by: str = CHECK,
             renderer = Renderer(d, templates)
         except TemplateProblem as exc:
             return sort(d.slug, [Finding("missing-templates", str(exc)), *extra], asked_by)
-        return run(conn, d, renderer, asked_by, extra)
+        return run(conn, d, renderer, asked_by, extra, wave)
+
+
+def connect_findings(found: transport.Probe) -> list[Finding]:
+    """smtp-unreachable / smtp-auth, from `campaign check --connect`'s session with the relay."""
+    if found.problem is None:
+        return []
+    code = "smtp-auth" if found.problem == "login" else "smtp-unreachable"
+    return [Finding(code, found.detail, {"relay": found.where})]
 
 
 def refuse_on_errors(result: Preflight) -> Preflight:
@@ -122,13 +132,24 @@ def sort(campaign: str, findings: Iterable[Finding], asked_by: str, rendered: in
     return Preflight(campaign, asked_by, tuple(errors), tuple(warnings), rendered)
 
 
+def _flip_began(conn: Connection, d: Definition) -> bool:
+    row = campaign_rows.row(conn, d.slug)
+    return row is not None and (campaign_rows.has_changes(conn, int(row["id"]))
+                                or steps.flip_ran(conn, int(row["id"])))
+
+
 def run(conn: Connection, d: Definition, renderer: Renderer, asked_by: str = CHECK,
-        extra: Iterable[Finding] = ()) -> Preflight:
+        extra: Iterable[Finding] = (), wave: str | None = None) -> Preflight:
     """Every check that needs no network, for the verb `asked_by` (secrets are looked for in this process's
-    environment); `extra` adds findings made elsewhere (the SMTP check of `--connect`)."""
+    environment); `extra` adds findings made elsewhere (the SMTP check of `--connect`).
+
+    Who holds the old value now is the audience only until the flip: once it has begun (or for a `changed`
+    wave), those people were switched, not lost, and the audience and notice-timing checks no longer apply."""
     findings: list[Finding] = []
-    accounts = audience.summary(conn, d).accounts  # affected now: read once for the audience and timing checks
-    findings += audience_findings(conn, d, accounts)
+    before_flip = not _flip_began(conn, d) and (wave is None or d.wave(wave).audience != "changed")
+    accounts = audience.summary(conn, d).accounts if before_flip else 0  # read once for audience and timing
+    if before_flip:
+        findings += audience_findings(conn, d, accounts)
     findings += secret_findings(d)
     template_problems = template_findings(d, renderer)
     findings += template_problems
@@ -137,7 +158,8 @@ def run(conn: Connection, d: Definition, renderer: Renderer, asked_by: str = CHE
         findings += locale_findings(conn, d, renderer)
         problem, rendered = render_findings(conn, d, renderer)
         findings += problem
-    findings += timing_findings(d, accounts)
+    if before_flip:
+        findings += timing_findings(d, accounts)
     findings += moved_findings(conn, d)
     findings += extra
     return sort(d.slug, findings, asked_by, rendered)

@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 from tests.conftest import ROOT, CliRun, table_counts
+from tests.ports import free_port
 from tests.smtpd import SmtpServer
 
 EXAMPLE = ROOT / "data" / "voice-local-processing.toml"
@@ -320,3 +321,85 @@ def test_unschedule_voids_the_approvals(run_cli: CliRun, write_file: Callable[..
     assert refused.exit_code == 1 and "approval" in refused.stderr
     assert run_cli("--actor", "dana", "approve", "voice-local-processing", env=early).exit_code == 0
     assert run_cli("schedule", "voice-local-processing", env=early).exit_code == 0
+
+
+def test_check_connect_opens_a_session_and_sends_nothing(run_cli: CliRun, write_file: Callable[..., Path],
+                                                         smtpd_factory: Callable[..., SmtpServer]) -> None:
+    """check --connect: connect, EHLO, (STARTTLS,) AUTH, QUIT against the relay; a refused login is smtp-auth, a
+    relay nobody answers at is smtp-unreachable; the password is never shown (issue 23 item 1)."""
+    imported(run_cli, write_file)
+    path = definition(write_file)
+    server = smtpd_factory(users={"campaign": "right-password-123"})
+    relay = {**KEY, "CAMPAIGN_SMTP_URL": server.url, "CAMPAIGN_SMTP_USER": "campaign"}
+    code, out = check(run_cli, str(path), "--connect", env={**relay, "CAMPAIGN_SMTP_PASSWORD": "right-password-123"})
+    assert code == 0 and out["errors"] == [] and out["relay"]["problem"] is None
+    assert "logged in as 'campaign'" in out["relay"]["detail"]
+    assert server.connections == 1 and server.messages == []
+    shown = run_cli("check", str(path), "--connect", env={**relay, "CAMPAIGN_SMTP_PASSWORD": "right-password-123"})
+    assert shown.exit_code == 0 and "session opened" in shown.stdout
+
+    wrong = run_cli("check", str(path), "--connect", "--json",
+                    env={**relay, "CAMPAIGN_SMTP_PASSWORD": "wrong-password-456"})
+    assert wrong.exit_code == 1 and "wrong-password-456" not in wrong.output
+    out = json.loads(wrong.stdout)
+    assert codes(out["errors"]) == ["smtp-auth"] and out["errors"][0]["relay"] == out["relay"]["where"]
+    assert "login" in out["errors"][0]["message"] and server.messages == []
+
+    nobody = {**KEY, "CAMPAIGN_SMTP_URL": f"smtp://127.0.0.1:{free_port()}"}
+    code, out = check(run_cli, str(path), "--connect", env=nobody)
+    assert code == 1 and codes(out["errors"]) == ["smtp-unreachable"]
+    assert "could not connect" in out["errors"][0]["message"]
+    code, out = check(run_cli, str(path), env=nobody)  # without --connect the relay is not tried
+    assert code == 0 and "relay" not in out
+
+
+def test_send_dry_run_runs_the_preflight(run_cli: CliRun, engine: Engine, write_file: Callable[..., Path]) -> None:
+    """A missing bounce key fails `send --dry-run` (exit 2, nothing written), as it would fail the real send on the
+    day; with the key the dry run passes and prints the warnings (issue 23 item 1)."""
+    imported(run_cli, write_file)
+    late = definition(write_file, ('min_notice = "7d"', 'min_notice = "20d"'))  # notice-too-late: a warning
+    assert run_cli("create", str(late), env=KEY).exit_code == 0
+    clock = {"CAMPAIGN_CLOCK": "2025-03-14T07:00:00Z"}
+    before = table_counts(engine)
+    dry = run_cli("send", "voice-local-processing", "--wave", "notice", "--dry-run", env=clock)
+    assert dry.exit_code == 2 and "error [missing-secret]" in dry.output and "CAMPAIGN_BOUNCE_KEY" in dry.output
+    assert "the send would fail" in dry.stderr and table_counts(engine) == before
+    as_json = run_cli("send", "voice-local-processing", "--wave", "notice", "--dry-run", "--json", env=clock)
+    out = json.loads(as_json.stdout)
+    assert as_json.exit_code == 2 and out["error"]["code"] == "preflight"
+    assert codes(out["preflight"]["errors"]) == ["missing-secret"] and out["preview"]["due_now"] >= 0
+    ok = run_cli("send", "voice-local-processing", "--wave", "notice", "--dry-run", "--json", env={**KEY, **clock})
+    assert ok.exit_code == 0 and json.loads(ok.stdout)["preflight"]["errors"] == []
+    assert codes(json.loads(ok.stdout)["preflight"]["warnings"]) == ["notice-too-late"]
+    assert "warning [notice-too-late]" in run_cli("send", "voice-local-processing", "--wave", "notice", "--dry-run",
+                                                  env={**KEY, **clock}).stdout
+
+
+def test_after_the_flip_the_audience_checks_rest(run_cli: CliRun, engine: Engine, smtpd: SmtpServer,
+                                                 write_file: Callable[..., Path],
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """Once the flip has switched everyone, nobody holds the old value: that is the campaign working, not an
+    `unknown-value` error — not for check, not for the confirmation's dry run, not for the scheduler's watch."""
+    imported(run_cli, write_file)
+    assert run_cli("create", str(definition(write_file)), env=KEY).exit_code == 0
+    env = {**KEY, "CAMPAIGN_SMTP_URL": smtpd.url}
+    assert run_cli("schedule", "voice-local-processing", env={**env, "CAMPAIGN_CLOCK": "2025-03-01T00:00:00Z"}
+                   ).exit_code == 0
+    assert run_cli("send", "voice-local-processing", "--wave", "notice", "--ignore-window", "--workers", "1",
+                   env={**env, "CAMPAIGN_CLOCK": "2025-03-14T07:00:00Z"}).exit_code == 0
+    after = {**env, "CAMPAIGN_CLOCK": "2025-03-28T08:00:00Z"}
+    flipped = run_cli("flip", "voice-local-processing", "--json", env=after)
+    assert flipped.exit_code == 0, flipped.output
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM device_setting WHERE value = 'do_not_send'")).scalar() == 0
+    code, out = check(run_cli, "voice-local-processing", env=after)
+    assert code == 0, out
+    assert not {"unknown-value", "empty-audience"} & set(codes(out["errors"] + out["warnings"]))
+    dry = run_cli("send", "voice-local-processing", "--wave", "confirmation", "--dry-run", "--json",
+                  env={**after, "CAMPAIGN_CLOCK": "2025-03-28T09:30:00Z"})
+    assert dry.exit_code == 0, dry.output
+    with caplog.at_level(logging.ERROR):
+        assert run_cli("scheduler", "run", "--once", env=after).exit_code == 0
+    assert "preflight: would fail" not in caplog.text
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM audit_event WHERE action = 'preflight.failed'")).scalar() == 0

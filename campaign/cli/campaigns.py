@@ -10,6 +10,7 @@ import click
 from campaign import campaigns, preflight
 from campaign.cli.app import App, dry_run_option, json_option, pass_app, print_findings, print_json
 from campaign.cutoff import approval
+from campaign.delivery import transport
 from campaign.store import audience as audience_store
 
 # -- campaigns --------------------------------------------------------------------------------------
@@ -44,24 +45,32 @@ def create(app: App, file: Path, replace: bool, dry_run: bool, as_json: bool) ->
 
 @click.command("check")
 @click.argument("target", metavar="SLUG|FILE")
+@click.option("--connect", is_flag=True,
+              help="Also open a session with the relay (CAMPAIGN_SMTP_URL): connect, EHLO, STARTTLS, log in, "
+                   "QUIT. Nothing is sent.")
 @json_option
 @pass_app
-def check(app: App, target: str, as_json: bool) -> None:
+def check(app: App, target: str, connect: bool, as_json: bool) -> None:
     """The preflight: what would make a campaign fail or reach the wrong people, before anyone is mailed.
 
     \b
     TARGET is a campaign's slug (its registered definition) or a definition FILE not
     registered yet. Each finding has a stable code (docs/commands.md lists them):
     errors (unknown-setting, unknown-value, empty-audience, missing-secret,
-    missing-templates, missing-translation, template-error) and warnings (fallback,
-    notice-too-late, wave-too-long). Exit 0 when there is no error (warnings printed),
-    1 when there is. `create`, `schedule` and the scheduler run it too.
+    missing-templates, missing-translation, template-error; with --connect
+    smtp-unreachable, smtp-auth) and warnings (fallback, notice-too-late,
+    wave-too-long, cutoff-moved). Exit 0 when there is no error (warnings printed),
+    1 when there is. `create`, `schedule`, `send --dry-run` and the scheduler run it too.
     """
-    result = preflight.check(app.engine(), app.config.templates, target)
+    probe = transport.probe(app.config) if connect else None
+    result = preflight.check(app.engine(), app.config.templates, target,
+                             extra=preflight.connect_findings(probe) if probe else ())
     if as_json:
-        print_json(result.as_json())
+        print_json({**result.as_json(), **({"relay": probe.as_json()} if probe else {})})
     else:
         print_findings(result.errors, result.warnings)
+        if probe is not None and probe.problem is None:
+            click.echo(f"relay {probe.where}: {probe.detail}")
         verdict = "no errors" if result.ok else f"{len(result.errors)} error(s)"
         click.echo(f"{result.campaign}: {verdict}, {len(result.warnings)} warning(s)")
     if not result.ok:

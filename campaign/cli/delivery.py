@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from campaign import previews, wording
+from campaign import preflight, previews, wording
 from campaign.cli.app import (
     App,
     Progress,
@@ -16,11 +16,12 @@ from campaign.cli.app import (
     dry_run_option,
     json_option,
     pass_app,
+    print_findings,
     print_json,
     print_json_result,
 )
 from campaign.delivery import sending
-from campaign.errors import PAUSED, CampaignError
+from campaign.errors import PAUSED, CampaignError, PreflightFailed
 
 
 @click.command("preview")
@@ -112,9 +113,13 @@ def send(app: App, slug: str, wave: str, ignore_window: bool, workers: int | Non
                                     progress_every=bar.every)
     finally:
         bar.close()
-    paused = CampaignError(f"the wave paused: {summary.paused}", code=PAUSED) if summary.paused else None
+    failure = CampaignError(f"the wave paused: {summary.paused}", code=PAUSED) if summary.paused else None
+    found = preflight.check(engine, app.config.templates, slug, preflight.SEND, wave=wave) if dry_run else None
+    if found is not None and found.errors:
+        failure = PreflightFailed(f"{slug}: the send would fail: the preflight found {len(found.errors)} "
+                                 f"error(s) (`campaign check {slug}`)")
     if as_json:
-        print_json_result(summary.as_json(), paused)
+        print_json_result({**summary.as_json(), **({"preflight": found.as_json()} if found else {})}, failure)
     elif dry_run:
         p = summary.preview
         click.echo(f"{slug} / {wave}: would send {p['due_now']} messages now"
@@ -125,6 +130,8 @@ def send(app: App, slug: str, wave: str, ignore_window: bool, workers: int | Non
             click.echo(f"  {r['account_id']}  {r['email']}  {r['locale']}")
         if summary.ahead_seconds:
             click.echo(f"ahead of its time: the wave is due in {wording.duration(summary.ahead_seconds)}")
+        if found is not None:
+            print_findings(found.errors, found.warnings)
         click.echo("dry run: nothing was written or sent")
     else:
         rate = summary.attempted / summary.elapsed if summary.elapsed else 0
@@ -141,8 +148,8 @@ def send(app: App, slug: str, wave: str, ignore_window: bool, workers: int | Non
         if summary.waiting_window:
             click.echo(f"{summary.waiting_window} deliveries wait for their recipient's send window: the "
                        "scheduler or a later `send` will send them (or use --ignore-window)")
-    if paused is not None:
-        raise paused
+    if failure is not None:
+        raise failure
 
 
 COMMANDS = (preview, test_send, send)

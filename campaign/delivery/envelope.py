@@ -30,6 +30,10 @@ class TransportError(CampaignError):
     """The mail system cannot be used at all (login refused, TLS impossible): stop, fix, run again."""
 
 
+class LoginFailed(TransportError):
+    """The relay did not take our login: refused, not on offer, or not over an encrypted connection."""
+
+
 @dataclass(frozen=True)
 class Envelope:
     """One message on its way: SMTP envelope addresses and the complete message (CRLF line endings)."""

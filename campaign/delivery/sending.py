@@ -95,7 +95,7 @@ def prepare(conn: Connection, slug: str, wave_name: str, ignore_window: bool,
     if now >= wave.expires:
         raise WaveExpired(c.id, row.id, wave_name, wave.expires)
     if not out_of_order:
-        _in_order(conn, c, wave)
+        _in_order(conn, c, wave, now)
     approvals.require(conn, c, "send", dry_run=dry_run)
     added = deliveries.materialize(conn, c.id, row.id, audience.accounts(d, c.id, wave.audience), wave.expires,
                                    now)
@@ -116,14 +116,16 @@ def _dry_run_preview(conn: Connection, wave_id: int, ignore_window: bool, now: d
 
 # -- the command ----------------------------------------------------------------------------------------
 
-def _in_order(conn: Connection, c: campaigns.CampaignRow, wave: WaveDef) -> None:
+def _in_order(conn: Connection, c: campaigns.CampaignRow, wave: WaveDef, now: dt.datetime) -> None:
     """UsageError when an `affected` wave that comes before `wave` has not gone out yet (a reminder before the
-    notice would remind people of something they were never told)."""
+    notice would remind people of something they were never told). One that expired unsent never can go out:
+    it does not hold the later waves back (the confirmation after the cutoff, say)."""
     for earlier in c.definition.waves:
         if earlier.name == wave.name or earlier.at > wave.at:
             break
         row = campaign_rows.wave(conn, c.id, earlier.name)
-        if earlier.audience == "affected" and row is not None and row.state == campaign_rows.WAITING:
+        if (earlier.audience == "affected" and row is not None and row.state == campaign_rows.WAITING
+                and earlier.expires > now):
             raise UsageError(f"wave {wave.name!r} comes after the `affected` wave {earlier.name!r}, which has not "
                              f"been sent: send {earlier.name!r} first (it is due {earlier.at.isoformat()}), or "
                              "`send --out-of-order` to send this one anyway")

@@ -11,7 +11,6 @@ from types import TracebackType
 from typing import Self
 
 from aiosmtplib import (
-    SMTPAuthenticationError,
     SMTPConnectError,
     SMTPConnectResponseError,
     SMTPException,
@@ -25,7 +24,7 @@ from aiosmtplib import (
 from aiosmtplib.email import parse_address
 
 from campaign.addresses import is_plain_ascii, needs_smtputf8, wire_form
-from campaign.delivery.envelope import MAX_DETAIL, Envelope, Gate, Outcome, Status, TransportError
+from campaign.delivery.envelope import MAX_DETAIL, Envelope, Gate, LoginFailed, Outcome, Status, TransportError
 from campaign.delivery.pipelining import SmtpClient
 from campaign.delivery.transport_url import TransportURL
 from campaign.errors import ConfigError
@@ -167,11 +166,26 @@ class SmtpTransport:
             outcome, _ = await self._transaction(client, envelope, reused=False, gate=gate)
         return outcome
 
+    async def probe(self) -> tuple[Outcome | None, bool]:
+        """Open one session the way a send does — connect, EHLO, STARTTLS, AUTH — and QUIT, sending nothing.
+        Returns (None when all of it worked, else a transient Outcome: the relay cannot be reached now; whether
+        the session was encrypted); raises TransportError (LoginFailed for the login) when the relay will never
+        be usable as configured."""
+        client = self._new_client()
+        try:
+            failure = await self._connect(client)
+            encrypted = failure is None and client.get_transport_info("sslcontext") is not None
+            if failure is None:
+                await self._quit(client)
+            return failure, encrypted
+        finally:
+            client.close()
+
     def _scrub(self, text: str) -> str:
         return redact(text, MAX_DETAIL)
 
-    def _fail(self, message: str) -> TransportError:
-        self._fatal = TransportError(self._scrub(message))
+    def _fail(self, message: str, kind: type[TransportError] = TransportError) -> TransportError:
+        self._fatal = kind(self._scrub(message))
         return self._fatal
 
     def _transient(self, detail: str, code: int | None = None) -> Outcome:
@@ -187,15 +201,18 @@ class SmtpTransport:
                 if client.get_transport_info("sslcontext") is None and not self.url.loopback:
                     raise self._fail(f"refusing to send the SMTP password to {where} over an unencrypted "
                                      "connection: the server did not offer STARTTLS; use ?starttls=require "
-                                     "or smtps://")
-                await client.login(self.user, self.__password or "")
+                                     "or smtps://", LoginFailed)
+                try:
+                    await client.login(self.user, self.__password or "")
+                except SMTPException as exc:
+                    if isinstance(exc, SMTPResponseException) and 400 <= exc.code < 500:
+                        raise  # a relay busy now: transient, below
+                    detail = _reply(exc.code, exc.message) if isinstance(exc, SMTPResponseException) else exc.message
+                    raise self._fail(f"SMTP login to {where} as {self.user!r} failed: {detail}; check "
+                                     "CAMPAIGN_SMTP_USER and CAMPAIGN_SMTP_PASSWORD", LoginFailed) from None
         except TransportError:
             client.close()
             raise
-        except SMTPAuthenticationError as exc:
-            client.close()
-            raise self._fail(f"SMTP login to {where} as {self.user!r} failed: {_reply(exc.code, exc.message)}; "
-                             "check CAMPAIGN_SMTP_USER and CAMPAIGN_SMTP_PASSWORD") from None
         except (SMTPConnectResponseError, SMTPHeloError) as exc:
             client.close()
             if 400 <= exc.code < 500:

@@ -10,19 +10,22 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from campaign.config import Config
-from campaign.delivery.envelope import Envelope, Gate, Outcome, Status, Transport, TransportError
+from campaign.delivery.envelope import Envelope, Gate, LoginFailed, Outcome, Status, Transport, TransportError
 from campaign.delivery.maildir import MaildirTransport
 from campaign.delivery.pipelining import dot_stuffed, wire_ready
 from campaign.delivery.recording import RecordingTransport
 from campaign.delivery.smtp import SmtpTransport, bad_address
 from campaign.delivery.transport_url import TransportURL, parse_url
+from campaign.results import Fields
 from campaign.urls import is_loopback
 
 __all__ = [
     "Envelope",
     "Gate",
+    "LoginFailed",
     "MaildirTransport",
     "Outcome",
     "RecordingTransport",
@@ -36,6 +39,7 @@ __all__ = [
     "is_loopback",
     "make_transport",
     "parse_url",
+    "probe",
     "send_all",
     "send_all_sync",
     "wire_ready",
@@ -49,6 +53,43 @@ def make_transport(config: Config, concurrency: int = 4, timeout: float = 30.0) 
         assert url.path is not None
         return MaildirTransport(url.path)
     return SmtpTransport(url, config.smtp_user, config.smtp_password, concurrency=concurrency, timeout=timeout)
+
+
+@dataclass(frozen=True)
+class Probe(Fields):
+    """What opening a session with the configured relay found: `problem` is None when it worked, "unreachable"
+    (no session: refused, timed out, TLS failed) or "login" (the relay did not take our login); `detail` says
+    what happened in words."""
+
+    where: str
+    problem: str | None = None
+    detail: str = ""
+
+
+def probe(config: Config, timeout: float = 15.0) -> Probe:
+    """`campaign check --connect`: connect to CAMPAIGN_SMTP_URL, EHLO, STARTTLS, log in, QUIT; nothing is sent.
+    A Maildir outbox has nothing to connect to (its folder is checked when a message is written)."""
+    url = parse_url(config.smtp_url)
+    if url.scheme == "maildir":
+        return Probe(str(url), None, "a Maildir outbox: nothing to connect to")
+    transport = SmtpTransport(url, config.smtp_user, config.smtp_password, concurrency=1, timeout=timeout)
+
+    async def go() -> tuple[Outcome | None, bool]:
+        return await asyncio.wait_for(transport.probe(), timeout * 2)  # connect and login each have `timeout`
+
+    try:
+        outcome, encrypted = asyncio.run(go())
+    except LoginFailed as exc:
+        return Probe(str(url), "login", str(exc))
+    except TransportError as exc:
+        return Probe(str(url), "unreachable", str(exc))
+    except TimeoutError:
+        return Probe(str(url), "unreachable", f"no answer from {url.hostport} within {timeout * 2:g} s")
+    if outcome is not None:
+        return Probe(str(url), "unreachable", outcome.detail)
+    tls = "encrypted" if encrypted else "not encrypted"
+    login = f"logged in as {transport.user!r}" if transport.user else "no login configured"
+    return Probe(str(url), None, f"session opened ({tls}, {login}) and closed; nothing sent")
 
 
 async def send_all(transport: Transport, envelopes: Iterable[Envelope]) -> list[Outcome]:

@@ -63,6 +63,12 @@ def of_campaign(conn: Connection, campaign_id: int) -> list[StepRow]:
                                               .where(ST.c.campaign_id == campaign_id).order_by(ST.c.due_at, ST.c.id))]
 
 
+def flip_ran(conn: Connection, campaign_id: int) -> bool:
+    """Whether the campaign's flip step has run (the scheduler's; a flip by hand shows in its changes)."""
+    return conn.execute(select(ST.c.id).where(ST.c.campaign_id == campaign_id, ST.c.name == "flip",
+                                              ST.c.state == DONE).limit(1)).first() is not None
+
+
 def pending(conn: Connection) -> list[StepRow]:
     """Every pending step of every scheduled campaign, soonest first (what the scheduler has to do)."""
     return [StepRow(*r) for r in conn.execute(select(*_COLS).select_from(_FROM)
