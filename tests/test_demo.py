@@ -73,6 +73,14 @@ def test_demo_tells_the_whole_story(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert "voice-local-processing: done, cutoff" in out.split("Where the campaign stands")[-1]
     assert "voice-local-processing: scheduled, cutoff" in out.split("Where the campaign stands")[-2]
     assert db.execute("SELECT COUNT(*) FROM audit_event WHERE action = 'campaign.done'").fetchone() == (1,)
+    # The preflight caught the draft's missing Japanese reminder before `create`; the story ends on the answer to
+    # "was everyone told in time?" (issue 23).
+    draft = out.split("$ campaign check ")[1].split("== ")[0]
+    assert "error [missing-translation]: wave `reminder`: ja-JP is a required locale" in draft
+    assert "1 error(s)" in draft and "created campaign" not in draft
+    ending = out.split("How it ended")[1]
+    assert "voice-local-processing: done, cutoff" in ending
+    assert "242 of 244 (99 %) affected accounts before the cutoff, 241 in time" in ending
     # The gallery is there.
     assert (work / "gallery" / "index.html").is_file()
     # The story ends with the evidence: Priya's story in her zone, every account in the CSV, the HTML report.

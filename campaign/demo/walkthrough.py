@@ -14,6 +14,7 @@ import datetime as dt
 import email.utils
 import os
 import shlex
+import shutil
 import sys
 import textwrap
 from collections.abc import Callable
@@ -53,6 +54,7 @@ class Step:
     actor: str | None = None  # who runs it (`--actor`), when not the author
     refused: bool = False  # the story expects `campaign` to refuse this one
     before: Callable[[Path, dt.datetime], str] | None = None  # prepares its input; returns a line saying what
+    templates: str | None = None  # a templates folder of its own, under the working directory
 
 
 def at(**delta: float) -> dt.datetime:
@@ -70,8 +72,14 @@ def story(work: Path) -> list[Step]:
              ("import", "devices", str(DATA / "devices.csv"))),
         Step(at(days=-21), f"{MEGAN[2]} asked us never to email her", ("suppress", "add", MEGAN[1], "--reason",
                                                                       "asked not to be emailed")),
-        Step(at(days=-21), "Register the campaign: retire 'Do not send voice recordings' on 2025-03-28",
-             ("create", toml), "create renders every wave in every language of the audience first"),
+        Step(at(days=-21), "The preflight of the draft, before registering it: the Japanese reminder was not "
+             "written yet", ("check", toml), "the definition lists the locales that must have their own message "
+             "(required_locales); check finds the mistakes that would make the campaign fail or quietly reach "
+             "the wrong people, before anyone is mailed", refused=True, before=write_draft,
+             templates=DRAFT),
+        Step(at(days=-21), "The translation is in: register the campaign, retire 'Do not send voice recordings' "
+             "on 2025-03-28", ("create", toml),
+             "create runs the same preflight, and renders every wave in every language of the audience"),
         Step(at(days=-21), "Who is affected now, by language", ("audience", SLUG, "--by", "locale")),
         Step(at(days=-21), "The reminder as a Japanese customer will get it",
              ("preview", SLUG, "--wave", "reminder", "--locale", "ja-JP")),
@@ -135,7 +143,25 @@ def story(work: Path) -> list[Step]:
              ("report", SLUG, "--format", "csv", "--out", str(work / "report.csv"))),
         Step(at(days=3), "The campaign at a glance: one HTML page with charts, for the screen and for paper",
              ("report", SLUG, "--format", "html", "--out", str(work / "report.html"))),
+        Step(at(days=3), "How it ended: done, and who was told in time", ("status", SLUG),
+             "told = a notice delivered before the cutoff (a late bounce takes it back); in time = at least "
+             "min_notice (7 days) before it"),
     ]
+
+
+DRAFT = "draft-templates"  # the templates as they stood in the draft: no Japanese reminder yet
+
+
+def write_draft(work: Path, _when: dt.datetime) -> str:
+    """The shipped templates without the Japanese reminder (ja-JP and ja), as the draft stood; returns a line
+    saying so."""
+    draft = work / DRAFT
+    if draft.exists():
+        shutil.rmtree(draft)
+    shutil.copytree(ROOT / "templates", draft,
+                    ignore=lambda folder, names: [n for n in names if n.startswith("reminder.")
+                                                  and Path(folder).name in ("ja", "ja-JP")])
+    return f"(the draft's templates: {draft}, without ja-JP/reminder.* and ja/reminder.*)"
 
 
 def write_inputs(inputs: Path) -> None:
@@ -307,7 +333,10 @@ def run(work: Path, cli: click.Group) -> int:
             print(f"   {step.before(work, step.when)}")
         args = ("--actor", approver, *step.args) if step.actor else step.args
         print(f"$ campaign {shlex.join(args)}", flush=True)
-        code = _campaign(args, {**env, "CAMPAIGN_CLOCK": step.when.isoformat()}, work, cli)
+        step_env = {**env, "CAMPAIGN_CLOCK": step.when.isoformat()}
+        if step.templates is not None:
+            step_env["CAMPAIGN_TEMPLATES"] = str(work / step.templates)
+        code = _campaign(args, step_env, work, cli)
         if step.refused and code == 0:
             print("step should have been refused, and went through", file=sys.stderr)
             return 1
