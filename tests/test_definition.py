@@ -164,7 +164,9 @@ def test_min_notice_is_a_duration() -> None:
 
 def test_an_unknown_key_says_what_was_meant_and_a_required_locale_is_read() -> None:
     text = example_text().replace("[limits]\n", "[limits]\nrate_per_secnd = 5\n")
-    text = text.replace('default_locale = "en-US"', 'default_locale = "en-US"\nrequired_locales = ["de-de", "ja"]')
+    shipped = 'required_locales = ["en-US", "de-DE", "ja-JP", "es-US"]'
+    assert shipped in text
+    text = text.replace(shipped, 'required_locales = ["de-de", "ja"]')
     msg = problems(text)
     assert (f"def.toml:{line_of(text, 'rate_per_secnd')}: limits.rate_per_secnd: unknown key — did you mean "
             "`rate_per_second`?") in msg
