@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 
-from campaign import db, preflight
+from campaign import db, preflight, versions
 from campaign.definition import Definition, load_definition, parse_definition
 from campaign.errors import NotFound, StateError
 from campaign.models import CANCELLED, DONE, DRAFT, PAUSED, SCHEDULED
@@ -53,9 +53,10 @@ Check = Callable[[Connection, Definition], Any]
 
 
 def create(engine: Engine, definition: Definition, actor: str, *, replace: bool = False,
-           dry_run: bool = False, check: Check | None = None) -> dict[str, Any]:
+           dry_run: bool = False, check: Check | None = None, templates: Path | None = None) -> dict[str, Any]:
     """Register the campaign. `check` runs inside the transaction (rendering every wave × locale);
-    any error it raises leaves nothing written. `replace` swaps the definition of a draft."""
+    any error it raises leaves nothing written. `replace` swaps the definition of a draft. With `templates`,
+    the new version's definition and templates are kept (`campaign.versions`)."""
     with db.transaction(engine, actor, dry_run=dry_run) as tx:
         conn = tx.conn
         existing = store.row(conn, definition.slug)
@@ -87,10 +88,12 @@ def create(engine: Engine, definition: Definition, actor: str, *, replace: bool 
             raise StateError(f"wave(s) {', '.join(kept)} of {definition.slug!r} went out already: keep them in the "
                              "definition (their ledger is the evidence of who was told what)")
         checked = check(conn, definition) if check is not None else None
+        version = versions.keep(conn, campaign_id, definition, templates) if templates is not None else None
         tx.action = "campaign.replace" if existing else "campaign.create"
         tx.campaign_id = campaign_id
         tx.note(source=definition.source, cutoff=definition.cutoff.isoformat(),
-                waves=[w.name for w in definition.waves], approval_required=definition.approval_required)
+                waves=[w.name for w in definition.waves], approval_required=definition.approval_required,
+                **({"version": version} if version is not None else {}))
     return {"campaign": definition.slug, "id": campaign_id, "replaced": existing is not None,
             "dry_run": dry_run, "cutoff": definition.cutoff.isoformat(), "checked": checked,
             "waves": [{"name": w.name, "at": w.at.isoformat(), "expires": w.expires.isoformat(),
@@ -226,7 +229,7 @@ def create_from_file(engine: Engine, path: Path, templates: Path, actor: str, *,
     def check(conn: Connection, d: Definition) -> preflight.Preflight:
         return preflight.refuse_on_errors(preflight.run(conn, d, renderer, preflight.CREATE))
 
-    result = create(engine, definition, actor, replace=replace, dry_run=dry_run, check=check)
+    result = create(engine, definition, actor, replace=replace, dry_run=dry_run, check=check, templates=templates)
     found: preflight.Preflight = result["checked"]
     return Created(result["campaign"], result["id"], result["replaced"], dry_run, result["cutoff"],
                    tuple(result["waves"]), found.rendered, found.warnings)

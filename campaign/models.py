@@ -274,6 +274,22 @@ class AuditEvent(SQLModel, table=True):
     host: str | None = Field(default=None, max_length=255)
 
 
+class VersionFile(SQLModel, table=True):
+    """A file of one version of a campaign's definition, as it was when that version was created (`create`,
+    `create --replace`): the definition's TOML and every template of its folder, so that what changed since an
+    approved version can be shown, and what people were sent can be traced to the words approved."""
+
+    __tablename__ = "version_file"
+    __table_args__ = (UniqueConstraint("campaign_id", "version", "path"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    campaign_id: int = _fk("campaign.id", index=False)
+    version: int  # 1 as created; each `create --replace` adds one (as approvals count them)
+    path: str = Field(max_length=512)  # "definition.toml", or "templates/<locale>/<file>" in the template folder
+    sha256: str = Field(max_length=64)
+    body: str = Field(sa_column=Column(Text, nullable=False))
+
+
 class Step(SQLModel, table=True):
     """A scheduled step of a campaign (a wave, the flip), claimed exactly once before it runs."""
 
@@ -326,3 +342,4 @@ SETTING_CHANGE, AUDIT_EVENT, STEP = _table(SettingChange), _table(AuditEvent), _
 BOUNCE = _table(Bounce)
 LEASE, WORKER = _table(Lease), _table(Worker)
 APPLY_BATCH = _table(ApplyBatch)
+VERSION_FILE = _table(VersionFile)
