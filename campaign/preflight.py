@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 
-from campaign import db, verp
+from campaign import db, verp, versions
 from campaign.definition import SLUG_RE, Definition, WaveDef, load_definition, parse_definition
 from campaign.delivery import transport
 from campaign.errors import ConfigError, NotFound, PreflightFailed, TemplateProblem
@@ -45,6 +45,7 @@ CODES: Mapping[str, frozenset[str]] = {
     "notice-too-late": frozenset({CHECK, CREATE, SCHEDULE, SEND, SCHEDULER}),
     "wave-too-long": frozenset({CHECK, CREATE, SCHEDULE, SEND, SCHEDULER}),
     "cutoff-moved": frozenset({CHECK, CREATE, SCHEDULE, SEND, SCHEDULER}),
+    "templates-changed": frozenset({CHECK, CREATE, SCHEDULE, SEND, SCHEDULER}),
     "smtp-unreachable": frozenset(),
     "smtp-auth": frozenset(),
 }
@@ -161,6 +162,7 @@ def run(conn: Connection, d: Definition, renderer: Renderer, asked_by: str = CHE
     if before_flip:
         findings += timing_findings(d, accounts)
     findings += moved_findings(conn, d)
+    findings += drift_findings(conn, d, renderer)
     findings += extra
     return sort(d.slug, findings, asked_by, rendered)
 
@@ -366,6 +368,26 @@ def moved_findings(conn: Connection, d: Definition) -> list[Finding]:
                     f"{accounts:,} message(s) told another cutoff ({', '.join(told)}) than the definition's "
                     f"{d.cutoff.isoformat()}: the definition needs a wave, not sent yet, that tells them the new date",
                     {"accounts": accounts, "told": told})]
+
+
+def drift_findings(conn: Connection, d: Definition, renderer: Renderer) -> list[Finding]:
+    """templates-changed: the template folder was edited after this version of the definition was created (and
+    approved): the messages would carry words no approval saw."""
+    row = campaign_rows.row(conn, d.slug)
+    if row is None:
+        return []
+    try:
+        version, changed = versions.drift(conn, int(row["id"]), d, renderer.root.parent)
+    except TemplateProblem as exc:
+        return [Finding("templates-changed", str(exc))]
+    if not changed:
+        return []
+    files = [f"{f.path.removeprefix('templates/')} ({f.status})" for f in changed]
+    shown = ", ".join(files[:6]) + (f" and {len(files) - 6} more" if len(files) > 6 else "")
+    return [Finding("templates-changed",
+                    f"the templates were edited after version {version} of the definition was created: {shown}; "
+                    f"the messages would carry words its approval did not see (`campaign create --replace` makes "
+                    f"them a new version)", {"version": version, "files": [f.path for f in changed]})]
 
 
 # -- the scheduler's watch ----------------------------------------------------------------------------

@@ -144,3 +144,23 @@ def since_approved(conn: Connection, campaign_id: int) -> Changes:
     if approved == current and not store.files(conn, campaign_id, current):
         return Changes(current, approved, False, ())
     return Changes(current, approved, True, found)
+
+
+def drift(conn: Connection, campaign_id: int, d: Definition, templates: Path) -> tuple[int, tuple[FileChange, ...]]:
+    """How the template folder on disk now differs from the campaign's current version as it was kept (an edit
+    after `create`, which no approval saw): (the version, the files that differ); nothing when the version's files
+    were not kept."""
+    version = current_version(conn, campaign_id)
+    kept = {p: body for p, (_digest, body) in store.files(conn, campaign_id, version).items() if p != DEFINITION}
+    if not kept:
+        return version, ()
+    now = template_files(d, templates)
+    out = []
+    for path in sorted(kept.keys() | now.keys()):
+        if path not in now:
+            out.append(FileChange(path, "removed", _diff(path, kept[path], "")))
+        elif path not in kept:
+            out.append(FileChange(path, "added", _diff(path, "", now[path])))
+        elif kept[path] != now[path]:
+            out.append(FileChange(path, "changed", _diff(path, kept[path], now[path])))
+    return version, tuple(out)

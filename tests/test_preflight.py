@@ -18,6 +18,7 @@ from tests.ports import free_port
 from tests.smtpd import SmtpServer
 
 EXAMPLE = ROOT / "data" / "voice-local-processing.toml"
+SHIPPED_REQUIRED = 'required_locales = ["en-US", "de-DE", "ja-JP", "es-US"]'
 KEY = {"CAMPAIGN_BOUNCE_KEY": "0123456789abcdef0123456789abcdef"}
 
 ACCOUNTS = ("account_id,email,name,locale,timezone,country\n"
@@ -121,14 +122,13 @@ def test_fallbacks_warn_and_a_required_locale_without_templates_is_an_error(
         for part in ("subject", "txt", "html"):
             (templates / "voice-local-processing" / folder / f"reminder.{part}.j2").unlink(missing_ok=True)
     env = {**KEY, "CAMPAIGN_TEMPLATES": str(templates)}
-    path = definition(write_file)
+    path = definition(write_file, (SHIPPED_REQUIRED, ""))
     code, out = check(run_cli, str(path), env=env)
     assert code == 0, out
     fallback = [w for w in out["warnings"] if w["code"] == "fallback"]
     assert fallback == [{"code": "fallback", "message": fallback[0]["message"], "wave": "reminder",
                          "locale": "ja-JP", "template_locale": "en-US", "accounts": 2}]
-    required = definition(write_file, ('default_locale = "en-US"', 'default_locale = "en-US"\n'
-                                                                   'required_locales = ["ja-JP", "de-DE"]'),
+    required = definition(write_file, (SHIPPED_REQUIRED, 'required_locales = ["ja-JP", "de-DE"]'),
                           name="required.toml")
     code, out = check(run_cli, str(required), env=env)
     assert code == 1 and codes(out["errors"]) == ["missing-translation"]

@@ -90,3 +90,25 @@ def test_a_dry_run_keeps_nothing_and_a_template_that_is_not_text_is_refused(
     assert "_extra.txt.j2: not UTF-8 text" in refused.output
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM campaign")).scalar() == 0
+
+
+def test_check_warns_when_the_templates_were_edited_after_the_version_was_created(
+        run_cli: CliRun, write_file: Callable[..., Path], tmp_path: Path) -> None:
+    templates, path = setup(run_cli, write_file, tmp_path)
+    env = {"CAMPAIGN_TEMPLATES": str(templates)}
+    assert run_cli("create", str(path), env=as_(AUTHOR, **env)).exit_code == 0
+
+    def warnings() -> list[dict]:
+        out = run_cli("check", SLUG, "--json", env=as_(AUTHOR, **env))
+        assert out.exit_code == 0, out.output
+        return [w for w in json.loads(out.stdout)["warnings"] if w["code"] == "templates-changed"]
+
+    assert warnings() == []
+    subject = templates / "voice-local-processing" / "en-US" / "reminder.subject.j2"
+    subject.write_text("Last chance: " + subject.read_text(encoding="utf-8"), encoding="utf-8")
+    found = warnings()
+    assert len(found) == 1 and found[0]["version"] == 1
+    assert found[0]["files"] == ["templates/en-US/reminder.subject.j2"]
+    assert "en-US/reminder.subject.j2 (changed)" in found[0]["message"]
+    assert run_cli("create", str(path), "--replace", env=as_(AUTHOR, **env)).exit_code == 0
+    assert warnings() == []
