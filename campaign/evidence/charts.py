@@ -10,6 +10,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from campaign.wording import duration
+
 WAVE_COLOURS = ("#1565c0", "#ef6c00", "#2e7d32", "#6a1b9a", "#00838f", "#ad1457")
 SWITCHED_COLOUR, ROLLED_BACK_COLOUR, CUTOFF_COLOUR = "#2e7d32", "#1565c0", "#c62828"
 WIDTH, LEFT, RIGHT, TOP, BOTTOM = 960, 56, 16, 24, 44
@@ -204,14 +206,3 @@ def flip_chart(data: dict[str, Any], ax: Axis, to_value: str, from_value: str) -
 
 def _when(iso: str) -> str:
     return f"{_t(iso).astimezone(dt.UTC):%Y-%m-%d %H:%M} UTC"
-
-
-def duration(seconds: float) -> str:
-    """A whole number of days, hours or minutes, in words."""
-    if seconds % 86400 == 0:
-        days = int(seconds // 86400)
-        return f"{days} day{'s' if days != 1 else ''}"
-    if seconds % 3600 == 0:
-        hours = int(seconds // 3600)
-        return f"{hours} hour{'s' if hours != 1 else ''}"
-    return f"{int(seconds // 60)} minutes"

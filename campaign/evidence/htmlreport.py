@@ -27,6 +27,7 @@ from campaign.store import audit, steps
 from campaign.store import campaigns as campaign_store
 from campaign.store import changes as change_store
 from campaign.store import evidence as store
+from campaign.wording import duration
 
 STATE_COLOURS = {"sent": "#2e7d32", "pending": "#9e9e9e", "sending": "#64b5f6", "failed": "#c62828",
                  "bounced": "#ef6c00", "suppressed": "#6a1b9a", "skipped": "#b0bec5", "expired": "#8d6e63"}
@@ -223,7 +224,7 @@ def _notice_words(seconds: float | None) -> str:
     """`7 days' notice`, `1 day's notice`."""
     if not seconds:
         return ""
-    words = charts.duration(seconds)
+    words = duration(seconds)
     return f"{words}' notice" if words.endswith("s") else f"{words}'s notice"
 
 
@@ -234,7 +235,7 @@ def _coverage(data: dict[str, Any]) -> Coverage:
     why = c["not_told"]
     before = dt.datetime.fromisoformat(data["generated_at"]) < dt.datetime.fromisoformat(data["cutoff"])
     notice = _notice_words(data["min_notice_seconds"])
-    fair = charts.duration(data["min_notice_seconds"]) if notice else ""
+    fair = duration(data["min_notice_seconds"]) if notice else ""
     untold, late = affected - told, told - in_time
     # who of the affected is where: the bar's parts, its keys and the words (label, count, colour, meaning)
     parts = [("told in time", in_time, "in_time",
@@ -320,7 +321,7 @@ def _locales(data: dict[str, Any]) -> tuple[LocaleRow, ...]:
 
 
 def _change_meaning(data: dict[str, Any]) -> dict[str, str]:
-    fair = charts.duration(data["min_notice_seconds"]) if data["min_notice_seconds"] else "the minimum notice"
+    fair = duration(data["min_notice_seconds"]) if data["min_notice_seconds"] else "the minimum notice"
     return {"changed": f"switched to {data['to']} by the flip, and still so",
             "held_back": f"not switched: {HELD_BACK_WHY} (require_notice)",
             "waiting": f"waiting for fair notice: switched {fair} after the account's late notice",

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any
 
+from campaign.wording import duration
+
 DIGEST = re.compile(r"\b(?:sha256:)?([0-9a-f]{12})[0-9a-f]{28,}\b")
 STEP_AT = re.compile(r"^(?P<step>\S+) at (?P<at>\S+)$")
 
@@ -121,16 +123,8 @@ def _wave_send(d: Mapping[str, Any], s: Setting) -> Said:
         f"{plural(d.get('added'), 'recipient')} added to the ledger" if d.get("added") else
         "no recipient to add to the ledger (the wave's ledger was complete)",
         "outside the recipients' send window too (asked for)" if d.get("ignore_window") else "",
-        f"started {_ahead(ahead)} ahead of the wave's time" if ahead else "",
+        f"started {duration(ahead)} ahead of the wave's time" if ahead else "",
         "before an earlier wave to the affected was sent (asked for)" if d.get("out_of_order") else ""]))
-
-
-def _ahead(seconds: int) -> str:
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    if days:
-        return plural(days, "day") + (f" {plural(hours, 'hour')}" if hours else "")
-    return plural(hours, "hour") if hours else plural(max(rest // 60, 1), "minute")
 
 
 STATE_WORDS = {"sent": "sent", "pending": "still to send", "sending": "being sent", "failed": "failed",
