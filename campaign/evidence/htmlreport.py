@@ -371,8 +371,9 @@ def _approval(data: dict[str, Any]) -> str | None:
     version = sentences.short(f"definition version {a['version']}, {a['digest']}")
     if a["approvals"]:
         who = ", ".join(f"{x['by']} on {_when(x['at'])}" for x in a["approvals"])
-        return f"Approved by {who} ({version}, written by {a['defined_by']})."
-    return f"A second person's approval is required and not given ({version}, written by {a['defined_by']})."
+        return f"Second person: approved by {who} ({version}, written by {a['defined_by']})."
+    return (f"Second person: approval required, not given — someone other than {a['defined_by']} must run "
+            f"`campaign approve` ({version}).")
 
 
 def view(data: dict[str, Any]) -> Report:
