@@ -227,22 +227,41 @@ def devices_now(conn: Connection, setting: str, account_id: str) -> dict[str, tu
 FINE = 600  # seconds: the sends histogram's resolution, re-bucketed by the report
 
 
+def _slot(conn: Connection, column: Any) -> Any:
+    """The 10-minute slot (FINE) of a stored time, grouped by in the database."""
+    if conn.dialect.name == "postgresql":
+        return func.to_timestamp(func.floor(func.extract("epoch", column) / FINE) * FINE)
+    # stored as `YYYY-MM-DD HH:MM:SS.ffffff`: its first 15 characters name the 10-minute slot
+    return func.substr(type_coerce(column, String), 1, 15)
+
+
+def _slot_time(at: Any) -> dt.datetime | None:
+    """A slot as `_slot` read it back (text on SQLite, a timestamp on PostgreSQL), as an aware UTC datetime."""
+    if isinstance(at, str):
+        return dt.datetime.fromisoformat(at + "0:00").replace(tzinfo=dt.UTC)
+    return None if at is None else at.astimezone(dt.UTC)
+
+
 def delivery_summary(conn: Connection, campaign_id: int) -> list[tuple[int, str, dt.datetime | None, int]]:
     """(wave id, state, the 10-minute slot of `sent_at` or None, deliveries): in one pass over the campaign's
     ledger, its counts by wave and state, its sends over time and their span."""
-    if conn.dialect.name == "postgresql":
-        slot: Any = func.to_timestamp(func.floor(func.extract("epoch", DL.c.sent_at) / FINE) * FINE)
-    else:  # stored as `YYYY-MM-DD HH:MM:SS.ffffff`: its first 15 characters name the 10-minute slot
-        slot = func.substr(type_coerce(DL.c.sent_at, String), 1, 15)
+    slot = _slot(conn, DL.c.sent_at)
     rows = conn.execute(select(DL.c.wave_id, DL.c.state, slot, func.count()).where(DL.c.campaign_id == campaign_id)
                         .group_by(DL.c.wave_id, DL.c.state, slot))
-    out: list[tuple[int, str, dt.datetime | None, int]] = []
-    for wave_id, state, at, n in rows:
-        if isinstance(at, str):
-            at = dt.datetime.fromisoformat(at + "0:00").replace(tzinfo=dt.UTC)
-        elif at is not None:
-            at = at.astimezone(dt.UTC)
-        out.append((int(wave_id), str(state), at, int(n)))
+    return [(int(wave_id), str(state), _slot_time(at), int(n)) for wave_id, state, at, n in rows]
+
+
+def change_summary(conn: Connection, campaign_id: int) -> list[tuple[str, dt.datetime, int]]:
+    """("switched" or "rolled_back", the 10-minute slot, devices): when the flip switched the campaign's devices
+    and when its rollback put them back, over time (a device rolled back or left was switched first)."""
+    out: list[tuple[str, dt.datetime, int]] = []
+    for kind, column in (("switched", SC.c.flipped_at), ("rolled_back", SC.c.rolled_back_at)):
+        slot = _slot(conn, column)
+        for at, n in conn.execute(select(slot, func.count()).where(SC.c.campaign_id == campaign_id,
+                                                                   column.is_not(None)).group_by(slot)):
+            t = _slot_time(at)
+            assert t is not None
+            out.append((kind, t, int(n)))
     return out
 
 
