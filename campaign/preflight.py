@@ -19,7 +19,6 @@ from sqlalchemy import Connection, Engine
 
 from campaign import db, verp, versions
 from campaign.definition import SLUG_RE, Definition, WaveDef, load_definition, parse_definition
-from campaign.delivery import transport
 from campaign.errors import ConfigError, NotFound, PreflightFailed, TemplateProblem
 from campaign.notices import proofs
 from campaign.notices.rendering import PARTS, Renderer
@@ -109,12 +108,12 @@ def check(engine: Engine, templates: Path, target: str, asked_by: str = CHECK,
         return run(conn, d, renderer, asked_by, extra, wave)
 
 
-def connect_findings(found: transport.Probe) -> list[Finding]:
-    """smtp-unreachable / smtp-auth, from `campaign check --connect`'s session with the relay."""
-    if found.problem is None:
+def connect_findings(problem: str | None, detail: str, relay: str) -> list[Finding]:
+    """smtp-unreachable / smtp-auth, from `campaign check --connect`'s session with the relay (`problem`: None
+    when it worked, "login" when the relay did not take the login, anything else when there was no session)."""
+    if problem is None:
         return []
-    code = "smtp-auth" if found.problem == "login" else "smtp-unreachable"
-    return [Finding(code, found.detail, {"relay": found.where})]
+    return [Finding("smtp-auth" if problem == "login" else "smtp-unreachable", detail, {"relay": relay})]
 
 
 def refuse_on_errors(result: Preflight) -> Preflight:

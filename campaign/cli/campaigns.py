@@ -63,8 +63,8 @@ def check(app: App, target: str, connect: bool, as_json: bool) -> None:
     1 when there is. `create`, `schedule`, `send --dry-run` and the scheduler run it too.
     """
     probe = transport.probe(app.config) if connect else None
-    result = preflight.check(app.engine(), app.config.templates, target,
-                             extra=preflight.connect_findings(probe) if probe else ())
+    relay = preflight.connect_findings(probe.problem, probe.detail, probe.where) if probe else []
+    result = preflight.check(app.engine(), app.config.templates, target, extra=relay)
     if as_json:
         print_json({**result.as_json(), **({"relay": probe.as_json()} if probe else {})})
     else:
