@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     and_,
     case,
+    exists,
     func,
     literal,
     null,
@@ -334,9 +335,12 @@ def notice_coverage(conn: Connection, campaign_id: int, d: Definition, affected_
                                           ledger.c.suppressed == 1), 1), else_=0)), 0),
     ).where(counted)).one()
     others = union(select(SC.c.account_id).where(SC.c.campaign_id == campaign_id), affected(d)).subquery()
-    in_ledger = select(ledger.c.account_id).where(counted)
+    # Probed one account at a time through the ledger's unique (campaign, wave, account) index: a NOT IN over
+    # the grouped ledger above made the database group it again, ten times slower at a million accounts.
+    in_ledger = exists().where(DL.c.campaign_id == campaign_id, DL.c.wave_id.in_(list(affected_wave_ids)),
+                               DL.c.account_id == others.c.account_id, DL.c.state != SKIPPED)
     never = int(conn.execute(select(func.count()).select_from(others)
-                             .where(others.c.account_id.not_in(in_ledger))).scalar_one())
+                             .where(~in_ledger if affected_wave_ids else literal(True))).scalar_one())
     total, n_told, n_in_time, n_bounced, n_failed, n_suppressed = (int(x) for x in r)
     return Coverage(affected_accounts=total + never, told_before_cutoff=n_told, told_in_time=n_in_time,
                     bounced=n_bounced, failed=n_failed, suppressed=n_suppressed,
