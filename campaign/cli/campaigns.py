@@ -14,7 +14,7 @@ from campaign.delivery import transport
 from campaign.store import audience as audience_store
 
 sign_option = click.option(
-    "--sign", "key", metavar="KEY", type=click.Path(dir_okay=False, path_type=Path),
+    "--sign", "key", metavar="KEY", type=click.Path(path_type=Path),
     help="Sign with this SSH key (ssh-keygen -Y sign): you act as the principal the definition's allowed_signers "
          "name for it. Needed under [approval] verified = true.")
 

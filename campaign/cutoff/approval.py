@@ -91,7 +91,7 @@ class Approval:
 
     def as_json(self) -> dict[str, Any]:
         return {"by": self.by, "at": self.at.isoformat(), "version": self.version, "digest": self.digest,
-                "verified": self.verified, "proof": self.proof}
+                "verified": self.verified, "proof": self.proof, "how": PROOFS.get(self.proof or "")}
 
 
 @dataclass(frozen=True)
