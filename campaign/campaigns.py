@@ -50,13 +50,16 @@ def get(conn: Connection, slug: str) -> CampaignRow:
 
 
 Check = Callable[[Connection, Definition], Any]
+Authored = Callable[[Connection, Definition], dict[str, Any]]  # the author's proof, for the event (approval)
 
 
 def create(engine: Engine, definition: Definition, actor: str, *, replace: bool = False,
-           dry_run: bool = False, check: Check | None = None, templates: Path | None = None) -> dict[str, Any]:
+           dry_run: bool = False, check: Check | None = None, templates: Path | None = None,
+           authored: Authored | None = None) -> dict[str, Any]:
     """Register the campaign. `check` runs inside the transaction (rendering every wave × locale);
     any error it raises leaves nothing written. `replace` swaps the definition of a draft. With `templates`,
-    the new version's definition and templates are kept (`campaign.versions`)."""
+    the new version's definition and templates are kept (`campaign.versions`). `authored` checks the author's
+    proof (`[approval] verified`) in the same transaction and says what the event keeps of it."""
     with db.transaction(engine, actor, dry_run=dry_run) as tx:
         conn = tx.conn
         existing = store.row(conn, definition.slug)
@@ -87,13 +90,14 @@ def create(engine: Engine, definition: Definition, actor: str, *, replace: bool 
         if kept:
             raise StateError(f"wave(s) {', '.join(kept)} of {definition.slug!r} went out already: keep them in the "
                              "definition (their ledger is the evidence of who was told what)")
+        proof = authored(conn, definition) if authored is not None else {}
         checked = check(conn, definition) if check is not None else None
         version = versions.keep(conn, campaign_id, definition, templates) if templates is not None else None
         tx.action = "campaign.replace" if existing else "campaign.create"
         tx.campaign_id = campaign_id
         tx.note(source=definition.source, cutoff=definition.cutoff.isoformat(),
                 waves=[w.name for w in definition.waves], approval_required=definition.approval_required,
-                **({"version": version} if version is not None else {}))
+                **({"version": version} if version is not None else {}), **proof)
     return {"campaign": definition.slug, "id": campaign_id, "replaced": existing is not None,
             "dry_run": dry_run, "cutoff": definition.cutoff.isoformat(), "checked": checked,
             "waves": [{"name": w.name, "at": w.at.isoformat(), "expires": w.expires.isoformat(),
@@ -220,7 +224,7 @@ def finish(engine: Engine, slug: str, actor: str) -> bool:
 
 
 def create_from_file(engine: Engine, path: Path, templates: Path, actor: str, *, replace: bool = False,
-                     dry_run: bool = False) -> Created:
+                     dry_run: bool = False, authored: Authored | None = None) -> Created:
     """`campaign create`: load and check the definition, run the preflight (refusing on its errors: a template
     or data error with its file and line, a setting no device has, …), and register it."""
     definition = load_definition(path, templates)
@@ -229,7 +233,8 @@ def create_from_file(engine: Engine, path: Path, templates: Path, actor: str, *,
     def check(conn: Connection, d: Definition) -> preflight.Preflight:
         return preflight.refuse_on_errors(preflight.run(conn, d, renderer, preflight.CREATE))
 
-    result = create(engine, definition, actor, replace=replace, dry_run=dry_run, check=check, templates=templates)
+    result = create(engine, definition, actor, replace=replace, dry_run=dry_run, check=check, templates=templates,
+                    authored=authored)
     found: preflight.Preflight = result["checked"]
     return Created(result["campaign"], result["id"], result["replaced"], dry_run, result["cutoff"],
                    tuple(result["waves"]), found.rendered, found.warnings)

@@ -105,6 +105,8 @@ class Definition:
     context: Mapping[str, str] = field(default_factory=dict)  # free values for the templates (URLs, …)
     return_path: str | None = None  # [bounces]: the envelope sender's base, signed per delivery (verp)
     approval_required: bool = False  # `[approval] required`: schedule and flip wait for a second person
+    approval_verified: bool = False  # `[approval] verified`: only signed (or console) approvals count
+    allowed_signers: str | None = None  # `[approval] allowed_signers`: its absolute path (git's format)
     apply: Apply = field(default_factory=Apply)
     source: str = ""
     text: str = ""
@@ -249,7 +251,7 @@ def _time(value: str) -> dt.time:
 
 
 def load_definition(path: Path | str, templates: Path | None = None) -> Definition:
-    """Read and validate a definition file; raises InputError listing every problem found."""
+    """Read and validate a definition file (the files it names must exist); InputError lists every problem."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -260,10 +262,11 @@ def load_definition(path: Path | str, templates: Path | None = None) -> Definiti
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise InputError(str(path), [Problem(line, "not UTF-8 text")]) from None
-    return parse_definition(text, str(path), templates)
+    return parse_definition(text, str(path), templates, files=True)
 
 
-def parse_definition(text: str, source: str = "<definition>", templates: Path | None = None) -> Definition:
+def parse_definition(text: str, source: str = "<definition>", templates: Path | None = None, *,
+                     files: bool = False) -> Definition:  # a path: relative to `source`'s folder; exists if `files`
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -391,8 +394,9 @@ def parse_definition(text: str, source: str = "<definition>", templates: Path | 
         if key in lim and not ok:
             c.fail("limits", key, rule)
 
-    approval = c.take(top.get("approval", {}), "approval", {"required": bool},
+    approval = c.take(top.get("approval", {}), "approval", {"required": bool, "verified": bool, "allowed_signers": str},
                       required=("required",)) if "approval" in top else {}
+    signers = _allowed_signers(c, approval, Path(source).absolute().parent, files)
 
     context: dict[str, str] = {}
     for key, value in top.get("context", {}).items():
@@ -460,14 +464,13 @@ def parse_definition(text: str, source: str = "<definition>", templates: Path | 
     if c.problems:
         raise InputError(source, c.problems)
     return Definition(
-        slug=slug, name=name, sender=sender, reply_to=reply_to, template=template,
+        slug=slug, name=name, sender=sender, reply_to=reply_to, template=template, countries=tuple(countries),
         default_locale=default_locale, cutoff=cutoff, setting=mig["setting"], from_value=mig["from"],
         to_value=mig["to"], require_notice=mig.get("require_notice", True), min_notice=min_notice,
-        countries=tuple(countries), required_locales=tuple(required_locales),
-        device_models=tuple(models), send_window=window, limits=limits, context=context, return_path=return_path,
-        approval_required=approval.get("required", False), apply=apply,
-        waves=tuple(sorted(waves, key=lambda w: w.at)), source=source, text=text,
-    )
+        required_locales=tuple(required_locales), device_models=tuple(models), send_window=window, limits=limits,
+        context=context, return_path=return_path, allowed_signers=signers, apply=apply,
+        approval_required=approval.get("required", False), approval_verified=approval.get("verified", False),
+        waves=tuple(sorted(waves, key=lambda w: w.at)), source=source, text=text)
 
 
 def _bounces(c: _Checker, table: dict[str, Any] | None) -> str | None:
@@ -483,6 +486,21 @@ def _bounces(c: _Checker, table: dict[str, Any] | None) -> str | None:
     except ValueError as exc:
         c.fail("bounces", "return_path", str(exc))
         return None
+
+
+def _allowed_signers(c: _Checker, approval: dict[str, Any], base: Path, files: bool) -> str | None:
+    """`[approval] allowed_signers`: the file of the keys whose signatures count (verified = true needs one)."""
+    value, verified = approval.get("allowed_signers"), approval.get("verified")
+    if value is None or not value.strip() or has_crlf(value):
+        if value is not None or verified:
+            c.fail("approval", "allowed_signers", f"{'verified = true needs' if value is None else 'must be'} the "
+                                                  "path of a file (git's format) naming whose SSH keys may sign")
+        return None
+    path = base / Path(value).expanduser()
+    if files and verified and not path.is_file():
+        near = did_you_mean(path.name, (p.name for p in path.parent.glob("*")))  # none when the folder is missing
+        c.fail("approval", "allowed_signers", f"no file {path}{near}")
+    return str(path)
 
 
 # -- [apply] ---------------------------------------------------------------------------------------------

@@ -13,21 +13,29 @@ from campaign.cutoff import approval
 from campaign.delivery import transport
 from campaign.store import audience as audience_store
 
+sign_option = click.option(
+    "--sign", "key", metavar="KEY", type=click.Path(path_type=Path),
+    help="Sign with this SSH key (ssh-keygen -Y sign): you act as the principal the definition's allowed_signers "
+         "name for it. Needed under [approval] verified = true.")
+
 # -- campaigns --------------------------------------------------------------------------------------
 
 @click.command("create")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--replace", is_flag=True, help="Replace the definition of a campaign not yet scheduled.")
+@sign_option
 @dry_run_option
 @json_option
 @pass_app
-def create(app: App, file: Path, replace: bool, dry_run: bool, as_json: bool) -> None:
+def create(app: App, file: Path, replace: bool, key: Path | None, dry_run: bool, as_json: bool) -> None:
     """Register a campaign from its definition FILE (TOML; the definition's reference: docs/definition.md).
 
-    Refuses, with the file, line and key, on any problem in the definition.
+    Refuses, with the file, line and key, on any problem in the definition. Under
+    [approval] verified = true the author must sign (--sign KEY): the signer's principal
+    in allowed_signers is the author, who then cannot approve this version.
     """
-    result = campaigns.create_from_file(app.engine(), file, app.config.templates, app.config.actor,
-                                        replace=replace, dry_run=dry_run)
+    result = approval.create(app.engine(), file, app.config.templates, app.config.actor, sign=key,
+                             replace=replace, dry_run=dry_run)
     if as_json:
         print_json(result.as_json())
         return
@@ -39,6 +47,8 @@ def create(app: App, file: Path, replace: bool, dry_run: bool, as_json: bool) ->
     print_findings((), result.warnings)
     if not dry_run:
         standing = approval.standing_of(app.engine(), result.campaign)
+        if standing.defined_proof:
+            click.echo(f"author: {standing.defined_by}, verified by {approval.PROOFS[standing.defined_proof]}")
         if standing.required or standing.voided:
             click.echo(f"approval: {standing.words()}")
 
@@ -142,10 +152,11 @@ cancel = _state_command("cancel",
 @click.command("approve")
 @click.argument("slug")
 @click.option("--revoke", is_flag=True, help="Withdraw your own approval (a scheduled flip then waits again).")
+@sign_option
 @dry_run_option
 @json_option
 @pass_app
-def approve_cmd(app: App, slug: str, revoke: bool, dry_run: bool, as_json: bool) -> None:
+def approve_cmd(app: App, slug: str, revoke: bool, key: Path | None, dry_run: bool, as_json: bool) -> None:
     """Approve the campaign's current definition, so that `schedule` and `flip` may go
     ([approval] required = true in the definition).
 
@@ -154,8 +165,17 @@ def approve_cmd(app: App, slug: str, revoke: bool, dry_run: bool, as_json: bool)
     replaced the definition (--actor or CAMPAIGN_ACTOR names who acts). Replacing the
     definition (`create --replace`) voids every approval given before. Each approval is an
     audit event naming the definition's version and SHA-256 digest; `status` and `log` show it.
+
+    \b
+    Under [approval] verified = true only a verified approval counts: sign it with
+    --sign KEY (ssh-keygen -Y sign over the campaign, version and digest); the principal
+    the definition's allowed_signers name for the key is who approves, not --actor.
+    `campaign log SLUG --verify` checks every signature again.
     """
-    outcome = approval.approve(app.engine(), slug, app.config.actor, revoke=revoke, dry_run=dry_run)
+    if key is not None:
+        outcome = approval.approve_signed(app.engine(), slug, key, revoke=revoke, dry_run=dry_run)
+    else:
+        outcome = approval.approve(app.engine(), slug, app.config.actor, revoke=revoke, dry_run=dry_run)
     if as_json:
         print_json(outcome.as_json())
         return

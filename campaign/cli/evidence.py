@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from campaign.cli.app import App, counts_line, duration, json_option, pass_app, print_json
-from campaign.evidence import auditlog, export, status, story
+from campaign.evidence import auditlog, export, status, story, verify
 
 
 @click.command("status")
@@ -109,11 +109,35 @@ def report_cmd(app: App, slug: str, fmt: str, out: Path | None, account_id: str 
 @click.argument("slug")
 @click.option("--since", metavar="ISO", help="Only events at or after this date or instant (UTC unless it says).")
 @click.option("--actor", "who", metavar="NAME", help="Only events of this actor.")
+@click.option("--verify", "check", is_flag=True,
+              help="Check every signed approval and definition again with ssh-keygen instead; exit 1 if one fails.")
+@click.option("--allowed-signers", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="With --verify: check against this allowed signers file (e.g. your own copy), not the definition's.")
 @json_option
 @pass_app
-def log_cmd(app: App, slug: str, since: str | None, who: str | None, as_json: bool) -> None:
+def log_cmd(app: App, slug: str, since: str | None, who: str | None, check: bool, allowed_signers: Path | None,
+            as_json: bool) -> None:
     """The campaign's audit events, oldest first: who did what, when, with its counts (imports and suppressions,
-    which belong to no campaign, included)."""
+    which belong to no campaign, included).
+
+    \b
+    --verify checks every SSH signature of an approval, a withdrawal or a definition
+    again (ssh-keygen -Y verify), from what the event keeps, the allowed signers file and
+    the definition's stored text: verified or FAILED with why, exit 1 if one fails.
+    """
+    if allowed_signers is not None and not check:
+        raise click.UsageError("--allowed-signers goes with --verify")
+    if check:
+        if since is not None or who is not None:
+            raise click.UsageError("--verify checks the whole log: without --since or --actor")
+        result = verify.verify(app.engine(), slug, allowed_signers)
+        if as_json:
+            print_json(result.as_json())
+        else:
+            click.echo(result.text())
+        if result.failed:
+            raise SystemExit(1)
+        return
     log = auditlog.log_of(app.engine(), slug, since=since, actor=who)
     if as_json:
         print_json(log.as_json())

@@ -78,10 +78,20 @@ def log_of(engine: Engine, slug: str, since: str | None = None, actor: str | Non
         return AuditLog(slug, list(log(conn, slug, start, actor)))
 
 
+PROOF_WORDS = {"ssh": "verified by SSH signature", "jwt": "verified by the console's single sign-on"}
+LONG = ("signature", "signed", "definition", "evidence", "principal")  # in --json; `log --verify` checks them
+
+
 def summarize(detail: dict[str, Any]) -> str:
-    """An event's detail on one line: `key=value`, counts without their zeros."""
+    """An event's detail on one line: `key=value`, counts without their zeros; a signed approval or definition
+    says that it is verified and how (the signature itself is in --json)."""
     parts = []
     for k, v in detail.items():
+        if k in LONG:
+            continue
+        if k == "proof":
+            parts.append(PROOF_WORDS.get(str(v), f"proof={v}"))
+            continue
         if isinstance(v, dict):
             inner = ", ".join(f"{ik} {iv}" for ik, iv in v.items() if iv not in (0, None, "", [], {}))
             parts.append(f"{k}: {inner or 'none'}")

@@ -21,3 +21,8 @@ def events(conn: Connection, campaign_id: int, actions: Sequence[str]) -> Iterat
             .where(A.c.campaign_id == campaign_id, A.c.action.in_(list(actions))).order_by(A.c.id))
     for r in conn.execute(stmt):
         yield Event(r.at, r.actor, r.action, r.campaign_id, json.loads(r.detail))
+
+
+def signed(conn: Connection, campaign_id: int, actions: Sequence[str]) -> set[str]:
+    """The statements already signed in the campaign's events of these actions: a signature counts once."""
+    return {str(e.detail["signed"]) for e in events(conn, campaign_id, actions) if e.detail.get("signed")}
