@@ -27,24 +27,37 @@ from campaign.errors import PAUSED, CampaignError, PreflightFailed
 @click.command("preview")
 @click.argument("slug")
 @click.option("--wave", help="The wave [default: the first].")
-@click.option("--locale", help="Render for the first account of this locale (a stand-in if there is none).")
-@click.option("--account", "account_id", metavar="ID", help="Render for this account.")
+@click.option("--locale", help="Render for this locale's made-up person [default: the default locale].")
+@click.option("--account", "account_id", metavar="ID", help="Render for this real account instead.")
 @click.option("--html", "show_html", is_flag=True, help="Show the HTML part instead of the text part.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Write every wave × locale as .eml and .html, with an index.html gallery, into DIR.")
+@click.option("--real-sample", is_flag=True,
+              help="With --out: render each locale for a real account of it (the first by id), not a made-up "
+                   "person. The gallery then holds customers' data; the audit log records it.")
 @pass_app
 def preview(app: App, slug: str, wave: str | None, locale: str | None, account_id: str | None, show_html: bool,
-            out: Path | None) -> None:
+            out: Path | None, real_sample: bool) -> None:
     """Show one message as it would be sent: its raw headers, then its text (or HTML) part.
 
-    \b
-    With --out DIR, write one .eml and one .html per wave × locale of the audience, and an
-    index.html gallery to open in a browser (subject, HTML, text and recipients of each).
+    It is rendered for a made-up person of the locale (a stand-in: a name, rooms
+    and a time zone that fit it, an example.com address, the audience's device
+    models), never a customer, unless --account ID names one.
+
+    With --out DIR, write one .eml and one .html per wave × locale of the audience, and an index.html
+    gallery to open in a browser: a table by wave and locale (how many accounts each message serves,
+    and a mark where another language's template serves them), then each message's subject, HTML
+    and text. For made-up people too, unless --real-sample.
     """
     if out is not None:
-        written, index = previews.gallery(app.engine(), app.config.templates, slug, out, wave=wave, locale=locale)
-        click.echo(f"wrote {written} messages (.eml and .html) and {index}")
+        written, index = previews.gallery(app.engine(), app.config, slug, out, wave=wave, locale=locale,
+                                          real_sample=real_sample)
+        whose = "real accounts (customers' data: the audit log records it)" if real_sample else "made-up people"
+        click.echo(f"wrote {written} messages (.eml and .html), for {whose}, and {index}")
         return
+    if real_sample:
+        raise click.UsageError("--real-sample goes with --out (the gallery); to see one customer's message, give "
+                               "--account ID")
     sample = previews.preview(app.engine(), app.config.templates, slug, wave=wave, locale=locale,
                               account_id=account_id)
     head, _, _ = sample.message.partition(b"\r\n\r\n")
@@ -57,16 +70,22 @@ def preview(app: App, slug: str, wave: str | None, locale: str | None, account_i
 @click.argument("slug")
 @click.option("--to", "to", required=True, metavar="ADDR[,ADDR...]", help="Internal addresses to send to.")
 @click.option("--wave", help="Only this wave [default: every wave].")
+@click.option("--real-sample", is_flag=True,
+              help="Render each locale for a real account of it (the first by id), not a made-up person; the "
+                   "audit event says so.")
 @dry_run_option
 @json_option
 @pass_app
-def test_send(app: App, slug: str, to: str, wave: str | None, dry_run: bool, as_json: bool) -> None:
+def test_send(app: App, slug: str, to: str, wave: str | None, real_sample: bool, dry_run: bool,
+              as_json: bool) -> None:
     """Send one message per wave × locale of the audience to internal addresses, marked as a test
     ("[TEST]" in the subject, X-Campaign-Test: yes). The send ledger is not touched.
 
-    Uses CAMPAIGN_SMTP_URL (default: a Maildir in ./outbox).
+    Each is rendered for a made-up person of its locale (no customer's name, address or
+    device), unless --real-sample. Uses CAMPAIGN_SMTP_URL (default: a Maildir in ./outbox).
     """
-    results = previews.test_send_command(app.engine(), app.config, slug, to.split(","), wave=wave, dry_run=dry_run)
+    results = previews.test_send_command(app.engine(), app.config, slug, to.split(","), wave=wave, dry_run=dry_run,
+                                         real_sample=real_sample)
     if as_json:
         print_json([r.as_json() for r in results])
     else:

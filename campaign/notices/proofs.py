@@ -12,6 +12,7 @@ from sqlalchemy import Connection
 from campaign import db
 from campaign.definition import Definition, WaveDef
 from campaign.errors import NotFound, RenderFailure, TemplateProblem, UsageError
+from campaign.notices import standins
 from campaign.notices.mime import HeaderInjection, MessageBuilder, MessageTooLarge, Parts, message_id
 from campaign.notices.rendering import Rendered, Renderer
 from campaign.recipients import DeviceView, Recipient
@@ -26,14 +27,12 @@ class Sample:
 
     wave: str
     locale: str  # the recipient's locale
-    recipients: int  # how many accounts of the audience have this locale (0 for a stand-in)
+    recipients: int  # how many accounts of the audience have this locale (0: none, a stand-in shows it)
     recipient: Recipient
     devices: tuple[DeviceView, ...]
     rendered: Rendered
     message: bytes
-
-
-STAND_IN = "preview"  # the account id of the stand-in a preview renders for when nobody of a locale is affected
+    stand_in: bool = False  # rendered for a made-up person (`campaign.notices.standins`), not an account
 
 
 def builder_for(definition: Definition, wave: WaveDef, test: bool = False) -> MessageBuilder:
@@ -45,10 +44,11 @@ def builder_for(definition: Definition, wave: WaveDef, test: bool = False) -> Me
                           max_bytes=definition.limits.max_message_bytes)
 
 
-def _stand_in(definition: Definition, locale: str) -> tuple[Recipient, list[DeviceView]]:
-    model = definition.device_models[0] if definition.device_models else "Smart speaker"
-    return (Recipient(STAND_IN, "preview@example.com", "Alex Example", locale, "UTC"),
-            [DeviceView("preview-1", "Kitchen", model)])
+def models(conn: Connection, d: Definition) -> list[str]:
+    """The device models a stand-in's devices show: the audience's, the commonest first, else the definition's
+    (models are nobody's personal data, and real ones make the message read as it will)."""
+    by = audience.summary(conn, d, by="model").by or {}
+    return sorted(by, key=lambda m: (-by[m]["devices"], m)) or list(d.device_models)
 
 
 def _affected(conn: Connection, d: Definition, account_ids: list[str] | None = None
@@ -57,7 +57,7 @@ def _affected(conn: Connection, d: Definition, account_ids: list[str] | None = N
 
 
 def _build(renderer: Renderer, d: Definition, wave: WaveDef, recipient: Recipient, devices: list[DeviceView],
-           recipients: int, test: bool = False, to: str | None = None) -> Sample:
+           recipients: int, test: bool = False, to: str | None = None, stand_in: bool = False) -> Sample:
     try:
         rendered = renderer.render(wave, recipient, devices)
         subject = TEST_PREFIX + rendered.subject if test else rendered.subject
@@ -69,34 +69,40 @@ def _build(renderer: Renderer, d: Definition, wave: WaveDef, recipient: Recipien
         data = builder_for(d, wave, test).build(parts)
     except (RenderFailure, MessageTooLarge, HeaderInjection) as exc:
         # One person's data: say whose (a stand-in is nobody's).
-        who = "" if recipient.account_id == STAND_IN else f"account {recipient.account_id}: "
+        who = "" if stand_in else f"account {recipient.account_id}: "
         raise RenderFailure(f"{who}{exc}") from None
-    return Sample(wave.name, recipient.locale, recipients, recipient, tuple(devices), rendered, data)
+    return Sample(wave.name, recipient.locale, recipients, recipient, tuple(devices), rendered, data, stand_in)
 
 
 def samples(conn: Connection, d: Definition, renderer: Renderer, waves: list[WaveDef] | None = None,
-            locale: str | None = None, test: bool = False, to: str | None = None) -> Iterator[Sample]:
-    """One message per wave × locale of the audience now, each for a real account of that locale (the
-    first by id). With `locale` given and nobody of it in the audience, a stand-in account is used."""
+            locale: str | None = None, test: bool = False, to: str | None = None, real: bool = False
+            ) -> Iterator[Sample]:
+    """One message per wave × locale of the audience now, each for that locale's stand-in (`campaign.notices.
+    standins`: made up, for material people share) or, with `real`, for a real account of it (the first by id).
+    With `locale` given and nobody of it in the audience, its stand-in is used either way."""
     found = audience.locales(conn, d)
     if locale is not None:
         found = [f for f in found if f[0] == locale] or [(locale, 0, "")]
+    shown: list[str] | None = None  # read when a stand-in first needs them
     for wave in waves if waves is not None else list(d.waves):
         for loc, count, first in found:
-            if count:
-                recipient, devices = next(_affected(conn, d, account_ids=[first]))
+            made_up = not (count and real)
+            if made_up:
+                shown = models(conn, d) if shown is None else shown
+                recipient, devices = standins.stand_in(loc, shown)
             else:
-                recipient, devices = _stand_in(d, loc)
-            yield _build(renderer, d, wave, recipient, devices, count, test=test, to=to)
+                recipient, devices = next(_affected(conn, d, account_ids=[first]))
+            yield _build(renderer, d, wave, recipient, devices, count, test=test, to=to, stand_in=made_up)
 
 
 def check_campaign(conn: Connection, d: Definition, renderer: Renderer) -> int:
-    """Render every wave × locale present in the audience (and the default locale): raises
-    TemplateProblem naming the template file and line. Returns how many messages were rendered."""
+    """Render every wave × locale present in the audience, each for a real account of it (real data must render),
+    and the default locale: raises TemplateProblem naming the template file and line. Returns how many messages
+    were rendered."""
     n = 0
     for wave in d.waves:
         renderer.template_locale(wave.name, d.default_locale)  # the fallback must exist for every wave
-    for _ in samples(conn, d, renderer):
+    for _ in samples(conn, d, renderer, real=True):
         n += 1
     for _ in samples(conn, d, renderer, locale=d.default_locale):
         n += 1
@@ -115,8 +121,7 @@ def preview_one(conn: Connection, d: Definition, renderer: Renderer, wave: WaveD
                              "in this campaign's audience")
         recipient, devices = found[0]
         return _build(renderer, d, wave, recipient, devices, 1)
-    locale = locale or d.default_locale
-    return next(samples(conn, d, renderer, waves=[wave], locale=locale))
+    return next(samples(conn, d, renderer, waves=[wave], locale=locale or d.default_locale))
 
 
 def render_all(conn: Connection, d: Definition, renderer: Renderer, wave: WaveDef,
