@@ -240,6 +240,20 @@ def test_the_gallery_index_by_wave_and_locale(run_cli: CliRun, write_file: Write
     assert "Content-Security-Policy" in page and "script-src 'none'" in page
 
 
+def test_create_counts_what_the_gallery_writes(run_cli: CliRun, tmp_path: Path) -> None:
+    """create's sample count is the gallery's for the shipped (the demo's) data: the default locale, which is in
+    the audience, is rendered once (issue 23 item 8: it said 27 where the gallery wrote 24)."""
+    assert run_cli("import", "accounts", str(ROOT / "data" / "accounts.csv")).exit_code == 0
+    assert run_cli("import", "devices", str(ROOT / "data" / "devices.csv")).exit_code == 0
+    created = run_cli("create", str(EXAMPLE))
+    assert created.exit_code == 0, created.output
+    m = re.search(r"; (\d+) sample messages \(3 waves × (\d+) locales\) rendered without error", created.stdout)
+    assert m, created.stdout
+    gallery = run_cli("preview", SLUG, "--out", str(tmp_path / "gallery"))
+    written = re.search(r"wrote (\d+) messages", gallery.stdout)
+    assert written and int(m.group(1)) == int(written.group(1)) == 3 * int(m.group(2)) == 24
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the page, not the database, is under test here
 def test_chromium_shows_each_message_whole(chromium: str, run_cli: CliRun, write_file: WriteFile,  # noqa: F811

@@ -40,8 +40,10 @@ def create(app: App, file: Path, replace: bool, key: Path | None, dry_run: bool,
         print_json(result.as_json())
         return
     verb = "would create" if dry_run else ("replaced" if result.replaced else "created")
-    click.echo(f"{verb} campaign {result.campaign!r}: cutoff {result.cutoff}; {result.rendered} sample "
-               "messages rendered without error (every wave × locale of the audience)")
+    waves = len(result.waves) or 1  # each wave is rendered for the same locales (a definition has one at least)
+    locales = result.rendered // waves
+    click.echo(f"{verb} campaign {result.campaign!r}: cutoff {result.cutoff}; {result.rendered} sample messages "
+               f"({waves} wave{'s' * (waves != 1)} × {locales} locale{'s' * (locales != 1)}) rendered without error")
     for w in result.waves:
         click.echo(f"  wave {w['name']:<14} at {w['at']}  audience {w['audience']:<9} expires {w['expires']}")
     print_findings((), result.warnings)

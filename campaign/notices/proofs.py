@@ -96,16 +96,20 @@ def samples(conn: Connection, d: Definition, renderer: Renderer, waves: list[Wav
 
 
 def check_campaign(conn: Connection, d: Definition, renderer: Renderer) -> int:
-    """Render every wave × locale present in the audience, each for a real account of it (real data must render),
-    and the default locale: raises TemplateProblem naming the template file and line. Returns how many messages
-    were rendered."""
+    """Render every wave × locale of the audience for a real account of it (real data must render), and the
+    default locale's messages for its stand-in when nobody of it is in the audience (every locale without
+    templates falls back to them): raises TemplateProblem naming the template file and line. Returns how many
+    messages were rendered — as many as the gallery writes when the default locale is in the audience."""
     n = 0
     for wave in d.waves:
         renderer.template_locale(wave.name, d.default_locale)  # the fallback must exist for every wave
-    for _ in samples(conn, d, renderer, real=True):
+    in_audience = False
+    for s in samples(conn, d, renderer, real=True):
+        in_audience = in_audience or s.locale == d.default_locale
         n += 1
-    for _ in samples(conn, d, renderer, locale=d.default_locale):
-        n += 1
+    if not in_audience:
+        for _ in samples(conn, d, renderer, locale=d.default_locale):
+            n += 1
     return n
 
 
