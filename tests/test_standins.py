@@ -190,18 +190,18 @@ def test_the_shipped_templates_render_for_every_stand_in(tmp_path: Path) -> None
             assert recipient.name in out.text and all(d.name in out.text for d in devices)
 
 
-def break_ja_reminder(tmp_path: Path) -> Path:
-    """The shipped templates without a Japanese reminder: ja-JP readers would get the en-US one."""
+def break_de_reminder(tmp_path: Path) -> Path:
+    """The shipped templates without the reminder of `de` (de-DE keeps its own): de-AT readers would get the
+    en-US one. (de-AT is no required locale: a warning, which create lets through.)"""
     templates = tmp_path / "templates"
     shutil.copytree(ROOT / "templates", templates)
-    for folder in ("ja-JP", "ja"):
-        for part in ("subject", "txt", "html"):
-            (templates / SLUG / folder / f"reminder.{part}.j2").unlink()
+    for part in ("subject", "txt", "html"):
+        (templates / SLUG / "de" / f"reminder.{part}.j2").unlink()
     return templates
 
 
 def test_the_gallery_index_by_wave_and_locale(run_cli: CliRun, write_file: WriteFile, tmp_path: Path) -> None:
-    templates = break_ja_reminder(tmp_path)
+    templates = break_de_reminder(tmp_path)
     setup(run_cli, write_file, templates)
     out = tmp_path / "gallery"
     result = run_cli("preview", SLUG, "--out", str(out), env={"CAMPAIGN_TEMPLATES": str(templates)})
@@ -225,18 +225,19 @@ def test_the_gallery_index_by_wave_and_locale(run_cli: CliRun, write_file: Write
             assert bool(fallback) == ("⚠ served by en-US" in mark)
             if fallback:
                 marked.add(anchor)
-    # Marked: French everywhere, Japanese for the reminder only; not de-AT, which its language's de serves.
-    assert marked == {"notice.fr-CA", "reminder.fr-CA", "confirmation.fr-CA", "reminder.ja-JP"}
+    # Marked: French everywhere, Austrian German for the reminder only; not de-AT's other waves, which its
+    # language's de serves.
+    assert marked == {"notice.fr-CA", "reminder.fr-CA", "confirmation.fr-CA", "reminder.de-AT"}
     assert "⚠ 4 messages in another language" in page
-    section = page[page.index('<section id="reminder.ja-JP">'):]
+    section = page[page.index('<section id="reminder.de-AT">'):]
     section = section[:section.index("</section>")]
-    assert ("⚠ ja-JP: served by the en-US template (no ja-JP or ja template for reminder). Its readers get a "
+    assert ("⚠ de-AT: served by the en-US template (no de-AT or de template for reminder). Its readers get a "
             "message in another language.") in section
-    assert "served by" not in page[page.index('<section id="notice.ja-JP">'):page.index('<section id="notice.es-US">')]
+    assert "served by" not in page[page.index('<section id="notice.de-AT">'):page.index('<section id="notice.de-DE">')]
     # Every message's HTML inline in a shadow root (its own height, its styles apart), its document tags gone.
     assert page.count('<template shadowrootmode="open">') == 24 and page.count("<body") == 1
     assert page.count("<!DOCTYPE") == 1 and page.count("<html") == 1
-    assert "Hello 山田 花子," in section  # the en-US message, for the Japanese stand-in
+    assert "Hello Erika Mustermann," in section  # the en-US message, for the Austrian stand-in
     assert "Content-Security-Policy" in page and "script-src 'none'" in page
 
 
@@ -258,11 +259,11 @@ def test_create_counts_what_the_gallery_writes(run_cli: CliRun, tmp_path: Path) 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the page, not the database, is under test here
 def test_chromium_shows_each_message_whole(chromium: str, run_cli: CliRun, write_file: WriteFile,  # noqa: F811
                                            tmp_path: Path) -> None:
-    templates = break_ja_reminder(tmp_path)
+    templates = break_de_reminder(tmp_path)
     setup(run_cli, write_file, templates)
     out = tmp_path / "gallery"
     env = {"CAMPAIGN_TEMPLATES": str(templates)}
-    result = run_cli("preview", SLUG, "--out", str(out), "--wave", "reminder", "--locale", "ja-JP", env=env)
+    result = run_cli("preview", SLUG, "--out", str(out), "--wave", "reminder", "--locale", "de-AT", env=env)
     assert result.exit_code == 0, result.output
     page = (out / "index.html").as_uri()
     # Each <template shadowrootmode> became its host's shadow root: none is left in the DOM the browser built.
@@ -281,7 +282,7 @@ def test_chromium_shows_each_message_whole(chromium: str, run_cli: CliRun, write
     shown = [i for i, r in enumerate(rows) if bytes(GREY) * 40 in r]
     alone = tmp_path / "alone.png"
     browse(chromium, tmp_path, f"--screenshot={alone}", "--window-size=658,3000", "--hide-scrollbars",
-           (out / "reminder.ja-JP.html").as_uri())
+           (out / "reminder.de-AT.html").as_uri())
     _, _, own = read_png(alone.read_bytes())
     last_line = max(i for i, r in enumerate(own) if r.replace(bytes(GREY), b""))
     span = shown[-1] - shown[0] + 1
