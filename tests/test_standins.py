@@ -234,10 +234,12 @@ def test_the_gallery_index_by_wave_and_locale(run_cli: CliRun, write_file: Write
     assert ("⚠ de-AT: served by the en-US template (no de-AT or de template for reminder). Its readers get a "
             "message in another language.") in section
     assert "served by" not in page[page.index('<section id="notice.de-AT">'):page.index('<section id="notice.de-DE">')]
-    # Every message's HTML inline in a shadow root (its own height, its styles apart), its document tags gone.
-    assert page.count('<template shadowrootmode="open">') == 24 and page.count("<body") == 1
-    assert page.count("<!DOCTYPE") == 1 and page.count("<html") == 1
-    assert "Hello Erika Mustermann," in section  # the en-US message, for the Austrian stand-in
+    # Every message's HTML in a sandboxed frame of its own height (reckoned from its text: Chromium checks it below).
+    frames = re.findall(r'<iframe title="HTML of ([^"]+)" src="([^"]+)" sandbox width="660" height="(\d+)">', page)
+    assert sorted(src for _, src, _ in frames) == sorted(f.name for f in out.glob("*.html") if f.name != "index.html")
+    heights = {stem: int(h) for stem, _, h in frames}
+    assert 900 < heights["reminder.en-US"] < heights["notice.en-US"] < 2000
+    assert "Hello Erika Mustermann," in section  # the en-US text part, for the Austrian stand-in
     assert "Content-Security-Policy" in page and "script-src 'none'" in page
 
 
@@ -266,11 +268,12 @@ def test_chromium_shows_each_message_whole(chromium: str, run_cli: CliRun, write
     result = run_cli("preview", SLUG, "--out", str(out), "--wave", "reminder", "--locale", "de-AT", env=env)
     assert result.exit_code == 0, result.output
     page = (out / "index.html").as_uri()
-    # Each <template shadowrootmode> became its host's shadow root: none is left in the DOM the browser built.
     dom = browse(chromium, tmp_path, "--dump-dom", page).stdout
-    assert '<div class="mail">' in dom and "shadowrootmode" not in dom and "<script" not in dom
+    assert '<iframe title="HTML of reminder.de-AT"' in dom and "<script" not in dom
     shot = tmp_path / "gallery.png"
-    browse(chromium, tmp_path, f"--screenshot={shot}", "--window-size=1200,2400", "--hide-scrollbars", page)
+    # (A virtual time budget: the screenshot waits for the frame's document to be drawn, on a busy machine too.)
+    browse(chromium, tmp_path, f"--screenshot={shot}", "--window-size=1200,2400", "--hide-scrollbars",
+           "--run-all-compositor-stages-before-draw", "--virtual-time-budget=10000", page)
     _, height, rows = read_png(shot.read_bytes())
     everything = b"".join(rows)
     # The fallback's mark (amber), and the message drawn (its background's grey).
@@ -278,7 +281,7 @@ def test_chromium_shows_each_message_whole(chromium: str, run_cli: CliRun, write
         assert bytes(rgb) in everything, f"no {name} colour on the screenshot"
     # As tall as the message: the rows of its grey background (nothing else on the page is that grey) span at least
     # the message's own height — its .html alone, at the width it has here, down to its last line of text — and
-    # hardly more. A frame of a fixed height (640 pixels) cut it short.
+    # hardly more. A frame of a fixed height (640 pixels) cut it short; a reckoning far too generous fails too.
     shown = [i for i, r in enumerate(rows) if bytes(GREY) * 40 in r]
     alone = tmp_path / "alone.png"
     browse(chromium, tmp_path, f"--screenshot={alone}", "--window-size=658,3000", "--hide-scrollbars",
@@ -286,7 +289,7 @@ def test_chromium_shows_each_message_whole(chromium: str, run_cli: CliRun, write
     _, _, own = read_png(alone.read_bytes())
     last_line = max(i for i, r in enumerate(own) if r.replace(bytes(GREY), b""))
     span = shown[-1] - shown[0] + 1
-    assert last_line < span < last_line + 60 and shown[-1] < height - 50, (span, last_line)
+    assert last_line < span < last_line * 1.25 and shown[-1] < height - 50, (span, last_line)
 
 
 GREY = (0xF3, 0xF4, 0xF6)  # the shipped layout's background around the message
