@@ -232,6 +232,7 @@ DETAILS: dict[str, dict[str, Any]] = {
                           "steps": ["wave:notice at 2025-03-14T07:00:00+00:00", "flip at 2025-03-28T07:00:00+00:00"],
                           "approved_by": ["bob"], "version": 2, "digest": DIGEST},
     "campaign.test_send": {"to": ["qa@example.com", "lead@example.com"], "messages": 6, "sent": 6},
+    "campaign.preview_real_sample": {"out": "/srv/review/gallery", "messages": 24, "locales": ["de-AT", "ja-JP"]},
     "campaign.pause": {}, "campaign.resume": {}, "campaign.cancel": {"steps_cancelled": 2},
     "campaign.unschedule": {"steps_dropped": 3}, "campaign.done": {},
     "campaign.approve": {"version": 2, "digest": DIGEST, "defined_by": "alice", "required": True},

@@ -128,6 +128,9 @@ def test_real_sample_is_asked_for_and_logged(run_cli: CliRun, engine: Engine, wr
     assert event["actor"] == "tester"
     assert event["detail"] == {"out": str(out.absolute()), "messages": 24,
                                "locales": ["de-AT", "de-DE", "en-CA", "en-GB", "en-US", "es-US", "fr-CA", "ja-JP"]}
+    # The team's review material, not part of Anna's story.
+    story = json.loads(run_cli("report", SLUG, "--account", ANNA[0], "--json").stdout)
+    assert [e["action"] for e in story["events"]] == ["campaign.create"]
 
     sent = run_cli("test-send", SLUG, "--to", "qa@example.com", "--wave", "notice", "--real-sample",
                    env={"CAMPAIGN_SMTP_URL": smtpd.url})

@@ -114,7 +114,7 @@ def _test_send(d: Mapping[str, Any], s: Setting) -> Said:
     shown = listed(to[:3] + ([f"{len(to) - 3} more"] if len(to) > 3 else [])) if to else ""
     return Said("Test messages sent", joined([
         f"{n(d.get('sent'))} of {plural(d.get('messages'), 'test message')} accepted" if "messages" in d else "",
-        f"to {shown}" if shown else ""]))
+        f"to {shown}" if shown else "", "rendered for real accounts (--real-sample)" if d.get("real_sample") else ""]))
 
 
 def _wave_send(d: Mapping[str, Any], s: Setting) -> Said:
@@ -209,6 +209,8 @@ WORDS: dict[str, Callable[[Mapping[str, Any], Setting], Said]] = {
     "campaign.replace": lambda d, s: _created(d, s, True),
     "campaign.schedule": _scheduled,
     "campaign.test_send": _test_send,
+    "campaign.preview_real_sample": lambda d, s: Said("Previews of real accounts' messages written", joined([
+        f"{plural(d.get('messages'), 'message')} (--real-sample) in {d.get('out', 'a folder')}"])),
     "campaign.pause": _fixed("Paused", "Sending stops until someone resumes the campaign."),
     "campaign.resume": _fixed("Resumed", "Sending may go on."),
     "campaign.cancel": lambda d, s: Said("Cancelled", joined([

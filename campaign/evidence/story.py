@@ -26,8 +26,9 @@ from campaign.store import suppressions as suppression_store
 from campaign.store.evidence import Person
 from campaign.validation import escape_controls
 
-# Audit actions of a campaign that concern no customer (test messages go to the team's own addresses).
-PRIVATE_ACTIONS = ("campaign.test_send",)
+# Audit actions of a campaign that are no part of a customer's story (test messages go to the team's own
+# addresses; a gallery of real accounts' messages is the team's review material).
+PRIVATE_ACTIONS = ("campaign.test_send", "campaign.preview_real_sample")
 SUPPRESSION_ACTIONS = ("suppress.add",)
 NOT_YET = "not_yet"  # the state of a device still affected that no flip has looked at yet
 
