@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from campaign import migrate
-from campaign.cli import campaigns, cutoff, delivery, evidence, intake
+from campaign.cli import campaigns, console, cutoff, delivery, evidence, intake
 from campaign.cli.app import CONTEXT, App, Group, Progress, pass_app
 from campaign.config import redact_url
 from campaign.demo import walkthrough
@@ -80,7 +80,7 @@ def demo(directory: Path) -> None:
 
 
 for command in (db_group, *intake.COMMANDS, *campaigns.COMMANDS, *delivery.COMMANDS, *cutoff.COMMANDS,
-                *evidence.COMMANDS, demo):
+                *evidence.COMMANDS, *console.COMMANDS, demo):
     cli.add_command(command)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -57,7 +58,16 @@ def csv_cell(value: str | None) -> str | None:
     return value
 
 
+STEP_ROWS = 1000  # rows written between two chunks of a streamed report
+
+
 def _write_csv(out: TextIO, rows: Iterator[Any], wave_names: list[str], written: Written) -> None:
+    for _ in _csv_steps(out, rows, wave_names, written):
+        pass
+
+
+def _csv_steps(out: TextIO, rows: Iterator[Any], wave_names: list[str], written: Written) -> Iterator[None]:
+    """Write the CSV to `out`, pausing (a yield) every STEP_ROWS rows: a stream takes what was written so far."""
     writer = csv.writer(out)
     writer.writerow(csv_header(wave_names))
     write = writer.writerow
@@ -76,10 +86,19 @@ def _write_csv(out: TextIO, rows: Iterator[Any], wave_names: list[str], written:
         if r[account_id] != last:
             accounts += 1
             last = r[account_id]
+        if count % STEP_ROWS == 0:
+            written.accounts, written.rows = accounts, count
+            yield
     written.accounts, written.rows = accounts, count
 
 
 def _write_jsonl(out: TextIO, rows: Iterator[Any], wave_names: list[str], written: Written) -> None:
+    for _ in _jsonl_steps(out, rows, wave_names, written):
+        pass
+
+
+def _jsonl_steps(out: TextIO, rows: Iterator[Any], wave_names: list[str], written: Written) -> Iterator[None]:
+    """Write the JSON Lines to `out`, pausing (a yield) every STEP_ROWS accounts."""
     columns = evidence.account_columns(len(wave_names))
     waves = list(zip(wave_names, columns.waves, strict=True))
     current: dict[str, Any] | None = None
@@ -88,6 +107,8 @@ def _write_jsonl(out: TextIO, rows: Iterator[Any], wave_names: list[str], writte
         if current is None or r[columns.account_id] != current["account_id"]:
             if current is not None:
                 out.write(json.dumps(current, ensure_ascii=False) + "\n")
+                if accounts % STEP_ROWS == 0:
+                    yield
             accounts += 1
             account_id, email, locale, timezone = r[columns.account]
             by_wave = {}
@@ -128,6 +149,26 @@ def write_report(conn: Connection, slug: str, fmt: str, out: TextIO, now: dt.dat
     else:
         _write_jsonl(out, rows, names, written)
     return written
+
+
+def stream(engine: Engine, slug: str, fmt: str) -> Iterator[str]:
+    """The report in `fmt` as chunks of text, each taken as it is written (the console streams them): nothing is
+    held whole but the HTML page. An unknown campaign or format raises before the first chunk."""
+    _check_format(fmt)
+    with db.read(engine) as conn:
+        c = campaigns.get(conn, slug)
+        if fmt == "html":
+            yield htmlreport.render(htmlreport.html_data(conn, slug))
+            return
+        buffer = io.StringIO()
+        waves = campaign_store.waves(conn, c.id)
+        rows = evidence.account_rows(conn, c.id, [w.id for w in waves], HELD_BACK_WHY, WAITING_WHY)
+        steps = _csv_steps if fmt == "csv" else _jsonl_steps
+        for _ in steps(buffer, rows, [w.name for w in waves], Written(slug, fmt)):
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+        yield buffer.getvalue()
 
 
 def report(engine: Engine, slug: str, fmt: str, out: Path | None, stdout: TextIO) -> Written:
