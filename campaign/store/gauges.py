@@ -27,7 +27,7 @@ def read(conn: Connection, lease_name: str) -> Gauges:
     names = {r[0]: (r[1], r[2]) for r in conn.execute(select(W.c.id, C.c.slug, W.c.name)
                                                         .select_from(W.join(C, C.c.id == W.c.campaign_id)))}
     deliveries = [(*names.get(w, ("?", str(w))), s, int(n)) for w, s, n in by_wave]
-    slugs = dict(conn.execute(select(C.c.id, C.c.slug)).tuples().all())
+    slugs = {r[0]: r[1] for r in conn.execute(select(C.c.id, C.c.slug))}
     changes = [(slugs.get(c, str(c)), s, int(n)) for c, s, n in conn.execute(
         select(SC.c.campaign_id, SC.c.state, func.count()).group_by(SC.c.campaign_id, SC.c.state))]
     lease = conn.execute(select(L.c.expires_at).where(L.c.name == lease_name)).scalar()
