@@ -29,7 +29,8 @@ AUTHOR, APPROVER, VIEWER, OPERATOR, SUPPORT = ("author@example.com", "approver@e
 N = 6
 HOSTILE = "<script>alert(1)</script> Ünal"
 ACCOUNTS = ("account_id,email,name,locale,timezone,country\n"
-            + "".join(f"a{i:03d},user{i}@example.com,{HOSTILE if i == 0 else f'User {i}'},en-US,America/New_York,US\n"
+            + "".join(f"a{i:03d},user{i}@example.com,{HOSTILE if i == 0 else f'User {i}'},"
+                      f"{'fr-CA,America/Toronto,CA' if i == N - 1 else 'en-US,America/New_York,US'}\n"
                       for i in range(N)))
 DEVICES = ("device_id,account_id,name,model,voice_recordings\n"
            + "".join(f"d{i:03d},a{i:03d},Room {i},Echo Show 10,do_not_send\n" for i in range(N)))
@@ -343,3 +344,26 @@ def test_pages_api_reports_metrics(server: str, issuer: Issuer, run_cli: CliRun)
         assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
         assert f'campaign_deliveries{{campaign="{SLUG}",state="sent",wave="notice"}} {N}.0' in metrics.text
         assert client.get("/metrics").status_code == 401
+
+
+def test_the_review_packet_shows_stand_ins_fallbacks_and_the_digest(server: str, issuer: Issuer) -> None:
+    headers = as_(issuer, APPROVER, "privacy")
+    with httpx.Client(base_url=server) as client:
+        page = client.get(f"/campaigns/{SLUG}/review", headers=headers)
+        assert page.status_code == 200
+        text = page.text
+        assert "version <strong>1</strong> of the definition by author@example.com" in text
+        assert "sha256:" in text and f'action="/campaigns/{SLUG}/approve"' in text
+        # the audience by locale, country and model
+        assert "fr-CA" in text and "CA" in text and "Echo Show 10" in text
+        # every wave × locale for a made-up person; the French readers get the English message, said so
+        assert "no fr-CA template: readers of fr-CA get the en-US message" in text
+        assert "Jane Doe" in text
+        for i in range(N):  # no customer in the packet
+            assert f"user{i}@example.com" not in text and f"User {i}" not in text
+        assert "alert(1)" not in text
+        html = client.get(f"/campaigns/{SLUG}/review/notice/de-DE.html", headers=headers)
+        assert html.status_code == 200 and "Jane Doe" in html.text
+        assert "script-src" not in html.headers["content-security-policy"]
+        assert client.get(f"/campaigns/{SLUG}/review/nope/de-DE.html", headers=headers).status_code == 404
+        assert client.get(f"/campaigns/{SLUG}/review/notice/xx-YY.html", headers=headers).status_code == 400
