@@ -60,7 +60,8 @@ class Config:
 
 IDENTITIES = ("jwt", "demo")
 # The headers an identity-aware proxy forwards its signed token in (Authorization as `Bearer TOKEN`).
-HEADERS = ("Authorization", "X-Forwarded-Access-Token", "Cf-Access-Jwt-Assertion", "X-Goog-IAP-JWT-Assertion")
+HEADERS = ("Authorization", "X-Forwarded-Access-Token", "X-Pomerium-Jwt-Assertion", "Cf-Access-Jwt-Assertion",
+           "X-Goog-IAP-JWT-Assertion")
 # Only signatures made with a private key: never `none`, never HS* (a public key used as an HMAC secret is the
 # HS/RS confusion attack).
 ASYMMETRIC = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
