@@ -4,9 +4,11 @@ a refusal in words)."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import functools
 import logging
+import time
 import zoneinfo
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -39,6 +41,45 @@ MAX_FORM_BYTES = 4096  # a form of the console holds a token and a word or two
 ZONE_COOKIE = "campaign_zone"
 
 
+SNAPSHOT_SECONDS = 15.0  # how old the figures of `/` and a campaign's page may be (they scan the ledger)
+
+
+@dataclass
+class Snapshot:
+    value: Any
+    at: dt.datetime  # when it was read
+    taken: float  # time.monotonic() then
+
+
+@dataclass
+class Snapshots:
+    """The pages' figures, read at most every SNAPSHOT_SECONDS per page and shared by everyone who asks meanwhile.
+    With a million accounts the core's aggregates (status' coverage, the listing's progress) scan the ledger for
+    seconds: one reading serves every viewer for a while, one at a time per page (never two of the same at once),
+    and an action in the console drops its campaign's at once. Each page says when its figures were read."""
+
+    ttl: float = SNAPSHOT_SECONDS
+    _entries: dict[tuple[str, ...], Snapshot] = field(default_factory=dict)
+    _locks: dict[tuple[str, ...], asyncio.Lock] = field(default_factory=dict)
+
+    async def get(self, key: tuple[str, ...], read: Callable[[], Any]) -> Snapshot:
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            found = self._entries.get(key)
+            if found is not None and time.monotonic() - found.taken < self.ttl:
+                return found
+            value = await run_in_threadpool(read)
+            snap = Snapshot(value, dt.datetime.now(dt.UTC), time.monotonic())
+            self._entries[key] = snap
+            return snap
+
+    def drop(self, slug: str) -> None:
+        """After an action on `slug`: its page and the list are read again."""
+        for key in list(self._entries):
+            if key == ("home",) or slug in key[1:]:
+                self._entries.pop(key, None)
+
+
 @dataclass
 class Console:
     """The app's state: built once by `campaign serve` (or a test), read by every request."""
@@ -48,6 +89,7 @@ class Console:
     verifier: Verifier | None  # None in demo mode
     roles: Roles
     csrf: Csrf = field(default_factory=Csrf)
+    snapshots: Snapshots = field(default_factory=Snapshots)
 
     @property
     def demo(self) -> bool:

@@ -29,16 +29,17 @@ DONE = {"approved": "Approved: your approval is recorded in the audit log under 
 
 @guarded("read")
 async def home(console: Console, request: Request, who: Identity) -> Response:
-    lines = await run_in_threadpool(overview.overview, console.engine)
-    return render(console, request, "home.html.j2", who, lines=lines)
+    snap = await console.snapshots.get(("home",), lambda: overview.overview(console.engine))
+    return render(console, request, "home.html.j2", who, lines=snap.value, read_at=snap.at)
 
 
 @guarded("read")
 async def campaign_page(console: Console, request: Request, who: Identity) -> Response:
     slug = request.path_params["slug"]
-    page = await run_in_threadpool(overview.page, console.engine, slug)
+    snap = await console.snapshots.get(("campaign", slug), lambda: overview.page(console.engine, slug))
+    page = snap.value
     did = DONE.get(request.query_params.get("did", ""))
-    return render(console, request, "campaign.html.j2", who, page=page, st=page.status, did=did,
+    return render(console, request, "campaign.html.j2", who, page=page, st=page.status, did=did, read_at=snap.at,
                   cut_dt=dt.datetime.fromisoformat(page.status.cutoff), states=DELIVERY_STATES,
                   may_approve=page.status.approval.defined_by != who.email)
 
@@ -53,6 +54,7 @@ async def api_campaign(console: Console, request: Request, who: Identity) -> Res
 
 async def _act(console: Console, request: Request, who: Identity, action: str) -> Response:
     slug = request.path_params["slug"]
+    console.snapshots.drop(slug)
     if action in ("approve", "revoke"):
         outcome = await run_in_threadpool(lambda: approval.approve(console.engine, slug, who.email,
                                                                    revoke=action == "revoke"))
@@ -60,6 +62,7 @@ async def _act(console: Console, request: Request, who: Identity, action: str) -
     else:
         words = await run_in_threadpool(campaigns.set_state, console.engine, slug, action, who.email)
         did = "unchanged" if " already " in words or " is not " in words else f"{action}d"
+    console.snapshots.drop(slug)  # read again, now that it changed
     return RedirectResponse(f"/campaigns/{slug}?did={did}", status_code=303)
 
 
