@@ -367,3 +367,23 @@ def test_the_review_packet_shows_stand_ins_fallbacks_and_the_digest(server: str,
         assert "script-src" not in html.headers["content-security-policy"]
         assert client.get(f"/campaigns/{SLUG}/review/nope/de-DE.html", headers=headers).status_code == 404
         assert client.get(f"/campaigns/{SLUG}/review/notice/xx-YY.html", headers=headers).status_code == 400
+
+
+def test_the_review_packet_shows_what_changed_since_the_approved_version(
+        server: str, issuer: Issuer, run_cli: CliRun, write_file: Callable[..., Path]) -> None:
+    headers = as_(issuer, APPROVER, "privacy")
+    with httpx.Client(base_url=server) as client:
+        first = client.get(f"/campaigns/{SLUG}/review", headers=headers).text
+        assert "No version of this definition has been approved yet" in first
+        assert run_cli("approve", SLUG, env={**CLOCK, "CAMPAIGN_ACTOR": "rivka"}).exit_code == 0
+        same = client.get(f"/campaigns/{SLUG}/review", headers=headers).text
+        assert "is the one approved last: nothing changed since" in same
+        changed = definition_text().replace("name = \"Retire 'Do not send voice recordings'\"",
+                                            'name = "Retire <b>local</b> processing"')
+        replaced = run_cli("create", "--replace", str(write_file("def2.toml", changed)),
+                           env={**CLOCK, "CAMPAIGN_ACTOR": AUTHOR})
+        assert replaced.exit_code == 0, replaced.output
+        page = client.get(f"/campaigns/{SLUG}/review", headers=headers).text
+    assert "Since version <strong>1</strong>, approved last, to version <strong>2</strong>" in page
+    assert '<span class="add">+name = &#34;Retire &lt;b&gt;local&lt;/b&gt; processing&#34;</span>' in page
+    assert '<span class="del">-name = &#34;Retire &#39;Do not send voice recordings&#39;&#34;</span>' in page

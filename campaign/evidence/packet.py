@@ -1,7 +1,8 @@
 """The review packet an approver signs off (`GET /campaigns/{slug}/review`): the audience by locale, country and
 device model; the timeline; every wave × locale message as it would be sent, rendered for a made-up person (never
 a customer: the packet is shared for review); which template serves each locale and where a language falls back
-to another; the preflight's findings; and the digest being approved. Each part is a core call of its own
+to another; the preflight's findings; what changed in the definition and each template since the version last
+approved (`campaign.versions`); and the digest being approved. Each part is a core call of its own
 (`audience`, `check`, the approval's standing); this module only gathers them."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from campaign import campaigns, db, preflight
+from campaign import campaigns, db, preflight, versions
 from campaign.cutoff import approval
 from campaign.definition import Definition, WaveDef
 from campaign.errors import NotFound, TemplateProblem, UsageError
@@ -59,6 +60,7 @@ class Packet:
     messages: tuple[Message, ...]
     preflight: preflight.Preflight
     standing: approval.Standing
+    changes: versions.Changes  # the definition and each template since the version last approved
 
 
 def _stand_in(d: Definition, locale: str, models: list[str]) -> tuple[Recipient, list[DeviceView]]:
@@ -94,6 +96,7 @@ def packet(engine: Engine, templates: Path, slug: str) -> Packet:
         by = {key: audience.summary(conn, d, by=key).by or {} for key in BY}
         overall = audience.summary(conn, d)
         standing = approval.standing(conn, c)
+        changes = versions.since_approved(conn, c.id)
     found = preflight.check(engine, templates, slug)
     locale_counts = {loc: v["accounts"] for loc, v in by["locale"].items()}
     locales = tuple(sorted({*locale_counts, *d.required_locales, d.default_locale}))
@@ -108,7 +111,7 @@ def packet(engine: Engine, templates: Path, slug: str) -> Packet:
         messages = [_message(renderer, d, w, loc, locale_counts.get(loc, 0), models)
                     for w in d.waves for loc in locales]
     return Packet(slug, c.name, c.state, d.setting, d.from_value, d.to_value, d.cutoff, tuple(d.waves),
-                  overall.accounts, overall.devices, by, locales, tuple(messages), found, standing)
+                  overall.accounts, overall.devices, by, locales, tuple(messages), found, standing, changes)
 
 
 def message(engine: Engine, templates: Path, slug: str, wave: str, locale: str) -> Rendered:
