@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Awaitable, Callable
 from importlib import resources
 
 from starlette.concurrency import run_in_threadpool
@@ -66,24 +67,17 @@ async def _act(console: Console, request: Request, who: Identity, action: str) -
     return RedirectResponse(f"/campaigns/{slug}?did={did}", status_code=303)
 
 
-@guarded("approve", post=True)
-async def approve(console: Console, request: Request, who: Identity) -> Response:
-    return await _act(console, request, who, "approve")
+def action(name: str) -> Callable[[Request], Awaitable[Response]]:
+    """POST /campaigns/{slug}/NAME: approve, revoke, pause or resume, for those whose role grants it."""
+
+    async def act(console: Console, request: Request, who: Identity) -> Response:
+        return await _act(console, request, who, name)
+
+    act.__name__ = name
+    return guarded(name, post=True)(act)
 
 
-@guarded("revoke", post=True)
-async def revoke(console: Console, request: Request, who: Identity) -> Response:
-    return await _act(console, request, who, "revoke")
-
-
-@guarded("pause", post=True)
-async def pause(console: Console, request: Request, who: Identity) -> Response:
-    return await _act(console, request, who, "pause")
-
-
-@guarded("resume", post=True)
-async def resume(console: Console, request: Request, who: Identity) -> Response:
-    return await _act(console, request, who, "resume")
+approve, revoke, pause, resume = (action(name) for name in ("approve", "revoke", "pause", "resume"))
 
 
 @guarded("people")

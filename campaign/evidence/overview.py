@@ -16,7 +16,6 @@ from campaign.cutoff import approval, scheduling
 from campaign.errors import CampaignError, NotFound, UsageError
 from campaign.evidence import auditlog, status, story
 from campaign.models import CANCELLED, DONE
-from campaign.results import Fields
 from campaign.store import audit, gauges, steps
 from campaign.store import campaigns as campaign_store
 
@@ -62,11 +61,10 @@ def overview(engine: Engine) -> list[Line]:
 
 
 @dataclass(frozen=True)
-class Step(Fields):
-    step: str
-    due_at: str
-    state: str
-    error: str | None
+class Step(status.NextStep):
+    """A step of the campaign, as `status` names its next one, with why it failed."""
+
+    error: str | None = None
 
 
 @dataclass(frozen=True)
