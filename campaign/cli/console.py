@@ -31,7 +31,8 @@ def serve(app: App, host: str, port: int, identity: str | None) -> None:
     asgi = create_app(config, app.engine())
     click.echo(f"campaign console on http://{host}:{port}/ (identity: {config.console.identity}); Ctrl-C stops it",
                err=True)
-    uvicorn.run(asgi, host=host, port=port, log_level="info", access_log=True, server_header=False,
+    # No access log: a request line carries /people?q=EMAIL, a person's address; the console logs refusals itself.
+    uvicorn.run(asgi, host=host, port=port, log_level="info", access_log=False, server_header=False,
                 limit_concurrency=200, timeout_keep_alive=5)
 
 
