@@ -253,8 +253,13 @@ def test_an_approver_approves_and_the_cli_shows_it(server: str, issuer: Issuer, 
     standing = json.loads(run_cli("status", SLUG, "--json").stdout)["approval"]
     assert standing["approved"] is True
     assert [a["by"] for a in standing["approvals"]] == [APPROVER]
+    assert standing["approvals"][0]["proof"] == "jwt"  # a sign-in the console verified
     log = json.loads(run_cli("log", SLUG, "--json").stdout)["events"]
-    assert [e["actor"] for e in log if e["action"] == "campaign.approve"] == [APPROVER]
+    approvals = [e for e in log if e["action"] == "campaign.approve"]
+    assert [e["actor"] for e in approvals] == [APPROVER]
+    evidence = approvals[0]["detail"]["evidence"]
+    assert approvals[0]["detail"]["proof"] == "jwt"
+    assert evidence["issuer"] == ISSUER and evidence["sub"] == f"sub-{APPROVER}" and len(evidence["jti"]) == 32
 
 
 def test_the_author_cannot_approve_whatever_their_roles(server: str, issuer: Issuer, run_cli: CliRun) -> None:

@@ -53,8 +53,9 @@ class Identity:
     persona: str | None = None  # demo mode: which persona
 
     def evidence(self) -> dict[str, str]:
-        """What an approval records beside the actor: how the identity was proven."""
-        out = {"proof": self.proof}
+        """What an approval records beside the actor of how the identity was proven: the token's issuer, subject
+        and id (`approval.Approver`'s evidence; its `proof` says "jwt")."""
+        out: dict[str, str] = {}
         for key, value in (("issuer", self.issuer), ("sub", self.subject), ("jti", self.token_id),
                            ("persona", self.persona)):
             if value:

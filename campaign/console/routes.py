@@ -57,7 +57,10 @@ async def _act(console: Console, request: Request, who: Identity, action: str) -
     slug = request.path_params["slug"]
     console.snapshots.drop(slug)
     if action in ("approve", "revoke"):
-        outcome = await run_in_threadpool(lambda: approval.approve(console.engine, slug, who.email,
+        # A verified sign-in is a proof the core keeps (issuer, subject, token id); a demo persona is a typed name.
+        approver = approval.Approver(who.email, "jwt", evidence=who.evidence()) if who.proof == "jwt" \
+            else approval.Approver(who.email)
+        outcome = await run_in_threadpool(lambda: approval.approve(console.engine, slug, approver,
                                                                    revoke=action == "revoke"))
         did = outcome.action
     else:
