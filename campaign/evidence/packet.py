@@ -17,16 +17,13 @@ from campaign import campaigns, db, preflight, versions
 from campaign.cutoff import approval
 from campaign.definition import Definition, WaveDef
 from campaign.errors import NotFound, TemplateProblem, UsageError
+from campaign.notices import standins
 from campaign.notices.rendering import Rendered, Renderer
 from campaign.recipients import DeviceView, Recipient
 from campaign.store import audience
 from campaign.validation import normalize_locale
 
 BY = ("locale", "country", "model")
-STAND_IN_ID = "stand-in"
-STAND_IN_EMAIL = "jane.doe@example.com"  # example.com (RFC 2606): nobody's mailbox
-STAND_IN_NAME = "Jane Doe"
-GENERIC_MODEL = "Smart speaker"
 
 
 @dataclass(frozen=True)
@@ -64,11 +61,8 @@ class Packet:
 
 
 def _stand_in(d: Definition, locale: str, models: list[str]) -> tuple[Recipient, list[DeviceView]]:
-    """A made-up person of `locale` with two devices (so that plural forms show), of the audience's models."""
-    model = (models or list(d.device_models) or [GENERIC_MODEL])[0]
-    second = (models[1:] or [model])[0]
-    return (Recipient(STAND_IN_ID, STAND_IN_EMAIL, STAND_IN_NAME, locale, "UTC"),
-            [DeviceView(f"{STAND_IN_ID}-1", "Kitchen", model), DeviceView(f"{STAND_IN_ID}-2", "Living Room", second)])
+    """The made-up person of `locale` the gallery shows too (`notices.standins`), with the audience's models."""
+    return standins.stand_in(locale, models or list(d.device_models))
 
 
 def _fallback(locale: str, template: str) -> str | None:
