@@ -81,6 +81,8 @@ def test_demo_tells_the_whole_story(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     ending = out.split("How it ended")[1]
     assert "voice-local-processing: done, cutoff" in ending
     assert "242 of 244 (99 %) affected accounts before the cutoff, 241 in time" in ending
+    # It ends by saying how to open the console on its database (issue 24).
+    assert f"campaign --database-url sqlite:///{work / 'campaign.db'} serve --identity demo" in out.splitlines()[-2]
     # The gallery is there.
     assert (work / "gallery" / "index.html").is_file()
     # The story ends with the evidence: Priya's story in her zone, every account in the CSV, the HTML report.

@@ -352,4 +352,9 @@ def run(work: Path, cli: click.Group) -> int:
     print(f"  the campaign report, for a browser:        {work / 'report.html'}")
     print(f"  the database:                              {db_file}")
     print(f"  try: CAMPAIGN_DATABASE_URL=sqlite:///{db_file} campaign status {SLUG}")
+    print("The console on this database (a demo identity: pick who you are; loopback only):")
+    serve = {"CAMPAIGN_ACTOR": env["CAMPAIGN_ACTOR"], "CAMPAIGN_TEMPLATES": env["CAMPAIGN_TEMPLATES"]}
+    print("  " + " ".join(f"{k}={shlex.quote(v)}" for k, v in serve.items())
+          + f" campaign --database-url {shlex.quote(f'sqlite:///{db_file}')} serve --identity demo")
+    print("  then open http://127.0.0.1:8080/")
     return 0
