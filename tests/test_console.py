@@ -250,6 +250,8 @@ def test_an_approver_approves_and_the_cli_shows_it(server: str, issuer: Issuer, 
         after = client.get(done.headers["location"], headers=headers)
         assert "Approved: your approval is recorded" in after.text
         assert "Withdraw my approval" in after.text
+        log_part = after.text.split("<h2>Audit log</h2>")[1]
+        assert f"Approved by {APPROVER}" in log_part and ">campaign.approve<" not in log_part  # in words
     standing = json.loads(run_cli("status", SLUG, "--json").stdout)["approval"]
     assert standing["approved"] is True
     assert [a["by"] for a in standing["approvals"]] == [APPROVER]

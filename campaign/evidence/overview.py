@@ -14,7 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from campaign import campaigns, db, migrate, preflight
 from campaign.cutoff import approval, scheduling
 from campaign.errors import CampaignError, NotFound, UsageError
-from campaign.evidence import auditlog, status, story
+from campaign.evidence import auditlog, sentences, status, story
 from campaign.models import CANCELLED, DONE
 from campaign.store import audit, gauges, steps
 from campaign.store import campaigns as campaign_store
@@ -82,6 +82,7 @@ class Page:
     waves: tuple[dict[str, Any], ...]
     steps: tuple[Step, ...]
     events: tuple[auditlog.Entry, ...]
+    said: tuple[sentences.Said, ...]  # each of `events` in words, as the report tells its timeline
     events_total: int
     last_preflight: str | None
 
@@ -93,6 +94,8 @@ def page(engine: Engine, slug: str, now: dt.datetime | None = None) -> Page:
         c = campaigns.get(conn, slug)
         d = c.definition
         events = [auditlog.entry(e, slug) for e in audit.events(conn, c.id)]
+        shown = events[-LOG_SHOWN:]
+        setting = sentences.Setting(d.setting, d.from_value, d.to_value)
         last = preflight.last_word(conn, c.id)
         return Page(
             status=st, name=c.name, setting=d.setting, from_value=d.from_value, to_value=d.to_value,
@@ -100,7 +103,8 @@ def page(engine: Engine, slug: str, now: dt.datetime | None = None) -> Page:
             waves=tuple({"name": w.name, "at": w.at, "expires": w.expires, "audience": w.audience}
                         for w in d.waves),
             steps=tuple(Step(s.name, s.due_at.isoformat(), s.state, s.error) for s in steps.of_campaign(conn, c.id)),
-            events=tuple(events[-LOG_SHOWN:]), events_total=len(events),
+            events=tuple(shown), said=tuple(sentences.say(e.action, e.actor, e.detail, setting) for e in shown),
+            events_total=len(events),
             last_preflight=None if last is None else f"{last.action} at {last.at.isoformat()}")
 
 
