@@ -394,3 +394,46 @@ def test_the_review_packet_shows_what_changed_since_the_approved_version(
     assert "Since version <strong>1</strong>, approved last, to version <strong>2</strong>" in page
     assert '<span class="add">+name = &#34;Retire &lt;b&gt;local&lt;/b&gt; processing&#34;</span>' in page
     assert '<span class="del">-name = &#34;Retire &#39;Do not send voice recordings&#39;&#34;</span>' in page
+
+
+def test_a_page_never_waits_for_figures_read_again() -> None:
+    """Snapshots: the first reading is waited for; once stale, the old figures are served at once while they are
+    read again in the background; after an action (drop) the next viewer waits for fresh ones, and a reading
+    begun before the action is not kept."""
+    import asyncio
+    import threading
+
+    from campaign.console.context import Snapshots
+
+    async def scenario() -> None:
+        snaps = Snapshots(ttl=0.05)
+        readings: list[int] = []
+        gate = threading.Event()
+        gate.set()
+
+        def read() -> int:
+            gate.wait(5)
+            readings.append(len(readings) + 1)
+            return readings[-1]
+
+        assert (await snaps.get(("campaign", "x"), read)).value == 1
+        await asyncio.sleep(0.06)
+        gate.clear()  # the next reading takes as long as the test wants
+        stale = await asyncio.wait_for(snaps.get(("campaign", "x"), read), 1)
+        assert stale.value == 1  # served at once, not after the reading
+        gate.set()
+        while ("campaign", "x") in snaps._refreshing:
+            await asyncio.sleep(0.01)
+        assert (await snaps.get(("campaign", "x"), read)).value == 2
+        await asyncio.sleep(0.06)
+        gate.clear()
+        assert (await snaps.get(("campaign", "x"), read)).value == 2  # stale, a reading (3) begins
+        snaps.drop("x")  # an action meanwhile
+        gate.set()
+        fresh = await snaps.get(("campaign", "x"), read)  # waited for: a reading begun after the action
+        while ("campaign", "x") in snaps._refreshing:  # the one asked for before the action ends too
+            await asyncio.sleep(0.01)
+        assert len(readings) == 4 and fresh.value in (3, 4)
+        assert (await snaps.get(("campaign", "x"), read)).value == fresh.value  # the older one was not kept
+
+    asyncio.run(scenario())
