@@ -321,7 +321,8 @@ def test_pages_api_reports_metrics(server: str, issuer: Issuer, run_cli: CliRun)
         assert home.headers["cache-control"] == "no-store" and home.headers["referrer-policy"] == "no-referrer"
         timeline = client.get(f"/campaigns/{SLUG}", headers=viewer).text.split("<h2>Timeline</h2>")[1]
         timeline = timeline.split("</table>")[0]  # in time order: the reminder, the cutoff, the confirmation
-        assert timeline.index("reminder") < timeline.index("the cutoff") < timeline.index("confirmation")
+        assert (timeline.index(">reminder<") < timeline.index("<strong>the cutoff</strong>")
+                < timeline.index(">confirmation<"))
 
         api = client.get(f"/api/campaigns/{SLUG}", headers=viewer)
         assert api.status_code == 200
