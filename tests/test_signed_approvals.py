@@ -137,6 +137,9 @@ def test_a_signed_approval_counts_and_unlocks_schedule(run_cli: CliRun, engine: 
 
     log = run_cli("log", SLUG, env=BEFORE).stdout
     assert "verified by SSH signature" in log and "BEGIN SSH SIGNATURE" not in log
+    report = created.parent / "report.html"
+    assert run_cli("report", SLUG, "--format", "html", "--out", str(report), env=BEFORE).exit_code == 0
+    assert f"Approved by {APPROVER}, verified by SSH signature" in report.read_text(encoding="utf-8")
     events = json.loads(run_cli("log", SLUG, "--json", env=BEFORE).stdout)["events"]
     approve = next(e for e in events if e["action"] == "campaign.approve")
     assert approve["actor"] == APPROVER and approve["detail"]["principal"] == APPROVER

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any
 
+from campaign.cutoff import approval
 from campaign.wording import duration
 
 DIGEST = re.compile(r"\b(?:sha256:)?([0-9a-f]{12})[0-9a-f]{28,}\b")
@@ -180,7 +181,8 @@ def _apply(a: Any) -> str:
 
 def _approved(d: Mapping[str, Any], s: Setting, actor: str) -> Said:
     by = f", written by {d['defined_by']}" if d.get("defined_by") else ""
-    return Said(f"Approved by {actor}", joined([f"{_version(d)}{by}",
+    how = f", verified by {approval.PROOFS.get(d['proof'], d['proof'])}" if d.get("proof") else ""
+    return Said(f"Approved by {actor}{how}", joined([f"{_version(d)}{by}",
                                                 "" if d.get("required", True) else
                                                 "the definition does not require it (recorded all the same)"]))
 
