@@ -131,6 +131,22 @@ def test_serve_refuses_what_could_not_prove_anyone(run_cli: CliRun, workdir: Pat
                                            'jwks = "http://sso.example.com/jwks"\n', encoding="utf-8")
     plain = run_cli("serve")
     assert plain.exit_code == 2 and "only from a loopback host: use https://" in plain.stderr
+    short = run_cli("serve", "--identity", "demo", env={"CAMPAIGN_CONSOLE_SECRET": "too-short-a-secret"})
+    assert short.exit_code == 2 and "CAMPAIGN_CONSOLE_SECRET must be at least 32 characters" in short.stderr
+    assert "too-short-a-secret" not in short.output
+
+
+def test_processes_sharing_the_console_secret_accept_each_others_forms() -> None:
+    """Behind one balancer a form served by one `serve` process is posted to another: with CAMPAIGN_CONSOLE_SECRET
+    both derive the same CSRF key; without it each process has its own, and refuses the other's tokens."""
+    from campaign.console.csrf import Csrf
+
+    secret = "s" * 16 + "0123456789abcdef-shared"
+    one, two = Csrf.from_secret(secret), Csrf.from_secret(secret)
+    assert two.valid("pm@example.com", one.token("pm@example.com"))
+    assert not two.valid("other@example.com", one.token("pm@example.com"))  # bound to the person
+    assert not Csrf.from_secret(secret + "x").valid("pm@example.com", one.token("pm@example.com"))
+    assert not Csrf.from_secret(None).valid("pm@example.com", Csrf.from_secret(None).token("pm@example.com"))
 
 
 # -- identity -------------------------------------------------------------------------------------------------

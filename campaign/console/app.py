@@ -4,6 +4,7 @@ before it starts (a complete [console], demo mode only on loopback)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +17,7 @@ from campaign import urls
 from campaign.config import Config
 from campaign.console import metrics, reports, review, routes
 from campaign.console.context import PAGE_CSP, Console
+from campaign.console.csrf import SECRET_ENV, Csrf
 from campaign.console.identity import Jwks, Verifier, jwks_source_problem
 from campaign.console.roles import Roles
 from campaign.errors import ConfigError
@@ -55,6 +57,7 @@ def check(config: Config, host: str) -> None:
     """Refuse to start a console that could not prove who asks: [console] incomplete for `jwt`, a JWKS that is not
     there, or the demo personas anywhere but on a loopback address."""
     c = config.console
+    Csrf.from_secret(os.environ.get(SECRET_ENV))  # a secret too short is refused before the server starts
     if c.identity == "demo":
         if not urls.is_loopback(host):
             raise ConfigError(f"identity = \"demo\" lets anyone pick who they are: it listens on a loopback address "
@@ -78,7 +81,8 @@ def create_app(config: Config, engine: Engine, *, fetch: Callable[[str], bytes] 
         assert c.jwks is not None
         jwks = Jwks(c.jwks) if fetch is None else Jwks(c.jwks, fetch=fetch)
         verifier = Verifier(c, jwks)
-    console = Console(config, engine, verifier, Roles(c.roles, demo=c.identity == "demo"))
+    console = Console(config, engine, verifier, Roles(c.roles, demo=c.identity == "demo"),
+                      csrf=Csrf.from_secret(os.environ.get(SECRET_ENV)))
     table: list[tuple[str, Callable[..., Any], list[str]]] = [
         ("/", routes.home, ["GET"]),
         ("/campaigns/{slug}", routes.campaign_page, ["GET"]),

@@ -12,7 +12,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from campaign.errors import ConfigError
+from campaign.redaction import hold
+
 FIELD = "csrf"
+SECRET_ENV = "CAMPAIGN_CONSOLE_SECRET"  # noqa: S105 (a variable name)  shared by the processes behind one balancer
+MIN_SECRET = 32
 
 
 @dataclass(frozen=True)
@@ -27,6 +32,18 @@ class Csrf:
 
     def valid(self, email: str, given: str | None) -> bool:
         return bool(given) and hmac.compare_digest(self.token(email), given or "")
+
+    @classmethod
+    def from_secret(cls, secret: str | None) -> Csrf:
+        """Tokens under a key derived from `secret` (CAMPAIGN_CONSOLE_SECRET: every process that has it accepts
+        the others' tokens), or under a key of this process's own when there is none."""
+        if not secret:
+            return cls()
+        if len(secret) < MIN_SECRET:
+            raise ConfigError(f"{SECRET_ENV} must be at least {MIN_SECRET} characters (a random value; "
+                              "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`)")
+        hold(secret)  # never shown, even in a text from elsewhere
+        return cls(hashlib.sha256(b"campaign-console-csrf-key\0" + secret.encode("utf-8")).digest())
 
 
 def same_origin(headers: Mapping[str, str]) -> bool:
