@@ -403,3 +403,22 @@ def test_after_the_flip_the_audience_checks_rest(run_cli: CliRun, engine: Engine
     assert "preflight: would fail" not in caplog.text
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM audit_event WHERE action = 'preflight.failed'")).scalar() == 0
+
+
+def test_status_rate_counts_the_last_minute_and_a_finished_wave_reads_zero(
+        run_cli: CliRun, smtpd: SmtpServer, write_file: Callable[..., Path]) -> None:
+    """status's rate: deliveries sent in the last minute; a wave done before that minute began reads 0 without
+    counting its ledger (the same figure: sending again marks a wave `sending` first)."""
+    imported(run_cli, write_file)
+    assert run_cli("create", str(definition(write_file)), env=KEY).exit_code == 0
+    env = {**KEY, "CAMPAIGN_CLOCK": "2025-03-14T07:00:00Z", "CAMPAIGN_SMTP_URL": smtpd.url}
+    assert run_cli("send", "voice-local-processing", "--wave", "notice", "--ignore-window", "--workers", "1",
+                   env=env).exit_code == 0
+
+    def notice(clock: str) -> dict:
+        out = run_cli("status", "voice-local-processing", "--json", env={**env, "CAMPAIGN_CLOCK": clock})
+        return json.loads(out.stdout)["wave_detail"]["notice"]
+
+    now = notice("2025-03-14T07:00:30Z")
+    assert now["state"] == "done" and now["rate_per_second"] == round(4 / 60, 2)  # a1..a4, sent in that minute
+    assert notice("2025-03-14T07:05:00Z")["rate_per_second"] == 0

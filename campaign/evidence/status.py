@@ -148,7 +148,10 @@ def status(conn: Connection, slug: str, now: dt.datetime | None = None) -> Statu
             told_by.append(w.id)
         counts = deliveries.counts(conn, w.id)
         waves[w.name] = counts
-        rate = store.sent_since(conn, w.id, now - RATE_WINDOW) / RATE_WINDOW.total_seconds()
+        # A wave done before the window began sent nothing in it (sending again marks it `sending` first): its
+        # rate is 0 without counting a million rows.
+        idle = w.state == campaign_store.DONE and w.finished_at is not None and w.finished_at < now - RATE_WINDOW
+        rate = 0.0 if idle else store.sent_since(conn, w.id, now - RATE_WINDOW) / RATE_WINDOW.total_seconds()
         left = counts["pending"] + counts["sending"]
         look = deliveries.outlook(conn, w.id, now, False) if counts["pending"] else None
         detail[w.name] = WaveStatus(state=w.state, paused_reason=w.paused_reason, at=w.at.isoformat(),

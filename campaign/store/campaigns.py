@@ -116,9 +116,10 @@ class WaveRow:
     at: dt.datetime
     expires: dt.datetime
     audience: str
+    finished_at: dt.datetime | None = None  # when it last ended (done), if it did
 
 
-_WAVE_COLS = (W.c.id, W.c.name, W.c.state, W.c.paused_reason, W.c.at, W.c.expires, W.c.audience)
+_WAVE_COLS = (W.c.id, W.c.name, W.c.state, W.c.paused_reason, W.c.at, W.c.expires, W.c.audience, W.c.finished_at)
 
 
 def wave(conn: Connection, campaign_id: int, name: str) -> WaveRow | None:
