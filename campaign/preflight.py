@@ -21,7 +21,7 @@ from campaign import db, verp, versions
 from campaign.definition import SLUG_RE, Definition, WaveDef, load_definition, parse_definition
 from campaign.errors import ConfigError, NotFound, PreflightFailed, TemplateProblem
 from campaign.notices import proofs
-from campaign.notices.rendering import PARTS, Renderer
+from campaign.notices.rendering import PARTS, Renderer, language, same_language
 from campaign.store import audience, audit, steps
 from campaign.store import campaigns as campaign_rows
 from campaign.store import evidence as evidence_rows
@@ -253,10 +253,6 @@ def template_findings(d: Definition, renderer: Renderer) -> list[Finding]:
     return out
 
 
-def _language(tag: str) -> str:
-    return tag.split("-")[0]
-
-
 def _told(wave: WaveDef) -> bool:
     """Whether a wave goes to the affected people (before the flip)."""
     return wave.audience in ("affected", "all")
@@ -271,21 +267,21 @@ def locale_findings(conn: Connection, d: Definition, renderer: Renderer) -> list
         by_folder: dict[str, list[tuple[str, int]]] = {}
         for locale, accounts, _first in present:
             folder = renderer.template_locale(wave.name, locale)
-            if _language(folder) != _language(locale):
+            if not same_language(locale, folder):
                 by_folder.setdefault(folder, []).append((locale, accounts))
         for folder, served in by_folder.items():
             for locale, accounts in served:
                 out.append(Finding("fallback",
                                    f"wave `{wave.name}`: {accounts:,} account(s) in {locale} get the {folder} message "
-                                   f"(no {locale}/ or {_language(locale)}/{wave.name}.subject.j2)",
+                                   f"(no {locale}/ or {language(locale)}/{wave.name}.subject.j2)",
                                    {"wave": wave.name, "locale": locale, "template_locale": folder,
                                     "accounts": accounts}))
         for locale in d.required_locales:
             folder = renderer.template_locale(wave.name, locale)
-            if _language(folder) != _language(locale):
+            if not same_language(locale, folder):
                 out.append(Finding("missing-translation",
                                    f"wave `{wave.name}`: {locale} is a required locale, but has no template "
-                                   f"(looked for {renderer.root / locale}/ and {renderer.root / _language(locale)}/"
+                                   f"(looked for {renderer.root / locale}/ and {renderer.root / language(locale)}/"
                                    f"{wave.name}.subject.j2; it would get {folder})",
                                    {"wave": wave.name, "locale": locale, "template_locale": folder}))
     return out

@@ -21,7 +21,7 @@ from campaign.definition import Definition, WaveDef
 from campaign.delivery.transport import Envelope, RecordingTransport, Transport, make_transport, send_all_sync
 from campaign.errors import UsageError
 from campaign.notices.proofs import Sample, preview_one, samples
-from campaign.notices.rendering import Renderer
+from campaign.notices.rendering import Renderer, language, same_language
 from campaign.results import Fields
 from campaign.validation import normalize_locale
 
@@ -112,10 +112,9 @@ def _accounts(n: int) -> str:
 def _entry(s: Sample, stem: str) -> dict[str, Any]:
     """What the index shows of one message: where it is, whom it serves, and whether another language serves it."""
     template = s.rendered.template_locale
-    language = s.locale.split("-")[0]
     fallback = None
-    if template.split("-")[0] != language:  # de-AT served by de is its own language: no mark
-        tried = s.locale if s.locale == language else f"{s.locale} or {language}"
+    if not same_language(s.locale, template):  # de-AT served by de is its own language: no mark
+        tried = s.locale if s.locale == language(s.locale) else f"{s.locale} or {language(s.locale)}"
         fallback = f"served by the {template} template (no {tried} template for {s.wave})"
     r = s.recipient
     who = (f"{r.name} <{r.email}>, {r.timezone}: made up (a stand-in, nobody's data)" if s.stand_in

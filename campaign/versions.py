@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -105,21 +106,28 @@ def _diff(path: str, old: str, new: str) -> str:
     return "".join(x if x.endswith("\n") else x + "\n\\ No newline at end of file\n" for x in lines)
 
 
-def compare(conn: Connection, campaign_id: int, old: int, new: int) -> tuple[FileChange, ...] | None:
-    """The files that differ from version `old` to `new`; None when either was not kept."""
-    before, after = store.files(conn, campaign_id, old), store.files(conn, campaign_id, new)
-    if not before or not after:
-        return None
+def _changes(before: Mapping[str, str], after: Mapping[str, str]) -> tuple[FileChange, ...]:
+    """The files that differ from `before` to `after` (path -> text), the definition first."""
     out = []
     for path in sorted(before.keys() | after.keys()):
         if path not in after:
-            out.append(FileChange(path, "removed", _diff(path, before[path][1], "")))
+            out.append(FileChange(path, "removed", _diff(path, before[path], "")))
         elif path not in before:
-            out.append(FileChange(path, "added", _diff(path, "", after[path][1])))
-        elif before[path][0] != after[path][0]:
-            out.append(FileChange(path, "changed", _diff(path, before[path][1], after[path][1])))
-    out.sort(key=lambda f: (f.path != DEFINITION, f.path))  # the definition first
+            out.append(FileChange(path, "added", _diff(path, "", after[path])))
+        elif before[path] != after[path]:
+            out.append(FileChange(path, "changed", _diff(path, before[path], after[path])))
+    out.sort(key=lambda f: (f.path != DEFINITION, f.path))
     return tuple(out)
+
+
+def _bodies(conn: Connection, campaign_id: int, version: int) -> dict[str, str]:
+    return {path: body for path, (_digest, body) in store.files(conn, campaign_id, version).items()}
+
+
+def compare(conn: Connection, campaign_id: int, old: int, new: int) -> tuple[FileChange, ...] | None:
+    """The files that differ from version `old` to `new`; None when either was not kept."""
+    before, after = _bodies(conn, campaign_id, old), _bodies(conn, campaign_id, new)
+    return _changes(before, after) if before and after else None
 
 
 def current_version(conn: Connection, campaign_id: int) -> int:
@@ -138,12 +146,8 @@ def since_approved(conn: Connection, campaign_id: int) -> Changes:
     approved = last_approved(conn, campaign_id)
     if approved is None:
         return Changes(current, None, store.latest(conn, campaign_id) == current, ())
-    found = compare(conn, campaign_id, approved, current) if approved != current else ()
-    if found is None:
-        return Changes(current, approved, False, ())
-    if approved == current and not store.files(conn, campaign_id, current):
-        return Changes(current, approved, False, ())
-    return Changes(current, approved, True, found)
+    found = compare(conn, campaign_id, approved, current)
+    return Changes(current, approved, found is not None, found or ())
 
 
 def drift(conn: Connection, campaign_id: int, d: Definition, templates: Path) -> tuple[int, tuple[FileChange, ...]]:
@@ -151,16 +155,6 @@ def drift(conn: Connection, campaign_id: int, d: Definition, templates: Path) ->
     after `create`, which no approval saw): (the version, the files that differ); nothing when the version's files
     were not kept."""
     version = current_version(conn, campaign_id)
-    kept = {p: body for p, (_digest, body) in store.files(conn, campaign_id, version).items() if p != DEFINITION}
-    if not kept:
-        return version, ()
-    now = template_files(d, templates)
-    out = []
-    for path in sorted(kept.keys() | now.keys()):
-        if path not in now:
-            out.append(FileChange(path, "removed", _diff(path, kept[path], "")))
-        elif path not in kept:
-            out.append(FileChange(path, "added", _diff(path, "", now[path])))
-        elif kept[path] != now[path]:
-            out.append(FileChange(path, "changed", _diff(path, kept[path], now[path])))
-    return version, tuple(out)
+    kept = _bodies(conn, campaign_id, version)
+    kept.pop(DEFINITION, None)
+    return version, (_changes(kept, template_files(d, templates)) if kept else ())

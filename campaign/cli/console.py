@@ -20,7 +20,10 @@ def serve(app: App, host: str, port: int, identity: str | None) -> None:
     """The console: campaigns, their review packet, approvals, pause and resume, one person's story, the evidence,
     /metrics and /healthz. Each person is proven by the JWT of an identity-aware proxy ([console] in campaign.toml,
     docs/console.md) and may do what [console.roles] grants."""
-    import uvicorn  # not needed by any other command: loaded when the console starts
+    # Loaded when the console starts, not by every command: uvicorn, Starlette, PyJWT and prometheus-client are
+    # needed by no other command, and `campaign` starts for each step of the scheduler. (No circle behind it:
+    # campaign.console imports nothing of the command line.)
+    import uvicorn
 
     from campaign.console.app import check, create_app
 

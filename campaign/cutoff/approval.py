@@ -26,7 +26,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 
-from campaign import campaigns, db, signatures
+from campaign import campaigns, db, signatures, versions
 from campaign.campaigns import CampaignRow
 from campaign.definition import Definition, load_definition
 from campaign.errors import NotFound, StateError, UsageError
@@ -34,8 +34,8 @@ from campaign.models import CANCELLED
 from campaign.signatures import NotVerified, Statement
 from campaign.store import approvals as store
 
-APPROVE, REVOKE = "campaign.approve", "campaign.revoke_approval"
-DEFINED = ("campaign.create", "campaign.replace")
+APPROVE, REVOKE = versions.APPROVED, "campaign.revoke_approval"
+DEFINED = versions.DEFINED  # the events that start a version of the definition (numbered as versions counts them)
 UNSCHEDULED = "campaign.unschedule"  # voids the approvals given before it, as a new version does
 PROOFS = {"ssh": "SSH signature", "jwt": "the console's single sign-on"}  # Approver.proof -> how, in words
 

@@ -18,7 +18,7 @@ from campaign.cutoff import approval
 from campaign.definition import Definition, WaveDef
 from campaign.errors import NotFound, TemplateProblem, UsageError
 from campaign.notices import standins
-from campaign.notices.rendering import Rendered, Renderer
+from campaign.notices.rendering import Rendered, Renderer, same_language
 from campaign.recipients import DeviceView, Recipient
 from campaign.store import audience
 from campaign.validation import normalize_locale
@@ -66,7 +66,7 @@ def _stand_in(d: Definition, locale: str, models: list[str]) -> tuple[Recipient,
 
 
 def _fallback(locale: str, template: str) -> str | None:
-    if template.split("-")[0] == locale.split("-")[0]:
+    if same_language(locale, template):
         return None  # de-AT served by de speaks its language
     return f"no {locale} template: readers of {locale} get the {template} message"
 
@@ -87,8 +87,9 @@ def packet(engine: Engine, templates: Path, slug: str) -> Packet:
     with db.read(engine) as conn:
         c = campaigns.get(conn, slug)
         d = c.definition
-        by = {key: audience.summary(conn, d, by=key).by or {} for key in BY}
-        overall = audience.summary(conn, d)
+        summaries = {key: audience.summary(conn, d, by=key) for key in BY}  # each counts the whole audience too
+        by = {key: s.by or {} for key, s in summaries.items()}
+        overall = summaries["locale"]
         standing = approval.standing(conn, c)
         changes = versions.since_approved(conn, c.id)
     found = preflight.check(engine, templates, slug)

@@ -70,6 +70,18 @@ def _locale(tag: str) -> Locale:
     return Locale.parse(tag, sep="-")
 
 
+
+def language(tag: str) -> str:
+    """A locale's language: `de` of `de-AT`."""
+    return tag.split("-")[0]
+
+
+def same_language(locale: str, template_locale: str) -> bool:
+    """Whether a template folder speaks the reader's language (de-AT served by de does; ja-JP served by en-US is a
+    fallback to another language)."""
+    return language(locale) == language(template_locale)
+
+
 class Renderer:
     """Renders one campaign's waves. Build once per campaign and process; templates are compiled once."""
 
@@ -103,8 +115,7 @@ class Renderer:
     @functools.cache  # noqa: B019 - one Renderer per campaign, few locales
     def template_locale(self, wave: str, locale: str) -> str:
         """The template folder for `locale`: itself, its language, or the default locale."""
-        language = locale.split("-")[0]
-        for candidate in (locale, language, self.definition.default_locale):
+        for candidate in (locale, language(locale), self.definition.default_locale):
             if (self.root / candidate / f"{wave}.subject.j2").is_file():
                 return candidate
         raise TemplateProblem(
@@ -140,7 +151,7 @@ class Renderer:
         folder = self.template_locale(wave.name, recipient.locale)
         # Dates in the recipient's own locale when the template speaks their language (de-AT reads
         # "Jänner" in the de template), otherwise in the template's: no French dates in English text.
-        format_locale = recipient.locale if recipient.locale.split("-")[0] == folder.split("-")[0] else folder
+        format_locale = recipient.locale if same_language(recipient.locale, folder) else folder
         ctx = self.context(wave, recipient, devices, format_locale)
         out = []
         for part in PARTS:
