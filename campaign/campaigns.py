@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,9 +123,11 @@ class Listed(Fields):
     devices_changed: int
 
 
-def list_campaigns(conn: Connection) -> list[Listed]:
-    """Every campaign with its state, cutoff and progress (deliveries settled of all, changes made)."""
-    progress = store.progress(conn)
+def list_campaigns(conn: Connection, progress: Mapping[int, store.Progress] | None = None) -> list[Listed]:
+    """Every campaign with its state, cutoff and progress (deliveries settled of all, changes made): as counted
+    now, or as `progress` says (by campaign id; the console's last counts)."""
+    if progress is None:
+        progress = store.progress(conn)
     out = []
     for row in store.all_rows(conn):
         p = progress.get(row["id"], store.NO_PROGRESS)

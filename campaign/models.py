@@ -331,6 +331,19 @@ class Worker(SQLModel, table=True):
     heartbeat_at: dt.datetime = _ts()
 
 
+class CountSnapshot(SQLModel, table=True):
+    """The figures of a campaign's `status` that scan its ledger and change rows, as last counted (JSON), and when:
+    the console shows them at once and counts again in the background, one count per campaign for every console
+    process (at a million accounts a count takes seconds; a page must not wait for it)."""
+
+    __tablename__ = "count_snapshot"
+
+    campaign_id: int = Field(sa_column=Column(Integer, ForeignKey("campaign.id"), primary_key=True,
+                                              autoincrement=False))
+    taken_at: dt.datetime = _ts()
+    body: str = Field(sa_column=Column(Text, nullable=False))  # JSON: status.Counted
+
+
 def _table(model: type[SQLModel]) -> Table:
     return model.__table__  # type: ignore[attr-defined]
 
@@ -343,3 +356,4 @@ BOUNCE = _table(Bounce)
 LEASE, WORKER = _table(Lease), _table(Worker)
 APPLY_BATCH = _table(ApplyBatch)
 VERSION_FILE = _table(VersionFile)
+COUNT_SNAPSHOT = _table(CountSnapshot)

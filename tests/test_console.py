@@ -416,44 +416,50 @@ def test_the_review_packet_shows_what_changed_since_the_approved_version(
     assert '<span class="del">-name = &#34;Retire &#39;Do not send voice recordings&#39;&#34;</span>' in page
 
 
-def test_a_page_never_waits_for_figures_read_again() -> None:
-    """Snapshots: the first reading is waited for; once stale, the old figures are served at once while they are
-    read again in the background; after an action (drop) the next viewer waits for fresh ones, and a reading
-    begun before the action is not kept."""
+def test_the_counts_are_kept_shown_at_once_and_counted_again_in_the_background(
+        engine: Engine, created: None, run_cli: CliRun, write_file: Callable[..., Path]) -> None:
+    """Counts: a campaign never counted is counted once and kept in the database; a console started again shows the
+    kept count at once; once old, the old count is served at once while it is counted again in the background; a
+    second process adopts a recent count the first one kept instead of counting again; and the status made of a
+    kept count is the status counted now, while nothing changed."""
     import asyncio
-    import threading
 
-    from campaign.console.context import Snapshots
+    from campaign import db
+    from campaign.console.counts import Counts
+    from campaign.evidence import status
 
     async def scenario() -> None:
-        snaps = Snapshots(ttl=0.05)
-        readings: list[int] = []
-        gate = threading.Event()
-        gate.set()
+        first = Counts(engine, ttl=3600)
+        async with first._lock(SLUG):  # being counted (at start, say): the front page does not wait for it
+            assert await asyncio.wait_for(first.get(SLUG, wait=False), 1) is None
+        counted = await first.get(SLUG)
+        assert counted is not None and counted.coverage.affected_accounts == N
+        kept = status.kept_count(engine, SLUG)
+        assert kept == counted  # kept in the database, as counted
+        with db.read(engine) as conn:
+            assert status.status(conn, SLUG, counted=kept).as_json() == status.status(conn, SLUG).as_json()
 
-        def read() -> int:
-            gate.wait(5)
-            readings.append(len(readings) + 1)
-            return readings[-1]
+        again = Counts(engine, ttl=3600)  # a restart: the kept count at once, not a new one
+        assert await again.get(SLUG, wait=False) == counted and not again._refreshing
 
-        assert (await snaps.get(("campaign", "x"), read)).value == 1
-        await asyncio.sleep(0.06)
-        gate.clear()  # the next reading takes as long as the test wants
-        stale = await asyncio.wait_for(snaps.get(("campaign", "x"), read), 1)
-        assert stale.value == 1  # served at once, not after the reading
-        gate.set()
-        while ("campaign", "x") in snaps._refreshing:
-            await asyncio.sleep(0.01)
-        assert (await snaps.get(("campaign", "x"), read)).value == 2
-        await asyncio.sleep(0.06)
-        gate.clear()
-        assert (await snaps.get(("campaign", "x"), read)).value == 2  # stale, a reading (3) begins
-        snaps.drop("x")  # an action meanwhile
-        gate.set()
-        fresh = await snaps.get(("campaign", "x"), read)  # waited for: a reading begun after the action
-        while ("campaign", "x") in snaps._refreshing:  # the one asked for before the action ends too
-            await asyncio.sleep(0.01)
-        assert len(readings) == 4 and fresh.value in (3, 4)
-        assert (await snaps.get(("campaign", "x"), read)).value == fresh.value  # the older one was not kept
+        more = ("account_id,email,name,locale,timezone,country\nz001,late@example.com,Late,en-US,America/Chicago,US\n")
+        assert run_cli("import", "accounts", str(write_file("more.csv", more)), env=CLOCK).exit_code == 0
+        dev = "device_id,account_id,name,model,voice_recordings\nz001,z001,Den,Echo Show 10,do_not_send\n"
+        assert run_cli("import", "devices", str(write_file("more-d.csv", dev)), env=CLOCK).exit_code == 0
+
+        first.ttl = 0.0  # old at once
+        stale = await first.get(SLUG)
+        assert stale == counted and SLUG in first._refreshing  # served at once; counting again in the background
+        await first._refreshing[SLUG]
+        fresh = await first.get(SLUG)
+        assert fresh is not None and fresh.at > counted.at and fresh.coverage.affected_accounts == N + 1
+        assert status.kept_count(engine, SLUG) == fresh
+
+        again.ttl = 60.0
+        again._held[SLUG].taken -= 120  # its copy is old: the database holds a recent one, which it takes
+        assert await again.get(SLUG) == counted
+        await again._refreshing[SLUG]
+        assert await again.get(SLUG) == fresh  # adopted, not counted again
+        assert again._held[SLUG].counted.at == fresh.at
 
     asyncio.run(scenario())

@@ -4,12 +4,16 @@ before it starts (a complete [console], demo mode only on loopback)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import os
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from sqlalchemy import Engine
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -21,6 +25,10 @@ from campaign.console.csrf import SECRET_ENV, Csrf
 from campaign.console.identity import Jwks, Verifier, jwks_source_problem
 from campaign.console.roles import Roles
 from campaign.errors import ConfigError
+from campaign.evidence import overview
+from campaign.redaction import redact
+
+log = logging.getLogger("campaign.console")
 
 SECURITY_HEADERS = {"x-content-type-options": "nosniff", "referrer-policy": "no-referrer",
                     "x-frame-options": "DENY", "cross-origin-opener-policy": "same-origin"}
@@ -101,7 +109,21 @@ def create_app(config: Config, engine: Engine, *, fetch: Callable[[str], bytes] 
         ("/static/console.css", routes.stylesheet, ["GET"]),
         ("/demo/persona", routes.personas, ["GET", "POST"]),
     ]
-    app = Starlette(routes=[Route(path, endpoint, methods=methods) for path, endpoint, methods in table])
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # Every campaign counted (or its kept count read) in the background from the start: the first page of a
+        # campaign then waits for no count, or only for the rest of the one under way.
+        try:
+            slugs = await run_in_threadpool(overview.slugs, engine)
+        except Exception as exc:  # no database yet, or not upgraded: /healthz says so, the pages each their own
+            log.warning("console: not counting at start: %s", redact(str(exc)))
+            slugs = []
+        warming = asyncio.create_task(console.counts.warm(slugs))
+        yield
+        warming.cancel()
+
+    app = Starlette(routes=[Route(path, endpoint, methods=methods) for path, endpoint, methods in table],
+                    lifespan=lifespan)
     app.state.console = console
     app.state.metrics = metrics.registry(engine)
     app.add_middleware(SecurityHeaders)

@@ -4,11 +4,9 @@ a refusal in words)."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import functools
 import logging
-import time
 import zoneinfo
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -22,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 
 from campaign.config import Config
+from campaign.console.counts import Counts
 from campaign.console.csrf import FIELD, Csrf, same_origin
 from campaign.console.identity import PERSONA_COOKIE, Identity, Unauthenticated, Verifier, persona, token_from
 from campaign.console.roles import Roles
@@ -41,67 +40,6 @@ MAX_FORM_BYTES = 4096  # a form of the console holds a token and a word or two
 ZONE_COOKIE = "campaign_zone"
 
 
-SNAPSHOT_SECONDS = 15.0  # how old the figures of `/` and a campaign's page may be (they scan the ledger)
-
-
-@dataclass
-class Snapshot:
-    value: Any
-    at: dt.datetime  # when it was read
-    taken: float  # time.monotonic() then
-
-
-@dataclass
-class Snapshots:
-    """The pages' figures, shared by everyone who asks and read again in the background once older than
-    SNAPSHOT_SECONDS (stale while it is read again: with a million accounts the core's aggregates — status'
-    coverage, the listing's progress — scan the ledger for seconds, and no viewer should wait for them). Only the
-    first reading of a page, and the first after an action in the console (which drops its campaign's figures:
-    who acted sees what it did), is waited for; never two readings of the same page at once. Each page says when
-    its figures were read."""
-
-    ttl: float = SNAPSHOT_SECONDS
-    _entries: dict[tuple[str, ...], Snapshot] = field(default_factory=dict)
-    _locks: dict[tuple[str, ...], asyncio.Lock] = field(default_factory=dict)
-    _refreshing: dict[tuple[str, ...], asyncio.Task[None]] = field(default_factory=dict)
-    _generation: dict[tuple[str, ...], int] = field(default_factory=dict)  # bumped by drop(): a reading begun
-    # before an action is not kept after it
-
-    async def get(self, key: tuple[str, ...], read: Callable[[], Any]) -> Snapshot:
-        found = self._entries.get(key)
-        if found is not None:
-            if time.monotonic() - found.taken >= self.ttl and key not in self._refreshing:
-                self._refreshing[key] = asyncio.create_task(
-                    self._refresh(key, read, self._generation.get(key, 0)))
-            return found
-        async with self._locks.setdefault(key, asyncio.Lock()):
-            found = self._entries.get(key)  # read meanwhile by whoever held the lock
-            return found if found is not None else await self._read(key, read, self._generation.get(key, 0))
-
-    async def _read(self, key: tuple[str, ...], read: Callable[[], Any], generation: int) -> Snapshot:
-        value = await run_in_threadpool(read)
-        snap = Snapshot(value, dt.datetime.now(dt.UTC), time.monotonic())
-        if self._generation.get(key, 0) == generation:
-            self._entries[key] = snap
-        return snap
-
-    async def _refresh(self, key: tuple[str, ...], read: Callable[[], Any], generation: int) -> None:
-        try:
-            async with self._locks.setdefault(key, asyncio.Lock()):
-                await self._read(key, read, generation)
-        except Exception as exc:  # the stale figures stay, with their time on the page
-            log.warning("console: reading %s again failed: %s", "/".join(key), redact(str(exc)))
-        finally:
-            self._refreshing.pop(key, None)
-
-    def drop(self, slug: str) -> None:
-        """After an action on `slug`: its page and the list are read again."""
-        for key in list(self._entries):
-            if key == ("home",) or slug in key[1:]:
-                self._entries.pop(key, None)
-                self._generation[key] = self._generation.get(key, 0) + 1
-
-
 @dataclass
 class Console:
     """The app's state: built once by `campaign serve` (or a test), read by every request."""
@@ -111,7 +49,10 @@ class Console:
     verifier: Verifier | None  # None in demo mode
     roles: Roles
     csrf: Csrf = field(default_factory=Csrf)
-    snapshots: Snapshots = field(default_factory=Snapshots)
+    counts: Counts = field(init=False)  # the pages' figures that scan the ledger, counted in the background
+
+    def __post_init__(self) -> None:
+        self.counts = Counts(self.engine)
 
     @property
     def demo(self) -> bool:

@@ -5,6 +5,7 @@ campaign with what needs attention (`GET /`), and one campaign's status, steps a
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,18 +30,27 @@ class Line:
     listed: campaigns.Listed
     attention: tuple[str, ...]
     approval_waiting: bool
+    counted_at: dt.datetime | None = None  # when its progress was counted; None: not counted yet (zeros shown)
 
     def as_json(self) -> dict[str, Any]:
         return {**self.listed.as_json(), "attention": list(self.attention),
                 "approval_waiting": self.approval_waiting}
 
 
-def overview(engine: Engine) -> list[Line]:
+def slugs(engine: Engine) -> list[str]:
+    with db.read(engine) as conn:
+        return campaign_store.slugs(conn)
+
+
+def overview(engine: Engine, counts: Mapping[str, status.Counted | None] | None = None) -> list[Line]:
     """Every campaign (`campaign list`), each with what needs attention: a paused wave or campaign, the
-    scheduler's preflight failing, an approval the definition requires and has not been given."""
+    scheduler's preflight failing, an approval the definition requires and has not been given. With `counts`
+    (the console's last counts, by slug), the progress comes from them instead of a scan of every ledger."""
     with db.read(engine) as conn:
         out = []
-        for listed in campaigns.list_campaigns(conn):
+        progress = None if counts is None else {
+            k.campaign_id: k.progress() for k in counts.values() if k is not None}
+        for listed in campaigns.list_campaigns(conn, progress):
             c = campaigns.get(conn, listed.campaign)
             notes: list[str] = []
             if c.state not in (DONE, CANCELLED):
@@ -56,7 +66,8 @@ def overview(engine: Engine) -> list[Line]:
             waiting = c.state not in (DONE, CANCELLED) and not standing.allowed
             if waiting:
                 notes.append(f"approval {standing.words()}")
-            out.append(Line(listed, tuple(notes), waiting))
+            counted = None if counts is None else counts.get(listed.campaign)
+            out.append(Line(listed, tuple(notes), waiting, counted.at if counted is not None else None))
         return out
 
 
@@ -87,10 +98,10 @@ class Page:
     last_preflight: str | None
 
 
-def page(engine: Engine, slug: str, now: dt.datetime | None = None) -> Page:
-    """`GET /campaigns/{slug}`."""
+def page(engine: Engine, slug: str, now: dt.datetime | None = None, counted: status.Counted | None = None) -> Page:
+    """`GET /campaigns/{slug}`; its counts as `counted` says (the console's last count), else counted now."""
     with db.read(engine) as conn:
-        st = status.status(conn, slug, now)
+        st = status.status(conn, slug, now, counted)
         c = campaigns.get(conn, slug)
         d = c.definition
         events = [auditlog.entry(e, slug) for e in audit.events(conn, c.id)]
@@ -106,6 +117,12 @@ def page(engine: Engine, slug: str, now: dt.datetime | None = None) -> Page:
             events=tuple(shown), said=tuple(sentences.say(e.action, e.actor, e.detail, setting) for e in shown),
             events_total=len(events),
             last_preflight=None if last is None else f"{last.action} at {last.at.isoformat()}")
+
+
+def status_with(engine: Engine, slug: str, counted: status.Counted | None) -> status.Status:
+    """`GET /api/campaigns/{slug}`: `status --json`, its counts as `counted` says (else counted now)."""
+    with db.read(engine) as conn:
+        return status.status(conn, slug, None, counted)
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,10 @@ what waits for the settings service, the next step and the approval — as one t
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,11 +15,11 @@ from sqlalchemy import Connection, Engine
 from campaign import campaigns, db, preflight
 from campaign.cutoff import approval
 from campaign.evidence.words import iso
-from campaign.models import APPLY_STATES, CHANGED, WAITING
+from campaign.models import APPLY_STATES, CHANGE_STATES, CHANGED, DELIVERY_STATES, SENT, SETTLED_STATES, WAITING
 from campaign.results import Fields
 from campaign.store import campaigns as campaign_store
 from campaign.store import changes as change_store
-from campaign.store import deliveries, steps
+from campaign.store import deliveries, snapshots, steps
 from campaign.store import evidence as store
 
 RATE_WINDOW = dt.timedelta(seconds=60)
@@ -136,40 +139,105 @@ def approval_json(s: approval.Standing) -> dict[str, Any]:
     return {**s.as_json(), "words": s.words()}
 
 
-def status(conn: Connection, slug: str, now: dt.datetime | None = None) -> Status:
-    """The campaign's status now."""
+@dataclass(frozen=True)
+class WaveCount:
+    """One wave's figures that scan its ledger: deliveries by state, the rate over the last minute, and the pending
+    deliveries waiting for a send window or a retry."""
+
+    counts: dict[str, int]
+    rate_per_second: float = 0.0
+    waiting_window: int = 0
+    waiting_retry: int = 0
+
+
+@dataclass(frozen=True)
+class Counted:
+    """The figures of `status` that scan the ledger and the change rows — seconds at a million accounts — as of
+    `at`. `status` counts them afresh; the console shows the last count (kept in `count_snapshot`) and counts again
+    in the background, beside the rest of the status (state, approval, steps, preflight: a few rows) read at each
+    request."""
+
+    campaign_id: int
+    at: dt.datetime
+    waves: dict[int, WaveCount]  # by wave id
+    changes: dict[str, int]  # change state -> count, every state
+    next_due: dt.datetime | None
+    held_back_why: dict[str, int]
+    coverage: store.Coverage
+
+    def as_json(self) -> dict[str, Any]:
+        return {"campaign_id": self.campaign_id, "at": self.at.isoformat(),
+                "waves": {str(k): dataclasses.asdict(v) for k, v in self.waves.items()},
+                "changes": self.changes, "next_due": iso(self.next_due), "held_back_why": self.held_back_why,
+                "coverage": dataclasses.asdict(self.coverage)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Counted:
+        return cls(campaign_id=int(data["campaign_id"]), at=dt.datetime.fromisoformat(data["at"]),
+                   waves={int(k): WaveCount(**v) for k, v in data["waves"].items()},
+                   changes={str(k): int(v) for k, v in data["changes"].items()},
+                   next_due=None if data["next_due"] is None else dt.datetime.fromisoformat(data["next_due"]),
+                   held_back_why={str(k): int(v) for k, v in data["held_back_why"].items()},
+                   coverage=store.Coverage(**data["coverage"]))
+
+    def progress(self) -> campaign_store.Progress:
+        """`campaign list`'s progress: deliveries (all, settled, sent), devices switched."""
+        def of(states: Collection[str] | None) -> int:
+            return sum(n for w in self.waves.values() for state, n in w.counts.items() if states is None or
+                       state in states)
+
+        return campaign_store.Progress(of(None), of(SETTLED_STATES), of((SENT,)), self.changes.get(CHANGED, 0))
+
+
+def count(conn: Connection, c: campaigns.CampaignRow, now: dt.datetime | None = None) -> Counted:
+    """The campaign's figures that scan its ledger and its change rows, counted now."""
     now = now or db.utcnow()
-    c = campaigns.get(conn, slug)
-    waves: dict[str, dict[str, int]] = {}
-    detail: dict[str, WaveStatus] = {}
+    waves: dict[int, WaveCount] = {}
     told_by = []
     for w in campaign_store.waves(conn, c.id):
         if w.audience == "affected":
             told_by.append(w.id)
         counts = deliveries.counts(conn, w.id)
-        waves[w.name] = counts
         # A wave done before the window began sent nothing in it (sending again marks it `sending` first): its
         # rate is 0 without counting a million rows.
         idle = w.state == campaign_store.DONE and w.finished_at is not None and w.finished_at < now - RATE_WINDOW
         rate = 0.0 if idle else store.sent_since(conn, w.id, now - RATE_WINDOW) / RATE_WINDOW.total_seconds()
-        left = counts["pending"] + counts["sending"]
         look = deliveries.outlook(conn, w.id, now, False) if counts["pending"] else None
-        detail[w.name] = WaveStatus(state=w.state, paused_reason=w.paused_reason, at=w.at.isoformat(),
-                                    rate_per_second=round(rate, 2),
-                                    eta_seconds=round(left / rate) if rate > 0 and left else None,
-                                    waiting_window=look.waiting_window if look else 0,
-                                    waiting_retry=look.waiting_retry if look else 0)
-    changes = store.change_counts(conn, c.id)
-    waiting = changes.pop(WAITING)
+        waves[w.id] = WaveCount(counts, round(rate, 2), look.waiting_window if look else 0,
+                                look.waiting_retry if look else 0)
     outlook = change_store.outlook(conn, c.id)
+    return Counted(campaign_id=c.id, at=now, waves=waves, changes={**dict.fromkeys(CHANGE_STATES, 0), **outlook.counts},
+                   next_due=outlook.next_due, held_back_why=outlook.held_back_why,
+                   coverage=store.notice_coverage(conn, c.id, c.definition, told_by))
+
+
+def status(conn: Connection, slug: str, now: dt.datetime | None = None, counted: Counted | None = None) -> Status:
+    """The campaign's status now; its counts as `counted` says (an earlier count), else counted now."""
+    now = now or db.utcnow()
+    c = campaigns.get(conn, slug)
+    if counted is None:
+        counted = count(conn, c, now)
+    waves: dict[str, dict[str, int]] = {}
+    detail: dict[str, WaveStatus] = {}
+    for w in campaign_store.waves(conn, c.id):
+        wc = counted.waves.get(w.id) or WaveCount(dict.fromkeys(DELIVERY_STATES, 0))  # a wave newer than the count
+        waves[w.name] = dict(wc.counts)
+        left = wc.counts["pending"] + wc.counts["sending"]
+        rate = wc.rate_per_second
+        detail[w.name] = WaveStatus(state=w.state, paused_reason=w.paused_reason, at=w.at.isoformat(),
+                                    rate_per_second=rate, eta_seconds=round(left / rate) if rate > 0 and left else None,
+                                    waiting_window=wc.waiting_window, waiting_retry=wc.waiting_retry)
+    changes = dict(counted.changes)
+    waiting = changes.pop(WAITING)
     held_back = changes["held_back"]
     apply = _apply_status(conn, c, changes) if c.definition.apply.http else None
-    flip_detail = FlipStatus(waiting=waiting, next_due=iso(outlook.next_due), held_back=held_back,
-                             held_back_why=outlook.held_back_why, rolled_back_at=iso(c.rolled_back_at), apply=apply)
+    flip_detail = FlipStatus(waiting=waiting, next_due=iso(counted.next_due), held_back=held_back,
+                             held_back_why=dict(counted.held_back_why), rolled_back_at=iso(c.rolled_back_at),
+                             apply=apply)
     return Status(campaign=slug, state=c.state, cutoff=c.cutoff.isoformat(), waves=waves, flip=changes,
                   wave_detail=detail, flip_detail=flip_detail, next_step=_next_step(conn, c.id),
                   approval=approval.standing(conn, c), preflight=preflight_word(conn, c.id),
-                  coverage=store.notice_coverage(conn, c.id, c.definition, told_by))
+                  coverage=counted.coverage)
 
 
 def _apply_status(conn: Connection, c: campaigns.CampaignRow, changes: dict[str, int]) -> ApplyStatus:
@@ -186,6 +254,24 @@ def _apply_status(conn: Connection, c: campaigns.CampaignRow, changes: dict[str,
 def _next_step(conn: Connection, campaign_id: int) -> NextStep | None:
     s = steps.next_step(conn, campaign_id)
     return None if s is None else NextStep(step=s.name, due_at=s.due_at.isoformat(), state=s.state)
+
+
+def kept_count(engine: Engine, slug: str) -> Counted | None:
+    """The campaign's last count kept in the database (by any process), or None if it was never kept."""
+    with db.read(engine) as conn:
+        found = snapshots.load(conn, campaigns.get(conn, slug).id)
+    return None if found is None else Counted.from_json(json.loads(found[1]))
+
+
+def count_and_keep(engine: Engine, slug: str) -> Counted:
+    """Count the campaign's figures now (one read transaction: a consistent snapshot) and keep them, for every
+    console process to show."""
+    with db.read(engine) as conn:
+        c = campaigns.get(conn, slug)
+        counted = count(conn, c)
+    with db.write(engine) as conn:
+        snapshots.save(conn, c.id, counted.at, json.dumps(counted.as_json(), sort_keys=True))
+    return counted
 
 
 def status_of(engine: Engine, slug: str) -> Status:
