@@ -54,6 +54,7 @@ class Received:
     tls: bool = False
     login: str | None = None
     mail_options: tuple[str, ...] = ()  # e.g. ("SMTPUTF8",)
+    received_at: float = 0.0  # time.monotonic() when the server had the whole message (a rate, seen by the relay)
 
 
 class _Session(SMTP):
@@ -139,7 +140,8 @@ class _Handler:
             sender=envelope.mail_from, recipients=tuple(envelope.rcpt_tos), data=bytes(envelope.original_content),
             tls=server.transport is not None and server.transport.get_extra_info("sslcontext") is not None,
             login=login.decode() if isinstance(login, bytes) else None,
-            mail_options=tuple(o for o in envelope.mail_options if not o.upper().startswith("SIZE="))))
+            mail_options=tuple(o for o in envelope.mail_options if not o.upper().startswith("SIZE=")),
+            received_at=time.monotonic()))
         return "250 OK"
 
 

@@ -1,8 +1,13 @@
 """A worker among the others: who it is (`worker_id`, and `machine`, read from /proc), its heartbeat row in the
 worker table (leases renewed, dead workers' deliveries given back), and its share of the campaign's rate.
 
-The campaign's rate is shared: each live worker (a heartbeat within `Timings.stale`) sends at
-`rate_per_second / live workers`, recounted between heartbeats (see `campaign.policies`).
+The campaign's rate is shared by demand: each live worker with something to send (a heartbeat within
+`Timings.stale`) sends at `rate_per_second / such workers`, recounted between heartbeats (see
+`campaign.policies`). A worker with nothing left of its own to send while others finish theirs *rests*: it leaves
+the worker table, so the others take its share at their next count (an idle worker holding a share left half of
+a 100/s rate unused with two processes of two workers each). Joining or waking, a worker first waits until every
+other has counted it (`Timings.recount` and a margin) before it sends: the campaign's rate is never exceeded
+while the shares change.
 """
 
 from __future__ import annotations
@@ -22,11 +27,16 @@ from sqlalchemy import Connection
 from campaign import db
 from campaign.connection import Database
 from campaign.delivery.job import Job
-from campaign.policies import RateLimiter, share
+from campaign.policies import RateLimiter, burst_of, share
 from campaign.store import deliveries
 from campaign.store import workers as worker_rows
 
-__all__ = ["Heartbeat", "alive", "machine", "worker_id"]
+__all__ = ["JOIN_MARGIN", "Heartbeat", "alive", "machine", "worker_id"]
+
+JOIN_MARGIN = 0.5  # seconds beyond `Timings.recount` a joining worker waits for the others' counts
+# A rate above this is no limit any worker of ours comes near (one sends a few thousand messages a second): joining
+# is not held up for it.
+UNBOUND_RATE = 10_000.0
 
 
 def worker_id() -> str:
@@ -65,6 +75,7 @@ class Heartbeat:
         self.timings = job.options.timings
         self.limiter, self.rate = limiter, rate
         self.in_flight = in_flight  # claimed, not yet recorded: their leases are renewed
+        self.resting = False  # out of the worker table, holding no share: nothing of its own to send
 
     def live(self, rows: list[worker_rows.WorkerRow], now: dt.datetime, dead: set[str] | None = None) -> int:
         """How many of the campaign's workers are live: a heartbeat within `Timings.stale`, not known dead."""
@@ -74,7 +85,10 @@ class Heartbeat:
 
     def beat_tx(self, conn: Connection, in_flight: list[int], now: dt.datetime) -> int:
         job = self.job
-        worker_rows.beat(conn, self.id, self.host, os.getpid(), job.campaign_id, job.wave_id, now)
+        if self.resting:  # still looks for the dead and renews what it holds, but holds no share
+            worker_rows.remove(conn, [self.id])
+        else:
+            worker_rows.beat(conn, self.id, self.host, os.getpid(), job.campaign_id, job.wave_id, now)
         rows = worker_rows.of_campaign(conn, job.campaign_id)
         # Dead: a worker of this process table whose pid is gone; any worker silent for `forget_after` (its
         # leases ran out long ago: it is forgotten, wherever it ran).
@@ -84,6 +98,10 @@ class Heartbeat:
         deliveries.reclaim(conn, job.wave_id, now, dead)
         deliveries.renew(conn, self.id, in_flight, now, lease=self.timings.lease)
         return self.live(rows, now, set(dead))
+
+    def join_tx(self, conn: Connection, in_flight: list[int], now: dt.datetime) -> int:
+        worker_rows.joining(conn, self.job.campaign_id)
+        return self.beat_tx(conn, in_flight, now)
 
     def live_tx(self, conn: Connection, now: dt.datetime) -> int:
         return self.live(worker_rows.of_campaign(conn, self.job.campaign_id), now)
@@ -97,7 +115,26 @@ class Heartbeat:
         self._take_share(await self.db.write(self.beat_tx, sorted(self.in_flight), db.utcnow()))
 
     def _take_share(self, live: int) -> None:
-        self.limiter.set_rate(share(self.rate, max(1, live)))
+        if not self.resting:
+            mine = share(self.rate, max(1, live))
+            self.limiter.set_rate(mine, burst_of(mine))
+
+    async def join(self) -> None:
+        """Into the worker table, then — when others are sending — wait until each of them has counted this one
+        and lowered its share, before this one sends at its own."""
+        self.resting = False
+        live = await self.db.write(self.join_tx, sorted(self.in_flight), db.utcnow())
+        if live > 1 and self.rate <= UNBOUND_RATE:
+            await asyncio.sleep(self.timings.recount + JOIN_MARGIN)
+            live = await self.db.read(self.live_tx, db.utcnow())
+        self._take_share(live)
+
+    async def rest(self) -> None:
+        """Nothing of its own left to send (others' messages still under way, retries not yet due): out of the
+        worker table, so that the others take its share of the rate. `join` brings it back."""
+        if not self.resting:
+            self.resting = True
+            await self.db.write(self.leave_tx)
 
     async def run(self) -> None:
         # Also during a long batch (a slow relay, a low rate): the leases of what is in flight must not

@@ -33,7 +33,7 @@ from campaign.delivery.triage import Triage, handed_back
 from campaign.delivery.waits import IdleClock, Waits
 from campaign.models import FAILED
 from campaign.notices.rendering import Renderer
-from campaign.policies import RateLimiter, RetryPolicy, WindowCache
+from campaign.policies import RateLimiter, RetryPolicy, WindowCache, burst_of
 from campaign.store import audit, deliveries
 from campaign.store import campaigns as campaign_rows
 from campaign.store.deliveries import Result
@@ -88,7 +88,7 @@ class Worker:
         self.compose = Composer(self.d, self.wave, Renderer(self.d, job.config.templates))
         self.triage = Triage(self.wave.expires, None if job.options.ignore_window else WindowCache(self.d.send_window))
         limits = self.d.limits
-        limiter = RateLimiter(limits.rate_per_second, burst=max(1.0, limits.rate_per_second / 10))
+        limiter = RateLimiter(limits.rate_per_second, burst=burst_of(limits.rate_per_second))
         self.paused: str | None = None
         self.waits = Waits()
         self._clock: IdleClock | None = None
@@ -149,7 +149,7 @@ class Worker:
         heart: asyncio.Task[None] | None = None
         fetch: asyncio.Task[Batch] | None = None
         try:
-            await self.heart.beat()
+            await self.heart.join()
             heart = asyncio.create_task(self.heart.run())
             async with self.sends.transport:
                 fetch = asyncio.create_task(self.feed.fetch())
@@ -174,12 +174,16 @@ class Worker:
                                 # most within a second. Look soon, then less and less often (each look counts
                                 # the wave's rows): a second's sleep here kept the whole send waiting.
                                 wait, idle = min(wait, idle), min(1.5 * idle, IDLE_POLL_MAX)
+                            if not self.feed.in_flight:  # nothing of ours to send: the others take our share
+                                await self.heart.rest()
                             await asyncio.sleep(wait)
                             if not self.feed.in_flight:  # nothing of ours left unrecorded: lost leases come back now
                                 await self.heart.beat()
                         fetch = asyncio.create_task(self.feed.fetch())
                         continue
                     idle = IDLE_POLL_FIRST
+                    if self.heart.resting:  # something to send again: a share of the rate first
+                        await self.heart.join()
                     # Claim the next batch while this one is composed and sent.
                     fetch = asyncio.create_task(self.feed.fetch())
                     await self._send_batch(batch)
