@@ -115,6 +115,9 @@ def test_halted_by_conflicts_at_one_percent_then_resumed(run_cli: CliRun, engine
     assert status["halted"]["guard"] == "conflict_rate" and status["halted"]["stage"] == 1
     words = run_cli("status", SLUG).output
     assert "HALTED" in words and "stage 1 (1%)" in words and "campaign resume" in words
+    report = run_cli("report", SLUG, "--format", "html").output
+    assert "Halted at stage 1 (1%)" in report and "Stage 2, 10%: not begun" in report
+    assert "Flip halted at stage 1 (1%)" in report and "Flip stage 1 (1%) finished" in report  # the timeline
 
     # Nothing more is switched: a plain flip and `--stage 2` refuse, and nothing is sent.
     requests = len(settingsd.requests)
