@@ -83,12 +83,7 @@ def parse(c: Checker, raw: dict[str, Any]) -> Rollout:
     f = c.take(raw, "flip", {"stages": list, "stage_wait": str, "halt_on_conflict_rate": (int, float),
                              "halt_on_error_rate": (int, float), "halt_on_complaints": int})
     stages = _stages(c, f["stages"]) if "stages" in f else Rollout.stages
-    wait = DEFAULT_WAIT
-    if "stage_wait" in f:
-        try:
-            wait = parse_duration(f["stage_wait"])
-        except ValueError as exc:
-            c.fail("flip", "stage_wait", str(exc))
+    wait = _wait(c, f.get("stage_wait"))
     rates: dict[str, float] = {}
     for key in ("halt_on_conflict_rate", "halt_on_error_rate"):
         if key in f:
@@ -100,6 +95,15 @@ def parse(c: Checker, raw: dict[str, Any]) -> Rollout:
     if complaints is not None and complaints < 1:
         c.fail("flip", "halt_on_complaints", f"must be 1 or more (the complaints that halt the flip), not {complaints}")
     return Rollout(stages, wait, rates.get("halt_on_conflict_rate"), rates.get("halt_on_error_rate"), complaints)
+
+
+def _wait(c: Checker, value: str | None) -> dt.timedelta:
+    """`stage_wait`, a duration such as "2h"; DEFAULT_WAIT when it is not given (or is not one)."""
+    try:
+        return DEFAULT_WAIT if value is None else parse_duration(value)
+    except ValueError as exc:
+        c.fail("flip", "stage_wait", str(exc))
+        return DEFAULT_WAIT
 
 
 def _stages(c: Checker, values: list[Any]) -> tuple[Stage, ...]:
