@@ -10,14 +10,16 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 
-from campaign import db, preflight, versions
+from campaign import db, preflight, rollout, versions
 from campaign.definition import Definition, load_definition, parse_definition
 from campaign.errors import NotFound, StateError
-from campaign.models import CANCELLED, DONE, DRAFT, PAUSED, SCHEDULED
+from campaign.models import CANCELLED, DONE, DRAFT, PAUSED, SCHEDULED, STAGE_FINISHED
 from campaign.notices.rendering import Renderer
 from campaign.results import Fields
 from campaign.store import audience
 from campaign.store import campaigns as store
+from campaign.store import stages as stage_rows
+from campaign.store import steps as step_rows
 
 
 @dataclass(frozen=True)
@@ -155,12 +157,17 @@ def set_state(engine: Engine, slug: str, action: str, actor: str, dry_run: bool 
             message = f"{slug} paused: sending stops after the batches in flight"
         elif action == "resume":
             paused_waves = store.resume_waves(conn, c.id)
-            if c.state != PAUSED and not paused_waves:
+            halted = _resume_flip(conn, c, actor)
+            if c.state != PAUSED and not paused_waves and halted is None:
                 tx.action = None
                 return f"{slug} is not paused"
             back = SCHEDULED if c.scheduled_at is not None else DRAFT
             store.update_campaign(conn, c.id, state=back, state_reason=None)
             message = f"{slug} resumed ({back})"
+            if halted is not None:
+                tx.note(flip_resumed={"stage": halted.number, "guard": halted.guard, "measured": halted.measured})
+                message += (f"; the flip, halted at stage {halted.number} ({halted.percent}: {halted.guard}), goes "
+                            "on: the scheduler runs its next step now (or `campaign flip` by hand)")
         elif action == "cancel":
             store.update_campaign(conn, c.id, state=CANCELLED, state_reason=f"cancelled by {actor}")
             steps = store.cancel_steps(conn, c.id)
@@ -169,6 +176,17 @@ def set_state(engine: Engine, slug: str, action: str, actor: str, dry_run: bool 
         else:
             raise ValueError(action)
     return f"would: {message}" if dry_run else message
+
+
+def _resume_flip(conn: Connection, c: CampaignRow, actor: str) -> stage_rows.StageRow | None:
+    """A staged flip halted by a guard goes on: the halted stage (were it still running) or the next is due now
+    at the scheduler. None when the flip is not halted."""
+    halted = stage_rows.resume(conn, c.id, actor, db.utcnow())
+    if halted is not None:
+        again = halted.number + (halted.halted_from == STAGE_FINISHED)
+        if again <= len(c.definition.flip.stages):
+            step_rows.reopen(conn, c.id, rollout.step_name(again), db.utcnow())
+    return halted
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,12 @@
-"""The campaign's clock and the UTC types every layer shares: `utcnow` (real, or simulated by `CAMPAIGN_CLOCK`)
-and `UTCDateTime`, the column type that keeps every timestamp aware and in UTC."""
+"""The campaign's clock and the UTC types every layer shares: `utcnow` (real, or simulated by `CAMPAIGN_CLOCK`),
+`UTCDateTime`, the column type that keeps every timestamp aware and in UTC, and `parse_duration` (`7d`, `2h`)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import functools
 import os
+import re
 from typing import Any
 
 from sqlalchemy import DateTime, TypeDecorator
@@ -15,6 +16,8 @@ from campaign.errors import ConfigError
 
 UTC = dt.UTC
 CLOCK_ENV = "CAMPAIGN_CLOCK"
+DURATION_RE = re.compile(r"^\s*(?:\d+\s*[smhd]\s*)+$")
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 @functools.cache
@@ -37,6 +40,16 @@ def utcnow() -> dt.datetime:
     offset = _clock_offset(simulated) if simulated else None  # first, so the first reading is the instant itself
     now = dt.datetime.now(UTC)
     return now + offset if offset is not None else now
+
+
+def parse_duration(value: str) -> dt.timedelta:
+    """`7d`, `36h`, `1d 12h`, `90m`, `30s`: a positive duration (min_notice, the flip's stage_wait)."""
+    if not DURATION_RE.match(value):
+        raise ValueError(f"{value!r} is not a duration such as 7d, 36h, 1d 12h, 90m or 30s")
+    seconds = sum(int(n) * DURATION_UNITS[unit] for n, unit in re.findall(r"(\d+)\s*([smhd])", value))
+    if seconds <= 0:
+        raise ValueError(f"{value!r} must be longer than zero")
+    return dt.timedelta(seconds=seconds)
 
 
 class UTCDateTime(TypeDecorator[dt.datetime]):

@@ -17,7 +17,9 @@ from campaign.clock import UTCDateTime as UTCDateTime
 from campaign.clock import utcnow as utcnow
 from campaign.config import redact_url
 from campaign.errors import ConfigError
+from campaign.rollout import bucket
 from campaign.store import audit
+from campaign.store.stages import SQLITE_BUCKET
 
 SQLITE_BUSY_TIMEOUT_S = 30.0
 SQLITE_AUTOCHECKPOINT = 1000  # pages: SQLite's default
@@ -76,6 +78,8 @@ def _setup_sqlite(engine: Engine) -> None:
         # SQLite's own lower() folds ASCII only; suppression compares addresses by lower(), and an address may
         # be internationalized (`Üser@…` is `üser@…`). Python's, like PostgreSQL's, folds every letter.
         dbapi_connection.create_function("lower", 1, _lower, deterministic=True)
+        # The staged flip's bucket of an account (PostgreSQL computes it in SQL: campaign.store.stages.bucket).
+        dbapi_connection.create_function(SQLITE_BUCKET, 2, bucket, deterministic=True)
 
     @event.listens_for(engine, "checkin")
     def _checkin(dbapi_connection: Any, record: Any) -> None:

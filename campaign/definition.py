@@ -14,9 +14,10 @@ from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
 
-from campaign import urls
+from campaign import rollout, urls
 from campaign.addresses import ascii_domain_form
 from campaign.addresses import normalize as normalize_address
+from campaign.clock import parse_duration as parse_duration  # durations are the clock's; re-exported for callers
 from campaign.errors import InputError, Problem
 from campaign.validation import has_crlf, normalize_country, normalize_locale
 from campaign.verp import parse_return_path  # the token's rules live with the token
@@ -27,8 +28,6 @@ NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 SETTING_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 OFFSET_RE = re.compile(r"^\s*cutoff\s*(?:([+-])\s*((?:\d+\s*[dhm]\s*)+))?$")
 PART_RE = re.compile(r"(\d+)\s*([dhm])")
-DURATION_RE = re.compile(r"^\s*(?:\d+\s*[smhd]\s*)+$")
-DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 HHMM_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 AUDIENCES = ("affected", "changed", "all")
 WAVE_AUDIENCE_HELP = ("affected (owns a device still set to `from` when the message goes out), "
@@ -108,6 +107,7 @@ class Definition:
     approval_verified: bool = False  # `[approval] verified`: only signed (or console) approvals count
     allowed_signers: str | None = None  # `[approval] allowed_signers`: its absolute path (git's format)
     apply: Apply = field(default_factory=Apply)
+    flip: rollout.Rollout = field(default_factory=rollout.Rollout)  # `[flip]`: stages, their wait, their guards
     source: str = ""
     text: str = ""
 
@@ -233,16 +233,6 @@ def parse_moment(value: Any, cutoff: dt.datetime) -> dt.datetime:
     return parse_instant(value)
 
 
-def parse_duration(value: str) -> dt.timedelta:
-    """`7d`, `36h`, `1d 12h`, `90m`, `30s`: a positive duration."""
-    if not DURATION_RE.match(value):
-        raise ValueError(f"{value!r} is not a duration such as 7d, 36h, 1d 12h, 90m or 30s")
-    seconds = sum(int(n) * DURATION_UNITS[unit] for n, unit in re.findall(r"(\d+)\s*([smhd])", value))
-    if seconds <= 0:
-        raise ValueError(f"{value!r} must be longer than zero")
-    return dt.timedelta(seconds=seconds)
-
-
 def _time(value: str) -> dt.time:
     m = HHMM_RE.match(value)
     if not m:
@@ -280,7 +270,7 @@ def parse_definition(text: str, source: str = "<definition>", templates: Path | 
         "slug": str, "name": str, "sender": str, "reply_to": str, "template": str, "default_locale": str,
         "cutoff": (str, dt.datetime), "migration": dict, "audience": dict, "send_window": dict,
         "limits": dict, "waves": list, "context": dict, "bounces": dict, "approval": dict, "apply": dict,
-        "required_locales": list,
+        "required_locales": list, "flip": dict,
     }, required=("slug", "name", "sender", "template", "default_locale", "cutoff", "migration", "waves"))
 
     slug = top.get("slug", "")
@@ -409,6 +399,7 @@ def parse_definition(text: str, source: str = "<definition>", templates: Path | 
 
     return_path = _bounces(c, top.get("bounces"))
     apply = _apply(c, top["apply"]) if "apply" in top else Apply()
+    flip = rollout.parse(c, top["flip"]) if "flip" in top else rollout.Rollout()
 
     waves: list[WaveDef] = []
     seen: set[str] = set()
@@ -468,7 +459,7 @@ def parse_definition(text: str, source: str = "<definition>", templates: Path | 
         default_locale=default_locale, cutoff=cutoff, setting=mig["setting"], from_value=mig["from"],
         to_value=mig["to"], require_notice=mig.get("require_notice", True), min_notice=min_notice,
         required_locales=tuple(required_locales), device_models=tuple(models), send_window=window, limits=limits,
-        context=context, return_path=return_path, allowed_signers=signers, apply=apply,
+        context=context, return_path=return_path, allowed_signers=signers, apply=apply, flip=flip,
         approval_required=approval.get("required", False), approval_verified=approval.get("verified", False),
         waves=tuple(sorted(waves, key=lambda w: w.at)), source=source, text=text)
 

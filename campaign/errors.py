@@ -50,13 +50,15 @@ class PreflightFailed(UsageError):
 
 class StateError(CampaignError):
     """The operation is not allowed in the campaign's present state. Its code says which state when a
-    program must tell: EXPIRED, PAUSED, CANCELLED, ROLLED_BACK (final for a scheduled step), else "state"."""
+    program must tell: EXPIRED, PAUSED, CANCELLED, ROLLED_BACK (final for a scheduled step), FLIP_HALTED (a guard
+    of the staged flip tripped: a person decides), else "state"."""
 
     code = "state"
 
 
 # The codes of a state that ends a scheduled step for good (the scheduler does not try it again).
 EXPIRED, PAUSED, CANCELLED, ROLLED_BACK = "expired", "paused", "cancelled", "rolled_back"
+FLIP_HALTED = "flip_halted"  # not tried again by the scheduler either: `campaign resume` or `rollback` decides
 
 
 @dataclass(frozen=True, order=True)

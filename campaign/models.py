@@ -235,6 +235,37 @@ class SettingChange(SQLModel, table=True):
     flipped_at: dt.datetime | None = _ts(nullable=True)
     rolled_back_at: dt.datetime | None = _ts(nullable=True)
     note: str | None = Field(default=None, max_length=1024)  # why held back, or why rollback left it
+    stage: int | None = Field(default=None)  # `[flip] stages`: the stage of its account (None: not a staged flip)
+
+
+# A stage of a staged flip (`[flip] stages`): `running` from its first run until a run of it goes to its end
+# (`finished`); `halted` when a guard tripped, until `campaign resume` (back to where it was) or a rollback.
+STAGE_RUNNING, STAGE_FINISHED, STAGE_HALTED = "running", "finished", "halted"
+
+
+class FlipStage(SQLModel, table=True):
+    """One stage of a staged flip that has begun: when, what its runs asked of the settings service, and why a
+    guard halted it (the stage's counts are its change rows', by their `stage`)."""
+
+    __tablename__ = "flip_stage"
+    __table_args__ = (UniqueConstraint("campaign_id", "number"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    campaign_id: int = _fk("campaign.id", index=False)
+    number: int  # 1-based, as `[flip] stages` lists them
+    percent: str = Field(max_length=16)  # its share, as the definition says it ("10%")
+    state: str = Field(default=STAGE_RUNNING, max_length=12)  # running | finished | halted
+    started_at: dt.datetime = _ts()
+    finished_at: dt.datetime | None = _ts(nullable=True)
+    requests: int = Field(default=0)  # batches sent to the settings service (answered, or given up on)
+    errors: int = Field(default=0)  # of them, without a usable answer after every retry, or refused
+    halted_at: dt.datetime | None = _ts(nullable=True)
+    halted_from: str | None = Field(default=None, max_length=12)  # running | finished: where resume goes back to
+    guard: str | None = Field(default=None, max_length=32)  # conflict_rate | error_rate | complaints
+    measured: float | None = Field(default=None)
+    threshold: float | None = Field(default=None)
+    resumed_at: dt.datetime | None = _ts(nullable=True)  # a person looked: its guards are not checked again
+    resumed_by: str | None = Field(default=None, max_length=128)
 
 
 class ApplyBatch(SQLModel, table=True):
@@ -357,3 +388,4 @@ LEASE, WORKER = _table(Lease), _table(Worker)
 APPLY_BATCH = _table(ApplyBatch)
 VERSION_FILE = _table(VersionFile)
 COUNT_SNAPSHOT = _table(CountSnapshot)
+FLIP_STAGE = _table(FlipStage)

@@ -23,7 +23,7 @@ from campaign.cli.app import (
 )
 from campaign.cutoff import flip as flipping
 from campaign.cutoff import scheduling
-from campaign.errors import CampaignError
+from campaign.errors import FLIP_HALTED, CampaignError
 
 
 @click.command("schedule")
@@ -146,10 +146,28 @@ def _print_flip(result: flipping.FlipResult) -> None:
                    f"until {result.last_due.isoformat()} (the scheduler or a later `flip` switches them)")
         list_rows(result.waiting_devices, result.waiting, lambda w: f"{w['device_id']}  account {w['account_id']}  "
                 f"notified {w['notice_at']}  due {w['due_at']}")
+    if result.stage is not None:
+        _print_stage(result.campaign, result.stage)
     if result.approval:
         click.echo(f"approval: {result.approval}; the real `flip` refuses until then")
     if result.dry_run:
         click.echo("dry run: nothing was written")
+
+
+def _print_stage(slug: str, st: dict[str, Any]) -> None:
+    """Where a staged flip stands after this run ([flip] stages): the stage, its end, a halt, the next."""
+    m = st["measured"]
+    how = "finished" if st["finished"] else st["state"]
+    click.echo(f"stage {st['number']} of {st['of']} ({st['percent']}): {how}; {m['changes']} change(s), "
+               f"{m['conflicts']} conflict(s), {m['errors']} of {m['requests']} request(s) failed, "
+               f"{m['complaints']} complaint(s) since it began")
+    if st["halted"]:
+        click.echo(f"HALTED: {st['halted']['words']}; nothing more is switched until `campaign resume {slug}` "
+                   f"or `campaign rollback {slug}`")
+    elif st["next"]:
+        n = st["next"]
+        click.echo(f"next: stage {n['number']} ({n['percent']}) at {n['due_at']} by the scheduler (after "
+                   f"stage_wait, if the guards hold), or now: `campaign flip {slug} --stage {n['number']}`")
 
 
 def _print_apply(result: Result, a: dict[str, Any], total: int, done: str) -> None:
@@ -180,6 +198,11 @@ def _print_apply(result: Result, a: dict[str, Any], total: int, done: str) -> No
 def _stopped(result: Result, verb: str) -> CampaignError | None:
     """The failure of a flip or rollback that stopped with changes waiting for the settings service (code
     `apply_paused`: a refusal, a person must look; `apply_unavailable`: the service did not answer), or None."""
+    st = result.stage if isinstance(result, flipping.FlipResult) else None
+    if st is not None and st["halted"]:  # a guard tripped: not tried again, a person decides
+        return CampaignError(f"the flip of {result.campaign!r} halted at stage {st['number']} ({st['percent']}): "
+                             f"{st['halted']['words']}. Nothing more is switched until `campaign resume "
+                             f"{result.campaign}` or `campaign rollback {result.campaign}`", code=FLIP_HALTED)
     a = result.apply
     if a is None or not (a["paused"] or a["unavailable"]):
         return None
@@ -196,12 +219,15 @@ def _stopped(result: Result, verb: str) -> CampaignError | None:
 @click.option("--before-cutoff", is_flag=True, help="Flip now, although the cutoff has not come yet.")
 @click.option("--include-unnotified", is_flag=True,
               help="Also flip the devices of accounts without a delivered notice (require_notice).")
+@click.option("--stage", type=click.IntRange(min=1), metavar="N",
+              help="[flip] stages: run stage N now, by hand (no stage_wait; the guards of the stage before it "
+                   "are checked first). Without it: the stage going on (the first, at first).")
 @batch_size_option
 @dry_run_option
 @json_option
 @pass_app
-def flip_cmd(app: App, slug: str, before_cutoff: bool, include_unnotified: bool, batch_size: int, dry_run: bool,
-             as_json: bool) -> None:
+def flip_cmd(app: App, slug: str, before_cutoff: bool, include_unnotified: bool, stage: int | None,
+             batch_size: int, dry_run: bool, as_json: bool) -> None:
     """Switch the setting on every device still at `from`, with a change row per device.
 
     Devices of accounts without a delivered notice are held back (require_notice) and listed; with
@@ -209,9 +235,16 @@ def flip_cmd(app: App, slug: str, before_cutoff: bool, include_unnotified: bool,
     run again: a second run changes nothing, an interrupted one goes on where it stopped. With
     [apply] kind = "http", through the settings service: a device counts as switched once the service
     applied it; a refusal pauses the flip (exit 1) until it is run again.
+
+    With [flip] stages = ["1%", "10%", "100%"], a run switches the stages begun so far: the
+    first at first; the scheduler begins each next one stage_wait after the last finished,
+    once its guards hold (halt_on_conflict_rate, halt_on_error_rate, halt_on_complaints).
+    A guard that trips halts the flip (exit 1): nothing more is switched until `campaign
+    resume SLUG` or `campaign rollback SLUG`. `--stage N` begins stage N by hand.
     """
     result = flipping.flip(app.engine(), slug, app.config.actor, flipping.FlipOptions(
-        before_cutoff=before_cutoff, include_unnotified=include_unnotified, dry_run=dry_run, batch_size=batch_size))
+        before_cutoff=before_cutoff, include_unnotified=include_unnotified, dry_run=dry_run, batch_size=batch_size,
+        stage=stage))
     stopped = _stopped(result, "flip")
     if as_json:
         print_json_result(result.as_json(), stopped)

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from campaign.cli.app import App, counts_line, duration, json_option, pass_app, print_json
-from campaign.evidence import auditlog, export, status, story, verify
+from campaign.evidence import auditlog, export, stage_status, status, story, verify
 
 
 @click.command("status")
@@ -63,6 +63,12 @@ def _print_status(st: status.Status) -> None:
             click.echo(f"  {'':<14} paused: {a.paused}")
         elif a.last_error:
             click.echo(f"  {'':<14} last try: {a.last_error}")
+    if st.flip_detail.stages is not None:
+        click.echo(f"  stages         {'; '.join(stage_status.line(s) for s in st.flip_detail.stages)}")
+    h = st.flip_detail.halted
+    if h is not None:
+        click.echo(f"  HALTED         stage {h.stage} ({h.percent}) since {h.at}: {h.words}; nothing more is switched "
+                   f"until `campaign resume {st.campaign}` or `campaign rollback {st.campaign}`")
     nxt = st.next_step
     if nxt is not None:
         click.echo(f"  next step      {nxt.step} at {nxt.due_at} ({nxt.state})")

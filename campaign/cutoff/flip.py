@@ -21,18 +21,20 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 from sqlalchemy import Connection, Engine
 
-from campaign import campaigns, db
+from campaign import campaigns, db, errors
 from campaign.cutoff import approval as approvals
+from campaign.cutoff import stages
 from campaign.cutoff.batches import Local, Progress, Remote, flip_step, refuse, rollback_step
 from campaign.cutoff.batches import run as run_batches
 from campaign.cutoff.outbox import SERVICE, Service, Stop
 from campaign.cutoff.session import Session, session
 from campaign.cutoff.tally import LISTED, ApplyTally, FlipResult, RollbackResult, device_row, iso, listed
-from campaign.errors import StateError
+from campaign.errors import StateError, UsageError
 from campaign.models import CHANGED, HELD_BACK, WAITING
 from campaign.store import changes as store
 from campaign.store import steps
@@ -58,6 +60,7 @@ class FlipOptions(Options):
 
     before_cutoff: bool = False  # flip now, though the cutoff has not come yet
     include_unnotified: bool = False  # switch the devices of accounts without a delivered notice too
+    stage: int | None = None  # `[flip] stages`: run this stage (by hand: without stage_wait); None: the one going on
 
 
 def flip(engine: Engine, slug: str, actor: str, options: FlipOptions = FlipOptions(), *,
@@ -82,12 +85,16 @@ def flip(engine: Engine, slug: str, actor: str, options: FlipOptions = FlipOptio
                              "`flip --before-cutoff` flips now")
         plan = store.Plan(c.id, c.definition, actor, c.definition.require_notice and not options.include_unnotified,
                           tuple(store.notice_waves(conn, c.id)))
-    noted = {"before_cutoff": options.before_cutoff, "include_unnotified": options.include_unnotified}
+    noted: dict[str, Any] = {"before_cutoff": options.before_cutoff, "include_unnotified": options.include_unnotified}
     with session(engine, slug, actor, "flip", c.id, options.dry_run, clock, options.reconnect_for) as s:
+        staged = _enter_stage(s, c, options.stage, actor, started)
+        if staged is not None:
+            plan = replace(plan, upto=staged.stage.upto)
+            noted["stage"] = staged.stage.number
         if c.definition.apply.http:
-            result = _flip_remote(s, c, plan, clock, options, service, started, noted, audit_empty)
+            result = _flip_remote(s, c, plan, clock, options, service, started, noted, audit_empty, staged)
         else:
-            result = _flip_local(s, c, plan, clock, options, started, noted, audit_empty)
+            result = _flip_local(s, c, plan, clock, options, started, noted, audit_empty, staged)
     result.approval = None if approval.allowed else approval.words()
     return result
 
@@ -99,8 +106,28 @@ def flip_due(engine: Engine, slug: str, actor: str, now: dt.datetime | None = No
     return flip(engine, slug, actor, now=now, audit_empty=False)
 
 
+def _enter_stage(s: Session, c: campaigns.CampaignRow, wanted: int | None, actor: str,
+                 now: dt.datetime) -> stages.Run | None:
+    """A staged flip (`[flip] stages`): the stage this run goes up to, begun if new; a halt that advancing found
+    is kept (its own transaction) before the flip refuses. None: one stage, the flip as it always was."""
+    if not c.definition.flip.staged:
+        if wanted not in (None, 1):
+            raise UsageError(f"--stage {wanted}: the flip of {c.slug!r} has one stage (its definition has no "
+                             "[flip] stages)")
+        return None
+
+    def once() -> stages.Run | stages.Halted:
+        with s.batches() as conn:
+            return stages.enter(conn, c, wanted, actor, now)
+    entered = s.repeat(once)
+    if isinstance(entered, stages.Halted):
+        raise StateError(entered.message, code=errors.FLIP_HALTED)
+    return entered
+
+
 def _flip_local(s: Session, c: campaigns.CampaignRow, plan: store.Plan, clock: Callable[[], dt.datetime],
-                options: FlipOptions, started: dt.datetime, noted: dict[str, bool], audit_empty: bool) -> FlipResult:
+                options: FlipOptions, started: dt.datetime, noted: dict[str, Any], audit_empty: bool,
+                staged: stages.Run | None) -> FlipResult:
     progress = Progress()
     step = flip_step(c.slug, plan, clock, options.batch_size, Local())
     # After a lost connection, the changed count is the campaign's change rows `changed` now, less those before
@@ -108,12 +135,12 @@ def _flip_local(s: Session, c: campaigns.CampaignRow, plan: store.Plan, clock: C
     _, since = s.resuming(lambda: run_batches(s.batches, step, progress), lambda: progress.batches,
                           lambda conn: store.outlook(conn, c.id).counts[CHANGED])
     changed = progress.done if since is None else since
-    return _close_flip(s, c, changed, progress.batches, started, noted, None, audit_empty)
+    return _close_flip(s, c, changed, progress.batches, started, noted, None, audit_empty, staged, clock)
 
 
 def _flip_remote(s: Session, c: campaigns.CampaignRow, plan: store.Plan, clock: Callable[[], dt.datetime],
-                 options: FlipOptions, service: Service, started: dt.datetime, noted: dict[str, bool],
-                 audit_empty: bool) -> FlipResult:
+                 options: FlipOptions, service: Service, started: dt.datetime, noted: dict[str, Any],
+                 audit_empty: bool, staged: stages.Run | None) -> FlipResult:
     """The flip through the settings service: first the batches an earlier run left, then, batch by batch,
     record the changes (`applying`) and send them; the service's answers decide what is switched."""
     assert c.definition.apply.url is not None
@@ -130,12 +157,14 @@ def _flip_remote(s: Session, c: campaigns.CampaignRow, plan: store.Plan, clock: 
             batches = s.repeat(run, lambda: tally.applied + tally.batches)
         except Stop as stop:
             stop.record(tally)
-    return _close_flip(s, c, sender.done, batches, started, noted, tally, audit_empty)
+    return _close_flip(s, c, sender.done, batches, started, noted, tally, audit_empty, staged, clock)
 
 
 def _close_flip(s: Session, c: campaigns.CampaignRow, changed: int, batches: int, started: dt.datetime,
-                noted: dict[str, bool], tally: ApplyTally | None, audit_empty: bool) -> FlipResult:
-    """The flip's result, and its audit event (none when nothing changed, unless `audit_empty`)."""
+                noted: dict[str, Any], tally: ApplyTally | None, audit_empty: bool,
+                staged: stages.Run | None, clock: Callable[[], dt.datetime]) -> FlipResult:
+    """The flip's result, and its audit event (none when nothing changed, unless `audit_empty`); for a staged
+    flip, the stage's end and guards (`stages.close`), in the same transaction."""
     def finish(tx: db.Tx) -> FlipResult:
         result = _flip_result(tx.conn, c.slug, c.id, changed, batches, started, s.dry_run)
         apply = {}
@@ -143,8 +172,10 @@ def _close_flip(s: Session, c: campaigns.CampaignRow, changed: int, batches: int
             tally.waiting = store.apply_state(tx.conn, c.id).waiting
             result.apply = tally.as_json()
             apply = {"apply": tally.audit()}
+        if staged is not None:
+            result.stage = stages.close(tx.conn, c, staged, tally, tx.actor, clock())
         did = (tally.sent or tally.stopped) if tally is not None else changed
-        if did or audit_empty:
+        if did or audit_empty or (result.stage and (result.stage["finished"] or result.stage["halted"])):
             tx.note(**noted, **result.audit(), **apply)
         else:
             tx.action = None
@@ -245,7 +276,7 @@ def _begin_rollback(s: Session, campaign_id: int, now: dt.datetime) -> None:
     """From this commit on, the campaign's flip refuses: none is left scheduled or waiting for fair notice."""
     with s.batches() as conn:
         store.mark_campaign_rolled_back(conn, campaign_id, now)
-        steps.cancel(conn, campaign_id, "flip", "the campaign was rolled back", now)
+        steps.cancel(conn, campaign_id, "flip", "the campaign was rolled back", now)  # its stages' steps too
         store.hold_back_waiting(conn, campaign_id, now)
 
 

@@ -315,13 +315,16 @@ class Scheduler:
         try:
             if step.name.startswith("wave:"):
                 state, error, retry = await self._wave(step, step.name.removeprefix("wave:"))
-            elif step.name == FLIP:
-                code, out, err = await self._campaign("flip", step.slug, "--json")
+            elif step.name == FLIP or step.name.startswith(f"{FLIP}:"):  # `flip:N`: stage N of a staged flip
+                stage = ("--stage", step.name.partition(":")[2]) if ":" in step.name else ()
+                code, out, err = await self._campaign("flip", step.slug, *stage, "--json")
                 if code != 0:
                     outcome, error = _outcome(out, err)
-                    # Rolled back or cancelled meanwhile: final, not a passing failure to try again.
+                    # Rolled back or cancelled meanwhile: final, not a passing failure to try again; nor halted
+                    # by a guard of its stages (failed until `campaign resume` makes it pending again).
                     final = outcome in (errors.ROLLED_BACK, errors.CANCELLED)
-                    state, retry = (steps.CANCELLED if final else steps.FAILED), not final
+                    state, retry = (steps.CANCELLED if final else steps.FAILED), not final and \
+                        outcome != errors.FLIP_HALTED
             else:
                 state, error = steps.FAILED, f"unknown step {step.name!r}"
         except asyncio.CancelledError:

@@ -47,13 +47,15 @@ class FlipResult:
     at: dt.datetime | None = None
     approval: str | None = None  # a dry run's word on a missing approval, which the real run refuses for
     apply: dict[str, Any] | None = None  # [apply] kind = "http": what went to the settings service (ApplyTally)
+    stage: dict[str, Any] | None = None  # [flip] stages: the stage of this run, its guards, the next (stages.close)
 
     def as_json(self) -> dict[str, Any]:
         out = dict(self.__dict__)
         for key in ("next_due", "last_due", "at"):
             out[key] = iso(out[key])
-        if out["apply"] is None:
-            del out["apply"]
+        for key in ("apply", "stage"):
+            if out[key] is None:
+                del out[key]
         return out
 
     def audit(self) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from sqlalchemy import Connection
 
 from campaign import campaigns, db, pages
 from campaign.cutoff import approval
-from campaign.evidence import charts, sentences
+from campaign.evidence import charts, sentences, stage_status
 from campaign.evidence.auditlog import entry
 from campaign.evidence.status import approval_json, coverage_json
 from campaign.evidence.words import HELD_BACK_WHY, iso
@@ -148,6 +148,8 @@ class FlipView:
     last_due: str
     rolled_back_at: str | None
     ran: bool
+    stages: tuple[str, ...] = ()  # [flip] stages: each in a few words (stage_status.line)
+    halted: str | None = None  # why the staged flip is halted
 
 
 @dataclass(frozen=True)
@@ -343,7 +345,10 @@ def _flip(data: dict[str, Any]) -> FlipView:
         waiting=_n(flip["waiting"]) if flip.get("waiting") else None,
         next_due=_when(data["next_due"]), last_due=_when(data["last_due"]),
         rolled_back_at=_when(data["rolled_back_at"]) if data["rolled_back_at"] else None,
-        ran=bool(total))
+        ran=bool(total), stages=tuple(f"Stage {s['number']}, {stage_status.line(stage_status.StageStatus(**s))}"
+                                      for s in data.get("stages") or ()),
+        halted=(f"Halted at stage {data['halted']['stage']} ({data['halted']['percent']}) since "
+                f"{_when(data['halted']['at'])}: {data['halted']['words']}") if data.get("halted") else None)
 
 
 def _timeline(data: dict[str, Any]) -> tuple[Moment, ...]:
@@ -456,6 +461,7 @@ def html_data(conn: Connection, slug: str, now: dt.datetime | None = None) -> di
     change_accounts, change_devices = store.change_accounts(conn, c.id)
     # as `status` counts it: told by a wave to the affected
     coverage = store.notice_coverage(conn, c.id, d, [w.id for w in waves if w.audience == "affected"])
+    staged, halted = stage_status.of(conn, c) if d.flip.staged else ((), None)
     return {
         "campaign": slug, "name": c.name, "state": c.state, "generated_at": iso(now), "cutoff": iso(c.cutoff),
         "setting": d.setting, "from": d.from_value, "to": d.to_value,
@@ -474,4 +480,5 @@ def html_data(conn: Connection, slug: str, now: dt.datetime | None = None) -> di
                   for s in steps.of_campaign(conn, c.id)],
         "events": [entry(e, slug).as_json() for e in audit.events(conn, c.id)],
         "approval": approval_json(approval.standing(conn, c)),
+        "stages": [x.as_json() for x in staged], "halted": None if halted is None else halted.as_json(),
     }

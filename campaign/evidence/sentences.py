@@ -78,6 +78,8 @@ def step_words(step: str) -> str:
     """A scheduler step in words: `wave:notice` is the notice wave, `flip` the flip."""
     if step.startswith("wave:"):
         return f"the {step.removeprefix('wave:')} wave"
+    if step.startswith("flip:"):
+        return f"stage {step.removeprefix('flip:')} of the flip"
     return "the flip" if step == "flip" else f"the step {step}"
 
 
@@ -230,6 +232,16 @@ WORDS: dict[str, Callable[[Mapping[str, Any], Setting], Said]] = {
     "wave.pause": lambda d, s: Said(f"Wave {d.get('wave', '')} paused itself", joined([
         f"why: {d['reason']}" if d.get("reason") else "", "`campaign resume` goes on once the cause is fixed"])),
     "flip": _flip,
+    "flip.stage_finished": lambda d, s: Said(f"Flip stage {d.get('stage', '')} ({d.get('percent', '')}) finished",
+                                             joined([f"{plural(d.get('changes'), 'device')} decided to switch",
+                                                     f"{n(d.get('conflicts'))} conflict(s) at the settings service",
+                                                     f"{n(d.get('errors'))} of {plural(d.get('requests'), 'request')}"
+                                                     " failed", f"{plural(d.get('complaints'), 'complaint')} since "
+                                                     "it began"])),
+    "flip.halted": lambda d, s: Said(f"Flip halted at stage {d.get('stage', '')} ({d.get('percent', '')})", joined([
+        f"{str(d.get('guard', '')).replace('_', ' ')} {d.get('measured')} reached the threshold {d.get('threshold')}",
+        "nothing more is switched until someone resumes the campaign or rolls the flip back"])),
+    "flip.finished": lambda d, s: Said("Flip finished", joined([f"every one of its {d.get('stages')} stages ran"])),
     "rollback": _rollback,
     "bounces.import": _bounces,
     "preflight.failed": _preflight_failed,

@@ -14,6 +14,7 @@ from sqlalchemy import Connection, Engine
 
 from campaign import campaigns, db, preflight
 from campaign.cutoff import approval
+from campaign.evidence import stage_status
 from campaign.evidence.words import iso
 from campaign.models import APPLY_STATES, CHANGE_STATES, CHANGED, DELIVERY_STATES, SENT, SETTLED_STATES, WAITING
 from campaign.results import Fields
@@ -56,7 +57,8 @@ class ApplyStatus(Fields):
 @dataclass(frozen=True)
 class FlipStatus:
     """The flip beside its counts: devices waiting for fair notice and when the first is due, those held back and
-    why, when it was rolled back; with [apply] kind = "http", the settings service's side."""
+    why, when it was rolled back; with [apply] kind = "http", the settings service's side; with [flip] stages,
+    each stage and why the flip is halted."""
 
     waiting: int
     next_due: str | None
@@ -64,12 +66,17 @@ class FlipStatus:
     held_back_why: dict[str, int]
     rolled_back_at: str | None
     apply: ApplyStatus | None = None
+    stages: tuple[stage_status.StageStatus, ...] | None = None  # a staged flip only
+    halted: stage_status.HaltStatus | None = None
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"waiting": self.waiting, "next_due": self.next_due, "held_back": self.held_back,
                                "held_back_why": self.held_back_why, "rolled_back_at": self.rolled_back_at}
         if self.apply is not None:
             out["apply"] = self.apply.as_json()
+        if self.stages is not None:
+            out["stages"] = [s.as_json() for s in self.stages]
+            out["halted"] = None if self.halted is None else self.halted.as_json()
         return out
 
 
@@ -231,9 +238,10 @@ def status(conn: Connection, slug: str, now: dt.datetime | None = None, counted:
     waiting = changes.pop(WAITING)
     held_back = changes["held_back"]
     apply = _apply_status(conn, c, changes) if c.definition.apply.http else None
+    staged = stage_status.of(conn, c) if c.definition.flip.staged else None
     flip_detail = FlipStatus(waiting=waiting, next_due=iso(counted.next_due), held_back=held_back,
                              held_back_why=dict(counted.held_back_why), rolled_back_at=iso(c.rolled_back_at),
-                             apply=apply)
+                             apply=apply, stages=staged[0] if staged else None, halted=staged[1] if staged else None)
     return Status(campaign=slug, state=c.state, cutoff=c.cutoff.isoformat(), waves=waves, flip=changes,
                   wave_detail=detail, flip_detail=flip_detail, next_step=_next_step(conn, c.id),
                   approval=approval.standing(conn, c), preflight=preflight_word(conn, c.id),

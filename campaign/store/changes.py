@@ -64,6 +64,7 @@ from campaign.models import (
     WAITING,
     WAVE,
 )
+from campaign.store import stages
 from campaign.store._upsert import insert as upsert_insert
 from campaign.store.audience import affected
 
@@ -120,6 +121,7 @@ class Plan:
     actor: str
     require_notice: bool  # the definition's, unless --include-unnotified
     notice_waves: tuple[int, ...]
+    upto: int | None = None  # a staged flip: only accounts whose bucket is below this (`campaign.rollout`)
 
 
 @dataclass(frozen=True)
@@ -146,9 +148,11 @@ def next_batch(conn: Connection, plan: Plan, after: str | None, limit: int) -> B
         # the bound on both sides of the join: PostgreSQL's planner does not carry it across, and would merge
         # the device table from its start in every batch
         stmt = stmt.where(S.c.device_id > after, D.c.id > after)
+    if plan.upto is not None:  # the stages begun: a few accounts in many, so the ids travel on SQLite too
+        stmt = stmt.where(stages.bucket(conn, plan.definition.slug, D.c.account_id) < plan.upto)
     stmt = stmt.order_by(S.c.device_id).limit(limit)
-    if conn.dialect.name == "postgresql":
-        ids = list(conn.execute(stmt.with_for_update(of=S)).scalars())
+    if conn.dialect.name == "postgresql" or plan.upto is not None:
+        ids = list(conn.execute(stmt.with_for_update(of=S) if conn.dialect.name == "postgresql" else stmt).scalars())
         return Batch(ids[0], ids[-1], len(ids), ids) if ids else None
     sub = stmt.subquery()
     first, last, size = conn.execute(select(func.min(sub.c.device_id), func.max(sub.c.device_id), func.count())
@@ -196,10 +200,11 @@ def decide(conn: Connection, plan: Plan, batch: Batch, now: dt.datetime,
         literal(d.to_value), state, literal(plan.actor), literal(now, ts), sub.c.notice_at,
         case((state == CHANGED, literal(now, ts)), else_=null()),
         case(*notes, else_=null()) if whens or go != CHANGED else null(),
+        stages.stage_of(conn, d.slug, d.flip, sub.c.account_id) if plan.upto is not None else null(),
     ).where(true())  # SQLite needs a WHERE to parse INSERT … SELECT … ON CONFLICT
     ins = upsert_insert(conn, SC).from_select(
         ["campaign_id", "device_id", "account_id", "setting", "from_value", "to_value", "state", "actor",
-         "decided_at", "notice_at", "flipped_at", "note"], src)
+         "decided_at", "notice_at", "flipped_at", "note", "stage"], src)
     x = ins.excluded
     stmt = ins.on_conflict_do_update(
         index_elements=[SC.c.campaign_id, SC.c.device_id],

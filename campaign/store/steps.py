@@ -7,7 +7,7 @@ import datetime as dt
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, exists, func, select, update
+from sqlalchemy import Connection, exists, func, or_, select, update
 
 from campaign.models import (
     APPLYING,
@@ -22,7 +22,7 @@ from campaign.models import (
     WAITING,
 )
 from campaign.models import PENDING as DELIVERY_PENDING
-from campaign.store import campaigns, deliveries
+from campaign.store import campaigns, deliveries, stages
 from campaign.store._upsert import insert as upsert_insert
 
 ST, C, L, SC = STEP, CAMPAIGN, LEASE, SETTING_CHANGE
@@ -152,10 +152,23 @@ def campaigns_with_due_changes(conn: Connection, now: dt.datetime) -> list[str]:
 
 
 def cancel(conn: Connection, campaign_id: int, name: str, reason: str, now: dt.datetime) -> int:
-    """Cancel the campaign's step `name` if it has not run (e.g. the flip, once the campaign is rolled back)."""
-    return int(conn.execute(update(ST).where(ST.c.campaign_id == campaign_id, ST.c.name == name,
-                                             ST.c.state == PENDING)
+    """Cancel the campaign's step `name` if it has not run (e.g. the flip, once the campaign is rolled back), and
+    its sub-steps `name:…` (a staged flip's later stages); failed ones too (a halted stage's, not tried again)."""
+    return int(conn.execute(update(ST).where(ST.c.campaign_id == campaign_id,
+                                             or_(ST.c.name == name, ST.c.name.like(f"{name}:%")),
+                                             ST.c.state.in_((PENDING, FAILED)))
                             .values(state=CANCELLED, finished_at=now, error=reason)).rowcount or 0)
+
+
+def reopen(conn: Connection, campaign_id: int, name: str, due: dt.datetime) -> None:
+    """The step `name` is pending again, due at `due`, whatever became of it (a staged flip resumed after a
+    halt), unless it is running now."""
+    stmt = upsert_insert(conn, ST).values(campaign_id=campaign_id, name=name, due_at=due, state=PENDING)
+    conn.execute(stmt.on_conflict_do_update(
+        index_elements=[ST.c.campaign_id, ST.c.name],
+        set_={"due_at": due, "state": PENDING, "owner": None, "started_at": None, "finished_at": None,
+              "error": None},
+        where=ST.c.state != RUNNING))
 
 
 def alive(conn: Connection) -> bool:
@@ -192,12 +205,13 @@ def waves_with_work(conn: Connection, now: dt.datetime) -> list[tuple[str, str]]
 def finished(conn: Connection) -> list[str]:
     """The scheduled campaigns whose every step has run: none pending, running or failed (to be tried again), no
     delivery waiting or being sent (a paused wave's wait), no device waiting for fair notice or for the settings
-    service. They are done."""
+    service, no staged flip halted. They are done."""
     D = DELIVERY
     open_step = exists().where(ST.c.campaign_id == C.c.id, ST.c.state.in_((PENDING, RUNNING, FAILED)))
     open_delivery = exists().where(D.c.campaign_id == C.c.id, D.c.state.in_((DELIVERY_PENDING, SENDING)))
     open_change = exists().where(SC.c.campaign_id == C.c.id, SC.c.state.in_((WAITING, APPLYING, UNDOING)))
     any_step = exists().where(ST.c.campaign_id == C.c.id)
-    stmt = (select(C.c.slug).where(C.c.state == SCHEDULED, any_step, ~open_step, ~open_delivery, ~open_change)
-            .order_by(C.c.slug))
+    halted = C.c.id.in_(stages.halted_campaigns()) & C.c.rolled_back_at.is_(None)  # a person decides first
+    stmt = (select(C.c.slug).where(C.c.state == SCHEDULED, any_step, ~open_step, ~open_delivery, ~open_change,
+                                   ~halted).order_by(C.c.slug))
     return list(conn.execute(stmt).scalars())
