@@ -67,8 +67,10 @@ def tripped(r: Rollout, m: Measured) -> Guard | None:
     return None
 
 
-def measure(conn: Connection, campaign_id: int, row: store.StageRow) -> Measured:
-    counts = store.change_counts(conn, campaign_id).get(row.number, {})
+def measure(conn: Connection, campaign_id: int, row: store.StageRow,
+            by_stage: dict[int, dict[str, int]] | None = None) -> Measured:
+    """What the stage's guards look at; its change rows by state from `by_stage` when given (counted already)."""
+    counts = (store.change_counts(conn, campaign_id) if by_stage is None else by_stage).get(row.number, {})
     return Measured(store.decided(counts), counts.get(LEFT, 0), row.requests, row.errors,
                     store.complaints_since(conn, campaign_id, row.started_at))
 

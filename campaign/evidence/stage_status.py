@@ -43,10 +43,13 @@ class HaltStatus(Fields):
     words: str
 
 
-def of(conn: Connection, c: campaigns.CampaignRow) -> tuple[tuple[StageStatus, ...], HaltStatus | None]:
-    """Every stage of the definition, begun or not, and the halt (None when the flip goes on)."""
+def of(conn: Connection, c: campaigns.CampaignRow, counts: dict[int, dict[str, int]] | None = None
+       ) -> tuple[tuple[StageStatus, ...], HaltStatus | None]:
+    """Every stage of the definition, begun or not, and the halt (None when the flip goes on); the change rows by
+    stage and state as `counts` says (status' count), else counted now."""
     rows = {r.number: r for r in store.rows(conn, c.id)}
-    counts = store.change_counts(conn, c.id)
+    if counts is None:
+        counts = store.change_counts(conn, c.id)
     out, halted = [], None
     for s in c.definition.flip.stages:
         r = rows.get(s.number)
@@ -54,7 +57,8 @@ def of(conn: Connection, c: campaigns.CampaignRow) -> tuple[tuple[StageStatus, .
             out.append(StageStatus(s.number, s.percent, NOT_BEGUN, None, None, {}, None, None))
             continue
         out.append(StageStatus(s.number, s.percent, r.state, iso(r.started_at), iso(r.finished_at),
-                               counts.get(s.number, {}), stages.measure(conn, c.id, r).as_json(), r.resumed_by))
+                               counts.get(s.number, {}), stages.measure(conn, c.id, r, counts).as_json(),
+                               r.resumed_by))
         if r.state == STAGE_HALTED and r.guard is not None:
             guard = stages.Guard(r.guard, r.measured or 0.0, r.threshold or 0.0)
             halted = HaltStatus(r.number, r.percent, r.guard, guard.measured, guard.threshold, iso(r.halted_at),

@@ -22,6 +22,7 @@ from campaign.store import campaigns as campaign_store
 from campaign.store import changes as change_store
 from campaign.store import deliveries, snapshots, steps
 from campaign.store import evidence as store
+from campaign.store import stages as stage_store
 
 RATE_WINDOW = dt.timedelta(seconds=60)
 
@@ -171,12 +172,14 @@ class Counted:
     next_due: dt.datetime | None
     held_back_why: dict[str, int]
     coverage: store.Coverage
+    stage_changes: dict[int, dict[str, int]] = dataclasses.field(default_factory=dict)  # a staged flip's, by stage
 
     def as_json(self) -> dict[str, Any]:
         return {"campaign_id": self.campaign_id, "at": self.at.isoformat(),
                 "waves": {str(k): dataclasses.asdict(v) for k, v in self.waves.items()},
                 "changes": self.changes, "next_due": iso(self.next_due), "held_back_why": self.held_back_why,
-                "coverage": dataclasses.asdict(self.coverage)}
+                "coverage": dataclasses.asdict(self.coverage),
+                "stage_changes": {str(k): v for k, v in self.stage_changes.items()}}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Counted:
@@ -185,7 +188,9 @@ class Counted:
                    changes={str(k): int(v) for k, v in data["changes"].items()},
                    next_due=None if data["next_due"] is None else dt.datetime.fromisoformat(data["next_due"]),
                    held_back_why={str(k): int(v) for k, v in data["held_back_why"].items()},
-                   coverage=store.Coverage(**data["coverage"]))
+                   coverage=store.Coverage(**data["coverage"]),
+                   stage_changes={int(k): {str(s): int(n) for s, n in v.items()}
+                                  for k, v in data.get("stage_changes", {}).items()})
 
     def progress(self) -> campaign_store.Progress:
         """`campaign list`'s progress: deliveries (all, settled, sent), devices switched."""
@@ -215,7 +220,8 @@ def count(conn: Connection, c: campaigns.CampaignRow, now: dt.datetime | None = 
     outlook = change_store.outlook(conn, c.id)
     return Counted(campaign_id=c.id, at=now, waves=waves, changes={**dict.fromkeys(CHANGE_STATES, 0), **outlook.counts},
                    next_due=outlook.next_due, held_back_why=outlook.held_back_why,
-                   coverage=store.notice_coverage(conn, c.id, c.definition, told_by))
+                   coverage=store.notice_coverage(conn, c.id, c.definition, told_by),
+                   stage_changes=stage_store.change_counts(conn, c.id) if c.definition.flip.staged else {})
 
 
 def status(conn: Connection, slug: str, now: dt.datetime | None = None, counted: Counted | None = None) -> Status:
@@ -238,7 +244,7 @@ def status(conn: Connection, slug: str, now: dt.datetime | None = None, counted:
     waiting = changes.pop(WAITING)
     held_back = changes["held_back"]
     apply = _apply_status(conn, c, changes) if c.definition.apply.http else None
-    staged = stage_status.of(conn, c) if c.definition.flip.staged else None
+    staged = stage_status.of(conn, c, counted.stage_changes) if c.definition.flip.staged else None
     flip_detail = FlipStatus(waiting=waiting, next_due=iso(counted.next_due), held_back=held_back,
                              held_back_why=dict(counted.held_back_why), rolled_back_at=iso(c.rolled_back_at),
                              apply=apply, stages=staged[0] if staged else None, halted=staged[1] if staged else None)
