@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
+from campaign.console.context import read_body
 from campaign.errors import CampaignError
 from campaign.redaction import redact
 from campaign.returns.providers.events import Malformed
@@ -33,19 +34,6 @@ class Counters:
                              "a replay or a retry is not counted)", ["provider", "kind"], registry=registry)
 
 
-async def _body(request: Request) -> bytes | None:
-    """The body, or None when it is larger than MAX_BODY (read no further)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY):
-        return None
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY:
-            return None
-    return body
-
-
 async def receive(request: Request) -> Response:
     inbox: Inbox | None = request.app.state.inbox
     name = request.path_params["provider"]
@@ -53,7 +41,7 @@ async def receive(request: Request) -> Response:
         return PlainTextResponse("404 Not Found: no such provider is configured ([providers] in campaign.toml)\n",
                                  status_code=404)
     counters: Counters = request.app.state.provider_counters
-    body = await _body(request)
+    body = await read_body(request, MAX_BODY)
     if body is None:
         return PlainTextResponse(f"413 a provider's post is at most {MAX_BODY} bytes\n", status_code=413)
     try:
