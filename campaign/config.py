@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from campaign.errors import ConfigError
+from campaign.provider_config import Provider, providers_config
 from campaign.redaction import hold
 from campaign.validation import check_actor
 from campaign.wording import did_you_mean
@@ -48,6 +49,7 @@ class Config:
     templates: Path = Path("templates")
     actor: str = field(default_factory=_login_name)
     console: ConsoleConfig = field(default_factory=lambda: ConsoleConfig())
+    providers: Mapping[str, Provider] = field(default_factory=dict)  # [providers.NAME]: POST /events/NAME
 
     def __repr__(self) -> str:  # the password never appears, even in a debugger
         pw = "***" if self.smtp_password else None
@@ -193,9 +195,12 @@ def load_config(
             if key == "console":
                 values["console"] = console_config(value, path)
                 continue
+            if key == "providers":
+                values["providers"] = providers_config(value, path)
+                continue
             if key not in ENV:
-                known = ", ".join(sorted([*(k for k in ENV if k not in FILE_FORBIDDEN), "[console]"]))
-                hint = did_you_mean(key, [*ENV, "console"])
+                known = ", ".join(sorted([*(k for k in ENV if k not in FILE_FORBIDDEN), "[console]", "[providers]"]))
+                hint = did_you_mean(key, [*ENV, "console", "providers"])
                 raise ConfigError(f"{path}: unknown key {key!r}{hint} (known here: {known}; "
                                   "the SMTP password only from CAMPAIGN_SMTP_PASSWORD)")
             if key in FILE_FORBIDDEN:

@@ -170,6 +170,11 @@ class Delivery(SQLModel, table=True):
     sent_at: dt.datetime | None = _ts(nullable=True)
     last_error: str | None = Field(default=None, max_length=1024)
     updated_at: dt.datetime = _ts()
+    # What the mail provider reported (issue 25 item 3, `POST /events/{provider}`): when the recipient's mail
+    # server accepted the message, and which server that was (as the provider names it) — stronger evidence than
+    # our relay's acceptance (`sent_at`).
+    delivered_at: dt.datetime | None = _ts(nullable=True)
+    accepted_by: str | None = Field(default=None, max_length=255)
 
 
 class Suppression(SQLModel, table=True):
@@ -211,6 +216,43 @@ class Bounce(SQLModel, table=True):
     reported_at: dt.datetime | None = _ts(nullable=True)  # its Date header
     imported_at: dt.datetime = _ts()
     imported_by: str = Field(max_length=128)
+
+
+class ProviderEvent(SQLModel, table=True):
+    """One event a mail provider reported at `POST /events/{provider}` (delivered, bounced, complained, delayed),
+    its signature verified: kept as evidence, so that the same event sent again changes nothing, and so that the
+    provider's own message id, once an event names it beside our Message-ID, finds the delivery for the events
+    that name only it."""
+
+    __tablename__ = "provider_event"
+    __table_args__ = (UniqueConstraint("provider", "key"),
+                      Index("ix_provider_event_message", "provider", "provider_message_id"))
+
+    id: int | None = Field(default=None, primary_key=True)
+    provider: str = Field(max_length=16)  # ses | sendgrid | postmark | mailgun
+    key: str = Field(max_length=255)  # the event's own id with the provider (or what identifies it)
+    kind: str = Field(max_length=16)  # delivered | bounce | expired | delay | complaint | other
+    outcome: str = Field(max_length=16)  # applied | recorded | unmatched | unsigned
+    delivery_id: int | None = Field(default=None, sa_column=Column(
+        BigInteger().with_variant(Integer, "sqlite"), ForeignKey("delivery.id"), nullable=True, index=True))
+    campaign_id: int | None = _fk("campaign.id", nullable=True, index=False)
+    provider_message_id: str | None = Field(default=None, max_length=255)
+    message_id: str | None = Field(default=None, max_length=255)  # ours, as the event gave it (or found by the other)
+    recipient: str | None = Field(default=None, max_length=254)
+    detail: str | None = Field(default=None, max_length=1024)  # what the provider said, redacted
+    occurred_at: dt.datetime | None = _ts(nullable=True)  # when the provider says it happened
+    received_at: dt.datetime = _ts()
+
+
+class ProviderNonce(SQLModel, table=True):
+    """A one-time value of a signed request (Mailgun's token), kept while a request carrying it could still be
+    accepted: a request that repeats one is a replay, refused."""
+
+    __tablename__ = "provider_nonce"
+
+    provider: str = Field(primary_key=True, max_length=16)
+    nonce: str = Field(primary_key=True, max_length=255)
+    seen_at: dt.datetime = _ts(index=True)
 
 
 class SettingChange(SQLModel, table=True):
@@ -389,3 +431,4 @@ APPLY_BATCH = _table(ApplyBatch)
 VERSION_FILE = _table(VersionFile)
 COUNT_SNAPSHOT = _table(CountSnapshot)
 FLIP_STAGE = _table(FlipStage)
+PROVIDER_EVENT, PROVIDER_NONCE = _table(ProviderEvent), _table(ProviderNonce)

@@ -19,7 +19,9 @@ from campaign.config import IDENTITIES
 def serve(app: App, host: str, port: int, identity: str | None) -> None:
     """The console: campaigns, their review packet, approvals, pause and resume, one person's story, the evidence,
     /metrics and /healthz. Each person is proven by the JWT of an identity-aware proxy ([console] in campaign.toml,
-    docs/console.md) and may do what [console.roles] grants."""
+    docs/console.md) and may do what [console.roles] grants. Mail providers post what they saw (delivered,
+    bounced, complained) to POST /events/PROVIDER, each proven by its own signature ([providers.NAME] in
+    campaign.toml, docs/providers.md)."""
     # Loaded when the console starts, not by every command: uvicorn, Starlette, PyJWT and prometheus-client are
     # needed by no other command, and `campaign` starts for each step of the scheduler. (No circle behind it:
     # campaign.console imports nothing of the command line.)

@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from campaign import urls
 from campaign.config import Config
-from campaign.console import metrics, reports, review, routes
+from campaign.console import events, metrics, reports, review, routes
 from campaign.console.context import PAGE_CSP, Console
 from campaign.console.csrf import SECRET_ENV, Csrf
 from campaign.console.identity import Jwks, Verifier, jwks_source_problem
@@ -27,6 +27,7 @@ from campaign.console.roles import Roles
 from campaign.errors import ConfigError
 from campaign.evidence import overview
 from campaign.redaction import redact
+from campaign.returns.providers.inbox import Inbox
 
 log = logging.getLogger("campaign.console")
 
@@ -66,6 +67,8 @@ def check(config: Config, host: str) -> None:
     there, or the demo personas anywhere but on a loopback address."""
     c = config.console
     Csrf.from_secret(os.environ.get(SECRET_ENV))  # a secret too short is refused before the server starts
+    for provider in config.providers.values():  # [providers]: each secret set, each key a key
+        Inbox.check(provider)
     if c.identity == "demo":
         if not urls.is_loopback(host):
             raise ConfigError(f"identity = \"demo\" lets anyone pick who they are: it listens on a loopback address "
@@ -82,7 +85,8 @@ def check(config: Config, host: str) -> None:
 
 
 def create_app(config: Config, engine: Engine, *, fetch: Callable[[str], bytes] | None = None) -> Starlette:
-    """The console over `engine`. `config.console` says how identities are proven and who holds which role."""
+    """The console over `engine`. `config.console` says how identities are proven and who holds which role;
+    `config.providers`, which mail providers may post their events (`POST /events/{provider}`)."""
     c = config.console
     verifier = None
     if c.identity == "jwt":
@@ -108,6 +112,7 @@ def create_app(config: Config, engine: Engine, *, fetch: Callable[[str], bytes] 
         ("/metrics", metrics.metrics, ["GET"]),
         ("/static/console.css", routes.stylesheet, ["GET"]),
         ("/demo/persona", routes.personas, ["GET", "POST"]),
+        ("/events/{provider}", events.receive, ["POST"]),
     ]
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -126,5 +131,7 @@ def create_app(config: Config, engine: Engine, *, fetch: Callable[[str], bytes] 
                     lifespan=lifespan)
     app.state.console = console
     app.state.metrics = metrics.registry(engine)
+    app.state.inbox = Inbox(engine, config.providers) if config.providers else None
+    app.state.provider_counters = events.Counters(app.state.metrics)
     app.add_middleware(SecurityHeaders)
     return app

@@ -180,16 +180,24 @@ def guarded(action: str, post: bool = False) -> Callable[[Handler], Callable[[Re
     return wrap
 
 
-async def read_form(request: Request) -> dict[str, str] | None:
-    """The urlencoded form of a POST, or None when it is larger than MAX_FORM_BYTES (read no further)."""
+async def read_body(request: Request, limit: int) -> bytes | None:
+    """The body of a POST, or None when it is larger than `limit` bytes (read no further)."""
     declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > MAX_FORM_BYTES):
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
         return None
     body = b""
     async for chunk in request.stream():
         body += chunk
-        if len(body) > MAX_FORM_BYTES:
+        if len(body) > limit:
             return None
+    return body
+
+
+async def read_form(request: Request) -> dict[str, str] | None:
+    """The urlencoded form of a POST, or None when it is larger than MAX_FORM_BYTES (read no further)."""
+    body = await read_body(request, MAX_FORM_BYTES)
+    if body is None:
+        return None
     try:
         fields = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True, max_num_fields=20)
     except ValueError:  # more fields than any form of ours has

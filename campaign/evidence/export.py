@@ -37,7 +37,8 @@ class Written:
 
 
 def csv_header(wave_names: list[str]) -> list[str]:
-    """The CSV report's columns: the account, four per wave (`notice_state`, `notice_at`, …), the device."""
+    """The CSV report's columns: the account, five per wave (`notice_state`, `notice_at`, …,
+    `notice_delivered_at`: when the recipient's server accepted it, as the mail provider reported), the device."""
     return [*evidence.ACCOUNT_COLUMNS, *(f"{w}_{c}" for w in wave_names for c in evidence.WAVE_COLUMNS),
             *evidence.DEVICE_COLUMNS]
 
@@ -113,8 +114,9 @@ def _jsonl_steps(out: TextIO, rows: Iterator[Any], wave_names: list[str], writte
             account_id, email, locale, timezone = r[columns.account]
             by_wave = {}
             for name, wave in waves:
-                state, at, message_id, error = r[wave]
-                by_wave[name] = {"state": state, "at": at, "message_id": message_id, "error": error}
+                state, at, message_id, error, delivered_at = r[wave]
+                by_wave[name] = {"state": state, "at": at, "message_id": message_id, "error": error,
+                                 "delivered_at": delivered_at}
             current = {"account_id": account_id, "email": email, "locale": locale, "timezone": timezone,
                        "waves": by_wave, "devices": []}
         device_id, frm, to, change, flipped, rolled, held, why, due, note = r[columns.device]

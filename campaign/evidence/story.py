@@ -61,6 +61,9 @@ class Message(Fields):
     attempts: int
     not_before: str | None  # while pending: when their send window opens
     returned: list[Returned]
+    # The mail provider's report (`POST /events/{provider}`): when the recipient's server accepted it, and which.
+    delivered_at: str | None = None
+    accepted_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -209,7 +212,8 @@ def story(conn: Connection, slug: str, account_id: str | None = None, email: str
                         sent_at=iso(m.sent_at), message_id=m.message_id, error=m.error, email=m.email,
                         locale=m.locale, attempts=m.attempts,
                         not_before=iso(m.not_before) if m.state == PENDING else None,
-                        returned=returned.get(m.delivery_id, []))
+                        returned=returned.get(m.delivery_id, []), delivered_at=iso(m.delivered_at),
+                        accepted_by=m.accepted_by)
                 for m in ledger]
     now = store.devices_now(conn, d.setting, p.account_id)
     devices: list[DeviceChange | DeviceNotYet] = []
@@ -274,6 +278,10 @@ def story_text(s: Story) -> str:
             extra.append(f"to {m.email}" + (f" in {m.locale}" if m.locale else ""))
         if m.state == PENDING and m.not_before:
             extra.append(f"waits for their send window: {_when(m.not_before, zone)}")
+        if m.delivered_at:
+            extra.append(f"accepted by the recipient's mail server at {_when(m.delivered_at, zone)}"
+                         + (f" ({escape_controls(m.accepted_by)})" if m.accepted_by else "")
+                         + ", as the mail provider reported")
         if m.error:
             extra.append(f"why: {m.error}")
         if extra:

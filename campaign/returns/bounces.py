@@ -147,10 +147,13 @@ Tx = Callable[[], AbstractContextManager[db.Tx]]
 
 @dataclass(frozen=True)
 class _Read:
-    """A message read and parsed: where it lies (its bytes are let go at once) and what it says."""
+    """A message read and parsed: where it lies (its bytes are let go at once) and what it says. `vouched`: a
+    mail provider's verified signature stands behind it (`campaign.returns.providers`), so a match by Message-ID
+    proves as much as a token."""
 
     message: Message
     report: returned.Report
+    vouched: bool = False
 
 
 def take_in(engine: Engine, found: Iterable[Found], actor: str, source: str, dry_run: bool = False,
@@ -286,6 +289,7 @@ def _apply(conn: Connection, items: list[_Read], actor: str, keys: _Keys, campai
             continue
         taken.add(key)
         m = _reference(item.message, item.report, keys)
+        m.proven = item.vouched
         m.forged_before = was[0] if was is not None else None  # judged again: the key may be the right one now
         todo.append(m)
     found = store.deliveries(conn, [m.ref for m in todo if m.ref is not None and m.outcome is None])
@@ -311,7 +315,7 @@ def _apply(conn: Connection, items: list[_Read], actor: str, keys: _Keys, campai
                          f"matches {len(candidates)} deliveries: none is guessed") + \
                     (" (by its return path token)" if m.message_id is None else
                      f" (Message-ID {returned.safe(m.message_id, 300)})")
-        if delivery is not None and m.via == "message_id":
+        if delivery is not None and m.via == "message_id" and not m.proven:
             _prove(m, delivery, campaigns, keys)
             if m.outcome == FORGED:
                 delivery = None
@@ -423,6 +427,16 @@ def _effect(writes: _Writes, m: _Match, delivery: Any, signs: bool, out: ImportR
                  + "the address is not suppressed (`campaign suppress add` if it should be)")
         return
     m.outcome = APPLIED if changed else RECORDED
+
+
+def take_vouched(conn: Connection, reports: list[tuple[str, returned.Report]], actor: str,
+                 source: str) -> ImportResult:
+    """Reports a mail provider sent, its signature verified (`campaign.returns.providers.take`): matched and applied
+    exactly as an import's, in the caller's transaction. Taken in twice, a report changes nothing (its key)."""
+    result = ImportResult(source, False, messages=len(reports))
+    _apply(conn, [_Read(Message(origin, b""), report, vouched=True) for origin, report in reports], actor, _Keys(),
+           _Campaigns(), result)
+    return result
 
 
 def import_path(engine: Engine, path: Path | str, actor: str, dry_run: bool = False,

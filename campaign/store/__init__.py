@@ -12,6 +12,8 @@ The verbs (import, create, send, status, flip, …) say what happens; the module
 - `steps`        a campaign's scheduled steps, claimed once, and the scheduler's leadership
 - `approvals`    the events an approval is decided by
 - `bounces`      returned mail: its rows, the deliveries it is about, their late change of state
+- `provider_events` what a mail provider reported (`POST /events/{provider}`), its one-time tokens, and a
+                 delivery's acceptance by the recipient's server
 - `evidence`     what the evidence reads: status (rates, the flip's counts), every account, one person's story,
                  the HTML report's aggregates
 - `audit`        audit events

@@ -91,7 +91,7 @@ def change_counts(conn: Connection, campaign_id: int) -> dict[str, int]:
 # -- every account, in one ordered pass ------------------------------------------------------------------
 
 ACCOUNT_COLUMNS = ("account_id", "email", "locale", "timezone")
-WAVE_COLUMNS = ("state", "at", "message_id", "error")
+WAVE_COLUMNS = ("state", "at", "message_id", "error", "delivered_at")  # delivered_at: the provider's report
 DEVICE_COLUMNS = ("device_id", "from", "to", "change", "flipped_at", "rolled_back_at", "held_back", "held_back_why",
                   "due_at", "note")
 
@@ -137,7 +137,7 @@ def account_rows(conn: Connection, campaign_id: int, wave_ids: Sequence[int], he
         # the ledger's unique index (campaign, wave, account): one look-up per account and wave
         frm = frm.outerjoin(dl, and_(dl.c.campaign_id == campaign_id, dl.c.wave_id == wave_id,
                                      dl.c.account_id == A.c.id))
-        cols += [dl.c.state, _iso(conn, _at(dl)), dl.c.message_id, dl.c.last_error]
+        cols += [dl.c.state, _iso(conn, _at(dl)), dl.c.message_id, dl.c.last_error, _iso(conn, dl.c.delivered_at)]
     frm = frm.outerjoin(SC, and_(SC.c.campaign_id == campaign_id, SC.c.account_id == A.c.id))
     due = _iso(conn, SC.c.due_at)
     cols += [SC.c.device_id, SC.c.from_value, SC.c.to_value, SC.c.state, _iso(conn, SC.c.flipped_at),
@@ -189,12 +189,12 @@ def ledger_accounts_by_email(conn: Connection, campaign_id: int, email: str) -> 
 
 def messages(conn: Connection, campaign_id: int, account_id: str) -> list[Row[Any]]:
     """The account's ledger rows in this campaign, wave by wave: (delivery_id, wave, state, at, sent_at,
-    message_id, error, email, locale, attempts, not_before, updated_at)."""
+    message_id, error, email, locale, attempts, not_before, updated_at, delivered_at, accepted_by)."""
     return list(conn.execute(
         select(DL.c.id.label("delivery_id"), W.c.name.label("wave"), DL.c.state,
                type_coerce(_at(DL), UTCDateTime()).label("at"), DL.c.sent_at,
                DL.c.message_id, DL.c.last_error.label("error"), DL.c.email, DL.c.locale, DL.c.attempts, DL.c.not_before,
-               DL.c.updated_at)
+               DL.c.updated_at, DL.c.delivered_at, DL.c.accepted_by)
         .select_from(DL.join(W, W.c.id == DL.c.wave_id))
         .where(DL.c.campaign_id == campaign_id, DL.c.account_id == account_id).order_by(W.c.position)))
 
