@@ -1,7 +1,7 @@
 """message proof: each delivery's message digest, the version that built it, and the inputs that rebuild it
 
 Revision ID: 0011_message_proof
-Revises: 0007_version_files
+Revises: 0012_count_snapshot
 Create Date: 2026-12-08 10:00:00
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sqlmodel
 from alembic import op
 
 revision: str = '0011_message_proof'
-down_revision: str | None = '0007_version_files'
+down_revision: str | None = '0012_count_snapshot'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
