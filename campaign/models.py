@@ -175,6 +175,13 @@ class Delivery(SQLModel, table=True):
     # our relay's acceptance (`sent_at`).
     delivered_at: dt.datetime | None = _ts(nullable=True)
     accepted_by: str | None = Field(default=None, max_length=255)
+    # The proof of the exact words (docs/reports.md): the SHA-256 of the message bytes handed to the relay, the
+    # definition version whose kept files built it (None: built from the templates folder, no version kept) and
+    # the digest of those files, and the per-delivery inputs that rebuild it (JSON: date, name, address, ...).
+    message_sha256: str | None = Field(default=None, max_length=64)
+    version: int | None = Field(default=None)
+    version_sha256: str | None = Field(default=None, max_length=64)
+    message_inputs: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
 
 
 class Suppression(SQLModel, table=True):

@@ -216,6 +216,13 @@ def text(path: Path) -> Iterator[TextIO]:
         yield cast(TextIO, f)
 
 
+@contextmanager
+def binary(path: Path) -> Iterator[IO[bytes]]:
+    """`path` opened to write bytes as they are (a message: `report --message --eml`), by the same rules as `text`."""
+    with _opened(path, binary=True) as f:
+        yield cast(IO[bytes], f)
+
+
 class Directory:
     """A directory to write regular files into, opened once: each file replaced whole (as `text` does), none
     written through a link, a FIFO or a device found at its name."""

@@ -20,7 +20,7 @@ from sqlalchemy import Connection, Engine
 from campaign import db, verp, versions
 from campaign.definition import SLUG_RE, Definition, WaveDef, load_definition, parse_definition
 from campaign.errors import ConfigError, NotFound, PreflightFailed, TemplateProblem
-from campaign.notices import proofs
+from campaign.notices import kept, proofs
 from campaign.notices.rendering import PARTS, Renderer, language, same_language
 from campaign.store import audience, audit, steps
 from campaign.store import campaigns as campaign_rows
@@ -102,7 +102,9 @@ def check(engine: Engine, templates: Path, target: str, asked_by: str = CHECK,
             raise NotFound(f"{target!r} is neither a campaign (known: {', '.join(known) or 'none yet'}) nor a "
                            "definition file")
         try:
-            renderer = Renderer(d, templates)
+            # A registered campaign is checked as it will be sent: from its version's kept templates.
+            renderer = (kept.sending(conn, int(row["id"]), d, templates).renderer(d, templates) if row is not None
+                        else Renderer(d, templates))
         except TemplateProblem as exc:
             return sort(d.slug, [Finding("missing-templates", str(exc)), *extra], asked_by)
         return run(conn, d, renderer, asked_by, extra, wave)
@@ -238,7 +240,7 @@ def template_findings(d: Definition, renderer: Renderer) -> list[Finding]:
     for wave in d.waves:
         for locale in [d.default_locale] + [x for x in renderer.available_locales() if x != d.default_locale]:
             files = _files(renderer, locale, wave.name)
-            missing = [f for f in files if not (renderer.root / f).is_file()]
+            missing = [f for f in files if not renderer.exists(f)]
             if locale == d.default_locale and missing:
                 out.append(Finding("missing-templates",
                                    f"no template for `{locale}` / `{wave.name}` (looked for "
@@ -367,7 +369,8 @@ def moved_findings(conn: Connection, d: Definition) -> list[Finding]:
 
 def drift_findings(conn: Connection, d: Definition, renderer: Renderer) -> list[Finding]:
     """templates-changed: the template folder was edited after this version of the definition was created (and
-    approved): the messages would carry words no approval saw."""
+    approved). Those edits are not sent (messages are built from the version as kept): say so, before someone
+    expects them in people's mail."""
     row = campaign_rows.row(conn, d.slug)
     if row is None:
         return []
@@ -381,8 +384,9 @@ def drift_findings(conn: Connection, d: Definition, renderer: Renderer) -> list[
     shown = ", ".join(files[:6]) + (f" and {len(files) - 6} more" if len(files) > 6 else "")
     return [Finding("templates-changed",
                     f"the templates were edited after version {version} of the definition was created: {shown}; "
-                    f"the messages would carry words its approval did not see (`campaign create --replace` makes "
-                    f"them a new version)", {"version": version, "files": [f.path for f in changed]})]
+                    f"these edits are NOT sent: messages are built from version {version} as it was kept (`campaign "
+                    f"create --replace` makes the edits a new version, to be approved again)",
+                    {"version": version, "files": [f.path for f in changed]})]
 
 
 # -- the scheduler's watch ----------------------------------------------------------------------------

@@ -35,6 +35,17 @@ def _sha256(body: str) -> str:
     return hashlib.sha256(body.encode("utf-8")).hexdigest()
 
 
+def text_sha256(body: str) -> str:
+    """A kept file's SHA-256 (of its UTF-8 text), as `version_file.sha256` holds it."""
+    return _sha256(body)
+
+
+def manifest_sha256(shas: Mapping[str, str]) -> str:
+    """The digest of a set of files (path -> SHA-256): the SHA-256 of the lines `sha256sum` prints for them
+    (`HEX  PATH`, one a line, sorted by path), so that anyone can check it from the files as kept."""
+    return hashlib.sha256("".join(f"{shas[p]}  {p}\n" for p in sorted(shas)).encode("utf-8")).hexdigest()
+
+
 def template_files(d: Definition, templates: Path) -> dict[str, str]:
     """Every template of the definition's folder (`*.j2`, subfolders included), path -> text: what the renderer
     can load. A file that is not UTF-8 text, too large, or a link out of the folder is refused by name."""

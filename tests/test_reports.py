@@ -108,7 +108,7 @@ def test_csv_has_a_row_per_account_and_device(run_cli: CliRun, story: Engine) ->
     result = run_cli("report", SLUG, "--format", "csv")
     assert result.exit_code == 0, result.output
     assert result.output.startswith("account_id,email,locale,timezone,notice_state,notice_at,notice_message_id,"
-                                    "notice_error,notice_delivered_at,reminder_state,")
+                                    "notice_error,notice_delivered_at,notice_message_sha256,reminder_state,")
     rows = rows_of(result.output)
     assert [(r["account_id"], r["device_id"]) for r in rows] == [
         ("a00000", "d00000"), ("a00001", "d00001"), ("a00002", "d00002"), ("a00003", "d00003"),
@@ -146,7 +146,7 @@ def test_jsonl_is_the_spec_shape(run_cli: CliRun, story: Engine, tmp_path: Path)
         assert {"account_id", "email", "locale", "waves", "devices"} <= set(obj)
         assert list(obj["waves"]) == ["notice", "reminder", "confirmation"]
         for wave in obj["waves"].values():
-            assert set(wave) == {"state", "at", "message_id", "error", "delivered_at"}
+            assert set(wave) == {"state", "at", "message_id", "error", "delivered_at", "message_sha256"}
         for dev in obj["devices"]:
             assert {"device_id", "from", "to", "flipped_at", "rolled_back_at", "held_back"} <= set(dev)
             assert isinstance(dev["held_back"], bool)
@@ -154,9 +154,9 @@ def test_jsonl_is_the_spec_shape(run_cli: CliRun, story: Engine, tmp_path: Path)
     assert ana["email"] == "user0@example.com" and ana["locale"] == "en-US"
     assert ana["waves"]["notice"] == {"state": "sent", "at": iso(EARLY),
                                       "message_id": "<notice.a00000@example.com>", "error": None,
-                                      "delivered_at": None}
+                                      "delivered_at": None, "message_sha256": None}
     assert ana["waves"]["confirmation"] == {"state": None, "at": None, "message_id": None, "error": None,
-                                            "delivered_at": None}
+                                            "delivered_at": None, "message_sha256": None}
     assert ana["devices"][0]["flipped_at"] == iso(AFTER) and ana["devices"][0]["held_back"] is False
     assert ben["devices"][0]["held_back"] is True and ben["devices"][0]["held_back_why"] == "no delivered notice"
     assert ben["waves"]["notice"]["error"].startswith("550")

@@ -269,8 +269,11 @@ def test_broken_template_during_send_pauses_the_wave(run_cli: CliRun, engine: En
     templates = tmp_path / "tpl"
     shutil.copytree(ROOT / "templates", templates)
     path = templates / SLUG / "ja-JP" / "notice.txt.j2"
-    # A template that no longer loads (edited after `create`): no message of that locale can be built.
+    # A template that no longer loads (edited after `create`): no message of that locale can be built. Sent from
+    # the folder as a campaign created before versions were kept is (one with a kept version sends those files).
     path.write_text(path.read_text(encoding="utf-8").replace("{{", "{% if %}{{", 1), encoding="utf-8")
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM version_file"))
     result = run_cli("send", SLUG, "--wave", "notice", "--workers", "1",
                      env={"CAMPAIGN_SMTP_URL": smtpd.url, "CAMPAIGN_TEMPLATES": str(templates)})
     assert result.exit_code == 1 and "syntax error" in result.stderr
@@ -296,6 +299,10 @@ def test_a_message_that_fails_for_one_account_fails_alone(run_cli: CliRun, engin
     path = templates / SLUG / "en-US" / "notice.txt.j2"
     path.write_text(BREAKS_FOR_TWO + path.read_text(encoding="utf-8"), encoding="utf-8")
     env = {"CAMPAIGN_SMTP_URL": smtpd.url, "CAMPAIGN_TEMPLATES": str(templates)}
+    # Made a version of the campaign (its samples, for the first account of each locale, still render): what
+    # schedule and send build from is the version kept at `create`, not the folder.
+    recreated = run_cli("create", str(definition(tmp_path)), "--replace", env=env)
+    assert recreated.exit_code == 0, recreated.output
 
     # schedule renders every recipient first and refuses, naming both accounts, before anything is frozen.
     refused = run_cli("schedule", SLUG, env=env)

@@ -20,7 +20,7 @@ from campaign.definition import SendWindow
 from campaign.models import ACCOUNT, CAMPAIGN, DELIVERY, SUPPRESSION, WAVE
 from campaign.store import deliveries as store
 from campaign.store import workers
-from campaign.store.deliveries import LEASE, Result
+from campaign.store.deliveries import LEASE, Proof, Result
 
 T0 = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
 EXPIRES = T0 + dt.timedelta(days=10)
@@ -559,10 +559,13 @@ def outcome(draw: st.DrawFn, delivery_id: int) -> Result:
     def maybe(strategy: st.SearchStrategy[Any]) -> Any:
         return draw(st.none() | strategy)
 
+    proofs = st.builds(Proof, st.text("0123456789abcdef", min_size=64, max_size=64),
+                       st.none() | st.integers(1, 2**31 - 1), st.text("0123456789abcdef", min_size=64, max_size=64),
+                       texts(4000))
     return Result(delivery_id, draw(st.sampled_from(STATES)), draw(instants), message_id=maybe(texts(255)),
                   locale=maybe(texts(35)), error=maybe(texts(1024, nul=True, longer=500)),
                   next_attempt_at=maybe(instants),
-                  not_before=maybe(instants), attempts_back=draw(st.integers(0, 1)))
+                  not_before=maybe(instants), attempts_back=draw(st.integers(0, 1)), proof=maybe(proofs))
 
 
 @st.composite
@@ -575,7 +578,12 @@ def start(draw: st.DrawFn) -> dict[str, Any]:
             "b_sent_at": draw(st.none() | instants), "b_message_id": draw(st.none() | st.just("<earlier@x>")),
             "b_locale": draw(st.none() | st.just("de-DE")), "b_error": draw(st.none() | st.just("421 earlier")),
             "b_next": draw(st.none() | instants), "b_not_before": draw(st.none() | instants),
-            "b_attempts": draw(st.integers(0, 5)), "b_updated": draw(instants)}
+            "b_attempts": draw(st.integers(0, 5)), "b_updated": draw(instants),
+            **draw(st.sampled_from([dict.fromkeys(PROOF_START), {"b_sha256": "e" * 64, "b_version": 1,
+                                                                 "b_version_sha256": "f" * 64, "b_inputs": "{}"}]))}
+
+
+PROOF_START = ("b_sha256", "b_version", "b_version_sha256", "b_inputs")  # an earlier attempt's proof, or none
 
 
 @st.composite
@@ -595,7 +603,9 @@ def _put(conn: Any, ids: list[int], starts: list[dict[str, Any]]) -> None:
         state=bindparam("b_state"), lease_owner=bindparam("b_owner"), lease_expires_at=bindparam("b_lease"),
         sent_at=bindparam("b_sent_at"), message_id=bindparam("b_message_id"), locale=bindparam("b_locale"),
         last_error=bindparam("b_error"), next_attempt_at=bindparam("b_next"), not_before=bindparam("b_not_before"),
-        attempts=bindparam("b_attempts"), updated_at=bindparam("b_updated")),
+        attempts=bindparam("b_attempts"), updated_at=bindparam("b_updated"), message_sha256=bindparam("b_sha256"),
+        version=bindparam("b_version"), version_sha256=bindparam("b_version_sha256"),
+        message_inputs=bindparam("b_inputs")),
         [{"b_id": i, **s} for i, s in zip(ids, starts, strict=True)])
 
 
@@ -615,6 +625,9 @@ def _plain(conn: Any, owner: str, results: list[Result]) -> int:
         for name in ("message_id", "locale", "not_before"):
             if getattr(r, name) is not None:
                 values[name] = getattr(r, name)
+        if r.proof is not None:  # the proof of the message handed to the relay, when one was
+            values.update(message_sha256=r.proof.message_sha256, version=r.proof.version,
+                          version_sha256=r.proof.version_sha256, message_inputs=r.proof.inputs)
         written += conn.execute(update(D).where(D.c.id == r.id, D.c.lease_owner == owner, D.c.state == "sending")
                                 .values(**values)).rowcount
     return written
@@ -672,7 +685,7 @@ def test_record_fast_paths_leave_the_rows_a_plain_update_leaves(engine: Engine, 
 
     whole_second = ([{"b_state": "sending", "b_owner": "w1", "b_lease": T0, "b_sent_at": None, "b_message_id": None,
                       "b_locale": None, "b_error": None, "b_next": None, "b_not_before": None, "b_attempts": 1,
-                      "b_updated": T0}] * ROWS, [Result(ids[0], "sent", T0)])
+                      "b_updated": T0, **dict.fromkeys(PROOF_START)}] * ROWS, [Result(ids[0], "sent", T0)])
 
     @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @example(case=whole_second)

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from campaign.cli.app import App, counts_line, duration, json_option, pass_app, print_json
-from campaign.evidence import auditlog, export, stage_status, status, story, verify
+from campaign.evidence import auditlog, export, proof, stage_status, status, story, verify
 
 
 @click.command("status")
@@ -88,12 +88,40 @@ def _print_status(st: status.Status) -> None:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write here [default: stdout].")
 @click.option("--account", "account_id", metavar="ID", help="One person's whole story instead, by account id.")
 @click.option("--email", metavar="ADDR", help="One person's whole story instead, by address.")
+@click.option("--message", "wave", metavar="WAVE",
+              help="With --account: rebuild that person's message of WAVE from what its send recorded, and prove it "
+                   "byte-identical to the one handed to the relay (exit 1 if not).")
+@click.option("--eml", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="With --message: write the rebuilt message to FILE (never through a link).")
 @json_option
 @pass_app
 def report_cmd(app: App, slug: str, fmt: str, out: Path | None, account_id: str | None, email: str | None,
-               as_json: bool) -> None:
-    """The evidence: per account, each wave's state, time, Message-ID and error, and each device's change
-    (flipped, rolled back, held back and why). With --account or --email: one person's whole story."""
+               wave: str | None, eml: Path | None, as_json: bool) -> None:
+    """The evidence: per account, each wave's state, time, Message-ID, digest and error, and each device's change
+    (flipped, rolled back, held back and why). With --account or --email: one person's whole story.
+
+    \b
+    With --account ID --message WAVE: the exact words that person was sent. The message
+    is rebuilt from the definition version's kept files and the inputs recorded with
+    it at send (its Date, the name, address, locale, zone and devices as they were),
+    and its SHA-256 compared with the one recorded: PROVEN, or NOT PROVEN with why
+    (exit 1). --eml FILE writes the rebuilt message, to open in any mail program.
+    """
+    if eml is not None and wave is None:
+        raise click.UsageError("--eml goes with --message WAVE")
+    if wave is not None:
+        if account_id is None:
+            raise click.UsageError("--message goes with --account ID (the person whose message to rebuild)")
+        if email is not None or out is not None:
+            raise click.UsageError("--message takes --account and --eml, not --email or --out")
+        proven = proof.prove(app.engine(), slug, account_id, wave, app.config.templates, eml)
+        if as_json:
+            print_json(proven.as_json())
+        else:
+            click.echo(proof.proven_text(proven))
+        if not proven.proven:
+            raise SystemExit(1)
+        return
     if account_id is not None or email is not None:
         if account_id is not None and email is not None:
             raise click.UsageError("--account or --email, not both")

@@ -39,7 +39,7 @@ from campaign.cutoff import approval as approvals
 from campaign.definition import Definition
 from campaign.errors import StateError, TemplateProblem, UsageError
 from campaign.models import CANCELLED, DRAFT, PAUSED, SCHEDULED
-from campaign.notices import proofs
+from campaign.notices import kept, proofs
 from campaign.notices.rendering import Renderer
 from campaign.store import audience, steps
 from campaign.store import campaigns as campaign_rows
@@ -121,7 +121,8 @@ def schedule(engine: Engine, config: Config, slug: str, dry_run: bool = False) -
         if d.cutoff <= now:
             raise UsageError(f"the cutoff {d.cutoff.isoformat()} has passed: a campaign is scheduled before its "
                              "cutoff (to replay one whose date has passed, see `campaign demo`)")
-        renderer = Renderer(d, config.templates)
+        kept_set = kept.sending(conn, c.id, d, config.templates)  # the version's kept words, not the folder's
+        renderer = kept_set.renderer(d, config.templates)
         found = preflight.refuse_on_errors(preflight.run(conn, d, renderer, preflight.SCHEDULE))
         rendered = _render_everyone(conn, d, renderer)
         items = _timeline(conn, c.id, d)
@@ -129,7 +130,9 @@ def schedule(engine: Engine, config: Config, slug: str, dry_run: bool = False) -
             campaign_rows.update_campaign(conn, c.id, state=SCHEDULED, scheduled_at=now)
             steps.register(conn, c.id, [(wave_step(w.name), w.at) for w in d.waves] + [(FLIP, d.cutoff)])
         tx.note(cutoff=d.cutoff.isoformat(), rendered=rendered,
-                steps=[f"{i['step']} at {i['at']}" for i in items])
+                steps=[f"{i['step']} at {i['at']}" for i in items],
+                **({"version": kept_set.version} if kept_set.kept else {"templates": "folder"}),
+                version_sha256=kept_set.sha256)
         if approval.required:
             tx.note(approved_by=[a.by for a in approval.approvals], version=approval.version,
                     digest=approval.digest)

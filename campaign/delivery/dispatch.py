@@ -89,6 +89,6 @@ class Dispatcher:
         if outcome.status != "sent":
             self.last_error = outcome.detail
         result = after_send(c, outcome, composed.envelope.message_id, composed.locale, self.retry, self._rng,
-                            db.utcnow())
+                            db.utcnow(), composed.proof)
         bounces = [(address, result.error or "")] if result.state == BOUNCED else []
         recorder.commit([result], bounces, gated=held)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from campaign.config import Config
 from campaign.connection import RECONNECT_FOR
+from campaign.notices.kept import TemplateSet
 from campaign.store.deliveries import LEASE
 
 __all__ = ["Job", "SendOptions", "Timings"]
@@ -46,3 +47,4 @@ class Job:
     wave: str
     wave_id: int
     options: SendOptions
+    templates: TemplateSet | None = None  # what its messages are built from (read by the worker when None)

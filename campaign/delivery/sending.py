@@ -32,6 +32,7 @@ from campaign.delivery.transport import parse_url as parse_smtp_url
 from campaign.delivery.worker import PROGRESS_EVERY, Worker
 from campaign.errors import StateError, UsageError
 from campaign.models import CANCELLED, PAUSED
+from campaign.notices import kept
 from campaign.store import audience, audit, deliveries
 from campaign.store import campaigns as campaign_rows
 
@@ -147,7 +148,11 @@ def send_wave(engine: Engine, config: Config, slug: str, wave_name: str, options
                                                 options.dry_run, options.out_of_order)
             tx.campaign_id = c.id
             ahead = max(0.0, (wave.at - now).total_seconds())
+            # What the messages are built from: the version's kept templates (or the folder, none kept).
+            templates = kept.sending(tx.conn, c.id, c.definition, config.templates)
             tx.note(wave=wave_name, added=added, ignore_window=options.ignore_window,
+                    **({"version": templates.version} if templates.kept else {"templates": "folder"}),
+                    version_sha256=templates.sha256,
                     **({"ahead_seconds": round(ahead)} if ahead else {}),
                     **({"out_of_order": True} if options.out_of_order else {}))
             if options.dry_run:
@@ -166,7 +171,7 @@ def send_wave(engine: Engine, config: Config, slug: str, wave_name: str, options
     if options.dry_run:
         return SendSummary(slug, wave_name, counts, dry_run=True, preview=preview, ahead_seconds=ahead)
     db_seconds = time.perf_counter() - start
-    job = Job(config, c.id, slug, wave_name, wave_id, options)
+    job = Job(config, c.id, slug, wave_name, wave_id, options, templates)
 
     if options.workers <= 1:
         worker = Worker(engine, job, transport=transport, progress=progress, progress_every=progress_every)

@@ -13,7 +13,7 @@ from campaign.models import BOUNCED, EXPIRED, FAILED, PENDING, SENT, SKIPPED, SU
 from campaign.policies import RetryPolicy, WindowCache
 from campaign.recipients import DeviceView, Recipient
 from campaign.store import deliveries
-from campaign.store.deliveries import Claimed, Result
+from campaign.store.deliveries import Claimed, Proof, Result
 
 __all__ = ["EXPIRED_ERROR", "Compose", "Triage", "after_send", "handed_back"]
 
@@ -60,15 +60,17 @@ def handed_back(c: Claimed, now: dt.datetime, error: str | None = None) -> Resul
 
 
 def after_send(c: Claimed, outcome: Outcome, message_id: str, locale: str, retry: RetryPolicy,
-               rng: random.Random, now: dt.datetime) -> Result:
-    """What an SMTP outcome makes of the delivery."""
+               rng: random.Random, now: dt.datetime, proof: Proof | None = None) -> Result:
+    """What an SMTP outcome makes of the delivery. `proof`, of the message handed to the relay, is kept whatever
+    the outcome (a later attempt's replaces it)."""
     if outcome.status == "sent":
-        return Result(c.id, SENT, now, message_id=message_id, locale=locale)
+        return Result(c.id, SENT, now, message_id=message_id, locale=locale, proof=proof)
     if outcome.status == "failed":  # the relay cannot take it; the address is not at fault: no suppression
-        return Result(c.id, FAILED, now, locale=locale, error=outcome.detail)
+        return Result(c.id, FAILED, now, locale=locale, error=outcome.detail, proof=proof)
     if outcome.status == "permanent":
-        return Result(c.id, BOUNCED, now, message_id=message_id, locale=locale, error=outcome.detail)
+        return Result(c.id, BOUNCED, now, message_id=message_id, locale=locale, error=outcome.detail, proof=proof)
     decision = retry.decide(c.attempts, now, rng)
     if decision.retry:
-        return Result(c.id, PENDING, now, locale=locale, error=outcome.detail, next_attempt_at=decision.at)
-    return Result(c.id, FAILED, now, locale=locale, error=outcome.detail)
+        return Result(c.id, PENDING, now, locale=locale, error=outcome.detail, next_attempt_at=decision.at,
+                      proof=proof)
+    return Result(c.id, FAILED, now, locale=locale, error=outcome.detail, proof=proof)

@@ -32,7 +32,7 @@ from campaign.delivery.transport import Transport, make_transport
 from campaign.delivery.triage import Triage, handed_back
 from campaign.delivery.waits import IdleClock, Waits
 from campaign.models import FAILED
-from campaign.notices.rendering import Renderer
+from campaign.notices import kept
 from campaign.policies import RateLimiter, RetryPolicy, WindowCache, burst_of
 from campaign.store import audit, deliveries
 from campaign.store import campaigns as campaign_rows
@@ -85,7 +85,10 @@ class Worker:
         reconnect_for = job.options.timings.reconnect_for
         self.d: Definition = call(engine, campaigns.get, job.slug, write=False, retry_for=reconnect_for).definition
         self.wave = self.d.wave(job.wave)
-        self.compose = Composer(self.d, self.wave, Renderer(self.d, job.config.templates))
+        # The campaign version's kept templates, not the folder as it is now (`campaign.notices.kept`).
+        templates = job.templates or call(engine, kept.sending, job.campaign_id, self.d, job.config.templates,
+                                          write=False, retry_for=reconnect_for)
+        self.compose = Composer(self.d, self.wave, templates, templates.renderer(self.d, job.config.templates))
         self.triage = Triage(self.wave.expires, None if job.options.ignore_window else WindowCache(self.d.send_window))
         limits = self.d.limits
         limiter = RateLimiter(limits.rate_per_second, burst=burst_of(limits.rate_per_second))

@@ -114,9 +114,9 @@ def _jsonl_steps(out: TextIO, rows: Iterator[Any], wave_names: list[str], writte
             account_id, email, locale, timezone = r[columns.account]
             by_wave = {}
             for name, wave in waves:
-                state, at, message_id, error, delivered_at = r[wave]
+                state, at, message_id, error, delivered_at, sha256 = r[wave]
                 by_wave[name] = {"state": state, "at": at, "message_id": message_id, "error": error,
-                                 "delivered_at": delivered_at}
+                                 "delivered_at": delivered_at, "message_sha256": sha256}
             current = {"account_id": account_id, "email": email, "locale": locale, "timezone": timezone,
                        "waves": by_wave, "devices": []}
         device_id, frm, to, change, flipped, rolled, held, why, due, note = r[columns.device]

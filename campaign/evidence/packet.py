@@ -17,7 +17,7 @@ from campaign import campaigns, db, preflight, versions
 from campaign.cutoff import approval
 from campaign.definition import Definition, WaveDef
 from campaign.errors import NotFound, TemplateProblem, UsageError
-from campaign.notices import standins
+from campaign.notices import kept, standins
 from campaign.notices.rendering import Rendered, Renderer, same_language
 from campaign.recipients import DeviceView, Recipient
 from campaign.store import audience
@@ -92,15 +92,17 @@ def packet(engine: Engine, templates: Path, slug: str) -> Packet:
         overall = summaries["locale"]
         standing = approval.standing(conn, c)
         changes = versions.since_approved(conn, c.id)
+        try:  # the words that will be sent: the version's kept templates, not the folder as edited since
+            renderer: Renderer | TemplateProblem = kept.sending(conn, c.id, d, templates).renderer(d, templates)
+        except TemplateProblem as exc:
+            renderer = exc
     found = preflight.check(engine, templates, slug)
     locale_counts = {loc: v["accounts"] for loc, v in by["locale"].items()}
     locales = tuple(sorted({*locale_counts, *d.required_locales, d.default_locale}))
     models = [m for m, _ in sorted(by["model"].items(), key=lambda kv: -kv[1]["devices"]) if m]
     messages: list[Message] = []
-    try:
-        renderer = Renderer(d, templates)
-    except TemplateProblem as exc:
-        messages = [Message(w.name, loc, locale_counts.get(loc, 0), None, None, None, None, str(exc))
+    if isinstance(renderer, TemplateProblem):
+        messages = [Message(w.name, loc, locale_counts.get(loc, 0), None, None, None, None, str(renderer))
                     for w in d.waves for loc in locales]
     else:
         messages = [_message(renderer, d, w, loc, locale_counts.get(loc, 0), models)
@@ -116,11 +118,13 @@ def message(engine: Engine, templates: Path, slug: str, wave: str, locale: str) 
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     with db.read(engine) as conn:
-        d = campaigns.get(conn, slug).definition
+        c = campaigns.get(conn, slug)
+        d = c.definition
         models = [m for m in (audience.summary(conn, d, by="model").by or {}) if m]
+        renderer = kept.sending(conn, c.id, d, templates).renderer(d, templates)
     try:
         w = d.wave(wave)
     except KeyError:
         raise NotFound(f"no wave {wave!r} in {slug} (waves: {', '.join(x.name for x in d.waves)})") from None
     recipient, devices = _stand_in(d, locale, models)
-    return Renderer(d, templates).render(w, recipient, devices)
+    return renderer.render(w, recipient, devices)

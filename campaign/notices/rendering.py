@@ -12,7 +12,7 @@ import datetime as dt
 import functools
 import re
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -83,15 +83,22 @@ def same_language(locale: str, template_locale: str) -> bool:
 
 
 class Renderer:
-    """Renders one campaign's waves. Build once per campaign and process; templates are compiled once."""
+    """Renders one campaign's waves. Build once per campaign and process; templates are compiled once.
 
-    def __init__(self, definition: Definition, templates: Path) -> None:
+    `files` (path under the template folder -> text): render from these, a version's files as kept
+    (`campaign.notices.kept`), not from the folder on disk, so that an edit of the folder after approval changes
+    nothing that is sent; errors still name the file as it lies in the folder."""
+
+    def __init__(self, definition: Definition, templates: Path, files: Mapping[str, str] | None = None) -> None:
         self.definition = definition
         self.root = templates / definition.template
-        if not self.root.is_dir():
+        self.files = dict(files) if files is not None else None
+        if self.files is None and not self.root.is_dir():
             raise TemplateProblem(f"{self.root}: no such template folder")
+        loader: jinja2.BaseLoader = (jinja2.FileSystemLoader(str(self.root)) if self.files is None
+                                     else jinja2.FunctionLoader(self._kept))
         self.env = _Sandbox(
-            loader=jinja2.FileSystemLoader(str(self.root)),
+            loader=loader,
             undefined=jinja2.StrictUndefined,
             autoescape=lambda name: name is not None and name.endswith(".html.j2"),
             auto_reload=False,
@@ -110,19 +117,31 @@ class Renderer:
             "reply_to": definition.reply_to, "context": MappingProxyType(dict(definition.context)),
         })
 
+    def _kept(self, name: str) -> tuple[str, str, Callable[[], bool]] | None:
+        """A kept template by its name in the folder, with the path it had there (for errors and tracebacks)."""
+        assert self.files is not None
+        body = self.files.get(name)
+        return None if body is None else (body, str(self.root / name), lambda: True)
+
+    def exists(self, name: str) -> bool:
+        """Whether the template `name` (a path under the template folder) is there to render."""
+        return (self.root / name).is_file() if self.files is None else name in self.files
+
     # -- locales ----------------------------------------------------------------------------------
 
     @functools.cache  # noqa: B019 - one Renderer per campaign, few locales
     def template_locale(self, wave: str, locale: str) -> str:
         """The template folder for `locale`: itself, its language, or the default locale."""
         for candidate in (locale, language(locale), self.definition.default_locale):
-            if (self.root / candidate / f"{wave}.subject.j2").is_file():
+            if self.exists(f"{candidate}/{wave}.subject.j2"):
                 return candidate
         raise TemplateProblem(
             f"{self.root / self.definition.default_locale / (wave + '.subject.j2')}: missing — the default "
             f"locale {self.definition.default_locale} needs templates for wave {wave!r}")
 
     def available_locales(self) -> list[str]:
+        if self.files is not None:
+            return sorted({n.split("/")[0] for n in self.files if "/" in n and not n.startswith(("_", "."))})
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
 
     # -- rendering --------------------------------------------------------------------------------

@@ -190,6 +190,18 @@ def reclaim(conn: Connection, wave_id: int, now: dt.datetime, dead_owners: Itera
 # -- outcomes -----------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
+class Proof:
+    """What proves a message's exact words (docs/reports.md): the SHA-256 of the bytes handed to the relay, the
+    definition version whose kept files built it (None: the templates folder) and their digest, and the inputs
+    that rebuild it (JSON, `campaign.notices.exact.Inputs`)."""
+
+    message_sha256: str
+    version: int | None
+    version_sha256: str
+    inputs: str
+
+
+@dataclass(frozen=True)
 class Result:
     """What became of one claimed delivery."""
 
@@ -202,6 +214,7 @@ class Result:
     next_attempt_at: dt.datetime | None = None
     not_before: dt.datetime | None = None  # a delivery handed back to wait for its send window
     attempts_back: int = 0  # 1 when the attempt did not happen (window, handed back): not counted
+    proof: Proof | None = None  # a message was handed to the relay: what proves its words
 
 
 def _values(r: Result) -> tuple[Any, ...]:
@@ -209,15 +222,19 @@ def _values(r: Result) -> tuple[Any, ...]:
     the column and rid of NUL characters (PostgreSQL's text refuses them: one relay's reply must not stop the
     send)."""
     error = (r.error or None) and r.error.replace("\0", "")[:1024]
+    p = r.proof
     return (r.id, r.state, r.at if r.state == SENT else None, r.message_id, r.locale, error, r.next_attempt_at,
-            r.not_before, r.attempts_back, r.at)
+            r.not_before, r.attempts_back, r.at, *((p.message_sha256, p.version, p.version_sha256, p.inputs)
+                                                   if p is not None else _NO_PROOF))
 
 
+_NO_PROOF = (None, None, None, None)
 _COLUMNS = (("r_id", D.c.id.type), ("r_state", D.c.state.type), ("r_sent_at", UTCDateTime()),
             ("r_message_id", D.c.message_id.type), ("r_locale", D.c.locale.type), ("r_error", D.c.last_error.type),
             ("r_next_attempt_at", UTCDateTime()), ("r_not_before", UTCDateTime()), ("r_back", D.c.attempts.type),
-            ("r_at", UTCDateTime()))
-ONE_STATEMENT_ROWS = 256  # outcomes written by one UPDATE … FROM (VALUES …) (10 parameters each)
+            ("r_at", UTCDateTime()), ("r_sha256", D.c.message_sha256.type), ("r_version", D.c.version.type),
+            ("r_version_sha256", D.c.version_sha256.type), ("r_inputs", D.c.message_inputs.type))
+ONE_STATEMENT_ROWS = 256  # outcomes written by one UPDATE … FROM (VALUES …) (14 parameters each)
 
 
 @dataclass(frozen=True)
@@ -243,7 +260,14 @@ def _update_from(v: Any, *also: ColumnElement[bool]) -> Any:
                     not_before=func.coalesce(v.c.r_not_before, D.c.not_before),
                     attempts=D.c.attempts - v.c.r_back,
                     lease_owner=None, lease_expires_at=None,
-                    updated_at=v.c.r_at))
+                    updated_at=v.c.r_at,
+                    # The proof of the last message handed to the relay; an outcome without one leaves it as it is.
+                    **{name: case((v.c.r_sha256.is_not(None), getattr(v.c, r)), else_=D.c[name])
+                       for name, r in _PROOF_COLUMNS}))
+
+
+_PROOF_COLUMNS = (("message_sha256", "r_sha256"), ("version", "r_version"), ("version_sha256", "r_version_sha256"),
+                  ("message_inputs", "r_inputs"))
 
 
 def _compiled(stmt: Any, dialect: Dialect) -> _Compiled:
@@ -428,6 +452,7 @@ __all__ = [
     "RECORD_SESSION",
     "Claimed",
     "Outlook",
+    "Proof",
     "Result",
     "claim",
     "counts",

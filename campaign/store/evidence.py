@@ -91,7 +91,8 @@ def change_counts(conn: Connection, campaign_id: int) -> dict[str, int]:
 # -- every account, in one ordered pass ------------------------------------------------------------------
 
 ACCOUNT_COLUMNS = ("account_id", "email", "locale", "timezone")
-WAVE_COLUMNS = ("state", "at", "message_id", "error", "delivered_at")  # delivered_at: the provider's report
+# delivered_at: the provider's report; message_sha256: the proof of the exact words
+WAVE_COLUMNS = ("state", "at", "message_id", "error", "delivered_at", "message_sha256")
 DEVICE_COLUMNS = ("device_id", "from", "to", "change", "flipped_at", "rolled_back_at", "held_back", "held_back_why",
                   "due_at", "note")
 
@@ -137,7 +138,8 @@ def account_rows(conn: Connection, campaign_id: int, wave_ids: Sequence[int], he
         # the ledger's unique index (campaign, wave, account): one look-up per account and wave
         frm = frm.outerjoin(dl, and_(dl.c.campaign_id == campaign_id, dl.c.wave_id == wave_id,
                                      dl.c.account_id == A.c.id))
-        cols += [dl.c.state, _iso(conn, _at(dl)), dl.c.message_id, dl.c.last_error, _iso(conn, dl.c.delivered_at)]
+        cols += [dl.c.state, _iso(conn, _at(dl)), dl.c.message_id, dl.c.last_error, _iso(conn, dl.c.delivered_at),
+                 dl.c.message_sha256]
     frm = frm.outerjoin(SC, and_(SC.c.campaign_id == campaign_id, SC.c.account_id == A.c.id))
     due = _iso(conn, SC.c.due_at)
     cols += [SC.c.device_id, SC.c.from_value, SC.c.to_value, SC.c.state, _iso(conn, SC.c.flipped_at),
@@ -221,6 +223,23 @@ def devices_now(conn: Connection, setting: str, account_id: str) -> dict[str, tu
     return {r[0]: (r[1], r[2]) for r in conn.execute(
         select(S.c.device_id, S.c.value, S.c.changed_at).select_from(S.join(D, D.c.id == S.c.device_id))
         .where(D.c.account_id == account_id, S.c.key == setting))}
+
+
+def message_proof(conn: Connection, campaign_id: int, account_id: str, wave: str) -> Row[Any] | None:
+    """The account's delivery of `wave` with what proves its message: (state, message_id, sent_at, email,
+    message_sha256, version, version_sha256, message_inputs); None when it has none in that wave."""
+    row: Any = conn.execute(
+        select(DL.c.state, DL.c.message_id, DL.c.sent_at, DL.c.email, DL.c.message_sha256, DL.c.version,
+               DL.c.version_sha256, DL.c.message_inputs)
+        .select_from(DL.join(W, W.c.id == DL.c.wave_id))
+        .where(DL.c.campaign_id == campaign_id, DL.c.account_id == account_id, W.c.name == wave)).first()
+    return row
+
+
+def devices_of(conn: Connection, account_id: str) -> dict[str, tuple[str, str]]:
+    """The account's devices now: id -> (name, model)."""
+    return {r[0]: (r[1], r[2]) for r in conn.execute(
+        select(D.c.id, D.c.name, D.c.model).where(D.c.account_id == account_id))}
 
 
 # -- the HTML report's aggregates --------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """the staged flip: each stage that has begun (flip_stage), and the stage of each change row
 
 Revision ID: 0008_flip_stages
-Revises: 0012_count_snapshot (0007_version_files when written: main moved on meanwhile)
+Revises: 0007_version_files
 Create Date: 2026-12-09 10:00:00
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from alembic import op
 import campaign.db
 
 revision: str = '0008_flip_stages'
-down_revision: str | None = '0012_count_snapshot'
+down_revision: str | None = '0007_version_files'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

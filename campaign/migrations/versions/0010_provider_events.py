@@ -15,7 +15,7 @@ from alembic import op
 import campaign.db
 
 revision: str = '0010_provider_events'
-down_revision: str | None = '0008_flip_stages'  # 0007 as briefed; after main's head (one head)
+down_revision: str | None = '0008_flip_stages'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,7 +1,7 @@
 """count snapshot: the figures of a campaign's status as last counted, for the console's pages
 
 Revision ID: 0012_count_snapshot
-Revises: 0007_version_files
+Revises: 0011_message_proof
 Create Date: 2026-12-07 21:30:00
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from alembic import op
 import campaign.db
 
 revision: str = '0012_count_snapshot'
-down_revision: str | None = '0007_version_files'
+down_revision: str | None = '0011_message_proof'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
