@@ -196,7 +196,10 @@ def _finish(conn: Connection, campaign_id: int, wave_id: int, wave_name: str, ac
     row = campaign_rows.wave(conn, campaign_id, wave_name)
     assert row is not None
     paused = row.paused_reason if row.state == campaign_rows.PAUSED else None
-    if not paused and not look.waiting_window and not counts["pending"] and not counts["sending"]:
+    done = not paused and not look.waiting_window and not counts["pending"] and not counts["sending"]
+    if done:
         campaign_rows.wave_done(conn, wave_id, now)
-    audit.record(conn, actor, "wave.sent", campaign_id, wave=wave_name, counts=counts, attempted=attempted)
+    # `done`: this send finished the wave (its webhook event, `wave.finished`); others leave work for later.
+    audit.record(conn, actor, "wave.sent", campaign_id, wave=wave_name, counts=counts, attempted=attempted,
+                 **({"done": True} if done else {}))
     return counts, look, paused
