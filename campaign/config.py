@@ -10,9 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from campaign import webhook_config
 from campaign.errors import ConfigError
 from campaign.redaction import hold
 from campaign.validation import check_actor
+from campaign.webhook_config import Endpoint
 from campaign.wording import did_you_mean
 
 CONFIG_FILE = "campaign.toml"
@@ -48,6 +50,7 @@ class Config:
     templates: Path = Path("templates")
     actor: str = field(default_factory=_login_name)
     console: ConsoleConfig = field(default_factory=lambda: ConsoleConfig())
+    webhooks: tuple[Endpoint, ...] = ()  # [[webhooks]]: where the campaign's events are posted
 
     def __repr__(self) -> str:  # the password never appears, even in a debugger
         pw = "***" if self.smtp_password else None
@@ -186,16 +189,20 @@ def load_config(
     path = cwd / CONFIG_FILE
     if path.is_file():
         try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
+            text = path.read_text(encoding="utf-8")
+            data = tomllib.loads(text)
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: {exc}") from None
         for key, value in data.items():
             if key == "console":
                 values["console"] = console_config(value, path)
                 continue
+            if key == "webhooks":
+                values["webhooks"] = webhook_config.endpoints(value, path, text)
+                continue
             if key not in ENV:
-                known = ", ".join(sorted([*(k for k in ENV if k not in FILE_FORBIDDEN), "[console]"]))
-                hint = did_you_mean(key, [*ENV, "console"])
+                known = ", ".join(sorted([*(k for k in ENV if k not in FILE_FORBIDDEN), "[console]", "[[webhooks]]"]))
+                hint = did_you_mean(key, [*ENV, "console", "webhooks"])
                 raise ConfigError(f"{path}: unknown key {key!r}{hint} (known here: {known}; "
                                   "the SMTP password only from CAMPAIGN_SMTP_PASSWORD)")
             if key in FILE_FORBIDDEN:
