@@ -319,7 +319,8 @@ def test_a_missing_or_malformed_secret_is_refused_by_name_never_shown(
     ('url = "https://hooks.slack.com/services/T/B/X"\nformat = "slack"\nsecret_env = "S"',
      "webhooks[1].secret_env: goes with format = \"standard\" only"),
     ('url = "https://hooks.example.com/x"\nsecret_env = "S"\nformat = "teams"', "format: must be one of"),
-    ('url = "https://hooks.example.com/x"\nsecret_env = "S"\nsecert = 1', "campaign.toml:4: webhooks[1].secert: unknown key (known here: name, url"),
+    ('url = "https://hooks.example.com/x"\nsecret_env = "S"\nsecert = 1',
+     "campaign.toml:4: webhooks[1].secert: unknown key (known here: name, url"),
     ('secret_env = "S"', "webhooks[1]: missing key 'url'"),
     ('url = "https://hooks.example.com/x"\nsecret_env = "S"\ntimeout_seconds = 0', "timeout_seconds: must be"),
 ])
