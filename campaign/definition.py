@@ -31,10 +31,12 @@ PART_RE = re.compile(r"(\d+)\s*([dhm])")
 DURATION_RE = re.compile(r"^\s*(?:\d+\s*[smhd]\s*)+$")
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 HHMM_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
-AUDIENCES = ("affected", "changed", "all")
+AUDIENCES = ("affected", "changed", "all", "not_told")
+NOTICES = ("affected", "not_told")  # waves that tell the affected before the flip: a `sent` one is a delivered notice
 WAVE_AUDIENCE_HELP = ("affected (owns a device still set to `from` when the message goes out), "
                       "changed (had a device switched by this campaign), all (everyone in the audience "
-                      "filters who ever had an affected device)")
+                      "filters who ever had an affected device), not_told (affected, never told by an earlier "
+                      "wave, and at an address changed since or added late)")
 
 
 @dataclass(frozen=True)
@@ -416,13 +418,13 @@ def parse_definition(text: str, source: str = "<definition>", templates: Path | 
                 c.fail("waves", "expires", str(exc), i)
                 continue
         else:
-            expires = cutoff if audience == "affected" else at + dt.timedelta(days=7)
+            expires = cutoff if audience in NOTICES else at + dt.timedelta(days=7)
         if expires <= at:
             c.fail("waves", "expires", f"the wave would expire ({expires.isoformat()}) before it starts "
                                        f"({at.isoformat()})", i)
             continue
-        if audience == "affected" and expires > cutoff:
-            c.fail("waves", "expires", "an `affected` wave cannot be sent after the cutoff "
+        if audience in NOTICES and expires > cutoff:
+            c.fail("waves", "expires", f"an `{audience}` wave cannot be sent after the cutoff "
                                        "(the setting no longer exists then)", i)
             continue
         if audience == "changed" and at < cutoff:

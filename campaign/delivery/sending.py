@@ -97,8 +97,8 @@ def prepare(conn: Connection, slug: str, wave_name: str, ignore_window: bool,
     if not out_of_order:
         _in_order(conn, c, wave, now)
     approvals.require(conn, c, "send", dry_run=dry_run)
-    added = deliveries.materialize(conn, c.id, row.id, audience.accounts(d, c.id, wave.audience), wave.expires,
-                                   now)
+    added = deliveries.materialize(conn, c.id, row.id, audience.accounts(d, c.id, wave.audience, row.id),
+                                   wave.expires, now)
     if not d.send_window.always_open and not ignore_window:
         # (Rows left without a time are checked against the window when claimed: this only spares
         # a sender the claims of people who are asleep.)
