@@ -45,8 +45,8 @@ def definition(tmp: Path) -> Path:
 
 def delivered_to(engine: Engine, wave: str) -> dict[str, tuple[str, str]]:
     with engine.connect() as conn:
-        rows = conn.execute(text("SELECT d.account_id, d.state, d.email FROM delivery d JOIN wave w ON w.id = d.wave_id "
-                                 "WHERE w.name = :w"), {"w": wave}).all()
+        rows = conn.execute(text("SELECT d.account_id, d.state, d.email FROM delivery d "
+                                 "JOIN wave w ON w.id = d.wave_id WHERE w.name = :w"), {"w": wave}).all()
     return {r[0]: (r[1], r[2]) for r in rows}
 
 
