@@ -289,3 +289,25 @@ def audience_of(engine: Engine, slug: str, by: str | None = None, sample: int = 
     with db.read(engine) as conn:
         d = get(conn, slug).definition
         return AudienceReport(slug, d.setting, d.from_value, audience.summary(conn, d, by=by, sample=sample))
+
+
+@dataclass(frozen=True)
+class NotTold:
+    """`campaign audience SLUG --not-told`: who a `not_told` wave would reach now, and why each (with `--why`)."""
+
+    campaign: str
+    accounts: int
+    listed: list[tuple[str, str, str]]  # (account id, email, why), the first of them
+
+    def as_json(self) -> dict[str, Any]:
+        return {"campaign": self.campaign, "accounts": self.accounts,
+                "not_told": [{"account_id": a, "email": e, "why": w} for a, e, w in self.listed]}
+
+
+def not_told_of(engine: Engine, slug: str, limit: int | None = 1000) -> NotTold:
+    """Affected accounts never told (every earlier delivery bounced, failed or never went) at an address no earlier
+    wave tried (a corrected one) or added after the earlier waves: a second chance's audience."""
+    with db.read(engine) as conn:
+        c = get(conn, slug)
+        listed, total = audience.not_told_accounts(conn, c.definition, c.id, limit)
+    return NotTold(slug, total, listed)

@@ -10,10 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from campaign import webhook_config
 from campaign.errors import ConfigError
 from campaign.provider_config import Provider, providers_config
 from campaign.redaction import hold
 from campaign.validation import check_actor
+from campaign.webhook_config import Endpoint
 from campaign.wording import did_you_mean
 
 CONFIG_FILE = "campaign.toml"
@@ -50,6 +52,7 @@ class Config:
     actor: str = field(default_factory=_login_name)
     console: ConsoleConfig = field(default_factory=lambda: ConsoleConfig())
     providers: Mapping[str, Provider] = field(default_factory=dict)  # [providers.NAME]: POST /events/NAME
+    webhooks: tuple[Endpoint, ...] = ()  # [[webhooks]]: where the campaign's events are posted
 
     def __repr__(self) -> str:  # the password never appears, even in a debugger
         pw = "***" if self.smtp_password else None
@@ -188,7 +191,8 @@ def load_config(
     path = cwd / CONFIG_FILE
     if path.is_file():
         try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
+            text = path.read_text(encoding="utf-8")
+            data = tomllib.loads(text)
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: {exc}") from None
         for key, value in data.items():
@@ -198,9 +202,13 @@ def load_config(
             if key == "providers":
                 values["providers"] = providers_config(value, path)
                 continue
+            if key == "webhooks":
+                values["webhooks"] = webhook_config.endpoints(value, path, text)
+                continue
             if key not in ENV:
-                known = ", ".join(sorted([*(k for k in ENV if k not in FILE_FORBIDDEN), "[console]", "[providers]"]))
-                hint = did_you_mean(key, [*ENV, "console", "providers"])
+                known = ", ".join(sorted([*(k for k in ENV if k not in FILE_FORBIDDEN), "[console]", "[providers]",
+                                          "[[webhooks]]"]))
+                hint = did_you_mean(key, [*ENV, "console", "providers", "webhooks"])
                 raise ConfigError(f"{path}: unknown key {key!r}{hint} (known here: {known}; "
                                   "the SMTP password only from CAMPAIGN_SMTP_PASSWORD)")
             if key in FILE_FORBIDDEN:

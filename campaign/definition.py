@@ -19,6 +19,7 @@ from campaign.addresses import ascii_domain_form
 from campaign.addresses import normalize as normalize_address
 from campaign.clock import parse_duration as parse_duration  # durations are the clock's; re-exported for callers
 from campaign.errors import InputError, Problem
+from campaign.tomllines import Locator
 from campaign.validation import has_crlf, normalize_country, normalize_locale
 from campaign.verp import parse_return_path  # the token's rules live with the token
 from campaign.wording import did_you_mean
@@ -29,10 +30,12 @@ SETTING_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 OFFSET_RE = re.compile(r"^\s*cutoff\s*(?:([+-])\s*((?:\d+\s*[dhm]\s*)+))?$")
 PART_RE = re.compile(r"(\d+)\s*([dhm])")
 HHMM_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
-AUDIENCES = ("affected", "changed", "all")
+AUDIENCES = ("affected", "changed", "all", "not_told")
+NOTICES = ("affected", "not_told")  # waves that tell the affected before the flip: a `sent` one is a delivered notice
 WAVE_AUDIENCE_HELP = ("affected (owns a device still set to `from` when the message goes out), "
                       "changed (had a device switched by this campaign), all (everyone in the audience "
-                      "filters who ever had an affected device)")
+                      "filters who ever had an affected device), not_told (affected, never told by an earlier "
+                      "wave, and at an address changed since or added late)")
 
 
 @dataclass(frozen=True)
@@ -127,41 +130,10 @@ class Definition:
         return ascii_domain_form(self.sender_address).rpartition("@")[2].lower()
 
 
-class _Locator:
-    """Finds the line of a key in TOML text (tomllib gives values, not positions)."""
-
-    HEADER = re.compile(r"^\s*(\[\[?)\s*([A-Za-z0-9_.\-\"' ]+?)\s*\]\]?\s*(?:#.*)?$")
-    KEY = re.compile(r"^\s*([A-Za-z0-9_\-\"']+)\s*=")
-
-    def __init__(self, text: str) -> None:
-        self.lines: dict[tuple[str, int, str], int] = {}
-        self.tables: dict[tuple[str, int], int] = {}
-        table, index, counts = "", 0, {}  # type: ignore[var-annotated]
-        for n, line in enumerate(text.splitlines(), start=1):
-            m = self.HEADER.match(line)
-            if m:
-                table = m.group(2).strip().strip("\"'")
-                if m.group(1) == "[[":
-                    index = counts.get(table, 0)
-                    counts[table] = index + 1
-                else:
-                    index = 0
-                self.tables.setdefault((table, index), n)
-                continue
-            k = self.KEY.match(line)
-            if k:
-                self.lines.setdefault((table, index, k.group(1).strip("\"'")), n)
-
-    def line(self, table: str, key: str | None, index: int = 0) -> int:
-        if key is not None and (table, index, key) in self.lines:
-            return self.lines[(table, index, key)]
-        return self.tables.get((table, index), 0)
-
-
 class _Checker:
     def __init__(self, path: str, text: str) -> None:
         self.path = path
-        self.where = _Locator(text)
+        self.where = Locator(text)
         self.problems: list[Problem] = []
 
     def fail(self, table: str, key: str | None, message: str, index: int | None = None) -> None:
@@ -437,13 +409,13 @@ def parse_definition(text: str, source: str = "<definition>", templates: Path | 
                 c.fail("waves", "expires", str(exc), i)
                 continue
         else:
-            expires = cutoff if audience == "affected" else at + dt.timedelta(days=7)
+            expires = cutoff if audience in NOTICES else at + dt.timedelta(days=7)
         if expires <= at:
             c.fail("waves", "expires", f"the wave would expire ({expires.isoformat()}) before it starts "
                                        f"({at.isoformat()})", i)
             continue
-        if audience == "affected" and expires > cutoff:
-            c.fail("waves", "expires", "an `affected` wave cannot be sent after the cutoff "
+        if audience in NOTICES and expires > cutoff:
+            c.fail("waves", "expires", f"an `{audience}` wave cannot be sent after the cutoff "
                                        "(the setting no longer exists then)", i)
             continue
         if audience == "changed" and at < cutoff:
@@ -545,16 +517,7 @@ def _apply(c: _Checker, raw: dict[str, Any]) -> Apply:
 
 def _apply_url_problem(url: str) -> str | None:
     """None when `url` is an https:// URL, or http:// to a loopback host; else what is wrong."""
-    parts = urls.web_parts(url, f"{url!r} must be an https:// URL (http:// only to a loopback host such as 127.0.0.1)",
-                     "the bearer token comes from the variable named by token_env")
-    if isinstance(parts, str):
-        return parts
-    if parts.fragment:
-        return "must have no #fragment"
-    if parts.scheme == "http" and not urls.is_loopback(parts.hostname or ""):
-        return (f"http:// is allowed only to a loopback host (127.0.0.1, ::1, localhost), not {parts.hostname!r}: "
-                "use https://")
-    return None
+    return urls.endpoint_problem(url, "the bearer token comes from the variable named by token_env")
 
 
 def _apply_proxy_problem(proxy: str, url: str | None) -> str | None:

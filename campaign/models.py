@@ -424,6 +424,43 @@ class CountSnapshot(SQLModel, table=True):
     body: str = Field(sa_column=Column(Text, nullable=False))  # JSON: status.Counted
 
 
+class WebhookEvent(SQLModel, table=True):
+    """The webhook outbox (issue 25 item 2): one row per campaign event that is also a webhook event, written in
+    the transaction of its audit event (so an event rolled back is never announced), with the exact body every
+    endpoint is sent. Which endpoints get it is decided when it is delivered (`webhook_delivery`)."""
+
+    __tablename__ = "webhook_event"
+
+    id: int | None = Field(default=None, primary_key=True)
+    audit_event_id: int = _fk("audit_event.id", index=False)
+    campaign_id: int | None = _fk("campaign.id", nullable=True, index=False)
+    type: str = Field(max_length=64)  # wave.finished, flip.halted, approval.needed, ...
+    msg_id: str = Field(max_length=64, unique=True)  # the Standard Webhooks `webhook-id`, the same on every retry
+    at: dt.datetime = _ts(index=True)
+    payload: str = Field(sa_column=Column(Text, nullable=False))  # the JSON body, as sent
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """One event to one configured endpoint (`[[webhooks]]` by name): tried until the endpoint answers 2xx
+    (`delivered`), or given up after its attempts or the maximum age (`failed`)."""
+
+    __tablename__ = "webhook_delivery"
+    __table_args__ = (UniqueConstraint("event_id", "endpoint"),
+                      Index("ix_webhook_delivery_next", "endpoint", "state", "event_id"))
+
+    id: int | None = Field(default=None, primary_key=True)
+    event_id: int = _fk("webhook_event.id", index=False)
+    endpoint: str = Field(max_length=128)  # the endpoint's name in campaign.toml
+    state: str = Field(default="pending", max_length=12)  # pending | delivered | failed
+    attempts: int = Field(default=0)
+    next_attempt_at: dt.datetime | None = _ts(nullable=True)
+    last_attempt_at: dt.datetime | None = _ts(nullable=True)
+    last_status: int | None = Field(default=None)  # the HTTP status of the last answer, if one came
+    last_error: str | None = Field(default=None, max_length=1024)  # redacted
+    delivered_at: dt.datetime | None = _ts(nullable=True)
+    created_at: dt.datetime = _ts()
+
+
 def _table(model: type[SQLModel]) -> Table:
     return model.__table__  # type: ignore[attr-defined]
 
@@ -439,3 +476,4 @@ VERSION_FILE = _table(VersionFile)
 COUNT_SNAPSHOT = _table(CountSnapshot)
 FLIP_STAGE = _table(FlipStage)
 PROVIDER_EVENT, PROVIDER_NONCE = _table(ProviderEvent), _table(ProviderNonce)
+WEBHOOK_EVENT, WEBHOOK_DELIVERY = _table(WebhookEvent), _table(WebhookDelivery)

@@ -257,7 +257,7 @@ def template_findings(d: Definition, renderer: Renderer) -> list[Finding]:
 
 def _told(wave: WaveDef) -> bool:
     """Whether a wave goes to the affected people (before the flip)."""
-    return wave.audience in ("affected", "all")
+    return wave.audience in ("affected", "all", "not_told")
 
 
 def locale_findings(conn: Connection, d: Definition, renderer: Renderer) -> list[Finding]:

@@ -48,3 +48,19 @@ def web_parts(url: str, not_web: str, why_no_password: str) -> SplitResult | str
     if parts.username is not None or parts.password is not None:
         return f"must carry no user or password ({why_no_password})"
     return parts
+
+
+def endpoint_problem(url: str, why_no_password: str) -> str | None:
+    """None when `url` is an https:// URL, or http:// to a loopback host (what travels there may be a secret or a
+    signed message: never in plain text over a network), without user, password or #fragment; else what is
+    wrong (`why_no_password` says where the secret belongs instead)."""
+    parts = web_parts(url, f"{url!r} must be an https:// URL (http:// only to a loopback host such as 127.0.0.1)",
+                      why_no_password)
+    if isinstance(parts, str):
+        return parts
+    if parts.fragment:
+        return "must have no #fragment"
+    if parts.scheme == "http" and not is_loopback(parts.hostname or ""):
+        return (f"http:// is allowed only to a loopback host (127.0.0.1, ::1, localhost), not {parts.hostname!r}: "
+                "use https://")
+    return None

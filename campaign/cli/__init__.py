@@ -2,7 +2,8 @@
 
 The commands live by what they are about: intake (import, suppress, bounces), campaigns (create, list,
 audience, pause, resume, cancel, approve), delivery (preview, test-send, send), cutoff (schedule, scheduler,
-flip, rollback), evidence (status, report, log); what they share, the error boundary among it, is in `app`."""
+flip, rollback), evidence (status, report, log), webhooks (log, send); what they share, the error boundary
+among it, is in `app`."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import click
 
 from campaign import migrate
-from campaign.cli import campaigns, console, cutoff, delivery, evidence, intake
+from campaign.cli import campaigns, console, cutoff, delivery, evidence, intake, webhooks
 from campaign.cli.app import CONTEXT, App, Group, Progress, pass_app
 from campaign.config import redact_url
 from campaign.demo import walkthrough
@@ -80,7 +81,7 @@ def demo(directory: Path) -> None:
 
 
 for command in (db_group, *intake.COMMANDS, *campaigns.COMMANDS, *delivery.COMMANDS, *cutoff.COMMANDS,
-                *evidence.COMMANDS, *console.COMMANDS, demo):
+                *evidence.COMMANDS, *console.COMMANDS, *webhooks.COMMANDS, demo):
     cli.add_command(command)
 
 

@@ -11,6 +11,7 @@ from campaign import campaigns, preflight
 from campaign.cli.app import App, dry_run_option, json_option, pass_app, print_findings, print_json
 from campaign.cutoff import approval
 from campaign.delivery import transport
+from campaign.errors import UsageError
 from campaign.store import audience as audience_store
 
 sign_option = click.option(
@@ -111,10 +112,37 @@ def list_cmd(app: App, as_json: bool) -> None:
 @click.argument("slug")
 @click.option("--by", type=click.Choice(sorted(audience_store.BY_COLUMNS)), help="Break the counts down.")
 @click.option("--sample", type=click.IntRange(min=0), default=0, help="Also list N affected accounts.")
+@click.option("--not-told", "not_told", is_flag=True, help="Those a `not_told` wave would reach now: never told, at "
+              "an address changed since, or added late.")
+@click.option("--why", is_flag=True, help="With --not-told: each account's reason ('bounced, address changed').")
 @json_option
 @pass_app
-def audience(app: App, slug: str, by: str | None, sample: int, as_json: bool) -> None:
-    """Who is affected now: accounts owning a device whose setting still has the `from` value."""
+def audience(app: App, slug: str, by: str | None, sample: int, not_told: bool, why: bool, as_json: bool) -> None:
+    """Who is affected now: accounts owning a device whose setting still has the `from` value.
+
+    \b
+    With --not-told, the second chance's audience ([[waves]] audience = "not_told"):
+    affected accounts whose notice was never delivered (every earlier delivery
+    bounced, failed, or was never sent) and whose address changed since (a
+    re-import corrected it) or who were added after the earlier waves.
+
+    \b
+      campaign audience voice-local-processing --by locale --sample 5
+      campaign audience voice-local-processing --not-told --why
+    """
+    if why and not not_told:
+        raise UsageError("--why goes with --not-told (it says why each account was never told)")
+    if not_told:
+        told = campaigns.not_told_of(app.engine(), slug)
+        if as_json:
+            print_json(told.as_json())
+            return
+        click.echo(f"{slug}: {told.accounts} affected account(s) not told, at an address changed since or added late")
+        for account_id, email, reason in told.listed:
+            click.echo(f"  {account_id}  {email}" + (f"  ({reason})" if why else ""))
+        if told.accounts > len(told.listed):
+            click.echo(f"  ... and {told.accounts - len(told.listed)} more")
+        return
     report = campaigns.audience_of(app.engine(), slug, by=by, sample=sample)
     if as_json:
         print_json(report.as_json())

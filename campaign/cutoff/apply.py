@@ -17,15 +17,14 @@ import os
 import random
 import ssl
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol
 
-import httpcore
 import httpx
 
-from campaign import redaction
+from campaign import deadlines, redaction
 from campaign.definition import Apply
 from campaign.errors import ConfigError
 from campaign.validation import setting_value_problem
@@ -35,7 +34,6 @@ TRANSIENT_4XX = (408, 429)  # "request timeout", "too many requests": later, the
 SHOWN = 300  # characters of a refusal's body quoted in the reason
 MAX_ANSWER_BYTES = 16 * 1024 * 1024  # a 200's body, read at most; a larger one is outside the contract
 REFUSAL_BYTES = 64 * 1024  # of a refusal's body, read at most (its first SHOWN characters are quoted)
-WRITE_CHUNK = 64 * 1024  # a request body goes out in pieces, each given what is left of the deadline
 
 
 @dataclass(frozen=True)
@@ -123,63 +121,6 @@ def answer_problem(change: Change, status: Any, value: Any, secrets: Sequence[st
     return None
 
 
-class _Deadline(httpcore.NetworkBackend):
-    """httpcore's network I/O under one deadline for a whole request: each connect, TLS handshake, write and
-    read waits at most what is left of it. httpx's timeouts bound each operation alone, so a service that drips
-    its answer a byte at a time would hold a request for as long as it likes. (Name resolution is not bounded:
-    it happens inside the socket library.)"""
-
-    def __init__(self, inner: httpcore.NetworkBackend) -> None:
-        self.inner = inner
-        self.at: float | None = None  # time.monotonic() by which the request must be over; None: no deadline
-
-    def left(self, timeout: float | None, late: type[httpcore.TimeoutException]) -> float | None:
-        if self.at is None:
-            return timeout
-        left = self.at - time.monotonic()
-        if left <= 0:
-            raise late("timeout_seconds is over for this request")
-        return left if timeout is None else min(timeout, left)
-
-    def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
-                    socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
-        return _DeadlineStream(self.inner.connect_tcp(host, port, self.left(timeout, httpcore.ConnectTimeout),
-                                                      local_address, socket_options), self)
-
-    def connect_unix_socket(self, path: str, timeout: float | None = None,
-                            socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
-        return _DeadlineStream(self.inner.connect_unix_socket(path, self.left(timeout, httpcore.ConnectTimeout),
-                                                              socket_options), self)
-
-    def sleep(self, seconds: float) -> None:
-        self.inner.sleep(seconds)
-
-
-class _DeadlineStream(httpcore.NetworkStream):
-    def __init__(self, inner: httpcore.NetworkStream, deadline: _Deadline) -> None:
-        self.inner, self.deadline = inner, deadline
-
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self.inner.read(max_bytes, self.deadline.left(timeout, httpcore.ReadTimeout))
-
-    def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        # In pieces: one write call gives the whole buffer a single timeout, however slowly the peer takes it.
-        for k in range(0, len(buffer), WRITE_CHUNK):
-            self.inner.write(buffer[k:k + WRITE_CHUNK], self.deadline.left(timeout, httpcore.WriteTimeout))
-
-    def close(self) -> None:
-        self.inner.close()
-
-    def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
-                  timeout: float | None = None) -> httpcore.NetworkStream:
-        return _DeadlineStream(self.inner.start_tls(ssl_context, server_hostname,
-                                                    self.deadline.left(timeout, httpcore.ConnectTimeout)),
-                               self.deadline)
-
-    def get_extra_info(self, info: str) -> Any:
-        return self.inner.get_extra_info(info)
-
-
 class HttpSettingsService:
     """The contract over HTTP with httpx: one persistent connection, TLS verified (the system's authorities; a
     private one goes in SSL_CERT_FILE), no proxy but the definition's (none from the environment: the request
@@ -193,13 +134,7 @@ class HttpSettingsService:
         self.timeout = a.timeout_seconds
         redaction.hold(token)
         transport = httpx.HTTPTransport(verify=ssl.create_default_context(), proxy=a.proxy, trust_env=False)
-        # The one way into httpx's I/O: its transport takes no network backend, its connection pool does.
-        pool: Any = getattr(transport, "_pool", None)
-        if pool is None or not isinstance(getattr(pool, "_network_backend", None), httpcore.NetworkBackend):
-            raise RuntimeError("this httpx/httpcore cannot bound a whole request by a deadline: pin httpx to a "
-                               "version with HTTPTransport._pool._network_backend")
-        self._deadline = _Deadline(pool._network_backend)
-        pool._network_backend = self._deadline
+        self._deadline = deadlines.bound(transport)
         self._client = httpx.Client(transport=transport, trust_env=False, follow_redirects=False,
                                     timeout=httpx.Timeout(a.timeout_seconds),
                                     headers={"Authorization": f"Bearer {token}",
@@ -234,10 +169,10 @@ class HttpSettingsService:
                 if code >= 500 or code in TRANSIENT_4XX:
                     raise Transient(said)
                 if code != 200:
-                    body, _whole = self._read(response, REFUSAL_BYTES)
+                    body, _whole = deadlines.read_capped(response, REFUSAL_BYTES)
                     text = redaction.redact(body.decode("utf-8", "replace"), SHOWN)
                     raise Refused(said + (f": {text}" if text else ""))
-                body, whole = self._read(response, MAX_ANSWER_BYTES)
+                body, whole = deadlines.read_capped(response, MAX_ANSWER_BYTES)
                 if not whole:
                     raise Refused(f"HTTP 200, but the answer is larger than {MAX_ANSWER_BYTES // 2**20} MiB (the "
                                   "contract's answer to one batch is far smaller): not read")
@@ -251,21 +186,6 @@ class HttpSettingsService:
         finally:
             self._deadline.at = None
         return self._answers(body, changes)
-
-    def _read(self, response: httpx.Response, cap: int) -> tuple[bytes, bool]:
-        """At most `cap` bytes of the body, and whether that was all of it; a body that says it is longer is not
-        read at all. Each read waits at most what is left of the request's deadline (`_Deadline`)."""
-        declared = response.headers.get("Content-Length", "")
-        if declared.isdigit() and int(declared) > cap:
-            return b"", False
-        chunks: list[bytes] = []
-        size = 0
-        for chunk in response.iter_bytes():
-            size += len(chunk)
-            if size > cap:
-                return b"".join(chunks)[:cap], False
-            chunks.append(chunk)
-        return b"".join(chunks), True
 
     def _answers(self, body: bytes, changes: Sequence[Change]) -> dict[str, Answer]:
         try:

@@ -285,8 +285,11 @@ def approve(engine: Engine, slug: str, approver: Approver | str, *, revoke: bool
             if not mine:
                 return Outcome(slug, "not_approved", who.identity, dry_run, before, who.proof)
             tx.action = REVOKE
-            tx.note(version=before.version, digest=before.digest, **who.detail())
-            return Outcome(slug, "revoked", who.identity, dry_run, _without(before, who.identity), who.proof)
+            remaining = _without(before, who.identity)
+            # required / approved: whether an approval is needed again now (the webhook event approval.needed)
+            tx.note(version=before.version, digest=before.digest, required=before.required,
+                    approved=remaining.approved, **who.detail())
+            return Outcome(slug, "revoked", who.identity, dry_run, remaining, who.proof)
         if c.state == CANCELLED:
             raise StateError(f"campaign {slug!r} is cancelled: there is nothing to approve")
         if who.identity == before.defined_by:

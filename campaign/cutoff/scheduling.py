@@ -43,6 +43,7 @@ from campaign.notices import kept, proofs
 from campaign.notices.rendering import Renderer
 from campaign.store import audience, steps
 from campaign.store import campaigns as campaign_rows
+from campaign.webhooks.delivery import Background as Webhooks
 
 log = logging.getLogger("campaign.scheduler")
 
@@ -272,6 +273,7 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._child: asyncio.subprocess.Process | None = None
         self._leading = False
+        self.webhooks = Webhooks(engine, config)  # a delivery run each tick, beside the steps, never waited for
         self.performed: list[str] = []  # steps run
         self.also: list[str] = []  # catching up besides steps: deliveries due again, fair notice that ran
 
@@ -384,6 +386,7 @@ class Scheduler:
     async def _tick(self) -> None:
         """Everything that is due now: overdue steps first, then waves with deliveries due again (a send window
         that opened, a retry), then devices whose fair notice has run."""
+        self.webhooks.start()
         if self.bounces and time.monotonic() - self._bounces_at >= self.timings.bounces_every:
             # First, so that a notice returned meanwhile no longer counts when a flip decides below.
             self._bounces_at = time.monotonic()
@@ -459,6 +462,7 @@ class Scheduler:
 
     def stop(self) -> None:
         self._stop.set()
+        self.webhooks.stop()
         self._wake.set()
         self._stop_child()
 
@@ -493,6 +497,7 @@ class Scheduler:
                     with contextlib.suppress(asyncio.CancelledError):
                         await keeper
         finally:
+            await self.webhooks.wait()
             self.leadership.release()
         return self.performed
 

@@ -98,8 +98,8 @@ def prepare(conn: Connection, slug: str, wave_name: str, ignore_window: bool,
     if not out_of_order:
         _in_order(conn, c, wave, now)
     approvals.require(conn, c, "send", dry_run=dry_run)
-    added = deliveries.materialize(conn, c.id, row.id, audience.accounts(d, c.id, wave.audience), wave.expires,
-                                   now)
+    added = deliveries.materialize(conn, c.id, row.id, audience.accounts(d, c.id, wave.audience, row.id),
+                                   wave.expires, now)
     if not d.send_window.always_open and not ignore_window:
         # (Rows left without a time are checked against the window when claimed: this only spares
         # a sender the claims of people who are asleep.)
@@ -201,7 +201,10 @@ def _finish(conn: Connection, campaign_id: int, wave_id: int, wave_name: str, ac
     row = campaign_rows.wave(conn, campaign_id, wave_name)
     assert row is not None
     paused = row.paused_reason if row.state == campaign_rows.PAUSED else None
-    if not paused and not look.waiting_window and not counts["pending"] and not counts["sending"]:
+    done = not paused and not look.waiting_window and not counts["pending"] and not counts["sending"]
+    if done:
         campaign_rows.wave_done(conn, wave_id, now)
-    audit.record(conn, actor, "wave.sent", campaign_id, wave=wave_name, counts=counts, attempted=attempted)
+    # `done`: this send finished the wave (its webhook event, `wave.finished`); others leave work for later.
+    audit.record(conn, actor, "wave.sent", campaign_id, wave=wave_name, counts=counts, attempted=attempted,
+                 **({"done": True} if done else {}))
     return counts, look, paused

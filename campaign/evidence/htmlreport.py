@@ -18,6 +18,7 @@ from sqlalchemy import Connection
 
 from campaign import campaigns, db, pages
 from campaign.cutoff import approval
+from campaign.definition import NOTICES
 from campaign.evidence import charts, sentences, stage_status
 from campaign.evidence.auditlog import entry
 from campaign.evidence.status import approval_json, coverage_json
@@ -460,7 +461,7 @@ def html_data(conn: Connection, slug: str, now: dt.datetime | None = None) -> di
     outlook = change_store.outlook(conn, c.id)
     change_accounts, change_devices = store.change_accounts(conn, c.id)
     # as `status` counts it: told by a wave to the affected
-    coverage = store.notice_coverage(conn, c.id, d, [w.id for w in waves if w.audience == "affected"])
+    coverage = store.notice_coverage(conn, c.id, d, [w.id for w in waves if w.audience in NOTICES])
     staged, halted = stage_status.of(conn, c) if d.flip.staged else ((), None)
     return {
         "campaign": slug, "name": c.name, "state": c.state, "generated_at": iso(now), "cutoff": iso(c.cutoff),

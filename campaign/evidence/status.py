@@ -14,6 +14,7 @@ from sqlalchemy import Connection, Engine
 
 from campaign import campaigns, db, preflight
 from campaign.cutoff import approval
+from campaign.definition import NOTICES
 from campaign.evidence import stage_status
 from campaign.evidence.words import iso
 from campaign.models import APPLY_STATES, CHANGE_STATES, CHANGED, DELIVERY_STATES, SENT, SETTLED_STATES, WAITING
@@ -207,7 +208,7 @@ def count(conn: Connection, c: campaigns.CampaignRow, now: dt.datetime | None = 
     waves: dict[int, WaveCount] = {}
     told_by = []
     for w in campaign_store.waves(conn, c.id):
-        if w.audience == "affected":
+        if w.audience in NOTICES:
             told_by.append(w.id)
         counts = deliveries.counts(conn, w.id)
         # A wave done before the window began sent nothing in it (sending again marks it `sending` first): its

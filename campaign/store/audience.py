@@ -1,5 +1,6 @@
 """Who a campaign speaks to: the one definition of "affected" (owns a device whose setting still equals
-`from`, within the audience filters) and of "changed" (had a device flipped by the campaign)."""
+`from`, within the audience filters), of "changed" (had a device flipped by the campaign) and of "not told" (affected,
+never told by the campaign, and at an address no earlier wave tried, or added after the earlier waves)."""
 
 from __future__ import annotations
 
@@ -7,16 +8,16 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Select, distinct, func, select, union
+from sqlalchemy import ColumnElement, Connection, Select, distinct, exists, func, select, union
 
 from campaign.definition import Definition
-from campaign.models import ACCOUNT, CHANGED, DEVICE, DEVICE_SETTING, SETTING_CHANGE
+from campaign.models import ACCOUNT, CHANGED, DELIVERY, DEVICE, DEVICE_SETTING, PENDING, SENDING, SENT, SETTING_CHANGE
 from campaign.recipients import DeviceView, Recipient
 from campaign.store._lists import among
 from campaign.store.suppressions import matches  # one rule for a suppressed address
 
-A, D, S, SC = ACCOUNT, DEVICE, DEVICE_SETTING, SETTING_CHANGE
-RULES = ("affected", "changed", "all")
+A, D, S, SC, DL = ACCOUNT, DEVICE, DEVICE_SETTING, SETTING_CHANGE, DELIVERY
+RULES = ("affected", "changed", "all", "not_told")
 BY_COLUMNS = {"locale": A.c.locale, "country": A.c.country, "model": D.c.model}
 
 _FROM = S.join(D, D.c.id == S.c.device_id).join(A, A.c.id == D.c.account_id)
@@ -42,15 +43,53 @@ def changed(campaign_id: int) -> Select[Any]:
     return select(SC.c.account_id).where(SC.c.campaign_id == campaign_id, SC.c.state == CHANGED)
 
 
-def accounts(d: Definition, campaign_id: int, rule: str) -> Any:
-    """A select of the account ids of a wave's audience rule: affected | changed | all."""
+def _earlier(campaign_id: int, wave_id: int | None) -> list[ColumnElement[bool]]:
+    """An account's deliveries of the campaign, but for those of wave `wave_id` (the `not_told` wave's own)."""
+    conds = [DL.c.campaign_id == campaign_id, DL.c.account_id == A.c.id]
+    return conds + ([DL.c.wave_id != wave_id] if wave_id is not None else [])
+
+
+def not_told(d: Definition, campaign_id: int, wave_id: int | None = None) -> Select[Any]:
+    """The account ids of a `not_told` wave: affected now; no delivery of the campaign's other waves `sent` (a
+    bounce reported later makes one `bounced`) or still under way; and none of them tried the current address —
+    the address changed since (a re-import corrected it), or there was none: the account came late."""
+    earlier = _earlier(campaign_id, wave_id)
+    told = exists().where(*earlier, DL.c.state.in_((SENT, PENDING, SENDING))).correlate(A)
+    tried = exists().where(*earlier, func.lower(DL.c.email) == func.lower(A.c.email)).correlate(A)
+    return affected(d).where(~told, ~tried)
+
+
+def accounts(d: Definition, campaign_id: int, rule: str, wave_id: int | None = None) -> Any:
+    """A select of the account ids of a wave's audience rule: affected | changed | all | not_told (`wave_id`: the
+    wave's own deliveries do not count as earlier ones)."""
     if rule == "affected":
         return affected(d)
     if rule == "changed":
         return changed(campaign_id)
     if rule == "all":
         return union(affected(d), changed(campaign_id))
+    if rule == "not_told":
+        return not_told(d, campaign_id, wave_id)
     raise ValueError(f"unknown audience rule {rule!r}")
+
+
+# The latest earlier delivery's state, in the words of `audience --not-told --why` (none: the account came late).
+UNTOLD_WORDS = {None: "never sent, added late", "bounced": "bounced, address changed",
+                "failed": "failed, address changed", "suppressed": "suppressed, address changed",
+                "expired": "never sent (expired), address changed", "skipped": "never sent (skipped), address changed"}
+
+
+def not_told_accounts(conn: Connection, d: Definition, campaign_id: int,
+                      limit: int | None = None) -> tuple[list[tuple[str, str, str]], int]:
+    """(account id, email, why) of the accounts a `not_told` wave would reach now, in account order (the first
+    `limit`), and how many there are."""
+    ids = not_told(d, campaign_id)
+    total = int(conn.execute(select(func.count()).select_from(A).where(A.c.id.in_(ids))).scalar_one())
+    last = (select(DL.c.state).where(*_earlier(campaign_id, None)).order_by(DL.c.id.desc()).limit(1)
+            .correlate(A).scalar_subquery())
+    stmt = select(A.c.id, A.c.email, last).where(A.c.id.in_(ids)).order_by(A.c.id)
+    rows = conn.execute(stmt.limit(limit) if limit is not None else stmt).all()
+    return [(r[0], r[1], UNTOLD_WORDS.get(r[2], f"{r[2]}, address changed")) for r in rows], total
 
 
 @dataclass

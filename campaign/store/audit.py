@@ -13,8 +13,10 @@ from typing import Any
 
 from sqlalchemy import Connection, insert, or_, select
 
+from campaign import webhook_events
 from campaign.clock import utcnow
 from campaign.models import AUDIT_EVENT
+from campaign.store import webhooks
 
 A = AUDIT_EVENT
 
@@ -30,13 +32,20 @@ def _process() -> tuple[str, str]:
 
 
 def record(conn: Connection, actor: str, action: str, campaign_id: int | None = None, **detail: Any) -> None:
-    """One audit event; with the process's login and host beside the actor when the login is someone else."""
+    """One audit event; with the process's login and host beside the actor when the login is someone else. An event
+    that is also a webhook event (`campaign.webhook_events`) writes its outbox row with it."""
     login, host = _process()
     differs = login != actor
-    conn.execute(insert(A).values(
-        at=utcnow(), actor=actor, campaign_id=campaign_id, action=action,
+    at = utcnow()
+    done = conn.execute(insert(A).values(
+        at=at, actor=actor, campaign_id=campaign_id, action=action,
         detail=json.dumps(detail, sort_keys=True, default=str, ensure_ascii=False),
         login=login if differs else None, host=host if differs else None))
+    announced = webhook_events.event_for(action, detail)
+    if announced is not None:  # in this same transaction: an event rolled back is never announced
+        key = done.inserted_primary_key
+        assert key is not None
+        webhooks.enqueue(conn, int(key[0]), at, campaign_id, actor, *announced)
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ from sqlalchemy import (
     update,
 )
 
-from campaign.definition import Definition
+from campaign.definition import NOTICES, Definition
 from campaign.models import (
     APPLY_BATCH,
     APPLYING,
@@ -105,8 +105,9 @@ def hold_back_waiting(conn: Connection, campaign_id: int, now: dt.datetime) -> i
 
 
 def notice_waves(conn: Connection, campaign_id: int) -> list[int]:
-    """The ids of the campaign's `affected` waves: a `sent` delivery of one of them is a delivered notice."""
-    return list(conn.execute(select(W.c.id).where(W.c.campaign_id == campaign_id, W.c.audience == "affected")
+    """The ids of the campaign's `affected` and `not_told` waves: a `sent` delivery of one of them is a delivered
+    notice (a second chance gives its own fair notice)."""
+    return list(conn.execute(select(W.c.id).where(W.c.campaign_id == campaign_id, W.c.audience.in_(NOTICES))
                              .order_by(W.c.id)).scalars())
 
 

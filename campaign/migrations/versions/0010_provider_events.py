@@ -1,7 +1,7 @@
 """provider events: what the mail provider saw (delivered, bounced, complained), replay memory, delivered_at
 
 Revision ID: 0010_provider_events
-Revises: 0008_flip_stages
+Revises: 0009_webhooks
 Create Date: 2026-12-10 10:00:00
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from alembic import op
 import campaign.db
 
 revision: str = '0010_provider_events'
-down_revision: str | None = '0008_flip_stages'
+down_revision: str | None = '0009_webhooks'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
