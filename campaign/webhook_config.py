@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
 import hashlib
 import os
 import re
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from campaign import redaction, urls, webhook_events
+from campaign.clock import parse_duration
 from campaign.errors import ConfigError
 from campaign.tomllines import Locator
 from campaign.wording import did_you_mean
@@ -28,7 +30,8 @@ PREFIX = "whsec_"
 SECRET_BYTES = (24, 64)  # the Standard Webhooks specification's bounds for a symmetric secret
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-KEYS = ("name", "url", "events", "secret_env", "format", "timeout_seconds", "max_attempts")
+KEYS = ("name", "url", "events", "secret_env", "format", "timeout_seconds", "max_attempts", "max_age")
+MAX_AGE = dt.timedelta(hours=24)
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,9 @@ class Endpoint:
     format: str = "standard"
     timeout_seconds: float = 10.0  # one request, whole: connecting, sending, the answer
     max_attempts: int = 8  # then the delivery is `failed` (also once it is older than the maximum age)
+    # An event this old is no longer offered (an endpoint added later gets the events of this last stretch only),
+    # and one not delivered by then is given up.
+    max_age: dt.timedelta = MAX_AGE
     where: str = "campaign.toml"  # FILE:LINE: webhooks[N], for messages
 
     def types(self) -> tuple[str, ...] | None:
@@ -115,7 +121,14 @@ def _endpoint(t: Mapping[str, Any], fail: Any, label: str) -> Endpoint:
     attempts = t.get("max_attempts", 8)
     if isinstance(attempts, bool) or not isinstance(attempts, int) or not 1 <= attempts <= 30:
         raise fail("max_attempts", "must be a whole number from 1 to 30")
-    return Endpoint(name, url, tuple(events), secret_env, fmt, float(timeout), attempts, label)
+    age = t.get("max_age", "24h")
+    try:
+        max_age = parse_duration(age) if isinstance(age, str) else None
+    except ValueError:
+        max_age = None
+    if max_age is None or not dt.timedelta(minutes=1) <= max_age <= dt.timedelta(days=90):
+        raise fail("max_age", f"must be a duration from 1m to 90d, such as \"24h\" or \"7d\", not {age!r}")
+    return Endpoint(name, url, tuple(events), secret_env, fmt, float(timeout), attempts, max_age, label)
 
 
 def secret(e: Endpoint, environ: Mapping[str, str] | None = None) -> bytes:

@@ -21,7 +21,7 @@ from campaign.demo import walkthrough
 def test_demo_tells_the_whole_story(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     for var in ("CAMPAIGN_DATABASE_URL", "CAMPAIGN_SMTP_URL", "CAMPAIGN_TEMPLATES", "CAMPAIGN_CLOCK", "CAMPAIGN_ACTOR",
-                "CAMPAIGN_BOUNCE_KEY"):
+                "CAMPAIGN_BOUNCE_KEY", "CAMPAIGN_WEBHOOK_SECRET"):
         monkeypatch.delenv(var, raising=False)
     work = tmp_path / "demo"
     result = CliRunner().invoke(cli, ["demo", "--dir", str(work)], catch_exceptions=False)
@@ -135,5 +135,28 @@ def test_demo_tells_the_whole_story(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert "notice        bounced" in story and "reminder      suppressed" in story
     assert "held back (no delivered notice)" in story
     # The demo's bounce key is for the demo's own steps: labelled, never printed, not left behind.
-    assert "CAMPAIGN_BOUNCE_KEY is a fixed demo key" in out
+    assert "CAMPAIGN_BOUNCE_KEY and CAMPAIGN_WEBHOOK_SECRET are fixed demo keys" in out
     assert walkthrough.DEMO_BOUNCE_KEY not in out and "CAMPAIGN_BOUNCE_KEY" not in os.environ
+    assert walkthrough.DEMO_WEBHOOK_SECRET not in out and "CAMPAIGN_WEBHOOK_SECRET" not in os.environ
+
+    # Issue 25: the flip in two stages, the second an hour after the first, each with its change rows.
+    first = out.split("Where the campaign stands")[2].split("\n== ")[0]  # 35 minutes after the cutoff
+    assert "stages         10%: finished" in first and "100%: not begun" in first and "next step      flip:2" in first
+    stages = dict(db.execute("SELECT stage, COUNT(*) FROM setting_change GROUP BY stage").fetchall())
+    assert set(stages) == {1, 2} and 0 < stages[1] < stages[2]
+    assert "100%: finished" in ending
+    # The campaign's events, signed, to the receiver on loopback; the log says each was delivered.
+    accepted = next(line for line in out.splitlines() if line.startswith("The receiver on http://127.0.0.1:"))
+    for kind in ("approval.needed ×1", "approval.given ×1", "flip.stage_finished ×2", "flip.finished ×1",
+                 "campaign.done ×1", "wave.finished"):
+        assert kind in accepted
+    log = out.split("$ campaign webhooks log")[1].split("\n== ")[0]
+    assert "campaign.done" in log and "failed" not in log and log.count("delivered") == int(
+        accepted.split(" accepted ")[1].split()[0])
+    # Priya's notice, rebuilt from the kept version: byte for byte the message in the outbox.
+    proof = out.split("--message notice --eml")[1].split("\n== ")[0]
+    assert "PROVEN: the rebuilt message is byte-identical" in proof
+    rebuilt = (work / "priya-notice.eml").read_bytes()
+    mailed = [f.read_bytes() for f in (work / "outbox" / "new").iterdir()
+              if b"priya.shah@example.com" in f.read_bytes() and b"X-Campaign-Wave: notice" in f.read_bytes()]
+    assert len(mailed) == 1 and mailed[0] == rebuilt

@@ -275,6 +275,23 @@ def test_a_delivery_waits_for_its_retry_time_and_is_given_up_after_max_attempts(
     assert states[1][0] == "delivered"
 
 
+def test_an_event_older_than_the_endpoints_max_age_is_not_offered(
+        engine: Engine, receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    """By default an endpoint gets the last 24 hours (one added later gets no backlog of months); `max_age = "7d"`
+    offers it an event of three days ago — a rehearsal in simulated time, whose scheduler runs are days apart."""
+    monkeypatch.setenv("TEST_WEBHOOK_SECRET", SECRET)
+    cid = a_campaign(engine)
+    three_days_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=3)
+    monkeypatch.setenv("CAMPAIGN_CLOCK", three_days_ago.isoformat())
+    with db.write(engine) as conn:
+        audit.record(conn, "pat", "campaign.done", cid)
+    monkeypatch.delenv("CAMPAIGN_CLOCK")
+    assert delivery.deliver(engine, [endpoint(receiver.url)]).delivered == 0
+    assert delivery.deliver(engine, [endpoint(receiver.url, name="week", max_age=dt.timedelta(days=7))]
+                            ).delivered == 1
+    assert [g["payload"]["type"] for g in receiver.got] == ["campaign.done"]
+
+
 def test_an_endpoint_gets_only_the_events_it_wants_and_slack_gets_words(
         engine: Engine, receiver: Receiver) -> None:
     cid = a_campaign(engine)
@@ -323,6 +340,9 @@ def test_a_missing_or_malformed_secret_is_refused_by_name_never_shown(
      "campaign.toml:4: webhooks[1].secert: unknown key (known here: name, url"),
     ('secret_env = "S"', "webhooks[1]: missing key 'url'"),
     ('url = "https://hooks.example.com/x"\nsecret_env = "S"\ntimeout_seconds = 0', "timeout_seconds: must be"),
+    ('url = "https://hooks.example.com/x"\nsecret_env = "S"\nmax_age = "1y"', "campaign.toml:4: webhooks[1].max_age:"
+                                                                          " must be a duration from 1m to 90d"),
+    ('url = "https://hooks.example.com/x"\nsecret_env = "S"\nmax_age = "365d"', "max_age: must be a duration"),
 ])
 def test_bad_webhooks_configuration_names_file_line_and_key(tmp_path: Path, table: str, message: str) -> None:
     (tmp_path / "campaign.toml").write_text(f"[[webhooks]]\n{table}\n", encoding="utf-8")
@@ -388,6 +408,7 @@ def test_the_scheduler_delivers_beside_its_steps(db_url: str, engine: Engine, re
     assert done.returncode == 0, done.stderr
     assert [g["payload"]["type"] for g in receiver.got] == ["campaign.done"]
     assert "webhooks: 1 endpoint(s): 1 delivered" in done.stderr
+    assert receiver.url.rstrip("/") not in done.stderr  # no HTTP client's request line: a URL can be a secret
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(WEBHOOK_DELIVERY)
                             .where(WEBHOOK_DELIVERY.c.state == "delivered")).scalar_one() == 1

@@ -110,7 +110,8 @@ def scheduler_run(app: App, once: bool, workers: int, poll: float, lease: float,
     handler.setFormatter(scheduling.LogFormat())
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
     if not verbose:
-        for noisy in ("apscheduler", "alembic"):
+        # httpx logs each request's URL: a Slack webhook's URL is its secret, a settings service's may carry one
+        for noisy in ("apscheduler", "alembic", "httpx", "httpcore"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
     performed, also = scheduling.run(app.engine(), app.config, once=once, workers=workers, bounces=bounces_url,
                                      timings=scheduling.Timings(tick=poll, lease=lease, bounces_every=bounces_every))

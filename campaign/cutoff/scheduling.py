@@ -41,6 +41,7 @@ from campaign.errors import StateError, TemplateProblem, UsageError
 from campaign.models import CANCELLED, DRAFT, PAUSED, SCHEDULED
 from campaign.notices import kept, proofs
 from campaign.notices.rendering import Renderer
+from campaign.redaction import redact
 from campaign.store import audience, steps
 from campaign.store import campaigns as campaign_rows
 from campaign.webhooks.delivery import Background as Webhooks
@@ -77,10 +78,10 @@ def wave_step(name: str) -> str:
 
 
 class LogFormat(logging.Formatter):
-    """One line per event, stamped with the campaign clock (simulated in the demo), in UTC."""
+    """One line per event, stamped with the campaign clock (simulated in the demo), in UTC; our secrets redacted."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return f"{db.utcnow().isoformat(timespec='seconds')} {record.getMessage()}"
+        return f"{db.utcnow().isoformat(timespec='seconds')} {redact(record.getMessage(), None)}"
 
 
 # -- campaign schedule ---------------------------------------------------------------------------------

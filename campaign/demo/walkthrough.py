@@ -2,13 +2,16 @@
 in simulated time. Every step is a real `campaign` command, run as its own process with the campaign clock
 (`CAMPAIGN_CLOCK`) set to the moment of the story; nothing leaves this machine.
 
-The story's definition is the shipped one (data/voice-local-processing.toml): a second person approves it
-before it can be scheduled (`[approval]`), and its messages go out with a signed return path (`[bounces]`), so
-that a notice a relay returns days later is taken back. The bounce key the demo signs with is a fixed value,
-set for the demo's own steps only: a demo key, not a secret."""
+The story's definition is the shipped one (data/voice-local-processing.toml) with a staged flip added: a second
+person approves it before it can be scheduled (`[approval]`), its messages go out with a signed return path
+(`[bounces]`), so that a notice a relay returns days later is taken back, and the flip switches a tenth of the
+accounts first, the rest two hours later if no guard tripped (`[flip]`). The campaign's events are posted, signed,
+to a receiver on 127.0.0.1 (`[[webhooks]]` in the working directory's campaign.toml). The bounce key and the
+webhook secret the demo uses are fixed values, set for the demo's own steps only: demo keys, not secrets."""
 
 from __future__ import annotations
 
+import base64
 import csv
 import datetime as dt
 import email.utils
@@ -25,6 +28,7 @@ from pathlib import Path
 import click
 
 from campaign import verp
+from campaign.demo.receiver import Receiver
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: data/ and templates/ of the shipped example
 DATA = ROOT / "data"
@@ -43,6 +47,10 @@ APPROVER = "dana"  # the second person, who approves the definition (the author 
 # real one is random (docs/bounces.md) and kept where the SMTP password is.
 DEMO_BOUNCE_KEY = "demo-key-not-a-secret-0123456789abcdef"
 RELAY = "mail.relay.example"
+# The demo's webhook secret (CAMPAIGN_WEBHOOK_SECRET: whsec_ and base64 of 32 bytes), for the demo's own steps and
+# its receiver only. A DEMO KEY, NOT A SECRET.
+DEMO_WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"demo-webhook-key-not-a-secret-01").decode()
+STAGES = '[flip]\nstages = ["10%", "100%"]\nstage_wait = "1h"\nhalt_on_conflict_rate = 0.05\nhalt_on_complaints = 5\n'
 
 
 @dataclass(frozen=True)
@@ -62,7 +70,7 @@ def at(**delta: float) -> dt.datetime:
 
 
 def story(work: Path) -> list[Step]:
-    toml = str(DATA / "voice-local-processing.toml")
+    toml = str(work / DEFINITION)
     inputs = work / "inputs"
     return [
         Step(at(days=-21), "Create the schema (SQLite, in the working directory)", ("db", "upgrade")),
@@ -118,7 +126,13 @@ def story(work: Path) -> list[Step]:
         Step(at(days=-3, hours=3), "Three days before: the reminder, to those still affected",
              ("scheduler", "run", "--once"), f"not to {HANNAH[2]}: her address bounced"),
         Step(at(days=-3, hours=13), "... and in the Americas", ("scheduler", "run", "--once")),
-        Step(at(minutes=30), "The cutoff: the scheduler switches every device still set the old way",
+        Step(at(minutes=30), "The cutoff: the scheduler switches the first stage, a tenth of the accounts",
+             ("scheduler", "run", "--once"),
+             "[flip] stages = [\"10%\", \"100%\"]: which stage an account is in is fixed by a hash of the campaign "
+             "and the account, so every run and every machine agree; the next stage waits stage_wait (1h) and its "
+             "guards (conflicts, errors, complaints)"),
+        Step(at(minutes=35), "Where the campaign stands", ("status", SLUG)),
+        Step(at(hours=1, minutes=35), "An hour later, no guard tripped: the scheduler switches the rest",
              ("scheduler", "run", "--once"),
              f"{MEGAN[2]} was never told and {HANNAH[2]}'s notice bounced, so their devices are held back; "
              f"{PRIYA[2]}'s waits for fair notice"),
@@ -139,10 +153,18 @@ def story(work: Path) -> list[Step]:
              ("report", SLUG, "--account", PRIYA[0])),
         Step(at(days=3), f"... and with {HANNAH[2]}: her notice bounced, so no reminder, and her device was held "
              "back", ("report", SLUG, "--account", HANNAH[0])),
+        Step(at(days=3), f"A regulator asks for the exact words {PRIYA[2]} received: rebuilt from the kept "
+             "templates and proven byte for byte", ("report", SLUG, "--account", PRIYA[0], "--message", "notice",
+                                                    "--eml", str(work / "priya-notice.eml")),
+             "each delivery recorded the SHA-256 of the message handed to the relay, and the version of the "
+             "definition and templates that built it; an edit of templates/ since changes nothing here"),
         Step(at(days=3), "The evidence for a regulator: every account's messages and device changes (CSV)",
              ("report", SLUG, "--format", "csv", "--out", str(work / "report.csv"))),
         Step(at(days=3), "The campaign at a glance: one HTML page with charts, for the screen and for paper",
              ("report", SLUG, "--format", "html", "--out", str(work / "report.html"))),
+        Step(at(days=3), "The campaign's events, posted to the team's receiver (signed, at least once)",
+             ("webhooks", "send"), "the scheduler posts them at every tick; this posts what is left now"),
+        Step(at(days=3), "... and what was posted, and when", ("webhooks", "log")),
         Step(at(days=3), "How it ended: done, and who was told in time", ("status", SLUG),
              "told = a notice delivered before the cutoff (a late bounce takes it back); in time = at least "
              "min_notice (7 days) before it"),
@@ -150,6 +172,23 @@ def story(work: Path) -> list[Step]:
 
 
 DRAFT = "draft-templates"  # the templates as they stood in the draft: no Japanese reminder yet
+DEFINITION = "voice-local-processing.toml"  # the shipped definition with a staged flip, in the working directory
+
+
+def write_definition(work: Path) -> None:
+    """The shipped definition with `[flip]` stages added (the shipped one flips everyone at once)."""
+    text = (DATA / DEFINITION).read_text(encoding="utf-8")
+    (work / DEFINITION).write_text(text.rstrip("\n") + "\n\n" + STAGES, encoding="utf-8")
+
+
+def write_config(work: Path, url: str) -> None:
+    """campaign.toml in the working directory: every event of the campaign to the demo's receiver."""
+    (work / "campaign.toml").write_text(
+        "# campaign demo: the campaign's events to a receiver on 127.0.0.1 (docs/webhooks.md)\n"
+        f'[[webhooks]]\nname = "team"\nurl = "{url}"\nevents = ["*"]\nsecret_env = "CAMPAIGN_WEBHOOK_SECRET"\n'
+        '# a replay in simulated time: the scheduler\'s runs are days apart (the default offers the last 24h)\n'
+        'max_age = "30d"\n',
+        encoding="utf-8")
 
 
 def write_draft(work: Path, _when: dt.datetime) -> str:
@@ -312,16 +351,29 @@ def run(work: Path, cli: click.Group) -> int:
                 for f in box.iterdir():
                     f.unlink()
     write_inputs(work / "inputs")
+    write_definition(work)
+    with Receiver(DEMO_WEBHOOK_SECRET) as receiver:
+        write_config(work, receiver.url)
+        code = _story(work, cli, db_file)
+        posted = receiver.types()
+    if code == 0:
+        print(f"The receiver on {receiver.url} accepted {len(posted)} signed events: "
+              + ", ".join(f"{t} ×{posted.count(t)}" for t in dict.fromkeys(posted)) + ".")
+        _where(work, db_file)
+    return code
+
+
+def _story(work: Path, cli: click.Group, db_file: Path) -> int:
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("CAMPAIGN_")}
     env = {**base_env, "CAMPAIGN_DATABASE_URL": f"sqlite:///{db_file}",
            "CAMPAIGN_TEMPLATES": str(ROOT / "templates"), "CAMPAIGN_SMTP_URL": f"maildir:{work / 'outbox'}",
            "CAMPAIGN_ACTOR": os.environ.get("CAMPAIGN_ACTOR", "demo"), "PYTHONUNBUFFERED": "1",
-           "CAMPAIGN_BOUNCE_KEY": DEMO_BOUNCE_KEY}
+           "CAMPAIGN_BOUNCE_KEY": DEMO_BOUNCE_KEY, "CAMPAIGN_WEBHOOK_SECRET": DEMO_WEBHOOK_SECRET}
     approver = APPROVER if env["CAMPAIGN_ACTOR"] != APPROVER else f"{APPROVER}-2"
     print(f"The story of {SLUG}, replayed in simulated time (the cutoff was {CUTOFF.isoformat()}).")
     print(f"Working in {work}; every step is a `campaign` command, shown as it runs.")
-    print(f"The author is {env['CAMPAIGN_ACTOR']!r}; CAMPAIGN_BOUNCE_KEY is a fixed demo key, set for these steps "
-          "only (not a secret).\n")
+    print(f"The author is {env['CAMPAIGN_ACTOR']!r}; CAMPAIGN_BOUNCE_KEY and CAMPAIGN_WEBHOOK_SECRET are fixed demo "
+          "keys, set for these steps only (not secrets).\n")
     for step in story(work):
         if not available(step.args, cli):
             continue
@@ -344,12 +396,18 @@ def run(work: Path, cli: click.Group) -> int:
             print(f"step failed with exit code {code}", file=sys.stderr)
             return code
         print()
+    return 0
+
+
+def _where(work: Path, db_file: Path) -> None:
+    env = {"CAMPAIGN_ACTOR": os.environ.get("CAMPAIGN_ACTOR", "demo"), "CAMPAIGN_TEMPLATES": str(ROOT / "templates")}
     outbox = work / "outbox" / "new"
     sent = len(list(outbox.iterdir())) if outbox.is_dir() else 0
     print("Where to look:")
     print(f"  the messages, as the recipients got them: {outbox} ({sent} files, one per message)")
     print(f"  the gallery of every wave and language:    {work / 'gallery' / 'index.html'}")
     print(f"  the campaign report, for a browser:        {work / 'report.html'}")
+    print(f"  {PRIYA[2]}'s notice, rebuilt and proven:   {work / 'priya-notice.eml'}")
     print(f"  the database:                              {db_file}")
     print(f"  try: CAMPAIGN_DATABASE_URL=sqlite:///{db_file} campaign status {SLUG}")
     print("The console on this database (a demo identity: pick who you are; loopback only):")
@@ -357,4 +415,3 @@ def run(work: Path, cli: click.Group) -> int:
     print("  " + " ".join(f"{k}={shlex.quote(v)}" for k, v in serve.items())
           + f" campaign --database-url {shlex.quote(f'sqlite:///{db_file}')} serve --identity demo")
     print("  then open http://127.0.0.1:8080/")
-    return 0

@@ -55,13 +55,12 @@ SHOWN = 300
 @dataclass(frozen=True)
 class Pace:
     """When to try a delivery again: `base × 2^(n−1)` seconds after the n-th failed attempt, capped at `cap`,
-    varied by ±`jitter`; an event older than `max_age` is given up. `lease`: how long a run holds the lease
-    between two requests (renewed before each)."""
+    varied by ±`jitter` (an event older than the endpoint's `max_age` is given up). `lease`: how long a run holds
+    the lease between two requests (renewed before each)."""
 
     base: float = 30.0
     cap: float = 3600.0
     jitter: float = 0.1
-    max_age: dt.timedelta = dt.timedelta(hours=24)
     lease: float = 120.0
 
     def delay(self, failed: int, rnd: random.Random | None = None) -> dt.timedelta:
@@ -190,8 +189,8 @@ def deliver(engine: Engine, endpoints: Sequence[Endpoint], *, now_too: bool = Fa
                 continue
             now = db.utcnow()
             with db.write(engine) as conn:
-                run.opened += store.open_for(conn, e.name, e.types(), now - pace.max_age, now)
-                run.failed += store.give_up_older(conn, e.name, now - pace.max_age, now)
+                run.opened += store.open_for(conn, e.name, e.types(), now - e.max_age, now)
+                run.failed += store.give_up_older(conn, e.name, now - e.max_age, now)
             sender = poster(e.timeout_seconds)
             try:
                 if not _endpoint(engine, e, key, sender, run, now_too, pace, holder, stop):
