@@ -172,10 +172,15 @@ def _close_flip(s: Session, c: campaigns.CampaignRow, changed: int, batches: int
             tally.waiting = store.apply_state(tx.conn, c.id).waiting
             result.apply = tally.as_json()
             apply = {"apply": tally.audit()}
+        finished = False
         if staged is not None:
             result.stage = stages.close(tx.conn, c, staged, tally, tx.actor, clock())
+        else:
+            finished = stages.close_unstaged(tx.conn, c, tally, tx.actor, {
+                CHANGED: result.total_changed, HELD_BACK: result.held_back, WAITING: result.waiting})
         did = (tally.sent or tally.stopped) if tally is not None else changed
-        if did or audit_empty or (result.stage and (result.stage["finished"] or result.stage["halted"])):
+        if did or audit_empty or finished or (result.stage and (result.stage["finished"] or
+                                                                  result.stage["halted"])):
             tx.note(**noted, **result.audit(), **apply)
         else:
             tx.action = None

@@ -172,6 +172,16 @@ def close(conn: Connection, c: campaigns.CampaignRow, run: Run, tally: ApplyTall
             "next": after}
 
 
+def close_unstaged(conn: Connection, c: campaigns.CampaignRow, tally: ApplyTally | None, actor: str,
+                   counts: dict[str, int]) -> bool:
+    """A flip of one stage (no `[flip] stages`): its first run that went to its end says `flip.finished` (once:
+    later runs flip the devices whose fair notice ran). True when it said so."""
+    if (tally is not None and tally.stopped is not None) or audit.in_order(conn, c.id, [FINISHED_EVENT]):
+        return False
+    audit.record(conn, actor, FINISHED_EVENT, c.id, stages=1, counts=counts)
+    return True
+
+
 def _totals(by_stage: dict[int, dict[str, int]]) -> dict[str, int]:
     out: dict[str, int] = {}
     for counts in by_stage.values():

@@ -241,7 +241,10 @@ WORDS: dict[str, Callable[[Mapping[str, Any], Setting], Said]] = {
     "flip.halted": lambda d, s: Said(f"Flip halted at stage {d.get('stage', '')} ({d.get('percent', '')})", joined([
         f"{str(d.get('guard', '')).replace('_', ' ')} {d.get('measured')} reached the threshold {d.get('threshold')}",
         "nothing more is switched until someone resumes the campaign or rolls the flip back"])),
-    "flip.finished": lambda d, s: Said("Flip finished", joined([f"every one of its {d.get('stages')} stages ran"])),
+    "flip.finished": lambda d, s: Said("Flip finished", joined([
+        f"every one of its {d.get('stages')} stages ran" if d.get("stages") != 1 else "its one run went to its end",
+        "devices waiting for fair notice are switched as it runs out"
+        if int((d.get("counts") or {}).get("waiting") or 0) else ""])),
     "rollback": _rollback,
     "bounces.import": _bounces,
     "preflight.failed": _preflight_failed,
