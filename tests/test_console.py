@@ -416,6 +416,35 @@ def test_the_review_packet_shows_what_changed_since_the_approved_version(
     assert '<span class="del">-name = &#34;Retire &#39;Do not send voice recordings&#39;&#34;</span>' in page
 
 
+def test_a_campaign_page_never_waits_long_for_its_first_count(db_url: str, engine: Engine, created: None,
+                                                               issuer: Issuer, tmp_path: Path) -> None:
+    """While the campaign's very first count is under way (here: held up by the test), its page is served at once
+    without counts, saying so; once the count ends, the page shows it. The real app, in process (ASGI)."""
+    import asyncio
+
+    from campaign.console.app import create_app
+
+    config = console_config(db_url, str(issuer.write_jwks(tmp_path / "jwks.json")))
+    app = create_app(config, engine)
+    counts = app.state.console.counts
+    headers = as_(issuer, VIEWER, "staff")
+
+    async def scenario() -> None:
+        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            async with counts._lock(SLUG):  # the first count cannot end while the test holds this
+                started = time.monotonic()
+                page = await client.get(f"/campaigns/{SLUG}", headers=headers)
+                waited = time.monotonic() - started
+                assert page.status_code == 200 and "the first count of this campaign is under way" in page.text
+                assert waited < 2.0 and "Being counted." in page.text
+            await counts._refreshing[SLUG]  # the count ends once the lock is free
+            page = await client.get(f"/campaigns/{SLUG}", headers=headers)
+            assert "under way" not in page.text and "affected accounts" in page.text
+
+    asyncio.run(scenario())
+
+
 def test_the_counts_are_kept_shown_at_once_and_counted_again_in_the_background(
         engine: Engine, created: None, run_cli: CliRun, write_file: Callable[..., Path]) -> None:
     """Counts: a campaign never counted is counted once and kept in the database; a console started again shows the
@@ -431,7 +460,7 @@ def test_the_counts_are_kept_shown_at_once_and_counted_again_in_the_background(
     async def scenario() -> None:
         first = Counts(engine, ttl=3600)
         async with first._lock(SLUG):  # being counted (at start, say): the front page does not wait for it
-            assert await asyncio.wait_for(first.get(SLUG, wait=False), 1) is None
+            assert await asyncio.wait_for(first.get(SLUG, wait=0), 1) is None
         counted = await first.get(SLUG)
         assert counted is not None and counted.coverage.affected_accounts == N
         kept = status.kept_count(engine, SLUG)
@@ -440,7 +469,7 @@ def test_the_counts_are_kept_shown_at_once_and_counted_again_in_the_background(
             assert status.status(conn, SLUG, counted=kept).as_json() == status.status(conn, SLUG).as_json()
 
         again = Counts(engine, ttl=3600)  # a restart: the kept count at once, not a new one
-        assert await again.get(SLUG, wait=False) == counted and not again._refreshing
+        assert await again.get(SLUG, wait=0) == counted and not again._refreshing
 
         more = ("account_id,email,name,locale,timezone,country\nz001,late@example.com,Late,en-US,America/Chicago,US\n")
         assert run_cli("import", "accounts", str(write_file("more.csv", more)), env=CLOCK).exit_code == 0

@@ -6,12 +6,14 @@ read; the rest of a page — state, waves, approval, steps, preflight, audit log
 every request, so an action shows at once. The counts are shown as last counted, with their time on the page, and
 counted again in the background once SNAPSHOT_SECONDS old: never two counts of a campaign at once in a process, and
 the count is kept in the database (`count_snapshot`), so a restarted console shows the last count at once and the
-processes behind one balancer share one count instead of each making its own. Only a campaign never counted by
-anyone is waited for (and `campaign serve` counts every campaign when it starts)."""
+processes behind one balancer share one count instead of each making its own. A campaign never counted by anyone
+is waited for a moment at most (its page then says its first count is under way); `campaign serve` counts every
+campaign when it starts."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -44,13 +46,12 @@ class Counts:
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     _refreshing: dict[str, asyncio.Task[None]] = field(default_factory=dict)
 
-    async def get(self, slug: str, wait: bool = True) -> status.Counted | None:
+    async def get(self, slug: str, wait: float | None = None) -> status.Counted | None:
         """The campaign's last count (a count in the background begun when it is old). Never counted by anyone:
-        counted now when `wait`, else None (and counted in the background)."""
+        the first count begins, and is waited for — `wait` seconds at most (then None), or as long as it takes
+        (`wait=None`)."""
         held = self._held.get(slug)
-        if held is None and not wait and self._lock(slug).locked():
-            return None  # being counted (or read) right now: not waited for
-        if held is None:
+        if held is None and not self._lock(slug).locked():
             async with self._lock(slug):
                 held = self._held.get(slug)
                 if held is None:
@@ -59,11 +60,15 @@ class Counts:
                         held = self._hold(slug, kept)
                         if self._age(kept) >= self.ttl:  # kept long ago (a restart): shown, and counted again
                             self.refresh(slug)
-                    elif wait:
-                        held = self._hold(slug, await run_in_threadpool(status.count_and_keep, self.engine, slug))
         if held is None:
             self.refresh(slug)
-            return None
+            if wait is None:
+                await asyncio.shield(self._refreshing[slug])
+            elif wait > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self._refreshing[slug]), wait)
+            held = self._held.get(slug)
+            return None if held is None else held.counted
         if time.monotonic() - held.taken >= self.ttl:
             self.refresh(slug)
         return held.counted
@@ -77,7 +82,7 @@ class Counts:
         """Have a count of each campaign (at start: the first page then waits for none)."""
         for slug in slugs:
             try:
-                await self.get(slug, wait=True)
+                await self.get(slug)
             except Exception as exc:  # a page will say it; starting goes on
                 log.warning("console: counting %s failed: %s", slug, redact(str(exc)))
 

@@ -98,11 +98,15 @@ class Page:
     last_preflight: str | None
 
 
-def page(engine: Engine, slug: str, now: dt.datetime | None = None, counted: status.Counted | None = None) -> Page:
-    """`GET /campaigns/{slug}`; its counts as `counted` says (the console's last count), else counted now."""
+def page(engine: Engine, slug: str, now: dt.datetime | None = None, counted: status.Counted | None = None,
+         counting: bool = False) -> Page:
+    """`GET /campaigns/{slug}`; its counts as `counted` says (the console's last count), else counted now — or,
+    `counting`, none yet (zeros: the page says its first count is under way)."""
     with db.read(engine) as conn:
-        st = status.status(conn, slug, now, counted)
         c = campaigns.get(conn, slug)
+        if counting:
+            counted = status.Counted.zero(c.id, db.utcnow())
+        st = status.status(conn, slug, now, counted)
         d = c.definition
         events = [auditlog.entry(e, slug) for e in audit.events(conn, c.id)]
         shown = events[-LOG_SHOWN:]

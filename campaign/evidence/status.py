@@ -193,6 +193,12 @@ class Counted:
                    stage_changes={int(k): {str(s): int(n) for s, n in v.items()}
                                   for k, v in data.get("stage_changes", {}).items()})
 
+    @classmethod
+    def zero(cls, campaign_id: int, at: dt.datetime) -> Counted:
+        """No count yet (the console's first count of a campaign is under way): every figure zero, said as such."""
+        return cls(campaign_id, at, {}, dict.fromkeys(CHANGE_STATES, 0), None, {},
+                   store.Coverage(0, 0, 0, 0, 0, 0, 0))
+
     def progress(self) -> campaign_store.Progress:
         """`campaign list`'s progress: deliveries (all, settled, sent), devices switched."""
         def of(states: Collection[str] | None) -> int:
