@@ -28,7 +28,7 @@ DONE = {"approved": "Approved: your approval is recorded in the audit log under 
         "unchanged": "Nothing changed (it was in that state already)."}
 
 
-FIRST_COUNT_WAIT = 0.15  # seconds a campaign's page waits for the campaign's very first count (a page in < 200 ms)
+FIRST_COUNT_WAIT = 0.1  # seconds a campaign's page waits for the campaign's very first count (a page in < 200 ms)
 
 
 @guarded("read")
