@@ -370,6 +370,8 @@ def test_pages_api_reports_metrics(server: str, issuer: Issuer, run_cli: CliRun)
         metrics = client.get("/metrics", headers=viewer)
         assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
         assert f'campaign_deliveries{{campaign="{SLUG}",state="sent",wave="notice"}} {N}.0' in metrics.text
+        # the counts as last counted (the pages' count, kept in the database), with when they were counted
+        assert f'campaign_counted_timestamp_seconds{{campaign="{SLUG}"}}' in metrics.text
         assert client.get("/metrics").status_code == 401
 
 

@@ -168,6 +168,8 @@ def healthy(engine: Engine) -> bool:
 
 
 def gauges_of(engine: Engine) -> gauges.Gauges:
-    """What `/metrics` reports, read at scrape time in one transaction."""
+    """What `/metrics` reports, read at scrape time in one transaction: the counts as last counted."""
     with db.read(engine) as conn:
-        return gauges.read(conn, scheduling.LEADER)
+        kept = [gauges.Kept(k.campaign_id, k.at, {w: c.counts for w, c in k.waves.items()}, k.changes)
+                for k in status.every_kept(conn)]
+        return gauges.read(conn, scheduling.LEADER, kept)

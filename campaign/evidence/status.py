@@ -284,6 +284,11 @@ def kept_count(engine: Engine, slug: str) -> Counted | None:
     return None if found is None else Counted.from_json(json.loads(found[1]))
 
 
+def every_kept(conn: Connection) -> list[Counted]:
+    """Every campaign's last count kept in the database."""
+    return [Counted.from_json(json.loads(body)) for _, _, body in snapshots.every(conn)]
+
+
 def count_and_keep(engine: Engine, slug: str) -> Counted:
     """Count the campaign's figures now (one read transaction: a consistent snapshot) and keep them, for every
     console process to show."""

@@ -16,6 +16,11 @@ def load(conn: Connection, campaign_id: int) -> tuple[dt.datetime, str] | None:
     return None if row is None else (row.taken_at, row.body)
 
 
+def every(conn: Connection) -> list[tuple[int, dt.datetime, str]]:
+    """(campaign_id, taken_at, body) of every campaign's last count."""
+    return [(int(r[0]), r[1], r[2]) for r in conn.execute(select(CS.c.campaign_id, CS.c.taken_at, CS.c.body))]
+
+
 def save(conn: Connection, campaign_id: int, taken_at: dt.datetime, body: str) -> None:
     """Keep this count, unless one taken later is kept already (two processes counted at once)."""
     stmt = insert(conn, CS).values(campaign_id=campaign_id, taken_at=taken_at, body=body)
