@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 
-from campaign import db, verp, versions
+from campaign import db, verp, versions, webhook_config
 from campaign.definition import SLUG_RE, Definition, WaveDef, load_definition, parse_definition
 from campaign.errors import ConfigError, NotFound, PreflightFailed, TemplateProblem
 from campaign.notices import kept, proofs
@@ -47,6 +47,7 @@ CODES: Mapping[str, frozenset[str]] = {
     "templates-changed": frozenset({CHECK, CREATE, SCHEDULE, SEND, SCHEDULER}),
     "smtp-unreachable": frozenset(),
     "smtp-auth": frozenset(),
+    "webhook-secret": frozenset({CHECK, CREATE, SCHEDULE, SEND, SCHEDULER}),  # stops that endpoint's posts only
 }
 
 
@@ -205,6 +206,20 @@ def audience_findings(conn: Connection, d: Definition, accounts: int) -> list[Fi
                         f"filters ({filters}) leave nobody: the campaign would tell no one",
                         {"devices_with_value": values[d.from_value]})]
     return []
+
+
+def webhook_findings(endpoints: Iterable[webhook_config.Endpoint]) -> list[Finding]:
+    """webhook-secret: a `[[webhooks]]` endpoint of campaign.toml whose signing secret is not set or not one (its
+    events wait, undelivered, until it is); the value never shown."""
+    out = []
+    for e in endpoints:
+        if e.secret_env is None:
+            continue
+        try:
+            webhook_config.secret(e)
+        except ConfigError as exc:
+            out.append(Finding("webhook-secret", str(exc), {"endpoint": e.name, "variable": e.secret_env}))
+    return out
 
 
 # -- secrets ------------------------------------------------------------------------------------------

@@ -385,6 +385,29 @@ def test_webhooks_send_and_log_on_the_command_line(run_cli: CliRun, engine: Engi
     assert missing.exit_code == 1 and "TEST_WEBHOOK_SECRET" in missing.output
 
 
+def test_check_warns_of_an_endpoint_whose_secret_is_missing_or_malformed(run_cli: CliRun, engine: Engine,
+                                                                         workdir: Path) -> None:
+    """`campaign check` says, as a warning (the campaign goes on; that endpoint's events wait), which endpoint's
+    secret is not set or not one — naming the variable, never the value."""
+    (workdir / "campaign.toml").write_text(
+        '[[webhooks]]\nname = "ops"\nurl = "https://hooks.example.com/x"\nsecret_env = "TEST_WEBHOOK_SECRET"\n',
+        encoding="utf-8")
+    definition = str(ROOT / "data" / "voice-local-processing.toml")
+
+    def warned(env: dict[str, str]) -> list[dict[str, Any]]:
+        out = json.loads(run_cli("check", definition, "--json", env=env).output)
+        assert all(f["code"] != "webhook-secret" for f in out["errors"])
+        return [f for f in out["warnings"] if f["code"] == "webhook-secret"]
+
+    missing = warned({})
+    assert [(f["endpoint"], f["variable"]) for f in missing] == [("ops", "TEST_WEBHOOK_SECRET")]
+    assert "set the environment variable TEST_WEBHOOK_SECRET" in missing[0]["message"]
+    bad = "whsec_c2hvcnQ="  # base64 of 5 bytes: not a secret
+    malformed = warned({"TEST_WEBHOOK_SECRET": bad})
+    assert "is not a Standard Webhooks secret" in malformed[0]["message"] and "c2hvcnQ" not in str(malformed)
+    assert warned({"TEST_WEBHOOK_SECRET": SECRET}) == []
+
+
 def test_webhooks_help_needs_no_database() -> None:
     result = CliRunner().invoke(cli, ["webhooks", "log", "--help"])
     assert result.exit_code == 0 and "failed (given up after max_attempts" in result.output

@@ -72,12 +72,13 @@ def check(app: App, target: str, connect: bool, as_json: bool) -> None:
     errors (unknown-setting, unknown-value, empty-audience, missing-secret,
     missing-templates, missing-translation, template-error; with --connect
     smtp-unreachable, smtp-auth) and warnings (fallback, notice-too-late,
-    wave-too-long, cutoff-moved). Exit 0 when there is no error (warnings printed),
+    wave-too-long, cutoff-moved, templates-changed, webhook-secret). Exit 0 when there is no error (warnings printed),
     1 when there is. `create`, `schedule`, `send --dry-run` and the scheduler run it too.
     """
     probe = transport.probe(app.config) if connect else None
     relay = preflight.connect_findings(probe.problem, probe.detail, probe.where) if probe else []
-    result = preflight.check(app.engine(), app.config.templates, target, extra=relay)
+    hooks = preflight.webhook_findings(app.config.webhooks)
+    result = preflight.check(app.engine(), app.config.templates, target, extra=[*relay, *hooks])
     if as_json:
         print_json({**result.as_json(), **({"relay": probe.as_json()} if probe else {})})
     else:
