@@ -19,6 +19,8 @@ from campaign.demo import walkthrough
 
 @pytest.mark.slow
 def test_demo_tells_the_whole_story(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Slow on purpose (about 30 s): it runs the whole of `campaign demo`, every step a real command (the README's
+    first command), and checks the story it tells against the database, the outbox and the files it writes."""
     monkeypatch.chdir(tmp_path)
     for var in ("CAMPAIGN_DATABASE_URL", "CAMPAIGN_SMTP_URL", "CAMPAIGN_TEMPLATES", "CAMPAIGN_CLOCK", "CAMPAIGN_ACTOR",
                 "CAMPAIGN_BOUNCE_KEY", "CAMPAIGN_WEBHOOK_SECRET"):

@@ -216,6 +216,8 @@ def test_a_worker_with_nothing_to_send_gives_its_share_of_the_rate_back(pg_url: 
 
 def test_a_worker_killed_on_the_other_machine_keeps_its_leases_until_they_run_out(
         pg_url: str, pg: Engine, smtpd: SmtpServer, tmp_path: Path) -> None:
+    """Slow on purpose (about 70 s): it waits for the production lease of a `campaign send` (60 s) to run out,
+    since what it proves is that nothing shorter hands a dead worker's deliveries back on another machine."""
     n, rate, concurrency = 600, 40.0, 4
     prepared(pg_url, tmp_path, n, rate, concurrency)
     b = on_machine("machine-b", pg_url, smtpd, tmp_path, "send", SLUG, "--wave", "notice", "--workers", "1", "--json")
