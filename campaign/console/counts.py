@@ -22,7 +22,7 @@ from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
 from campaign.clock import utcnow
-from campaign.evidence import status
+from campaign.evidence import overview, status
 from campaign.redaction import redact
 
 log = logging.getLogger("campaign.console")
@@ -72,6 +72,10 @@ class Counts:
         if time.monotonic() - held.taken >= self.ttl:
             self.refresh(slug)
         return held.counted
+
+    async def every(self) -> dict[str, status.Counted | None]:
+        """Every campaign's last count, by slug, waiting for none (None: its first count is under way)."""
+        return {slug: await self.get(slug, wait=0) for slug in await run_in_threadpool(overview.slugs, self.engine)}
 
     def refresh(self, slug: str) -> None:
         """Count the campaign again in the background, unless a count of it is under way already."""

@@ -64,7 +64,6 @@ def registry(engine: Engine) -> CollectorRegistry:
 
 @guarded("read")
 async def metrics(console: Console, request: Request, who: Identity) -> Response:
-    for slug in await run_in_threadpool(overview.slugs, console.engine):
-        await console.counts.get(slug, wait=0)  # an old count is counted again in the background; a first begun
+    await console.counts.every()  # an old count is counted again in the background; a first one begun
     body = await run_in_threadpool(generate_latest, request.app.state.metrics)
     return Response(body, media_type=CONTENT_TYPE)

@@ -33,9 +33,7 @@ FIRST_COUNT_WAIT = 0.1  # seconds a campaign's page waits for the campaign's ver
 
 @guarded("read")
 async def home(console: Console, request: Request, who: Identity) -> Response:
-    counts = {slug: await console.counts.get(slug, wait=0)
-              for slug in await run_in_threadpool(overview.slugs, console.engine)}
-    lines = await run_in_threadpool(overview.overview, console.engine, counts)
+    lines = await run_in_threadpool(overview.overview, console.engine, await console.counts.every())
     return render(console, request, "home.html.j2", who, lines=lines)
 
 

@@ -146,10 +146,11 @@ def close(conn: Connection, c: campaigns.CampaignRow, run: Run, tally: ApplyTall
         store.count_requests(conn, c.id, n, tally.batches + stopped, int(stopped))
     finished = not stopped and store.finish(conn, c.id, n, now)
     row = store.rows(conn, c.id)[n - 1]
-    measured = measure(conn, c.id, row)
+    by_stage = store.change_counts(conn, c.id)  # one pass over the change rows, for the guards and the events
+    measured = measure(conn, c.id, row, by_stage)
     if finished:
         audit.record(conn, actor, STAGE_FINISHED_EVENT, c.id, stage=n, percent=run.stage.percent, of=run.of,
-                     counts=store.change_counts(conn, c.id).get(n, {}), **measured.as_json())
+                     counts=by_stage.get(n, {}), **measured.as_json())
     guard = None
     if row.resumed_at is None and (stopped or n < run.of) and row.state != STAGE_HALTED:
         guard = tripped(r, measured)
@@ -159,7 +160,7 @@ def close(conn: Connection, c: campaigns.CampaignRow, run: Run, tally: ApplyTall
     if finished and guard is None:
         if n == run.of:
             audit.record(conn, actor, FINISHED_EVENT, c.id, stages=run.of,
-                         counts=_totals(store.change_counts(conn, c.id)))
+                         counts=_totals(by_stage))
         else:
             due = now + r.stage_wait
             steps.register(conn, c.id, [(step_name(n + 1), due)])

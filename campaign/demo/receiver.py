@@ -44,7 +44,7 @@ class Receiver:
                 self.end_headers()
 
             def log_message(self, format: str, *args: Any) -> None:
-                pass  # the demo's output is the commands'
+                """Says nothing: the demo's output is the commands'."""
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, name="demo-webhooks", daemon=True)

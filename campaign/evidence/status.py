@@ -220,7 +220,7 @@ def count(conn: Connection, c: campaigns.CampaignRow, now: dt.datetime | None = 
         # A wave done before the window began sent nothing in it (sending again marks it `sending` first): its
         # rate is 0 without counting a million rows.
         idle = w.state == campaign_store.DONE and w.finished_at is not None and w.finished_at < now - RATE_WINDOW
-        rate = 0.0 if idle else store.sent_since(conn, w.id, now - RATE_WINDOW) / RATE_WINDOW.total_seconds()
+        rate = 0.0 if idle else deliveries.sent_since(conn, w.id, now - RATE_WINDOW) / RATE_WINDOW.total_seconds()
         look = deliveries.outlook(conn, w.id, now, False) if counts["pending"] else None
         waves[w.id] = WaveCount(counts, round(rate, 2), look.waiting_window if look else 0,
                                 look.waiting_retry if look else 0)

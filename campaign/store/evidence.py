@@ -35,7 +35,6 @@ from campaign.definition import Definition
 from campaign.models import (
     ACCOUNT,
     BOUNCED,
-    CHANGE_STATES,
     DELIVERY,
     DEVICE,
     DEVICE_SETTING,
@@ -69,23 +68,6 @@ def _iso(conn: Connection, column: Any) -> ColumnElement[str]:
         return func.to_char(func.timezone("UTC", column), 'YYYY-MM-DD"T"HH24:MI:SS.US') + literal("+00:00")
     # SQLite keeps naive UTC as `YYYY-MM-DD HH:MM:SS.ffffff` (UTCDateTime)
     return func.replace(type_coerce(column, String), " ", "T") + literal("+00:00")
-
-
-# -- status ------------------------------------------------------------------------------------------------
-
-def sent_since(conn: Connection, wave_id: int, since: dt.datetime) -> int:
-    """Deliveries of the wave sent at or after `since` (for the rate)."""
-    return int(conn.execute(select(func.count()).select_from(DL).where(
-        DL.c.wave_id == wave_id, DL.c.state == SENT, DL.c.sent_at >= since)).scalar_one())
-
-
-def change_counts(conn: Connection, campaign_id: int) -> dict[str, int]:
-    """The campaign's setting changes by state, every state present (zero included)."""
-    out = dict.fromkeys(CHANGE_STATES, 0)
-    for state, n in conn.execute(select(SC.c.state, func.count()).where(SC.c.campaign_id == campaign_id)
-                                 .group_by(SC.c.state)):
-        out[state] = int(n)
-    return out
 
 
 # -- every account, in one ordered pass ------------------------------------------------------------------
