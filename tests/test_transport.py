@@ -418,6 +418,76 @@ def test_data_taken_although_every_recipient_was_refused() -> None:
     assert rogue.connections == 1  # and the session stayed in step
 
 
+class _SilentAfterData:
+    """A server that takes MAIL, RCPT and DATA, reads the message, and says nothing after its final dot for the
+    first `silent` messages (a relay stuck writing to its queue); answers 250 after the others."""
+
+    def __init__(self, silent: int) -> None:
+        self.silent, self.connections, self.taken = silent, 0, 0
+
+    async def session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        writer.write(b"220 slow.test ready\r\n")
+        while line := await reader.readline():
+            verb = line[:4].upper()
+            if verb == b"EHLO":
+                writer.write(b"250-slow.test\r\n250-PIPELINING\r\n250 SIZE 1000000\r\n")
+            elif verb in (b"MAIL", b"RCPT", b"RSET"):
+                writer.write(b"250 2.0.0 ok\r\n")
+            elif verb == b"DATA":
+                writer.write(b"354 go ahead\r\n")
+                while await reader.readline() not in (b".\r\n", b""):
+                    pass
+                self.taken += 1
+                if self.taken <= self.silent:
+                    await reader.read()  # until the client hangs up
+                    break
+                writer.write(b"250 2.0.0 queued\r\n")
+            elif verb == b"QUIT":
+                writer.write(b"221 bye\r\n")
+                break
+        writer.close()
+
+
+def test_no_reply_after_the_data_times_out_as_transient() -> None:
+    """The reply to the message's final dot has the same deadline as every other (one watch per connection,
+    `SmtpClient._expect`): the send is not left waiting, and the next message goes on a new connection."""
+    slow = _SilentAfterData(silent=1)
+
+    async def run() -> tuple[list[Outcome], float]:
+        server = await asyncio.start_server(slow.session, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server, SmtpTransport(parse_url(f"smtp://127.0.0.1:{port}"), timeout=0.5) as transport:
+            started = time.monotonic()
+            first = await transport.send(envelope(n=1))
+            waited = time.monotonic() - started
+            return [first, await transport.send(envelope(n=2))], waited
+
+    (stalled, after), waited = asyncio.run(run())
+    assert (stalled.status, stalled.code) == ("transient", None)
+    assert "within 0.5 s" in stalled.detail
+    assert 0.5 <= waited < 2.0
+    assert after.status == "sent"
+    assert slow.connections == 2
+
+
+def test_an_idle_connection_outlives_the_reply_timeout() -> None:
+    """The watch times replies only: a connection idle in the pool longer than the timeout is not closed by it,
+    and a pause between messages is nobody's delay."""
+    slow = _SilentAfterData(silent=0)
+
+    async def run() -> list[Outcome]:
+        server = await asyncio.start_server(slow.session, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server, SmtpTransport(parse_url(f"smtp://127.0.0.1:{port}"), timeout=0.3) as transport:
+            first = await transport.send(envelope(n=1))
+            await asyncio.sleep(0.8)
+            return [first, await transport.send(envelope(n=2)), await transport.send(envelope(n=3))]
+
+    assert [o.status for o in asyncio.run(run())] == ["sent"] * 3
+    assert slow.connections == 1
+
+
 def test_connection_refused_is_transient() -> None:
     url = parse_url(f"smtp://127.0.0.1:{free_port()}")
     [outcome] = send_each(SmtpTransport(url, timeout=2), envelope())

@@ -295,7 +295,8 @@ class SmtpTransport:
         if refused:  # aiosmtplib raises nothing when only some recipients were refused
             pairs = [(rcpt, resp.code, resp.message) for rcpt, resp in refused.items()]
             return self._refused(client, pairs, len(recipients)), False
-        return Outcome("sent", 250, self._scrub(_reply(250, reply))), False
+        # Redacted once, by Outcome itself (the same step `_scrub` takes): every message passes here.
+        return Outcome("sent", 250, _reply(250, reply)), False
 
     def _refused(self, client: SmtpClient, pairs: list[tuple[str, int, str]], total: int) -> Outcome:
         """Some or all recipients refused: permanent if any refusal was 5xx, else transient."""
