@@ -73,6 +73,11 @@ MAILMERGE = Path(sys.executable).parent / "mailmerge"  # its console script: `py
 POLICY_RC = Path("/usr/sbin/policy-rc.d")
 DB_TIME = re.compile(r"db time:\s*([0-9]+(?:\.[0-9]+)?)\s*s\s+of\s+([0-9]+(?:\.[0-9]+)?)\s*s", re.IGNORECASE)
 GATE_TIME = re.compile(r"gate:\s*([0-9]+(?:\.[0-9]+)?)\s*s", re.IGNORECASE)
+PHASES = re.compile(r"preparing\s*([0-9.]+)\s*s,\s*finishing\s*([0-9.]+)\s*s")  # since session 14
+LIGHT = {"subject.j2": "Your setting changes on {{ cutoff | format_date(\"long\") }}\n",
+         "txt.j2": "Hello {{ account.name }}, your voice setting changes on {{ cutoff | format_date(\"long\") }}.\n",
+         "html.j2": "<p>Hello {{ account.name }}, your voice setting changes on "
+                    "{{ cutoff | format_date(\"long\") }}.</p>\n"}
 AUDIENCE_SHARE = 0.45  # the shipped campaign selects about this share of sample accounts (measured)
 INSTALL_HINT = """\
   echo 'postfix postfix/main_mailer_type select No configuration' | sudo debconf-set-selections
@@ -343,8 +348,24 @@ def _campaign(args: list[str], env: dict[str, str], cwd: Path) -> str:
     return proc.stdout.decode()
 
 
-def _env(database_url: str, port: int) -> dict[str, str]:
-    return {**os.environ, "CAMPAIGN_DATABASE_URL": database_url, "CAMPAIGN_SMTP_URL": f"smtp://127.0.0.1:{port}",
+def light_templates(work: Path) -> Path:
+    """A copy of the shipped templates whose notice is one line of text (and one of HTML) in every locale: the
+    send's costs other than rendering, which the shipped notice's rendering hides (issue 26)."""
+    global TEMPLATES
+    light = work / "templates-light"
+    shutil.copytree(TEMPLATES, light)
+    for folder in (light / SLUG).iterdir():
+        if folder.is_dir():
+            for suffix, text in LIGHT.items():
+                (folder / f"{WAVE}.{suffix}").write_text(text, encoding="utf-8")
+    TEMPLATES = light
+    return light
+
+
+def _env(database_url: str, port: int, build: Path | None = None) -> dict[str, str]:
+    """The send's environment; `build`: a checkout whose `campaign` package runs instead of this one (PYTHONPATH)."""
+    return {**os.environ, **({"PYTHONPATH": str(build)} if build is not None else {}),
+            "CAMPAIGN_DATABASE_URL": database_url, "CAMPAIGN_SMTP_URL": f"smtp://127.0.0.1:{port}",
             "CAMPAIGN_TEMPLATES": str(TEMPLATES), "CAMPAIGN_ACTOR": "bench"}
 
 
@@ -484,13 +505,16 @@ class OurRun:
     db_seconds: float | None
     db_of: float | None
     gate_seconds: float | None
+    phases: tuple[float, float] | None  # the db time preparing and finishing the wave (None: a build before 14)
     peak_kib: int  # the largest process
     total_peak_kib: int  # the sum of every process's peak (an upper bound of the whole)
     processes: int
 
 
-def run_ours(database: Database, work: Path, port: int, workers: int | None, timeout: float) -> OurRun:
-    """One `campaign send` as a whole process on a fresh copy of the prepared database."""
+def run_ours(database: Database, work: Path, port: int, workers: int | None, timeout: float,
+             build: Path | None = None) -> OurRun:
+    """One `campaign send` as a whole process on a fresh copy of the prepared database (of `build`'s code when
+    given, see `_env`)."""
     url = database.fresh_copy()
     argv = [*CAMPAIGN, "send", SLUG, "--wave", WAVE, "--ignore-window", "--verbose"]  # --verbose: db time, gate
     if workers is not None:
@@ -498,7 +522,8 @@ def run_ours(database: Database, work: Path, port: int, workers: int | None, tim
     out_path, err_path = work / "send.out", work / "send.err"
     with out_path.open("wb") as out, err_path.open("wb") as err:
         start = time.perf_counter()
-        proc = subprocess.Popen(argv, env=_env(url, port), cwd=work, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(argv, env=_env(url, port, build), cwd=work, stdout=out, stderr=err,
+                                stdin=subprocess.DEVNULL)
         ended: list[float] = []
 
         def reap() -> None:  # a thread, so that the end is timed exactly while the main thread samples memory
@@ -526,7 +551,9 @@ def run_ours(database: Database, work: Path, port: int, workers: int | None, tim
     found = DB_TIME.findall(text)
     db_s, of_s = (float(found[-1][0]), float(found[-1][1])) if found else (None, None)
     gate = GATE_TIME.findall(text)
-    return OurRun(ended[0] - start, db_s, of_s, float(gate[-1]) if gate else None, max(peaks.values(), default=0),
+    phases = PHASES.findall(text)
+    return OurRun(ended[0] - start, db_s, of_s, float(gate[-1]) if gate else None,
+                  (float(phases[-1][0]), float(phases[-1][1])) if phases else None, max(peaks.values(), default=0),
                   sum(peaks.values()), len(peaks))
 
 
@@ -562,6 +589,12 @@ def main() -> None:
                              "so both sides use as many)")
     parser.add_argument("--timeout", type=float, default=900, help="for one `campaign send` (seconds)")
     parser.add_argument("--keep", action="store_true", help="keep the working directory")
+    parser.add_argument("--light", action="store_true",
+                        help="a one-line notice (text and HTML) instead of the shipped one, on both sides: what "
+                             "the send costs besides rendering, and its fixed costs")
+    parser.add_argument("--before", type=Path, metavar="CHECKOUT",
+                        help="also run the send of the `campaign` package in CHECKOUT (a worktree of the build "
+                             "before, on PYTHONPATH), interleaved with this one on the same databases")
     args = parser.parse_args()
     kinds = [k.strip() for k in args.database.split(",") if k.strip()]
     if not kinds or set(kinds) - {"sqlite", "postgres"}:
@@ -577,6 +610,11 @@ def main() -> None:
     try:
         sink = Sink(work)
         print(f"smtp-sink on 127.0.0.1:{sink.port}; working directory {work}", flush=True)
+        if args.light:
+            print(f"light notice: one line each ({light_templates(work)})", flush=True)
+        builds: list[tuple[str, Path | None]] = [("this", None)]
+        if args.before is not None:
+            builds.insert(0, ("before", args.before.resolve()))
         definition = bench_definition(work, args.rate, args.concurrency or args.connections)
         missing = send_available()
         databases: list[Database] = []
@@ -607,10 +645,11 @@ def main() -> None:
 
         ref_a: list[float] = []
         ref_b: list[float] = []
-        ours: dict[tuple[str, int], list[float]] = {}
-        ratios: dict[tuple[str, int], list[float]] = {}
-        shares: dict[tuple[str, int], list[float]] = {}
-        gates: dict[tuple[str, int], list[float]] = {}
+        ours: dict[tuple[str, int, str], list[float]] = {}
+        ratios: dict[tuple[str, int, str], list[float]] = {}
+        shares: dict[tuple[str, int, str], list[float]] = {}
+        gates: dict[tuple[str, int, str], list[float]] = {}
+        phases: dict[tuple[str, int, str], list[tuple[float, float]]] = {}
         peaks: list[tuple[int, int, int]] = []
         for i in range(args.runs):
             before = sink.messages()
@@ -628,23 +667,27 @@ def main() -> None:
 
             for database in databases:
                 for w in args.workers:
-                    before = sink.messages()
-                    run = run_ours(database, database.work, sink.port, w, args.timeout)
-                    sent = sink.settle(before, audience)
-                    _checked("campaign send", sent, audience)
-                    key = (database.kind, w)
-                    ours.setdefault(key, []).append(sent / run.seconds)
-                    ratios.setdefault(key, []).append(ours[key][-1] / ref_a[-1])
-                    peaks.append((run.peak_kib, run.total_peak_kib, run.processes))
-                    line = (f"       campaign {database.kind:<8} --workers {w}  {run.seconds:6.2f} s "
-                            f"{ours[key][-1]:7,.0f}/s  ratio {ratios[key][-1]:.2f}")
-                    if run.db_seconds is not None and run.db_of:
-                        shares.setdefault(key, []).append(run.db_seconds / run.db_of)
-                        line += f"  db {run.db_seconds:.2f} s of {run.db_of:.2f} s ({shares[key][-1]:.1%})"
-                        if run.gate_seconds is not None:
-                            gates.setdefault(key, []).append(run.gate_seconds / run.db_of)
-                            line += f"  gate {run.gate_seconds:.2f} s ({gates[key][-1]:.1%})"
-                    print(line, flush=True)
+                    for label, build in builds:
+                        before = sink.messages()
+                        run = run_ours(database, database.work, sink.port, w, args.timeout, build)
+                        sent = sink.settle(before, audience)
+                        _checked("campaign send", sent, audience)
+                        key = (database.kind, w, label)
+                        ours.setdefault(key, []).append(sent / run.seconds)
+                        ratios.setdefault(key, []).append(ours[key][-1] / ref_a[-1])
+                        peaks.append((run.peak_kib, run.total_peak_kib, run.processes))
+                        line = (f"       campaign {database.kind:<8} --workers {w} {label:<6} {run.seconds:6.2f} s "
+                                f"{ours[key][-1]:7,.0f}/s  ratio {ratios[key][-1]:.2f}")
+                        if run.db_seconds is not None and run.db_of:
+                            shares.setdefault(key, []).append(run.db_seconds / run.db_of)
+                            line += f"  db {run.db_seconds:.2f} s of {run.db_of:.2f} s ({shares[key][-1]:.1%})"
+                            if run.phases is not None:
+                                phases.setdefault(key, []).append(run.phases)
+                                line += f" [prepare {run.phases[0]:.2f} s, finish {run.phases[1]:.2f} s]"
+                            if run.gate_seconds is not None:
+                                gates.setdefault(key, []).append(run.gate_seconds / run.db_of)
+                                line += f"  gate {run.gate_seconds:.2f} s ({gates[key][-1]:.1%})"
+                        print(line, flush=True)
 
         a = statistics.median(ref_a)
         print(f"\nmedians of {args.runs} runs")
@@ -654,14 +697,20 @@ def main() -> None:
         if not ours:
             print("campaign send                                   n/a (not available yet)")
             return
-        print(f"\n{'database':<22} {'workers':>7} {'messages/s':>11} {'ours/aiosmtplib':>16} {'db share':>9}"
-              f" {'gate share':>10}" + ("  ours/mailmerge" if ref_b else ""))
-        for (kind, w), rates in ours.items():
-            label = "PostgreSQL (fsync on)" if kind == "postgres" else "SQLite"
-            share = f"{statistics.median(shares[(kind, w)]) * 100:.1f} %" if shares.get((kind, w)) else "n/a"
-            gate = f"{statistics.median(gates[(kind, w)]) * 100:.1f} %" if gates.get((kind, w)) else "n/a"
-            line = (f"{label:<22} {w:>7} {statistics.median(rates):>11,.0f} "
-                    f"{statistics.median(ratios[(kind, w)]):>16.2f} {share:>9} {gate:>10}")
+        print(f"\n{'database':<22} {'workers':>7} {'build':>6} {'messages/s':>11} {'ours/aiosmtplib':>16} "
+              f"{'db share':>9} {'prepare':>8} {'finish':>7} {'gate share':>10}"
+              + ("  ours/mailmerge" if ref_b else ""))
+        for (kind, w, label), rates in ours.items():
+            key = (kind, w, label)
+            name = "PostgreSQL (fsync on)" if kind == "postgres" else "SQLite"
+            share = f"{statistics.median(shares[key]) * 100:.1f} %" if shares.get(key) else "n/a"
+            gate = f"{statistics.median(gates[key]) * 100:.1f} %" if gates.get(key) else "n/a"
+            prep, fin = "n/a", "n/a"
+            if phases.get(key):
+                prep = f"{statistics.median(p[0] for p in phases[key]):.2f} s"
+                fin = f"{statistics.median(p[1] for p in phases[key]):.2f} s"
+            line = (f"{name:<22} {w:>7} {label:>6} {statistics.median(rates):>11,.0f} "
+                    f"{statistics.median(ratios[key]):>16.2f} {share:>9} {prep:>8} {fin:>7} {gate:>10}")
             if ref_b:
                 line += f"  {statistics.median(rates) / statistics.median(ref_b):13.1f}x"
             print(line)

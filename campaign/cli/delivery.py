@@ -162,8 +162,10 @@ def send(app: App, slug: str, wave: str, ignore_window: bool, workers: int | Non
         if summary.ahead_seconds:
             click.echo(f"sent {wording.duration(summary.ahead_seconds)} ahead of the wave's time")
         if verbose:
-            click.echo(f"db time: {summary.db_seconds:.2f} s of {summary.elapsed:.2f} s (held up by the database); "
-                       f"gate: {summary.gate_seconds:.2f} s (waits on it per connection, busy or not)")
+            click.echo(f"db time: {summary.db_seconds:.2f} s of {summary.elapsed:.2f} s (held up by the database: "
+                       f"preparing {summary.prepare_seconds:.2f} s, finishing {summary.finish_seconds:.2f} s, the "
+                       f"rest the workers); gate: {summary.gate_seconds:.2f} s (waits on it per connection, busy or "
+                       "not)")
         if summary.waiting_window:
             click.echo(f"{summary.waiting_window} deliveries wait for their recipient's send window: the "
                        "scheduler or a later `send` will send them (or use --ignore-window)")

@@ -58,6 +58,8 @@ class SendSummary:
     elapsed: float = 0.0
     db_seconds: float = 0.0  # the database held the send up (preparing, finishing, the loop idle waiting on it)
     gate_seconds: float = 0.0  # the connections waited at the gate (G2) or for a claim, on average, busy loop or not
+    prepare_seconds: float = 0.0  # of db_seconds: preparing the wave (its ledger rows, their windows)
+    finish_seconds: float = 0.0  # of db_seconds: finishing it (the counts, the wave done, the audit event)
     waiting_window: int = 0
     paused: str | None = None
     dry_run: bool = False
@@ -170,7 +172,7 @@ def send_wave(engine: Engine, config: Config, slug: str, wave_name: str, options
                          f"({n} pending deliveries {verb} expired)", code=errors.EXPIRED) from None
     if options.dry_run:
         return SendSummary(slug, wave_name, counts, dry_run=True, preview=preview, ahead_seconds=ahead)
-    db_seconds = time.perf_counter() - start
+    db_seconds = prepare_seconds = time.perf_counter() - start
     job = Job(config, c.id, slug, wave_name, wave_id, options, templates)
 
     if options.workers <= 1:
@@ -184,11 +186,13 @@ def send_wave(engine: Engine, config: Config, slug: str, wave_name: str, options
     end = time.perf_counter()
     counts, look, paused = call(engine, _finish, c.id, wave_id, wave_name, config.actor, options.ignore_window,
                                 attempted, retry_for=options.timings.reconnect_for)
-    db_seconds += time.perf_counter() - end
+    finish_seconds = time.perf_counter() - end
+    db_seconds += finish_seconds
     if progress is not None:
         progress(counts)
     return SendSummary(slug, wave_name, counts, attempted=attempted, elapsed=time.perf_counter() - start,
-                       db_seconds=db_seconds, gate_seconds=gate_seconds, waiting_window=look.waiting_window,
+                       db_seconds=db_seconds, gate_seconds=gate_seconds, prepare_seconds=prepare_seconds,
+                       finish_seconds=finish_seconds, waiting_window=look.waiting_window,
                        paused=paused, ahead_seconds=ahead)
 
 

@@ -71,6 +71,11 @@ def materialize(conn: Connection, campaign_id: int, wave_id: int, who: Select[An
         case((suppressions.matches(A.c.email), literal(SUPPRESSED)), else_=literal(PENDING)),
         A.c.email, literal(0), literal(expires, UTCDateTime()), literal(now, UTCDateTime()),
     ).where(A.c.id.in_(who))
+    if conn.dialect.name == "postgresql":
+        # No JIT for this one statement: the suppression check's estimate puts its cost past `jit_above_cost`,
+        # and compiling it took 35-80 ms of a 10,000-row wave's 0.2-0.5 s (EXPLAIN ANALYZE), for a statement
+        # run once. Until the transaction ends; raw SQL: Core has no SET.
+        conn.execute(text("SET LOCAL jit = off"))
     # ON CONFLICT DO NOTHING: each dialect's own insert() says it (same SQL on both).
     stmt = upsert_insert(conn, D).from_select(
         ["campaign_id", "wave_id", "account_id", "state", "email", "attempts", "expires_at", "updated_at"],
