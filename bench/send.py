@@ -249,10 +249,11 @@ async def _blast(port: int, messages: list[Prebuilt], connections: int) -> None:
     await asyncio.gather(*(worker() for _ in range(connections)))
 
 
-def run_aiosmtplib(port: int, messages: list[Prebuilt], connections: int) -> float:
-    start = time.perf_counter()
+def run_aiosmtplib(port: int, messages: list[Prebuilt], connections: int) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of the reference's send."""
+    start, cpu = time.perf_counter(), time.process_time()
     asyncio.run(_blast(port, messages, connections))
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 # -- reference (b): mailmerge ------------------------------------------------------------------------
@@ -509,6 +510,7 @@ class OurRun:
     peak_kib: int  # the largest process
     total_peak_kib: int  # the sum of every process's peak (an upper bound of the whole)
     processes: int
+    cpu_seconds: float = 0.0  # user + system CPU of the send's processes (the command and its workers)
 
 
 def run_ours(database: Database, work: Path, port: int, workers: int | None, timeout: float,
@@ -525,10 +527,15 @@ def run_ours(database: Database, work: Path, port: int, workers: int | None, tim
         proc = subprocess.Popen(argv, env=_env(url, port, build), cwd=work, stdout=out, stderr=err,
                                 stdin=subprocess.DEVNULL)
         ended: list[float] = []
+        cpu: list[float] = []
 
         def reap() -> None:  # a thread, so that the end is timed exactly while the main thread samples memory
-            proc.wait()
+            # wait4: the CPU the send used, its worker processes included (each reaped by it). CPU a message is
+            # what a loaded machine moves least: the wall clock counts the other sessions' work too.
+            _, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
             ended.append(time.perf_counter())
+            cpu.append(usage.ru_utime + usage.ru_stime)
 
         reaper = threading.Thread(target=reap, daemon=True)
         reaper.start()
@@ -554,7 +561,7 @@ def run_ours(database: Database, work: Path, port: int, workers: int | None, tim
     phases = PHASES.findall(text)
     return OurRun(ended[0] - start, db_s, of_s, float(gate[-1]) if gate else None,
                   (float(phases[-1][0]), float(phases[-1][1])) if phases else None, max(peaks.values(), default=0),
-                  sum(peaks.values()), len(peaks))
+                  sum(peaks.values()), len(peaks), cpu[0] if cpu else 0.0)
 
 
 # -- main ----------------------------------------------------------------------------------------------
@@ -645,6 +652,8 @@ def main() -> None:
 
         ref_a: list[float] = []
         ref_b: list[float] = []
+        ref_cpu: list[float] = []  # the reference's CPU a message (ms)
+        cpus: dict[tuple[str, int, str], list[float]] = {}  # ours (ms a message, every process of the send)
         ours: dict[tuple[str, int, str], list[float]] = {}
         ratios: dict[tuple[str, int, str], list[float]] = {}
         shares: dict[tuple[str, int, str], list[float]] = {}
@@ -653,10 +662,11 @@ def main() -> None:
         peaks: list[tuple[int, int, int]] = []
         for i in range(args.runs):
             before = sink.messages()
-            t = run_aiosmtplib(sink.port, messages, args.connections)
+            t, cpu = run_aiosmtplib(sink.port, messages, args.connections)
             _checked("aiosmtplib", sink.settle(before, len(messages)), len(messages))
             ref_a.append(len(messages) / t)
-            print(f"run {i + 1}: aiosmtplib {t:6.2f} s {ref_a[-1]:7,.0f}/s", flush=True)
+            ref_cpu.append(cpu * 1000 / len(messages))
+            print(f"run {i + 1}: aiosmtplib {t:6.2f} s {ref_a[-1]:7,.0f}/s  cpu {ref_cpu[-1]:.3f} ms/msg", flush=True)
 
             if mailmerge_argv:
                 before = sink.messages()
@@ -676,8 +686,9 @@ def main() -> None:
                         ours.setdefault(key, []).append(sent / run.seconds)
                         ratios.setdefault(key, []).append(ours[key][-1] / ref_a[-1])
                         peaks.append((run.peak_kib, run.total_peak_kib, run.processes))
+                        cpus.setdefault(key, []).append(run.cpu_seconds * 1000 / max(sent, 1))
                         line = (f"       campaign {database.kind:<8} --workers {w} {label:<6} {run.seconds:6.2f} s "
-                                f"{ours[key][-1]:7,.0f}/s  ratio {ratios[key][-1]:.2f}")
+                                f"{ours[key][-1]:7,.0f}/s  ratio {ratios[key][-1]:.2f}  cpu {cpus[key][-1]:.3f} ms/msg")
                         if run.db_seconds is not None and run.db_of:
                             shares.setdefault(key, []).append(run.db_seconds / run.db_of)
                             line += f"  db {run.db_seconds:.2f} s of {run.db_of:.2f} s ({shares[key][-1]:.1%})"
@@ -691,14 +702,15 @@ def main() -> None:
 
         a = statistics.median(ref_a)
         print(f"\nmedians of {args.runs} runs")
-        print(f"aiosmtplib, {args.connections} connections, pre-built, one process  {a:10,.0f} messages/s")
+        print(f"aiosmtplib, {args.connections} connections, pre-built, one process  {a:10,.0f} messages/s, "
+              f"CPU {statistics.median(ref_cpu):.3f} ms a message")
         if ref_b:
             print(f"mailmerge CLI, a connection per message  {statistics.median(ref_b):10,.0f} messages/s")
         if not ours:
             print("campaign send                                   n/a (not available yet)")
             return
         print(f"\n{'database':<22} {'workers':>7} {'build':>6} {'messages/s':>11} {'ours/aiosmtplib':>16} "
-              f"{'db share':>9} {'prepare':>8} {'finish':>7} {'gate share':>10}"
+              f"{'db share':>9} {'prepare':>8} {'finish':>7} {'gate share':>10} {'CPU ms/msg':>10}"
               + ("  ours/mailmerge" if ref_b else ""))
         for (kind, w, label), rates in ours.items():
             key = (kind, w, label)
@@ -710,7 +722,8 @@ def main() -> None:
                 prep = f"{statistics.median(p[0] for p in phases[key]):.2f} s"
                 fin = f"{statistics.median(p[1] for p in phases[key]):.2f} s"
             line = (f"{name:<22} {w:>7} {label:>6} {statistics.median(rates):>11,.0f} "
-                    f"{statistics.median(ratios[key]):>16.2f} {share:>9} {prep:>8} {fin:>7} {gate:>10}")
+                    f"{statistics.median(ratios[key]):>16.2f} {share:>9} {prep:>8} {fin:>7} {gate:>10} "
+                    f"{statistics.median(cpus[key]):>10.3f}")
             if ref_b:
                 line += f"  {statistics.median(rates) / statistics.median(ref_b):13.1f}x"
             print(line)
