@@ -10,6 +10,7 @@ count into a recording SMTP server (aiosmtpd, tests/smtpd.py), which keeps every
 have received the notice exactly once, with its own Message-ID.
 
     ./run bench scale [--recipients N] [--runs K] [--workers 1,2,4] [--check-recipients M] [--timeout S] [--keep]
+                      [--before CHECKOUT]
 
 Reuses bench/send.py's harness (smtp-sink, the PostgreSQL server, the prepared database copied for each run).
 """
@@ -96,6 +97,9 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1_000_000, help="rate_per_second of the benchmark's definition")
     parser.add_argument("--timeout", type=float, default=900, help="for one `campaign send` (seconds)")
     parser.add_argument("--keep", action="store_true", help="keep the working directory")
+    parser.add_argument("--before", type=Path, metavar="CHECKOUT",
+                        help="also run the `campaign` package of CHECKOUT (the build before, on PYTHONPATH), "
+                             "alternating with this one on the same database")
     args = parser.parse_args()
     if 1 not in args.workers:
         parser.error("--workers must include 1: it is the reference")
@@ -119,29 +123,38 @@ def main() -> None:
         audience = prepare_ours(database, work, definition, sink.port, args.recipients)
         analyze(database.prepared_url())
 
-        rates: dict[int, list[float]] = {w: [] for w in args.workers}
+        builds: list[tuple[str, Path | None]] = [("this", None)]
+        if args.before is not None:
+            builds.insert(0, ("before", args.before.resolve()))
+        rates: dict[tuple[str, int], list[float]] = {}
+        cpus: dict[tuple[str, int], list[float]] = {}  # CPU ms a message, every process of the send
         peaks: dict[int, int] = {}
         for i in range(args.runs):
             for w in args.workers:
-                before = sink.messages()
-                run = run_ours(database, database.work, sink.port, w, args.timeout)
-                got = sink.settle(before, audience)
-                if got != audience:
-                    print(f"  warning: smtp-sink counted {got:,}, expected {audience:,}", flush=True)
-                rates[w].append(got / run.seconds)
-                peaks[w] = max(peaks.get(w, 0), run.peak_kib)
-                print(f"run {i + 1}: --workers {w}  {run.seconds:6.2f} s  {rates[w][-1]:7,.0f} messages/s  "
-                      f"db {run.db_seconds or 0:.2f} s of {run.db_of or 0:.2f} s", flush=True)
+                for label, build in builds:
+                    before = sink.messages()
+                    run = run_ours(database, database.work, sink.port, w, args.timeout, build)
+                    got = sink.settle(before, audience)
+                    if got != audience:
+                        print(f"  warning: smtp-sink counted {got:,}, expected {audience:,}", flush=True)
+                    rates.setdefault((label, w), []).append(got / run.seconds)
+                    cpus.setdefault((label, w), []).append(run.cpu_seconds * 1000 / max(got, 1))
+                    peaks[w] = max(peaks.get(w, 0), run.peak_kib)
+                    print(f"run {i + 1}: --workers {w} {label:<6} {run.seconds:6.2f} s  "
+                          f"{rates[(label, w)][-1]:7,.0f} messages/s  cpu {cpus[(label, w)][-1]:.3f} ms/msg  "
+                          f"db {run.db_seconds or 0:.2f} s of {run.db_of or 0:.2f} s", flush=True)
 
-        one = statistics.median(rates[1])
         print(f"\n{audience:,} recipients, PostgreSQL with fsync on, medians of {args.runs} runs; load average now "
               f"{os.getloadavg()[0]:.2f}")
-        print(f"{'workers':>7} {'messages/s':>11} {'to one':>7} {'peak RSS':>9}")
-        for w in args.workers:
-            m = statistics.median(rates[w])
-            print(f"{w:>7} {m:>11,.0f} {m / one:>6.2f}x {peaks[w] / 1024:>6.0f} MiB")
-        if 2 in rates:
-            print(f"two/one: {statistics.median(rates[2]) / one:.2f} (goal >= 1.5)")
+        print(f"{'build':>6} {'workers':>7} {'messages/s':>11} {'to one':>7} {'CPU ms/msg':>10} {'peak RSS':>9}")
+        for label, _ in builds:
+            one = statistics.median(rates[(label, 1)])
+            for w in args.workers:
+                m = statistics.median(rates[(label, w)])
+                print(f"{label:>6} {w:>7} {m:>11,.0f} {m / one:>6.2f}x {statistics.median(cpus[(label, w)]):>10.3f} "
+                      f"{peaks[w] / 1024:>6.0f} MiB")
+            if 2 in args.workers:
+                print(f"{label}: two/one {statistics.median(rates[(label, 2)]) / one:.2f} (goal >= 1.5)")
         if args.check_recipients:
             print(duplicate_check(pg, work, args.check_recipients, max(args.workers), args.rate, args.timeout))
     finally:
