@@ -703,3 +703,25 @@ def test_record_fast_paths_leave_the_rows_a_plain_update_leaves(engine: Engine, 
     finally:
         runner.run(database.aclose())
         runner.close()
+
+
+def test_tally_is_counts_and_outlook_in_one_pass(engine: Engine, wave: tuple[int, int]) -> None:
+    """STYLE 12: `tally` (the end of a send: one pass over the wave's rows) gives what `counts` and `outlook`
+    give apart, for drawn ledgers (every state, leases, retry times and send windows before and after `now`, in
+    several zones), any `now`, the window heeded or not."""
+    campaign_id, wave_id = wave
+    with db.write(engine) as conn:
+        add_to_wave(conn, campaign_id, wave_id, ROWS - N)
+        ids = sorted(conn.execute(select(DELIVERY.c.id).where(DELIVERY.c.wave_id == wave_id)).scalars())
+    states = st.sampled_from(["pending", "sending", "sent", "failed", "bounced", "suppressed", "skipped", "expired"])
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.lists(st.tuples(start(), states), min_size=ROWS, max_size=ROWS), instants, st.booleans())
+    def agree(rows: list[tuple[dict[str, Any], str]], now: dt.datetime, ignore_window: bool) -> None:
+        with db.write(engine) as conn:
+            _put(conn, ids, [{**s, "b_state": state_} for s, state_ in rows])
+        with db.read(engine) as conn:
+            apart = store.counts(conn, wave_id), store.outlook(conn, wave_id, now, ignore_window)
+            assert store.tally(conn, wave_id, now, ignore_window) == apart
+
+    agree()

@@ -200,8 +200,7 @@ def _finish(conn: Connection, campaign_id: int, wave_id: int, wave_name: str, ac
             attempted: int) -> tuple[dict[str, int], deliveries.Outlook, str | None]:
     """The wave's counts at the end; the wave is done when nothing is left to send (not even later)."""
     now = db.utcnow()
-    counts = deliveries.counts(conn, wave_id)
-    look = deliveries.outlook(conn, wave_id, now, ignore_window)
+    counts, look = deliveries.tally(conn, wave_id, now, ignore_window)
     row = campaign_rows.wave(conn, campaign_id, wave_name)
     assert row is not None
     paused = row.paused_reason if row.state == campaign_rows.PAUSED else None

@@ -415,7 +415,8 @@ class Outlook:
     next_due: dt.datetime | None
 
 
-def outlook(conn: Connection, wave_id: int, now: dt.datetime, ignore_window: bool) -> Outlook:
+def _outlook_columns(now: dt.datetime, ignore_window: bool) -> list[Any]:
+    """The aggregates an `Outlook` is made of, over the rows selected."""
     pending = D.c.state == PENDING
     retry_later = and_(pending, D.c.next_attempt_at > now)
     no_retry_wait = or_(D.c.next_attempt_at.is_(None), D.c.next_attempt_at <= now)
@@ -425,16 +426,33 @@ def outlook(conn: Connection, wave_id: int, now: dt.datetime, ignore_window: boo
     def n(cond: ColumnElement[bool]) -> Any:
         return func.coalesce(func.sum(case((cond, 1), else_=0)), 0)
 
-    row = conn.execute(select(
-        n(and_(pending, _due(now, ignore_window))).label("due"),
-        n(retry_later).label("retry"),
-        n(window_later).label("window"),
-        n(sending).label("sending"),
-        func.min(case((retry_later, D.c.next_attempt_at))).label("retry_at"),
-        func.min(case((sending, D.c.lease_expires_at))).label("lease_at"),
-    ).where(D.c.wave_id == wave_id)).one()
-    nexts = [t for t in (row.retry_at, row.lease_at) if t is not None]
-    return Outlook(int(row.due), int(row.retry), int(row.window), int(row.sending), min(nexts) if nexts else None)
+    return [n(and_(pending, _due(now, ignore_window))).label("due"), n(retry_later).label("retry"),
+            n(window_later).label("window"), n(sending).label("sending"),
+            func.min(case((retry_later, D.c.next_attempt_at))).label("retry_at"),
+            func.min(case((sending, D.c.lease_expires_at))).label("lease_at")]
+
+
+def _outlook_of(rows: Sequence[Any]) -> Outlook:
+    """An `Outlook` from the `_outlook_columns` of one or more groups of rows."""
+    nexts = [t for r in rows for t in (r.retry_at, r.lease_at) if t is not None]
+    return Outlook(sum(int(r.due) for r in rows), sum(int(r.retry) for r in rows),
+                   sum(int(r.window) for r in rows), sum(int(r.sending) for r in rows), min(nexts) if nexts else None)
+
+
+def outlook(conn: Connection, wave_id: int, now: dt.datetime, ignore_window: bool) -> Outlook:
+    return _outlook_of([conn.execute(select(*_outlook_columns(now, ignore_window))
+                                     .where(D.c.wave_id == wave_id)).one()])
+
+
+def tally(conn: Connection, wave_id: int, now: dt.datetime, ignore_window: bool) -> tuple[dict[str, int], Outlook]:
+    """`counts` and `outlook` of a wave in one pass over its rows instead of two (the end of every send reads
+    both; at a million deliveries each pass is a scan of the wave)."""
+    rows = conn.execute(select(D.c.state, func.count().label("n"), *_outlook_columns(now, ignore_window))
+                        .where(D.c.wave_id == wave_id).group_by(D.c.state)).all()
+    out = dict.fromkeys(DELIVERY_STATES, 0)
+    for r in rows:
+        out[r.state] = int(r.n)
+    return out, _outlook_of(rows)
 
 
 def pending_by_locale(conn: Connection, wave_id: int) -> dict[str, int]:
@@ -471,4 +489,5 @@ __all__ = [
     "record",
     "renew",
     "sent_since",
+    "tally",
 ]
