@@ -25,6 +25,12 @@ temporary directory; PostgreSQL: a template database) and copied for each run.
 
     ./run bench send [--recipients N] [--runs K] [--workers 1,2] [--database sqlite,postgres]
                      [--mailmerge-rows R] [--connections C] [--rate R] [--concurrency C] [--timeout S] [--keep]
+                     [--light] [--before CHECKOUT]
+
+`--light`: a one-line notice on both sides (what the send costs besides rendering); `--before CHECKOUT`: the send of
+another checkout's `campaign` package too (PYTHONPATH), alternating with this one on the same databases. Each run
+also prints the CPU a message (user + system of the send's processes; the reference's own) and, from a build that
+says them, the database's time preparing and finishing the wave.
 
 Needs `/usr/sbin/smtp-sink` (Debian package `postfix`): installed on the spot when run as root, without
 starting a mail daemon; otherwise the command to run is printed. PostgreSQL needs its Debian server package
