@@ -257,7 +257,7 @@ def test_the_gallery_shows_hostile_data_as_text(templates: Path, tmp_path: Path)
     assert (tmp_path / f"{in_a_name}.de-DE.html").read_text(encoding="utf-8") == rendered.html
 
 
-def test_render_all_streams_every_recipient(run_cli: CliRun, engine: object, templates: Path) -> None:
+def test_render_waves_streams_every_recipient(run_cli: CliRun, engine: object, templates: Path) -> None:
     from campaign import campaigns, db
     from campaign.notices import proofs
     import_example(run_cli)
@@ -266,14 +266,16 @@ def test_render_all_streams_every_recipient(run_cli: CliRun, engine: object, tem
     with db.read(engine) as conn:  # type: ignore[arg-type]
         c = campaigns.get(conn, "voice-local-processing")
         r = Renderer(c.definition, templates)
-        ok, problems = proofs.render_all(conn, c.definition, r, c.definition.waves[0])
-        assert (ok, problems) == (audience["accounts"], [])
-        # A template that breaks only for some data: found for every account it breaks for.
+        tallies = proofs.render_waves(conn, c.definition, r)
+        assert [(t.wave, t.rendered, t.failed, t.problems) for t in tallies] == [
+            (w.name, audience["accounts"], 0, []) for w in c.definition.waves]
+        # A template that breaks only for some data: found for every account it breaks for, in that wave only.
         break_template(templates, "ja-JP/notice.txt.j2", "{{", "{{ 1 // (devices | length - 1) }}{{")
         r = Renderer(c.definition, templates)
-        ok, problems = proofs.render_all(conn, c.definition, r, c.definition.waves[0])
-    assert problems and all("ZeroDivisionError" in p for p in problems)
-    assert ok < audience["accounts"]
+        notice, *others = proofs.render_waves(conn, c.definition, r)
+    assert notice.problems and all("ZeroDivisionError" in p for p in notice.problems)
+    assert notice.failed and notice.rendered + notice.failed == audience["accounts"]
+    assert all(t.failed == 0 and t.rendered == audience["accounts"] for t in others)
 
 
 def test_confirmation_names_each_switched_device_and_when_in_the_readers_zone_and_language(templates: Path) -> None:

@@ -12,6 +12,7 @@ import click
 from campaign.cli.app import (
     App,
     Group,
+    Progress,
     dry_run_option,
     duration,
     json_option,
@@ -28,21 +29,31 @@ from campaign.errors import FLIP_HALTED, CampaignError
 
 @click.command("schedule")
 @click.argument("slug")
+@click.option("--jobs", type=click.IntRange(min=1), default=None,
+              help="Processes that render, each over its own share of the audience [default: the number of "
+              "CPUs; small audiences render in one]. --jobs 1 renders in this process.")
 @dry_run_option
 @json_option
 @pass_app
-def schedule(app: App, slug: str, dry_run: bool, as_json: bool) -> None:
+def schedule(app: App, slug: str, jobs: int | None, dry_run: bool, as_json: bool) -> None:
     """Freeze a campaign and register its waves and its flip with the scheduler.
 
     \b
-    First renders every wave for every recipient in the audience now, and refuses
-    (naming the template file and line, and the account) if any message fails. Refuses a
-    cutoff in the past. --dry-run prints the timeline: each wave in UTC and in the
+    First renders every wave for every recipient in the audience now, on every core
+    (--jobs), and refuses (naming the template file and line, and the account; the first
+    20 problems) if any message fails: nothing is scheduled then. Refuses a cutoff in the
+    past. Shows a progress bar on a terminal (a line every 10 s otherwise).
+    --dry-run renders the same and prints the timeline: each wave in UTC and in the
     cutoff's own offset, its audience now, how long it takes at the rate limit, when it
     expires; the flip with the devices it would change and hold back.
     Then run `campaign scheduler run` (it sends each wave when due and flips at the cutoff).
     """
-    timeline = scheduling.schedule(app.engine(), app.config, slug, dry_run=dry_run)
+    bar = Progress(f"rendering {slug}", "messages", enabled=not as_json)
+    try:
+        timeline = scheduling.schedule(app.engine(), app.config, slug, dry_run=dry_run, jobs=jobs,
+                                       progress=bar.update, progress_every=bar.every)
+    finally:
+        bar.close()
     if as_json:
         print_json(timeline.as_json())
         return

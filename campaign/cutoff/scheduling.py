@@ -24,10 +24,9 @@ import socket
 import sys
 import tempfile
 import time
-import tomllib
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Engine
@@ -35,16 +34,14 @@ from sqlalchemy.exc import DBAPIError
 
 from campaign import campaigns, connection, db, errors, preflight
 from campaign.config import ENV, Config
-from campaign.cutoff import approval as approvals
-from campaign.definition import Definition
-from campaign.errors import StateError, TemplateProblem, UsageError
-from campaign.models import CANCELLED, DRAFT, PAUSED, SCHEDULED
-from campaign.notices import kept, proofs
-from campaign.notices.rendering import Renderer
+from campaign.cutoff.planning import FLIP, Timeline, schedule, wave_step
+from campaign.errors import StateError
 from campaign.redaction import redact
-from campaign.store import audience, steps
-from campaign.store import campaigns as campaign_rows
+from campaign.store import steps
 from campaign.webhooks.delivery import Background as Webhooks
+
+__all__ = ["FLIP", "Scheduler", "Timeline", "Timings", "run", "schedule", "wave_step"]  # `campaign schedule` lives
+# in planning.py; its names stay importable from here
 
 log = logging.getLogger("campaign.scheduler")
 
@@ -53,7 +50,6 @@ ADVISORY_KEY = 0x63616D70  # "camp": the advisory lock of the leading scheduler 
 LEASE_SECONDS = 45.0  # a dead leader is replaced within a minute
 TICK_SECONDS = 15.0  # how often the leader looks for work beyond its alarms (send windows, retries, fair notice)
 RETRY_STEP_SECONDS = 60.0  # a step that failed for a passing reason is tried again after this
-FLIP = "flip"
 BOUNCES_EVERY = 300.0  # seconds between two fetches of returned mail (`scheduler run --bounces URL`)
 PREFLIGHT_EVERY = 60.0  # the preflight of each scheduled campaign: when the scheduler starts, then at a poll this apart
 
@@ -73,123 +69,11 @@ class Timings:
 TIMINGS = Timings()
 
 
-def wave_step(name: str) -> str:
-    return f"wave:{name}"
-
-
 class LogFormat(logging.Formatter):
     """One line per event, stamped with the campaign clock (simulated in the demo), in UTC; our secrets redacted."""
 
     def format(self, record: logging.LogRecord) -> str:
         return f"{db.utcnow().isoformat(timespec='seconds')} {redact(record.getMessage(), None)}"
-
-
-# -- campaign schedule ---------------------------------------------------------------------------------
-
-@dataclass
-class Timeline:
-    campaign: str
-    cutoff: dt.datetime
-    scheduled: bool
-    dry_run: bool
-    rendered: int
-    items: list[dict[str, Any]] = field(default_factory=list)
-    approval: approvals.Standing | None = None
-    warnings: tuple[preflight.Finding, ...] = ()  # what the preflight warns of (its errors refuse)
-
-    def as_json(self) -> dict[str, Any]:
-        return {"campaign": self.campaign, "cutoff": self.cutoff.isoformat(), "scheduled": self.scheduled,
-                "dry_run": self.dry_run, "rendered": self.rendered, "timeline": self.items,
-                "approval": self.approval.as_json() if self.approval is not None else None,
-                "warnings": [w.as_json() for w in self.warnings]}
-
-
-def schedule(engine: Engine, config: Config, slug: str, dry_run: bool = False) -> Timeline:
-    """`campaign schedule`: render every recipient's messages (refusing on any failure), freeze the campaign and
-    register its steps; under `dry_run`, the timeline only."""
-    now = db.utcnow()
-    with db.transaction(engine, config.actor, "campaign.schedule", dry_run=dry_run) as tx:
-        conn = tx.conn
-        c = campaigns.get(conn, slug)
-        tx.campaign_id = c.id
-        d = c.definition
-        if c.state in (SCHEDULED, PAUSED) and c.scheduled_at is not None:
-            raise StateError(f"campaign {slug!r} is scheduled already (since {c.scheduled_at.isoformat()})")
-        if c.state == CANCELLED:
-            raise StateError(f"campaign {slug!r} is cancelled")
-        if c.state != DRAFT:
-            raise StateError(f"campaign {slug!r} is {c.state}: only a draft can be scheduled")
-        approval = approvals.require(conn, c, "schedule", dry_run=dry_run)
-        if d.cutoff <= now:
-            raise UsageError(f"the cutoff {d.cutoff.isoformat()} has passed: a campaign is scheduled before its "
-                             "cutoff (to replay one whose date has passed, see `campaign demo`)")
-        kept_set = kept.sending(conn, c.id, d, config.templates)  # the version's kept words, not the folder's
-        renderer = kept_set.renderer(d, config.templates)
-        found = preflight.refuse_on_errors(preflight.run(conn, d, renderer, preflight.SCHEDULE))
-        rendered = _render_everyone(conn, d, renderer)
-        items = _timeline(conn, c.id, d)
-        if not dry_run:
-            campaign_rows.update_campaign(conn, c.id, state=SCHEDULED, scheduled_at=now)
-            steps.register(conn, c.id, [(wave_step(w.name), w.at) for w in d.waves] + [(FLIP, d.cutoff)])
-        tx.note(cutoff=d.cutoff.isoformat(), rendered=rendered,
-                steps=[f"{i['step']} at {i['at']}" for i in items],
-                **({"version": kept_set.version} if kept_set.kept else {"templates": "folder"}),
-                version_sha256=kept_set.sha256)
-        if approval.required:
-            tx.note(approved_by=[a.by for a in approval.approvals], version=approval.version,
-                    digest=approval.digest)
-    return Timeline(slug, d.cutoff, not dry_run, dry_run, rendered, items, approval, found.warnings)
-
-
-def _render_everyone(conn: Connection, d: Definition, renderer: Renderer) -> int:
-    """Every wave for every recipient in the audience now (a `changed` wave with their affected devices as
-    stand-ins): G5, errors found here and not by a customer."""
-    total, problems = 0, []
-    for wave in d.waves:
-        ok, found = proofs.render_all(conn, d, renderer, wave)
-        total += ok
-        problems += [f"wave {wave.name}, {p}" for p in found]
-    if problems:
-        shown = "\n".join(f"  {p}" for p in problems[:20])
-        raise TemplateProblem(f"{len(problems)} message(s) do not render; nothing was scheduled:\n{shown}")
-    return total
-
-
-def _timeline(conn: Connection, campaign_id: int, d: Definition) -> list[dict[str, Any]]:
-    summary = audience.summary(conn, d)
-    zone = _cutoff_zone(d)
-
-    def when(t: dt.datetime) -> dict[str, str]:
-        return {"at": t.astimezone(dt.UTC).isoformat(), "at_cutoff_offset": t.astimezone(zone).isoformat()}
-
-    items: list[dict[str, Any]] = []
-    for w in d.waves:
-        # `changed` waves go to those the flip will switch: at most everyone affected now.
-        n = summary.accounts
-        items.append({"step": wave_step(w.name), **when(w.at), "audience": w.audience, "recipients_now": n,
-                      "estimated_seconds": round(n / d.limits.rate_per_second) if d.limits.rate_per_second else None,
-                      "expires": w.expires.astimezone(dt.UTC).isoformat()})
-    held = audience.suppressed_devices(conn, d) if d.require_notice else 0
-    items.append({"step": FLIP, **when(d.cutoff), "devices_now": summary.devices,
-                  "held_back_if_unnotified": held, "require_notice": d.require_notice,
-                  "min_notice_seconds": _min_notice_seconds(d)})
-    items.sort(key=lambda i: i["at"])
-    return items
-
-
-def _cutoff_zone(d: Definition) -> dt.tzinfo:
-    """The offset the definition wrote its cutoff with (the parsed instant is in UTC)."""
-    raw = tomllib.loads(d.text).get("cutoff") if d.text else None
-    with contextlib.suppress(ValueError, TypeError):
-        value = raw if isinstance(raw, dt.datetime) else dt.datetime.fromisoformat(str(raw).strip())
-        if value.tzinfo is not None:
-            return value.tzinfo
-    return dt.UTC
-
-
-def _min_notice_seconds(d: Definition) -> int | None:
-    value = getattr(d, "min_notice", None)
-    return int(value.total_seconds()) if value else None
 
 
 # -- leadership ------------------------------------------------------------------------------------------

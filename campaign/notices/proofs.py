@@ -4,8 +4,9 @@ pass `schedule` runs). A failure names the template file and line, and the accou
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+import datetime as dt
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 from sqlalchemy import Connection
 
@@ -128,21 +129,53 @@ def preview_one(conn: Connection, d: Definition, renderer: Renderer, wave: WaveD
     return next(samples(conn, d, renderer, waves=[wave], locale=locale or d.default_locale))
 
 
-def render_all(conn: Connection, d: Definition, renderer: Renderer, wave: WaveDef,
-               limit_errors: int = 20) -> tuple[int, list[str]]:
-    """Render `wave` for every recipient in the audience now, streamed (for `schedule`): returns how many
-    rendered and the first problems (`account: problem`)."""
-    builder = builder_for(d, wave)
-    ok, problems = 0, list[str]()
+def _prove(renderer: Renderer, d: Definition, wave: WaveDef, builder: MessageBuilder, recipient: Recipient,
+           devices: list[DeviceView], now: dt.datetime) -> None:
+    """Render and build one recipient's message of `wave` as the send will (G5); raises what would stop it."""
+    rendered = renderer.render(wave, recipient, devices)
+    builder.build(Parts(recipient.name, recipient.email, rendered.subject, rendered.text, rendered.html,
+                        message_id(d.slug, wave.name, recipient.account_id, d.sender_domain), now))
+
+
+FAILURES = (TemplateProblem, ValueError, HeaderInjection)  # what one person's message can fail with (RenderFailure,
+# MessageTooLarge among them); anything else is a fault of the run, not of a message
+
+
+@dataclass
+class Tally:
+    """One wave's messages over a share of the audience: how many built, how many failed, the first problems
+    (`account: problem`, in account order). Picklable: a render process sends it back."""
+
+    wave: str
+    rendered: int = 0
+    failed: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+def render_waves(conn: Connection, d: Definition, renderer: Renderer, after: str | None = None,
+                 upto: str | None = None, limit_errors: int = 20,
+                 tick: Callable[[int], None] | None = None, every: int = 500) -> list[Tally]:
+    """Every wave for every recipient in the audience now whose account id is in (`after`, `upto`] (None: no
+    bound), the audience read once for all the waves (for `schedule`, G5). `tick(n)` is told of every `every`
+    messages or so, and of the rest at the end."""
+    waves = list(d.waves)
+    builders = [builder_for(d, w) for w in waves]
+    tallies = [Tally(w.name) for w in waves]
     now = db.utcnow()
-    for recipient, devices in _affected(conn, d):
-        try:
-            rendered = renderer.render(wave, recipient, devices)
-            builder.build(Parts(recipient.name, recipient.email, rendered.subject, rendered.text,
-                                rendered.html, message_id(d.slug, wave.name, recipient.account_id,
-                                                          d.sender_domain), now))
-            ok += 1
-        except (TemplateProblem, ValueError, HeaderInjection) as exc:  # RenderFailure, MessageTooLarge among them
-            if len(problems) < limit_errors:
-                problems.append(f"account {recipient.account_id}: {exc}")
-    return ok, problems
+    pending = 0
+    for recipient, devices in audience.iter_affected(conn, d, after=after, upto=upto):
+        for wave, builder, tally in zip(waves, builders, tallies, strict=True):
+            try:
+                _prove(renderer, d, wave, builder, recipient, devices, now)
+                tally.rendered += 1
+            except FAILURES as exc:
+                tally.failed += 1
+                if len(tally.problems) < limit_errors:
+                    tally.problems.append(f"account {recipient.account_id}: {exc}")
+        pending += len(waves)
+        if tick is not None and pending >= every:
+            tick(pending)
+            pending = 0
+    if tick is not None and pending:
+        tick(pending)
+    return tallies

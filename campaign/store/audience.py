@@ -4,6 +4,7 @@ never told by the campaign, and at an address no earlier wave tried, or added af
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -119,13 +120,19 @@ def summary(conn: Connection, d: Definition, by: str | None = None, sample: int 
 
 
 def iter_affected(conn: Connection, d: Definition, account_ids: Iterable[str] | None = None,
-                  locale: str | None = None) -> Iterator[tuple[Recipient, list[DeviceView]]]:
+                  locale: str | None = None, after: str | None = None, upto: str | None = None
+                  ) -> Iterator[tuple[Recipient, list[DeviceView]]]:
     """Each affected account with its affected devices, in account order: the whole audience streamed from the
-    database, or the accounts `account_ids` names (a batch) fetched at once."""
+    database (or its accounts with an id in (`after`, `upto`]: a share of `account_bounds`), or the accounts
+    `account_ids` names (a batch) fetched at once."""
     stmt = affected(d, A.c.id, A.c.email, A.c.name, A.c.locale, A.c.timezone, D.c.id, D.c.name, D.c.model)
     stmt = stmt.order_by(A.c.id, D.c.id)
     if locale is not None:
         stmt = stmt.where(A.c.locale == locale)
+    if after is not None:  # on the device's column too: the planner then ranges over the device index
+        stmt = stmt.where(A.c.id > after, D.c.account_id > after)
+    if upto is not None:
+        stmt = stmt.where(A.c.id <= upto, D.c.account_id <= upto)
     if account_ids is not None:  # a batch: fetched at once, in one round trip, by a statement prepared once
         result = conn.execute(stmt.where(among(conn, A.c.id, account_ids)))
     else:
@@ -142,6 +149,21 @@ def iter_affected(conn: Connection, d: Definition, account_ids: Iterable[str] | 
         devices.append(DeviceView(row[5], row[6], row[7]))
     if current is not None:
         yield current, devices
+
+
+def account_bounds(conn: Connection, shares: int) -> list[tuple[str | None, str | None]]:
+    """Ranges (after, upto] of account id (None: unbounded) that split the accounts into about `shares` parts of
+    equal size, in order, together covering every id: each a share of the audience a process can read on its own.
+    One pass over the account key."""
+    total = int(conn.execute(select(func.count()).select_from(A)).scalar_one())
+    if shares <= 1 or total < 2 * shares:
+        return [(None, None)]
+    step = -(-total // shares)
+    numbered = select(A.c.id, func.row_number().over(order_by=A.c.id).label("n")).subquery()
+    cuts: list[str | None] = list(conn.scalars(select(numbered.c.id).where(numbered.c.n % step == 0)
+                                               .order_by(numbered.c.id)))
+    edges = [None, *cuts, None]
+    return list(itertools.pairwise(edges))
 
 
 def changed_devices(conn: Connection, campaign_id: int, account_ids: Iterable[str]) -> list[tuple[str, DeviceView]]:
