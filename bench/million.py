@@ -77,12 +77,14 @@ def definition(work: Path) -> Path:
     return out
 
 
-def run_step(name: str, args: list[str], env: dict[str, str], cwd: Path, timeout: float) -> tuple[Step, str]:
-    """One `campaign` command as a whole process: its time, its (and its children's) peak RSS, its output."""
+def run_step(name: str, args: list[str], env: dict[str, str], cwd: Path, timeout: float,
+             command: list[str] = CAMPAIGN) -> tuple[Step, str]:
+    """One `campaign` command (or `command`: bench/schedule.py's reference) as a whole process: its time, its (and
+    its children's) peak RSS, its output."""
     out_path, err_path = cwd / f"{name}.out", cwd / f"{name}.err"
     with out_path.open("wb") as out, err_path.open("wb") as err:
         start = time.perf_counter()
-        proc = subprocess.Popen([*CAMPAIGN, *args], env=env, cwd=cwd, stdout=out, stderr=err,
+        proc = subprocess.Popen([*command, *args], env=env, cwd=cwd, stdout=out, stderr=err,
                                 stdin=subprocess.DEVNULL)
         ended: list[float] = []
 
@@ -105,7 +107,7 @@ def run_step(name: str, args: list[str], env: dict[str, str], cwd: Path, timeout
     if not ended or ended[0] - start >= timeout:
         raise SystemExit(f"campaign {' '.join(args)} did not finish within {timeout:.0f} s")
     if proc.returncode != 0:
-        raise SystemExit(f"campaign {' '.join(args)} failed (exit {proc.returncode}):\n{text}"
+        raise SystemExit(f"{' '.join(args)} failed (exit {proc.returncode}):\n{text}"
                          f"{err_path.read_text(errors='replace')}")
     return Step(name, ended[0] - start, max(peaks.values(), default=0), len(peaks), ""), text
 

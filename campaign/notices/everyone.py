@@ -10,17 +10,18 @@ its parent is gone)."""
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection as Pipe
 from multiprocessing.connection import wait
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Any
 
 from sqlalchemy import Connection, Engine
@@ -129,7 +130,8 @@ class Pool:
             if not self._procs:
                 self._start()
             bounds = audience.account_bounds(conn, self.jobs * SHARES_PER_JOB)
-            return self._there(words, bounds, total, progress, every)
+            with _term_interrupts():
+                return self._there(words, bounds, total, progress, every)
         except KeyboardInterrupt:
             self._stop()
             raise Interrupted("interrupted: the render processes were stopped; nothing was scheduled") from None
@@ -201,6 +203,24 @@ class Pool:
         for pipe in self._pipes:
             pipe.close()
         self._procs, self._pipes = [], []
+
+
+@contextlib.contextmanager
+def _term_interrupts() -> Iterator[None]:
+    """SIGTERM stops the render as Ctrl-C does (the children stopped, the error said) rather than end this process
+    at once; only where a handler can be set (the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(_signum: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    before = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def _crashed(proc: Any) -> CampaignError:
