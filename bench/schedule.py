@@ -134,6 +134,22 @@ def reference_main(url: str) -> None:
     print(json.dumps({"messages": messages}))
 
 
+def read_main(url: str) -> None:
+    """Run as `python bench/schedule.py --read URL`: the audience read alone (`store.audience.iter_affected`, as
+    `schedule` streams it), timed in-process; prints {"recipients": N, "seconds": S}."""
+    from campaign import campaigns, db
+    from campaign.store import audience
+
+    engine = db.make_engine(url)
+    with db.read(engine) as conn:
+        d = campaigns.get(conn, SLUG).definition
+        start = time.perf_counter()
+        n = sum(1 for _ in audience.iter_affected(conn, d))
+        seconds = time.perf_counter() - start
+    engine.dispose()
+    print(json.dumps({"recipients": n, "seconds": seconds}))
+
+
 # -- the runs --------------------------------------------------------------------------------------------
 
 def timed(name: str, argv: list[str], env: dict[str, str], work: Path,
@@ -178,17 +194,24 @@ def bench(kind: str, url: str, work: Path, runs: int, jobs: int | None, base: Pa
             print(f"{kind} run {i + 1} {name:<9} {secs:7.2f} s  {n:,} messages  {n / secs:8,.0f}/s  "
                   f"peak RSS {peak / 1024:4.0f} MiB ({procs} process{'es' if procs > 1 else ''})  "
                   f"load {os.getloadavg()[0]:.2f}", flush=True)
+    reads = []
+    for _ in range(runs):
+        out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--read", url], env=env, check=True,
+                             capture_output=True, text=True).stdout
+        reads.append(json.loads(out)["seconds"])
+    print(f"{kind}: the audience read alone (iter_affected): median {statistics.median(reads):.2f} s", flush=True)
     counts = {name: {r[3] for r in rs} for name, rs in got.items()}
     if len(set().union(*counts.values())) != 1:
         raise SystemExit(f"{kind}: the sides rendered different numbers of messages: {counts}")
     n = got["reference"][0][3]
-    return {name: {"seconds": statistics.median(r[0] for r in rs), "peak_mib": max(r[1] for r in rs) / 1024,
-                   "messages": n} for name, rs in got.items()}
+    return {"read": statistics.median(reads), "sides": {
+        name: {"seconds": statistics.median(r[0] for r in rs), "peak_mib": max(r[1] for r in rs) / 1024,
+               "messages": n} for name, rs in got.items()}}
 
 
 def main() -> None:
-    if len(sys.argv) == 3 and sys.argv[1] == "--reference":
-        reference_main(sys.argv[2])
+    if len(sys.argv) == 3 and sys.argv[1] in ("--reference", "--read"):
+        (reference_main if sys.argv[1] == "--reference" else read_main)(sys.argv[2])
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--accounts", type=int, default=100_000, help="sample accounts (default 100,000)")
@@ -243,8 +266,10 @@ def main() -> None:
     print(f"\n{args.accounts:,} accounts, medians of {args.runs} runs, schedule --jobs {args.jobs or 'default'} on "
           f"{os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}, "
           f"{time.perf_counter() - started:.0f} s in all")
-    for kind, sides in results.items():
+    for kind, result in results.items():
+        sides = result["sides"]
         ref = sides["reference"]["seconds"]
+        print(f"{kind:<9} the audience read alone {result['read']:.2f} s")
         for name, r in sides.items():
             per = r["seconds"] / r["messages"]
             print(f"{kind:<9} {name:<9} {r['seconds']:7.2f} s  {r['messages'] / r['seconds']:8,.0f} msg/s  "
