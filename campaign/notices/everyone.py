@@ -31,6 +31,7 @@ from campaign.definition import Definition
 from campaign.errors import MAX_SHOWN, CampaignError, TemplateProblem
 from campaign.notices import proofs
 from campaign.notices.kept import TemplateSet
+from campaign.notices.rendering import Renderer
 from campaign.redaction import redact
 from campaign.store import audience
 
@@ -49,11 +50,15 @@ class Interrupted(CampaignError):
 
 @dataclass(frozen=True)
 class Words:
-    """What a render process renders from (picklable): the campaign's definition and its kept template set."""
+    """What a render process renders from (picklable): the campaign's definition and its kept template set (and
+    the folder its errors name)."""
 
     definition: Definition
     templates: TemplateSet
     folder: Path
+
+    def renderer(self) -> Renderer:
+        return self.templates.renderer(self.definition, self.folder)
 
 
 @dataclass(frozen=True)
@@ -146,8 +151,7 @@ class Pool:
             if progress is not None:
                 progress(done, total)
 
-        d = words.definition
-        tallies = proofs.render_waves(conn, d, words.templates.renderer(d, words.folder), tick=tick)
+        tallies = proofs.render_waves(conn, words.definition, words.renderer(), tick=tick)
         return _outcome([tallies], 1)
 
     def _there(self, words: Words, bounds: list[tuple[str | None, str | None]], total: int,
@@ -266,8 +270,7 @@ def _serve(database_url: str, pipe: Pipe, counter: Any, taken: Any, parent: int)
             if orphaned():
                 return
         words, bounds = pipe.recv()
-        d = words.definition
-        renderer = words.templates.renderer(d, words.folder)
+        d, renderer = words.definition, words.renderer()
         engine = db.make_engine(database_url)
 
         def tick(n: int) -> None:
