@@ -41,6 +41,7 @@ from million import CAMPAIGN, definition, run_step  # the shipped definition adj
 
 ROOT = Path(__file__).resolve().parent.parent
 SLUG = "voice-local-processing"
+SHARES = 8  # the shares of `schedule --jobs 2` (everyone.SHARES_PER_JOB per process)
 MILLION_MESSAGES = 1_357_791  # 3 waves × 452,597 recipients of 1,000,000 sample accounts (docs/scale.md)
 BASE_RUNNER = ("import runpy, sys\n"
                "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f).lower()]\n"
@@ -146,8 +147,14 @@ def read_main(url: str) -> None:
         start = time.perf_counter()
         n = sum(1 for _ in audience.iter_affected(conn, d))
         seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        bounds = audience.account_bounds(conn, SHARES)
+        m = sum(1 for after, upto in bounds for _ in audience.iter_affected(conn, d, after=after, upto=upto))
+        shared = time.perf_counter() - start
     engine.dispose()
-    print(json.dumps({"recipients": n, "seconds": seconds}))
+    if m != n:
+        raise SystemExit(f"the {len(bounds)} shares read {m:,} recipients, the whole audience {n:,}")
+    print(json.dumps({"recipients": n, "seconds": seconds, "shares": shared}))
 
 
 # -- the runs --------------------------------------------------------------------------------------------
@@ -194,12 +201,15 @@ def bench(kind: str, url: str, work: Path, runs: int, jobs: int | None, base: Pa
             print(f"{kind} run {i + 1} {name:<9} {secs:7.2f} s  {n:,} messages  {n / secs:8,.0f}/s  "
                   f"peak RSS {peak / 1024:4.0f} MiB ({procs} process{'es' if procs > 1 else ''})  "
                   f"load {os.getloadavg()[0]:.2f}", flush=True)
-    reads = []
+    reads, shared = [], []
     for _ in range(runs):
         out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--read", url], env=env, check=True,
                              capture_output=True, text=True).stdout
         reads.append(json.loads(out)["seconds"])
-    print(f"{kind}: the audience read alone (iter_affected): median {statistics.median(reads):.2f} s", flush=True)
+        shared.append(json.loads(out)["shares"])
+    print(f"{kind}: the audience read alone (iter_affected): median {statistics.median(reads):.2f} s; in "
+          f"{SHARES} shares one after the other (account_bounds included): {statistics.median(shared):.2f} s",
+          flush=True)
     counts = {name: {r[3] for r in rs} for name, rs in got.items()}
     if len(set().union(*counts.values())) != 1:
         raise SystemExit(f"{kind}: the sides rendered different numbers of messages: {counts}")
