@@ -109,8 +109,9 @@ class Pool:
         self._stop()
 
     def _start(self) -> None:
-        self.engine.dispose()  # no connection of this process is carried into a forked child
         ctx = self._ctx
+        if ctx.get_start_method() == "fork":
+            self.engine.dispose()  # no connection of this process is carried into a forked child
         self._counter, self._next = ctx.Value("q", 0), ctx.Value("i", 0)
         for i in range(self.jobs):
             ours, theirs = ctx.Pipe()
