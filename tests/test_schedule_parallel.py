@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,9 @@ from sqlalchemy import Engine, delete, insert, select, text
 from campaign import db
 from campaign.config import Config
 from campaign.cutoff import planning
+from campaign.errors import TemplateProblem
 from campaign.models import ACCOUNT
+from campaign.notices import everyone
 from campaign.store import audience
 from tests.conftest import ROOT, CliRun
 from tests.waiting import wait_until
@@ -237,3 +240,31 @@ def test_a_killed_render_process_or_ctrl_c_stops_all_and_schedules_nothing(
     assert rows(engine, "SELECT count(*) FROM step") == [(0,)]
     assert rows(engine, "SELECT state FROM campaign") == [("draft",)]
     assert rows(engine, "SELECT count(*) FROM audit_event WHERE action = 'campaign.schedule'") == [(0,)]
+
+
+def test_from_a_thread_render_processes_are_spawned_and_agree(
+        run_cli: CliRun, engine: Engine, db_url: str, campaign_of: object, tmp_path: Path) -> None:
+    """A command run in a thread (the demo, the console) cannot fork safely: its render processes are spawned
+    afresh, and give the same refusal."""
+    env = campaign_of(30, templates_failing_for(tmp_path, ("4",)))  # type: ignore[operator]
+    config = Config(database_url=db_url, templates=Path(env["CAMPAIGN_TEMPLATES"]), actor="tester")
+    got: list[BaseException | str] = []
+
+    def run() -> None:
+        assert everyone._context().get_start_method() == "spawn"
+        try:
+            planning.schedule(engine, config, SLUG, jobs=2)
+        except TemplateProblem as exc:
+            got.append(str(exc))
+        except BaseException as exc:  # handed to the test's thread, to fail there
+            got.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(120)
+    assert not thread.is_alive()
+    one = run_cli("schedule", SLUG, "--jobs", "1", env=env)
+    assert one.exit_code == 2
+    assert got == [one.stderr.removeprefix("campaign: ").rstrip("\n")]
+    assert "9 message(s) do not render" in str(got[0])  # a004, a014, a024 × 3 waves
+    assert rows(engine, "SELECT count(*) FROM step") == [(0,)]
