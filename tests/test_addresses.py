@@ -150,3 +150,42 @@ def test_fast_path_is_taken_for_plain_addresses(monkeypatch: pytest.MonkeyPatch)
 
     monkeypatch.setattr(addresses, "normalize_slow", slow)
     assert normalize("Someone.Else@EXAMPLE.com") == "Someone.Else@example.com"
+
+
+# --- the plain ASCII domain shortcut agrees with email-validator (issue 26: a long tail of domains) --------
+
+ldh_labels = st.one_of(
+    st.text(st.sampled_from("abzAZ09-"), min_size=0, max_size=8),
+    st.sampled_from(["x" * 61, "x" * 62, "x" * 63, "x" * 64, "-a", "a-", "a--b", "xn--bcher-kva", "XN--ZZ", "0", "9a"]),
+)
+ldh_tlds = st.one_of(st.sampled_from(["com", "COM", "c", "1", "c1", "1c", "a-b", "test", "Local", "INVALID",
+                                      "localhost", "onion", "arpa", "in-addr.arpa", "x" * 63, "x" * 64, ""]),
+                     st.text(st.sampled_from("ab19-"), min_size=0, max_size=5))
+ldh_domains = st.one_of(
+    st.builds(lambda ls, tld: ".".join([*ls, tld]), st.lists(ldh_labels, min_size=0, max_size=5), ldh_tlds),
+    st.builds(lambda n, tld: ".".join(["a" * 63] * n + [tld]), st.integers(3, 4), ldh_tlds),  # 253 octets and about
+    domains,
+)
+
+
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(domain=ldh_domains)
+@example(domain="Co1859.Example.COM")
+@example(domain=".".join(["a" * 63] * 3 + ["b" * 60]))  # 252 octets: "a@" + it is the longest address
+@example(domain=".".join(["a" * 63] * 3 + ["b" * 61]))  # 253: one too many for "a@" + it
+@example(domain="host.localhost")
+def test_plain_domain_shortcut_agrees_with_email_validator(domain: str) -> None:
+    # The shortcut answers for the domains it takes; email-validator's verdict on them must be the same.
+    low = addresses._ldh_domain(domain)
+    if low is not None:
+        assert addresses._domain_slow(domain) == (low, low, len(low))
+    assert addresses._domain.__wrapped__(domain) == addresses._domain_slow(domain)
+
+
+def test_plain_domain_shortcut_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    def slow(domain: str) -> None:
+        raise AssertionError(f"email-validator asked about {domain!r}")
+
+    monkeypatch.setattr(addresses, "_domain_slow", slow)
+    assert normalize("Anna+26@Co1859.Example.COM") == "Anna+26@co1859.example.com"
+    assert normalize("x@mail-1.a1.example.org") == "x@mail-1.a1.example.org"
