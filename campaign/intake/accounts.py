@@ -250,7 +250,7 @@ class _Import:
             total, inserted, updated = people.account_counts(conn, stage)
             self.result.inserted, self.result.updated = inserted, updated
             self.result.unchanged = total - inserted - updated
-            people.upsert_accounts(conn, stage, db.utcnow())
+            people.upsert_accounts(conn, stage, db.utcnow(), people.Counts(total, inserted, updated))
             people.drop_stage(conn, stage)
             tx.note(file=str(self.path), **self._counts())
         self._tick(reader)
@@ -362,7 +362,7 @@ class _Import:
             total, inserted, updated, changed = people.device_counts(conn, stage, keys)
             self.result.inserted, self.result.updated, self.result.settings_changed = inserted, updated, changed
             self.result.unchanged = total - inserted - updated
-            people.upsert_devices(conn, stage, keys, db.utcnow())
+            people.upsert_devices(conn, stage, keys, db.utcnow(), people.Counts(total, inserted, updated), changed)
             people.drop_stage(conn, stage)
             tx.note(file=str(self.path), **self._counts())
         self._tick(reader)
