@@ -405,3 +405,40 @@ def test_the_last_progress_report_says_the_whole_file_was_read(engine: Engine, w
     accounts.import_accounts(engine, path, "tester", progress=lambda n, done, total: seen.append((n, done, total)))
     assert len(seen) >= 2 and seen[-1] == (12_000, path.stat().st_size, path.stat().st_size)
     assert all(done <= total for _, done, total in seen)
+
+
+@pytest.mark.parametrize("db_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
+def test_postgres_import_waits_for_another_import(engine: Engine, write_file: Callable[..., Path]) -> None:
+    # An import writes its new rows with a plain INSERT, having counted which are new (issue 26): two imports
+    # at once must not both find an id new. Here a transaction holds the import's turn and writes a1 as an
+    # import would; the import waits for it, then finds a1 existing (without the turn: a unique violation).
+    import threading
+
+    from campaign.intake.accounts import import_accounts
+    from campaign.store import people
+
+    path = write_file("accounts.csv", GOOD)
+    outcome: list[object] = []
+    with engine.connect() as other:
+        other.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": people.IMPORT_LOCK})
+        other.execute(text("INSERT INTO account (id, email, name, locale, timezone, country, created_at, "
+                           "updated_at) VALUES ('a1', 'anna@example.com', 'Anna Schmidt', 'de-DE', "
+                           "'Europe/Berlin', 'DE', now(), now())"))
+
+        def run() -> None:
+            try:
+                outcome.append(import_accounts(engine, path, "test"))
+            except Exception as exc:  # reported below, in the test's thread
+                outcome.append(exc)
+
+        worker = threading.Thread(target=run)
+        worker.start()
+        worker.join(1.5)
+        assert worker.is_alive() and not outcome, "the import did not wait for the other one's turn"
+        other.commit()
+    worker.join(30)
+    assert not worker.is_alive()
+    result = outcome[0]
+    assert not isinstance(result, Exception), result
+    assert (result.inserted, result.updated, result.unchanged) == (3, 0, 1)  # type: ignore[union-attr]
+    assert rows(engine, "SELECT count(*) FROM account") == [(4,)]
