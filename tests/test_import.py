@@ -442,3 +442,19 @@ def test_postgres_import_waits_for_another_import(engine: Engine, write_file: Ca
     assert not isinstance(result, Exception), result
     assert (result.inserted, result.updated, result.unchanged) == (3, 0, 1)  # type: ignore[union-attr]
     assert rows(engine, "SELECT count(*) FROM account") == [(4,)]
+
+
+def test_every_bad_setting_of_a_row_is_named(run_cli: CliRun, engine: Engine,
+                                             write_file: Callable[..., Path]) -> None:
+    # The settings of a row are checked all at once (issue 26); each bad one is still named on its own,
+    # the good ones and the empty cells are not.
+    assert run_cli("import", "accounts", str(write_file("ok.csv", GOOD))).exit_code == 0
+    path = write_file("d.csv", "device_id,account_id,name,model,alpha,beta,gamma,delta\n"
+                               f"d1,a1,Küche,Echo Show 10,{'x' * 128},,fine,ok\n"
+                               f"d2,a1,Küche,Echo Show 10,{'x' * 129},,two\u200bparts,ok\n")
+    result = run_cli("import", "devices", str(path))
+    assert result.exit_code == 2, result.output
+    assert (f"{path}:3: alpha: must be at most 128 characters (found 129); gamma: must be one printable "
+            "line (contains U+200B") in result.stderr
+    assert f"{path}:2:" not in result.stderr and "beta" not in result.stderr and "delta" not in result.stderr
+    assert rows(engine, "SELECT COUNT(*) FROM device") == [(0,)]
