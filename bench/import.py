@@ -173,13 +173,12 @@ class Target:
             shutil.rmtree(self.pgdata, ignore_errors=True)
 
 
-def fixed_cost(target: Target, work: Path, runs: int) -> float:
-    """The median time of `campaign import accounts` of a file with a header and no rows: what a process
-    costs before its first row (starting Python, importing the command line, connecting, checking the schema)."""
+def fixed_cost(target: Target, work: Path) -> float:
+    """The time of `campaign import accounts` of a file with a header and no rows: what a process costs before
+    its first row (starting Python, importing the command line, connecting, checking the schema)."""
     empty = work / "empty.csv"
     empty.write_text("account_id,email,name,locale,timezone,country\n", encoding="utf-8")
-    env = target.env(target.fresh("empty"))
-    return statistics.median(_campaign(env, "import", "accounts", str(empty))[0] for _ in range(runs))
+    return _campaign(target.env(target.fresh("empty")), "import", "accounts", str(empty))[0]
 
 
 # -- data ---------------------------------------------------------------------------------------------------
@@ -301,14 +300,15 @@ def count_rows(path: Path) -> int:
 def bench(target: Target, files: tuple[Path, Path], runs: int, work: Path) -> dict[str, Any]:
     n_acc, n_dev = count_rows(files[0]), count_rows(files[1])
     print(f"\n{target.name}: {n_acc:,} accounts, {n_dev:,} devices; {runs} runs, alternating", flush=True)
-    ref_acc, ref_dev, our_acc, our_dev, peaks = [], [], [], [], []
+    ref_acc, ref_dev, our_acc, our_dev, peaks, fixed_costs = [], [], [], [], [], []
     for i in range(runs):
         ra, rd = target.reference(files)
         oa, od, peak = ours(files, target.env(target.fresh("campaign")))
+        fixed_costs.append(fixed_cost(target, work))
         ref_acc.append(ra), ref_dev.append(rd), our_acc.append(oa), our_dev.append(od), peaks.append(peak)
         print(f"run {i + 1}: reference {ra:6.2f} s + {rd:6.2f} s   campaign {oa:6.2f} s + {od:6.2f} s   "
-              f"peak RSS {peak / 1024:.0f} MiB", flush=True)
-    fixed = fixed_cost(target, work, 3)
+              f"peak RSS {peak / 1024:.0f} MiB   fixed cost {fixed_costs[-1]:.2f} s", flush=True)
+    fixed = statistics.median(fixed_costs)
 
     def line(what: str, n: int, ref: list[float], our: list[float]) -> float:
         r, o = n / statistics.median(ref), n / statistics.median(our)
