@@ -17,7 +17,10 @@ its accounts file with bad rows (a line break inside a quoted name, bad addresse
 id): all of it read, every problem named, nothing written.
 
     ./run bench import [--accounts N] [--runs K] [--data DIR] [--shape sample|hard]
-                       [--database sqlite,postgres]
+                       [--database sqlite,postgres] [--base DIR]
+
+`--base DIR` runs the same imports from another checkout too (e.g. `git worktree add DIR main`), in the
+same runs, after ours: before and after a change, side by side.
 """
 
 from __future__ import annotations
@@ -108,21 +111,21 @@ def reference_postgres(files: tuple[Path, Path], url: str) -> tuple[float, float
 
 # -- ours ---------------------------------------------------------------------------------------------------
 
-def _campaign(env: dict[str, str], *args: str) -> tuple[float, int, str, int]:
-    """One `campaign` process: (seconds, exit code, its output, peak RSS in KiB)."""
+def _campaign(env: dict[str, str], *args: str, tree: Path | None = None) -> tuple[float, int, str, int]:
+    """One `campaign` process, of this checkout or of `tree`: (seconds, exit code, its output, peak RSS in KiB)."""
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "campaign", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
+                            stderr=subprocess.STDOUT, cwd=tree or ROOT)
     out = proc.stdout.read().decode() if proc.stdout else ""  # read before waiting: a long refusal fills the pipe
     _, status, usage = os.wait4(proc.pid, 0)
     return time.perf_counter() - start, os.waitstatus_to_exitcode(status), out, usage.ru_maxrss
 
 
-def ours(files: tuple[Path, Path], env: dict[str, str]) -> tuple[float, float, int]:
+def ours(files: tuple[Path, Path], env: dict[str, str], tree: Path | None = None) -> tuple[float, float, int]:
     """The real command line, one process per file, into a fresh schema; times and the larger peak RSS."""
     timings, peak = [], 0
     for what, path in zip(("accounts", "devices"), files, strict=True):
-        seconds, code, out, rss = _campaign(env, "import", what, str(path))
+        seconds, code, out, rss = _campaign(env, "import", what, str(path.resolve()), tree=tree)
         if code != 0:
             raise SystemExit(f"import {what} failed:\n{out}")
         timings.append(seconds)
@@ -155,10 +158,13 @@ class Target:
         self.server.sql(f'CREATE DATABASE "{db}"')
         return self.server.url(db)
 
-    def env(self, url: str) -> dict[str, str]:
+    def env(self, url: str, tree: Path | None = None) -> dict[str, str]:
+        """The environment of our processes (`tree`: another checkout's code, e.g. main's, run from there)."""
         env = {**os.environ, "CAMPAIGN_DATABASE_URL": url, "CAMPAIGN_ACTOR": "bench"}
+        if tree is not None:
+            env["PYTHONPATH"] = str(tree)
         subprocess.run([sys.executable, "-m", "campaign", "db", "upgrade"], env=env, check=True,
-                       capture_output=True)
+                       capture_output=True, cwd=tree or ROOT)
         return env
 
     def reference(self, files: tuple[Path, Path]) -> tuple[float, float]:
@@ -173,12 +179,12 @@ class Target:
             shutil.rmtree(self.pgdata, ignore_errors=True)
 
 
-def fixed_cost(target: Target, work: Path) -> float:
+def fixed_cost(target: Target, work: Path, tree: Path | None = None) -> float:
     """The time of `campaign import accounts` of a file with a header and no rows: what a process costs before
     its first row (starting Python, importing the command line, connecting, checking the schema)."""
     empty = work / "empty.csv"
     empty.write_text("account_id,email,name,locale,timezone,country\n", encoding="utf-8")
-    return _campaign(target.env(target.fresh("empty")), "import", "accounts", str(empty))[0]
+    return _campaign(target.env(target.fresh("empty"), tree), "import", "accounts", str(empty), tree=tree)[0]
 
 
 # -- data ---------------------------------------------------------------------------------------------------
@@ -297,38 +303,47 @@ def count_rows(path: Path) -> int:
 
 # -- the runs -----------------------------------------------------------------------------------------------
 
-def bench(target: Target, files: tuple[Path, Path], runs: int, work: Path) -> dict[str, Any]:
+def bench(target: Target, files: tuple[Path, Path], runs: int, work: Path,
+          base: Path | None = None) -> dict[str, Any]:
+    """Alternating runs of the reference, ours, and (with `base`) the same commands from another checkout."""
     n_acc, n_dev = count_rows(files[0]), count_rows(files[1])
     print(f"\n{target.name}: {n_acc:,} accounts, {n_dev:,} devices; {runs} runs, alternating", flush=True)
-    ref_acc, ref_dev, our_acc, our_dev, peaks, fixed_costs = [], [], [], [], [], []
+    variants: list[tuple[str, Path | None]] = [("campaign", None), *([("base", base)] if base else [])]
+    ref_acc: list[float] = []
+    ref_dev: list[float] = []
+    got: dict[str, dict[str, list[float]]] = {v: {"acc": [], "dev": [], "peak": [], "fixed": []} for v, _ in variants}
     for i in range(runs):
         ra, rd = target.reference(files)
-        oa, od, peak = ours(files, target.env(target.fresh("campaign")))
-        fixed_costs.append(fixed_cost(target, work))
-        ref_acc.append(ra), ref_dev.append(rd), our_acc.append(oa), our_dev.append(od), peaks.append(peak)
-        print(f"run {i + 1}: reference {ra:6.2f} s + {rd:6.2f} s   campaign {oa:6.2f} s + {od:6.2f} s   "
-              f"peak RSS {peak / 1024:.0f} MiB   fixed cost {fixed_costs[-1]:.2f} s", flush=True)
-    fixed = statistics.median(fixed_costs)
+        ref_acc.append(ra), ref_dev.append(rd)
+        line = f"run {i + 1}: reference {ra:6.2f} s + {rd:6.2f} s"
+        for name, tree in variants:
+            oa, od, peak = ours(files, target.env(target.fresh("campaign"), tree), tree)
+            fixed = fixed_cost(target, work, tree)
+            for key, value in (("acc", oa), ("dev", od), ("peak", peak), ("fixed", fixed)):
+                got[name][key].append(value)
+            line += f"   {name} {oa:6.2f} s + {od:6.2f} s (fixed {fixed:.2f} s, {peak / 1024:.0f} MiB)"
+        print(line, flush=True)
 
-    def line(what: str, n: int, ref: list[float], our: list[float]) -> float:
-        r, o = n / statistics.median(ref), n / statistics.median(our)
-        print(f"{what:<9} reference {r:>10,.0f} rows/s   campaign {o:>10,.0f} rows/s   ratio {o / r:.2f}   "
-              f"(medians: {statistics.median(ref):.2f} s / {statistics.median(our):.2f} s)")
-        return o / r
-
-    print()
-    line("accounts", n_acc, ref_acc, our_acc)
-    line("devices", n_dev, ref_dev, our_dev)
-    total_our = [a + d for a, d in zip(our_acc, our_dev, strict=True)]
-    ratio = line("together", n_acc + n_dev, [a + d for a, d in zip(ref_acc, ref_dev, strict=True)], total_our)
-    print(f"peak RSS of campaign: {max(peaks) / 1024:.0f} MiB (goal <= 200)   ratio {ratio:.2f} (goal >= 0.5)   "
-          f"a process's fixed cost: {fixed:.2f} s (an empty file), twice in each of our totals")
-    work_only = statistics.median(total_our) - 2 * fixed
-    ref_total = statistics.median([a + d for a, d in zip(ref_acc, ref_dev, strict=True)])
-    print(f"without the two fixed costs: campaign {work_only:.2f} s, ratio {ref_total / work_only:.2f} "
-          "(for the shape of the curve: the fixed cost does not grow with the file)")
-    return {"ours": statistics.median(total_our), "acc": statistics.median(our_acc),
-            "dev": statistics.median(our_dev)}
+    ref_total = [a + d for a, d in zip(ref_acc, ref_dev, strict=True)]
+    result: dict[str, Any] = {}
+    for name, _ in variants:
+        g = got[name]
+        total = [a + d for a, d in zip(g["acc"], g["dev"], strict=True)]
+        print(f"\n{name}:")
+        for what, n, ref, our in (("accounts", n_acc, ref_acc, g["acc"]), ("devices", n_dev, ref_dev, g["dev"]),
+                                  ("together", n_acc + n_dev, ref_total, total)):
+            r, o = n / statistics.median(ref), n / statistics.median(our)
+            print(f"{what:<9} reference {r:>10,.0f} rows/s   {name} {o:>10,.0f} rows/s   ratio {o / r:.2f}   "
+                  f"(medians: {statistics.median(ref):.2f} s / {statistics.median(our):.2f} s)")
+        fixed = statistics.median(g["fixed"])
+        work_only = statistics.median(total) - 2 * fixed
+        ratio = statistics.median(ref_total) / statistics.median(total)
+        print(f"peak RSS {max(g['peak']) / 1024:.0f} MiB (goal <= 200); ratio {ratio:.2f} "
+              f"(goal >= 0.5); a process's fixed cost {fixed:.2f} s (an empty file), twice in each total; without "
+              f"them {work_only:.2f} s, ratio {statistics.median(ref_total) / work_only:.2f}")
+        result[name] = {"ours": statistics.median(total), "acc": statistics.median(g["acc"]),
+                        "dev": statistics.median(g["dev"])}
+    return result
 
 
 def refusal(target: Target, bad: Path, runs: int) -> None:
@@ -350,6 +365,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, help="where the generated files are kept (reused if present)")
     parser.add_argument("--shape", choices=("sample", "hard"), default="sample")
     parser.add_argument("--database", default="sqlite", help="sqlite, postgres or both (comma-separated)")
+    parser.add_argument("--base", type=Path, help="another checkout (e.g. `git worktree add DIR main`) whose "
+                        "imports run too, in the same runs: before and after a change, side by side")
     args = parser.parse_args()
     databases = [d.strip() for d in args.database.split(",") if d.strip()]
     if not databases or set(databases) - {"sqlite", "postgres"}:
@@ -371,7 +388,7 @@ def main() -> None:
         for name in databases:
             target = Target(name, work)
             try:
-                results[name] = bench(target, files, args.runs, work)
+                results[name] = bench(target, files, args.runs, work, args.base)["campaign"]
                 if bad is not None:
                     refusal(target, bad, args.runs)
             finally:
