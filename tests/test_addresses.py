@@ -189,3 +189,32 @@ def test_plain_domain_shortcut_is_taken(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr(addresses, "_domain_slow", slow)
     assert normalize("Anna+26@Co1859.Example.COM") == "Anna+26@co1859.example.com"
     assert normalize("x@mail-1.a1.example.org") == "x@mail-1.a1.example.org"
+
+
+# --- a UTF-8 local part: email-validator's own local-part check, the domain from the cache (issue 26) ------
+
+intl_locals = st.text(st.one_of(st.sampled_from(ATEXT + "." + HOSTILE + UNICODE + "ëअर्जुन太郎\u0308\u3000\u00ad\ufeff"),
+                                st.characters(codec="utf-8")), min_size=1, max_size=24)
+
+
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(local=intl_locals, domain=st.one_of(st.sampled_from(["example.com", "bücher.example", "例子.example",
+                                                            "XN--BCHER-KVA.example", "localhost", "x" * 240 + ".com"]),
+                                           domains))
+@example(local="Zoë" * 60, domain="example.com")  # too long only in octets
+@example(local="zoe\u0308", domain="example.com")  # not NFC: email-validator normalizes it
+@example(local="用户", domain="例子.example")
+def test_utf8_local_part_agrees_with_email_validator(local: str, domain: str) -> None:
+    value = f"{local}@{domain}"
+    assert outcome(normalize, value) == outcome(normalize_slow, value)
+
+
+def test_utf8_local_part_takes_the_shortcut(monkeypatch: pytest.MonkeyPatch) -> None:
+    normalize("warm@bücher.example")
+
+    def slow(value: str) -> str:
+        raise AssertionError(f"slow path for {value!r}")
+
+    monkeypatch.setattr(addresses, "normalize_slow", slow)
+    assert normalize("Zoë26@BÜCHER.example") == "Zoë26@bücher.example"
+    assert normalize("用户@bücher.example") == "用户@bücher.example"
