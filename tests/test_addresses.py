@@ -150,3 +150,71 @@ def test_fast_path_is_taken_for_plain_addresses(monkeypatch: pytest.MonkeyPatch)
 
     monkeypatch.setattr(addresses, "normalize_slow", slow)
     assert normalize("Someone.Else@EXAMPLE.com") == "Someone.Else@example.com"
+
+
+# --- the plain ASCII domain shortcut agrees with email-validator (issue 26: a long tail of domains) --------
+
+ldh_labels = st.one_of(
+    st.text(st.sampled_from("abzAZ09-"), min_size=0, max_size=8),
+    st.sampled_from(["x" * 61, "x" * 62, "x" * 63, "x" * 64, "-a", "a-", "a--b", "xn--bcher-kva", "XN--ZZ", "0", "9a"]),
+)
+ldh_tlds = st.one_of(st.sampled_from(["com", "COM", "c", "1", "c1", "1c", "a-b", "test", "Local", "INVALID",
+                                      "localhost", "onion", "arpa", "in-addr.arpa", "x" * 63, "x" * 64, ""]),
+                     st.text(st.sampled_from("ab19-"), min_size=0, max_size=5))
+ldh_domains = st.one_of(
+    st.builds(lambda ls, tld: ".".join([*ls, tld]), st.lists(ldh_labels, min_size=0, max_size=5), ldh_tlds),
+    st.builds(lambda n, tld: ".".join(["a" * 63] * n + [tld]), st.integers(3, 4), ldh_tlds),  # 253 octets and about
+    domains,
+)
+
+
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(domain=ldh_domains)
+@example(domain="Co1859.Example.COM")
+@example(domain=".".join(["a" * 63] * 3 + ["b" * 60]))  # 252 octets: "a@" + it is the longest address
+@example(domain=".".join(["a" * 63] * 3 + ["b" * 61]))  # 253: one too many for "a@" + it
+@example(domain="host.localhost")
+def test_plain_domain_shortcut_agrees_with_email_validator(domain: str) -> None:
+    # The shortcut answers for the domains it takes; email-validator's verdict on them must be the same.
+    low = addresses._ldh_domain(domain)
+    if low is not None:
+        assert addresses._domain_slow(domain) == (low, low, len(low))
+    assert addresses._domain.__wrapped__(domain) == addresses._domain_slow(domain)
+
+
+def test_plain_domain_shortcut_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    def slow(domain: str) -> None:
+        raise AssertionError(f"email-validator asked about {domain!r}")
+
+    monkeypatch.setattr(addresses, "_domain_slow", slow)
+    assert normalize("Anna+26@Co1859.Example.COM") == "Anna+26@co1859.example.com"
+    assert normalize("x@mail-1.a1.example.org") == "x@mail-1.a1.example.org"
+
+
+# --- a UTF-8 local part: email-validator's own local-part check, the domain from the cache (issue 26) ------
+
+intl_locals = st.text(st.one_of(st.sampled_from(ATEXT + "." + HOSTILE + UNICODE + "ëअर्जुन太郎\u0308\u3000\u00ad\ufeff"),
+                                st.characters(codec="utf-8")), min_size=1, max_size=24)
+
+
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(local=intl_locals, domain=st.one_of(st.sampled_from(["example.com", "bücher.example", "例子.example",
+                                                            "XN--BCHER-KVA.example", "localhost", "x" * 240 + ".com"]),
+                                           domains))
+@example(local="Zoë" * 60, domain="example.com")  # too long only in octets
+@example(local="zoe\u0308", domain="example.com")  # not NFC: email-validator normalizes it
+@example(local="用户", domain="例子.example")
+def test_utf8_local_part_agrees_with_email_validator(local: str, domain: str) -> None:
+    value = f"{local}@{domain}"
+    assert outcome(normalize, value) == outcome(normalize_slow, value)
+
+
+def test_utf8_local_part_takes_the_shortcut(monkeypatch: pytest.MonkeyPatch) -> None:
+    normalize("warm@bücher.example")
+
+    def slow(value: str) -> str:
+        raise AssertionError(f"slow path for {value!r}")
+
+    monkeypatch.setattr(addresses, "normalize_slow", slow)
+    assert normalize("Zoë26@BÜCHER.example") == "Zoë26@bücher.example"
+    assert normalize("用户@bücher.example") == "用户@bücher.example"

@@ -405,3 +405,56 @@ def test_the_last_progress_report_says_the_whole_file_was_read(engine: Engine, w
     accounts.import_accounts(engine, path, "tester", progress=lambda n, done, total: seen.append((n, done, total)))
     assert len(seen) >= 2 and seen[-1] == (12_000, path.stat().st_size, path.stat().st_size)
     assert all(done <= total for _, done, total in seen)
+
+
+@pytest.mark.parametrize("db_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
+def test_postgres_import_waits_for_another_import(engine: Engine, write_file: Callable[..., Path]) -> None:
+    # An import writes its new rows with a plain INSERT, having counted which are new (issue 26): two imports
+    # at once must not both find an id new. Here a transaction holds the import's turn and writes a1 as an
+    # import would; the import waits for it, then finds a1 existing (without the turn: a unique violation).
+    import threading
+
+    from campaign.intake.accounts import import_accounts
+    from campaign.store import people
+
+    path = write_file("accounts.csv", GOOD)
+    outcome: list[object] = []
+    with engine.connect() as other:
+        other.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": people.IMPORT_LOCK})
+        other.execute(text("INSERT INTO account (id, email, name, locale, timezone, country, created_at, "
+                           "updated_at) VALUES ('a1', 'anna@example.com', 'Anna Schmidt', 'de-DE', "
+                           "'Europe/Berlin', 'DE', now(), now())"))
+
+        def run() -> None:
+            try:
+                outcome.append(import_accounts(engine, path, "test"))
+            except Exception as exc:  # reported below, in the test's thread
+                outcome.append(exc)
+
+        worker = threading.Thread(target=run)
+        worker.start()
+        worker.join(1.5)
+        assert worker.is_alive() and not outcome, "the import did not wait for the other one's turn"
+        other.commit()
+    worker.join(30)
+    assert not worker.is_alive()
+    result = outcome[0]
+    assert not isinstance(result, Exception), result
+    assert (result.inserted, result.updated, result.unchanged) == (3, 0, 1)  # type: ignore[union-attr]
+    assert rows(engine, "SELECT count(*) FROM account") == [(4,)]
+
+
+def test_every_bad_setting_of_a_row_is_named(run_cli: CliRun, engine: Engine,
+                                             write_file: Callable[..., Path]) -> None:
+    # The settings of a row are checked all at once (issue 26); each bad one is still named on its own,
+    # the good ones and the empty cells are not.
+    assert run_cli("import", "accounts", str(write_file("ok.csv", GOOD))).exit_code == 0
+    path = write_file("d.csv", "device_id,account_id,name,model,alpha,beta,gamma,delta\n"
+                               f"d1,a1,Küche,Echo Show 10,{'x' * 128},,fine,ok\n"
+                               f"d2,a1,Küche,Echo Show 10,{'x' * 129},,two\u200bparts,ok\n")
+    result = run_cli("import", "devices", str(path))
+    assert result.exit_code == 2, result.output
+    assert (f"{path}:3: alpha: must be at most 128 characters (found 129); gamma: must be one printable "
+            "line (contains U+200B") in result.stderr
+    assert f"{path}:2:" not in result.stderr and "beta" not in result.stderr and "delta" not in result.stderr
+    assert rows(engine, "SELECT COUNT(*) FROM device") == [(0,)]

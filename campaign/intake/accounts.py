@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -198,7 +199,7 @@ class _Import:
             header = reader.header()
             if header:
                 self._header_problems(_check_columns(header, ACCOUNT_COLUMNS, lambda c: False))
-                order = [header.index(c) for c in ACCOUNT_COLUMNS]
+                fields_of = itemgetter(*(header.index(c) for c in ACCOUNT_COLUMNS))
             people.prepare(conn)
             stage = people.account_stage()
             people.create_stage(conn, stage)
@@ -206,7 +207,7 @@ class _Import:
             add_problem = self.problems.add
             for line, item in self._records(reader, header):
                 if header:
-                    ident, email, name, locale, tz, country = (item[i] for i in order)
+                    ident, email, name, locale, tz, country = fields_of(item)
                 else:
                     col_problems = _check_columns(item.values, ACCOUNT_COLUMNS, lambda c: False,
                                                   line)
@@ -250,7 +251,7 @@ class _Import:
             total, inserted, updated = people.account_counts(conn, stage)
             self.result.inserted, self.result.updated = inserted, updated
             self.result.unchanged = total - inserted - updated
-            people.upsert_accounts(conn, stage, db.utcnow())
+            people.upsert_accounts(conn, stage, db.utcnow(), people.Counts(total, inserted, updated))
             people.drop_stage(conn, stage)
             tx.note(file=str(self.path), **self._counts())
         self._tick(reader)
@@ -335,14 +336,15 @@ class _Import:
                     errs = (errs or []) + [m for m in (_text_problem("name", name, 256),
                                                        _text_problem("model", model, 256)) if m]
                 row = [line, ident, account_id, name, model]
-                for j in range(n_keys):
-                    value = raw[j].strip()
-                    if not value:
-                        row.append(None)  # an empty cell leaves the setting as it is
-                    elif len(value) > MAX_SETTING_VALUE or not value.isprintable():
-                        errs = (errs or []) + [f"{keys[j]}: {setting_value_problem(value)}"]
-                    else:
-                        row.append(value)
+                if n_keys:
+                    # The settings checked all at once (a joined text is printable when every part is); the
+                    # value-by-value loop only to word a problem. An empty cell leaves the setting as it is.
+                    cells = [value.strip() for value in raw]
+                    if max(map(len, cells)) > MAX_SETTING_VALUE or not "".join(cells).isprintable():
+                        errs = (errs or []) + [f"{keys[j]}: {setting_value_problem(value)}"
+                                               for j, value in enumerate(cells)
+                                               if value and (len(value) > MAX_SETTING_VALUE or not value.isprintable())]
+                    row.extend([value or None for value in cells])
                 if errs:
                     add_problem(line, "; ".join(errs))
                     continue
@@ -362,7 +364,7 @@ class _Import:
             total, inserted, updated, changed = people.device_counts(conn, stage, keys)
             self.result.inserted, self.result.updated, self.result.settings_changed = inserted, updated, changed
             self.result.unchanged = total - inserted - updated
-            people.upsert_devices(conn, stage, keys, db.utcnow())
+            people.upsert_devices(conn, stage, keys, db.utcnow(), people.Counts(total, inserted, updated), changed)
             people.drop_stage(conn, stage)
             tx.note(file=str(self.path), **self._counts())
         self._tick(reader)

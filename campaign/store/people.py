@@ -1,13 +1,15 @@
 """Accounts, devices and their settings: staged, set-based imports.
 
 An import streams the file into a temporary staging table, runs the whole-file checks (duplicate ids,
-unknown accounts) as SQL there, and upserts with one `INSERT … SELECT … ON CONFLICT` per table.
+unknown accounts) as SQL there, counts what is new and what differs, and writes with one `UPDATE … FROM`
+(rows that differ) and one `INSERT … SELECT` (new rows) per table.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
@@ -22,15 +24,15 @@ from sqlalchemy import (
     case,
     exists,
     func,
+    insert,
     literal,
     or_,
     select,
     text,
-    true,
+    update,
 )
 
 from campaign.models import ACCOUNT, DEVICE, DEVICE_SETTING
-from campaign.store._upsert import insert as upsert_insert
 
 A, D, S = ACCOUNT, DEVICE, DEVICE_SETTING
 ACCOUNT_FIELDS = ("id", "email", "name", "locale", "timezone", "country")
@@ -38,7 +40,11 @@ DEVICE_FIELDS = ("id", "account_id", "name", "model")
 
 
 def prepare(conn: Connection) -> None:
-    """Ready the connection for a bulk import."""
+    """Ready the connection for a bulk import, and wait until no other import is writing, for the rest of this
+    transaction: the writes below rely on knowing which rows are new. SQLite's BEGIN IMMEDIATE does this
+    already; on PostgreSQL, read committed lets two imports both find an id new, so it takes an advisory lock."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(select(func.pg_advisory_xact_lock(IMPORT_LOCK)))
     if conn.dialect.name == "sqlite":
         # A pragma (Core has none): a larger page cache for this connection, as a bulk upsert touches many
         # index pages (bounded: 64 MiB).
@@ -131,6 +137,25 @@ def unknown_accounts(conn: Connection, stage_table: Table, limit: int) -> tuple[
 
 
 # -- upserts ----------------------------------------------------------------------------------------------
+# An import knows from its counts which staged rows are new and which differ, and no other command inserts
+# accounts, devices or settings (the flip only updates settings): so it writes with a plain UPDATE of the rows
+# that differ and a plain INSERT of the new ones, not `INSERT … ON CONFLICT DO UPDATE`. On PostgreSQL the
+# speculative insertion of ON CONFLICT costs a third more per row (measured: 322k devices, 3.4 s against
+# 1.9 s without the constraint triggers); SQLite does not mind either way. Two imports at once must not both
+# find a row new, so an import takes its turn first (`prepare`).
+
+IMPORT_LOCK = 0x63616D70_70656F70  # "camppeop": the transaction-level advisory lock of `import` on PostgreSQL
+
+
+@dataclass(frozen=True)
+class Counts:
+    """What the counts found among the staged rows: how many in all, new (no row with the id yet), and
+    existing rows whose fields differ (the writes skip what has nothing to do)."""
+
+    total: int
+    new: int
+    changed: int
+
 
 def _differs(stage_table: Table, target: Table, columns: Sequence[str]) -> Any:
     return or_(*(target.c[c] != stage_table.c[c] for c in columns))
@@ -146,21 +171,24 @@ def account_counts(conn: Connection, stage_table: Table) -> tuple[int, int, int]
     return int(total), int(new), int(updated)
 
 
-def _upsert_rows(conn: Connection, stage_table: Table, target: Table, fields: Sequence[str],
-                 now: dt.datetime) -> None:
-    """Insert the staged rows into `target` (by id) and update those whose fields differ; stamps the times."""
-    # `WHERE true`: SQLite needs a WHERE in an INSERT … SELECT … ON CONFLICT to parse it.
-    src = select(*(stage_table.c[f] for f in fields), literal(now, target.c.created_at.type),
-                 literal(now, target.c.updated_at.type)).where(true())
-    stmt = upsert_insert(conn, target).from_select([*fields, "created_at", "updated_at"], src)
-    conn.execute(stmt.on_conflict_do_update(
-        index_elements=[target.c.id],
-        set_={**{f: stmt.excluded[f] for f in fields[1:]}, "updated_at": stmt.excluded.updated_at},
-        where=or_(*(target.c[f] != stmt.excluded[f] for f in fields[1:]))))
+def _write_rows(conn: Connection, stage_table: Table, target: Table, fields: Sequence[str],
+                now: dt.datetime, counts: Counts) -> None:
+    """Update the rows of `target` whose fields differ from the staged ones, then insert the new ones (by
+    id); stamps the times."""
+    if counts.changed:
+        conn.execute(update(target)
+                     .where(target.c.id == stage_table.c.id, _differs(stage_table, target, fields[1:]))
+                     .values({**{f: stage_table.c[f] for f in fields[1:]}, "updated_at": now}))
+    if counts.new:
+        src = select(*(stage_table.c[f] for f in fields), literal(now, target.c.created_at.type),
+                     literal(now, target.c.updated_at.type))
+        if counts.new < counts.total:
+            src = src.where(~exists().where(target.c.id == stage_table.c.id))
+        conn.execute(insert(target).from_select([*fields, "created_at", "updated_at"], src))
 
 
-def upsert_accounts(conn: Connection, stage_table: Table, now: dt.datetime) -> None:
-    _upsert_rows(conn, stage_table, A, ACCOUNT_FIELDS, now)
+def upsert_accounts(conn: Connection, stage_table: Table, now: dt.datetime, counts: Counts) -> None:
+    _write_rows(conn, stage_table, A, ACCOUNT_FIELDS, now, counts)
     _analyze(conn, A)
 
 
@@ -195,17 +223,22 @@ def device_counts(conn: Connection, stage_table: Table, keys: Sequence[str]) -> 
     return total, new, int(updated), values_changed
 
 
-def upsert_devices(conn: Connection, stage_table: Table, keys: Sequence[str], now: dt.datetime) -> None:
-    _upsert_rows(conn, stage_table, D, DEVICE_FIELDS, now)
+def upsert_devices(conn: Connection, stage_table: Table, keys: Sequence[str], now: dt.datetime,
+                   counts: Counts, values_changed: int) -> None:
+    """Write the devices (`counts.changed`: devices whose own fields or settings differ, an upper bound of
+    those whose own fields do) and then their settings (`values_changed` stored values differ)."""
+    _write_rows(conn, stage_table, D, DEVICE_FIELDS, now, counts)
     # A value that differs from the stored one is the person's own change: stamp it, and forget which
     # campaign change (if any) wrote the old value, so a rollback leaves it alone.
     for i, key in enumerate(keys):
         col = stage_table.c[f"s{i}"]
+        if values_changed:
+            conn.execute(update(S).where(S.c.device_id == stage_table.c.id, S.c.key == key, col.is_not(None),
+                                         S.c.value != col)
+                         .values(value=col, changed_at=now, change_id=None))
         src = select(stage_table.c.id, literal(key, S.c.key.type), col, literal(now, S.c.changed_at.type),
                      literal(None, S.c.change_id.type)).where(col.is_not(None))
-        ins = upsert_insert(conn, S).from_select(["device_id", "key", "value", "changed_at", "change_id"], src)
-        conn.execute(ins.on_conflict_do_update(
-            index_elements=[S.c.device_id, S.c.key],
-            set_={"value": ins.excluded.value, "changed_at": ins.excluded.changed_at, "change_id": None},
-            where=S.c.value != ins.excluded.value))
+        if counts.new < counts.total:  # a new device has no settings yet; an existing one may lack this key
+            src = src.where(~exists().where(S.c.device_id == stage_table.c.id, S.c.key == key))
+        conn.execute(insert(S).from_select(["device_id", "key", "value", "changed_at", "change_id"], src))
     _analyze(conn, D, S)
