@@ -76,6 +76,7 @@ def shipped(tmp_path: Path | None = None, **overrides: str) -> Renderer:
             (templates / "voice-local-processing" / part).write_text(source, encoding="utf-8")
     r = Renderer(load_definition(EXAMPLE, templates), templates)
     r.fast.verify = 0
+    r.fast.learn_after = 1
     return r
 
 
@@ -218,11 +219,13 @@ def test_a_transformation_the_proof_missed_is_caught(tmp_path: Path) -> None:
     r = shipped(tmp_path, **{"en-US/notice.txt.j2": "{{ account.name | upper }}",
                              "en-US/notice.html.j2": "{{ account.name | length }}"})
     r.fast = FastPath(r._parts, lambda name: None, verify=0)
+    r.fast.learn_after = 1
     notice = r.definition.waves[0]
     person = Recipient("a1", "e", "ann", "en-US", "UTC")
     assert r.fast.parts(notice, "en-US", person, []) is None  # upper changed the marker: full render
     r = shipped(tmp_path, **{"en-US/notice.txt.j2": "{{ account.name }}"})
     r.fast = FastPath(r._parts, lambda name: None, verify=1)
+    r.fast.learn_after = 1
     assert r.render(notice, person, []) == r.render_full(notice, person, [])
     assert r.fast.refused("notice", "en-US") is not None  # `length` printed 20 for the marker, 3 for ann
     assert r.render(notice, Recipient("a2", "e", "bo", "en-US", "UTC"), []).html == "2\n"
@@ -231,14 +234,28 @@ def test_a_transformation_the_proof_missed_is_caught(tmp_path: Path) -> None:
 def test_the_cache_is_bounded() -> None:
     r = shipped()
     r.fast = FastPath(r._parts, r.fast.proof, max_keys=3, max_bytes=10**9, verify=0)
+    r.fast.learn_after = 1
     notice = r.definition.waves[0]
     for zone in ZONES[:6]:
         r.render(notice, Recipient("a1", "e@x.example", "n", "en-US", zone), [DeviceView("d", "n", "M")])
     assert len(r.fast._cache) == 3 and r.fast.misses == 6
     r.fast = FastPath(r._parts, r.fast.proof, max_keys=100, max_bytes=30_000, verify=0)
+    r.fast.learn_after = 1
     for zone in ZONES[:6]:
         r.render(notice, Recipient("a1", "e@x.example", "n", "en-US", zone), [DeviceView("d", "n", "M")])
     assert 1 <= len(r.fast._cache) < 6 and r.fast._bytes <= 30_000
+
+
+def test_a_key_is_learnt_at_its_second_person() -> None:
+    r = Renderer(load_definition(EXAMPLE, ROOT / "templates"), ROOT / "templates")
+    notice = r.definition.waves[0]
+    people = [Recipient(f"a{i}", f"e{i}@x.example", f"<n{i}>", "de-DE", "Europe/Berlin") for i in range(4)]
+    out = [r.render(notice, p, [DeviceView("d", f"d{i}", "M")]) for i, p in enumerate(people)]
+    assert out == [r.render_full(notice, p, [DeviceView("d", f"d{i}", "M")]) for i, p in enumerate(people)]
+    assert (r.fast.first_sights, r.fast.misses, r.fast.hits) == (1, 1, 2)
+    lone = Recipient("b", "b@x.example", "b", "de-DE", "Asia/Tokyo")
+    assert r.render(notice, lone, []) == r.render_full(notice, lone, [])
+    assert (r.fast.first_sights, r.fast.misses, len(r.fast._cache)) == (2, 1, 1)  # rendered in full, not learnt
 
 
 def test_unusual_data_takes_the_full_render() -> None:

@@ -25,7 +25,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from markupsafe import escape
 
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 OPEN, CLOSE = "\ue000", "\ue001"  # private-use code points: no template or escaping produces them by chance
 MAX_KEYS = 4096  # about 9,000 keys cover 300,000 sample accounts; the commonest 4,096 cover 98 % of them
 MAX_BYTES = 32 * 2**20  # and at most this much kept text (a shipped notice keeps about 8 KB a key)
+MAX_SEEN = 65536  # keys remembered as seen once (forgotten all together when full)
 VERIFY = 4  # keys per template whose first message is also rendered in full and compared
 
 Parts = list[str]  # subject, text, html as the templates render them, before the subject is made one line
@@ -50,7 +51,6 @@ class _Skeleton:
     pieces: tuple[tuple[str, ...], ...]
     slots: tuple[tuple[tuple[int, int], ...], ...]
     escapes: bool  # whether any slot needs the escaped words
-    bytes: int  # what its text takes in memory
 
     def fill(self, words: list[str]) -> Parts:
         values = words + [escape(w) for w in words] if self.escapes else words
@@ -63,7 +63,7 @@ class _Skeleton:
         return out
 
 
-_FULL = _Skeleton((), (), False, 0)  # this key renders in full (its render failed, or printed a marker oddly)
+_FULL = _Skeleton((), (), False)  # this key renders in full (its render failed, or printed a marker oddly)
 
 
 class FastPath:
@@ -80,10 +80,13 @@ class FastPath:
         self._marker = re.compile(re.escape(OPEN + self.nonce) + r"(\d+)(<|&lt;)" + re.escape(CLOSE))
         self._refused: dict[tuple[str, str], str | None] = {}
         self._cache: OrderedDict[Hashable, _Skeleton] = OrderedDict()
-        self._bytes = 0
+        self._bytes = 0  # of the pieces in the pool
+        self._pool: dict[str, list[Any]] = {}  # piece of text -> [the one kept, how many skeletons hold it]
         self._checked: dict[tuple[str, str], int] = {}
         self._lock = threading.Lock()
-        self.hits = self.misses = self.full_renders = 0
+        self._seen: set[Hashable] = set()  # keys seen once, not learnt yet
+        self.learn_after = 2  # sightings of a key before it is learnt (1: at once)
+        self.hits = self.misses = self.full_renders = self.first_sights = 0
 
     def refused(self, wave: str, folder: str) -> str | None:
         """Why the templates of `wave` in `folder` always render in full (None: they may take the fast path)."""
@@ -118,14 +121,24 @@ class FastPath:
                 self._cache.move_to_end(key)
                 self.hits += 1
         if skeleton is None:
+            if self.learn_after > 1 and key not in self._seen:
+                # A key seen once is not learnt: the first person of it renders in full, and keys of one person
+                # (a third of them) neither cost a marked render nor push the common ones out of the cache.
+                with self._lock:
+                    if len(self._seen) >= MAX_SEEN:
+                        self._seen.clear()
+                    self._seen.add(key)
+                    self.first_sights += 1
+                return None
             skeleton = self._learn(wave, folder, recipient, devices)
             with self._lock:
                 self.misses += 1
                 if key not in self._cache:
+                    if skeleton is not _FULL:
+                        skeleton = self._share(skeleton)
                     self._cache[key] = skeleton
-                    self._bytes += skeleton.bytes
                     while len(self._cache) > self.max_keys or self._bytes > self.max_bytes:
-                        self._bytes -= self._cache.popitem(last=False)[1].bytes
+                        self._release(self._cache.popitem(last=False)[1])
         if skeleton is _FULL:
             self.full_renders += 1
             return None
@@ -133,6 +146,31 @@ class FastPath:
         if self._checked.get((wave.name, folder), 0) < self.verify:
             out = self._check(wave, folder, recipient, devices, out)
         return out
+
+    def _share(self, skeleton: _Skeleton) -> _Skeleton:
+        """The skeleton with its pieces of text shared with the other keys' (a paragraph is the same for every zone
+        whose dates read alike, a footer for every key of its folder); counts the bytes of the new ones."""
+        pieces = []
+        for part in skeleton.pieces:
+            shared = []
+            for piece in part:
+                entry = self._pool.get(piece)
+                if entry is None:
+                    entry = self._pool[piece] = [piece, 0]
+                    self._bytes += sys.getsizeof(piece)
+                entry[1] += 1
+                shared.append(entry[0])
+            pieces.append(tuple(shared))
+        return _Skeleton(tuple(pieces), skeleton.slots, skeleton.escapes)
+
+    def _release(self, skeleton: _Skeleton) -> None:
+        for part in skeleton.pieces:
+            for piece in part:
+                entry = self._pool[piece]
+                entry[1] -= 1
+                if not entry[1]:
+                    del self._pool[piece]
+                    self._bytes -= sys.getsizeof(piece)
 
     def _learn(self, wave: WaveDef, folder: str, recipient: Recipient, devices: Sequence[DeviceView]) -> _Skeleton:
         """Render the key once with markers for the words, and read where each landed and how it was printed."""
@@ -167,7 +205,7 @@ class FastPath:
             pieces.append(text[at:])
             every.append(tuple(pieces))
             slots.append(tuple(filled))
-        return _Skeleton(tuple(every), tuple(slots), escapes, sum(sys.getsizeof(p) for ps in every for p in ps))
+        return _Skeleton(tuple(every), tuple(slots), escapes)
 
     def _check(self, wave: WaveDef, folder: str, recipient: Recipient, devices: Sequence[DeviceView],
                fast: Parts) -> Parts:
