@@ -147,7 +147,7 @@ def render_figures(label: str, definition: Definition, templates: Path, people: 
         timings["full"].append((time.perf_counter() - t) / len(people))
         # A fresh cache on the Renderer whose templates are compiled (the full render, reused from run to run,
         # does not compile either); the proof of the templates is redone, as in a new process.
-        renderer.fast = cache = FastPath(renderer._parts, renderer.fast.proof)
+        renderer.fast = cache = FastPath(renderer._parts, renderer.fast.proof, escape=renderer.fast.escape)
         t = time.perf_counter()
         fast = [renderer.render(w, r, d) for w, r, d in people]
         timings["fast"].append((time.perf_counter() - t) / len(people))

@@ -218,13 +218,13 @@ def test_a_transformation_the_proof_missed_is_caught(tmp_path: Path) -> None:
     render, and the first messages' comparison turns the template off."""
     r = shipped(tmp_path, **{"en-US/notice.txt.j2": "{{ account.name | upper }}",
                              "en-US/notice.html.j2": "{{ account.name | length }}"})
-    r.fast = FastPath(r._parts, lambda name: None, verify=0)
+    r.fast = FastPath(r._parts, lambda name: None, verify=0, escape=r.fast.escape)
     r.fast.learn_after = 1
     notice = r.definition.waves[0]
     person = Recipient("a1", "e", "ann", "en-US", "UTC")
     assert r.fast.parts(notice, "en-US", person, []) is None  # upper changed the marker: full render
     r = shipped(tmp_path, **{"en-US/notice.txt.j2": "{{ account.name }}"})
-    r.fast = FastPath(r._parts, lambda name: None, verify=1)
+    r.fast = FastPath(r._parts, lambda name: None, verify=1, escape=r.fast.escape)
     r.fast.learn_after = 1
     assert r.render(notice, person, []) == r.render_full(notice, person, [])
     assert r.fast.refused("notice", "en-US") is not None  # `length` printed 20 for the marker, 3 for ann
@@ -233,13 +233,13 @@ def test_a_transformation_the_proof_missed_is_caught(tmp_path: Path) -> None:
 
 def test_the_cache_is_bounded() -> None:
     r = shipped()
-    r.fast = FastPath(r._parts, r.fast.proof, max_keys=3, max_bytes=10**9, verify=0)
+    r.fast = FastPath(r._parts, r.fast.proof, max_keys=3, max_bytes=10**9, verify=0, escape=r.fast.escape)
     r.fast.learn_after = 1
     notice = r.definition.waves[0]
     for zone in ZONES[:6]:
         r.render(notice, Recipient("a1", "e@x.example", "n", "en-US", zone), [DeviceView("d", "n", "M")])
     assert len(r.fast._cache) == 3 and r.fast.misses == 6
-    r.fast = FastPath(r._parts, r.fast.proof, max_keys=100, max_bytes=30_000, verify=0)
+    r.fast = FastPath(r._parts, r.fast.proof, max_keys=100, max_bytes=30_000, verify=0, escape=r.fast.escape)
     r.fast.learn_after = 1
     for zone in ZONES[:6]:
         r.render(notice, Recipient("a1", "e@x.example", "n", "en-US", zone), [DeviceView("d", "n", "M")])

@@ -6,12 +6,12 @@ Rendering was a quarter of a send worker's CPU and most of `schedule`, which ren
 prove none fails (G5); the text of a wave differs between two people only where their name, address and device
 names are printed. `campaign.notices.personal` proves, per template, that those words are only printed as they
 are; everything it cannot prove, and every person whose data is unusual (a value that is not a plain string, a time
-that is not a plain datetime), takes the full render. The result is the full render's, to the byte: the words go in
-raw where the template printed raw and HTML-escaped (as markupsafe escapes them) where it escaped, which the marker
-itself tells (its `<` comes back as `&lt;` where the output was escaped); the subject's whitespace is collapsed and
-the parts are stripped after the splice, as before; a key whose render fails renders every one of its people in
-full, so each gets the same error as before. The first messages of each template are rendered both ways and
-compared, and a difference turns the fast path off for that template.
+that is not a plain datetime), takes the full render. The result is the full render's, to the byte: the words go
+in raw where the template printed raw and HTML-escaped (by Jinja's own `escape`, which its autoescape calls) where
+it escaped, which the marker itself tells (its `<` comes back as `&lt;` where the output was escaped); the
+subject's whitespace is collapsed and the parts are stripped after the splice, as before; a key whose render fails
+renders every one of its people in full, so each gets the same error as before. The first messages of each
+template are rendered both ways and compared, and a difference turns the fast path off for that template.
 """
 
 from __future__ import annotations
@@ -26,8 +26,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-
-from markupsafe import escape
 
 from campaign.recipients import DeviceView, Recipient
 
@@ -52,7 +50,7 @@ class _Skeleton:
     slots: tuple[tuple[tuple[int, int], ...], ...]
     escapes: bool  # whether any slot needs the escaped words
 
-    def fill(self, words: list[str]) -> Parts:
+    def fill(self, words: list[str], escape: Callable[[str], str]) -> Parts:
         values = words + [escape(w) for w in words] if self.escapes else words
         out = []
         for pieces, slots in zip(self.pieces, self.slots, strict=True):
@@ -72,8 +70,10 @@ class FastPath:
 
     def __init__(self, full: Callable[[WaveDef, str, Recipient, Sequence[DeviceView]], Parts],
                  proof: Callable[[str], str | None], max_keys: int = MAX_KEYS, max_bytes: int = MAX_BYTES,
-                 verify: int = VERIFY) -> None:
+                 verify: int = VERIFY, *, escape: Callable[[str], str]) -> None:
         self.full, self.proof = full, proof
+        # Jinja's escape filter: the function its autoescape calls (HTML is escaped by Jinja alone).
+        self.escape = escape
         self.max_keys, self.max_bytes, self.verify = max_keys, max_bytes, verify
         # A fresh nonce in every marker: no data or template text can forge one without reading it.
         self.nonce = "".join(secrets.choice(string.ascii_lowercase) for _ in range(16))
@@ -142,7 +142,7 @@ class FastPath:
         if skeleton is _FULL:
             self.full_renders += 1
             return None
-        out = skeleton.fill(words)
+        out = skeleton.fill(words, self.escape)
         if self._checked.get((wave.name, folder), 0) < self.verify:
             out = self._check(wave, folder, recipient, devices, out)
         return out

@@ -118,7 +118,7 @@ class Renderer:
             "name": definition.name, "slug": definition.slug, "sender": definition.sender,
             "reply_to": definition.reply_to, "context": MappingProxyType(dict(definition.context)),
         })
-        self.fast = FastPath(self._parts, lambda name: refusal(self.env, name))
+        self.fast = FastPath(self._parts, lambda name: refusal(self.env, name), escape=self.env.filters["escape"])
 
     def _kept(self, name: str) -> tuple[str, str, Callable[[], bool]] | None:
         """A kept template by its name in the folder, with the path it had there (for errors and tracebacks)."""
