@@ -29,6 +29,8 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 from campaign.definition import Definition, WaveDef
 from campaign.errors import RenderFailure, TemplateProblem
+from campaign.notices.fastpath import FastPath
+from campaign.notices.personal import refusal
 from campaign.recipients import DeviceView, Recipient
 
 PARTS = ("subject", "txt", "html")
@@ -116,6 +118,7 @@ class Renderer:
             "name": definition.name, "slug": definition.slug, "sender": definition.sender,
             "reply_to": definition.reply_to, "context": MappingProxyType(dict(definition.context)),
         })
+        self.fast = FastPath(self._parts, lambda name: refusal(self.env, name), escape=self.env.filters["escape"])
 
     def _kept(self, name: str) -> tuple[str, str, Callable[[], bool]] | None:
         """A kept template by its name in the folder, with the path it had there (for errors and tracebacks)."""
@@ -166,16 +169,26 @@ class Renderer:
         }
 
     def render(self, wave: WaveDef, recipient: Recipient, devices: Sequence[DeviceView]) -> Rendered:
-        """Render the three parts of `wave` for one recipient; raises TemplateProblem."""
+        """Render the three parts of `wave` for one recipient; raises TemplateProblem. Through the fast path
+        (`campaign.notices.fastpath`) where it is proven to give the same bytes, else in full."""
         folder = self.template_locale(wave.name, recipient.locale)
+        out = self.fast.parts(wave, folder, recipient, devices)
+        return self._finish(folder, wave, out if out is not None else self._parts(wave, folder, recipient, devices))
+
+    def render_full(self, wave: WaveDef, recipient: Recipient, devices: Sequence[DeviceView]) -> Rendered:
+        """`render` without the fast path: every template run for this one recipient (what the fast path is
+        compared with, in tests and benchmarks)."""
+        folder = self.template_locale(wave.name, recipient.locale)
+        return self._finish(folder, wave, self._parts(wave, folder, recipient, devices))
+
+    def _parts(self, wave: WaveDef, folder: str, recipient: Recipient, devices: Sequence[DeviceView]) -> list[str]:
         # Dates in the recipient's own locale when the template speaks their language (de-AT reads
         # "Jänner" in the de template), otherwise in the template's: no French dates in English text.
         format_locale = recipient.locale if same_language(recipient.locale, folder) else folder
         ctx = self.context(wave, recipient, devices, format_locale)
-        out = []
-        for part in PARTS:
-            name = f"{folder}/{wave.name}.{part}.j2"
-            out.append(self._render_one(name, ctx))
+        return [self._render_one(f"{folder}/{wave.name}.{part}.j2", ctx) for part in PARTS]
+
+    def _finish(self, folder: str, wave: WaveDef, out: list[str]) -> Rendered:
         subject = " ".join(out[0].split())  # one line, whatever the template's layout
         if not subject:
             raise RenderFailure(f"{self.root / folder / (wave.name + '.subject.j2')}: renders an empty subject")
