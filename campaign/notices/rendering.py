@@ -46,7 +46,6 @@ class Rendered:
     html: str
 
 
-@functools.cache
 class _Sandbox(ImmutableSandboxedEnvironment):
     """The immutable sandbox, with a fast path for the two kinds of object that templates read most and
     that hold nothing but data: our read-only context mappings, and the variables an imported template
