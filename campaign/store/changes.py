@@ -172,19 +172,19 @@ def _notice_at(plan: Plan) -> Any:
             .scalar_subquery())
 
 
-def decide(conn: Connection, plan: Plan, batch: Batch, now: dt.datetime,
-           go: str = CHANGED) -> list[tuple[str, str, int]]:
-    """Write the change rows of the batch: `go` (`changed`; `applying` when a settings service applies it),
-    `held_back` (no delivered notice, when required) or `waiting` (fair notice: the first notice came later
-    than `now - min_notice`). A row held back or waiting from an earlier run is decided again; one decided for
-    good is not touched. Returns (device_id, state, change id) of each row written."""
+def _decisions(conn: Connection, plan: Plan, batch: Batch, now: dt.datetime, go: str) -> Any:
+    """The `INSERT … SELECT` of the batch's change rows, each decided (see `decide`), without its conflict
+    clause."""
     d = plan.definition
     inner = (affected(d, S.c.device_id, D.c.account_id, _notice_at(plan).label("notice_at"))
              .where(S.c.device_id >= batch.first, S.c.device_id <= batch.last, D.c.id >= batch.first,
                     D.c.id <= batch.last))
     if batch.ids is not None:
         inner = inner.where(_in(conn, S.c.device_id, batch.ids, String))  # only the rows this batch has locked
-    sub = inner.subquery()
+    # OFFSET 0 keeps the subquery whole (neither SQLite nor PostgreSQL pulls up a subquery with an OFFSET):
+    # pulled up, the account's first notice, a correlated look-up in the deliveries, was computed once for
+    # every place the decision below names it (five per device), not once.
+    sub = inner.offset(0).subquery()
     ts = SC.c.decided_at.type
     whens: list[tuple[ColumnElement[bool], str]] = []
     if plan.require_notice:
@@ -203,9 +203,18 @@ def decide(conn: Connection, plan: Plan, batch: Batch, now: dt.datetime,
         case(*notes, else_=null()) if whens or go != CHANGED else null(),
         stages.stage_of(conn, d.slug, d.flip, sub.c.account_id) if plan.upto is not None else null(),
     ).where(true())  # SQLite needs a WHERE to parse INSERT … SELECT … ON CONFLICT
-    ins = upsert_insert(conn, SC).from_select(
+    return upsert_insert(conn, SC).from_select(
         ["campaign_id", "device_id", "account_id", "setting", "from_value", "to_value", "state", "actor",
          "decided_at", "notice_at", "flipped_at", "note", "stage"], src)
+
+
+def decide(conn: Connection, plan: Plan, batch: Batch, now: dt.datetime,
+           go: str = CHANGED) -> list[tuple[str, str, int]]:
+    """Write the change rows of the batch: `go` (`changed`; `applying` when a settings service applies it),
+    `held_back` (no delivered notice, when required) or `waiting` (fair notice: the first notice came later
+    than `now - min_notice`). A row held back or waiting from an earlier run is decided again; one decided for
+    good is not touched. Returns (device_id, state, change id) of each row written."""
+    ins = _decisions(conn, plan, batch, now, go)
     x = ins.excluded
     stmt = ins.on_conflict_do_update(
         index_elements=[SC.c.campaign_id, SC.c.device_id],
@@ -216,6 +225,51 @@ def decide(conn: Connection, plan: Plan, batch: Batch, now: dt.datetime,
         # decided again only when the decision differs (a second run changes nothing)
         where=and_(SC.c.state.in_(OPEN), or_(SC.c.state != x.state, SC.c.notice_at.is_distinct_from(x.notice_at))))
     return [(r[0], r[1], r[2]) for r in conn.execute(stmt.returning(SC.c.device_id, SC.c.state, SC.c.id)).all()]
+
+
+def fresh(conn: Connection, campaign_id: int, batch: Batch) -> bool:
+    """True when the campaign has no change row yet for any device in the batch's range (every batch of a first
+    flip run): then `decide_fresh` and `apply_fresh` may do the batch's work set-based."""
+    return conn.execute(select(SC.c.id).where(SC.c.campaign_id == campaign_id, SC.c.device_id >= batch.first,
+                                              SC.c.device_id <= batch.last).limit(1)).first() is None
+
+
+@dataclass(frozen=True)
+class Fresh:
+    """What `decide_fresh` wrote: how many rows it decided `changed`, and the devices it left waiting."""
+
+    changed: int
+    waiting: list[str]
+
+
+def decide_fresh(conn: Connection, plan: Plan, batch: Batch, now: dt.datetime) -> Fresh:
+    """`decide` for a batch whose range holds no change row of the campaign yet (`fresh`, in the same
+    transaction): the same rows, by a plain `INSERT … SELECT` that sends none back. With no row there, none can
+    conflict, and every change row in the range afterwards is one this statement wrote; so the rows decided
+    `changed` are counted there instead of travelling (the ones waiting are read only when there are some)."""
+    conn.execute(_decisions(conn, plan, batch, now, CHANGED))
+    in_range = (SC.c.campaign_id == plan.campaign_id, SC.c.device_id >= batch.first, SC.c.device_id <= batch.last)
+    counts = {str(state): int(n) for state, n in conn.execute(
+        select(SC.c.state, func.count()).where(*in_range).group_by(SC.c.state))}
+    waiting: list[str] = []
+    if counts.get(WAITING):
+        waiting = list(conn.execute(select(SC.c.device_id).where(*in_range, SC.c.state == WAITING)).scalars())
+    return Fresh(int(counts.get(CHANGED, 0)), waiting)
+
+
+def apply_fresh(conn: Connection, plan: Plan, batch: Batch, now: dt.datetime) -> int:
+    """`apply` after `decide_fresh`: switch the devices of the range whose change row is `changed` (all of them
+    written by this batch), each pointing at its change row, by the range rather than a list of ids."""
+    d = plan.definition
+    change = (select(SC.c.id).where(SC.c.campaign_id == plan.campaign_id, SC.c.device_id == S.c.device_id)
+              .scalar_subquery())
+    decided = select(SC.c.device_id).where(SC.c.campaign_id == plan.campaign_id, SC.c.device_id >= batch.first,
+                                           SC.c.device_id <= batch.last, SC.c.state == CHANGED)
+    stmt = (update(S)
+            .where(S.c.device_id >= batch.first, S.c.device_id <= batch.last, S.c.device_id.in_(decided),
+                   S.c.key == d.setting, S.c.value == d.from_value)
+            .values(value=d.to_value, changed_at=now, change_id=change))
+    return int(conn.execute(stmt).rowcount or 0)
 
 
 def set_due(conn: Connection, campaign_id: int, device_ids: Sequence[str], min_notice: dt.timedelta) -> None:
@@ -238,8 +292,10 @@ def apply(conn: Connection, plan: Plan, device_ids: Sequence[str], now: dt.datet
     # would let PostgreSQL's planner, which sees the table as it was before the batch, scan it per device.
     change = (select(SC.c.id).where(SC.c.campaign_id == plan.campaign_id, SC.c.device_id == S.c.device_id)
               .scalar_subquery())
+    # The ids' bounds too: without them PostgreSQL's planner read the whole table for each batch.
     stmt = (update(S)
-            .where(_in(conn, S.c.device_id, device_ids, String), S.c.key == d.setting, S.c.value == d.from_value)
+            .where(S.c.device_id >= min(device_ids), S.c.device_id <= max(device_ids),
+                   _in(conn, S.c.device_id, device_ids, String), S.c.key == d.setting, S.c.value == d.from_value)
             .values(value=d.to_value, changed_at=now, change_id=change))
     return int(conn.execute(stmt).rowcount or 0)
 
