@@ -124,7 +124,7 @@ def run_ours(url: str, first: First, code: Path | None = None, stages: int = 1) 
            "CAMPAIGN_TEMPLATES": str(ROOT / "templates")}
     env.pop("CAMPAIGN_CLOCK", None)
     if code is not None:
-        env["PYTHONPATH"] = str(code)
+        env["PYTHONPATH"] = str(code)  # with `-m`, the working directory comes first: it is `code` too, below
     changed, timed, total, peak = 0, 0.0, 0.0, 0
     for stage in range(1, stages + 1):
         args = ["--stage", str(stage)] if stages > 1 else []
@@ -132,7 +132,7 @@ def run_ours(url: str, first: First, code: Path | None = None, stages: int = 1) 
         started = time.time()
         with out_path.open("wb") as out:
             proc = subprocess.Popen([sys.executable, "-m", "campaign", "flip", SLUG, "--json", *args], env=env,
-                                    stdout=out, stderr=subprocess.STDOUT)
+                                    cwd=code or ROOT, stdout=out, stderr=subprocess.STDOUT)
             _, status, usage = os.wait4(proc.pid, 0)
             proc.returncode = os.waitstatus_to_exitcode(status)
         ended = time.time()
@@ -161,7 +161,7 @@ def sqlite_first(path: Path) -> First:
     return first
 
 
-def bench_sqlite(work: Path, data: Path, definition: Path, runs: int, base: Path | None,
+def bench_sqlite(work: Path, data: Path, definition: Path, runs: int, code: Path | None,
                  stages: int) -> dict[str, Any]:
     base = work / "base.db"
     if not base.exists():
@@ -182,7 +182,7 @@ def bench_sqlite(work: Path, data: Path, definition: Path, runs: int, base: Path
         return conn
 
     return alternate("sqlite", runs, fresh, lambda: reference(connect, "?", now),
-                     lambda code: run_ours(f"sqlite:///{run_db}", sqlite_first(run_db), code, stages), base)
+                     lambda checkout: run_ours(f"sqlite:///{run_db}", sqlite_first(run_db), checkout, stages), code)
 
 
 # -- PostgreSQL -----------------------------------------------------------------------------------------
@@ -231,7 +231,7 @@ class Server:
         _as_pg(f"'{self.bin}/pg_ctl' -D '{self.data}' -m fast stop")
 
 
-def bench_postgres(work: Path, data: Path, definition: Path, runs: int, base: Path | None,
+def bench_postgres(work: Path, data: Path, definition: Path, runs: int, code: Path | None,
                    stages: int) -> dict[str, Any]:
     import psycopg
 
@@ -262,7 +262,7 @@ def bench_postgres(work: Path, data: Path, definition: Path, runs: int, base: Pa
             return float(value[0].timestamp())
 
         return alternate("postgres", runs, fresh, lambda: reference(connect, "%s", now),
-                         lambda code: run_ours(server.url("flip_run"), first, code, stages), base)
+                         lambda checkout: run_ours(server.url("flip_run"), first, checkout, stages), code)
     finally:
         server.stop()
         shutil.rmtree(pgdata, ignore_errors=True)
@@ -272,34 +272,46 @@ def bench_postgres(work: Path, data: Path, definition: Path, runs: int, base: Pa
 
 def alternate(name: str, runs: int, fresh: Callable[[], None], ref: Callable[[], tuple[int, float]],
               our: Callable[[Path | None], tuple[int, float, float, int]], base: Path | None) -> dict[str, Any]:
-    """Each run: the reference, then ours, then (with `base`) the code of that checkout, each from a fresh copy
-    of the prepared database; medians of the runs."""
-    refs, ours_, totals, peaks, bases = [], [], [], [], []
-    n = 0
+    """Each run: the reference, ours and (with `base`) the code of that checkout, each from a fresh copy of the
+    prepared database, in an order that turns from one run to the next (what one side leaves behind, a
+    checkpoint to write, falls on each in turn); medians of the runs."""
+    times: dict[str, list[float]] = {"reference": [], "campaign": [], "base": []}
+    totals, peaks = [], []
+    counts: dict[str, int] = {}
+
+    def reference_side() -> None:
+        counts["reference"], t = ref()
+        times["reference"].append(t)
+
+    def our_side() -> None:
+        counts["campaign"], t, t_all, peak = our(None)
+        times["campaign"].append(t), totals.append(t_all), peaks.append(peak)
+
+    def base_side() -> None:
+        counts["base"], t, _, _ = our(base)
+        times["base"].append(t)
+
+    sides = [reference_side, our_side] + ([base_side] if base is not None else [])
     for i in range(runs):
-        fresh()
-        n_ref, t_ref = ref()
-        fresh()
-        n, t_our, t_all, peak = our(None)
-        if n != n_ref:
-            raise SystemExit(f"{name}: campaign flipped {n} devices, the reference {n_ref}")
-        refs.append(t_ref), ours_.append(t_our), totals.append(t_all), peaks.append(peak)
-        line = (f"{name} run {i + 1}: reference {t_ref:6.2f} s ({n_ref / t_ref:>9,.0f}/s)   campaign {t_our:6.2f} s "
-                f"from its first batch ({n / t_our:>9,.0f}/s; {t_all:.2f} s with start-up)   "
-                f"peak RSS {peak / 1024:.0f} MiB")
-        if base is not None:
+        for side in sides[i % len(sides):] + sides[:i % len(sides)]:
             fresh()
-            n_base, t_base, _, _ = our(base)
-            if n_base != n_ref:
-                raise SystemExit(f"{name}: the base checkout flipped {n_base} devices, the reference {n_ref}")
-            bases.append(t_base)
-            line += f"   base {t_base:6.2f} s ({n / t_base:>9,.0f}/s)"
+            side()
+        if len(set(counts.values())) != 1:
+            raise SystemExit(f"{name}: the sides flipped different numbers of devices: {counts}")
+        n = counts["campaign"]
+        t_ref, t_our = times["reference"][-1], times["campaign"][-1]
+        line = (f"{name} run {i + 1}: reference {t_ref:6.2f} s ({n / t_ref:>9,.0f}/s)   campaign {t_our:6.2f} s "
+                f"from its first batch ({n / t_our:>9,.0f}/s; {totals[-1]:.2f} s with start-up)   "
+                f"peak RSS {peaks[-1] / 1024:.0f} MiB")
+        if base is not None:
+            line += f"   base {times['base'][-1]:6.2f} s ({n / times['base'][-1]:>9,.0f}/s)"
         print(line, flush=True)
-    r, o = n / statistics.median(refs), n / statistics.median(ours_)
+    n = counts["campaign"]
+    r, o = n / statistics.median(times["reference"]), n / statistics.median(times["campaign"])
     out = {"devices": n, "reference": r, "ours": o, "ratio": o / r, "peak_mib": max(peaks) / 1024,
            "with_startup": n / statistics.median(totals)}
-    if bases:
-        out["base"] = n / statistics.median(bases)
+    if times["base"]:
+        out["base"] = n / statistics.median(times["base"])
     return out
 
 
@@ -338,6 +350,11 @@ def main() -> None:
         shares = ", ".join(f'"{round(100 * k / args.stages, 2):g}%"' for k in range(1, args.stages + 1))
         text += f"\n[flip]\nstages = [{shares}]\n"
     definition.write_text(text, encoding="utf-8")
+    if args.base is not None:
+        for code in (ROOT, args.base):
+            where = subprocess.run([sys.executable, "-c", "import campaign; print(campaign.__file__)"], cwd=code,
+                                   env={**os.environ, "PYTHONPATH": str(code)}, capture_output=True, text=True)
+            print(f"code: {where.stdout.strip()}", flush=True)
     results = {}
     try:
         for name, fn in (("sqlite", bench_sqlite), ("postgres", bench_postgres)):

@@ -146,7 +146,7 @@ class Local:
         first run): the same rows written, set-based, with no change row sent back to be sorted and sent again
         (about a third of a batch's time, on either database). Also returns the devices left waiting."""
         decided = store.decide_fresh(conn, plan, batch, now)
-        done = store.apply_fresh(conn, plan, batch, now)
+        done = store.apply_fresh(conn, plan, batch, now, decided)
         _check(after, decided.changed, done)
         return Outcome(batch.last, done=done), decided.waiting
 

@@ -33,6 +33,7 @@ from sqlalchemy import (
     any_,
     bindparam,
     case,
+    cast,
     func,
     literal,
     null,
@@ -165,7 +166,7 @@ def _notice_at(plan: Plan) -> Any:
     """The account's first delivered notice: a delivery of an `affected` wave still `sent` (a bounce
     reported later makes it `bounced`, and then it does not count)."""
     if not plan.notice_waves:
-        return null()
+        return cast(null(), SC.c.notice_at.type)  # typed: PostgreSQL must know it from the subquery alone
     return (select(func.min(DL.c.sent_at))
             .where(DL.c.account_id == D.c.account_id, DL.c.campaign_id == plan.campaign_id, DL.c.state == SENT,
                    DL.c.wave_id.in_(list(plan.notice_waves)))
@@ -240,6 +241,7 @@ class Fresh:
 
     changed: int
     waiting: list[str]
+    every: bool  # every row it wrote is `changed`
 
 
 def decide_fresh(conn: Connection, plan: Plan, batch: Batch, now: dt.datetime) -> Fresh:
@@ -254,17 +256,20 @@ def decide_fresh(conn: Connection, plan: Plan, batch: Batch, now: dt.datetime) -
     waiting: list[str] = []
     if counts.get(WAITING):
         waiting = list(conn.execute(select(SC.c.device_id).where(*in_range, SC.c.state == WAITING)).scalars())
-    return Fresh(int(counts.get(CHANGED, 0)), waiting)
+    return Fresh(int(counts.get(CHANGED, 0)), waiting, set(counts) <= {CHANGED})
 
 
-def apply_fresh(conn: Connection, plan: Plan, batch: Batch, now: dt.datetime) -> int:
+def apply_fresh(conn: Connection, plan: Plan, batch: Batch, now: dt.datetime, fresh: Fresh) -> int:
     """`apply` after `decide_fresh`: switch the devices of the range whose change row is `changed` (all of them
-    written by this batch), each pointing at its change row, by the range rather than a list of ids."""
+    written by this batch), each pointing at its change row, by the range rather than a list of ids. When every
+    row is `changed`, the state is not read: the unique index on (campaign, device) alone answers."""
     d = plan.definition
     change = (select(SC.c.id).where(SC.c.campaign_id == plan.campaign_id, SC.c.device_id == S.c.device_id)
               .scalar_subquery())
     decided = select(SC.c.device_id).where(SC.c.campaign_id == plan.campaign_id, SC.c.device_id >= batch.first,
-                                           SC.c.device_id <= batch.last, SC.c.state == CHANGED)
+                                           SC.c.device_id <= batch.last)
+    if not fresh.every:
+        decided = decided.where(SC.c.state == CHANGED)
     stmt = (update(S)
             .where(S.c.device_id >= batch.first, S.c.device_id <= batch.last, S.c.device_id.in_(decided),
                    S.c.key == d.setting, S.c.value == d.from_value)
