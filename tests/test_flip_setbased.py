@@ -1,5 +1,5 @@
-"""The set-based batch of a first flip run (issue 26: `store.decide_fresh` and `store.apply_fresh`, taken when the
-batch's range holds no change row of the campaign yet) writes exactly what the row-by-row batch (`store.decide`,
+"""The set-based batch of a first flip run (issue 26: `campaign.store.setbased`, taken when the batch's
+range holds no change row of the campaign yet) writes exactly what the row-by-row batch (`store.decide`,
 `store.apply`) writes: the same change rows (state, note, notice and due instants, flip time, account, stage)
 and the same settings, each pointing at its own change row. Property-tested with hypothesis on SQLite and
 PostgreSQL over hostile device ids, settings a person changed, devices outside the audience, notices delivered,
@@ -20,6 +20,7 @@ from sqlalchemy import Connection, Engine, insert, select
 from campaign import campaigns
 from campaign.models import ACCOUNT, DELIVERY, DEVICE, DEVICE_SETTING, SETTING_CHANGE, WAITING, WAVE
 from campaign.store import changes as store
+from campaign.store import setbased
 from tests.conftest import CliRun
 from tests.test_flip import CUTOFF, FROM, SLUG, TO, definition
 
@@ -81,9 +82,9 @@ def _slow(conn: Connection, plan: store.Plan, batch: store.Batch) -> int:
 
 
 def _fast(conn: Connection, plan: store.Plan, batch: store.Batch) -> int:
-    assert store.fresh(conn, plan.campaign_id, batch)
-    decided = store.decide_fresh(conn, plan, batch, NOW)
-    done = store.apply_fresh(conn, plan, batch, NOW, decided)
+    assert setbased.fresh(conn, plan.campaign_id, batch)
+    decided = setbased.decide_fresh(conn, plan, batch, NOW)
+    done = setbased.apply_fresh(conn, plan, batch, NOW, decided)
     assert done == decided.changed
     if plan.definition.min_notice is not None and decided.waiting:
         store.set_due(conn, plan.campaign_id, decided.waiting, plan.definition.min_notice)
@@ -147,13 +148,13 @@ def test_a_later_run_goes_row_by_row_and_switches_nothing_twice(engine: Engine, 
     with engine.connect() as conn, conn.begin():
         _populate(conn, c.id, [(f"dev-{i}", FROM, "Echo Show 10", "US", None, 0) for i in range(6)])
         batch = store.next_batch(conn, plan, None, 10)
-        assert batch is not None and store.fresh(conn, c.id, batch)
+        assert batch is not None and setbased.fresh(conn, c.id, batch)
         assert _fast(conn, plan, batch) == 6
         conn.execute(DEVICE_SETTING.update().where(DEVICE_SETTING.c.device_id == "dev-3")
                      .values(value=FROM, change_id=None))  # its owner set it back, as an import does
         again = store.next_batch(conn, plan, None, 10)
         assert again is not None and (again.first, again.last) == ("dev-3", "dev-3")
-        assert not store.fresh(conn, c.id, again)
+        assert not setbased.fresh(conn, c.id, again)
         assert store.decide(conn, plan, again, NOW) == []  # decided for good: not written again, not switched
         rows, sets = _state(conn, c.id)
         assert sets["dev-3"] == (FROM, sets["dev-3"][1], None) and rows["dev-3"][0] == "changed"

@@ -26,6 +26,7 @@ from campaign.cutoff.tally import device_row, listed
 from campaign.errors import StateError
 from campaign.models import APPLYING, CANCELLED, CHANGED, WAITING
 from campaign.store import changes as store
+from campaign.store import setbased
 
 Batches = Callable[[], AbstractContextManager[Connection]]  # each batch's transaction
 Clock = Callable[[], dt.datetime]
@@ -98,7 +99,7 @@ def flip_step(slug: str, plan: store.Plan, clock: Clock, size: int, where: Local
         if batch is None:
             return None
         now = clock()
-        if isinstance(where, Local) and store.fresh(conn, plan.campaign_id, batch):
+        if isinstance(where, Local) and setbased.fresh(conn, plan.campaign_id, batch):
             out, waiting = where.switch_fresh(conn, plan, batch, now, after)
         else:
             decided = store.decide(conn, plan, batch, now, go=where.go)
@@ -145,8 +146,8 @@ class Local:
         """`decide` and `switch` of a batch whose range the campaign has no change row in yet (every batch of a
         first run): the same rows written, set-based, with no change row sent back to be sorted and sent again
         (about a third of a batch's time, on either database). Also returns the devices left waiting."""
-        decided = store.decide_fresh(conn, plan, batch, now)
-        done = store.apply_fresh(conn, plan, batch, now, decided)
+        decided = setbased.decide_fresh(conn, plan, batch, now)
+        done = setbased.apply_fresh(conn, plan, batch, now, decided)
         _check(after, decided.changed, done)
         return Outcome(batch.last, done=done), decided.waiting
 

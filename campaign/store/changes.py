@@ -5,6 +5,8 @@ A flip batch: `candidates` (the next affected devices in id order; on PostgreSQL
 locked, so that an import racing with the flip cannot leave a change row without its change), `decide`
 (one `INSERT … SELECT … ON CONFLICT` of their change rows: changed, held back or waiting for fair notice),
 `apply` (one `UPDATE … FROM` that switches the devices decided `changed` and points each at its change).
+A batch whose range holds none of the campaign's change rows yet (every batch of a first run) does the same
+set-based: `campaign.store.setbased`.
 A rollback batch: `undo` (one `UPDATE … FROM … RETURNING` that puts `from` back where the device still
 holds `to` and still carries the change's id), then `mark_rolled_back` and `mark_left`.
 
@@ -124,6 +126,14 @@ class Plan:
     require_notice: bool  # the definition's, unless --include-unnotified
     notice_waves: tuple[int, ...]
     upto: int | None = None  # a staged flip: only accounts whose bucket is below this (`campaign.rollout`)
+    # The batch statements, built once per run (their values are parameters): building one and its cache key
+    # cost about as much as SQLite took to run it.
+    built: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def statement(self, key: Any, build: Any) -> Any:
+        if key not in self.built:
+            self.built[key] = build()
+        return self.built[key]
 
 
 @dataclass(frozen=True)
@@ -173,25 +183,48 @@ def _notice_at(plan: Plan) -> Any:
             .scalar_subquery())
 
 
-def _decisions(conn: Connection, plan: Plan, batch: Batch, now: dt.datetime, go: str) -> Any:
+def _named_in(conn: Connection, column: Any, name: str) -> ColumnElement[bool]:
+    """`_in` with a named parameter (`_ids` gives its value), for a statement built once and run per batch."""
+    if conn.dialect.name == "postgresql":
+        return column == any_(bindparam(name, type_=ARRAY(String)))
+    each = func.json_each(bindparam(name, type_=String)).table_valued("value")
+    return column.in_(select(each.c.value))
+
+
+def _ids(conn: Connection, ids: Sequence[str]) -> Any:
+    return list(ids) if conn.dialect.name == "postgresql" else json.dumps(list(ids))
+
+
+def params(conn: Connection, plan: Plan, batch: Batch, now: dt.datetime) -> dict[str, Any]:
+    """The values of a batch statement's parameters: the range, the instant, the fair-notice bound, the ids."""
+    since = now - plan.definition.min_notice if plan.definition.min_notice is not None else None
+    return {"lo": batch.first, "hi": batch.last, "now": now, "since": since,
+            "ids": _ids(conn, batch.ids) if batch.ids is not None else None}
+
+
+def decisions(conn: Connection, plan: Plan, batch: Batch, go: str) -> Any:
     """The `INSERT … SELECT` of the batch's change rows, each decided (see `decide`), without its conflict
-    clause."""
+    clause; run with `params`."""
+    return plan.statement(("decide", go, batch.ids is not None), lambda: _build_decisions(conn, plan, batch, go))
+
+
+def _build_decisions(conn: Connection, plan: Plan, batch: Batch, go: str) -> Any:
     d = plan.definition
+    ts = SC.c.decided_at.type
+    lo, hi, now = bindparam("lo", type_=String), bindparam("hi", type_=String), bindparam("now", type_=ts)
     inner = (affected(d, S.c.device_id, D.c.account_id, _notice_at(plan).label("notice_at"))
-             .where(S.c.device_id >= batch.first, S.c.device_id <= batch.last, D.c.id >= batch.first,
-                    D.c.id <= batch.last))
+             .where(S.c.device_id >= lo, S.c.device_id <= hi, D.c.id >= lo, D.c.id <= hi))
     if batch.ids is not None:
-        inner = inner.where(_in(conn, S.c.device_id, batch.ids, String))  # only the rows this batch has locked
+        inner = inner.where(_named_in(conn, S.c.device_id, "ids"))  # only the rows this batch has locked
     # OFFSET 0 keeps the subquery whole (neither SQLite nor PostgreSQL pulls up a subquery with an OFFSET):
     # pulled up, the account's first notice, a correlated look-up in the deliveries, was computed once for
     # every place the decision below names it (five per device), not once.
     sub = inner.offset(0).subquery()
-    ts = SC.c.decided_at.type
     whens: list[tuple[ColumnElement[bool], str]] = []
     if plan.require_notice:
         whens.append((sub.c.notice_at.is_(None), HELD_BACK))
     if d.min_notice is not None:
-        whens.append((and_(sub.c.notice_at.is_not(None), sub.c.notice_at > literal(now - d.min_notice, ts)),
+        whens.append((and_(sub.c.notice_at.is_not(None), sub.c.notice_at > bindparam("since", type_=ts)),
                       WAITING))
     state: Any = case(*whens, else_=literal(go)) if whens else literal(go)
     notes: list[tuple[ColumnElement[bool], str]] = [(state == HELD_BACK, HELD_NOTE), (state == WAITING, WAITING_NOTE)]
@@ -199,8 +232,8 @@ def _decisions(conn: Connection, plan: Plan, batch: Batch, now: dt.datetime, go:
         notes.append((state == APPLYING, APPLYING_NOTE))
     src = select(
         literal(plan.campaign_id), sub.c.device_id, sub.c.account_id, literal(d.setting), literal(d.from_value),
-        literal(d.to_value), state, literal(plan.actor), literal(now, ts), sub.c.notice_at,
-        case((state == CHANGED, literal(now, ts)), else_=null()),
+        literal(d.to_value), state, literal(plan.actor), now, sub.c.notice_at,
+        case((state == CHANGED, now), else_=null()),
         case(*notes, else_=null()) if whens or go != CHANGED else null(),
         stages.stage_of(conn, d.slug, d.flip, sub.c.account_id) if plan.upto is not None else null(),
     ).where(true())  # SQLite needs a WHERE to parse INSERT … SELECT … ON CONFLICT
@@ -215,7 +248,7 @@ def decide(conn: Connection, plan: Plan, batch: Batch, now: dt.datetime,
     `held_back` (no delivered notice, when required) or `waiting` (fair notice: the first notice came later
     than `now - min_notice`). A row held back or waiting from an earlier run is decided again; one decided for
     good is not touched. Returns (device_id, state, change id) of each row written."""
-    ins = _decisions(conn, plan, batch, now, go)
+    ins = decisions(conn, plan, batch, go)
     x = ins.excluded
     stmt = ins.on_conflict_do_update(
         index_elements=[SC.c.campaign_id, SC.c.device_id],
@@ -225,56 +258,8 @@ def decide(conn: Connection, plan: Plan, batch: Batch, now: dt.datetime,
               "note": x.note},
         # decided again only when the decision differs (a second run changes nothing)
         where=and_(SC.c.state.in_(OPEN), or_(SC.c.state != x.state, SC.c.notice_at.is_distinct_from(x.notice_at))))
-    return [(r[0], r[1], r[2]) for r in conn.execute(stmt.returning(SC.c.device_id, SC.c.state, SC.c.id)).all()]
-
-
-def fresh(conn: Connection, campaign_id: int, batch: Batch) -> bool:
-    """True when the campaign has no change row yet for any device in the batch's range (every batch of a first
-    flip run): then `decide_fresh` and `apply_fresh` may do the batch's work set-based."""
-    return conn.execute(select(SC.c.id).where(SC.c.campaign_id == campaign_id, SC.c.device_id >= batch.first,
-                                              SC.c.device_id <= batch.last).limit(1)).first() is None
-
-
-@dataclass(frozen=True)
-class Fresh:
-    """What `decide_fresh` wrote: how many rows it decided `changed`, and the devices it left waiting."""
-
-    changed: int
-    waiting: list[str]
-    every: bool  # every row it wrote is `changed`
-
-
-def decide_fresh(conn: Connection, plan: Plan, batch: Batch, now: dt.datetime) -> Fresh:
-    """`decide` for a batch whose range holds no change row of the campaign yet (`fresh`, in the same
-    transaction): the same rows, by a plain `INSERT … SELECT` that sends none back. With no row there, none can
-    conflict, and every change row in the range afterwards is one this statement wrote; so the rows decided
-    `changed` are counted there instead of travelling (the ones waiting are read only when there are some)."""
-    conn.execute(_decisions(conn, plan, batch, now, CHANGED))
-    in_range = (SC.c.campaign_id == plan.campaign_id, SC.c.device_id >= batch.first, SC.c.device_id <= batch.last)
-    counts = {str(state): int(n) for state, n in conn.execute(
-        select(SC.c.state, func.count()).where(*in_range).group_by(SC.c.state))}
-    waiting: list[str] = []
-    if counts.get(WAITING):
-        waiting = list(conn.execute(select(SC.c.device_id).where(*in_range, SC.c.state == WAITING)).scalars())
-    return Fresh(int(counts.get(CHANGED, 0)), waiting, set(counts) <= {CHANGED})
-
-
-def apply_fresh(conn: Connection, plan: Plan, batch: Batch, now: dt.datetime, fresh: Fresh) -> int:
-    """`apply` after `decide_fresh`: switch the devices of the range whose change row is `changed` (all of them
-    written by this batch), each pointing at its change row, by the range rather than a list of ids. When every
-    row is `changed`, the state is not read: the unique index on (campaign, device) alone answers."""
-    d = plan.definition
-    change = (select(SC.c.id).where(SC.c.campaign_id == plan.campaign_id, SC.c.device_id == S.c.device_id)
-              .scalar_subquery())
-    decided = select(SC.c.device_id).where(SC.c.campaign_id == plan.campaign_id, SC.c.device_id >= batch.first,
-                                           SC.c.device_id <= batch.last)
-    if not fresh.every:
-        decided = decided.where(SC.c.state == CHANGED)
-    stmt = (update(S)
-            .where(S.c.device_id >= batch.first, S.c.device_id <= batch.last, S.c.device_id.in_(decided),
-                   S.c.key == d.setting, S.c.value == d.from_value)
-            .values(value=d.to_value, changed_at=now, change_id=change))
-    return int(conn.execute(stmt).rowcount or 0)
+    return [(r[0], r[1], r[2]) for r in conn.execute(stmt.returning(SC.c.device_id, SC.c.state, SC.c.id),
+                                                     params(conn, plan, batch, now)).all()]
 
 
 def set_due(conn: Connection, campaign_id: int, device_ids: Sequence[str], min_notice: dt.timedelta) -> None:
