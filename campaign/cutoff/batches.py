@@ -26,6 +26,7 @@ from campaign.cutoff.tally import device_row, listed
 from campaign.errors import StateError
 from campaign.models import APPLYING, CANCELLED, CHANGED, WAITING
 from campaign.store import changes as store
+from campaign.store import setbased
 
 Batches = Callable[[], AbstractContextManager[Connection]]  # each batch's transaction
 Clock = Callable[[], dt.datetime]
@@ -98,12 +99,15 @@ def flip_step(slug: str, plan: store.Plan, clock: Clock, size: int, where: Local
         if batch is None:
             return None
         now = clock()
-        decided = store.decide(conn, plan, batch, now, go=where.go)
-        going = sorted((device, i) for device, state, i in decided if state == where.go)
-        out = where.switch(conn, plan, batch, going, now, after)
-        if min_notice is not None and len(going) < len(decided):
-            store.set_due(conn, plan.campaign_id, [device for device, state, _id in decided if state == WAITING],
-                          min_notice)
+        if isinstance(where, Local) and setbased.fresh(conn, plan.campaign_id, batch):
+            out, waiting = where.switch_fresh(conn, plan, batch, now, after)
+        else:
+            decided = store.decide(conn, plan, batch, now, go=where.go)
+            going = sorted((device, i) for device, state, i in decided if state == where.go)
+            out = where.switch(conn, plan, batch, going, now, after)
+            waiting = [device for device, state, _id in decided if state == WAITING]
+        if min_notice is not None and waiting:
+            store.set_due(conn, plan.campaign_id, waiting, min_notice)
         return out
     return step
 
@@ -134,15 +138,29 @@ class Local:
     def switch(self, conn: Connection, plan: store.Plan, batch: store.Batch, going: list[tuple[str, int]],
                now: dt.datetime, after: str | None) -> Outcome:
         done = store.apply(conn, plan, [device for device, _id in going], now)
-        if done != len(going):  # cannot happen while the batch's rows are locked: never commit it
-            raise RuntimeError(f"flip batch after {after!r}: {len(going)} change rows, {done} devices switched")
+        _check(after, len(going), done)
         return Outcome(batch.last, done=done)
+
+    def switch_fresh(self, conn: Connection, plan: store.Plan, batch: store.Batch, now: dt.datetime,
+                     after: str | None) -> tuple[Outcome, list[str]]:
+        """`decide` and `switch` of a batch whose range the campaign has no change row in yet (every batch of a
+        first run): the same rows written, set-based, with no change row sent back to be sorted and sent again
+        (about a third of a batch's time, on either database). Also returns the devices left waiting."""
+        decided = setbased.decide_fresh(conn, plan, batch, now)
+        done = setbased.apply_fresh(conn, plan, batch, now, decided)
+        _check(after, decided.changed, done)
+        return Outcome(batch.last, done=done), decided.waiting
 
     def undo(self, conn: Connection, c: campaigns.CampaignRow, ids: list[int], now: dt.datetime) -> Outcome:
         undone = store.undo(conn, c.id, c.definition, ids[0], ids[-1], now)
         store.mark_rolled_back(conn, undone, now)
         left = store.mark_left(conn, c.id, c.definition, ids[0], ids[-1], now)
         return Outcome(ids[-1], done=len(undone), left=left)
+
+
+def _check(after: str | None, changes: int, switched: int) -> None:
+    if switched != changes:  # cannot happen while the batch's rows are locked: never commit it
+        raise RuntimeError(f"flip batch after {after!r}: {changes} change rows, {switched} devices switched")
 
 
 class Remote:

@@ -5,6 +5,8 @@ A flip batch: `candidates` (the next affected devices in id order; on PostgreSQL
 locked, so that an import racing with the flip cannot leave a change row without its change), `decide`
 (one `INSERT … SELECT … ON CONFLICT` of their change rows: changed, held back or waiting for fair notice),
 `apply` (one `UPDATE … FROM` that switches the devices decided `changed` and points each at its change).
+A batch whose range holds none of the campaign's change rows yet (every batch of a first run) does the same
+set-based: `campaign.store.setbased`.
 A rollback batch: `undo` (one `UPDATE … FROM … RETURNING` that puts `from` back where the device still
 holds `to` and still carries the change's id), then `mark_rolled_back` and `mark_left`.
 
@@ -33,6 +35,7 @@ from sqlalchemy import (
     any_,
     bindparam,
     case,
+    cast,
     func,
     literal,
     null,
@@ -123,6 +126,14 @@ class Plan:
     require_notice: bool  # the definition's, unless --include-unnotified
     notice_waves: tuple[int, ...]
     upto: int | None = None  # a staged flip: only accounts whose bucket is below this (`campaign.rollout`)
+    # The batch statements, built once per run (their values are parameters): building one and its cache key
+    # cost about as much as SQLite took to run it.
+    built: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def statement(self, key: Any, build: Any) -> Any:
+        if key not in self.built:
+            self.built[key] = build()
+        return self.built[key]
 
 
 @dataclass(frozen=True)
@@ -165,11 +176,70 @@ def _notice_at(plan: Plan) -> Any:
     """The account's first delivered notice: a delivery of an `affected` wave still `sent` (a bounce
     reported later makes it `bounced`, and then it does not count)."""
     if not plan.notice_waves:
-        return null()
+        return cast(null(), SC.c.notice_at.type)  # typed: PostgreSQL must know it from the subquery alone
     return (select(func.min(DL.c.sent_at))
             .where(DL.c.account_id == D.c.account_id, DL.c.campaign_id == plan.campaign_id, DL.c.state == SENT,
                    DL.c.wave_id.in_(list(plan.notice_waves)))
             .scalar_subquery())
+
+
+def _named_in(conn: Connection, column: Any, name: str) -> ColumnElement[bool]:
+    """`_in` with a named parameter (`_ids` gives its value), for a statement built once and run per batch."""
+    if conn.dialect.name == "postgresql":
+        return column == any_(bindparam(name, type_=ARRAY(String)))
+    each = func.json_each(bindparam(name, type_=String)).table_valued("value")
+    return column.in_(select(each.c.value))
+
+
+def _ids(conn: Connection, ids: Sequence[str]) -> Any:
+    return list(ids) if conn.dialect.name == "postgresql" else json.dumps(list(ids))
+
+
+def params(conn: Connection, plan: Plan, batch: Batch, now: dt.datetime) -> dict[str, Any]:
+    """The values of a batch statement's parameters: the range, the instant, the fair-notice bound, the ids."""
+    since = now - plan.definition.min_notice if plan.definition.min_notice is not None else None
+    return {"lo": batch.first, "hi": batch.last, "now": now, "since": since,
+            "ids": _ids(conn, batch.ids) if batch.ids is not None else None}
+
+
+def decisions(conn: Connection, plan: Plan, batch: Batch, go: str) -> Any:
+    """The `INSERT … SELECT` of the batch's change rows, each decided (see `decide`), without its conflict
+    clause; run with `params`."""
+    return plan.statement(("decide", go, batch.ids is not None), lambda: _build_decisions(conn, plan, batch, go))
+
+
+def _build_decisions(conn: Connection, plan: Plan, batch: Batch, go: str) -> Any:
+    d = plan.definition
+    ts = SC.c.decided_at.type
+    lo, hi, now = bindparam("lo", type_=String), bindparam("hi", type_=String), bindparam("now", type_=ts)
+    inner = (affected(d, S.c.device_id, D.c.account_id, _notice_at(plan).label("notice_at"))
+             .where(S.c.device_id >= lo, S.c.device_id <= hi, D.c.id >= lo, D.c.id <= hi))
+    if batch.ids is not None:
+        inner = inner.where(_named_in(conn, S.c.device_id, "ids"))  # only the rows this batch has locked
+    # OFFSET 0 keeps the subquery whole (neither SQLite nor PostgreSQL pulls up a subquery with an OFFSET):
+    # pulled up, the account's first notice, a correlated look-up in the deliveries, was computed once for
+    # every place the decision below names it (five per device), not once.
+    sub = inner.offset(0).subquery()
+    whens: list[tuple[ColumnElement[bool], str]] = []
+    if plan.require_notice:
+        whens.append((sub.c.notice_at.is_(None), HELD_BACK))
+    if d.min_notice is not None:
+        whens.append((and_(sub.c.notice_at.is_not(None), sub.c.notice_at > bindparam("since", type_=ts)),
+                      WAITING))
+    state: Any = case(*whens, else_=literal(go)) if whens else literal(go)
+    notes: list[tuple[ColumnElement[bool], str]] = [(state == HELD_BACK, HELD_NOTE), (state == WAITING, WAITING_NOTE)]
+    if go == APPLYING:
+        notes.append((state == APPLYING, APPLYING_NOTE))
+    src = select(
+        literal(plan.campaign_id), sub.c.device_id, sub.c.account_id, literal(d.setting), literal(d.from_value),
+        literal(d.to_value), state, literal(plan.actor), now, sub.c.notice_at,
+        case((state == CHANGED, now), else_=null()),
+        case(*notes, else_=null()) if whens or go != CHANGED else null(),
+        stages.stage_of(conn, d.slug, d.flip, sub.c.account_id) if plan.upto is not None else null(),
+    ).where(true())  # SQLite needs a WHERE to parse INSERT … SELECT … ON CONFLICT
+    return upsert_insert(conn, SC).from_select(
+        ["campaign_id", "device_id", "account_id", "setting", "from_value", "to_value", "state", "actor",
+         "decided_at", "notice_at", "flipped_at", "note", "stage"], src)
 
 
 def decide(conn: Connection, plan: Plan, batch: Batch, now: dt.datetime,
@@ -178,34 +248,7 @@ def decide(conn: Connection, plan: Plan, batch: Batch, now: dt.datetime,
     `held_back` (no delivered notice, when required) or `waiting` (fair notice: the first notice came later
     than `now - min_notice`). A row held back or waiting from an earlier run is decided again; one decided for
     good is not touched. Returns (device_id, state, change id) of each row written."""
-    d = plan.definition
-    inner = (affected(d, S.c.device_id, D.c.account_id, _notice_at(plan).label("notice_at"))
-             .where(S.c.device_id >= batch.first, S.c.device_id <= batch.last, D.c.id >= batch.first,
-                    D.c.id <= batch.last))
-    if batch.ids is not None:
-        inner = inner.where(_in(conn, S.c.device_id, batch.ids, String))  # only the rows this batch has locked
-    sub = inner.subquery()
-    ts = SC.c.decided_at.type
-    whens: list[tuple[ColumnElement[bool], str]] = []
-    if plan.require_notice:
-        whens.append((sub.c.notice_at.is_(None), HELD_BACK))
-    if d.min_notice is not None:
-        whens.append((and_(sub.c.notice_at.is_not(None), sub.c.notice_at > literal(now - d.min_notice, ts)),
-                      WAITING))
-    state: Any = case(*whens, else_=literal(go)) if whens else literal(go)
-    notes: list[tuple[ColumnElement[bool], str]] = [(state == HELD_BACK, HELD_NOTE), (state == WAITING, WAITING_NOTE)]
-    if go == APPLYING:
-        notes.append((state == APPLYING, APPLYING_NOTE))
-    src = select(
-        literal(plan.campaign_id), sub.c.device_id, sub.c.account_id, literal(d.setting), literal(d.from_value),
-        literal(d.to_value), state, literal(plan.actor), literal(now, ts), sub.c.notice_at,
-        case((state == CHANGED, literal(now, ts)), else_=null()),
-        case(*notes, else_=null()) if whens or go != CHANGED else null(),
-        stages.stage_of(conn, d.slug, d.flip, sub.c.account_id) if plan.upto is not None else null(),
-    ).where(true())  # SQLite needs a WHERE to parse INSERT … SELECT … ON CONFLICT
-    ins = upsert_insert(conn, SC).from_select(
-        ["campaign_id", "device_id", "account_id", "setting", "from_value", "to_value", "state", "actor",
-         "decided_at", "notice_at", "flipped_at", "note", "stage"], src)
+    ins = decisions(conn, plan, batch, go)
     x = ins.excluded
     stmt = ins.on_conflict_do_update(
         index_elements=[SC.c.campaign_id, SC.c.device_id],
@@ -215,7 +258,8 @@ def decide(conn: Connection, plan: Plan, batch: Batch, now: dt.datetime,
               "note": x.note},
         # decided again only when the decision differs (a second run changes nothing)
         where=and_(SC.c.state.in_(OPEN), or_(SC.c.state != x.state, SC.c.notice_at.is_distinct_from(x.notice_at))))
-    return [(r[0], r[1], r[2]) for r in conn.execute(stmt.returning(SC.c.device_id, SC.c.state, SC.c.id)).all()]
+    return [(r[0], r[1], r[2]) for r in conn.execute(stmt.returning(SC.c.device_id, SC.c.state, SC.c.id),
+                                                     params(conn, plan, batch, now)).all()]
 
 
 def set_due(conn: Connection, campaign_id: int, device_ids: Sequence[str], min_notice: dt.timedelta) -> None:
@@ -238,8 +282,10 @@ def apply(conn: Connection, plan: Plan, device_ids: Sequence[str], now: dt.datet
     # would let PostgreSQL's planner, which sees the table as it was before the batch, scan it per device.
     change = (select(SC.c.id).where(SC.c.campaign_id == plan.campaign_id, SC.c.device_id == S.c.device_id)
               .scalar_subquery())
+    # The ids' bounds too: without them PostgreSQL's planner read the whole table for each batch.
     stmt = (update(S)
-            .where(_in(conn, S.c.device_id, device_ids, String), S.c.key == d.setting, S.c.value == d.from_value)
+            .where(S.c.device_id >= min(device_ids), S.c.device_id <= max(device_ids),
+                   _in(conn, S.c.device_id, device_ids, String), S.c.key == d.setting, S.c.value == d.from_value)
             .values(value=d.to_value, changed_at=now, change_id=change))
     return int(conn.execute(stmt).rowcount or 0)
 
