@@ -13,7 +13,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Connection, Engine, insert, select
 
@@ -104,6 +104,11 @@ def test_set_based_batch_writes_what_the_row_by_row_batch_writes(engine: Engine,
               suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
     @given(devices=DEVICES, require_notice=st.booleans(), min_notice=st.sampled_from([None, 7, 30]),
            skip=st.integers(min_value=0, max_value=5), limit=st.integers(min_value=1, max_value=30))
+    # Every kind of decision at least once, whatever the random examples reach: a notice too recent for
+    # min_notice (waiting), none at all (held back), one old enough (changed).
+    @example(devices=[("w1", FROM, "Echo Show 10", "US", "sent", 1), ("h1", FROM, "Echo Show 10", "US", None, 0),
+                      ("c1", FROM, "Echo Show 10", "US", "sent", 30)],
+             require_notice=True, min_notice=7, skip=0, limit=30)
     def check(devices: list[tuple[Any, ...]], require_notice: bool, min_notice: int | None, skip: int,
               limit: int) -> None:
         d = dataclasses.replace(c.definition, min_notice=None if min_notice is None else dt.timedelta(days=min_notice))
