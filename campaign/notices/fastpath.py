@@ -25,12 +25,10 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from campaign.definition import WaveDef
 from campaign.recipients import DeviceView, Recipient
-
-if TYPE_CHECKING:
-    from campaign.definition import WaveDef
 
 OPEN, CLOSE = "\ue000", "\ue001"  # private-use code points: no template or escaping produces them by chance
 MAX_KEYS = 4096  # about 9,000 keys cover 300,000 sample accounts; the commonest 4,096 cover 98 % of them
